@@ -1,0 +1,249 @@
+//! Kernel programs of the flow observer.
+//!
+//! In: every packet a socket in the attached cgroup tree sends or receives
+//! (cgroup_skb egress and ingress) and every TCP state change
+//! (`sock/inet_sock_set_state`). Out: per-flow counters in the `FLOWS` LRU
+//! hash, an `Event` on the `EVENTS` ring buffer for each new flow and each TCP
+//! attempt, establishment and close, and per-CPU counters of what went wrong.
+//!
+//! Every program observes only: the cgroup_skb programs return "pass" on every
+//! path, errors included.
+#![no_std]
+#![no_main]
+// `atomic_xadd`: the BPF target has no compare-and-swap, so core's atomic
+// types lack `fetch_add`, but LLVM lowers this intrinsic to BPF_ATOMIC_ADD.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd is the only atomic add on bpfel")]
+
+mod packet;
+
+use aya_ebpf::{
+    Global,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_skb_cgroup_id},
+    macros::{cgroup_skb, map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::{SkBuffContext, TracePointContext},
+};
+use aya_log_ebpf::{debug, warn};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use observer_common::{
+    COUNTER_SLOTS, Counter, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowStats,
+    INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, tcp_state,
+};
+use packet::{Direction, Parsed};
+
+/// Default capacity of the flow map; the loader overrides it.
+const DEFAULT_MAX_FLOWS: u32 = 131_072;
+/// Default ring buffer size; the loader overrides it.
+const DEFAULT_RING_BYTES: u32 = 8 << 20;
+/// cgroup_skb verdict that lets the packet through.
+const PASS: i32 = 1;
+
+#[map(name = "FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Non-zero: ignore loopback traffic (a pod talking to itself is not a flow
+/// between workloads, and loopback tuples repeat across network namespaces).
+#[unsafe(no_mangle)]
+static SKIP_LOOPBACK: Global<u8> = Global::new(1);
+
+#[cgroup_skb]
+pub fn flow_ingress(ctx: SkBuffContext) -> i32 {
+    track_packet(&ctx, Direction::Ingress);
+    PASS
+}
+
+#[cgroup_skb]
+pub fn flow_egress(ctx: SkBuffContext) -> i32 {
+    track_packet(&ctx, Direction::Egress);
+    PASS
+}
+
+#[tracepoint]
+pub fn tcp_state(ctx: TracePointContext) -> u32 {
+    if try_tcp_state(&ctx).is_err() {
+        bump(Counter::PacketsUnparsed);
+    }
+    0
+}
+
+fn track_packet(ctx: &SkBuffContext, direction: Direction) {
+    let parsed = match packet::parse(ctx, direction) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return,
+        Err(()) => {
+            bump(Counter::PacketsUnparsed);
+            debug!(ctx, "unparsed packet, len {}", ctx.len());
+            return;
+        }
+    };
+    if SKIP_LOOPBACK.load() != 0 && parsed.loopback {
+        return;
+    }
+    let mut key = parsed.key;
+    // SAFETY: `ctx.skb` is the program's own `__sk_buff`.
+    key.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(stats) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: the map value stays valid for the program's run.
+        unsafe { update(stats, &parsed, direction, now) };
+        return;
+    }
+    let stats = new_stats(&parsed, direction, now);
+    if FLOWS.insert(&key, &stats, u64::from(BPF_NOEXIST)).is_ok() {
+        bump(Counter::FlowsCreated);
+        emit(EVENT_NEW_FLOW, 0, 0, now, &key);
+        return;
+    }
+    // Another CPU inserted the same flow first: count on its entry.
+    match FLOWS.get_ptr_mut(&key) {
+        // SAFETY: as above.
+        Some(stats) => unsafe { update(stats, &parsed, direction, now) },
+        None => {
+            bump(Counter::FlowInsertFailed);
+            warn!(ctx, "flow map insert failed");
+        }
+    }
+}
+
+fn new_stats(parsed: &Parsed, direction: Direction, now: u64) -> FlowStats {
+    let mut stats = FlowStats { first_seen_ns: now, last_seen_ns: now, ..FlowStats::default() };
+    match direction {
+        Direction::Egress => {
+            stats.packets_out = 1;
+            stats.bytes_out = u64::from(parsed.len);
+            stats.tcp_flags_out = parsed.tcp_flags;
+            stats.initiator = INITIATOR_LOCAL;
+        }
+        Direction::Ingress => {
+            stats.packets_in = 1;
+            stats.bytes_in = u64::from(parsed.len);
+            stats.tcp_flags_in = parsed.tcp_flags;
+            stats.initiator = INITIATOR_REMOTE;
+        }
+    }
+    stats
+}
+
+/// # Safety
+/// `stats` must point at a live value of the flow map.
+unsafe fn update(stats: *mut FlowStats, parsed: &Parsed, direction: Direction, now: u64) {
+    // SAFETY: the caller guarantees `stats` is live; counters are only ever
+    // touched atomically so concurrent CPUs never lose an increment.
+    unsafe {
+        let (packets, bytes, flags) = match direction {
+            Direction::Egress => {
+                (&raw mut (*stats).packets_out, &raw mut (*stats).bytes_out, &raw mut (*stats).tcp_flags_out)
+            }
+            Direction::Ingress => {
+                (&raw mut (*stats).packets_in, &raw mut (*stats).bytes_in, &raw mut (*stats).tcp_flags_in)
+            }
+        };
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes, u64::from(parsed.len));
+        // Only write when something changes, to keep the cache line clean.
+        let seen = *flags;
+        if seen | parsed.tcp_flags != seen {
+            *flags = seen | parsed.tcp_flags;
+        }
+        if (*stats).last_seen_ns < now {
+            (*stats).last_seen_ns = now;
+        }
+    }
+}
+
+/// Offsets in the `sock/inet_sock_set_state` record; the loader checks them
+/// against the running kernel's format file before attaching.
+mod tp {
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+    pub const AF_INET: u16 = 2;
+    pub const AF_INET6: u16 = 10;
+    pub const TCP_LISTEN: i32 = 10;
+}
+
+fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offsets match the tracepoint format (checked by the loader).
+    let (protocol, old, new) = unsafe {
+        (ctx.read_at::<u16>(tp::PROTOCOL)?, ctx.read_at::<i32>(tp::OLDSTATE)?, ctx.read_at::<i32>(tp::NEWSTATE)?)
+    };
+    if protocol != u16::from(PROTO_TCP) || old == tp::TCP_LISTEN || new == tp::TCP_LISTEN {
+        return Ok(());
+    }
+    let new = new as u8;
+    if new != tcp_state::SYN_SENT && new != tcp_state::ESTABLISHED && new != tcp_state::CLOSE {
+        return Ok(());
+    }
+    let mut key = FlowKey { protocol: PROTO_TCP, ..FlowKey::default() };
+    // SAFETY: as above.
+    unsafe {
+        key.local_port = ctx.read_at::<u16>(tp::SPORT)?;
+        key.remote_port = ctx.read_at::<u16>(tp::DPORT)?;
+        match ctx.read_at::<u16>(tp::FAMILY)? {
+            tp::AF_INET => {
+                key.family = FAMILY_IPV4;
+                let local = ctx.read_at::<[u8; 4]>(tp::SADDR)?;
+                let remote = ctx.read_at::<[u8; 4]>(tp::DADDR)?;
+                key.local_addr[..4].copy_from_slice(&local);
+                key.remote_addr[..4].copy_from_slice(&remote);
+            }
+            tp::AF_INET6 => {
+                key.family = FAMILY_IPV6;
+                key.local_addr = ctx.read_at::<[u8; 16]>(tp::SADDR_V6)?;
+                key.remote_addr = ctx.read_at::<[u8; 16]>(tp::DADDR_V6)?;
+            }
+            _ => return Ok(()),
+        }
+    }
+    if SKIP_LOOPBACK.load() != 0 && packet::is_loopback(key.family, &key.remote_addr) {
+        return Ok(());
+    }
+    if new == tcp_state::SYN_SENT {
+        // connect() runs in the caller's context: its cgroup is the socket's.
+        key.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    }
+    emit(EVENT_TCP_STATE, old as u8, new, unsafe { bpf_ktime_get_ns() }, &key);
+    Ok(())
+}
+
+fn emit(kind: u8, old_state: u8, new_state: u8, now: u64, key: &FlowKey) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(Event { kind, old_state, new_state, _pad: [0; 5], timestamp_ns: now, key: *key });
+            entry.submit(0);
+        }
+        None => bump(Counter::EventsLost),
+    }
+}
+
+fn bump(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,133 @@
+//! Header parsing for cgroup_skb programs: the packet starts at the IP header.
+//!
+//! In: the `__sk_buff` and the hook's direction. Out: a [`FlowKey`] oriented
+//! local/remote (cgroup id left for the caller), the bytes and TCP flags to
+//! count, or `Ok(None)` for a packet that is not IP.
+
+use aya_ebpf::programs::SkBuffContext;
+use observer_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+
+/// Which hook saw the packet, relative to the local socket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Received by the local socket.
+    Ingress,
+    /// Sent by the local socket.
+    Egress,
+}
+
+/// What one packet contributes to its flow.
+pub struct Parsed {
+    pub key: FlowKey,
+    /// Bytes counted for the packet (the skb length, IP header included).
+    pub len: u32,
+    pub tcp_flags: u8,
+    /// The remote end is a loopback address.
+    pub loopback: bool,
+}
+
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Extension headers walked before giving up on finding the transport header.
+const IPV6_MAX_EXT: usize = 4;
+
+pub fn parse(ctx: &SkBuffContext, direction: Direction) -> Result<Option<Parsed>, ()> {
+    let first: u8 = ctx.load(0).map_err(|_| ())?;
+    let (mut key, l4_offset, has_ports) = match first >> 4 {
+        4 => parse_ipv4(ctx, first)?,
+        6 => parse_ipv6(ctx)?,
+        _ => return Ok(None),
+    };
+    let mut tcp_flags = 0;
+    if has_ports {
+        match key.protocol {
+            PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+                let ports: [u8; 4] = ctx.load(l4_offset).map_err(|_| ())?;
+                key.local_port = u16::from_be_bytes([ports[0], ports[1]]);
+                key.remote_port = u16::from_be_bytes([ports[2], ports[3]]);
+                if key.protocol == PROTO_TCP {
+                    tcp_flags = ctx.load::<u8>(l4_offset + 13).map_err(|_| ())?;
+                }
+            }
+            PROTO_ICMP | PROTO_ICMPV6 => {
+                let head: [u8; 2] = ctx.load(l4_offset).map_err(|_| ())?;
+                key.local_port = u16::from(fold_echo(key.protocol, head[0]));
+                key.remote_port = u16::from(head[1]);
+            }
+            _ => {}
+        }
+    }
+    if direction == Direction::Ingress {
+        // The parse filled the key as source/destination; the local end of a
+        // received packet is its destination.
+        core::mem::swap(&mut key.local_addr, &mut key.remote_addr);
+        if !matches!(key.protocol, PROTO_ICMP | PROTO_ICMPV6) {
+            core::mem::swap(&mut key.local_port, &mut key.remote_port);
+        }
+    }
+    let loopback = is_loopback(key.family, &key.remote_addr);
+    Ok(Some(Parsed { key, len: ctx.len(), tcp_flags, loopback }))
+}
+
+fn parse_ipv4(ctx: &SkBuffContext, first: u8) -> Result<(FlowKey, usize, bool), ()> {
+    let header: [u8; 20] = ctx.load(0).map_err(|_| ())?;
+    let ihl = usize::from(first & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(());
+    }
+    let mut key = FlowKey { family: FAMILY_IPV4, protocol: header[9], ..FlowKey::default() };
+    key.local_addr[..4].copy_from_slice(&header[12..16]);
+    key.remote_addr[..4].copy_from_slice(&header[16..20]);
+    // Only the first fragment carries the transport header.
+    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+    Ok((key, ihl, fragment_offset == 0))
+}
+
+fn parse_ipv6(ctx: &SkBuffContext) -> Result<(FlowKey, usize, bool), ()> {
+    let header: [u8; 40] = ctx.load(0).map_err(|_| ())?;
+    let mut key = FlowKey { family: FAMILY_IPV6, ..FlowKey::default() };
+    key.local_addr.copy_from_slice(&header[8..24]);
+    key.remote_addr.copy_from_slice(&header[24..40]);
+    let mut next = header[6];
+    let mut offset = 40usize;
+    let mut has_ports = true;
+    for _ in 0..IPV6_MAX_EXT {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                let ext: [u8; 2] = ctx.load(offset).map_err(|_| ())?;
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPV6_AUTH => {
+                let ext: [u8; 2] = ctx.load(offset).map_err(|_| ())?;
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let ext: [u8; 4] = ctx.load(offset).map_err(|_| ())?;
+                next = ext[0];
+                has_ports = u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 == 0;
+                offset += 8;
+            }
+            _ => break,
+        }
+    }
+    key.protocol = next;
+    Ok((key, offset, has_ports))
+}
+
+/// Echo replies count on the echo request's flow.
+fn fold_echo(protocol: u8, icmp_type: u8) -> u8 {
+    match (protocol, icmp_type) {
+        (PROTO_ICMP, 0) => 8,
+        (PROTO_ICMPV6, 129) => 128,
+        (_, other) => other,
+    }
+}
+
+pub fn is_loopback(family: u8, addr: &[u8; 16]) -> bool {
+    if family == FAMILY_IPV4 { addr[0] == 127 } else { addr[..15].iter().all(|byte| *byte == 0) && addr[15] == 1 }
+}

@@ -1,0 +1,279 @@
+//! The lean view of cluster objects that every stage after capture works on.
+//!
+//! In: full Kubernetes objects (k8s-openapi types) from the API server or from
+//! manifest files. Out: small owned structs holding only what enrichment and
+//! policy need, so the inventory can hold every pod of a large cluster.
+//! NetworkPolicies stay as k8s-openapi objects: the policy engine compiles them.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use k8s_openapi::api::core::v1 as core;
+
+/// Labels of an object, sorted by key.
+pub type Labels = BTreeMap<String, String>;
+
+/// Transport protocols a port can be declared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP (the Kubernetes default).
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses the Kubernetes spelling (`TCP`, `UDP`, `SCTP`); absent means TCP.
+    pub fn from_k8s(value: Option<&str>) -> Option<Self> {
+        match value {
+            None | Some("TCP") => Some(Self::Tcp),
+            Some("UDP") => Some(Self::Udp),
+            Some("SCTP") => Some(Self::Sctp),
+            Some(_) => None,
+        }
+    }
+
+    /// The IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
+        }
+    }
+
+    /// The protocol for an IANA number, if it is one Kubernetes can name.
+    pub fn from_number(number: u8) -> Option<Self> {
+        match number {
+            6 => Some(Self::Tcp),
+            17 => Some(Self::Udp),
+            132 => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+}
+
+/// A named or numbered container port, as NetworkPolicy named ports resolve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    /// `ports[].name`, if any.
+    pub name: Option<String>,
+    /// `ports[].containerPort`.
+    pub port: u16,
+    /// `ports[].protocol`.
+    pub protocol: Protocol,
+}
+
+/// The controller ownerReference of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerRef {
+    /// `kind`, for example `ReplicaSet`.
+    pub kind: String,
+    /// `name`.
+    pub name: String,
+    /// `uid`.
+    pub uid: String,
+}
+
+/// What enrichment and policy need of a Pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.labels`.
+    pub labels: Labels,
+    /// `metadata.resourceVersion`, for audit evidence.
+    pub resource_version: Option<String>,
+    /// The controller ownerReference, if any.
+    pub owner: Option<OwnerRef>,
+    /// `status.podIPs` (or `status.podIP`).
+    pub ips: Vec<IpAddr>,
+    /// `spec.hostNetwork`.
+    pub host_network: bool,
+    /// `spec.nodeName`.
+    pub node_name: Option<String>,
+    /// Ports of every container, for named-port resolution.
+    pub container_ports: Vec<ContainerPort>,
+    /// Runtime container ids from `status.containerStatuses` with the
+    /// `containerd://` style prefix removed, for cgroup matching.
+    pub container_ids: Vec<String>,
+    /// `status.phase`.
+    pub phase: Option<String>,
+}
+
+/// What enrichment and policy need of a Namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.labels`; `kubernetes.io/metadata.name` is always present.
+    pub labels: Labels,
+    /// `metadata.resourceVersion`.
+    pub resource_version: Option<String>,
+}
+
+/// What enrichment needs of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.clusterIPs` (or `spec.clusterIP`), `None` values dropped.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `spec.selector`.
+    pub selector: Labels,
+}
+
+/// What enrichment needs of a Node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// `metadata.name`.
+    pub name: String,
+    /// `status.addresses` of type InternalIP or ExternalIP.
+    pub ips: Vec<IpAddr>,
+}
+
+fn labels_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Labels {
+    meta.labels.clone().unwrap_or_default()
+}
+
+fn parse_ips<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = values.into_iter().filter_map(|ip| ip.parse().ok()).collect();
+    ips.dedup();
+    ips
+}
+
+impl From<&core::Pod> for Pod {
+    fn from(pod: &core::Pod) -> Self {
+        let meta = &pod.metadata;
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let owner = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|owner| owner.controller == Some(true))
+            .map(|owner| OwnerRef { kind: owner.kind.clone(), name: owner.name.clone(), uid: owner.uid.clone() });
+        let mut ip_strings: Vec<&str> =
+            status.and_then(|status| status.pod_ips.as_ref()).into_iter().flatten().map(|ip| ip.ip.as_str()).collect();
+        if ip_strings.is_empty()
+            && let Some(ip) = status.and_then(|status| status.pod_ip.as_deref())
+        {
+            ip_strings.push(ip);
+        }
+        let containers =
+            spec.into_iter().flat_map(|spec| spec.containers.iter().chain(spec.init_containers.iter().flatten()));
+        let container_ports = containers
+            .flat_map(|container| container.ports.iter().flatten())
+            .filter_map(|port| {
+                Some(ContainerPort {
+                    name: port.name.clone(),
+                    port: u16::try_from(port.container_port).ok()?,
+                    protocol: Protocol::from_k8s(port.protocol.as_deref())?,
+                })
+            })
+            .collect();
+        let statuses = status.into_iter().flat_map(|status| {
+            status.container_statuses.iter().flatten().chain(status.init_container_statuses.iter().flatten())
+        });
+        let container_ids = statuses
+            .filter_map(|status| status.container_id.as_deref())
+            .map(|id| id.split_once("://").map_or(id, |(_, id)| id).to_owned())
+            .collect();
+        Self {
+            uid: meta.uid.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+            name: meta.name.clone().unwrap_or_default(),
+            labels: labels_of(meta),
+            resource_version: meta.resource_version.clone(),
+            owner,
+            ips: parse_ips(ip_strings),
+            host_network: spec.and_then(|spec| spec.host_network).unwrap_or(false),
+            node_name: spec.and_then(|spec| spec.node_name.clone()),
+            container_ports,
+            container_ids,
+            phase: status.and_then(|status| status.phase.clone()),
+        }
+    }
+}
+
+impl From<&core::Namespace> for Namespace {
+    fn from(namespace: &core::Namespace) -> Self {
+        let name = namespace.metadata.name.clone().unwrap_or_default();
+        let mut labels = labels_of(&namespace.metadata);
+        // The API server sets this label on every namespace (since 1.21).
+        labels.entry("kubernetes.io/metadata.name".to_owned()).or_insert_with(|| name.clone());
+        Self { name, labels, resource_version: namespace.metadata.resource_version.clone() }
+    }
+}
+
+impl From<&core::Service> for Service {
+    fn from(service: &core::Service) -> Self {
+        let spec = service.spec.as_ref();
+        let mut ips: Vec<&str> =
+            spec.and_then(|spec| spec.cluster_ips.as_ref()).into_iter().flatten().map(String::as_str).collect();
+        if ips.is_empty()
+            && let Some(ip) = spec.and_then(|spec| spec.cluster_ip.as_deref())
+        {
+            ips.push(ip);
+        }
+        Self {
+            namespace: service.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+            name: service.metadata.name.clone().unwrap_or_default(),
+            // "None" (headless) does not parse and is dropped.
+            cluster_ips: parse_ips(ips),
+            selector: spec.and_then(|spec| spec.selector.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&core::Node> for Node {
+    fn from(node: &core::Node) -> Self {
+        let addresses = node.status.as_ref().and_then(|status| status.addresses.as_ref()).into_iter().flatten();
+        Self {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            ips: parse_ips(
+                addresses
+                    .filter(|address| address.type_ == "InternalIP" || address.type_ == "ExternalIP")
+                    .map(|address| address.address.as_str()),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_keeps_only_what_is_needed() {
+        let pod: core::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u1", "labels": {"app": "web"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9", "uid": "rs1", "controller": true}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"podIP": "198.18.0.5", "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": true, "restartCount": 0, "containerID": "containerd://abc"}]}
+        }))
+        .expect("valid pod");
+        let pod = Pod::from(&pod);
+        assert_eq!(pod.ips, vec!["198.18.0.5".parse::<IpAddr>().expect("ip")]);
+        assert_eq!(pod.container_ids, vec!["abc".to_owned()]);
+        assert_eq!(pod.owner.as_ref().map(|owner| owner.kind.as_str()), Some("ReplicaSet"));
+        assert_eq!(pod.container_ports[0].name.as_deref(), Some("http"));
+        assert_eq!(pod.container_ports[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn namespace_gets_its_name_label() {
+        let namespace: core::Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "shop"}})).expect("valid");
+        let namespace = Namespace::from(&namespace);
+        assert_eq!(namespace.labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("shop"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Project tasks: `cargo xtask <task>`.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
