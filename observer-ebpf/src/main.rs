@@ -18,7 +18,6 @@
 mod packet;
 
 use aya_ebpf::{
-    Global,
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_skb_cgroup_id},
     macros::{cgroup_skb, map, tracepoint},
@@ -29,7 +28,7 @@ use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use observer_common::{
     COUNTER_SLOTS, Counter, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowStats,
-    INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, tcp_state,
+    INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, tcp_flags, tcp_state,
 };
 use packet::{Direction, Parsed};
 
@@ -51,8 +50,16 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 
 /// Non-zero: ignore loopback traffic (a pod talking to itself is not a flow
 /// between workloads, and loopback tuples repeat across network namespaces).
+///
+/// A plain static rather than `aya_ebpf::Global`: the `MaybeUninit` inside
+/// `Global` yields a BTF name the kernel rejects with bpf-linker 0.9.15.
 #[unsafe(no_mangle)]
-static SKIP_LOOPBACK: Global<u8> = Global::new(1);
+static SKIP_LOOPBACK: u8 = 1;
+
+fn skip_loopback() -> bool {
+    // SAFETY: the loader may rewrite this global; read it through memory.
+    unsafe { core::ptr::read_volatile(&raw const SKIP_LOOPBACK) != 0 }
+}
 
 #[cgroup_skb]
 pub fn flow_ingress(ctx: SkBuffContext) -> i32 {
@@ -84,7 +91,7 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
             return;
         }
     };
-    if SKIP_LOOPBACK.load() != 0 && parsed.loopback {
+    if skip_loopback() && parsed.loopback {
         return;
     }
     let mut key = parsed.key;
@@ -94,6 +101,12 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
     if let Some(stats) = FLOWS.get_ptr_mut(&key) {
         // SAFETY: the map value stays valid for the program's run.
         unsafe { update(stats, &parsed, direction, now) };
+        return;
+    }
+    if parsed.key.protocol == PROTO_TCP && parsed.tcp_flags & (tcp_flags::RST | tcp_flags::SYN) == tcp_flags::RST {
+        // A reset that belongs to no flow (the kernel answering a closed
+        // port from its control socket) starts nothing; the peer's flow
+        // counts it on arrival.
         return;
     }
     let stats = new_stats(&parsed, direction, now);
@@ -210,7 +223,7 @@ fn try_tcp_state(ctx: &TracePointContext) -> Result<(), i32> {
             _ => return Ok(()),
         }
     }
-    if SKIP_LOOPBACK.load() != 0 && packet::is_loopback(key.family, &key.remote_addr) {
+    if skip_loopback() && packet::is_loopback(key.family, &key.remote_addr) {
         return Ok(());
     }
     if new == tcp_state::SYN_SENT {

@@ -1,22 +1,57 @@
 //! Command line of the `observer` binary.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::run::{self, RunArgs};
 
 /// Node-local eBPF flow observer for Kubernetes AI workloads.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Cli {
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; logs go to stderr.
+    #[arg(long, global = true, default_value = "info", env = "OBSERVER_LOG")]
+    pub log_level: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Formats of the diagnostic log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Capture flows on this node and write the JSON flow log.
+    Run(Box<RunArgs>),
+}
+
+fn init_logging(cli: &Cli) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&cli.log_level)
+        .map_err(|error| anyhow::anyhow!("invalid --log-level {:?}: {error}", cli.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
 
 /// Parses the command line and runs the chosen subcommand.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    init_logging(&cli)?;
+    match cli.command {
+        Command::Run(args) => run::run(*args),
+    }
 }

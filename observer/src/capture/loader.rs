@@ -1,0 +1,289 @@
+//! Loads the kernel programs and attaches them.
+//!
+//! In: the embedded eBPF object and the capture settings. Out: a loaded
+//! [`aya::Ebpf`] whose programs are attached (cgroup_skb at the cgroup v2
+//! root in multi mode, the TCP state tracepoint), with links owned by this
+//! process so that nothing stays attached when it exits, crashes included.
+//! A failure names the kernel feature or privilege that is missing.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
+};
+use observer_common::names;
+
+/// The kernel programs, built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const TRACEPOINT_CATEGORY: &str = "sock";
+const TRACEPOINT_NAME: &str = "inet_sock_set_state";
+/// Fields of `sock/inet_sock_set_state` the kernel program reads, with the
+/// offsets it was compiled for.
+const TRACEPOINT_FIELDS: [(&str, usize); 10] = [
+    ("oldstate", 16),
+    ("newstate", 20),
+    ("sport", 24),
+    ("dport", 26),
+    ("family", 28),
+    ("protocol", 30),
+    ("saddr", 32),
+    ("daddr", 36),
+    ("saddr_v6", 40),
+    ("daddr_v6", 56),
+];
+
+/// How to load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// cgroup v2 root to attach at.
+    pub cgroup_root: PathBuf,
+    /// Capacity of the flow map.
+    pub flow_map_size: u32,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+    /// Ignore loopback traffic.
+    pub skip_loopback: bool,
+    /// Kernel log level (aya-log): 0 = off … 5 = trace.
+    pub kernel_log_level: u8,
+}
+
+/// Why the programs could not be loaded or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The binary carries an empty object.
+    #[error(
+        "this observer binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it after `cargo xtask setup` installs nightly rust-src and bpf-linker"
+    )]
+    NoObject,
+    /// Loading needs privileges.
+    #[error(
+        "permission denied loading eBPF programs: run as root, or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_RESOURCE"
+    )]
+    Permission(#[source] EbpfError),
+    /// The kernel refused the object.
+    #[error(
+        "the kernel refused the eBPF object (needs Linux 5.8+ with BPF ring buffers, LRU hash maps, cgroup_skb and tracepoint programs)"
+    )]
+    Load(#[source] EbpfError),
+    /// No cgroup v2 mount.
+    #[error("{path} is not a cgroup v2 mount; mount cgroup2 there or pass --cgroup-root")]
+    NotCgroup2 {
+        /// The path checked.
+        path: PathBuf,
+    },
+    /// The cgroup root cannot be opened.
+    #[error("cannot open cgroup root {path}")]
+    CgroupOpen {
+        /// The root.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A program is missing from the object.
+    #[error("program {name} is missing from the eBPF object")]
+    MissingProgram {
+        /// Program name.
+        name: &'static str,
+    },
+    /// Loading or attaching one program failed.
+    #[error("{action} {name} failed (kernel feature: {feature})")]
+    Program {
+        /// What was attempted.
+        action: &'static str,
+        /// Program name.
+        name: &'static str,
+        /// The kernel feature it needs.
+        feature: &'static str,
+        /// Cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// tracefs is not mounted and could not be mounted.
+    #[error("tracefs is not mounted at {TRACEFS} and mounting it failed; run `mount -t tracefs nodev {TRACEFS}`")]
+    Tracefs(#[source] io::Error),
+    /// The tracepoint's record layout differs from what the program reads.
+    #[error("tracepoint {TRACEPOINT_CATEGORY}/{TRACEPOINT_NAME} has an unexpected layout: {detail}")]
+    TracepointLayout {
+        /// What differs.
+        detail: String,
+    },
+}
+
+/// Finds the cgroup v2 root: `/sys/fs/cgroup` on unified hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones.
+pub fn detect_cgroup_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].into_iter().map(PathBuf::from).find(|path| is_cgroup2(path))
+}
+
+/// Whether `path` is the root of a cgroup v2 mount.
+pub fn is_cgroup2(path: &Path) -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: valid NUL-terminated path and a buffer of the right type.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    // SAFETY: statfs succeeded, so the buffer is initialised.
+    rc == 0 && i64::from(unsafe { stat.assume_init() }.f_type) == CGROUP2_SUPER_MAGIC
+}
+
+/// Loads the object and attaches every program.
+pub fn load(options: &LoadOptions) -> Result<Ebpf, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    if !is_cgroup2(&options.cgroup_root) {
+        return Err(LoadError::NotCgroup2 { path: options.cgroup_root.clone() });
+    }
+    ensure_tracefs()?;
+    check_tracepoint_layout()?;
+    raise_memlock_limit();
+    let skip_loopback = u8::from(options.skip_loopback);
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::FLOWS, options.flow_map_size)
+        .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
+        .override_global(names::SKIP_LOOPBACK, &skip_loopback, true)
+        .override_global(aya_log::LEVEL, &options.kernel_log_level, false)
+        .load(OBJECT)
+        .map_err(|error| if is_permission(&error) { LoadError::Permission(error) } else { LoadError::Load(error) })?;
+
+    let cgroup = fs::File::open(&options.cgroup_root)
+        .map_err(|source| LoadError::CgroupOpen { path: options.cgroup_root.clone(), source })?;
+    for (name, attach_type) in
+        [(names::PROG_INGRESS, CgroupSkbAttachType::Ingress), (names::PROG_EGRESS, CgroupSkbAttachType::Egress)]
+    {
+        let program: &mut CgroupSkb = program(&mut ebpf, name)?;
+        let feature = "cgroup_skb programs (Linux 4.10+)";
+        program.load().map_err(|source| LoadError::Program { action: "loading", name, feature, source })?;
+        // aya attaches through a bpf_link (Linux 5.7+, below our 5.8 floor), and
+        // cgroup links always run in multi mode: other agents' programs on the
+        // same cgroup keep running. The link rejects explicit mode flags.
+        program.attach(&cgroup, attach_type, CgroupAttachMode::Single).map_err(|source| LoadError::Program {
+            action: "attaching",
+            name,
+            feature: "cgroup v2 BPF attachment",
+            source,
+        })?;
+    }
+    let tracepoint: &mut TracePoint = program(&mut ebpf, names::PROG_TCP_STATE)?;
+    let feature = "tracepoint sock/inet_sock_set_state (Linux 4.16+)";
+    tracepoint.load().map_err(|source| LoadError::Program {
+        action: "loading",
+        name: names::PROG_TCP_STATE,
+        feature,
+        source,
+    })?;
+    tracepoint.attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME).map_err(|source| LoadError::Program {
+        action: "attaching",
+        name: names::PROG_TCP_STATE,
+        feature,
+        source,
+    })?;
+    Ok(ebpf)
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
+    program.try_into().map_err(|_| LoadError::MissingProgram { name })
+}
+
+fn is_permission(error: &EbpfError) -> bool {
+    let text = format!("{error:?}");
+    text.contains("PermissionDenied") || text.contains("Operation not permitted")
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on Linux 5.11+");
+    }
+}
+
+fn ensure_tracefs() -> Result<(), LoadError> {
+    if Path::new(TRACEFS).join("events").is_dir() || Path::new("/sys/kernel/debug/tracing/events").is_dir() {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(TRACEFS).map_err(|error| LoadError::Tracefs(io::Error::other(error)))?;
+    let fstype = c"tracefs";
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(LoadError::Tracefs(io::Error::last_os_error()));
+    }
+    tracing::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+fn check_tracepoint_layout() -> Result<(), LoadError> {
+    let format_path = [TRACEFS, "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(|root| Path::new(root).join("events").join(TRACEPOINT_CATEGORY).join(TRACEPOINT_NAME).join("format"))
+        .find(|path| path.exists())
+        .ok_or_else(|| LoadError::TracepointLayout { detail: "the tracepoint does not exist".to_owned() })?;
+    let format = fs::read_to_string(&format_path).map_err(|error| LoadError::TracepointLayout {
+        detail: format!("reading {}: {error}", format_path.display()),
+    })?;
+    check_layout(&format).map_err(|detail| LoadError::TracepointLayout { detail })
+}
+
+/// Compares a tracefs `format` file with [`TRACEPOINT_FIELDS`].
+fn check_layout(format: &str) -> Result<(), String> {
+    for (field, expected) in TRACEPOINT_FIELDS {
+        let offset = format
+            .lines()
+            .find_map(|line| {
+                let declaration = line.trim().strip_prefix("field:")?.split(';').next()?;
+                let name = declaration.rsplit(' ').next()?.split('[').next()?;
+                if name != field {
+                    return None;
+                }
+                line.split(';').find_map(|part| part.trim().strip_prefix("offset:")?.parse::<usize>().ok())
+            })
+            .ok_or_else(|| format!("field {field} is missing"))?;
+        if offset != expected {
+            return Err(format!("field {field} at offset {offset}, the program reads offset {expected}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FORMAT: &str = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;";
+
+    #[test]
+    fn layout_of_this_kernel_generation_is_accepted() {
+        assert_eq!(check_layout(FORMAT), Ok(()));
+    }
+
+    #[test]
+    fn moved_field_is_named() {
+        let moved = FORMAT.replace("offset:24", "offset:28");
+        assert_eq!(check_layout(&moved), Err("field sport at offset 28, the program reads offset 24".to_owned()));
+    }
+}

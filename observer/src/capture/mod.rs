@@ -1,0 +1,405 @@
+//! Capture: the kernel side of the observer, seen from userspace.
+//!
+//! In: the attached kernel programs' ring buffer (new flows, TCP state
+//! changes), their flow map (polled every `poll_interval`) and their per-CPU
+//! counters. Out: batches of [`FlowRecord`]s on a bounded channel, and
+//! [`CaptureHealth`] counters. A full channel drops the batch and counts it.
+
+pub mod cgroups;
+pub mod clock;
+pub mod loader;
+pub mod table;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
+};
+use observer_common::{Counter, Event, FlowKey, FlowStats, INITIATOR_LOCAL, names, tcp_flags};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+};
+
+use crate::flow::{Cgroup, Family, FlagSet, FlowRecord, Icmp, LocalEnd, Peer, Protocol, TcpFlags, Traffic, key_addrs};
+use cgroups::CgroupPaths;
+use clock::{Clock, monotonic_ns};
+use loader::{LoadError, LoadOptions};
+use table::{Emission, FlowTable, TableConfig};
+
+/// Settings of the capture stage.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// How to load the kernel programs.
+    pub load: LoadOptions,
+    /// How often the flow map is read and records are written.
+    pub poll_interval: Duration,
+    /// Flow table timing.
+    pub table: TableConfig,
+    /// Name of this node, written in every record.
+    pub node: Arc<str>,
+    /// Forward kernel diagnostics (aya-log) to the log.
+    pub kernel_log: bool,
+}
+
+/// Errors of the capture stage.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// Loading or attaching failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A map the programs define is missing or of the wrong type.
+    #[error("eBPF map {name} is unusable")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Cause.
+        #[source]
+        source: MapError,
+    },
+    /// The ring buffer cannot be polled.
+    #[error("cannot poll the event ring buffer")]
+    RingPoll(#[source] std::io::Error),
+}
+
+/// Health counters of capture, shared with metrics and the health report.
+#[derive(Debug, Default)]
+pub struct CaptureHealth {
+    /// Ring-buffer events the kernel could not queue (kernel counter).
+    pub events_lost: AtomicU64,
+    /// Flow-map inserts that failed in the kernel.
+    pub flow_inserts_failed: AtomicU64,
+    /// Packets the kernel could not parse.
+    pub packets_unparsed: AtomicU64,
+    /// Flows the kernel created.
+    pub kernel_flows_created: AtomicU64,
+    /// Flows the table tracked.
+    pub flows_tracked: AtomicU64,
+    /// Flows that ended.
+    pub flows_ended: AtomicU64,
+    /// Flows evicted from the kernel map before they ended.
+    pub flows_evicted: AtomicU64,
+    /// Flows found only by polling (their new-flow event was lost).
+    pub flows_discovered: AtomicU64,
+    /// Flows tracked right now.
+    pub flows_active: AtomicU64,
+    /// Entries in the kernel flow map at the last poll.
+    pub flow_map_entries: AtomicU64,
+    /// Capacity of the kernel flow map.
+    pub flow_map_capacity: AtomicU64,
+    /// Ring-buffer events read.
+    pub events_read: AtomicU64,
+    /// Records dropped because the next stage was full.
+    pub records_dropped: AtomicU64,
+    /// Records handed to the next stage.
+    pub records_sent: AtomicU64,
+}
+
+impl CaptureHealth {
+    /// A JSON object of every counter, for logs and tests.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        serde_json::json!({
+            "events_lost": get(&self.events_lost),
+            "flow_inserts_failed": get(&self.flow_inserts_failed),
+            "packets_unparsed": get(&self.packets_unparsed),
+            "kernel_flows_created": get(&self.kernel_flows_created),
+            "flows_tracked": get(&self.flows_tracked),
+            "flows_ended": get(&self.flows_ended),
+            "flows_evicted": get(&self.flows_evicted),
+            "flows_discovered": get(&self.flows_discovered),
+            "flows_active": get(&self.flows_active),
+            "flow_map_entries": get(&self.flow_map_entries),
+            "flow_map_capacity": get(&self.flow_map_capacity),
+            "events_read": get(&self.events_read),
+            "records_dropped": get(&self.records_dropped),
+            "records_sent": get(&self.records_sent),
+        })
+    }
+}
+
+/// The loaded and attached kernel programs and the state that reads them.
+pub struct Capture {
+    // Owns the programs and their links: dropping it detaches everything.
+    _ebpf: Ebpf,
+    flows: BpfHashMap<MapData, FlowKey, FlowStats>,
+    events: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    table: FlowTable,
+    cgroups: CgroupPaths,
+    clock: Clock,
+    config: CaptureConfig,
+    health: Arc<CaptureHealth>,
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
+    ebpf.take_map(name).ok_or(CaptureError::Map { name, source: MapError::InvalidName { name: name.to_owned() } })
+}
+
+impl Capture {
+    /// Loads and attaches the kernel programs. Must run inside a tokio runtime.
+    pub fn start(config: CaptureConfig) -> Result<Self, CaptureError> {
+        let mut ebpf = loader::load(&config.load)?;
+        let logger = if config.kernel_log {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(logger) => Some(register(logger)?),
+                Err(error) => {
+                    tracing::warn!(%error, "kernel log unavailable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let flows = BpfHashMap::try_from(take_map(&mut ebpf, names::FLOWS)?)
+            .map_err(|source| CaptureError::Map { name: names::FLOWS, source })?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)
+            .map_err(|source| CaptureError::Map { name: names::EVENTS, source })?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, names::COUNTERS)?)
+            .map_err(|source| CaptureError::Map { name: names::COUNTERS, source })?;
+        let health = Arc::new(CaptureHealth::default());
+        health.flow_map_capacity.store(u64::from(config.load.flow_map_size), Ordering::Relaxed);
+        tracing::info!(
+            cgroup_root = %config.load.cgroup_root.display(),
+            flow_map_size = config.load.flow_map_size,
+            ring_buffer_bytes = config.load.ring_buffer_bytes,
+            "kernel programs attached"
+        );
+        Ok(Self {
+            _ebpf: ebpf,
+            flows,
+            events: register(events)?,
+            counters,
+            logger,
+            table: FlowTable::new(config.table),
+            cgroups: CgroupPaths::new(config.load.cgroup_root.clone(), Duration::from_secs(1)),
+            clock: Clock::new(),
+            config,
+            health,
+        })
+    }
+
+    /// Health counters, updated while [`Capture::run`] runs.
+    pub fn health(&self) -> Arc<CaptureHealth> {
+        Arc::clone(&self.health)
+    }
+
+    /// Reads events and polls the flow map until `shutdown` turns true, then
+    /// ends every flow and returns. Dropping `self` afterwards detaches.
+    pub async fn run(mut self, sink: mpsc::Sender<Vec<FlowRecord>>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.config.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out = Vec::new();
+        let mut delete = Vec::new();
+        loop {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        break;
+                    }
+                }
+                guard = self.events.readable_mut() => {
+                    match guard {
+                        Ok(mut guard) => {
+                            guard.clear_ready();
+                            self.read_events(&mut out, &mut delete);
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "ring buffer poll failed; stopping capture");
+                            break;
+                        }
+                    }
+                }
+                Some(guard) = maybe_readable(&mut self.logger) => {
+                    if let Ok(mut guard) = guard {
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                }
+                _ = tick.tick() => {
+                    self.poll(&mut out);
+                    self.table.flush(monotonic_ns(), &mut out, &mut delete);
+                    self.finish_batch(&sink, &mut out, &mut delete);
+                }
+            }
+        }
+        self.read_events(&mut out, &mut delete);
+        self.poll(&mut out);
+        self.table.flush(monotonic_ns(), &mut out, &mut delete);
+        self.table.drain(&mut out);
+        self.finish_batch(&sink, &mut out, &mut delete);
+        tracing::info!(health = %self.health.snapshot(), "capture stopped");
+    }
+
+    fn read_events(&mut self, out: &mut Vec<Emission>, delete: &mut Vec<FlowKey>) {
+        let ring = self.events.get_mut();
+        let mut read = 0u64;
+        while let Some(item) = ring.next() {
+            read += 1;
+            if item.len() < size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote an `Event` (repr(C), any bit pattern valid).
+            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+            drop(item);
+            self.table.on_event(&event, out, delete);
+        }
+        self.health.events_read.fetch_add(read, Ordering::Relaxed);
+    }
+
+    fn poll(&mut self, out: &mut Vec<Emission>) {
+        let taken = monotonic_ns();
+        let mut snapshot = Vec::with_capacity(self.table.len() + 64);
+        for entry in self.flows.iter() {
+            match entry {
+                Ok(entry) => snapshot.push(entry),
+                // An entry deleted while iterating (LRU eviction) is skipped.
+                Err(MapError::KeyNotFound) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "reading the flow map failed; will retry next poll");
+                    return;
+                }
+            }
+        }
+        self.health.flow_map_entries.store(snapshot.len() as u64, Ordering::Relaxed);
+        self.table.on_poll(&snapshot, taken, out);
+        self.read_counters();
+    }
+
+    fn read_counters(&mut self) {
+        let sum = |counter: Counter| -> u64 {
+            self.counters.get(&(counter as u32), 0).map(|values| values.iter().copied().sum()).unwrap_or(0)
+        };
+        let lost = sum(Counter::EventsLost);
+        let previous_lost = self.health.events_lost.swap(lost, Ordering::Relaxed);
+        if lost > previous_lost {
+            tracing::warn!(lost = lost - previous_lost, total = lost, "kernel ring buffer full: events lost");
+        }
+        let failed = sum(Counter::FlowInsertFailed);
+        let previous_failed = self.health.flow_inserts_failed.swap(failed, Ordering::Relaxed);
+        if failed > previous_failed {
+            tracing::warn!(failed = failed - previous_failed, total = failed, "flow map inserts failed");
+        }
+        self.health.packets_unparsed.store(sum(Counter::PacketsUnparsed), Ordering::Relaxed);
+        self.health.kernel_flows_created.store(sum(Counter::FlowsCreated), Ordering::Relaxed);
+    }
+
+    fn finish_batch(
+        &mut self,
+        sink: &mpsc::Sender<Vec<FlowRecord>>,
+        out: &mut Vec<Emission>,
+        delete: &mut Vec<FlowKey>,
+    ) {
+        for key in delete.drain(..) {
+            // Already gone (evicted) is fine.
+            let _ = self.flows.remove(&key);
+        }
+        let stats = self.table.stats();
+        let health = Arc::clone(&self.health);
+        health.flows_tracked.store(stats.flows_tracked, Ordering::Relaxed);
+        health.flows_ended.store(stats.flows_ended, Ordering::Relaxed);
+        health.flows_evicted.store(stats.flows_evicted, Ordering::Relaxed);
+        health.flows_discovered.store(stats.flows_discovered, Ordering::Relaxed);
+        health.flows_active.store(self.table.len() as u64, Ordering::Relaxed);
+        if out.is_empty() {
+            return;
+        }
+        let batch: Vec<FlowRecord> = out.drain(..).map(|emission| self.record(&emission)).collect();
+        let count = batch.len() as u64;
+        match sink.try_send(batch) {
+            Ok(()) => {
+                health.records_sent.fetch_add(count, Ordering::Relaxed);
+            }
+            Err(error) => {
+                health.records_dropped.fetch_add(count, Ordering::Relaxed);
+                tracing::warn!(records = count, reason = %error, "next stage is not keeping up: records dropped");
+            }
+        }
+    }
+
+    fn record(&mut self, emission: &Emission) -> FlowRecord {
+        build_record(emission, &self.clock, self.cgroups.path(emission.key.cgroup_id), &self.config.node)
+    }
+}
+
+/// Registers a map's fd for readiness; only readable interest, and the map
+/// owns its fd for as long as the `AsyncFd` lives.
+fn register<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>, CaptureError> {
+    // SAFETY: `inner` owns a valid fd that is neither closed nor replaced while
+    // registered: it is only dropped together with the `AsyncFd`.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+        .map_err(|error| CaptureError::RingPoll(error.into()))
+}
+
+async fn maybe_readable<T: std::os::fd::AsRawFd>(
+    fd: &mut Option<AsyncFd<T>>,
+) -> Option<std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, T>>> {
+    match fd {
+        Some(fd) => Some(fd.readable_mut().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Orients a kernel flow (local/remote) as a record (initiator/responder).
+pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<str>>, node: &Arc<str>) -> FlowRecord {
+    let Emission { key, stats, event, state } = *emission;
+    let (local_ip, remote_ip) = key_addrs(&key);
+    let protocol = Protocol(key.protocol);
+    let (local_port, remote_port, icmp) = if protocol.is_icmp() {
+        (None, None, Some(Icmp { kind: key.local_port as u8, code: key.remote_port as u8 }))
+    } else if matches!(
+        key.protocol,
+        observer_common::PROTO_TCP | observer_common::PROTO_UDP | observer_common::PROTO_SCTP
+    ) {
+        (Some(key.local_port), Some(key.remote_port), None)
+    } else {
+        (None, None, None)
+    };
+    let local = Peer { ip: local_ip, port: local_port };
+    let remote = Peer { ip: remote_ip, port: remote_port };
+    let sent = Traffic { packets: stats.packets_out, bytes: stats.bytes_out };
+    let received = Traffic { packets: stats.packets_in, bytes: stats.bytes_in };
+    let local_initiated = stats.initiator == INITIATOR_LOCAL;
+    let (src, dst, to_dst, to_src, local_end) = if local_initiated {
+        (local, remote, sent, received, LocalEnd::Src)
+    } else {
+        (remote, local, received, sent, LocalEnd::Dst)
+    };
+    let tcp_flags = (key.protocol == observer_common::PROTO_TCP).then(|| {
+        let (to_dst, to_src) = if local_initiated {
+            (stats.tcp_flags_out, stats.tcp_flags_in)
+        } else {
+            (stats.tcp_flags_in, stats.tcp_flags_out)
+        };
+        TcpFlags { to_dst: FlagSet(to_dst & ALL_FLAGS), to_src: FlagSet(to_src & ALL_FLAGS) }
+    });
+    FlowRecord {
+        time: std::time::SystemTime::now(),
+        event,
+        node: Arc::clone(node),
+        protocol,
+        family: if key.family == observer_common::FAMILY_IPV4 { Family::Ipv4 } else { Family::Ipv6 },
+        src,
+        dst,
+        local: local_end,
+        icmp,
+        cgroup: Cgroup { id: key.cgroup_id, path: cgroup_path },
+        state,
+        to_dst,
+        to_src,
+        tcp_flags,
+        first_seen: clock.wall(stats.first_seen_ns),
+        last_seen: clock.wall(stats.last_seen_ns),
+        duration_ms: stats.last_seen_ns.saturating_sub(stats.first_seen_ns) / 1_000_000,
+    }
+}
+
+const ALL_FLAGS: u8 = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::PSH | tcp_flags::FIN | tcp_flags::RST;

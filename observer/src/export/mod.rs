@@ -1,0 +1,3 @@
+//! Export: where records leave the observer.
+
+pub mod flowlog;

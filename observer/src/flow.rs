@@ -1,0 +1,269 @@
+//! The flow record: what the observer says about one flow, as written to the
+//! JSON flow log.
+//!
+//! In: a flow's key and counters from capture. Out: a serde-serializable record
+//! whose shape is documented in the README ("Flow log"). Later stages add
+//! fields (pods, workloads, verdicts, names) without changing existing ones.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use observer_common::{FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, tcp_flags};
+use serde::{Serialize, Serializer};
+
+/// Why a record was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordEvent {
+    /// First record of a flow still going on.
+    Start,
+    /// The flow's counters or state changed.
+    Update,
+    /// Last record of the flow (a flow that starts and ends between two
+    /// flushes has only this one).
+    End,
+}
+
+/// Where a flow stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowState {
+    /// TCP: a SYN was sent or received, no handshake yet.
+    Attempted,
+    /// TCP: the handshake completed.
+    Established,
+    /// TCP: the connect was answered with a reset.
+    Refused,
+    /// TCP: the connect got no answer before it was given up.
+    Unanswered,
+    /// TCP: the connection closed after it was established.
+    Closed,
+    /// UDP, SCTP, ICMP: packets are flowing.
+    Active,
+    /// Idle for longer than the idle timeout (TCP: no close was seen).
+    Expired,
+    /// The kernel's flow map evicted the flow before it ended (map full).
+    Evicted,
+}
+
+/// One end of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    /// Address.
+    pub ip: IpAddr,
+    /// Port; absent for ICMP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Packets and bytes in one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    /// Packets (GSO super-packets count once).
+    pub packets: u64,
+    /// Bytes, IP headers included.
+    pub bytes: u64,
+}
+
+/// ICMP message type and code of an ICMP flow (echo replies fold onto the
+/// request type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Icmp {
+    /// Message type.
+    #[serde(rename = "type")]
+    pub kind: u8,
+    /// Message code.
+    pub code: u8,
+}
+
+/// The cgroup of the local socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cgroup {
+    /// cgroup v2 id (inode).
+    pub id: u64,
+    /// Path below the cgroup v2 root, if the cgroup still exists.
+    pub path: Option<Arc<str>>,
+}
+
+/// Which end of the flow is on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalEnd {
+    /// The initiator.
+    Src,
+    /// The responder.
+    Dst,
+}
+
+/// TCP flags seen in each direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TcpFlags {
+    /// Flags sent by the source.
+    pub to_dst: FlagSet,
+    /// Flags sent by the destination.
+    pub to_src: FlagSet,
+}
+
+/// A set of TCP flags, serialized as names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlagSet(pub u8);
+
+impl Serialize for FlagSet {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const NAMES: [(u8, &str); 5] = [
+            (tcp_flags::SYN, "SYN"),
+            (tcp_flags::ACK, "ACK"),
+            (tcp_flags::PSH, "PSH"),
+            (tcp_flags::FIN, "FIN"),
+            (tcp_flags::RST, "RST"),
+        ];
+        serializer.collect_seq(NAMES.iter().filter(|(bit, _)| self.0 & bit != 0).map(|(_, name)| name))
+    }
+}
+
+/// One line of the flow log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    /// When the record was written (RFC 3339, UTC).
+    #[serde(serialize_with = "serialize_time")]
+    pub time: SystemTime,
+    /// Why it was written.
+    pub event: RecordEvent,
+    /// The node that observed it.
+    pub node: Arc<str>,
+    /// `tcp`, `udp`, `sctp`, `icmp`, `icmpv6`, or `ip-<number>`.
+    pub protocol: Protocol,
+    /// `ipv4` or `ipv6`.
+    pub family: Family,
+    /// The initiator (the end that sent the first packet).
+    pub src: Peer,
+    /// The responder.
+    pub dst: Peer,
+    /// Which end is local to this node.
+    pub local: LocalEnd,
+    /// ICMP type and code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<Icmp>,
+    /// The local socket's cgroup.
+    pub cgroup: Cgroup,
+    /// Where the flow stands.
+    pub state: FlowState,
+    /// Traffic from src to dst.
+    pub to_dst: Traffic,
+    /// Traffic from dst to src.
+    pub to_src: Traffic,
+    /// TCP flags seen each way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<TcpFlags>,
+    /// First packet.
+    #[serde(serialize_with = "serialize_time")]
+    pub first_seen: SystemTime,
+    /// Latest packet.
+    #[serde(serialize_with = "serialize_time")]
+    pub last_seen: SystemTime,
+    /// `last_seen - first_seen` in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Transport protocol of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Protocol(pub u8);
+
+impl Protocol {
+    /// The name used in records.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match self.0 {
+            PROTO_TCP => "tcp".into(),
+            PROTO_UDP => "udp".into(),
+            PROTO_SCTP => "sctp".into(),
+            PROTO_ICMP => "icmp".into(),
+            PROTO_ICMPV6 => "icmpv6".into(),
+            other => format!("ip-{other}").into(),
+        }
+    }
+
+    /// ICMP or ICMPv6.
+    pub fn is_icmp(self) -> bool {
+        matches!(self.0, PROTO_ICMP | PROTO_ICMPV6)
+    }
+}
+
+impl Serialize for Protocol {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name())
+    }
+}
+
+/// Address family of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// IPv4.
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+}
+
+/// The local and remote addresses of a key.
+pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
+    if key.family == FAMILY_IPV4 {
+        let v4 = |bytes: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]));
+        (v4(&key.local_addr), v4(&key.remote_addr))
+    } else {
+        (IpAddr::V6(Ipv6Addr::from(key.local_addr)), IpAddr::V6(Ipv6Addr::from(key.remote_addr)))
+    }
+}
+
+fn serialize_time<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&rfc3339(*time))
+}
+
+/// Formats a time as RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap_day = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
+        assert_eq!(rfc3339(leap_day), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn flags_serialize_as_names() {
+        let flags = FlagSet(tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST);
+        assert_eq!(serde_json::to_string(&flags).expect("json"), r#"["SYN","ACK","RST"]"#);
+    }
+}

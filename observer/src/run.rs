@@ -1,0 +1,181 @@
+//! `observer run`: the daemon. Wires the stages (capture → export), handles
+//! SIGINT/SIGTERM, and detaches everything on the way out.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    capture::{Capture, CaptureConfig, loader, loader::LoadOptions, table::TableConfig},
+    export::flowlog,
+};
+
+/// Options of `observer run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Write the JSON flow log to this file (appended) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub flow_log: Option<PathBuf>,
+    /// cgroup v2 root to attach at [default: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// Name of this node in records [default: $NODE_NAME, else the hostname].
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// How often the kernel flow map is read and records are written.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Minimum time between two update records of one flow.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub update_interval: Duration,
+    /// A UDP, SCTP or ICMP flow idle this long has ended.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// A TCP flow idle this long with no close seen is expired.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub tcp_idle_timeout: Duration,
+    /// Capacity of the kernel flow map (entries; about 200 bytes each).
+    #[arg(long, default_value_t = 131_072)]
+    pub flow_map_size: u32,
+    /// Size of the kernel event ring buffer in bytes (a power of two).
+    #[arg(long, default_value_t = 8 << 20, value_parser = parse_ring_size)]
+    pub ring_buffer_bytes: u32,
+    /// Also observe loopback traffic (127.0.0.0/8, ::1).
+    #[arg(long)]
+    pub include_loopback: bool,
+    /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.
+    #[arg(long)]
+    pub ebpf_log: bool,
+}
+
+/// Parses `500ms`, `2s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s, 5m or 1h"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => return Err(format!("{text:?} has no unit: use ms, s, m or h")),
+    };
+    if duration.is_zero() {
+        return Err("a duration must be more than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let bytes: u32 = text.parse().map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    if !bytes.is_power_of_two() || bytes < 4096 {
+        return Err(format!("{bytes} must be a power of two of at least 4096"));
+    }
+    Ok(bytes)
+}
+
+fn node_name(args: &RunArgs) -> String {
+    if let Some(name) = &args.node_name {
+        return name.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl RunArgs {
+    fn capture_config(&self) -> anyhow::Result<CaptureConfig> {
+        let cgroup_root = match &self.cgroup_root {
+            Some(root) => root.clone(),
+            None => loader::detect_cgroup_root().context(
+                "no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified; mount cgroup2 or pass --cgroup-root",
+            )?,
+        };
+        Ok(CaptureConfig {
+            load: LoadOptions {
+                cgroup_root,
+                flow_map_size: self.flow_map_size,
+                ring_buffer_bytes: self.ring_buffer_bytes,
+                skip_loopback: !self.include_loopback,
+                // aya-log levels: 0 disables every statement, 4 is debug.
+                kernel_log_level: if self.ebpf_log { 4 } else { 0 },
+            },
+            poll_interval: self.poll_interval,
+            table: TableConfig {
+                update_interval_ns: nanos(self.update_interval),
+                idle_timeout_ns: nanos(self.idle_timeout),
+                tcp_idle_timeout_ns: nanos(self.tcp_idle_timeout),
+                close_linger_ns: nanos(self.poll_interval.min(Duration::from_millis(200))),
+                pending_timeout_ns: nanos(Duration::from_secs(10)),
+            },
+            node: Arc::from(node_name(self)),
+            kernel_log: self.ebpf_log,
+        })
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.capture_config()?;
+    let target = args.flow_log.clone().map_or(flowlog::Target::Stdout, flowlog::Target::File);
+    let capture = Capture::start(config).context("starting capture")?;
+    let (records_tx, records_rx) = mpsc::channel(1024);
+    let writer = tokio::spawn(flowlog::write(target, records_rx));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        match shutdown_signal().await {
+            Ok(signal) => tracing::info!(signal, "stopping"),
+            Err(error) => tracing::error!(%error, "cannot wait for signals; stopping"),
+        }
+        let _ = shutdown_tx.send(true);
+    });
+    capture.run(records_tx, shutdown_rx).await;
+    let written = writer.await.context("flow log task panicked")?.context("flow log")?;
+    tracing::info!(records = written, "flow log closed; kernel programs detached");
+    Ok(())
+}
+
+async fn shutdown_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_only() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn ring_size_must_be_a_power_of_two() {
+        assert_eq!(parse_ring_size("8388608"), Ok(8 << 20));
+        assert!(parse_ring_size("5000").is_err());
+    }
+}
