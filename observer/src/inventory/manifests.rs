@@ -201,7 +201,8 @@ fn parse_file(file: &Path, text: &str, manifests: &mut Manifests) {
             Err((at, error)) => {
                 manifests.errors.push(ManifestError {
                     origin: Origin { file: file.to_owned(), line: at },
-                    message: format!("invalid YAML: {error}"),
+                    // serde_yaml's own positions count from the document's start.
+                    message: format!("invalid YAML in the document starting at line {line}: {error}"),
                 });
                 continue;
             }
@@ -289,7 +290,9 @@ mod tests {
         );
         assert_eq!(manifests.objects.len(), 2);
         assert_eq!(manifests.errors.len(), 1);
-        assert_eq!(manifests.errors[0].origin.line, 8, "{}", manifests.errors[0]);
+        // The parser fails where the unclosed sequence should have ended.
+        assert_eq!(manifests.errors[0].origin.line, 9, "{}", manifests.errors[0]);
+        assert!(manifests.errors[0].message.contains("document starting at line 6"), "{}", manifests.errors[0]);
     }
 
     #[test]
