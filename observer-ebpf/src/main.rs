@@ -98,7 +98,7 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
     // SAFETY: `ctx.skb` is the program's own `__sk_buff`.
     key.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(stats) = FLOWS.get_ptr_mut(&key) {
+    if let Some(stats) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the map value stays valid for the program's run.
         unsafe { update(stats, &parsed, direction, now) };
         return;
@@ -110,13 +110,13 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
         return;
     }
     let stats = new_stats(&parsed, direction, now);
-    if FLOWS.insert(&key, &stats, u64::from(BPF_NOEXIST)).is_ok() {
+    if FLOWS.insert(key, stats, u64::from(BPF_NOEXIST)).is_ok() {
         bump(Counter::FlowsCreated);
         emit(EVENT_NEW_FLOW, 0, 0, now, &key);
         return;
     }
     // Another CPU inserted the same flow first: count on its entry.
-    match FLOWS.get_ptr_mut(&key) {
+    match FLOWS.get_ptr_mut(key) {
         // SAFETY: as above.
         Some(stats) => unsafe { update(stats, &parsed, direction, now) },
         None => {

@@ -1,4 +1,31 @@
-//! Project tasks: `cargo xtask <task>`.
+//! Project tasks: `cargo xtask <task>`. `setup` installs what the build and
+//! tests need, `test` is what CI runs, `demo` shows the observer on lab traffic.
+
+mod command;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+/// Tasks of the flow observer project.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker, tracefs); idempotent.
+    Setup,
+    /// Run every check and test: formatting, clippy, unit, fake API server and real-kernel tests (what CI runs).
+    Test,
+}
+
 fn main() -> anyhow::Result<()> {
-    Ok(())
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test => test::run(),
+    }
 }

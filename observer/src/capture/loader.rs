@@ -65,12 +65,12 @@ pub enum LoadError {
     #[error(
         "permission denied loading eBPF programs: run as root, or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_RESOURCE"
     )]
-    Permission(#[source] EbpfError),
+    Permission(#[source] Box<EbpfError>),
     /// The kernel refused the object.
     #[error(
         "the kernel refused the eBPF object (needs Linux 5.8+ with BPF ring buffers, LRU hash maps, cgroup_skb and tracepoint programs)"
     )]
-    Load(#[source] EbpfError),
+    Load(#[source] Box<EbpfError>),
     /// No cgroup v2 mount.
     #[error("{path} is not a cgroup v2 mount; mount cgroup2 there or pass --cgroup-root")]
     NotCgroup2 {
@@ -103,7 +103,7 @@ pub enum LoadError {
         feature: &'static str,
         /// Cause.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs is not mounted at {TRACEFS} and mounting it failed; run `mount -t tracefs nodev {TRACEFS}`")]
@@ -124,7 +124,6 @@ pub fn detect_cgroup_root() -> Option<PathBuf> {
 
 /// Whether `path` is the root of a cgroup v2 mount.
 pub fn is_cgroup2(path: &Path) -> bool {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
@@ -132,7 +131,7 @@ pub fn is_cgroup2(path: &Path) -> bool {
     // SAFETY: valid NUL-terminated path and a buffer of the right type.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
     // SAFETY: statfs succeeded, so the buffer is initialised.
-    rc == 0 && i64::from(unsafe { stat.assume_init() }.f_type) == CGROUP2_SUPER_MAGIC
+    rc == 0 && unsafe { stat.assume_init() }.f_type == libc::CGROUP2_SUPER_MAGIC
 }
 
 /// Loads the object and attaches every program.
@@ -153,7 +152,13 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf, LoadError> {
         .override_global(names::SKIP_LOOPBACK, &skip_loopback, true)
         .override_global(aya_log::LEVEL, &options.kernel_log_level, false)
         .load(OBJECT)
-        .map_err(|error| if is_permission(&error) { LoadError::Permission(error) } else { LoadError::Load(error) })?;
+        .map_err(|error| {
+            if is_permission(&error) {
+                LoadError::Permission(Box::new(error))
+            } else {
+                LoadError::Load(Box::new(error))
+            }
+        })?;
 
     let cgroup = fs::File::open(&options.cgroup_root)
         .map_err(|source| LoadError::CgroupOpen { path: options.cgroup_root.clone(), source })?;
@@ -162,7 +167,12 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf, LoadError> {
     {
         let program: &mut CgroupSkb = program(&mut ebpf, name)?;
         let feature = "cgroup_skb programs (Linux 4.10+)";
-        program.load().map_err(|source| LoadError::Program { action: "loading", name, feature, source })?;
+        program.load().map_err(|source| LoadError::Program {
+            action: "loading",
+            name,
+            feature,
+            source: Box::new(source),
+        })?;
         // aya attaches through a bpf_link (Linux 5.7+, below our 5.8 floor), and
         // cgroup links always run in multi mode: other agents' programs on the
         // same cgroup keep running. The link rejects explicit mode flags.
@@ -170,7 +180,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf, LoadError> {
             action: "attaching",
             name,
             feature: "cgroup v2 BPF attachment",
-            source,
+            source: Box::new(source),
         })?;
     }
     let tracepoint: &mut TracePoint = program(&mut ebpf, names::PROG_TCP_STATE)?;
@@ -179,13 +189,13 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf, LoadError> {
         action: "loading",
         name: names::PROG_TCP_STATE,
         feature,
-        source,
+        source: Box::new(source),
     })?;
     tracepoint.attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME).map_err(|source| LoadError::Program {
         action: "attaching",
         name: names::PROG_TCP_STATE,
         feature,
-        source,
+        source: Box::new(source),
     })?;
     Ok(ebpf)
 }
