@@ -150,7 +150,11 @@ pub(crate) fn run_unchecked(cmd: &mut Command, stdin: Option<&str>, timeout: Dur
     };
     // The pipes close when the child exits unless it left a grandchild holding them; don't wait for that.
     let grace = Duration::from_secs(2);
-    Ok(Output { status, stdout: stdout.recv_timeout(grace).unwrap_or_default(), stderr: stderr.recv_timeout(grace).unwrap_or_default() })
+    Ok(Output {
+        status,
+        stdout: stdout.recv_timeout(grace).unwrap_or_default(),
+        stderr: stderr.recv_timeout(grace).unwrap_or_default(),
+    })
 }
 
 /// Reads a pipe to its end on a thread; the bytes arrive on the returned channel.

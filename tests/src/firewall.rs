@@ -44,7 +44,10 @@ impl FirewallRules {
             .filter_map(|l| l.rsplit_once("# handle ").and_then(|(_, h)| h.trim().parse().ok()))
             .collect();
         if handles.len() != rules.len() {
-            return Err(Error::Output { command: exec::describe(&cmd), detail: format!("no rule handles in {echoed:?}") });
+            return Err(Error::Output {
+                command: exec::describe(&cmd),
+                detail: format!("no rule handles in {echoed:?}"),
+            });
         }
         Ok(Self { netns_path, rules: rules.iter().map(|(chain, _)| *chain).zip(handles).collect() })
     }
@@ -57,7 +60,10 @@ impl FirewallRules {
     /// Drops everything from and to `peer`.
     pub(crate) fn block_peer(netns_path: PathBuf, peer: IpAddr) -> Result<Self> {
         let family = if peer.is_ipv4() { "ip" } else { "ip6" };
-        Self::add(netns_path, &[("input", format!("{family} saddr {peer}")), ("output", format!("{family} daddr {peer}"))])
+        Self::add(
+            netns_path,
+            &[("input", format!("{family} saddr {peer}")), ("output", format!("{family} daddr {peer}"))],
+        )
     }
 }
 

@@ -172,7 +172,8 @@ pub trait Endpoint {
             let args = ["-n", "-c", &count.to_string(), "-i", "0.2", "-W", "1", &dest.to_string()];
             let out = self.run(ping, args, bound)?;
             // Exit status 1 means "no reply", still a valid count; anything unparsable falls through.
-            if let Some(report) = traffic::parse_iputils_ping(&dest.to_string(), &String::from_utf8_lossy(&out.stdout)) {
+            if let Some(report) = traffic::parse_iputils_ping(&dest.to_string(), &String::from_utf8_lossy(&out.stdout))
+            {
                 return Ok(report);
             }
         }
@@ -562,6 +563,12 @@ impl Lab {
 
         let adds: String = self.state.netns.iter().map(|n| format!("netns add {n}\n")).collect();
         ip_batch(None, &adds)?;
+        // Before any link exists, so every interface inherits it: with DAD on, link-local addresses
+        // stay tentative for a second or two and the router sends no neighbour solicitations in that
+        // time, so the first forwarded IPv6 packets would vanish.
+        for ns in &self.state.netns {
+            set_sysctls(ns, &[("net/ipv6/conf/all/accept_dad", "0"), ("net/ipv6/conf/default/accept_dad", "0")])?;
+        }
 
         let v6 = |line: String| if ipv6 { line } else { String::new() };
         let mut node = format!(
@@ -611,7 +618,8 @@ impl Lab {
             }
             ip_batch(Some(&inet.netns), &lines)?;
             set_sysctls(&inet.netns, &POD_SYSCTLS)?;
-            self.internet = Some(Internet { info: inet.clone(), traffic_bin: traffic_bin.clone(), next_host: AtomicU8::new(11) });
+            self.internet =
+                Some(Internet { info: inet.clone(), traffic_bin: traffic_bin.clone(), next_host: AtomicU8::new(11) });
         }
         for pod in &mut self.state.pods {
             pod.traffic_bin.clone_from(&traffic_bin);

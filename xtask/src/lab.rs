@@ -84,6 +84,12 @@ fn print_summary(state: &LabState) {
     }
     if let Some(i) = &state.internet {
         let v6 = i.ipv6.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-        println!("internet netns {} at {} / {v6}, cgroup {} (id {})", i.netns, i.ipv4, i.cgroup_dir.display(), i.cgroup_id);
+        println!(
+            "internet netns {} at {} / {v6}, cgroup {} (id {})",
+            i.netns,
+            i.ipv4,
+            i.cgroup_dir.display(),
+            i.cgroup_id
+        );
     }
 }

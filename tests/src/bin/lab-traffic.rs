@@ -24,9 +24,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use observer_tests::{
-    BurstReport, PingReport, ServerEvent, TcpClientReport, UdpClientReport, allowed_destination,
-};
+use observer_tests::{BurstReport, PingReport, ServerEvent, TcpClientReport, UdpClientReport, allowed_destination};
 
 /// How long a server waits on one peer before giving up on it.
 const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,7 +81,9 @@ impl Args {
     }
 
     fn num(&self, name: &str, default: u64) -> anyhow::Result<u64> {
-        self.0.get(name).map_or(Ok(default), |v| v.parse().with_context(|| format!("--{name} {v:?}: expected a number")))
+        self.0
+            .get(name)
+            .map_or(Ok(default), |v| v.parse().with_context(|| format!("--{name} {v:?}: expected a number")))
     }
 
     fn opt(&self, name: &str) -> anyhow::Result<Option<u64>> {
@@ -254,7 +254,8 @@ fn tcp_client(args: &Args) -> anyhow::Result<()> {
 
 fn burst(args: &Args) -> anyhow::Result<()> {
     let target = target(args, "connect")?;
-    let (count, threads, send) = (args.num("count", 1000)?, args.num("threads", 4)?.clamp(1, 64), args.num("send", 16)?);
+    let (count, threads, send) =
+        (args.num("count", 1000)?, args.num("threads", 4)?.clamp(1, 64), args.num("send", 16)?);
     let timeout = args.timeout(2000)?;
     let next = AtomicU64::new(0);
     let [completed, refused, timed_out, failed, bytes] = std::array::from_fn(|_| AtomicU64::new(0));
@@ -318,11 +319,8 @@ fn udp_client(args: &Args) -> anyhow::Result<()> {
     socket.connect(target)?;
     socket.set_read_timeout(Some(timeout))?;
     let start = Instant::now();
-    let mut r = UdpClientReport {
-        target: target.to_string(),
-        local_port: socket.local_addr()?.port(),
-        ..Default::default()
-    };
+    let mut r =
+        UdpClientReport { target: target.to_string(), local_port: socket.local_addr()?.port(), ..Default::default() };
     let payload = vec![b'x'; send];
     let mut buf = vec![0u8; 65_536];
     for _ in 0..count {
@@ -433,7 +431,8 @@ fn set_recv_timeout(fd: &OwnedFd, t: Duration) {
 }
 
 fn ping(args: &Args) -> anyhow::Result<()> {
-    let dest: IpAddr = args.0.get("dest").context("--dest ADDR is required")?.parse().context("--dest: expected an IP")?;
+    let dest: IpAddr =
+        args.0.get("dest").context("--dest ADDR is required")?.parse().context("--dest: expected an IP")?;
     if !allowed_destination(dest) {
         bail!("{dest} is outside the lab ranges");
     }
