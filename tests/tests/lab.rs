@@ -82,6 +82,15 @@ impl Footprint {
     }
 }
 
+/// Waits (bounded) for a process the lab should have killed, and reaps it.
+fn assert_killed(child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().expect("try_wait").is_none() {
+        assert!(Instant::now() < deadline, "process {} survived the lab", child.id());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn pods_reach_each_other_over_tcp_with_exact_bytes() {
     if !root_or_skip("pods_reach_each_other_over_tcp_with_exact_bytes") {
@@ -356,11 +365,7 @@ fn drop_removes_namespaces_links_cgroups_and_processes() {
     let kubepods = lab.cgroup_root().join("kubepods");
     drop(lab);
     footprint.assert_gone();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stray.try_wait().expect("try_wait").is_none() {
-        assert!(Instant::now() < deadline, "stray process {} survived the lab", stray.id());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert_killed(&mut stray);
     if !kubepods_before && observer_tests::all_states().is_empty() {
         assert!(!kubepods.exists(), "the lab created {} and left it", kubepods.display());
     }
@@ -389,7 +394,7 @@ fn cleanup_stale_removes_what_a_crashed_run_left() {
     }
     let lab = lab(2, false, true);
     let footprint = Footprint::of(&lab);
-    let _stray = lab.pod(0).command("sleep").arg("60").spawn().expect("spawn");
+    let mut stray = lab.pod(0).command("sleep").arg("60").spawn().expect("spawn");
     // Simulate a crash: the Lab is never dropped and its owner pid is dead (a reaped child's pid).
     std::mem::forget(lab);
     let mut dead = Command::new("true").spawn().expect("spawn true");
@@ -403,6 +408,7 @@ fn cleanup_stale_removes_what_a_crashed_run_left() {
     let removed = cleanup_stale().expect("cleanup_stale");
     assert!(removed.contains(&footprint.prefix), "{removed:?}");
     footprint.assert_gone();
+    assert_killed(&mut stray);
 }
 
 #[test]

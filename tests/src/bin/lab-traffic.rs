@@ -175,7 +175,11 @@ fn tcp_server(args: &Args) -> anyhow::Result<()> {
     };
     let mut accepted = 0;
     while max_conns.is_none_or(|m| accepted < m) {
-        let Ok((stream, _)) = listener.accept() else { continue };
+        let Ok((stream, _)) = listener.accept() else {
+            // Out of file descriptors and the like: back off instead of spinning.
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
         accepted += 1;
         if totals.in_flight.load(Relaxed) >= MAX_HANDLER_THREADS {
             serve(stream, &totals);
