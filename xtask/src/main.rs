@@ -2,6 +2,7 @@
 //! tests need, `test` is what CI runs, `demo` shows the observer on lab traffic.
 
 mod command;
+mod lab;
 mod setup;
 mod test;
 
@@ -21,11 +22,15 @@ enum Task {
     Setup,
     /// Run every check and test: formatting, clippy, unit, fake API server and real-kernel tests (what CI runs).
     Test,
+    /// The test lab: pods as network namespaces with kubelet-style cgroups (needs root).
+    #[command(subcommand)]
+    Lab(lab::LabCmd),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test => test::run(),
+        Task::Lab(cmd) => lab::run(cmd),
     }
 }
