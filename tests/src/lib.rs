@@ -17,6 +17,7 @@ mod exec;
 mod firewall;
 mod ids;
 mod lab;
+mod observer;
 mod state;
 mod traffic;
 
@@ -29,6 +30,7 @@ pub use lab::{
     LabBuilder, MAX_PODS, PERSISTENT_PREFIX, POD_GATEWAY_V4, POD_GATEWAY_V6, POD_PREFIX_V4, Pod, allowed_destination,
     down_persistent, persistent_state,
 };
+pub use observer::{OBSERVER_BIN_ENV, ObserverError, ObserverProcess, ObserverRun, observer_binary};
 pub use state::{LabState, NETNS_DIR, STATE_DIR, all_states, cleanup_stale};
 pub use traffic::{
     BurstOpts, BurstReport, PingReport, ServerEvent, TRAFFIC_BIN_ENV, TcpClientOpts, TcpClientReport, TcpServerOpts,

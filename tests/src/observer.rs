@@ -1,0 +1,211 @@
+//! Runs `observer run` as a child process for tests, the demo and benchmarks.
+//!
+//! In: extra command-line options. Out: a guard that waits until the kernel
+//! programs are attached, and on [`ObserverProcess::stop`] sends SIGTERM and
+//! returns the flow-log records and the final capture health. The child is
+//! killed on drop, so a failing test never leaves it attached.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Environment variable naming the observer binary.
+pub const OBSERVER_BIN_ENV: &str = "OBSERVER_BIN";
+
+/// Why the observer could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserverError {
+    /// The binary was not found.
+    #[error(
+        "observer binary not found (looked at {looked_at}); build it with `cargo build -p observer` or set {OBSERVER_BIN_ENV}"
+    )]
+    Binary {
+        /// Paths tried.
+        looked_at: String,
+    },
+    /// A file operation failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was attempted.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It did not report its programs attached in time.
+    #[error("observer did not attach within {waited:?}; its log ends with:\n{log_tail}")]
+    NotReady {
+        /// How long we waited.
+        waited: Duration,
+        /// The end of its stderr.
+        log_tail: String,
+    },
+    /// It exited badly or did not stop.
+    #[error("observer {what}; its log ends with:\n{log_tail}")]
+    Exit {
+        /// What happened.
+        what: String,
+        /// The end of its stderr.
+        log_tail: String,
+    },
+}
+
+/// What a stopped observer left.
+#[derive(Debug)]
+pub struct ObserverRun {
+    /// Every flow-log record, in order.
+    pub records: Vec<Value>,
+    /// The `health` object of the final `capture stopped` log line.
+    pub health: Value,
+    /// Its stderr (JSON log lines).
+    pub log: String,
+}
+
+/// A running `observer run`.
+#[derive(Debug)]
+pub struct ObserverProcess {
+    child: Child,
+    dir: PathBuf,
+}
+
+/// The observer binary: `$OBSERVER_BIN`, else `observer` next to (or one
+/// folder above) the current executable, as cargo lays out test binaries.
+pub fn observer_binary() -> Result<PathBuf, ObserverError> {
+    if let Some(path) = std::env::var_os(OBSERVER_BIN_ENV).filter(|value| !value.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|source| ObserverError::Io {
+        what: "locating",
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|dir| dir.join("observer")).collect();
+    candidates.iter().find(|path| path.is_file()).cloned().ok_or_else(|| ObserverError::Binary {
+        looked_at: candidates.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", "),
+    })
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+impl ObserverProcess {
+    /// Starts `observer run --flow-log <tmp> --log-format json <args>` and
+    /// waits (at most 30 s) until its programs are attached.
+    pub fn start(args: &[&str]) -> Result<Self, ObserverError> {
+        let binary = observer_binary()?;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("observer-run-{}-{serial}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|source| ObserverError::Io { what: "creating", path: dir.clone(), source })?;
+        let log_path = dir.join("observer.log");
+        let log = fs::File::create(&log_path).map_err(|source| ObserverError::Io {
+            what: "creating",
+            path: log_path.clone(),
+            source,
+        })?;
+        let child = Command::new(&binary)
+            .args(["--log-format", "json", "run", "--flow-log"])
+            .arg(dir.join("flows.jsonl"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|source| ObserverError::Io { what: "starting", path: binary.clone(), source })?;
+        let mut process = Self { child, dir };
+        process.wait_attached(Duration::from_secs(30))?;
+        Ok(process)
+    }
+
+    /// The folder holding the flow log and the observer's log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The flow log written so far.
+    pub fn flow_log(&self) -> PathBuf {
+        self.dir.join("flows.jsonl")
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("observer.log")).unwrap_or_default()
+    }
+
+    fn wait_attached(&mut self, limit: Duration) -> Result<(), ObserverError> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.log().contains("kernel programs attached") {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(ObserverError::Exit {
+                    what: format!("exited with {status} while starting"),
+                    log_tail: tail(&self.log()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(ObserverError::NotReady { waited: limit, log_tail: tail(&self.log()) })
+    }
+
+    /// Records written so far.
+    pub fn records(&self) -> Vec<Value> {
+        parse_lines(&fs::read_to_string(self.flow_log()).unwrap_or_default())
+    }
+
+    /// Sends SIGTERM, waits (at most 30 s) for a clean exit, and returns what
+    /// it wrote.
+    pub fn stop(mut self) -> Result<ObserverRun, ObserverError> {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let start = Instant::now();
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(ObserverError::Exit {
+                    what: "did not stop within 30 s of SIGTERM".to_owned(),
+                    log_tail: tail(&self.log()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = self.log();
+        if !status.success() {
+            return Err(ObserverError::Exit { what: format!("exited with {status}"), log_tail: tail(&log) });
+        }
+        let health = parse_lines(&log)
+            .into_iter()
+            .find(|line| line.get("message").and_then(Value::as_str) == Some("capture stopped"))
+            .and_then(|line| {
+                line.get("health").and_then(Value::as_str).and_then(|text| serde_json::from_str(text).ok())
+            })
+            .unwrap_or(Value::Null);
+        Ok(ObserverRun { records: self.records(), health, log })
+    }
+}
+
+fn parse_lines(text: &str) -> Vec<Value> {
+    text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+}
+
+impl Drop for ObserverProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

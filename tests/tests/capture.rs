@@ -1,0 +1,301 @@
+//! End-to-end capture on the real kernel: lab pods send real traffic while
+//! `observer run` watches, and the flow log must say exactly what happened.
+//! Root only; run with one thread (`cargo xtask test` does).
+
+use std::{collections::HashSet, net::SocketAddr, time::Duration};
+
+use observer_tests::{
+    BurstOpts, Endpoint, Lab, ObserverProcess, ObserverRun, TcpClientOpts, TcpServerOpts, UdpClientOpts, UdpServerOpts,
+    root_or_skip,
+};
+use serde_json::Value;
+
+/// Poll often so the tests do not wait long for records.
+const FAST: [&str; 2] = ["--poll-interval", "200ms"];
+
+fn lab(pods: usize) -> Lab {
+    Lab::builder().pods(pods).ipv6(true).internet(false).build().expect("lab")
+}
+
+fn observe(extra: &[&str]) -> ObserverProcess {
+    let args: Vec<&str> = FAST.iter().chain(extra).copied().collect();
+    ObserverProcess::start(&args).expect("observer starts")
+}
+
+/// Ends the run, giving the last flows time to pass the close linger.
+fn finish(observer: ObserverProcess) -> ObserverRun {
+    std::thread::sleep(Duration::from_millis(600));
+    observer.stop().expect("observer stops cleanly")
+}
+
+fn u64_at(record: &Value, pointer: &str) -> u64 {
+    record.pointer(pointer).and_then(Value::as_u64).unwrap_or_else(|| panic!("{pointer} missing in {record}"))
+}
+
+fn str_at<'a>(record: &'a Value, pointer: &str) -> &'a str {
+    record.pointer(pointer).and_then(Value::as_str).unwrap_or_else(|| panic!("{pointer} missing in {record}"))
+}
+
+/// `end` records of the flows seen from one pod's cgroup towards `dst`.
+fn ends<'a>(run: &'a ObserverRun, cgroup_id: u64, dst: SocketAddr) -> Vec<&'a Value> {
+    run.records
+        .iter()
+        .filter(|record| record["event"] == "end" && u64_at(record, "/cgroup/id") == cgroup_id)
+        .filter(|record| {
+            record["dst"]["ip"].as_str() == Some(&dst.ip().to_string())
+                && record["dst"]["port"].as_u64() == Some(u64::from(dst.port()))
+        })
+        .collect()
+}
+
+/// Every record of one flow has the same key; no flow gets two `end` records.
+fn assert_one_end_per_flow(run: &ObserverRun) {
+    let mut seen = HashSet::new();
+    for record in run.records.iter().filter(|record| record["event"] == "end") {
+        let key = (
+            record["cgroup"]["id"].clone(),
+            record["src"].clone(),
+            record["dst"].clone(),
+            record["protocol"].clone(),
+            record["first_seen"].clone(),
+        );
+        assert!(seen.insert(format!("{key:?}")), "two end records for one flow: {record}");
+    }
+}
+
+fn assert_no_loss(run: &ObserverRun) {
+    for counter in ["events_lost", "flow_inserts_failed", "flows_evicted", "records_dropped"] {
+        assert_eq!(run.health[counter], 0, "{counter} in {}", run.health);
+    }
+}
+
+/// Bytes on the wire for `payload` bytes in `packets` TCP/IPv4 packets: each
+/// carries 20 bytes of IP header and 20 to 60 of TCP header.
+fn assert_tcp_bytes(traffic: &Value, payload: u64, ip_header: u64) {
+    let packets = u64_at(traffic, "/packets");
+    let bytes = u64_at(traffic, "/bytes");
+    assert!(
+        bytes >= payload + packets * (ip_header + 20) && bytes <= payload + packets * (ip_header + 60),
+        "{bytes} bytes in {packets} packets for a {payload}-byte payload"
+    );
+}
+
+#[test]
+fn tcp_connections_are_reported_once_each_with_their_bytes() {
+    if !root_or_skip("tcp_connections_are_reported_once_each_with_their_bytes") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let target = server.addr_v4(8080);
+    let _listener = server.tcp_server(target, &TcpServerOpts { reply: 5000, ..Default::default() }).expect("server");
+    let observer = observe(&[]);
+    const K: u64 = 5;
+    let report = client
+        .tcp_client(target, &TcpClientOpts { count: K, send: 1000, expect: 5000, ..Default::default() })
+        .expect("client");
+    assert_eq!(report.complete, K, "{report:?}");
+    let run = finish(observer);
+    assert_no_loss(&run);
+    assert_one_end_per_flow(&run);
+
+    let client_side = ends(&run, client.cgroup_id(), target);
+    assert_eq!(client_side.len() as u64, K, "client-side flows: {client_side:#?}");
+    let ports: HashSet<u64> = client_side.iter().map(|record| u64_at(record, "/src/port")).collect();
+    let expected_ports: HashSet<u64> = report.local_ports.iter().map(|port| u64::from(*port)).collect();
+    assert_eq!(ports, expected_ports);
+    for record in &client_side {
+        assert_eq!(str_at(record, "/state"), "closed");
+        assert_eq!(str_at(record, "/local"), "src");
+        assert_eq!(str_at(record, "/src/ip"), client.ipv4().to_string());
+        assert_eq!(str_at(record, "/cgroup/path"), client.cgroup_path());
+        assert_eq!(str_at(record, "/family"), "ipv4");
+        assert_tcp_bytes(&record["to_dst"], 1000, 20);
+        assert_tcp_bytes(&record["to_src"], 5000, 20);
+    }
+    let server_side = ends(&run, server.cgroup_id(), target);
+    assert_eq!(server_side.len() as u64, K, "server-side flows: {server_side:#?}");
+    for record in &server_side {
+        assert_eq!((str_at(record, "/state"), str_at(record, "/local")), ("closed", "dst"));
+        assert_eq!(str_at(record, "/cgroup/path"), server.cgroup_path());
+    }
+}
+
+#[test]
+fn connect_to_a_closed_port_is_refused() {
+    if !root_or_skip("connect_to_a_closed_port_is_refused") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let target = server.addr_v4(9);
+    let observer = observe(&[]);
+    let report = client.tcp_client(target, &TcpClientOpts::default()).expect("client");
+    assert_eq!(report.refused, 1, "{report:?}");
+    let run = finish(observer);
+    let flows = ends(&run, client.cgroup_id(), target);
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    assert_eq!(str_at(flows[0], "/state"), "refused");
+    assert_eq!(run.records.iter().filter(|record| u64_at(record, "/cgroup/id") == server.cgroup_id()).count(), 0);
+    assert!(flows[0]["tcp_flags"]["to_src"].as_array().expect("flags").contains(&Value::from("RST")));
+}
+
+#[test]
+fn connect_whose_syn_is_dropped_is_unanswered() {
+    if !root_or_skip("connect_whose_syn_is_dropped_is_unanswered") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let target = server.addr_v4(8081);
+    let _listener = server.tcp_server(target, &TcpServerOpts::default()).expect("server");
+    let _drop_syn = server.drop_inbound_tcp_syn(8081).expect("nft rule");
+    let observer = observe(&[]);
+    let report = client
+        .tcp_client(target, &TcpClientOpts { timeout: Duration::from_millis(1500), ..Default::default() })
+        .expect("client");
+    assert_eq!(report.timed_out, 1, "{report:?}");
+    let run = finish(observer);
+    let flows = ends(&run, client.cgroup_id(), target);
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    assert_eq!(str_at(flows[0], "/state"), "unanswered");
+    assert_eq!(u64_at(flows[0], "/to_src/packets"), 0);
+    assert!(u64_at(flows[0], "/to_dst/packets") >= 1);
+    assert!(ends(&run, server.cgroup_id(), target).is_empty(), "the server never saw it");
+}
+
+#[test]
+fn udp_request_and_reply_is_one_flow_that_expires() {
+    if !root_or_skip("udp_request_and_reply_is_one_flow_that_expires") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let target = server.addr_v4(5353);
+    let _listener = server.udp_server(target, &UdpServerOpts { reply: 200, ..Default::default() }).expect("server");
+    let observer = observe(&["--idle-timeout", "1s"]);
+    let report = client
+        .udp_client(target, &UdpClientOpts { count: 3, send: 100, expect: 200, ..Default::default() })
+        .expect("client");
+    assert_eq!(report.complete, 3, "{report:?}");
+    std::thread::sleep(Duration::from_millis(1800));
+    let run = finish(observer);
+    let flows = ends(&run, client.cgroup_id(), target);
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    let flow = flows[0];
+    assert_eq!(str_at(flow, "/state"), "expired");
+    assert_eq!(str_at(flow, "/protocol"), "udp");
+    assert_eq!(u64_at(flow, "/src/port"), u64::from(report.local_port));
+    // IPv4 (20) + UDP (8) headers on each datagram: exact.
+    assert_eq!((u64_at(flow, "/to_dst/packets"), u64_at(flow, "/to_dst/bytes")), (3, 3 * 128));
+    assert_eq!((u64_at(flow, "/to_src/packets"), u64_at(flow, "/to_src/bytes")), (3, 3 * 228));
+    let server_flows = ends(&run, server.cgroup_id(), target);
+    assert_eq!(server_flows.len(), 1, "{server_flows:#?}");
+    assert_eq!(str_at(server_flows[0], "/local"), "dst");
+}
+
+#[test]
+fn icmp_echo_is_one_flow_with_both_directions() {
+    if !root_or_skip("icmp_echo_is_one_flow_with_both_directions") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let observer = observe(&[]);
+    let report = client.ping(server.ipv4().into(), 3).expect("ping");
+    assert_eq!(report.received, 3, "{report:?}");
+    let run = finish(observer);
+    let flows: Vec<&Value> = run
+        .records
+        .iter()
+        .filter(|record| {
+            record["event"] == "end"
+                && u64_at(record, "/cgroup/id") == client.cgroup_id()
+                && record["protocol"] == "icmp"
+                && record["dst"]["ip"] == server.ipv4().to_string()
+        })
+        .collect();
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    let flow = flows[0];
+    assert_eq!((u64_at(flow, "/icmp/type"), u64_at(flow, "/icmp/code")), (8, 0));
+    assert_eq!(u64_at(flow, "/to_dst/packets"), 3);
+    assert_eq!(u64_at(flow, "/to_src/packets"), 3);
+    assert_eq!(u64_at(flow, "/to_dst/bytes"), u64_at(flow, "/to_src/bytes"), "echo replies mirror requests");
+    assert!(flow["src"].get("port").is_none(), "no ports for ICMP: {flow}");
+}
+
+#[test]
+fn ipv6_tcp_is_captured() {
+    if !root_or_skip("ipv6_tcp_is_captured") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let target = server.addr_v6(8080).expect("pods have IPv6");
+    let _listener = server.tcp_server(target, &TcpServerOpts { reply: 3000, ..Default::default() }).expect("server");
+    let observer = observe(&[]);
+    let report = client
+        .tcp_client(target, &TcpClientOpts { count: 2, send: 700, expect: 3000, ..Default::default() })
+        .expect("client");
+    assert_eq!(report.complete, 2, "{report:?}");
+    let run = finish(observer);
+    assert_no_loss(&run);
+    let flows = ends(&run, client.cgroup_id(), target);
+    assert_eq!(flows.len(), 2, "{flows:#?}");
+    for flow in flows {
+        assert_eq!((str_at(flow, "/family"), str_at(flow, "/state")), ("ipv6", "closed"));
+        assert_tcp_bytes(&flow["to_dst"], 700, 40);
+        assert_tcp_bytes(&flow["to_src"], 3000, 40);
+    }
+    assert_eq!(ends(&run, server.cgroup_id(), target).len(), 2);
+}
+
+#[test]
+fn burst_of_20k_connections_is_fully_accounted_for() {
+    if !root_or_skip("burst_of_20k_connections_is_fully_accounted_for") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let target = server.addr_v4(8082);
+    let _listener = server.tcp_server(target, &TcpServerOpts::default()).expect("server");
+    let observer = observe(&[]);
+    let burst = client
+        .burst(target, &BurstOpts { count: 20_000, threads: 4, send: 16, timeout: Duration::from_secs(5) })
+        .expect("burst");
+    let made = burst.attempted;
+    assert_eq!(made, 20_000, "{burst:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let run = finish(observer);
+    let reported = ends(&run, client.cgroup_id(), target).len() as u64;
+    let lost = ["events_lost", "flow_inserts_failed", "flows_evicted", "records_dropped"]
+        .iter()
+        .map(|counter| run.health[counter].as_u64().unwrap_or_else(|| panic!("{counter} in {}", run.health)))
+        .sum::<u64>();
+    assert_eq!(reported + lost, made, "reported {reported} + lost {lost} != made {made}; health {}", run.health);
+    assert_eq!(lost, 0, "nothing is lost at this rate: {}", run.health);
+    let completed =
+        ends(&run, client.cgroup_id(), target).iter().filter(|record| record["state"] == "closed").count() as u64;
+    assert_eq!(completed, burst.completed, "{burst:?}");
+}
+
+#[test]
+fn nothing_stays_attached_after_the_observer_stops() {
+    if !root_or_skip("nothing_stays_attached_after_the_observer_stops") {
+        return;
+    }
+    let count_ours = || -> usize {
+        let output = std::process::Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines()
+            .filter(|line| {
+                ["flow_ingress", "flow_egress", "tcp_state"].iter().any(|name| line.contains(&format!("name {name} ")))
+            })
+            .count()
+    };
+    let before = count_ours();
+    let observer = observe(&[]);
+    assert_eq!(count_ours(), before + 3, "three programs while running");
+    observer.stop().expect("stops");
+    assert_eq!(count_ours(), before, "all detached and unloaded after SIGTERM");
+}
