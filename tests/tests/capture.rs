@@ -37,7 +37,7 @@ fn str_at<'a>(record: &'a Value, pointer: &str) -> &'a str {
 }
 
 /// `end` records of the flows seen from one pod's cgroup towards `dst`.
-fn ends<'a>(run: &'a ObserverRun, cgroup_id: u64, dst: SocketAddr) -> Vec<&'a Value> {
+fn ends(run: &ObserverRun, cgroup_id: u64, dst: SocketAddr) -> Vec<&Value> {
     run.records
         .iter()
         .filter(|record| record["event"] == "end" && u64_at(record, "/cgroup/id") == cgroup_id)
