@@ -2,6 +2,8 @@
 //! tests need, `test` is what CI runs, `demo` shows the observer on lab traffic.
 
 mod command;
+mod demo;
+mod interrupt;
 mod lab;
 mod setup;
 mod test;
@@ -22,6 +24,8 @@ enum Task {
     Setup,
     /// Run every check and test: formatting, clippy, unit, fake API server and real-kernel tests (what CI runs).
     Test,
+    /// Build, bring up a lab of pods, run the observer on scripted traffic and show the flows (needs root).
+    Demo,
     /// The test lab: pods as network namespaces with kubelet-style cgroups (needs root).
     #[command(subcommand)]
     Lab(lab::LabCmd),
@@ -31,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test => test::run(),
+        Task::Demo => demo::run(),
         Task::Lab(cmd) => lab::run(cmd),
     }
 }
