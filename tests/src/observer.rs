@@ -126,6 +126,11 @@ impl ObserverProcess {
         Ok(process)
     }
 
+    /// Process id of the observer.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The folder holding the flow log and the observer's log.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <task>`. `setup` installs what the build and
 //! tests need, `test` is what CI runs, `demo` shows the observer on lab traffic.
 
+mod bench;
 mod command;
 mod demo;
 mod interrupt;
@@ -26,6 +27,9 @@ enum Task {
     Test,
     /// Build, bring up a lab of pods, run the observer on scripted traffic and show the flows (needs root).
     Demo,
+    /// Benchmarks; results go into BENCHMARKS.md (needs root).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
     /// The test lab: pods as network namespaces with kubelet-style cgroups (needs root).
     #[command(subcommand)]
     Lab(lab::LabCmd),
@@ -37,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run(),
         Task::Demo => demo::run(),
         Task::Lab(cmd) => lab::run(cmd),
+        Task::Bench(cmd) => bench::run(cmd),
     }
 }
