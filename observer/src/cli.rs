@@ -13,10 +13,15 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Judge flows against declared NetworkPolicies.
+    Policy(crate::policy::check::PolicyArgs),
+}
 
 /// Parses the command line and runs the chosen subcommand.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Policy(args) => crate::policy::check::run(args),
+    }
 }
