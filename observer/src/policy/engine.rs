@@ -12,6 +12,8 @@ use std::{collections::HashMap, net::IpAddr};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::{
+    fasthash::{FxBuildHasher, label_hash},
+    selector::{Selector, same},
     compiled::{Addresses, CompiledPolicy, Flow, NAMESPACE_NAME_LABEL, NamespaceTable, NsId, NsKey, OtherEnd, Rule},
     error::PolicyError,
     verdict::{PolicyRef, SideVerdict, Verdict},
@@ -40,18 +42,67 @@ impl<'a> Endpoint<'a> {
     }
 }
 
+/// Policies that require one `key=value` of the pods they select.
+#[derive(Clone, Debug)]
+struct LabelPolicies {
+    key: Box<str>,
+    value: Box<str>,
+    ids: Vec<u32>,
+}
+
+/// The policies of one namespace isolating one direction, indexed so that a
+/// pod's own labels find the candidates: a policy whose pod selector requires a
+/// label is only looked at for pods carrying it.
+#[derive(Clone, Debug, Default)]
+struct Selection {
+    /// Policies whose selector requires no single label (empty, or expressions only).
+    always: Vec<u32>,
+    /// The others, by the hash of one label their selector requires.
+    by_label: HashMap<u64, Vec<LabelPolicies>, FxBuildHasher>,
+}
+
+impl Selection {
+    fn add(&mut self, id: u32, selector: &Selector) {
+        let Some((key, value)) = selector.required_label() else {
+            self.always.push(id);
+            return;
+        };
+        let entries = self.by_label.entry(label_hash(key, value)).or_default();
+        match entries.iter_mut().find(|entry| &*entry.key == key && &*entry.value == value) {
+            Some(entry) => entry.ids.push(id),
+            None => entries.push(LabelPolicies { key: key.into(), value: value.into(), ids: vec![id] }),
+        }
+    }
+
+    /// Calls `visit` with every policy that may select a pod with `labels`
+    /// (each at most once), which must still check the full selector.
+    fn candidates(&self, labels: &Labels, mut visit: impl FnMut(u32)) {
+        self.always.iter().for_each(|id| visit(*id));
+        if self.by_label.is_empty() {
+            return;
+        }
+        for (key, value) in labels {
+            let Some(entries) = self.by_label.get(&label_hash(key, value)) else { continue };
+            // Labels have unique keys, so each entry is reached by one label at most.
+            for entry in entries.iter().filter(|entry| same(&entry.key, key) && same(&entry.value, value)) {
+                entry.ids.iter().for_each(|id| visit(*id));
+            }
+        }
+    }
+}
+
 /// The policies of one namespace, by the direction they isolate.
 #[derive(Clone, Debug, Default)]
 struct Bucket {
-    ingress: Vec<u32>,
-    egress: Vec<u32>,
+    ingress: Selection,
+    egress: Selection,
 }
 
 /// Compiled NetworkPolicies, ready to judge flows. Immutable: rebuild it when
 /// the inventory changes and swap the `Arc` readers hold.
 #[derive(Clone, Debug, Default)]
 pub struct PolicyEngine {
-    namespace_ids: HashMap<String, NsId>,
+    namespace_ids: HashMap<String, NsId, FxBuildHasher>,
     buckets: Vec<Bucket>,
     policies: Vec<CompiledPolicy>,
 }
@@ -87,7 +138,7 @@ impl PolicyEngine {
     /// A namespace not in `namespaces` is taken to carry only its
     /// `kubernetes.io/metadata.name` label.
     pub fn compile(policies: &[NetworkPolicy], namespaces: &[Namespace]) -> (Self, Vec<PolicyError>) {
-        let mut namespace_ids = HashMap::new();
+        let mut namespace_ids = HashMap::default();
         let mut labels: Vec<Labels> = Vec::new();
         for namespace in namespaces {
             // A later copy of the same namespace replaces the earlier one.
@@ -117,10 +168,10 @@ impl PolicyEngine {
                     let id = engine.policies.len() as u32;
                     let bucket = &mut engine.buckets[namespace as usize];
                     if compiled.ingress.is_some() {
-                        bucket.ingress.push(id);
+                        bucket.ingress.add(id, &compiled.pod_selector);
                     }
                     if compiled.egress.is_some() {
-                        bucket.egress.push(id);
+                        bucket.egress.add(id, &compiled.pod_selector);
                     }
                     engine.policies.push(compiled);
                 }
@@ -186,24 +237,27 @@ impl PolicyEngine {
             Direction::Ingress => &bucket.ingress,
             Direction::Egress => &bucket.egress,
         };
-        let mut verdict = SideVerdict::open();
-        for id in candidates {
-            let policy = &self.policies[*id as usize];
+        let mut isolated = false;
+        let mut allowing: Vec<u32> = Vec::new();
+        candidates.candidates(&pod.labels, |id| {
+            let policy = &self.policies[id as usize];
             if !policy.pod_selector.matches(&pod.labels) {
-                continue;
+                return;
             }
-            verdict.isolated = true;
+            isolated = true;
             let rules: &[Rule] = match direction {
                 Direction::Ingress => policy.ingress.as_deref(),
                 Direction::Egress => policy.egress.as_deref(),
             }
             .unwrap_or_default();
             if rules.iter().any(|rule| rule.allows(&flow)) {
-                verdict.policies.push(policy.meta.clone());
+                allowing.push(id);
             }
-        }
-        verdict.allowed = !verdict.isolated || !verdict.policies.is_empty();
-        verdict
+        });
+        // Candidates come by label; explanations list policies in compile order.
+        allowing.sort_unstable();
+        let policies: Vec<_> = allowing.iter().map(|id| self.policies[*id as usize].meta.clone()).collect();
+        SideVerdict { isolated, allowed: !isolated || !policies.is_empty(), policies }
     }
 }
 

@@ -11,6 +11,7 @@ mod cidr;
 mod compiled;
 mod engine;
 mod error;
+mod fasthash;
 mod selector;
 mod verdict;
 

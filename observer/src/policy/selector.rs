@@ -9,6 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use super::error::Problem;
 use crate::inventory::model::Labels;
 
+/// Up to this many labels, a linear scan beats the tree search.
+const SCAN_LIMIT: usize = 8;
+
 /// What one requirement asks of a label's value.
 #[derive(Clone, Debug)]
 enum Test {
@@ -67,9 +70,25 @@ impl Selector {
         Ok(Self { requirements: requirements.into() })
     }
 
+    /// A `key=value` every selected object carries, if the selector requires one.
+    pub(crate) fn required_label(&self) -> Option<(&str, &str)> {
+        self.requirements.iter().find_map(|requirement| match &requirement.test {
+            Test::Equals(value) => Some((&*requirement.key, &**value)),
+            _ => None,
+        })
+    }
+
     /// Whether an object with these labels is selected.
     pub(crate) fn matches(&self, labels: &Labels) -> bool {
-        self.matches_with(|key| labels.get(key).map(String::as_str))
+        // Pods carry a handful of labels: a scan that compares lengths before
+        // bytes skips most string comparisons a tree search would make.
+        if labels.len() <= SCAN_LIMIT {
+            self.matches_with(|key| {
+                labels.iter().find(|(label, _)| same(label, key)).map(|(_, value)| value.as_str())
+            })
+        } else {
+            self.matches_with(|key| labels.get(key).map(String::as_str))
+        }
     }
 
     /// Whether an object whose labels `label` looks up is selected.
@@ -77,14 +96,21 @@ impl Selector {
         self.requirements.iter().all(|requirement| {
             let value = label(&requirement.key);
             match &requirement.test {
-                Test::Equals(expected) => value == Some(&**expected),
-                Test::In(values) => value.is_some_and(|value| values.iter().any(|expected| **expected == *value)),
-                Test::NotIn(values) => value.is_none_or(|value| values.iter().all(|expected| **expected != *value)),
+                Test::Equals(expected) => value.is_some_and(|value| same(value, expected)),
+                Test::In(values) => value.is_some_and(|value| values.iter().any(|expected| same(value, expected))),
+                Test::NotIn(values) => value.is_none_or(|value| !values.iter().any(|expected| same(value, expected))),
                 Test::Exists => value.is_some(),
                 Test::DoesNotExist => value.is_none(),
             }
         })
     }
+}
+
+/// String equality for label keys and values, which are short: comparing
+/// lengths and then bytes in place avoids a call into libc's memcmp per label.
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && if a.len() <= 32 { a.iter().zip(b).all(|(x, y)| x == y) } else { a == b }
 }
 
 #[cfg(test)]
