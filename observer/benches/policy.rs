@@ -58,7 +58,11 @@ fn pods() -> Vec<Pod> {
                 host_network: false,
                 node_name: None,
                 container_ports: vec![
-                    ContainerPort { name: Some("http".to_owned()), port: 8080 + (app % 2) as u16, protocol: Protocol::Tcp },
+                    ContainerPort {
+                        name: Some("http".to_owned()),
+                        port: 8080 + (app % 2) as u16,
+                        protocol: Protocol::Tcp,
+                    },
                     ContainerPort { name: Some("metrics".to_owned()), port: 9090, protocol: Protocol::Tcp },
                 ],
                 container_ids: Vec::new(),
@@ -110,11 +114,11 @@ fn policies() -> Vec<NetworkPolicy> {
         add(
             "egress-out".to_owned(),
             json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a9"]}]},
-                "egress": [
-                    {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["198.18.0.0/15", "10.0.0.0/8"]}}], "ports": [{"port": 443}]},
-                    {"to": [{"namespaceSelector": {"matchLabels": {"env": "prod"}},
-                             "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["a1", "a2", "a3"]}]}}]}
-                ]}),
+            "egress": [
+                {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["198.18.0.0/15", "10.0.0.0/8"]}}], "ports": [{"port": 443}]},
+                {"to": [{"namespaceSelector": {"matchLabels": {"env": "prod"}},
+                         "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["a1", "a2", "a3"]}]}}]}
+            ]}),
         );
     }
     assert_eq!(policies.len(), NAMESPACES * POLICIES_PER_NAMESPACE);
@@ -133,7 +137,13 @@ impl Lcg {
 
 fn flows(pods: &[Pod]) -> Vec<(Endpoint<'_>, Endpoint<'_>, u16, Protocol)> {
     let mut random = Lcg(42);
-    let ports = [(8080, Protocol::Tcp), (8081, Protocol::Tcp), (9090, Protocol::Tcp), (443, Protocol::Tcp), (53, Protocol::Udp)];
+    let ports = [
+        (8080, Protocol::Tcp),
+        (8081, Protocol::Tcp),
+        (9090, Protocol::Tcp),
+        (443, Protocol::Tcp),
+        (53, Protocol::Udp),
+    ];
     (0..FLOWS)
         .map(|_| {
             let source = &pods[random.next(pods.len())];

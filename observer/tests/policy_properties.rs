@@ -55,14 +55,18 @@ fn peer() -> impl Strategy<Value = Value> {
 fn port() -> impl Strategy<Value = Value> {
     let protocol = select(vec!["TCP", "UDP"]);
     prop_oneof![
-        (select(vec![80, 81]), protocol.clone()).prop_map(|(port, protocol)| json!({"port": port, "protocol": protocol})),
+        (select(vec![80, 81]), protocol.clone())
+            .prop_map(|(port, protocol)| json!({"port": port, "protocol": protocol})),
         protocol.clone().prop_map(|protocol| json!({"port": "p", "protocol": protocol})),
         protocol.clone().prop_map(|protocol| json!({"port": 80, "endPort": 81, "protocol": protocol})),
         protocol.prop_map(|protocol| json!({"protocol": protocol})),
     ]
 }
 
-fn rule() -> impl Strategy<Value = (Option<Vec<Value>>, Option<Vec<Value>>)> {
+/// The peers and ports of a generated rule, each list absent or present.
+type RuleParts = (Option<Vec<Value>>, Option<Vec<Value>>);
+
+fn rule() -> impl Strategy<Value = RuleParts> {
     (option::of(vec(peer(), 0..3)), option::of(vec(port(), 0..3)))
 }
 
@@ -70,7 +74,7 @@ fn policy_spec() -> impl Strategy<Value = PolicySpec> {
     let types = select(vec![None, Some(vec!["Ingress"]), Some(vec!["Egress"]), Some(vec!["Ingress", "Egress"])]);
     (select(NAMESPACES[..3].to_vec()), labels(), types, option::of(vec(rule(), 0..3)), option::of(vec(rule(), 0..3)))
         .prop_map(|(namespace, selector, types, ingress, egress)| {
-            let rules = |rules: Option<Vec<(Option<Vec<Value>>, Option<Vec<Value>>)>>, peers: &str| {
+            let rules = |rules: Option<Vec<RuleParts>>, peers: &str| {
                 rules.map(|rules| {
                     rules
                         .into_iter()

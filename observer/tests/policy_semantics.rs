@@ -154,8 +154,10 @@ fn empty_egress_list_does_not_default_egress() {
 #[test]
 fn explicit_policy_type_without_rules_denies_that_direction() {
     let w = world();
-    let engine =
-        compiled(&w, &[policy("shop", "deny-egress", json!({"podSelector": {}, "policyTypes": ["Egress", "Ingress"]}))]);
+    let engine = compiled(
+        &w,
+        &[policy("shop", "deny-egress", json!({"podSelector": {}, "policyTypes": ["Egress", "Ingress"]}))],
+    );
     let out = tcp(&engine, &w.web, &w.db, 5432);
     assert!(out.egress.isolated);
     assert!(!out.egress.allowed);
@@ -165,11 +167,8 @@ fn explicit_policy_type_without_rules_denies_that_direction() {
 #[test]
 fn flow_needs_egress_of_source_and_ingress_of_destination() {
     let w = world();
-    let egress_open = policy(
-        "shop",
-        "egress-open",
-        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}),
-    );
+    let egress_open =
+        policy("shop", "egress-open", json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}));
     let db_closed = policy("data", "db-closed", json!({"podSelector": {}}));
     let engine = compiled(&w, &[egress_open.clone(), db_closed]);
     let verdict = tcp(&engine, &w.web, &w.db, 5432);
@@ -189,10 +188,8 @@ fn flow_needs_egress_of_source_and_ingress_of_destination() {
 #[test]
 fn end_outside_the_cluster_has_no_side() {
     let w = world();
-    let engine = compiled(
-        &w,
-        &[policy("shop", "closed", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}))],
-    );
+    let engine =
+        compiled(&w, &[policy("shop", "closed", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}))]);
     let internet = Endpoint::External(ip("203.0.113.9"));
     let inbound = engine.verdict(internet, Endpoint::pod(&w.web), 8080, Protocol::Tcp);
     assert_eq!(inbound.egress, open(), "the outside source has no egress side");
@@ -303,7 +300,11 @@ fn empty_namespace_selector_means_every_namespace_but_no_outside_address() {
     let stranger = pod("undeclared", "x").build();
     let engine = compiled(
         &w,
-        &[policy("shop", "cluster-only", json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]}))],
+        &[policy(
+            "shop",
+            "cluster-only",
+            json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]}),
+        )],
     );
     for source in [&w.api, &w.db, &w.tool, &stranger] {
         assert!(tcp(&engine, source, &w.web, 8080).allowed, "{}/{}", source.namespace, source.name);
@@ -341,10 +342,10 @@ fn match_expressions_select_pods_and_namespaces() {
             "data",
             "expressions",
             json!({"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["db", "cache"]}]},
-                "ingress": [{"from": [{
-                    "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]},
-                    "podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}, {"key": "debug", "operator": "DoesNotExist"}]}
-                }]}]}),
+            "ingress": [{"from": [{
+                "namespaceSelector": {"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["dev"]}]},
+                "podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}, {"key": "debug", "operator": "DoesNotExist"}]}
+            }]}]}),
         )],
     );
     assert!(tcp(&engine, &w.web, &w.db, 5432).allowed);
@@ -390,9 +391,19 @@ fn ip_block_matches_pod_addresses_by_the_address_the_flow_used() {
             json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock": {"cidr": "2001:db8:1::/64"}}]}]}),
         )],
     );
-    let v6 = engine.verdict(Endpoint::pod(&w.web), Endpoint::Pod { pod: &dual, ip: Some(ip("2001:db8:1::20")) }, 80, Protocol::Tcp);
+    let v6 = engine.verdict(
+        Endpoint::pod(&w.web),
+        Endpoint::Pod { pod: &dual, ip: Some(ip("2001:db8:1::20")) },
+        80,
+        Protocol::Tcp,
+    );
     assert!(v6.allowed);
-    let v4 = engine.verdict(Endpoint::pod(&w.web), Endpoint::Pod { pod: &dual, ip: Some(ip("198.18.1.20")) }, 80, Protocol::Tcp);
+    let v4 = engine.verdict(
+        Endpoint::pod(&w.web),
+        Endpoint::Pod { pod: &dual, ip: Some(ip("198.18.1.20")) },
+        80,
+        Protocol::Tcp,
+    );
     assert!(!v4.allowed);
     assert!(tcp(&engine, &w.web, &dual, 80).allowed, "without the flow's address any of the pod's may match");
     assert!(!tcp(&engine, &w.web, &w.db, 80).allowed);
@@ -401,7 +412,8 @@ fn ip_block_matches_pod_addresses_by_the_address_the_flow_used() {
 #[test]
 fn numbered_port_allows_only_that_port() {
     let w = world();
-    let engine = compiled(&w, &[policy("data", "pg", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 5432}]}]}))]);
+    let engine =
+        compiled(&w, &[policy("data", "pg", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 5432}]}]}))]);
     assert!(tcp(&engine, &w.web, &w.db, 5432).allowed);
     assert!(!tcp(&engine, &w.web, &w.db, 5433).allowed);
 }
@@ -422,7 +434,11 @@ fn named_port_in_egress_resolves_on_the_destination() {
     let w = world();
     let engine = compiled(
         &w,
-        &[policy("shop", "to-http", json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": "http"}]}]}))],
+        &[policy(
+            "shop",
+            "to-http",
+            json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"ports": [{"port": "http"}]}]}),
+        )],
     );
     assert!(tcp(&engine, &w.web, &w.api, 9090).allowed);
     assert!(!tcp(&engine, &w.web, &w.api, 8080).allowed, "8080 is http on web, not on api");
@@ -437,11 +453,16 @@ fn named_port_needs_the_protocol_it_was_declared_with() {
     let dns = pod("shop", "dns").port("dns", 53, Protocol::Udp).port("dns-tcp", 53, Protocol::Tcp).build();
     let engine = compiled(
         &w,
-        &[policy("shop", "dns", json!({"podSelector": {}, "ingress": [{"ports": [{"port": "dns", "protocol": "UDP"}]}]}))],
+        &[policy(
+            "shop",
+            "dns",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": "dns", "protocol": "UDP"}]}]}),
+        )],
     );
     assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::Udp).allowed);
     assert!(!engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::Tcp).allowed);
-    let tcp_named = compiled(&w, &[policy("shop", "dns", json!({"podSelector": {}, "ingress": [{"ports": [{"port": "dns"}]}]}))]);
+    let tcp_named =
+        compiled(&w, &[policy("shop", "dns", json!({"podSelector": {}, "ingress": [{"ports": [{"port": "dns"}]}]}))]);
     assert!(
         !tcp_named.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::Udp).allowed,
         "absent protocol means TCP, and the UDP port named dns is not TCP"
@@ -452,8 +473,10 @@ fn named_port_needs_the_protocol_it_was_declared_with() {
 #[test]
 fn unknown_named_port_matches_nothing() {
     let w = world();
-    let engine =
-        compiled(&w, &[policy("data", "metrics", json!({"podSelector": {}, "ingress": [{"ports": [{"port": "metrics"}]}]}))]);
+    let engine = compiled(
+        &w,
+        &[policy("data", "metrics", json!({"podSelector": {}, "ingress": [{"ports": [{"port": "metrics"}]}]}))],
+    );
     for port in [1, 5432, 9090, 65535] {
         assert!(!tcp(&engine, &w.web, &w.db, port).allowed, "{port}");
     }
@@ -464,7 +487,11 @@ fn end_port_allows_an_inclusive_range() {
     let w = world();
     let engine = compiled(
         &w,
-        &[policy("data", "range", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 32000, "endPort": 32768}]}]}))],
+        &[policy(
+            "data",
+            "range",
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 32000, "endPort": 32768}]}]}),
+        )],
     );
     assert!(!tcp(&engine, &w.web, &w.db, 31999).allowed);
     assert!(tcp(&engine, &w.web, &w.db, 32000).allowed);
@@ -500,8 +527,10 @@ fn protocols_tcp_udp_and_sctp_are_told_apart() {
 #[test]
 fn port_entry_without_a_port_allows_every_port_of_its_protocol() {
     let w = world();
-    let engine =
-        compiled(&w, &[policy("data", "all-udp", json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "UDP"}]}]}))]);
+    let engine = compiled(
+        &w,
+        &[policy("data", "all-udp", json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "UDP"}]}]}))],
+    );
     assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&w.db), 1, Protocol::Udp).allowed);
     assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&w.db), 65535, Protocol::Udp).allowed);
     assert!(!tcp(&engine, &w.web, &w.db, 5432).allowed);
@@ -510,15 +539,23 @@ fn port_entry_without_a_port_allows_every_port_of_its_protocol() {
 #[test]
 fn rule_without_from_allows_every_source_even_outside() {
     let w = world();
-    let engine =
-        compiled(&w, &[policy("data", "pg-from-all", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 5432}]}]}))]);
+    let engine = compiled(
+        &w,
+        &[policy("data", "pg-from-all", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 5432}]}]}))],
+    );
     assert!(tcp(&engine, &w.tool, &w.db, 5432).allowed);
     assert!(engine.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 5432, Protocol::Tcp).allowed);
     let empty_from = compiled(
         &w,
-        &[policy("data", "empty-from", json!({"podSelector": {}, "ingress": [{"from": [], "ports": [{"port": 5432}]}]}))],
+        &[policy(
+            "data",
+            "empty-from",
+            json!({"podSelector": {}, "ingress": [{"from": [], "ports": [{"port": 5432}]}]}),
+        )],
     );
-    assert!(empty_from.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 5432, Protocol::Tcp).allowed);
+    assert!(
+        empty_from.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 5432, Protocol::Tcp).allowed
+    );
 }
 
 #[test]
@@ -526,7 +563,11 @@ fn rule_without_ports_allows_every_port_and_protocol() {
     let w = world();
     let engine = compiled(
         &w,
-        &[policy("data", "from-shop", json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "shop"}}}], "ports": []}]}))],
+        &[policy(
+            "data",
+            "from-shop",
+            json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "shop"}}}], "ports": []}]}),
+        )],
     );
     for (port, protocol) in [(1, Protocol::Tcp), (53, Protocol::Udp), (9999, Protocol::Sctp), (65535, Protocol::Tcp)] {
         assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&w.db), port, protocol).allowed);
@@ -568,7 +609,11 @@ fn host_network_pod_is_seen_as_its_address() {
     assert!(!verdict.allowed, "pod selectors do not match host-network pods");
     let by_block = compiled(
         &w,
-        &[policy("data", "from-nodes", json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}]}))],
+        &[policy(
+            "data",
+            "from-nodes",
+            json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/24"}}]}]}),
+        )],
     );
     assert!(tcp(&by_block, &node_agent, &w.db, 5432).allowed);
 }

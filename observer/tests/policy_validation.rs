@@ -149,7 +149,9 @@ fn peers_are_validated() {
         ("spec.ingress[0].from[0]".to_owned(), Problem::IpBlockWithSelector),
     );
     assert_eq!(
-        refused(json!({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]})),
+        refused(
+            json!({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]})
+        ),
         ("spec.egress[0].to[0]".to_owned(), Problem::IpBlockWithSelector),
     );
 }

@@ -307,7 +307,13 @@ fn protocol_name(protocol: Protocol) -> &'static str {
     }
 }
 
-fn explain(source: &Endpoint<'_>, destination: &Endpoint<'_>, port: u16, protocol: Protocol, verdict: &Verdict) -> String {
+fn explain(
+    source: &Endpoint<'_>,
+    destination: &Endpoint<'_>,
+    port: u16,
+    protocol: Protocol,
+    verdict: &Verdict,
+) -> String {
     format!(
         "{} -> {} {port}/{}: {}\n{}\n{}\n",
         describe(source),
@@ -335,7 +341,8 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
                 Some((port, protocol)) => (parse_port(port)?, parse_protocol(protocol)?),
                 None => (parse_port(&port)?, Protocol::Tcp),
             };
-            let flow = FlowSpec { source: parse_end("--from", &from)?, destination: parse_end("--to", &to)?, port, protocol };
+            let flow =
+                FlowSpec { source: parse_end("--from", &from)?, destination: parse_end("--to", &to)?, port, protocol };
             check_one(&cluster, flow, args.output)
         }
         _ => anyhow::bail!("give --from, --to and --port, or --flows"),

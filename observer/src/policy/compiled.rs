@@ -106,14 +106,15 @@ impl Peer {
                     (PeerNamespaces::Own(own), NsKey::Known(id)) => *own == id,
                     (PeerNamespaces::Own(_), NsKey::Unknown(_)) => false,
                     (PeerNamespaces::Selected { known, .. }, NsKey::Known(id)) => known.contains(id),
-                    (PeerNamespaces::Selected { selector, .. }, NsKey::Unknown(name)) => selector
-                        .matches_with(|key| (key == NAMESPACE_NAME_LABEL).then_some(name)),
+                    (PeerNamespaces::Selected { selector, .. }, NsKey::Unknown(name)) => {
+                        selector.matches_with(|key| (key == NAMESPACE_NAME_LABEL).then_some(name))
+                    }
                 };
                 namespace_matches && pods.matches(labels)
             }),
-            Self::Block { cidr, except } => other
-                .addresses
-                .any(|ip| cidr.contains(ip) && !except.iter().any(|except| except.contains(ip))),
+            Self::Block { cidr, except } => {
+                other.addresses.any(|ip| cidr.contains(ip) && !except.iter().any(|except| except.contains(ip)))
+            }
         }
     }
 }
@@ -181,6 +182,9 @@ pub(crate) struct CompiledPolicy {
     pub(crate) egress: Option<Box<[Rule]>>,
 }
 
+/// The peers and ports of one rule, before compiling.
+type RawRule<'a> = (Option<&'a [NetworkPolicyPeer]>, Option<&'a [NetworkPolicyPort]>);
+
 /// What compiling needs to know of the namespaces.
 pub(crate) struct NamespaceTable<'a> {
     /// Labels of each namespace, by id.
@@ -213,7 +217,7 @@ impl CompiledPolicy {
         let egress_rules = spec.and_then(|spec| spec.egress.as_deref()).unwrap_or_default();
         let (has_ingress, has_egress) =
             policy_types(spec.and_then(|spec| spec.policy_types.as_deref()), !egress_rules.is_empty())?;
-        let compile_rules = |direction: &str, rules: Vec<(Option<&[NetworkPolicyPeer]>, Option<&[NetworkPolicyPort]>)>| {
+        let compile_rules = |direction: &str, rules: Vec<RawRule<'_>>| {
             rules
                 .into_iter()
                 .enumerate()
@@ -224,7 +228,9 @@ impl CompiledPolicy {
                         peers: non_empty(peers)
                             .map(|peers| compile_peers(peers, namespace, table, &format!("{field}.{peer_field}")))
                             .transpose()?,
-                        ports: non_empty(ports).map(|ports| compile_ports(ports, &format!("{field}.ports"))).transpose()?,
+                        ports: non_empty(ports)
+                            .map(|ports| compile_ports(ports, &format!("{field}.ports")))
+                            .transpose()?,
                     })
                 })
                 .collect::<Result<Box<[Rule]>, Failure>>()
@@ -296,8 +302,8 @@ fn compile_peers(
                     let namespaces = match namespaces {
                         None => PeerNamespaces::Own(own),
                         Some(selector) => {
-                            let selector = Selector::compile(Some(selector))
-                                .map_err(at(format!("{field}.namespaceSelector")))?;
+                            let selector =
+                                Selector::compile(Some(selector)).map_err(at(format!("{field}.namespaceSelector")))?;
                             let mut words = vec![0_u64; table.labels.len().div_ceil(64)];
                             for (id, labels) in table.labels.iter().enumerate() {
                                 if selector.matches(labels) {

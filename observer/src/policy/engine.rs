@@ -12,10 +12,10 @@ use std::{collections::HashMap, net::IpAddr};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::{
-    fasthash::{FxBuildHasher, label_hash},
-    selector::{Selector, same},
     compiled::{Addresses, CompiledPolicy, Flow, NAMESPACE_NAME_LABEL, NamespaceTable, NsId, NsKey, OtherEnd, Rule},
     error::PolicyError,
+    fasthash::{FxBuildHasher, label_hash},
+    selector::{Selector, same},
     verdict::{PolicyRef, SideVerdict, Verdict},
 };
 use crate::inventory::model::{ContainerPort, Labels, Namespace, Pod, Protocol};
@@ -158,8 +158,7 @@ impl PolicyEngine {
             });
         }
         let table = NamespaceTable { labels: &labels };
-        let mut engine =
-            Self { buckets: vec![Bucket::default(); labels.len()], namespace_ids, policies: Vec::new() };
+        let mut engine = Self { buckets: vec![Bucket::default(); labels.len()], namespace_ids, policies: Vec::new() };
         let mut errors = Vec::new();
         for (index, (policy, meta)) in policies.iter().zip(metas).enumerate() {
             let namespace = engine.namespace_ids.get(&meta.namespace).copied().unwrap_or_default();

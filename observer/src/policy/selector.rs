@@ -83,9 +83,7 @@ impl Selector {
         // Pods carry a handful of labels: a scan that compares lengths before
         // bytes skips most string comparisons a tree search would make.
         if labels.len() <= SCAN_LIMIT {
-            self.matches_with(|key| {
-                labels.iter().find(|(label, _)| same(label, key)).map(|(_, value)| value.as_str())
-            })
+            self.matches_with(|key| labels.iter().find(|(label, _)| same(label, key)).map(|(_, value)| value.as_str()))
         } else {
             self.matches_with(|key| labels.get(key).map(String::as_str))
         }
