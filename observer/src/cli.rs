@@ -34,6 +34,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Capture flows on this node and write the JSON flow log.
     Run(Box<RunArgs>),
+    /// Judge flows against declared NetworkPolicies.
+    Policy(crate::policy::check::PolicyArgs),
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
@@ -53,5 +55,6 @@ pub fn main() -> anyhow::Result<()> {
     init_logging(&cli)?;
     match cli.command {
         Command::Run(args) => run::run(*args),
+        Command::Policy(args) => crate::policy::check::run(args),
     }
 }

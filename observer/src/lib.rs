@@ -2,11 +2,12 @@
 //! judge them against declared intent, and export what was seen.
 //!
 //! Stages, in the order a flow passes them: [`capture`] → enrich
-//! ([`inventory`]) → judge → [`export`]. See `ARCHITECTURE.md` in the shared docs.
+//! ([`inventory`]) → judge ([`policy`]) → [`export`]. See `ARCHITECTURE.md` in the shared docs.
 
 pub mod capture;
 pub mod cli;
 pub mod export;
 pub mod flow;
 pub mod inventory;
+pub mod policy;
 pub mod run;

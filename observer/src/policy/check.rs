@@ -1,0 +1,399 @@
+//! `observer policy check`: judge flows against NetworkPolicies in manifest files.
+//!
+//! In: manifest paths, then one flow from `--from/--to/--port` or JSON lines
+//! from `--flows`. Out: a readable explanation or JSON per flow on stdout;
+//! manifests and policies that fail to load are reported on stderr with
+//! file:line and the rest are used.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{self, BufRead, BufReader, BufWriter, Write},
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use anyhow::Context;
+use serde_json::Value;
+
+use super::{Endpoint, PolicyEngine, SideVerdict, Verdict};
+use crate::inventory::{
+    manifests::{self, Object, Origin},
+    model::{Namespace, Pod, Protocol},
+};
+
+/// `observer policy`.
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+/// Subcommands of `observer policy`.
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Judge flows against the NetworkPolicies in manifest files.
+    Check(CheckArgs),
+}
+
+/// How to print a single verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// A readable explanation.
+    Text,
+    /// One JSON object, as `--flows` prints per line.
+    Json,
+}
+
+/// `observer policy check`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["from", "flows"])))]
+pub struct CheckArgs {
+    /// Manifest files or folders (YAML or JSON, multi-document) holding
+    /// NetworkPolicies, Namespaces and Pods.
+    #[arg(long, required = true, num_args = 1..)]
+    pub manifests: Vec<PathBuf>,
+    /// Source: `namespace/pod` or an IP address.
+    #[arg(long, requires_all = ["to", "port"])]
+    pub from: Option<String>,
+    /// Destination: `namespace/pod` or an IP address.
+    #[arg(long, requires = "from")]
+    pub to: Option<String>,
+    /// Destination port and protocol: `N` or `N/PROTO` (TCP, UDP, SCTP; TCP when absent).
+    #[arg(long, requires = "from")]
+    pub port: Option<String>,
+    /// JSON lines of flows to judge, `-` for stdin; prints one JSON line per flow.
+    #[arg(long, conflicts_with_all = ["from", "to", "port"])]
+    pub flows: Option<PathBuf>,
+    /// Output of a single verdict (`--flows` always prints JSON lines).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// Why a flow could not be judged.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// The line is not JSON.
+    #[error("invalid JSON: {source}")]
+    Json {
+        /// The parser's complaint.
+        #[from]
+        source: serde_json::Error,
+    },
+    /// A required field is absent.
+    #[error("{field}: missing")]
+    Missing {
+        /// `src`, `dst` or `port`.
+        field: &'static str,
+    },
+    /// An end that is neither `namespace/pod`, an IP address nor `{"ip": ...}`.
+    #[error("{field}: expected \"namespace/pod\", an IP address or {{\"ip\": \"A.B.C.D\"}}, got {value}")]
+    BadEndpoint {
+        /// `src` or `dst`.
+        field: &'static str,
+        /// What was given.
+        value: String,
+    },
+    /// A pod the manifests do not hold.
+    #[error("{field}: unknown pod {namespace}/{name}")]
+    UnknownPod {
+        /// `src` or `dst`.
+        field: &'static str,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A port that is not a number from 1 to 65535.
+    #[error("port: expected a number from 1 to 65535, got {value}")]
+    BadPort {
+        /// What was given.
+        value: String,
+    },
+    /// A protocol other than TCP, UDP and SCTP.
+    #[error("protocol: expected TCP, UDP or SCTP, got {value}")]
+    BadProtocol {
+        /// What was given.
+        value: String,
+    },
+}
+
+/// The pods, by name and by address, and the compiled policies.
+struct Cluster {
+    pods: HashMap<(String, String), Pod>,
+    pod_by_ip: HashMap<IpAddr, (String, String)>,
+    engine: PolicyEngine,
+}
+
+/// An end of a flow as given, before it is looked up.
+enum EndSpec {
+    Pod { namespace: String, name: String },
+    Ip(IpAddr),
+}
+
+impl Cluster {
+    /// Loads the manifests, reporting what failed on stderr.
+    fn load(paths: &[PathBuf]) -> Self {
+        let loaded = manifests::load(paths);
+        for error in &loaded.errors {
+            eprintln!("{error}");
+        }
+        let mut pods = HashMap::new();
+        let mut namespaces = Vec::new();
+        let mut policies = Vec::new();
+        let mut policy_origins: Vec<&Origin> = Vec::new();
+        for object in &loaded.objects {
+            match &object.object {
+                Object::Pod(pod) => {
+                    let pod = Pod::from(&**pod);
+                    pods.insert((pod.namespace.clone(), pod.name.clone()), pod);
+                }
+                Object::Namespace(namespace) => namespaces.push(Namespace::from(&**namespace)),
+                Object::NetworkPolicy(policy) => {
+                    policies.push((**policy).clone());
+                    policy_origins.push(&object.origin);
+                }
+                Object::Service(_) | Object::Node(_) | Object::Workload(_) => {}
+            }
+        }
+        let (engine, errors) = PolicyEngine::compile(&policies, &namespaces);
+        for error in errors {
+            match policy_origins.get(error.index) {
+                Some(origin) => eprintln!("{origin}: {error}"),
+                None => eprintln!("{error}"),
+            }
+        }
+        // Host-network pods share their node's address: an address names a pod
+        // only when it is the pod's own.
+        let pod_by_ip = pods
+            .iter()
+            .filter(|(_, pod)| !pod.host_network)
+            .flat_map(|(key, pod)| pod.ips.iter().map(move |ip| (*ip, key.clone())))
+            .collect();
+        Self { pods, pod_by_ip, engine }
+    }
+
+    fn endpoint(&self, field: &'static str, spec: EndSpec) -> Result<Endpoint<'_>, FlowError> {
+        match spec {
+            EndSpec::Pod { namespace, name } => {
+                let key = (namespace, name);
+                match self.pods.get(&key) {
+                    Some(pod) => Ok(Endpoint::pod(pod)),
+                    None => Err(FlowError::UnknownPod { field, namespace: key.0, name: key.1 }),
+                }
+            }
+            EndSpec::Ip(ip) => Ok(match self.pod_by_ip.get(&ip).and_then(|key| self.pods.get(key)) {
+                Some(pod) => Endpoint::Pod { pod, ip: Some(ip) },
+                None => Endpoint::External(ip),
+            }),
+        }
+    }
+}
+
+fn parse_end(field: &'static str, text: &str) -> Result<EndSpec, FlowError> {
+    if let Ok(ip) = text.parse() {
+        return Ok(EndSpec::Ip(ip));
+    }
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(EndSpec::Pod { namespace: namespace.to_owned(), name: name.to_owned() })
+        }
+        _ => Err(FlowError::BadEndpoint { field, value: format!("{text:?}") }),
+    }
+}
+
+fn parse_protocol(text: &str) -> Result<Protocol, FlowError> {
+    Protocol::from_k8s(Some(text.to_ascii_uppercase().as_str()))
+        .ok_or_else(|| FlowError::BadProtocol { value: format!("{text:?}") })
+}
+
+fn parse_port(text: &str) -> Result<u16, FlowError> {
+    text.parse().ok().filter(|port| *port != 0).ok_or_else(|| FlowError::BadPort { value: format!("{text:?}") })
+}
+
+/// A flow as given on the command line or in a JSON line.
+struct FlowSpec {
+    source: EndSpec,
+    destination: EndSpec,
+    port: u16,
+    protocol: Protocol,
+}
+
+fn parse_json_end(field: &'static str, value: Option<&Value>) -> Result<EndSpec, FlowError> {
+    match value {
+        None => Err(FlowError::Missing { field }),
+        Some(Value::String(text)) => parse_end(field, text),
+        Some(Value::Object(object)) if object.len() == 1 => match object.get("ip").and_then(Value::as_str) {
+            Some(text) => text
+                .parse()
+                .map(EndSpec::Ip)
+                .map_err(|_| FlowError::BadEndpoint { field, value: Value::Object(object.clone()).to_string() }),
+            None => Err(FlowError::BadEndpoint { field, value: Value::Object(object.clone()).to_string() }),
+        },
+        Some(other) => Err(FlowError::BadEndpoint { field, value: other.to_string() }),
+    }
+}
+
+fn parse_flow_line(line: &str) -> Result<FlowSpec, FlowError> {
+    let value: Value = serde_json::from_str(line)?;
+    let source = parse_json_end("src", value.get("src"))?;
+    let destination = parse_json_end("dst", value.get("dst"))?;
+    let port = match value.get("port") {
+        None => return Err(FlowError::Missing { field: "port" }),
+        Some(port) => port
+            .as_u64()
+            .and_then(|port| u16::try_from(port).ok())
+            .filter(|port| *port != 0)
+            .ok_or_else(|| FlowError::BadPort { value: port.to_string() })?,
+    };
+    let protocol = match value.get("protocol") {
+        None | Some(Value::Null) => Protocol::Tcp,
+        Some(Value::String(text)) => parse_protocol(text)?,
+        Some(other) => return Err(FlowError::BadProtocol { value: other.to_string() }),
+    };
+    Ok(FlowSpec { source, destination, port, protocol })
+}
+
+/// A side as `--flows` prints it: policies as `namespace/name`.
+fn side_json(side: &SideVerdict) -> Value {
+    serde_json::json!({
+        "isolated": side.isolated,
+        "allowed": side.allowed,
+        "policies": side.policies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+fn verdict_json(verdict: &Verdict) -> Value {
+    serde_json::json!({
+        "allowed": verdict.allowed,
+        "egress": side_json(&verdict.egress),
+        "ingress": side_json(&verdict.ingress),
+    })
+}
+
+fn describe(endpoint: &Endpoint<'_>) -> String {
+    match endpoint {
+        Endpoint::Pod { pod, .. } if pod.host_network => format!("{}/{} (host network)", pod.namespace, pod.name),
+        Endpoint::Pod { pod, .. } => format!("{}/{}", pod.namespace, pod.name),
+        Endpoint::External(ip) => ip.to_string(),
+    }
+}
+
+fn has_side(endpoint: &Endpoint<'_>) -> bool {
+    matches!(endpoint, Endpoint::Pod { pod, .. } if !pod.host_network)
+}
+
+fn explain_side(direction: &str, endpoint: &Endpoint<'_>, side: &SideVerdict) -> String {
+    let who = describe(endpoint);
+    let judgement = if !has_side(endpoint) {
+        "outside the pod network, no policy applies".to_owned()
+    } else if !side.isolated {
+        format!("not isolated for {direction}, allowed")
+    } else if side.policies.is_empty() {
+        format!("isolated for {direction}, no policy allows it")
+    } else {
+        let names: Vec<String> = side.policies.iter().map(ToString::to_string).collect();
+        format!("isolated for {direction}, allowed by {}", names.join(", "))
+    };
+    format!("  {direction} of {who}: {judgement}")
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Sctp => "SCTP",
+    }
+}
+
+fn explain(
+    source: &Endpoint<'_>,
+    destination: &Endpoint<'_>,
+    port: u16,
+    protocol: Protocol,
+    verdict: &Verdict,
+) -> String {
+    format!(
+        "{} -> {} {port}/{}: {}\n{}\n{}\n",
+        describe(source),
+        describe(destination),
+        protocol_name(protocol),
+        if verdict.allowed { "ALLOWED" } else { "DENIED" },
+        explain_side("egress", source, &verdict.egress),
+        explain_side("ingress", destination, &verdict.ingress),
+    )
+}
+
+/// Runs `observer policy ...`.
+pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
+    match args.command {
+        PolicyCommand::Check(args) => check(args),
+    }
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let cluster = Cluster::load(&args.manifests);
+    match (args.flows, args.from, args.to, args.port) {
+        (Some(path), ..) => check_lines(&cluster, &path),
+        (None, Some(from), Some(to), Some(port)) => {
+            let (port, protocol) = match port.split_once('/') {
+                Some((port, protocol)) => (parse_port(port)?, parse_protocol(protocol)?),
+                None => (parse_port(&port)?, Protocol::Tcp),
+            };
+            let flow =
+                FlowSpec { source: parse_end("--from", &from)?, destination: parse_end("--to", &to)?, port, protocol };
+            check_one(&cluster, flow, args.output)
+        }
+        _ => anyhow::bail!("give --from, --to and --port, or --flows"),
+    }
+}
+
+fn check_one(cluster: &Cluster, flow: FlowSpec, output: OutputFormat) -> anyhow::Result<()> {
+    let FlowSpec { source, destination, port, protocol } = flow;
+    let source = cluster.endpoint("--from", source)?;
+    let destination = cluster.endpoint("--to", destination)?;
+    let verdict = cluster.engine.verdict(source, destination, port, protocol);
+    let text = match output {
+        OutputFormat::Json => format!("{}\n", verdict_json(&verdict)),
+        OutputFormat::Text => explain(&source, &destination, port, protocol, &verdict),
+    };
+    io::stdout().lock().write_all(text.as_bytes()).context("cannot write to stdout")
+}
+
+fn judge_line(cluster: &Cluster, line: &str) -> Result<Verdict, FlowError> {
+    let flow = parse_flow_line(line)?;
+    let source = cluster.endpoint("src", flow.source)?;
+    let destination = cluster.endpoint("dst", flow.destination)?;
+    Ok(cluster.engine.verdict(source, destination, flow.port, flow.protocol))
+}
+
+fn check_lines(cluster: &Cluster, path: &PathBuf) -> anyhow::Result<()> {
+    let input: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(io::stdin().lock())
+    } else {
+        Box::new(BufReader::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?))
+    };
+    let mut out = BufWriter::new(io::stdout().lock());
+    let (mut judged, mut failed) = (0_usize, 0_usize);
+    for (index, line) in input.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        judged += 1;
+        let output = match judge_line(cluster, &line) {
+            Ok(verdict) => verdict_json(&verdict),
+            Err(error) => {
+                failed += 1;
+                serde_json::json!({"error": format!("line {}: {error}", index + 1)})
+            }
+        };
+        writeln!(out, "{output}").context("cannot write to stdout")?;
+    }
+    out.flush().context("cannot write to stdout")?;
+    if failed > 0 {
+        anyhow::bail!("{failed} of {judged} flows could not be judged");
+    }
+    Ok(())
+}

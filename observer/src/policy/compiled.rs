@@ -1,0 +1,422 @@
+//! One NetworkPolicy, validated and compiled into rules that match flows.
+//!
+//! In: a `networking.k8s.io/v1` NetworkPolicy and the engine's namespace table.
+//! Out: a [`CompiledPolicy`] (selectors compiled, policy types defaulted,
+//! namespace selectors resolved to a set of namespace ids, CIDRs parsed, ports
+//! as ranges) or the first [`Problem`] the API server's validation would find.
+
+use std::{net::IpAddr, sync::Arc};
+
+use k8s_openapi::{
+    api::networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::{cidr::Cidr, error::Problem, selector::Selector, verdict::PolicyRef};
+use crate::inventory::model::{ContainerPort, Labels, Protocol};
+
+/// Index of a namespace in the engine's table.
+pub(crate) type NsId = u32;
+
+/// The namespace of an end, as far as the engine knows it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum NsKey<'a> {
+    /// A namespace in the table.
+    Known(NsId),
+    /// A namespace neither declared nor holding a policy: its only label is
+    /// the `kubernetes.io/metadata.name` the API server would set.
+    Unknown(&'a str),
+}
+
+/// The addresses an end may be matched by in `ipBlock` peers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Addresses<'a> {
+    /// The address the flow used.
+    One(IpAddr),
+    /// Any of a pod's addresses, when the flow's is not known.
+    Any(&'a [IpAddr]),
+}
+
+impl Addresses<'_> {
+    fn any(self, mut test: impl FnMut(IpAddr) -> bool) -> bool {
+        match self {
+            Self::One(ip) => test(ip),
+            Self::Any(ips) => ips.iter().any(|ip| test(*ip)),
+        }
+    }
+}
+
+/// The end of a flow that a rule's peers are matched against.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OtherEnd<'a> {
+    /// Labels and namespace, for a pod that selectors can see.
+    pub(crate) pod: Option<(&'a Labels, NsKey<'a>)>,
+    /// Addresses for `ipBlock`.
+    pub(crate) addresses: Addresses<'a>,
+}
+
+/// What a rule is asked about.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Flow<'a> {
+    /// The end on the other side of the judged pod.
+    pub(crate) other: OtherEnd<'a>,
+    /// Destination port.
+    pub(crate) port: u16,
+    /// Transport protocol.
+    pub(crate) protocol: Protocol,
+    /// Container ports of the destination pod, where named ports resolve; empty
+    /// for a destination outside the cluster.
+    pub(crate) destination_ports: &'a [ContainerPort],
+}
+
+/// A set of namespace ids, as a bitmap over the table.
+#[derive(Clone, Debug)]
+struct NamespaceSet(Box<[u64]>);
+
+impl NamespaceSet {
+    fn contains(&self, id: NsId) -> bool {
+        let id = id as usize;
+        self.0.get(id / 64).is_some_and(|word| word & (1 << (id % 64)) != 0)
+    }
+}
+
+/// Which namespaces a pod peer's pods may live in.
+#[derive(Clone, Debug)]
+enum PeerNamespaces {
+    /// No `namespaceSelector`: the policy's own namespace.
+    Own(NsId),
+    /// A `namespaceSelector`, resolved over the table, kept for namespaces outside it.
+    Selected { known: NamespaceSet, selector: Selector },
+}
+
+/// One entry of `from` or `to`.
+#[derive(Clone, Debug)]
+enum Peer {
+    /// `podSelector` and/or `namespaceSelector`: both must match.
+    Pods { namespaces: PeerNamespaces, pods: Selector },
+    /// `ipBlock`.
+    Block { cidr: Cidr, except: Box<[Cidr]> },
+}
+
+impl Peer {
+    fn matches(&self, other: &OtherEnd<'_>) -> bool {
+        match self {
+            Self::Pods { namespaces, pods } => other.pod.is_some_and(|(labels, namespace)| {
+                let namespace_matches = match (namespaces, namespace) {
+                    (PeerNamespaces::Own(own), NsKey::Known(id)) => *own == id,
+                    (PeerNamespaces::Own(_), NsKey::Unknown(_)) => false,
+                    (PeerNamespaces::Selected { known, .. }, NsKey::Known(id)) => known.contains(id),
+                    (PeerNamespaces::Selected { selector, .. }, NsKey::Unknown(name)) => {
+                        selector.matches_with(|key| (key == NAMESPACE_NAME_LABEL).then_some(name))
+                    }
+                };
+                namespace_matches && pods.matches(labels)
+            }),
+            Self::Block { cidr, except } => {
+                other.addresses.any(|ip| cidr.contains(ip) && !except.iter().any(|except| except.contains(ip)))
+            }
+        }
+    }
+}
+
+/// The label the API server puts on every namespace.
+pub(crate) const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Which ports of one protocol a `ports` entry allows.
+#[derive(Clone, Debug)]
+enum Ports {
+    /// No `port`: every port.
+    All,
+    /// `port`, or `port` to `endPort`, inclusive.
+    Range(u16, u16),
+    /// A named port, resolved on the destination pod.
+    Named(Box<str>),
+}
+
+#[derive(Clone, Debug)]
+struct PortMatch {
+    protocol: Protocol,
+    ports: Ports,
+}
+
+impl PortMatch {
+    fn matches(&self, flow: &Flow<'_>) -> bool {
+        self.protocol == flow.protocol
+            && match &self.ports {
+                Ports::All => true,
+                Ports::Range(first, last) => (*first..=*last).contains(&flow.port),
+                Ports::Named(name) => flow.destination_ports.iter().any(|declared| {
+                    declared.port == flow.port
+                        && declared.protocol == flow.protocol
+                        && declared.name.as_deref() == Some(&**name)
+                }),
+            }
+    }
+}
+
+/// One ingress or egress rule; `None` lists match everything.
+#[derive(Clone, Debug)]
+pub(crate) struct Rule {
+    peers: Option<Box<[Peer]>>,
+    ports: Option<Box<[PortMatch]>>,
+}
+
+impl Rule {
+    /// Whether this rule allows the flow.
+    pub(crate) fn allows(&self, flow: &Flow<'_>) -> bool {
+        self.ports.as_ref().is_none_or(|ports| ports.iter().any(|port| port.matches(flow)))
+            && self.peers.as_ref().is_none_or(|peers| peers.iter().any(|peer| peer.matches(&flow.other)))
+    }
+}
+
+/// A NetworkPolicy ready to judge flows.
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledPolicy {
+    /// Who it is, for explanations.
+    pub(crate) meta: Arc<PolicyRef>,
+    /// `spec.podSelector`.
+    pub(crate) pod_selector: Selector,
+    /// Ingress rules when `Ingress` is one of its policy types.
+    pub(crate) ingress: Option<Box<[Rule]>>,
+    /// Egress rules when `Egress` is one of its policy types.
+    pub(crate) egress: Option<Box<[Rule]>>,
+}
+
+/// The peers and ports of one rule, before compiling.
+type RawRule<'a> = (Option<&'a [NetworkPolicyPeer]>, Option<&'a [NetworkPolicyPort]>);
+
+/// What compiling needs to know of the namespaces.
+pub(crate) struct NamespaceTable<'a> {
+    /// Labels of each namespace, by id.
+    pub(crate) labels: &'a [Labels],
+}
+
+/// A validation failure and the field it is in.
+pub(crate) type Failure = (String, Problem);
+
+fn at(field: impl Into<String>) -> impl FnOnce(Problem) -> Failure {
+    let field = field.into();
+    move |problem| (field, problem)
+}
+
+impl CompiledPolicy {
+    /// Validates and compiles `policy`, whose namespace has id `namespace`.
+    pub(crate) fn compile(
+        policy: &NetworkPolicy,
+        meta: PolicyRef,
+        namespace: NsId,
+        table: &NamespaceTable<'_>,
+    ) -> Result<Self, Failure> {
+        if meta.name.is_empty() {
+            return Err(("metadata.name".to_owned(), Problem::MissingName));
+        }
+        let spec = policy.spec.as_ref();
+        let pod_selector =
+            Selector::compile(spec.and_then(|spec| spec.pod_selector.as_ref())).map_err(at("spec.podSelector"))?;
+        let ingress_rules = spec.and_then(|spec| spec.ingress.as_deref()).unwrap_or_default();
+        let egress_rules = spec.and_then(|spec| spec.egress.as_deref()).unwrap_or_default();
+        let (has_ingress, has_egress) =
+            policy_types(spec.and_then(|spec| spec.policy_types.as_deref()), !egress_rules.is_empty())?;
+        let compile_rules = |direction: &str, rules: Vec<RawRule<'_>>| {
+            rules
+                .into_iter()
+                .enumerate()
+                .map(|(index, (peers, ports))| {
+                    let peer_field = if direction == "ingress" { "from" } else { "to" };
+                    let field = format!("spec.{direction}[{index}]");
+                    Ok(Rule {
+                        peers: non_empty(peers)
+                            .map(|peers| compile_peers(peers, namespace, table, &format!("{field}.{peer_field}")))
+                            .transpose()?,
+                        ports: non_empty(ports)
+                            .map(|ports| compile_ports(ports, &format!("{field}.ports")))
+                            .transpose()?,
+                    })
+                })
+                .collect::<Result<Box<[Rule]>, Failure>>()
+        };
+        // Rules of a type the policy does not have are validated all the same,
+        // as the API server does, and then never consulted.
+        let ingress = compile_rules(
+            "ingress",
+            ingress_rules.iter().map(|rule| (rule.from.as_deref(), rule.ports.as_deref())).collect(),
+        )?;
+        let egress = compile_rules(
+            "egress",
+            egress_rules.iter().map(|rule| (rule.to.as_deref(), rule.ports.as_deref())).collect(),
+        )?;
+        Ok(Self {
+            meta: Arc::new(meta),
+            pod_selector,
+            ingress: has_ingress.then_some(ingress),
+            egress: has_egress.then_some(egress),
+        })
+    }
+}
+
+/// `None` for an absent or empty list: both mean "everything" in a rule.
+fn non_empty<T>(list: Option<&[T]>) -> Option<&[T]> {
+    list.filter(|list| !list.is_empty())
+}
+
+/// The policy types in force: as listed, or defaulted as the API server does
+/// (Ingress always, Egress when there are egress rules).
+fn policy_types(listed: Option<&[String]>, has_egress_rules: bool) -> Result<(bool, bool), Failure> {
+    let Some(listed) = listed.filter(|listed| !listed.is_empty()) else { return Ok((true, has_egress_rules)) };
+    if listed.len() > 2 {
+        return Err(("spec.policyTypes".to_owned(), Problem::TooManyPolicyTypes));
+    }
+    let (mut ingress, mut egress) = (false, false);
+    for (index, kind) in listed.iter().enumerate() {
+        match kind.as_str() {
+            "Ingress" => ingress = true,
+            "Egress" => egress = true,
+            _ => {
+                return Err((
+                    format!("spec.policyTypes[{index}]"),
+                    Problem::UnsupportedPolicyType { value: kind.clone() },
+                ));
+            }
+        }
+    }
+    Ok((ingress, egress))
+}
+
+fn compile_peers(
+    peers: &[NetworkPolicyPeer],
+    own: NsId,
+    table: &NamespaceTable<'_>,
+    field: &str,
+) -> Result<Box<[Peer]>, Failure> {
+    peers
+        .iter()
+        .enumerate()
+        .map(|(index, peer)| {
+            let field = format!("{field}[{index}]");
+            match (&peer.ip_block, &peer.pod_selector, &peer.namespace_selector) {
+                (None, None, None) => Err((field, Problem::EmptyPeer)),
+                (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err((field, Problem::IpBlockWithSelector)),
+                (Some(block), None, None) => compile_block(block, &format!("{field}.ipBlock")),
+                (None, pods, namespaces) => {
+                    let pods = Selector::compile(pods.as_ref()).map_err(at(format!("{field}.podSelector")))?;
+                    let namespaces = match namespaces {
+                        None => PeerNamespaces::Own(own),
+                        Some(selector) => {
+                            let selector =
+                                Selector::compile(Some(selector)).map_err(at(format!("{field}.namespaceSelector")))?;
+                            let mut words = vec![0_u64; table.labels.len().div_ceil(64)];
+                            for (id, labels) in table.labels.iter().enumerate() {
+                                if selector.matches(labels) {
+                                    words[id / 64] |= 1 << (id % 64);
+                                }
+                            }
+                            PeerNamespaces::Selected { known: NamespaceSet(words.into()), selector }
+                        }
+                    };
+                    Ok(Peer::Pods { namespaces, pods })
+                }
+            }
+        })
+        .collect()
+}
+
+fn compile_block(block: &IPBlock, field: &str) -> Result<Peer, Failure> {
+    let parse = |text: &str, field: String| {
+        text.parse::<Cidr>().map_err(|reason| (field, Problem::InvalidCidr { value: text.to_owned(), reason }))
+    };
+    let cidr = parse(&block.cidr, format!("{field}.cidr"))?;
+    let except = block
+        .except
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, text)| {
+            let field = format!("{field}.except[{index}]");
+            let except = parse(text, field.clone())?;
+            if !cidr.strictly_contains(&except) {
+                return Err((field, Problem::ExceptOutsideCidr { cidr: block.cidr.clone(), except: text.clone() }));
+            }
+            Ok(except)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Peer::Block { cidr, except })
+}
+
+fn compile_ports(ports: &[NetworkPolicyPort], field: &str) -> Result<Box<[PortMatch]>, Failure> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(index, port)| {
+            let field = format!("{field}[{index}]");
+            let protocol = Protocol::from_k8s(port.protocol.as_deref()).ok_or_else(|| {
+                (
+                    format!("{field}.protocol"),
+                    Problem::UnsupportedProtocol { value: port.protocol.clone().unwrap_or_default() },
+                )
+            })?;
+            let number = |value: i32, field: String| {
+                u16::try_from(value).ok().filter(|value| *value != 0).ok_or((field, Problem::PortOutOfRange { value }))
+            };
+            let ports = match (&port.port, port.end_port) {
+                (None, None) => Ports::All,
+                (None, Some(_)) | (Some(IntOrString::String(_)), Some(_)) => {
+                    return Err((format!("{field}.endPort"), Problem::EndPortWithoutNumericPort));
+                }
+                (Some(IntOrString::String(name)), None) => {
+                    if !is_port_name(name) {
+                        return Err((format!("{field}.port"), Problem::InvalidPortName { value: name.clone() }));
+                    }
+                    Ports::Named(name.as_str().into())
+                }
+                (Some(IntOrString::Int(first)), end) => {
+                    let first_port = number(*first, format!("{field}.port"))?;
+                    let last_port = match end {
+                        None => first_port,
+                        Some(last) if last < *first => {
+                            return Err((
+                                format!("{field}.endPort"),
+                                Problem::EndPortBelowPort { port: *first, end_port: last },
+                            ));
+                        }
+                        Some(last) => number(last, format!("{field}.endPort"))?,
+                    };
+                    Ports::Range(first_port, last_port)
+                }
+            };
+            Ok(PortMatch { protocol, ports })
+        })
+        .collect()
+}
+
+/// An IANA service name, as the API server requires of named ports.
+fn is_port_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=15).contains(&bytes.len())
+        && bytes.iter().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || *byte == b'-')
+        && bytes.iter().any(u8::is_ascii_lowercase)
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_names_follow_iana_service_names() {
+        for good in ["http", "grpc-web", "h2c", "a1", "abcdefghijklmno"] {
+            assert!(is_port_name(good), "{good}");
+        }
+        for bad in ["", "HTTP", "8080", "-http", "http-", "grpc--web", "abcdefghijklmnop", "http_alt"] {
+            assert!(!is_port_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_policy_types_default_like_absent() {
+        assert_eq!(policy_types(Some(&[]), true).expect("valid"), (true, true));
+        assert_eq!(policy_types(None, false).expect("valid"), (true, false));
+        assert_eq!(policy_types(Some(&["Egress".to_owned()]), false).expect("valid"), (false, true));
+    }
+}

@@ -1,0 +1,21 @@
+//! NetworkPolicy verdicts: which declared policies allow or deny a flow.
+//!
+//! In: `networking.k8s.io/v1` NetworkPolicies and Namespaces from the
+//! inventory, then flows between pods and outside addresses. Out: a
+//! [`Verdict`] per flow that names, for each side, whether the pod is isolated
+//! and which policies allowed the flow. [`check`] is the `observer policy`
+//! command line on top of it.
+
+pub mod check;
+mod cidr;
+mod compiled;
+mod engine;
+mod error;
+mod fasthash;
+mod selector;
+mod verdict;
+
+pub use cidr::CidrError;
+pub use engine::{Endpoint, PolicyEngine};
+pub use error::{PolicyError, Problem};
+pub use verdict::{PolicyRef, SideVerdict, Verdict};
