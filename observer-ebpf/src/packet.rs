@@ -62,6 +62,28 @@ impl<'a> Packet<'a> {
         self.load(0)
     }
 
+    /// A header at a constant offset, read directly when it is in the
+    /// linear data.
+    #[inline(always)]
+    fn at<const OFFSET: usize, T: Copy>(&self) -> Result<T, ()> {
+        if self.data + OFFSET + core::mem::size_of::<T>() <= self.data_end {
+            // SAFETY: bounds checked against data_end just above.
+            return Ok(unsafe { core::ptr::read_unaligned((self.data + OFFSET) as *const T) });
+        }
+        self.load(OFFSET)
+    }
+
+    /// The transport header: directly at the two usual offsets (IPv4 with
+    /// no options, IPv6 with no extension headers), else through the helper.
+    #[inline(always)]
+    fn transport<T: Copy>(&self, offset: usize) -> Result<T, ()> {
+        match offset {
+            20 => self.at::<20, T>(),
+            40 => self.at::<40, T>(),
+            _ => self.load(offset),
+        }
+    }
+
     /// A header at a computed offset.
     #[inline(always)]
     fn load<T>(&self, offset: usize) -> Result<T, ()> {
@@ -84,18 +106,18 @@ pub fn parse(ctx: &SkBuffContext, direction: Direction) -> Result<Option<Parsed>
         match key.protocol {
             PROTO_TCP => {
                 // Ports and flags in one read: flags are byte 13.
-                let header: [u8; 14] = packet.load(l4_offset)?;
+                let header: [u8; 14] = packet.transport(l4_offset)?;
                 key.local_port = u16::from_be_bytes([header[0], header[1]]);
                 key.remote_port = u16::from_be_bytes([header[2], header[3]]);
                 tcp_flags = header[13];
             }
             PROTO_UDP | PROTO_SCTP => {
-                let ports: [u8; 4] = packet.load(l4_offset)?;
+                let ports: [u8; 4] = packet.transport(l4_offset)?;
                 key.local_port = u16::from_be_bytes([ports[0], ports[1]]);
                 key.remote_port = u16::from_be_bytes([ports[2], ports[3]]);
             }
             PROTO_ICMP | PROTO_ICMPV6 => {
-                let head: [u8; 2] = packet.load(l4_offset)?;
+                let head: [u8; 2] = packet.transport(l4_offset)?;
                 key.local_port = u16::from(fold_echo(key.protocol, head[0]));
                 key.remote_port = u16::from(head[1]);
             }
