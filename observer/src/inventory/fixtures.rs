@@ -64,12 +64,6 @@ impl PodBuilder {
         self
     }
 
-    /// Sets the node.
-    pub fn node(mut self, node: &str) -> Self {
-        self.0.node_name = Some(node.to_owned());
-        self
-    }
-
     /// Adds a container id.
     pub fn container(mut self, id: &str) -> Self {
         self.0.container_ids.push(id.to_owned());

@@ -186,7 +186,10 @@ fn parse_file(file: &Path, text: &str, manifests: &mut Manifests) {
     for (line, document) in documents(text) {
         let origin = Origin { file: file.to_owned(), line };
         let value: Value = match serde_yaml::from_str::<serde_yaml::Value>(&document).map_err(|error| {
-            let at = error.location().map_or(line, |location| line + location.line() - 1);
+            // An error found at the end of input is reported on the line past
+            // the document (the `---`): name the document's last line instead.
+            let last = line + document.lines().count().saturating_sub(1);
+            let at = error.location().map_or(line, |location| (line + location.line() - 1).min(last));
             (at, error)
         }) {
             Ok(yaml) => match serde_json::to_value(yaml) {

@@ -551,3 +551,193 @@ fn close_holding(by_ip: &mut HashMap<IpAddr, Vec<Holding>>, ip: IpAddr, uid: &st
         holding.until = Some(now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::inventory::{
+        endpoint::EndpointKind,
+        fixtures::{node, pod, service},
+    };
+
+    const UID_A: &str = "8f1c2a4e-5b6d-4e7f-9a0b-1c2d3e4f5a6b";
+    const UID_B: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+
+    fn t(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap_or_else(|error| panic!("{text}: {error}"))
+    }
+
+    fn pod_item(pod: Pod) -> Item {
+        Item::Pod(Box::new(PodItem { pod, mirror_uid: None }))
+    }
+
+    /// A store with every required resource listed at `t(0)` from `items`.
+    fn synced(items: Vec<Item>) -> Store {
+        let mut store = Store::new(&InventoryConfig::default());
+        let mut by_resource: HashMap<Resource, Vec<Item>> = HashMap::new();
+        for item in items {
+            by_resource.entry(item.resource()).or_default().push(item);
+        }
+        for resource in Resource::REQUIRED {
+            store.apply(Update::Init(resource), t(0));
+            for item in by_resource.remove(&resource).unwrap_or_default() {
+                store.apply(Update::InitApply(item), t(0));
+            }
+            store.apply(Update::InitDone(resource), t(0));
+        }
+        store
+    }
+
+    fn name(endpoint: &Endpoint) -> (EndpointKind, Option<&str>) {
+        let name = endpoint.pod.as_deref().or(endpoint.service.as_deref()).or(endpoint.node.as_deref());
+        (endpoint.kind, name)
+    }
+
+    #[test]
+    fn nothing_resolves_before_the_first_full_sync() {
+        let mut store = Store::new(&InventoryConfig::default());
+        store.apply(Update::Init(Resource::Pods), t(0));
+        store.apply(Update::InitApply(pod_item(pod("web-1").ip("198.18.0.5").build())), t(0));
+        store.apply(Update::InitDone(Resource::Pods), t(0));
+        let snapshot = store.snapshot(t(1));
+        assert!(!snapshot.synced());
+        assert_eq!(snapshot.resolve_remote(ip("198.18.0.5"), t(1)).kind, EndpointKind::Unknown);
+    }
+
+    #[test]
+    fn a_reused_ip_belongs_to_the_pod_that_held_it_at_the_time() {
+        let mut store = synced(vec![pod_item(pod("old").ns("shop").ip("198.18.0.7").build())]);
+        store.apply(Update::Delete(pod_item(pod("old").ns("shop").ip("198.18.0.7").build())), t(100));
+        store.apply(Update::Apply(pod_item(pod("new").ns("shop").ip("198.18.0.7").build())), t(200));
+        let snapshot = store.snapshot(t(201));
+        let at = |seconds| name(&snapshot.resolve_remote(ip("198.18.0.7"), t(seconds))).1.map(str::to_owned);
+        assert_eq!(at(50).as_deref(), Some("old"), "while the old pod held it");
+        assert_eq!(at(100).as_deref(), Some("old"), "up to its deletion");
+        assert_eq!(at(250).as_deref(), Some("new"), "after the new pod got it");
+        // Just before the new pod was seen with it, and nobody held it: watch lag.
+        assert_eq!(at(199).as_deref(), Some("new"));
+        // Between the two, longer than the skew: nobody.
+        assert_eq!(snapshot.resolve_remote(ip("198.18.0.7"), t(150)).kind, EndpointKind::World);
+    }
+
+    #[test]
+    fn ended_holdings_are_forgotten_after_the_retention() {
+        let mut store = synced(vec![pod_item(pod("old").ip("198.18.0.7").build())]);
+        store.apply(Update::Delete(pod_item(pod("old").ip("198.18.0.7").build())), t(100));
+        assert_eq!(store.snapshot(t(101)).resolve_remote(ip("198.18.0.7"), t(99)).kind, EndpointKind::Pod);
+        let later = store.snapshot(t(100 + 301));
+        assert_eq!(later.resolve_remote(ip("198.18.0.7"), t(99)).kind, EndpointKind::World);
+        assert!(later.by_ip.is_empty());
+        assert!(later.by_uid.is_empty(), "tombstoned cgroup keys are pruned too");
+    }
+
+    #[test]
+    fn finished_and_host_network_pods_do_not_hold_ips() {
+        let mut store = synced(vec![
+            pod_item(pod("job").ip("198.18.0.9").phase("Succeeded").build()),
+            pod_item(pod("cni").uid(UID_A).ip("10.0.0.1").host_network().build()),
+            Item::Node(node("node-1", "10.0.0.1")),
+        ]);
+        let snapshot = store.snapshot(t(1));
+        assert_eq!(snapshot.resolve_remote(ip("198.18.0.9"), t(1)).kind, EndpointKind::World);
+        assert_eq!(name(&snapshot.resolve_remote(ip("10.0.0.1"), t(1))), (EndpointKind::Node, Some("node-1")));
+        // Found by its cgroup instead.
+        let cgroup = format!("/kubepods/besteffort/pod{UID_A}/abc");
+        assert_eq!(name(&snapshot.resolve_local(Some(&cgroup), ip("10.0.0.1"), t(1))), (EndpointKind::Pod, Some("cni")));
+    }
+
+    #[test]
+    fn local_end_by_cgroup_then_container_then_ip_then_host() {
+        let mut store = synced(vec![
+            pod_item(pod("web").uid(UID_A).ip("198.18.0.5").build()),
+            pod_item(pod("db").uid("api-uid-of-mirror").container("c0ffee").ip("198.18.0.6").build()),
+        ]);
+        let snapshot = store.snapshot(t(1));
+        let systemd = format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-1234.scope",
+            UID_A.replace('-', "_")
+        );
+        let local = |cgroup: Option<&str>, address| name(&snapshot.resolve_local(cgroup, ip(address), t(1))).1.map(str::to_owned);
+        assert_eq!(local(Some(&systemd), "0.0.0.0").as_deref(), Some("web"));
+        let by_container = format!("/kubepods/burstable/pod{UID_B}/c0ffee");
+        assert_eq!(local(Some(&by_container), "0.0.0.0").as_deref(), Some("db"));
+        assert_eq!(local(None, "198.18.0.5").as_deref(), Some("web"));
+        assert_eq!(snapshot.resolve_local(Some("/system.slice/sshd.service"), ip("10.0.0.1"), t(1)).kind, EndpointKind::Host);
+        // A kubepods cgroup of a pod the inventory does not hold is still a pod.
+        let unlisted = snapshot.resolve_local(Some(&format!("/kubepods/pod{UID_B}/x")), ip("10.9.9.9"), t(1));
+        assert_eq!((unlisted.kind, unlisted.uid.as_deref()), (EndpointKind::Pod, Some(UID_B)));
+    }
+
+    #[test]
+    fn remote_end_order_pod_service_node_world() {
+        let mut store = synced(vec![
+            pod_item(pod("web").ip("198.18.0.5").build()),
+            Item::Service(service("shop", "web", "10.96.0.10")),
+            Item::Node(node("node-1", "192.0.2.1")),
+        ]);
+        let snapshot = store.snapshot(t(1));
+        let remote = |address| name(&snapshot.resolve_remote(ip(address), t(1))).0;
+        assert_eq!(remote("198.18.0.5"), EndpointKind::Pod);
+        assert_eq!(remote("10.96.0.10"), EndpointKind::Service);
+        assert_eq!(remote("192.0.2.1"), EndpointKind::Node);
+        assert_eq!(remote("203.0.113.9"), EndpointKind::World);
+    }
+
+    #[test]
+    fn relabel_and_relist_change_what_resolves() {
+        let mut store = synced(vec![
+            pod_item(pod("web").ip("198.18.0.5").label("app", "web").build()),
+            pod_item(pod("gone").ip("198.18.0.8").build()),
+        ]);
+        let before = store.snapshot(t(1));
+        store.apply(Update::Apply(pod_item(pod("web").ip("198.18.0.5").label("app", "shop").build())), t(2));
+        let after = store.snapshot(t(3));
+        assert_eq!(before.resolve_remote(ip("198.18.0.5"), t(3)).labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(after.resolve_remote(ip("198.18.0.5"), t(3)).labels.get("app").map(String::as_str), Some("shop"));
+        // A relist without "gone" deletes it.
+        store.apply(Update::Init(Resource::Pods), t(10));
+        store.apply(Update::InitApply(pod_item(pod("web").ip("198.18.0.5").build())), t(10));
+        store.apply(Update::InitDone(Resource::Pods), t(10));
+        let relisted = store.snapshot(t(11));
+        assert_eq!(relisted.pod_count(), 1);
+        assert_eq!(relisted.resolve_remote(ip("198.18.0.8"), t(11)).kind, EndpointKind::World);
+        assert_eq!(relisted.resolve_remote(ip("198.18.0.8"), t(9)).kind, EndpointKind::Pod, "history kept");
+    }
+
+    #[test]
+    fn a_replicaset_seen_after_its_pods_names_their_deployment() {
+        let mut store = synced(vec![pod_item(pod("api-x").ns("shop").ip("198.18.0.5").owner("ReplicaSet", "api-5f").build())]);
+        let workload = |store: &mut Store| store.snapshot(t(2)).resolve_remote(ip("198.18.0.5"), t(2)).workload.clone();
+        assert_eq!(workload(&mut store).map(|w| w.kind), Some("ReplicaSet".to_owned()));
+        let replicaset = Workload {
+            kind: "ReplicaSet".to_owned(),
+            namespace: "shop".to_owned(),
+            name: "api-5f".to_owned(),
+            uid: Some("uid-api-5f".to_owned()),
+            owner: Some(crate::inventory::model::OwnerRef {
+                kind: "Deployment".to_owned(),
+                name: "api".to_owned(),
+                uid: "d".to_owned(),
+            }),
+        };
+        store.apply(Update::Apply(Item::Workload(replicaset)), t(1));
+        assert_eq!(workload(&mut store), Some(crate::inventory::WorkloadRef { kind: "Deployment".to_owned(), name: "api".to_owned() }));
+    }
+
+    #[test]
+    fn a_published_snapshot_never_changes() {
+        let mut store = synced(vec![pod_item(pod("web").ip("198.18.0.5").build())]);
+        let published = store.snapshot(t(1));
+        store.apply(Update::Delete(pod_item(pod("web").ip("198.18.0.5").build())), t(2));
+        store.apply(Update::Apply(pod_item(pod("other").ip("198.18.0.6").build())), t(2));
+        assert_eq!(published.pod_count(), 1);
+        assert_eq!(published.resolve_remote(ip("198.18.0.5"), t(3)).kind, EndpointKind::Pod);
+        assert_eq!(published.resolve_remote(ip("198.18.0.6"), t(3)).kind, EndpointKind::World);
+    }
+}
