@@ -157,5 +157,13 @@ pub async fn client(kubeconfig: Option<PathBuf>) -> Result<kube::Client, Invento
         }
         None => kube::Config::infer().await.map_err(|source| InventoryError::InferConfig { source })?,
     };
+    client_from_config(config)
+}
+
+/// A client for the inventory from a kube configuration. kube's own retry of
+/// 429/503/504 answers is turned off: it retries silently for minutes, which
+/// would hide an outage from the status, and the watchers back off anyway.
+pub fn client_from_config(mut config: kube::Config) -> Result<kube::Client, InventoryError> {
+    config.default_retry = false;
     kube::Client::try_from(config).map_err(|source| InventoryError::Client { source })
 }
