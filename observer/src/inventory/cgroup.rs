@@ -58,18 +58,23 @@ pub struct CgroupRef<'a> {
 
 /// Parses a kubelet cgroup path; `None` for paths outside `kubepods`.
 pub fn parse(path: &str) -> Option<CgroupRef<'_>> {
-    if !path.contains("kubepods") {
-        return None;
-    }
+    // Walks up from the leaf, so the pod is found after a segment or two and
+    // the rest of a long path is never read (this runs for every flow).
     let mut below: Option<&str> = None;
-    for segment in path.rsplit('/').filter(|segment| !segment.is_empty()) {
+    let mut rest = path;
+    while !rest.is_empty() {
+        let (above, segment) = rest.rsplit_once('/').unwrap_or(("", rest));
+        rest = above;
+        if segment.is_empty() {
+            continue;
+        }
         // containerd's cgroup v1 systemd form puts pod and container in one segment.
-        if let Some((slice, rest)) = segment.split_once(':') {
-            if let Some(pod_uid) = pod_segment(slice) {
-                let container_id = rest.rsplit_once(':').map(|(_, id)| id).filter(|id| !id.is_empty());
+        if let Some((slice, runtime_and_id)) = segment.split_once(':') {
+            if let Some(pod_uid) = pod_segment(slice, above) {
+                let container_id = runtime_and_id.rsplit_once(':').map(|(_, id)| id).filter(|id| !id.is_empty());
                 return Some(CgroupRef { pod_uid, container_id });
             }
-        } else if let Some(pod_uid) = pod_segment(segment) {
+        } else if let Some(pod_uid) = pod_segment(segment, above) {
             return Some(CgroupRef { pod_uid, container_id: below.and_then(container_segment) });
         }
         below = Some(segment);
@@ -77,11 +82,14 @@ pub fn parse(path: &str) -> Option<CgroupRef<'_>> {
     None
 }
 
-/// The uid in `pod<uid>` (cgroupfs) or `kubepods-<class>-pod<uid>.slice` (systemd).
-fn pod_segment(segment: &str) -> Option<PodUid<'_>> {
+/// The uid in `pod<uid>` under a `kubepods` folder (cgroupfs) or in
+/// `kubepods-<class>-pod<uid>.slice` (systemd).
+fn pod_segment<'a>(segment: &'a str, above: &str) -> Option<PodUid<'a>> {
     let (raw, underscored) = match segment.strip_suffix(".slice") {
-        Some(slice) => (slice.rsplit_once('-')?.1.strip_prefix("pod")?, true),
-        None => (segment.strip_prefix("pod")?, false),
+        Some(slice) if slice.contains("kubepods") => (slice.rsplit_once('-')?.1.strip_prefix("pod")?, true),
+        Some(_) => return None,
+        None if above.contains("kubepods") => (segment.strip_prefix("pod")?, false),
+        None => return None,
     };
     (!raw.is_empty()).then_some(PodUid { raw, underscored })
 }

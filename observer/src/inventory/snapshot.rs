@@ -20,6 +20,11 @@ use super::{
     model::{Namespace, Node, Pod, Service},
 };
 
+/// The hash map of the per-flow lookups: foldhash hashes an IP or a uid in a
+/// fraction of SipHash's time, and its per-process seed still spreads keys
+/// an outsider cannot choose freely (uids are the API server's, IPs the CNI's).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One pod's hold on one IP, from when it was seen with it until it was seen
 /// without it (deleted, finished, or given another IP).
 #[derive(Clone, Debug)]
@@ -52,15 +57,15 @@ pub struct Snapshot {
     /// How far before a pod was seen with an IP a flow may still be given to it.
     pub(crate) ip_skew: Duration,
     pub(crate) pods: Arc<HashMap<String, PodRecord>>,
-    pub(crate) by_ip: Arc<HashMap<IpAddr, Vec<Holding>>>,
-    pub(crate) by_uid: Arc<HashMap<String, Endpoint>>,
-    pub(crate) by_container: Arc<HashMap<String, Endpoint>>,
+    pub(crate) by_ip: Arc<FastMap<IpAddr, Vec<Holding>>>,
+    pub(crate) by_uid: Arc<FastMap<String, Endpoint>>,
+    pub(crate) by_container: Arc<FastMap<String, Endpoint>>,
     pub(crate) namespaces: Arc<BTreeMap<String, Arc<Namespace>>>,
     pub(crate) policies: Arc<BTreeMap<(String, String), Arc<NetworkPolicy>>>,
     pub(crate) services: Arc<BTreeMap<(String, String), Arc<Service>>>,
-    pub(crate) services_by_ip: Arc<HashMap<IpAddr, Endpoint>>,
+    pub(crate) services_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
     pub(crate) nodes: Arc<BTreeMap<String, Arc<Node>>>,
-    pub(crate) nodes_by_ip: Arc<HashMap<IpAddr, Endpoint>>,
+    pub(crate) nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
     pub(crate) host: Endpoint,
     pub(crate) world: Endpoint,
     pub(crate) unknown: Endpoint,

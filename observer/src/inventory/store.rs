@@ -21,7 +21,7 @@ use super::{
     endpoint::Endpoint,
     manifests::Workload,
     model::{Namespace, Node, Pod, Service},
-    snapshot::{Holding, PodRecord, Snapshot},
+    snapshot::{FastMap, Holding, PodRecord, Snapshot},
     workload::Workloads,
 };
 
@@ -166,16 +166,16 @@ pub struct Store {
     unknown: Endpoint,
     generation: u64,
     pods: Arc<HashMap<String, PodRecord>>,
-    by_ip: Arc<HashMap<IpAddr, Vec<Holding>>>,
-    by_uid: Arc<HashMap<String, Endpoint>>,
-    by_container: Arc<HashMap<String, Endpoint>>,
+    by_ip: Arc<FastMap<IpAddr, Vec<Holding>>>,
+    by_uid: Arc<FastMap<String, Endpoint>>,
+    by_container: Arc<FastMap<String, Endpoint>>,
     tombstones: VecDeque<Tombstone>,
     namespaces: Arc<BTreeMap<String, Arc<Namespace>>>,
     policies: Arc<BTreeMap<(String, String), Arc<NetworkPolicy>>>,
     services: Arc<BTreeMap<(String, String), Arc<Service>>>,
-    services_by_ip: Arc<HashMap<IpAddr, Endpoint>>,
+    services_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
     nodes: Arc<BTreeMap<String, Arc<Node>>>,
-    nodes_by_ip: Arc<HashMap<IpAddr, Endpoint>>,
+    nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
     workloads: Workloads,
     relists: HashMap<Resource, Vec<Item>>,
     listed: HashSet<Resource>,
@@ -543,7 +543,7 @@ fn is_pod(endpoint: &Endpoint, uid: &str) -> bool {
     endpoint.uid.as_deref() == Some(uid)
 }
 
-fn close_holding(by_ip: &mut HashMap<IpAddr, Vec<Holding>>, ip: IpAddr, uid: &str, now: SystemTime) {
+fn close_holding(by_ip: &mut FastMap<IpAddr, Vec<Holding>>, ip: IpAddr, uid: &str, now: SystemTime) {
     if let Some(holding) = by_ip
         .get_mut(&ip)
         .and_then(|holdings| holdings.iter_mut().find(|holding| holding.until.is_none() && is_pod(&holding.endpoint, uid)))
