@@ -94,7 +94,7 @@ fn pod(index: usize) -> Value {
             "name": format!("{replicaset}-{index:05}"), "namespace": namespace, "uid": uid(1, index),
             "resourceVersion": format!("{}", 100_000 + index),
             "labels": {"app": app, "app.kubernetes.io/name": app, "app.kubernetes.io/component": "server",
-                "pod-template-hash": "7d9f8c6b5", "tier": if index % 10 == 0 { "model-server" } else { "web" }},
+                "pod-template-hash": "7d9f8c6b5", "tier": if index.is_multiple_of(10) { "model-server" } else { "web" }},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replicaset,
                 "uid": uid(2, index % REPLICASETS), "controller": true, "blockOwnerDeletion": true}]
         },
@@ -141,7 +141,7 @@ fn cluster() -> Value {
     let mut items = Vec::new();
     items.extend((0..NAMESPACES).map(|index| {
         json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": format!("ns-{index}"), "labels": {"team": if index % 2 == 0 { "frontend" } else { "backend" }}}})
+            "metadata": {"name": format!("ns-{index}"), "labels": {"team": if index.is_multiple_of(2) { "frontend" } else { "backend" }}}})
     }));
     items.extend((0..NODES).map(|index| {
         json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{index}")},

@@ -56,7 +56,10 @@ async fn syncs_then_follows_adds_relabels_and_deletes_within_a_second() {
     let resolver = inventory.resolver();
 
     let web = remote(&resolver, "198.18.0.5");
-    assert_eq!((web.kind, pod_name(&web).as_deref(), web.namespace.as_deref()), (EndpointKind::Pod, Some("web-1"), Some("shop")));
+    assert_eq!(
+        (web.kind, pod_name(&web).as_deref(), web.namespace.as_deref()),
+        (EndpointKind::Pod, Some("web-1"), Some("shop"))
+    );
     assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
     assert_eq!(remote(&resolver, "10.96.0.10").service.as_deref(), Some("web"));
     assert_eq!(remote(&resolver, "10.0.0.1").kind, EndpointKind::Node);
@@ -76,7 +79,10 @@ async fn syncs_then_follows_adds_relabels_and_deletes_within_a_second() {
 
     // Add.
     api.apply(PODS, pod("api-1").ns("shop").ip("198.18.0.6").json());
-    eventually(Duration::from_secs(1), "new pod resolves", || pod_name(&remote(&resolver, "198.18.0.6")).as_deref() == Some("api-1")).await;
+    eventually(Duration::from_secs(1), "new pod resolves", || {
+        pod_name(&remote(&resolver, "198.18.0.6")).as_deref() == Some("api-1")
+    })
+    .await;
     // Relabel.
     api.apply(PODS, pod("web-1").ns("shop").ip("198.18.0.5").label("app", "storefront").json());
     eventually(Duration::from_secs(1), "relabel shows", || {
@@ -86,8 +92,10 @@ async fn syncs_then_follows_adds_relabels_and_deletes_within_a_second() {
     // Delete: gone now, but a flow from before the deletion still names it.
     let before_delete = SystemTime::now();
     api.delete(PODS, pod("web-1").ns("shop").ip("198.18.0.5").json());
-    eventually(Duration::from_secs(1), "deleted pod no longer resolves", || remote(&resolver, "198.18.0.5").kind == EndpointKind::World)
-        .await;
+    eventually(Duration::from_secs(1), "deleted pod no longer resolves", || {
+        remote(&resolver, "198.18.0.5").kind == EndpointKind::World
+    })
+    .await;
     assert_eq!(pod_name(&resolver.resolve_remote(ip("198.18.0.5"), before_delete)).as_deref(), Some("web-1"));
 
     // The reflector asked for bookmarks and listed each resource once.
@@ -111,8 +119,10 @@ async fn a_dropped_watch_resumes_from_the_last_bookmark_without_relisting() {
     eventually(Duration::from_secs(2), "pods rewatched", || api.watches(PODS).len() == 2).await;
     assert_eq!(api.watches(PODS)[1].0, bookmark.to_string(), "resumed from the bookmark");
     api.apply(PODS, pod("api-1").ns("shop").ip("198.18.0.6").json());
-    eventually(Duration::from_secs(1), "pod added after the rewatch resolves", || remote(&resolver, "198.18.0.6").kind == EndpointKind::Pod)
-        .await;
+    eventually(Duration::from_secs(1), "pod added after the rewatch resolves", || {
+        remote(&resolver, "198.18.0.6").kind == EndpointKind::Pod
+    })
+    .await;
     assert_eq!(api.lists(PODS), 1, "no relist after a dropped connection");
     task.abort();
 }
@@ -128,7 +138,8 @@ async fn gone_relists_and_catches_up_on_what_the_watch_missed() {
     api.apply_unseen(PODS, pod("late-1").ns("shop").ip("198.18.0.9").json());
     api.expire(PODS);
     eventually(Duration::from_secs(5), "relisted after 410", || {
-        remote(&resolver, "198.18.0.9").kind == EndpointKind::Pod && remote(&resolver, "198.18.0.5").kind == EndpointKind::World
+        remote(&resolver, "198.18.0.9").kind == EndpointKind::Pod
+            && remote(&resolver, "198.18.0.5").kind == EndpointKind::World
     })
     .await;
     assert_eq!(api.lists(PODS), 2);
@@ -150,7 +161,8 @@ async fn workloads_come_from_replicaset_and_job_owners() {
     let workload = |address| remote(&resolver, address).workload.clone().map(|workload| (workload.kind, workload.name));
     let expect = |kind: &str, name: &str| Some((kind.to_owned(), name.to_owned()));
     // ReplicaSets and Jobs may sync after the pods.
-    eventually(Duration::from_secs(2), "deployment named", || workload("198.18.0.6") == expect("Deployment", "api")).await;
+    eventually(Duration::from_secs(2), "deployment named", || workload("198.18.0.6") == expect("Deployment", "api"))
+        .await;
     eventually(Duration::from_secs(2), "cronjob named", || workload("198.18.0.7") == expect("CronJob", "report")).await;
     assert_eq!(workload("198.18.0.8"), expect("StatefulSet", "db"));
     assert_eq!(workload("198.18.0.5"), expect("Pod", "web-1"));

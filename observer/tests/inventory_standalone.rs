@@ -144,7 +144,8 @@ async fn changed_added_and_removed_files_are_reloaded() {
     let remote = |address: &str| resolver.resolve_remote(ip(address), SystemTime::now());
 
     dir.write("web.yaml", &web("storefront"));
-    eventually("relabel reloaded", || remote("198.18.0.5").labels.get("app").map(String::as_str) == Some("storefront")).await;
+    eventually("relabel reloaded", || remote("198.18.0.5").labels.get("app").map(String::as_str) == Some("storefront"))
+        .await;
 
     dir.write("cluster.json", LIST_JSON);
     eventually("added file loaded", || remote("10.96.0.10").kind == EndpointKind::Service).await;

@@ -151,7 +151,8 @@ mod tests {
             "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{underscored}.slice/cri-containerd-{ID}.scope"
         );
         assert_eq!(parsed(&kind), (UID.to_owned(), Some(ID.to_owned())));
-        let colon = format!("/system.slice/containerd.service/kubepods-burstable-pod{underscored}.slice:cri-containerd:{ID}");
+        let colon =
+            format!("/system.slice/containerd.service/kubepods-burstable-pod{underscored}.slice:cri-containerd:{ID}");
         assert_eq!(parsed(&colon), (UID.to_owned(), Some(ID.to_owned())));
         // A process nested inside a container's cgroup still belongs to the pod.
         let nested = format!("/kubepods/burstable/pod{UID}/{ID}/init.scope");
@@ -160,7 +161,9 @@ mod tests {
 
     #[test]
     fn paths_outside_kubepods_are_not_pods() {
-        for path in ["/", "", "/system.slice/sshd.service", "/user.slice/user-0.slice/session-1.scope", "/kubepods/burstable"] {
+        for path in
+            ["/", "", "/system.slice/sshd.service", "/user.slice/user-0.slice/session-1.scope", "/kubepods/burstable"]
+        {
             assert_eq!(parse(path), None, "{path}");
         }
     }

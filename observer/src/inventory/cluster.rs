@@ -14,12 +14,7 @@ use futures::{
     StreamExt,
     stream::{self, BoxStream},
 };
-use k8s_openapi::api::{
-    apps::v1::ReplicaSet,
-    batch::v1::Job,
-    core::v1 as core,
-    networking::v1::NetworkPolicy,
-};
+use k8s_openapi::api::{apps::v1::ReplicaSet, batch::v1::Job, core::v1 as core, networking::v1::NetworkPolicy};
 use kube::{
     Api, Client,
     runtime::{

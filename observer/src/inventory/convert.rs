@@ -20,7 +20,8 @@ const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// A pod.
 pub fn pod(pod: &core::Pod) -> Item {
-    let mirror_uid = pod.metadata.annotations.as_ref().and_then(|annotations| annotations.get(MIRROR_ANNOTATION)).cloned();
+    let mirror_uid =
+        pod.metadata.annotations.as_ref().and_then(|annotations| annotations.get(MIRROR_ANNOTATION)).cloned();
     Item::Pod(Box::new(PodItem { pod: Pod::from(pod), mirror_uid }))
 }
 

@@ -126,14 +126,10 @@ impl Snapshot {
     pub fn pod_at(&self, ip: IpAddr, at: SystemTime) -> Option<&Endpoint> {
         let holdings = self.by_ip.get(&ip)?;
         // Newest first: of overlapping holds, the latest claim wins.
-        let held = holdings
-            .iter()
-            .rev()
-            .find(|holding| holding.since <= at && holding.until.is_none_or(|until| at <= until));
-        held.or_else(|| {
-            holdings.iter().find(|holding| holding.since > at && holding.since <= at + self.ip_skew)
-        })
-        .map(|holding| &holding.endpoint)
+        let held =
+            holdings.iter().rev().find(|holding| holding.since <= at && holding.until.is_none_or(|until| at <= until));
+        held.or_else(|| holdings.iter().find(|holding| holding.since > at && holding.since <= at + self.ip_skew))
+            .map(|holding| &holding.endpoint)
     }
 
     /// Every pod, in no particular order.

@@ -105,7 +105,12 @@ pub(crate) fn load(paths: &[PathBuf], writer: &mut Writer) {
 }
 
 /// Reloads the manifests whenever they change, forever.
-pub(crate) async fn run(paths: Vec<PathBuf>, mut writer: Writer, reload_interval: std::time::Duration, mut seen: Fingerprint) {
+pub(crate) async fn run(
+    paths: Vec<PathBuf>,
+    mut writer: Writer,
+    reload_interval: std::time::Duration,
+    mut seen: Fingerprint,
+) {
     let mut interval = tokio::time::interval(reload_interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

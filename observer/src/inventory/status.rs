@@ -88,9 +88,8 @@ impl Failures {
     /// A list or watch failed at `now`.
     pub fn error(&mut self, message: String, now: SystemTime) {
         self.errors += 1;
-        let same_outage = self
-            .last_error_at
-            .is_some_and(|last| now.duration_since(last).unwrap_or_default() <= OUTAGE_GAP);
+        let same_outage =
+            self.last_error_at.is_some_and(|last| now.duration_since(last).unwrap_or_default() <= OUTAGE_GAP);
         if self.failing_since.is_none() || !same_outage {
             self.failing_since = Some(now);
         }

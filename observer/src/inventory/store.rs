@@ -380,7 +380,8 @@ impl Store {
     fn upsert_pod(&mut self, pod: Arc<Pod>, mirror_uid: Option<String>, now: SystemTime) {
         let endpoint = Endpoint::pod(&pod, self.workloads.top_of(&pod), &self.label_keys);
         let old = self.pods.get(&pod.uid).cloned();
-        let old_ips: Vec<IpAddr> = old.as_ref().filter(|old| holds_ips(&old.pod)).map(|old| old.pod.ips.clone()).unwrap_or_default();
+        let old_ips: Vec<IpAddr> =
+            old.as_ref().filter(|old| holds_ips(&old.pod)).map(|old| old.pod.ips.clone()).unwrap_or_default();
         let new_ips: &[IpAddr] = if holds_ips(&pod) { &pod.ips } else { &[] };
         // Pods present at the first full list have held their IPs since before we started.
         let since = if self.listed.contains(&Resource::Pods) { now } else { SystemTime::UNIX_EPOCH };
@@ -544,10 +545,9 @@ fn is_pod(endpoint: &Endpoint, uid: &str) -> bool {
 }
 
 fn close_holding(by_ip: &mut FastMap<IpAddr, Vec<Holding>>, ip: IpAddr, uid: &str, now: SystemTime) {
-    if let Some(holding) = by_ip
-        .get_mut(&ip)
-        .and_then(|holdings| holdings.iter_mut().find(|holding| holding.until.is_none() && is_pod(&holding.endpoint, uid)))
-    {
+    if let Some(holding) = by_ip.get_mut(&ip).and_then(|holdings| {
+        holdings.iter_mut().find(|holding| holding.until.is_none() && is_pod(&holding.endpoint, uid))
+    }) {
         holding.until = Some(now);
     }
 }
@@ -649,7 +649,10 @@ mod tests {
         assert_eq!(name(&snapshot.resolve_remote(ip("10.0.0.1"), t(1))), (EndpointKind::Node, Some("node-1")));
         // Found by its cgroup instead.
         let cgroup = format!("/kubepods/besteffort/pod{UID_A}/abc");
-        assert_eq!(name(&snapshot.resolve_local(Some(&cgroup), ip("10.0.0.1"), t(1))), (EndpointKind::Pod, Some("cni")));
+        assert_eq!(
+            name(&snapshot.resolve_local(Some(&cgroup), ip("10.0.0.1"), t(1))),
+            (EndpointKind::Pod, Some("cni"))
+        );
     }
 
     #[test]
@@ -663,12 +666,17 @@ mod tests {
             "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-1234.scope",
             UID_A.replace('-', "_")
         );
-        let local = |cgroup: Option<&str>, address| name(&snapshot.resolve_local(cgroup, ip(address), t(1))).1.map(str::to_owned);
+        let local = |cgroup: Option<&str>, address| {
+            name(&snapshot.resolve_local(cgroup, ip(address), t(1))).1.map(str::to_owned)
+        };
         assert_eq!(local(Some(&systemd), "0.0.0.0").as_deref(), Some("web"));
         let by_container = format!("/kubepods/burstable/pod{UID_B}/c0ffee");
         assert_eq!(local(Some(&by_container), "0.0.0.0").as_deref(), Some("db"));
         assert_eq!(local(None, "198.18.0.5").as_deref(), Some("web"));
-        assert_eq!(snapshot.resolve_local(Some("/system.slice/sshd.service"), ip("10.0.0.1"), t(1)).kind, EndpointKind::Host);
+        assert_eq!(
+            snapshot.resolve_local(Some("/system.slice/sshd.service"), ip("10.0.0.1"), t(1)).kind,
+            EndpointKind::Host
+        );
         // A kubepods cgroup of a pod the inventory does not hold is still a pod.
         let unlisted = snapshot.resolve_local(Some(&format!("/kubepods/pod{UID_B}/x")), ip("10.9.9.9"), t(1));
         assert_eq!((unlisted.kind, unlisted.uid.as_deref()), (EndpointKind::Pod, Some(UID_B)));
@@ -712,7 +720,8 @@ mod tests {
 
     #[test]
     fn a_replicaset_seen_after_its_pods_names_their_deployment() {
-        let mut store = synced(vec![pod_item(pod("api-x").ns("shop").ip("198.18.0.5").owner("ReplicaSet", "api-5f").build())]);
+        let mut store =
+            synced(vec![pod_item(pod("api-x").ns("shop").ip("198.18.0.5").owner("ReplicaSet", "api-5f").build())]);
         let workload = |store: &mut Store| store.snapshot(t(2)).resolve_remote(ip("198.18.0.5"), t(2)).workload.clone();
         assert_eq!(workload(&mut store).map(|w| w.kind), Some("ReplicaSet".to_owned()));
         let replicaset = Workload {
@@ -727,7 +736,10 @@ mod tests {
             }),
         };
         store.apply(Update::Apply(Item::Workload(replicaset)), t(1));
-        assert_eq!(workload(&mut store), Some(crate::inventory::WorkloadRef { kind: "Deployment".to_owned(), name: "api".to_owned() }));
+        assert_eq!(
+            workload(&mut store),
+            Some(crate::inventory::WorkloadRef { kind: "Deployment".to_owned(), name: "api".to_owned() })
+        );
     }
 
     #[test]

@@ -59,9 +59,10 @@ impl Workloads {
     }
 
     fn find(&self, namespace: &str, owner: &OwnerRef) -> Option<&Workload> {
-        self.by_uid.get(&owner.uid).filter(|workload| workload.kind == owner.kind).or_else(|| {
-            self.by_name.get(&(namespace.to_owned(), owner.kind.clone(), owner.name.clone()))
-        })
+        self.by_uid
+            .get(&owner.uid)
+            .filter(|workload| workload.kind == owner.kind)
+            .or_else(|| self.by_name.get(&(namespace.to_owned(), owner.kind.clone(), owner.name.clone())))
     }
 
     /// The top of `pod`'s ownerReference chain.
@@ -125,9 +126,19 @@ mod tests {
     #[test]
     fn chains_resolve_to_their_top() {
         let mut workloads = Workloads::default();
-        workloads.insert(controller("ReplicaSet", "web-7d9", "uid-web-7d9", Some(owner("Deployment", "web", "uid-web"))));
+        workloads.insert(controller(
+            "ReplicaSet",
+            "web-7d9",
+            "uid-web-7d9",
+            Some(owner("Deployment", "web", "uid-web")),
+        ));
         workloads.insert(controller("Deployment", "web", "uid-web", None));
-        workloads.insert(controller("Job", "backup-2890", "uid-backup-2890", Some(owner("CronJob", "backup", "uid-backup"))));
+        workloads.insert(controller(
+            "Job",
+            "backup-2890",
+            "uid-backup-2890",
+            Some(owner("CronJob", "backup", "uid-backup")),
+        ));
         workloads.insert(controller("Job", "migrate", "uid-migrate", None));
 
         let web = pod("web-7d9-x").ns("shop").owner("ReplicaSet", "web-7d9").build();
@@ -146,7 +157,10 @@ mod tests {
     #[test]
     fn manifests_without_uids_match_by_name() {
         let mut workloads = Workloads::default();
-        workloads.insert(Workload { uid: None, ..controller("ReplicaSet", "api-5f", "", Some(owner("Deployment", "api", ""))) });
+        workloads.insert(Workload {
+            uid: None,
+            ..controller("ReplicaSet", "api-5f", "", Some(owner("Deployment", "api", "")))
+        });
         let api = pod("api-5f-a").ns("shop").owner("ReplicaSet", "api-5f").build();
         assert_eq!(top(&workloads, &api), pair("Deployment", "api"));
     }
@@ -154,7 +168,8 @@ mod tests {
     #[test]
     fn unknown_replicaset_is_guessed_only_from_its_template_hash() {
         let workloads = Workloads::default();
-        let hashed = pod("web-7d9-x").ns("shop").owner("ReplicaSet", "web-7d9").label("pod-template-hash", "7d9").build();
+        let hashed =
+            pod("web-7d9-x").ns("shop").owner("ReplicaSet", "web-7d9").label("pod-template-hash", "7d9").build();
         assert_eq!(top(&workloads, &hashed), pair("Deployment", "web"));
         let unhashed = pod("solo-x").ns("shop").owner("ReplicaSet", "solo").build();
         assert_eq!(top(&workloads, &unhashed), pair("ReplicaSet", "solo"));

@@ -137,7 +137,10 @@ impl Writer {
             let failing: Vec<&str> =
                 resources.iter().filter(|(_, status)| status.stale).map(|(resource, _)| resource.name()).collect();
             if stale {
-                tracing::error!(?failing, "inventory is stale: its watches have been failing; enrichment may be out of date");
+                tracing::error!(
+                    ?failing,
+                    "inventory is stale: its watches have been failing; enrichment may be out of date"
+                );
             } else {
                 tracing::info!("inventory is no longer stale");
             }

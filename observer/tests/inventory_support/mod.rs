@@ -35,8 +35,11 @@ pub const PODS: Kind = Kind { path: "/api/v1/pods", kind: "Pod", api_version: "v
 pub const NAMESPACES: Kind = Kind { path: "/api/v1/namespaces", kind: "Namespace", api_version: "v1" };
 pub const SERVICES: Kind = Kind { path: "/api/v1/services", kind: "Service", api_version: "v1" };
 pub const NODES: Kind = Kind { path: "/api/v1/nodes", kind: "Node", api_version: "v1" };
-pub const POLICIES: Kind =
-    Kind { path: "/apis/networking.k8s.io/v1/networkpolicies", kind: "NetworkPolicy", api_version: "networking.k8s.io/v1" };
+pub const POLICIES: Kind = Kind {
+    path: "/apis/networking.k8s.io/v1/networkpolicies",
+    kind: "NetworkPolicy",
+    api_version: "networking.k8s.io/v1",
+};
 pub const REPLICASETS: Kind = Kind { path: "/apis/apps/v1/replicasets", kind: "ReplicaSet", api_version: "apps/v1" };
 pub const JOBS: Kind = Kind { path: "/apis/batch/v1/jobs", kind: "Job", api_version: "batch/v1" };
 const KINDS: [Kind; 7] = [PODS, NAMESPACES, SERVICES, NODES, POLICIES, REPLICASETS, JOBS];
@@ -404,10 +407,10 @@ pub fn deny_all(namespace: &str, name: &str) -> Value {
 
 /// A workload controller `kind/name` (uid `uid-<name>`), owned by `owner` if given.
 pub fn controller(namespace: &str, name: &str, owner: Option<(&str, &str)>) -> Value {
-    let mut object = json!({"metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}")}, "spec": {}});
+    let mut object =
+        json!({"metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}")}, "spec": {}});
     if let Some((kind, owner)) = owner {
-        object["metadata"]["ownerReferences"] =
-            json!([{"apiVersion": "apps/v1", "kind": kind, "name": owner, "uid": format!("uid-{owner}"), "controller": true}]);
+        object["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": kind, "name": owner, "uid": format!("uid-{owner}"), "controller": true}]);
     }
     object
 }
