@@ -167,4 +167,30 @@ mod tests {
             assert_eq!(parse(path), None, "{path}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_uid_and_id_round_trip_through_every_driver(
+            uid in "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            id in "[0-9a-f]{64}",
+            class in proptest::sample::select(vec!["besteffort", "burstable", ""]),
+        ) {
+            let underscored = uid.replace('-', "_");
+            let (cgroupfs_class, systemd_class, pod_prefix) = if class.is_empty() {
+                (String::new(), String::new(), "kubepods".to_owned())
+            } else {
+                (format!("{class}/"), format!("kubepods-{class}.slice/"), format!("kubepods-{class}"))
+            };
+            let cgroupfs = format!("/kubepods/{cgroupfs_class}pod{uid}/{id}");
+            let systemd = format!("/kubepods.slice/{systemd_class}{pod_prefix}-pod{underscored}.slice/crio-{id}.scope");
+            for path in [cgroupfs, systemd] {
+                proptest::prop_assert_eq!(parsed(&path), (uid.clone(), Some(id.clone())), "{}", path);
+            }
+        }
+
+        #[test]
+        fn arbitrary_paths_never_panic(path in "[a-z0-9_./:-]{0,120}") {
+            let _ = parse(&path);
+        }
+    }
 }

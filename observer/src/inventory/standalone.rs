@@ -95,11 +95,11 @@ pub(crate) fn load(paths: &[PathBuf], writer: &mut Writer) {
         items.entry(Resource::Namespaces).or_default().push(convert::namespace(&namespace));
     }
     for resource in RESOURCES {
-        writer.apply(resource, Update::Init(resource));
+        writer.record(resource, Update::Init(resource));
         for item in items.remove(&resource).unwrap_or_default() {
-            writer.apply(resource, Update::InitApply(item));
+            writer.record(resource, Update::InitApply(item));
         }
-        writer.apply(resource, Update::InitDone(resource));
+        writer.record(resource, Update::InitDone(resource));
     }
     writer.publish();
 }

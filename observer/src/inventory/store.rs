@@ -683,6 +683,15 @@ mod tests {
     }
 
     #[test]
+    fn a_static_pod_is_found_by_the_uid_kubelet_gave_its_cgroup() {
+        let mirror = PodItem { pod: pod("etcd").uid("api-server-uid").build(), mirror_uid: Some(UID_B.to_owned()) };
+        let mut store = synced(vec![Item::Pod(Box::new(mirror))]);
+        let snapshot = store.snapshot(t(1));
+        let cgroup = format!("/kubepods/pod{UID_B}/abc");
+        assert_eq!(snapshot.resolve_local(Some(&cgroup), ip("10.0.0.1"), t(1)).pod.as_deref(), Some("etcd"));
+    }
+
+    #[test]
     fn remote_end_order_pod_service_node_world() {
         let mut store = synced(vec![
             pod_item(pod("web").ip("198.18.0.5").build()),

@@ -66,11 +66,18 @@ impl Writer {
         self.config.publish_interval
     }
 
-    /// Applies one update; publishes at once when it completes the first sync.
-    pub fn apply(&mut self, resource: Resource, update: Update) {
-        let was_synced = self.store.synced();
+    /// Applies one update without publishing, for a source that publishes
+    /// once its whole batch is in (a manifest reload).
+    pub fn record(&mut self, resource: Resource, update: Update) {
         self.failures.entry(resource).or_default().ok();
         self.store.apply(update, SystemTime::now());
+    }
+
+    /// Applies one update; publishes at once when it completes the first sync,
+    /// else when the publish interval has passed.
+    pub fn apply(&mut self, resource: Resource, update: Update) {
+        let was_synced = self.store.synced();
+        self.record(resource, update);
         if !was_synced && self.store.synced() {
             self.publish();
         } else if self.last_publish.is_none_or(|last| last.elapsed() >= self.config.publish_interval) {
