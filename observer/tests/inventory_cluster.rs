@@ -105,6 +105,24 @@ async fn syncs_then_follows_adds_relabels_and_deletes_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_reused_ip_is_given_to_the_pod_that_held_it_at_the_time_of_the_flow() {
+    let api = seeded().await;
+    let (inventory, task) = synced(&api).await;
+    let resolver = inventory.resolver();
+    let while_old = SystemTime::now();
+    api.delete(PODS, pod("web-1").ns("shop").ip("198.18.0.5").json());
+    eventually(Duration::from_secs(1), "old pod gone", || remote(&resolver, "198.18.0.5").kind == EndpointKind::World)
+        .await;
+    api.apply(PODS, pod("web-2").ns("shop").uid("uid-web-2").ip("198.18.0.5").json());
+    eventually(Duration::from_secs(1), "new pod holds the IP", || {
+        pod_name(&remote(&resolver, "198.18.0.5")).as_deref() == Some("web-2")
+    })
+    .await;
+    assert_eq!(pod_name(&resolver.resolve_remote(ip("198.18.0.5"), while_old)).as_deref(), Some("web-1"));
+    task.abort();
+}
+
+#[tokio::test]
 async fn a_dropped_watch_resumes_from_the_last_bookmark_without_relisting() {
     let api = seeded().await;
     let (inventory, task) = synced(&api).await;
@@ -192,6 +210,10 @@ async fn an_unreachable_api_server_is_retried_with_backoff_and_reported_stale() 
     // Backoff, not a busy loop: a handful of attempts in this time, not thousands.
     assert!(pods.errors < 10, "{pods:?}");
     assert_eq!(resolver.resolve_remote(ip("198.18.0.5"), SystemTime::now()).kind, EndpointKind::Unknown);
+    // What /health serves.
+    let json = serde_json::to_value(inventory.status()).expect("status serializes");
+    assert_eq!(json["stale"], true);
+    assert!(json["resources"]["pods"]["errors"].as_u64().is_some_and(|errors| errors >= 2), "{json}");
     task.abort();
 }
 
