@@ -127,7 +127,7 @@ async fn a_folder_loads_whole_except_the_bad_document_which_is_named() {
     let status = inventory.status();
     assert_eq!(status.manifest_errors.len(), 1, "{status:?}");
     assert!(
-        status.manifest_errors[0].starts_with(&format!("{}:17:", broken.display())),
+        status.manifest_errors[0].starts_with(&format!("{}:18:", broken.display())),
         "names file and line: {}",
         status.manifest_errors[0]
     );

@@ -186,10 +186,7 @@ fn parse_file(file: &Path, text: &str, manifests: &mut Manifests) {
     for (line, document) in documents(text) {
         let origin = Origin { file: file.to_owned(), line };
         let value: Value = match serde_yaml::from_str::<serde_yaml::Value>(&document).map_err(|error| {
-            // An error found at the end of input is reported on the line past
-            // the document (the `---`): name the document's last line instead.
-            let last = line + document.lines().count().saturating_sub(1);
-            let at = error.location().map_or(line, |location| (line + location.line() - 1).min(last));
+            let at = error.location().map_or(line, |location| line + location.line() - 1);
             (at, error)
         }) {
             Ok(yaml) => match serde_json::to_value(yaml) {
@@ -204,7 +201,8 @@ fn parse_file(file: &Path, text: &str, manifests: &mut Manifests) {
             Err((at, error)) => {
                 manifests.errors.push(ManifestError {
                     origin: Origin { file: file.to_owned(), line: at },
-                    message: format!("invalid YAML: {error}"),
+                    // serde_yaml's own positions count from the document's start.
+                    message: format!("invalid YAML in the document starting at line {line}: {error}"),
                 });
                 continue;
             }
@@ -292,7 +290,9 @@ mod tests {
         );
         assert_eq!(manifests.objects.len(), 2);
         assert_eq!(manifests.errors.len(), 1);
-        assert_eq!(manifests.errors[0].origin.line, 8, "{}", manifests.errors[0]);
+        // The parser fails where the unclosed sequence should have ended.
+        assert_eq!(manifests.errors[0].origin.line, 9, "{}", manifests.errors[0]);
+        assert!(manifests.errors[0].message.contains("document starting at line 6"), "{}", manifests.errors[0]);
     }
 
     #[test]
