@@ -371,8 +371,8 @@ pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<
     } else {
         (None, None, None)
     };
-    let local = Peer { ip: local_ip, port: local_port };
-    let remote = Peer { ip: remote_ip, port: remote_port };
+    let local = Peer { ip: local_ip, port: local_port, endpoint: None };
+    let remote = Peer { ip: remote_ip, port: remote_port, endpoint: None };
     let sent = Traffic { packets: stats.packets_out, bytes: stats.bytes_out };
     let received = Traffic { packets: stats.packets_in, bytes: stats.bytes_in };
     let local_initiated = stats.initiator == INITIATOR_LOCAL;
