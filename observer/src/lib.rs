@@ -8,6 +8,7 @@ pub mod capture;
 pub mod cli;
 pub mod export;
 pub mod flow;
+pub mod intent;
 pub mod inventory;
 pub mod policy;
 pub mod run;
