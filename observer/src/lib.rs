@@ -4,11 +4,13 @@
 //! Stages, in the order a flow passes them: [`capture`] → enrich
 //! ([`inventory`]) → judge ([`policy`]) → [`export`]. See `ARCHITECTURE.md` in the shared docs.
 
+pub mod anomaly;
 pub mod capture;
 pub mod cli;
 pub mod export;
 pub mod flow;
 pub mod intent;
 pub mod inventory;
+pub mod judge;
 pub mod policy;
 pub mod run;
