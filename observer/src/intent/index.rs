@@ -204,7 +204,8 @@ impl IntentIndex {
             intent: intent.meta.clone(),
             reason: format!(
                 "{} -> {}: {what} (FlowIntent {} {rule})",
-                describe(src),
+                // The source port is ephemeral: leaving it out keeps reasons of repeats alike.
+                describe(&FlowEnd { port: None, ..*src }),
                 describe(dst),
                 intent.meta
             ),
