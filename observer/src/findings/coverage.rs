@@ -1,7 +1,7 @@
 //! Whether the observer saw everything: windows in which capture lost events.
 //!
 //! In: the increase of capture's lost-event counters, with the time it was
-//! read. Out: for any span of time, whether it overlaps a window with losses
+//! read. Out: for any span of time, whether it overlaps a span with losses
 //! ([`Coverage`]), the number lost, and totals for the health report. A span
 //! older than the history kept is reported incomplete: forgetting a loss must
 //! never turn into a claim that nothing was lost.
@@ -26,78 +26,66 @@ pub enum Coverage {
 pub struct CoverageStatus {
     /// Events lost since start.
     pub lost_events: u64,
-    /// Windows with losses since start.
-    pub lossy_windows: u64,
-    /// Start of the latest window with losses.
+    /// Separate spans with losses since start.
+    pub lossy_spans: u64,
+    /// When losses were last read.
     #[serde(skip)]
     pub last_loss: Option<SystemTime>,
 }
 
-/// Remembers the windows in which events were lost.
+/// Remembers the spans in which events were lost.
 #[derive(Clone, Debug)]
 pub struct CoverageTracker {
-    window_seconds: u64,
-    /// Lossy windows, oldest first: (window index, events lost).
-    lossy: VecDeque<(u64, u64)>,
+    window: Duration,
+    /// Spans with losses, oldest first: (start, end, events lost).
+    lossy: VecDeque<(SystemTime, SystemTime, u64)>,
     cap: usize,
-    /// Windows before this index may have had losses that were forgotten.
-    forgotten_before: u64,
+    /// Spans ending before this may have had losses that were forgotten.
+    forgotten_until: Option<SystemTime>,
     status: CoverageStatus,
 }
 
-fn seconds(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
-}
-
 impl CoverageTracker {
-    /// A tracker with windows of `window` (at least a second) that remembers
-    /// the last `cap` lossy windows.
+    /// A tracker for counters read every `window`: a loss read at `t` may have
+    /// happened anywhere in `t - window ..= t`. It remembers the last `cap`
+    /// spans with losses (overlapping ones merge).
     pub fn new(window: Duration, cap: usize) -> Self {
-        Self {
-            window_seconds: window.as_secs().max(1),
-            lossy: VecDeque::new(),
-            cap: cap.max(1),
-            forgotten_before: 0,
-            status: CoverageStatus::default(),
-        }
+        Self { window, lossy: VecDeque::new(), cap: cap.max(1), forgotten_until: None, status: CoverageStatus::default() }
     }
 
-    /// Records `lost` events lost (a counter's increase) in the window holding `at`.
+    /// Records `lost` events (a counter's increase) read at `at`.
     pub fn record(&mut self, at: SystemTime, lost: u64) {
         if lost == 0 {
             return;
         }
-        let window = seconds(at) / self.window_seconds;
+        let start = at.checked_sub(self.window).unwrap_or(UNIX_EPOCH);
         self.status.lost_events = self.status.lost_events.saturating_add(lost);
+        self.status.last_loss = Some(self.status.last_loss.map_or(at, |last| last.max(at)));
         match self.lossy.back_mut() {
-            Some((last, count)) if *last >= window => *count = count.saturating_add(lost),
+            Some((_, end, count)) if start <= *end => {
+                *end = (*end).max(at);
+                *count = count.saturating_add(lost);
+            }
             _ => {
-                self.lossy.push_back((window, lost));
-                self.status.lossy_windows += 1;
-                self.status.last_loss = Some(UNIX_EPOCH + Duration::from_secs(window * self.window_seconds));
+                self.lossy.push_back((start, at, lost));
+                self.status.lossy_spans += 1;
                 if self.lossy.len() > self.cap
-                    && let Some((oldest, _)) = self.lossy.pop_front()
+                    && let Some((_, end, _)) = self.lossy.pop_front()
                 {
-                    self.forgotten_before = oldest + 1;
+                    self.forgotten_until = Some(end);
                 }
             }
         }
     }
 
-    /// Events lost in the windows overlapping `from..=to`, and whether that
-    /// span reaches back before the history kept.
+    /// Events lost in spans overlapping `from..=to`, and whether that span
+    /// reaches back into forgotten history.
     fn lost(&self, from: SystemTime, to: SystemTime) -> (u64, bool) {
-        let (first, last) = (seconds(from) / self.window_seconds, seconds(to) / self.window_seconds);
-        let lost = self
-            .lossy
-            .iter()
-            .filter(|(window, _)| (first..=last).contains(window))
-            .map(|(_, lost)| *lost)
-            .sum();
-        (lost, first < self.forgotten_before)
+        let lost = self.lossy.iter().filter(|(start, end, _)| *start <= to && *end >= from).map(|(_, _, lost)| *lost).sum();
+        (lost, self.forgotten_until.is_some_and(|until| from <= until))
     }
 
-    /// Events known lost in the windows overlapping `from..=to`.
+    /// Events known lost in spans overlapping `from..=to`.
     pub fn lost_between(&self, from: SystemTime, to: SystemTime) -> u64 {
         self.lost(from, to).0
     }
@@ -125,17 +113,18 @@ mod tests {
     }
 
     #[test]
-    fn spans_touching_a_lossy_window_are_incomplete() {
-        let mut tracker = CoverageTracker::new(Duration::from_secs(60), 16);
+    fn spans_touching_a_loss_are_incomplete() {
+        let mut tracker = CoverageTracker::new(Duration::from_secs(10), 16);
         tracker.record(at(130), 0);
         assert_eq!(tracker.coverage(at(0), at(1000)), Coverage::Complete);
         tracker.record(at(130), 5);
-        tracker.record(at(150), 2);
+        tracker.record(at(135), 2);
+        // The losses read at 130 and 135 happened within 120..=135.
         assert_eq!(tracker.coverage(at(0), at(119)), Coverage::Complete);
-        assert_eq!(tracker.coverage(at(170), at(200)), Coverage::Incomplete);
-        assert_eq!(tracker.coverage(at(180), at(1000)), Coverage::Complete);
+        assert_eq!(tracker.coverage(at(100), at(121)), Coverage::Incomplete);
+        assert_eq!(tracker.coverage(at(136), at(1000)), Coverage::Complete);
         assert_eq!(tracker.lost_between(at(0), at(1000)), 7);
-        assert_eq!(tracker.status().lossy_windows, 1);
+        assert_eq!(tracker.status().lossy_spans, 1);
     }
 
     #[test]
@@ -144,8 +133,8 @@ mod tests {
         for second in [10, 20, 30] {
             tracker.record(at(second), 1);
         }
-        assert_eq!(tracker.coverage(at(0), at(5)), Coverage::Incomplete, "window 10 was forgotten");
-        assert_eq!(tracker.coverage(at(11), at(19)), Coverage::Complete);
+        assert_eq!(tracker.coverage(at(0), at(5)), Coverage::Incomplete, "the loss at 10 was forgotten");
+        assert_eq!(tracker.coverage(at(11), at(18)), Coverage::Complete);
         assert_eq!(tracker.status().lost_events, 3);
     }
 }
