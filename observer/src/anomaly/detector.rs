@@ -326,13 +326,18 @@ impl Params {
             if !recent.exceeded_by(value, self.config.sensitivity, self.min_gap) {
                 continue;
             }
-            // The seasonal bucket takes part once it has seen a whole period's visit.
+            // The seasonal bucket takes part once it has seen a whole period's
+            // visit, and only to excuse a rise it expects: this time of day is
+            // busier than the recent past. Its spread includes day-to-day
+            // change, so letting it veto otherwise would hide spikes on edges
+            // whose level moved (a ramp) behind a wide seasonal band.
             let seasonal = state
                 .seasonal
                 .get(bucket)
                 .map(|stats| stats[index])
                 .filter(|stats| u64::from(stats.count()) >= self.windows_per_bucket);
-            if seasonal.is_some_and(|stats| !stats.exceeded_by(value, self.config.sensitivity, self.min_gap)) {
+            let expected_rise = seasonal.filter(|stats| stats.mean() > recent.mean());
+            if expected_rise.is_some_and(|stats| !stats.exceeded_by(value, self.config.sensitivity, self.min_gap)) {
                 continue;
             }
             state.quiet_until = state.window + 1 + u64::from(self.config.cooldown_windows);
