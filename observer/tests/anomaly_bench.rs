@@ -193,7 +193,8 @@ fn precision_and_recall_on_a_labelled_workload() {
             Shape::Blips => 3,
             Shape::Sparse => 4,
         };
-        let matches = |episode: &Episode, window: u64| (episode.start..=episode.start + episode.length).contains(&window);
+        let matches =
+            |episode: &Episode, window: u64| (episode.start..=episode.start + episode.length).contains(&window);
         for (episode, seen) in edge.episodes.iter().zip(&visible[number]) {
             if !seen {
                 below_minimum += 1;

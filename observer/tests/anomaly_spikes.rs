@@ -72,8 +72,7 @@ fn steady_series_with_noise_is_not_flagged() {
 fn tenfold_step_is_flagged_within_two_windows_and_once() {
     let mut rng = Rng(2);
     let step = 300;
-    let series: Vec<u64> =
-        (0..600).map(|index| rng.noisy(if index < step { 50.0 } else { 500.0 }, 0.3)).collect();
+    let series: Vec<u64> = (0..600).map(|index| rng.noisy(if index < step { 50.0 } else { 500.0 }, 0.3)).collect();
     let mut detector = SpikeDetector::new(SpikeConfig::default());
     let flagged = run(&mut detector, &series);
     assert_eq!(flagged.len(), 1, "a lasting step is reported once, then learned: {flagged:?}");

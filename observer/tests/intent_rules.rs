@@ -8,7 +8,7 @@ use judge_fixtures::{intents, ip, namespace, pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use observer::{
     intent::{
-        FlowEnd, IntentConfig, IntentIndex, IntentProblem, LoadedIntents, TierConfig, Tiers, GROUP, KIND, PLURAL,
+        FlowEnd, GROUP, IntentConfig, IntentIndex, IntentProblem, KIND, LoadedIntents, PLURAL, TierConfig, Tiers,
         VERSION,
     },
     inventory::{manifests, model::Protocol},
@@ -234,7 +234,18 @@ fn crd_matches_the_resource_and_examples_are_valid() {
         assert!(spec.get(field).is_some(), "schema lacks spec.{field}");
     }
     let peer = &spec["egress"]["properties"]["forbid"]["items"]["properties"];
-    for field in ["podSelector", "namespaceSelector", "tiers", "cidr", "except", "fqdn", "world", "metadataService", "apiServer", "ports"] {
+    for field in [
+        "podSelector",
+        "namespaceSelector",
+        "tiers",
+        "cidr",
+        "except",
+        "fqdn",
+        "world",
+        "metadataService",
+        "apiServer",
+        "ports",
+    ] {
         assert!(peer.get(field).is_some(), "schema lacks peer.{field}");
     }
     assert!(!schema.to_string().contains("$ref"), "structural schemas may not use $ref");

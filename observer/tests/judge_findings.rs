@@ -40,7 +40,8 @@ fn tracker() -> CoverageTracker {
 /// An enforcement-gap finding from agent to store on `port`.
 fn gap(agent: &Pod, store: &Pod, port: u16) -> Finding {
     let mut judge = judge(POLICIES, "", &[namespace("ai", &[])]);
-    let input = flow(FlowEnd::pod(agent, agent.ips[0], Some(41000)), FlowEnd::pod(store, store.ips[0], Some(port))).build();
+    let input =
+        flow(FlowEnd::pod(agent, agent.ips[0], Some(41000)), FlowEnd::pod(store, store.ips[0], Some(port))).build();
     Finding::from_flow(&judge.flow(&input), &input).expect("a finding")
 }
 
@@ -125,9 +126,8 @@ fn lost_events_mark_findings_and_the_interval_incomplete() {
     log.record(gap(&agent, &store, 7000), time(300));
     log.record(gap(&agent, &store, 6333), time(300));
     log.flush(&mut out, time(310), &coverage).expect("flush");
-    let coverage_of = |port: u64| {
-        lines(&out).into_iter().find(|line| line["port"] == port).map(|line| line["coverage"].clone())
-    };
+    let coverage_of =
+        |port: u64| lines(&out).into_iter().find(|line| line["port"] == port).map(|line| line["coverage"].clone());
     assert_eq!(coverage_of(7000), Some(Value::from("complete")));
     assert_eq!(coverage_of(6333), Some(Value::from("incomplete")));
     assert_eq!(lines(&out).len(), 2, "no coverage line for a clean interval");
@@ -174,7 +174,10 @@ fn unprotected_pods_and_spikes_become_findings() {
     assert_eq!((written[0]["kind"].as_str(), written[0]["count"].as_u64()), (Some("unprotected"), Some(2)));
     assert_eq!(written[0]["evidence"]["isolated"], serde_json::json!({"ingress": false, "egress": false}));
     assert_eq!(written[0]["source"]["pod"], "agent-2", "the latest occurrence names the pod");
-    assert_eq!((written[1]["kind"].as_str(), written[1]["rule"].as_str()), (Some("spike"), Some("spike:new-connections")));
+    assert_eq!(
+        (written[1]["kind"].as_str(), written[1]["rule"].as_str()),
+        (Some("spike"), Some("spike:new-connections"))
+    );
     assert_eq!(written[1]["evidence"]["spike"]["observed"], 600);
 }
 

@@ -55,11 +55,8 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
 
     /// Inserts or replaces `key`; returns the entry evicted to make room.
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<(K, V)> {
-        let evicted = if self.entries.len() >= self.cap && !self.entries.contains_key(&key) {
-            self.evict()
-        } else {
-            None
-        };
+        let evicted =
+            if self.entries.len() >= self.cap && !self.entries.contains_key(&key) { self.evict() } else { None };
         let stamp = self.stamp(&key);
         self.entries.insert(key, (value, stamp));
         evicted

@@ -50,7 +50,13 @@ impl CoverageTracker {
     /// happened anywhere in `t - window ..= t`. It remembers the last `cap`
     /// spans with losses (overlapping ones merge).
     pub fn new(window: Duration, cap: usize) -> Self {
-        Self { window, lossy: VecDeque::new(), cap: cap.max(1), forgotten_until: None, status: CoverageStatus::default() }
+        Self {
+            window,
+            lossy: VecDeque::new(),
+            cap: cap.max(1),
+            forgotten_until: None,
+            status: CoverageStatus::default(),
+        }
     }
 
     /// Records `lost` events (a counter's increase) read at `at`.
@@ -81,7 +87,8 @@ impl CoverageTracker {
     /// Events lost in spans overlapping `from..=to`, and whether that span
     /// reaches back into forgotten history.
     fn lost(&self, from: SystemTime, to: SystemTime) -> (u64, bool) {
-        let lost = self.lossy.iter().filter(|(start, end, _)| *start <= to && *end >= from).map(|(_, _, lost)| *lost).sum();
+        let lost =
+            self.lossy.iter().filter(|(start, end, _)| *start <= to && *end >= from).map(|(_, _, lost)| *lost).sum();
         (lost, self.forgotten_until.is_some_and(|until| from <= until))
     }
 

@@ -75,7 +75,9 @@ impl Party {
             namespace: end.namespace.map(str::to_owned),
             pod: end.pod_name.map(str::to_owned),
             uid: end.uid.map(str::to_owned),
-            workload: end.workload.map(|workload| Workload { kind: workload.kind.to_owned(), name: workload.name.to_owned() }),
+            workload: end
+                .workload
+                .map(|workload| Workload { kind: workload.kind.to_owned(), name: workload.name.to_owned() }),
             service: end.service.map(str::to_owned),
             ip: Some(end.ip),
             tier,
@@ -191,8 +193,7 @@ impl Finding {
         let rule = match (kind, &verdict.intent) {
             (FindingKind::IntentViolation, Some(intent)) => intent_rule(intent),
             _ => {
-                let names: Vec<String> =
-                    verdict.policies.iter().map(|policy| policy.0.to_string()).collect();
+                let names: Vec<String> = verdict.policies.iter().map(|policy| policy.0.to_string()).collect();
                 names.join(",")
             }
         };

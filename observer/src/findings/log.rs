@@ -163,7 +163,8 @@ impl FindingsLog {
     /// Writes every finding new or repeated since the last flush, then a
     /// coverage line if events were lost since then; returns the lines written.
     pub fn flush(&mut self, out: &mut impl Write, now: SystemTime, coverage: &CoverageTracker) -> io::Result<usize> {
-        let mut dirty: Vec<&mut Entry> = self.entries.iter_mut().map(|(_, entry)| entry).filter(|entry| entry.dirty).collect();
+        let mut dirty: Vec<&mut Entry> =
+            self.entries.iter_mut().map(|(_, entry)| entry).filter(|entry| entry.dirty).collect();
         dirty.sort_by(|a, b| (a.first_seen, &a.finding.rule).cmp(&(b.first_seen, &b.finding.rule)));
         let from = self.last_flush.or_else(|| dirty.first().map(|entry| entry.first_seen)).unwrap_or(now);
         let mut lines = 0;

@@ -206,9 +206,9 @@ impl Peer {
                     (EndKind::Pod, Some(pod), _) => {
                         namespaces.matches(&pod.namespace, &context.namespace_labels(&pod.namespace))
                             && pods.as_ref().is_none_or(|selector| selector.matches(&pod.labels))
-                            && tiers.as_ref().is_none_or(|tiers| {
-                                context.tier_of(pod).is_some_and(|tier| tiers.contains(&tier))
-                            })
+                            && tiers
+                                .as_ref()
+                                .is_none_or(|tiers| context.tier_of(pod).is_some_and(|tier| tiers.contains(&tier)))
                     }
                     (EndKind::Service, _, Some(namespace)) => {
                         pods.is_none()
@@ -242,7 +242,13 @@ pub(crate) struct CompiledSubject {
 
 impl CompiledSubject {
     /// Whether a pod in `namespace` with `labels` and `tier` is a subject.
-    pub(crate) fn matches(&self, namespace: &str, labels: &Labels, namespace_labels: &Labels, tier: Option<&Tier>) -> bool {
+    pub(crate) fn matches(
+        &self,
+        namespace: &str,
+        labels: &Labels,
+        namespace_labels: &Labels,
+        tier: Option<&Tier>,
+    ) -> bool {
         self.tiers.as_ref().is_none_or(|tiers| tier.is_some_and(|tier| tiers.contains(tier)))
             && self.namespaces.matches(namespace, namespace_labels)
             && self.pods.matches(labels)
@@ -289,7 +295,10 @@ fn namespaces(selector: Option<&LabelSelector>, own: &Arc<str>, field: &str) -> 
 
 fn port_range(port: &IntentPort, field: &str) -> Result<PortRange, Failure> {
     let protocol = Protocol::from_k8s(port.protocol.as_deref()).ok_or_else(|| {
-        (format!("{field}.protocol"), Problem::UnsupportedProtocol { value: port.protocol.clone().unwrap_or_default() }.into())
+        (
+            format!("{field}.protocol"),
+            Problem::UnsupportedProtocol { value: port.protocol.clone().unwrap_or_default() }.into(),
+        )
     })?;
     let number = |value: i32, name: &str| {
         u16::try_from(value)
@@ -454,7 +463,8 @@ impl CompiledIntent {
                 .collect::<Result<Box<[Peer]>, _>>()
         };
         let egress = spec.egress.as_ref();
-        let forbid = peers(egress.and_then(|egress| egress.forbid.as_deref()).unwrap_or_default(), "spec.egress.forbid")?;
+        let forbid =
+            peers(egress.and_then(|egress| egress.forbid.as_deref()).unwrap_or_default(), "spec.egress.forbid")?;
         let allow = egress
             .and_then(|egress| egress.allow.as_deref())
             .map(|allow| peers(allow, "spec.egress.allow"))

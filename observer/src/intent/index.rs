@@ -131,7 +131,8 @@ impl IntentIndex {
             }
             same
         });
-        let namespaces = namespaces.iter().map(|namespace| (namespace.name.clone(), namespace.labels.clone())).collect();
+        let namespaces =
+            namespaces.iter().map(|namespace| (namespace.name.clone(), namespace.labels.clone())).collect();
         let index = Self {
             intents: compiled,
             namespaces,

@@ -30,7 +30,9 @@ pub struct Tier(Arc<str>);
 
 /// Why a string is not a tier.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{value:?} is not a valid tier (a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)")]
+#[error(
+    "{value:?} is not a valid tier (a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)"
+)]
 pub struct InvalidTier {
     /// The text given.
     pub value: String,
@@ -199,10 +201,19 @@ mod tests {
         .expect("valid config");
         let tiers = Tiers::new(&config).expect("compiles");
         let ns_agent = labels(&[("ai.governance/tier", "agent")]);
-        assert_eq!(tiers.tier(&labels(&[("ai.governance/tier", "tool-server")]), &ns_agent).map(|t| t.to_string()), Some("tool-server".into()));
+        assert_eq!(
+            tiers.tier(&labels(&[("ai.governance/tier", "tool-server")]), &ns_agent).map(|t| t.to_string()),
+            Some("tool-server".into())
+        );
         assert_eq!(tiers.tier(&labels(&[("app", "trainer")]), &ns_agent).map(|t| t.to_string()), Some("agent".into()));
-        assert_eq!(tiers.tier(&labels(&[("app", "trainer")]), &labels(&[])).map(|t| t.to_string()), Some("training".into()));
-        assert_eq!(tiers.tier(&labels(&[]), &labels(&[("team", "eval")])).map(|t| t.to_string()), Some("evaluation".into()));
+        assert_eq!(
+            tiers.tier(&labels(&[("app", "trainer")]), &labels(&[])).map(|t| t.to_string()),
+            Some("training".into())
+        );
+        assert_eq!(
+            tiers.tier(&labels(&[]), &labels(&[("team", "eval")])).map(|t| t.to_string()),
+            Some("evaluation".into())
+        );
         assert_eq!(tiers.tier(&labels(&[("app", "web")]), &labels(&[])), None);
     }
 

@@ -13,10 +13,7 @@
 //! intent held. The intent rule is still named in the verdict (`intent`) and
 //! its reason appended.
 
-use std::{
-    fmt::Write as _,
-    sync::Arc,
-};
+use std::{fmt::Write as _, sync::Arc};
 
 use super::{
     delivery::delivery,
@@ -147,7 +144,9 @@ impl Judge {
         let verdict = self.policy.verdict(policy_endpoint(&input.src), policy_endpoint(&input.dst), port, protocol);
         if verdict.allowed {
             let mut policies: Vec<Arc<PolicyRef>> = verdict.egress.policies.clone();
-            policies.extend(verdict.ingress.policies.iter().filter(|policy| !verdict.egress.policies.contains(policy)).cloned());
+            policies.extend(
+                verdict.ingress.policies.iter().filter(|policy| !verdict.egress.policies.contains(policy)).cloned(),
+            );
             let reason = match (verdict.egress.isolated, verdict.ingress.isolated) {
                 (false, false) => "no policy isolates either end".to_owned(),
                 (true, false) => format!("egress allowed by {}", name_policies(&verdict.egress.policies)),
@@ -158,7 +157,11 @@ impl Judge {
                     name_policies(&verdict.ingress.policies)
                 ),
             };
-            return Some(PolicyOutcome { allowed: true, policies: policies.into_iter().map(PolicyCite).collect(), reason });
+            return Some(PolicyOutcome {
+                allowed: true,
+                policies: policies.into_iter().map(PolicyCite).collect(),
+                reason,
+            });
         }
         let mut policies = Vec::new();
         let mut reasons = Vec::new();
@@ -186,7 +189,11 @@ impl Judge {
             ));
             policies.extend(isolating.into_iter().filter(|policy| !policies.contains(policy)).collect::<Vec<_>>());
         }
-        Some(PolicyOutcome { allowed: false, policies: policies.into_iter().map(PolicyCite).collect(), reason: reasons.join("; ") })
+        Some(PolicyOutcome {
+            allowed: false,
+            policies: policies.into_iter().map(PolicyCite).collect(),
+            reason: reasons.join("; "),
+        })
     }
 
     fn rate_violation(&mut self, input: &JudgeInput<'_>) -> Option<IntentViolation> {
@@ -222,7 +229,8 @@ impl Judge {
                 } else {
                     VerdictKind::DeniedAttempt
                 };
-                let delivered = if delivery == Delivery::Delivered { "but it was delivered" } else { "and it was not delivered" };
+                let delivered =
+                    if delivery == Delivery::Delivered { "but it was delivered" } else { "and it was not delivered" };
                 (kind, format!("denied: {reason}; {delivered} ({evidence})"), policies)
             }
             Some(PolicyOutcome { allowed: true, policies, reason }) => match &intent {
@@ -232,7 +240,9 @@ impl Judge {
             None => {
                 let why = format!("NetworkPolicies do not apply to {} flows", input.protocol.name());
                 match &intent {
-                    Some(violation) => (VerdictKind::IntentViolation, format!("{}; {why}", violation.reason), Vec::new()),
+                    Some(violation) => {
+                        (VerdictKind::IntentViolation, format!("{}; {why}", violation.reason), Vec::new())
+                    }
                     None => (VerdictKind::Allowed, format!("allowed: {why}"), Vec::new()),
                 }
             }
@@ -249,7 +259,8 @@ impl Judge {
             VerdictKind::IntentViolation => self.stats.intent_violations += 1,
         }
         self.stats.intent_breaches += u64::from(intent.is_some());
-        let tier = |end: &FlowEnd<'_>| end.pod.filter(|_| end.kind == EndKind::Pod).and_then(|pod| self.intents.tier_of(pod));
+        let tier =
+            |end: &FlowEnd<'_>| end.pod.filter(|_| end.kind == EndKind::Pod).and_then(|pod| self.intents.tier_of(pod));
         FlowVerdict {
             verdict,
             reason,

@@ -13,6 +13,6 @@ mod input;
 mod rate;
 mod verdict;
 
-pub use input::JudgeInput;
 pub use decide::{Judge, JudgeConfig, JudgeStats, Unprotected};
+pub use input::JudgeInput;
 pub use verdict::{Delivery, FlowVerdict, IntentCite, PolicyCite, VerdictKind};

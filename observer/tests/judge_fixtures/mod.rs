@@ -2,7 +2,11 @@
 
 #![allow(dead_code, reason = "each test file uses a different part")]
 
-use std::{net::IpAddr, sync::Arc, time::{Duration, SystemTime, UNIX_EPOCH}};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use observer::{
@@ -81,7 +85,10 @@ pub fn ip(text: &str) -> IpAddr {
 
 /// YAML documents separated by `---`, each parsed as `T`.
 pub fn documents<T: serde::de::DeserializeOwned>(yaml: &str) -> Vec<T> {
-    yaml.split("\n---\n").filter(|doc| !doc.trim().is_empty()).map(|doc| serde_yaml::from_str(doc).expect("valid YAML")).collect()
+    yaml.split("\n---\n")
+        .filter(|doc| !doc.trim().is_empty())
+        .map(|doc| serde_yaml::from_str(doc).expect("valid YAML"))
+        .collect()
 }
 
 pub fn intents(yaml: &str, namespaces: &[Namespace]) -> (IntentIndex, Vec<IntentError>) {
