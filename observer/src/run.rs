@@ -9,7 +9,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     capture::{Capture, CaptureConfig, loader, loader::LoadOptions, table::TableConfig},
+    enrich,
     export::flowlog,
+    inventory::{Inventory, InventoryArgs, InventoryError, Resolver},
 };
 
 /// Options of `observer run`.
@@ -21,9 +23,6 @@ pub struct RunArgs {
     /// cgroup v2 root to attach at [default: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts].
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
-    /// Name of this node in records [default: $NODE_NAME, else the hostname].
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
     /// How often the kernel flow map is read and records are written.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -48,6 +47,9 @@ pub struct RunArgs {
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// Where pods, namespaces and policies come from.
+    #[command(flatten)]
+    pub inventory: InventoryArgs,
 }
 
 /// Parses `500ms`, `2s`, `5m`, `1h`.
@@ -77,7 +79,7 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
 }
 
 fn node_name(args: &RunArgs) -> String {
-    if let Some(name) = &args.node_name {
+    if let Some(name) = &args.inventory.node_name {
         return name.clone();
     }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -133,10 +135,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let config = args.capture_config()?;
     let target = args.flow_log.clone().map_or(flowlog::Target::Stdout, flowlog::Target::File);
-    let capture = Capture::start(config).context("starting capture")?;
-    let (records_tx, records_rx) = mpsc::channel(1024);
-    let writer = tokio::spawn(flowlog::write(target, records_rx));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let resolver = start_inventory(&args.inventory, shutdown_rx.clone()).await?;
+    let capture = Capture::start(config).context("starting capture")?;
+    let (captured_tx, captured_rx) = mpsc::channel(STAGE_CAPACITY);
+    let (enriched_tx, enriched_rx) = mpsc::channel(STAGE_CAPACITY);
+    let enrich_health = Arc::new(enrich::EnrichHealth::default());
+    let enricher = tokio::spawn(enrich::run(resolver, captured_rx, enriched_tx, Arc::clone(&enrich_health)));
+    let writer = tokio::spawn(flowlog::write(target, enriched_rx));
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!(signal, "stopping"),
@@ -144,10 +150,43 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         }
         let _ = shutdown_tx.send(true);
     });
-    capture.run(records_tx, shutdown_rx).await;
+    capture.run(captured_tx, shutdown_rx).await;
+    enricher.await.context("enrich task panicked")?;
     let written = writer.await.context("flow log task panicked")?.context("flow log")?;
     tracing::info!(records = written, "flow log closed; kernel programs detached");
     Ok(())
+}
+
+/// Batches a stage may queue for the next one before dropping.
+const STAGE_CAPACITY: usize = 1024;
+
+/// Starts the inventory the flags choose and returns its resolver. With no
+/// `--manifests` and no Kubernetes configuration at all, the observer still
+/// captures, and says that flows will carry addresses only.
+async fn start_inventory(
+    args: &InventoryArgs,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Resolver>> {
+    let (inventory, task) = match Inventory::from_args(args).await {
+        Ok(started) => started,
+        Err(InventoryError::InferConfig { source }) => {
+            tracing::warn!(
+                error = %source,
+                "no --manifests and no Kubernetes configuration: flows carry addresses only, not pods or workloads"
+            );
+            return Ok(None);
+        }
+        Err(error) => return Err(error).context("starting the inventory"),
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    });
+    let mode = if args.manifests.is_empty() { "cluster" } else { "standalone" };
+    tracing::info!(mode, "inventory started");
+    Ok(Some(inventory.resolver()))
 }
 
 async fn shutdown_signal() -> std::io::Result<&'static str> {

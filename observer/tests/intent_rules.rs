@@ -257,3 +257,19 @@ fn crd_matches_the_resource_and_examples_are_valid() {
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(index.len(), 3);
 }
+
+#[test]
+fn enriched_endpoints_map_to_flow_ends() {
+    let (index, _) = intents(AGENTS, &[]);
+    let agent = pod("agent-1").tier("agent").owner("ReplicaSet", "agent-7d9").build();
+    let endpoint = observer::inventory::Endpoint::pod(
+        &agent,
+        observer::inventory::WorkloadRef { kind: "Deployment".to_owned(), name: "agent".to_owned() },
+        &[],
+    );
+    let src = FlowEnd::from_endpoint(&endpoint, Some(&agent), ip("198.18.0.10"), Some(40000));
+    assert_eq!(src.workload.map(|workload| workload.kind), Some("Deployment"));
+    let world = observer::inventory::Endpoint::world();
+    let dst = FlowEnd::from_endpoint(&world, None, ip("203.0.113.7"), Some(443));
+    assert_eq!(check(&index, &src, &dst).as_deref(), Some("spec.egress.onlyThrough"));
+}

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use crate::inventory::model::Pod;
+use crate::inventory::{EndpointInfo, EndpointKind, model::Pod};
 
 /// What is at one end of a flow; the same kinds as enrichment's endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -94,6 +94,34 @@ impl<'a> FlowEnd<'a> {
     /// A Service by its ClusterIP.
     pub fn service(namespace: &'a str, name: &'a str, ip: IpAddr, port: Option<u16>) -> Self {
         Self { namespace: Some(namespace), service: Some(name), ..Self::address(EndKind::Service, ip, port) }
+    }
+
+    /// An end as enrichment resolved it. `pod` is the inventory's pod for a
+    /// pod end (`Snapshot::pod(uid)`): its labels and named ports are what
+    /// policies and intents match; without it a pod end is judged as an address.
+    pub fn from_endpoint(endpoint: &'a EndpointInfo, pod: Option<&'a Pod>, ip: IpAddr, port: Option<u16>) -> Self {
+        let kind = match endpoint.kind {
+            EndpointKind::Pod => EndKind::Pod,
+            EndpointKind::Service => EndKind::Service,
+            EndpointKind::Node => EndKind::Node,
+            EndpointKind::World => EndKind::World,
+            EndpointKind::Host => EndKind::Host,
+            EndpointKind::Unknown => EndKind::Unknown,
+        };
+        Self {
+            kind,
+            ip,
+            port,
+            pod,
+            namespace: endpoint.namespace.as_deref(),
+            pod_name: endpoint.pod.as_deref(),
+            uid: endpoint.uid.as_deref(),
+            service: endpoint.service.as_deref(),
+            workload: endpoint
+                .workload
+                .as_ref()
+                .map(|workload| WorkloadName { kind: &workload.kind, name: &workload.name }),
+        }
     }
 
     /// The same end with its workload named.
