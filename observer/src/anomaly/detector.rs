@@ -9,7 +9,7 @@
 //! `ln(1 + x)`, so a tenfold rise is the same step at any volume and noise
 //! that scales with the rate has a constant spread. Each edge keeps, per
 //! signal, a recent baseline (exponentially weighted mean and variance of the
-//! closed windows, [`super::baseline`]) and, optionally, a seasonal one per
+//! closed windows, see `baseline.rs`) and, optionally, a seasonal one per
 //! time-of-day bucket that forgets at half weight per period. A window is a
 //! spike when, after warm-up, its count reaches the minimum volume and exceeds
 //! the recent baseline (and the seasonal one, once that bucket has seen a

@@ -2,7 +2,7 @@
 //! as declared in YAML.
 //!
 //! In: JSON or YAML of kind `FlowIntent` (`ai.governance/v1alpha1`), from
-//! manifest files or the API server. Out: typed objects that [`super::compile`]
+//! manifest files or the API server. Out: typed objects that the compiler
 //! validates. Unknown fields in `spec` are refused, so a misspelt rule is an
 //! error rather than a rule silently not checked. The CRD with its OpenAPI
 //! schema is `deploy/crds/flowintent.yaml`.
