@@ -8,6 +8,7 @@
 pub mod anomaly;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod enrich;
 pub mod export;
 pub mod findings;

@@ -8,10 +8,13 @@ use clap::Args;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    capture::{Capture, CaptureConfig, loader, loader::LoadOptions, table::TableConfig},
+    capture::{Capture, CaptureConfig, CaptureHealth, loader, loader::LoadOptions, table::TableConfig},
+    config::ObserverConfig,
     enrich,
     export::flowlog,
-    inventory::{Inventory, InventoryArgs, InventoryError, Resolver},
+    intent,
+    inventory::{self, Inventory, InventoryArgs, InventoryError},
+    judge::stage::{IntentSource, JudgeStage, StageSetup},
 };
 
 /// Options of `observer run`.
@@ -47,6 +50,14 @@ pub struct RunArgs {
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// Write findings (policy and intent breaches, unprotected AI-tier pods,
+    /// spikes), deduplicated, as JSON lines to this file (appended).
+    #[arg(long, value_name = "FILE")]
+    pub findings_log: Option<PathBuf>,
+    /// Configuration file (YAML or JSON): AI tiers, judge, spike detector and
+    /// findings settings; see `docs/intents.md`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Where pods, namespaces and policies come from.
     #[command(flatten)]
     pub inventory: InventoryArgs,
@@ -134,15 +145,36 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let config = args.capture_config()?;
+    let observer_config = match &args.config {
+        Some(path) => ObserverConfig::read(path)?,
+        None => ObserverConfig::default(),
+    };
     let target = args.flow_log.clone().map_or(flowlog::Target::Stdout, flowlog::Target::File);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let resolver = start_inventory(&args.inventory, shutdown_rx.clone()).await?;
+    let inventory = start_inventory(&args.inventory, shutdown_rx.clone()).await?;
     let capture = Capture::start(config).context("starting capture")?;
     let (captured_tx, captured_rx) = mpsc::channel(STAGE_CAPACITY);
     let (enriched_tx, enriched_rx) = mpsc::channel(STAGE_CAPACITY);
+    let (judged_tx, judged_rx) = mpsc::channel(STAGE_CAPACITY);
     let enrich_health = Arc::new(enrich::EnrichHealth::default());
+    let resolver = inventory.as_ref().map(Inventory::resolver);
     let enricher = tokio::spawn(enrich::run(resolver, captured_rx, enriched_tx, Arc::clone(&enrich_health)));
-    let writer = tokio::spawn(flowlog::write(target, enriched_rx));
+    let judge = match inventory {
+        Some(inventory) => {
+            let setup = StageSetup {
+                intents: intent_source(&args.inventory, shutdown_rx.clone()).await?,
+                inventory,
+                config: observer_config,
+                findings_log: args.findings_log.clone(),
+                node: if args.inventory.manifests.is_empty() { Some(node_name(&args)) } else { None },
+                capture_health: capture.health(),
+            };
+            let stage = JudgeStage::new(setup).context("starting the judge")?;
+            tokio::spawn(stage.run(enriched_rx, judged_tx))
+        }
+        None => tokio::spawn(pass_through(enriched_rx, judged_tx)),
+    };
+    let writer = tokio::spawn(flowlog::write(target, judged_rx));
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!(signal, "stopping"),
@@ -150,29 +182,74 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         }
         let _ = shutdown_tx.send(true);
     });
+    let health: Arc<CaptureHealth> = capture.health();
     capture.run(captured_tx, shutdown_rx).await;
     enricher.await.context("enrich task panicked")?;
+    judge.await.context("judge task panicked")?;
     let written = writer.await.context("flow log task panicked")?.context("flow log")?;
-    tracing::info!(records = written, "flow log closed; kernel programs detached");
+    tracing::info!(
+        records = written,
+        events_lost = health.events_lost.load(std::sync::atomic::Ordering::Relaxed),
+        "flow log closed; kernel programs detached"
+    );
     Ok(())
+}
+
+/// Without an inventory there is nothing to judge: records go straight on.
+async fn pass_through(
+    mut input: mpsc::Receiver<Vec<crate::flow::FlowRecord>>,
+    output: mpsc::Sender<Vec<crate::flow::FlowRecord>>,
+) {
+    while let Some(batch) = input.recv().await {
+        if output.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// FlowIntents from the manifests in standalone mode, else a watch of the
+/// cluster's FlowIntents.
+async fn intent_source(args: &InventoryArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<IntentSource> {
+    if !args.manifests.is_empty() {
+        return Ok(IntentSource::Manifests(args.manifests.clone()));
+    }
+    let client = inventory::client(args.kubeconfig.clone()).await.context("connecting to watch FlowIntents")?;
+    let (store, stream) = intent::watch(client);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&changed);
+    tokio::spawn(async move {
+        use futures::StreamExt as _;
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(Ok(_)) => notify.notify_one(),
+                    Some(Err(error)) => tracing::warn!(%error, "FlowIntent watch failed; retrying with backoff"),
+                    None => return,
+                },
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
+    Ok(IntentSource::Cluster { store, changed })
 }
 
 /// Batches a stage may queue for the next one before dropping.
 const STAGE_CAPACITY: usize = 1024;
 
-/// Starts the inventory the flags choose and returns its resolver. With no
-/// `--manifests` and no Kubernetes configuration at all, the observer still
-/// captures, and says that flows will carry addresses only.
+/// Starts the inventory the flags choose. With no `--manifests` and no
+/// Kubernetes configuration at all, the observer still captures, and says
+/// that flows will carry addresses only.
 async fn start_inventory(
     args: &InventoryArgs,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Option<Resolver>> {
+) -> anyhow::Result<Option<Inventory>> {
     let (inventory, task) = match Inventory::from_args(args).await {
         Ok(started) => started,
         Err(InventoryError::InferConfig { source }) => {
             tracing::warn!(
                 error = %source,
-                "no --manifests and no Kubernetes configuration: flows carry addresses only, not pods or workloads"
+                "no --manifests and no Kubernetes configuration: flows carry addresses only, not pods, workloads or verdicts"
             );
             return Ok(None);
         }
@@ -186,7 +263,7 @@ async fn start_inventory(
     });
     let mode = if args.manifests.is_empty() { "cluster" } else { "standalone" };
     tracing::info!(mode, "inventory started");
-    Ok(Some(inventory.resolver()))
+    Ok(Some(inventory))
 }
 
 async fn shutdown_signal() -> std::io::Result<&'static str> {

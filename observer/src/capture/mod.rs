@@ -407,6 +407,7 @@ pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<
         first_seen: clock.wall(stats.first_seen_ns),
         last_seen: clock.wall(stats.last_seen_ns),
         duration_ms: stats.last_seen_ns.saturating_sub(stats.first_seen_ns) / 1_000_000,
+        verdict: None,
     }
 }
 
