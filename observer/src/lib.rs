@@ -2,12 +2,15 @@
 //! judge them against declared intent, and export what was seen.
 //!
 //! Stages, in the order a flow passes them: [`capture`] → enrich
-//! ([`inventory`]) → judge ([`policy`]) → [`export`]. See `ARCHITECTURE.md` in the shared docs.
+//! ([`inventory`]) → judge ([`policy`]) → [`export`], with [`metrics`] and the
+//! HTTP [`api`] beside them. See `ARCHITECTURE.md` in the shared docs.
 
+pub mod api;
 pub mod capture;
 pub mod cli;
 pub mod export;
 pub mod flow;
 pub mod inventory;
+pub mod metrics;
 pub mod policy;
 pub mod run;

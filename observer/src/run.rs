@@ -8,8 +8,10 @@ use clap::Args;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    api,
     capture::{Capture, CaptureConfig, loader, loader::LoadOptions, table::TableConfig},
     export::flowlog,
+    metrics::{Metrics, MetricsArgs, flows},
 };
 
 /// Options of `observer run`.
@@ -48,6 +50,9 @@ pub struct RunArgs {
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// Metrics and HTTP endpoints.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Parses `500ms`, `2s`, `5m`, `1h`.
@@ -133,10 +138,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let config = args.capture_config()?;
     let target = args.flow_log.clone().map_or(flowlog::Target::Stdout, flowlog::Target::File);
-    let capture = Capture::start(config).context("starting capture")?;
-    let (records_tx, records_rx) = mpsc::channel(1024);
-    let writer = tokio::spawn(flowlog::write(target, records_rx));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let metrics = Metrics::new(args.metrics.config());
+    if let Some(addr) = args.metrics.metrics_addr.0 {
+        let listener = api::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
+        // Capture that has not read the flow map for 10 polls (at least 30 s) is stuck.
+        let stall_after = (args.poll_interval * 10).max(Duration::from_secs(30));
+        tokio::spawn(api::serve(listener, api::ApiState { metrics: metrics.clone(), stall_after }, shutdown_rx.clone()));
+    }
+    tokio::spawn(metrics.clone().run_gc(shutdown_rx.clone()));
+    let capture = Capture::start(config).context("starting capture")?;
+    metrics.attach_capture(capture.health());
+    let (records_tx, records_rx) = mpsc::channel(1024);
+    let (log_tx, log_rx) = mpsc::channel(1024);
+    // Until enrichment is wired, edges carry unresolved ends.
+    tokio::spawn(flows::meter(metrics, flows::unresolved_edge, records_rx, log_tx));
+    let writer = tokio::spawn(flowlog::write(target, log_rx));
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!(signal, "stopping"),

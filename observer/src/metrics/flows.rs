@@ -1,0 +1,172 @@
+//! Flow records to edge metrics.
+//!
+//! In: flow records (cumulative counters per flow) and the edge each one is
+//! on, already resolved to workloads. Out: per-record deltas counted on the
+//! edge's series through [`Metrics::observe_flow`], and the edges of open
+//! flows kept alive so quiet long-lived connections keep their series.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+
+use super::{EdgeLabels, EndLabels, Metrics, Outcome, Reporter};
+use crate::flow::{FlowRecord, FlowState, LocalEnd, RecordEvent, Traffic};
+
+/// What one record adds to its edge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowDelta {
+    /// Traffic from the source since the flow's previous record.
+    pub to_dst: Traffic,
+    /// Traffic from the destination since the flow's previous record.
+    pub to_src: Traffic,
+    /// How the flow ended, on its last record.
+    pub ended: Option<Outcome>,
+}
+
+/// Identifies a flow across its records.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct FlowId {
+    cgroup: u64,
+    src: (IpAddr, Option<u16>),
+    dst: (IpAddr, Option<u16>),
+    protocol: u8,
+    icmp: Option<(u8, u8)>,
+}
+
+impl FlowId {
+    fn of(record: &FlowRecord) -> Self {
+        Self {
+            cgroup: record.cgroup.id,
+            src: (record.src.ip, record.src.port),
+            dst: (record.dst.ip, record.dst.port),
+            protocol: record.protocol.0,
+            icmp: record.icmp.map(|icmp| (icmp.kind, icmp.code)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Open {
+    to_dst: Traffic,
+    to_src: Traffic,
+    edge: EdgeLabels,
+}
+
+fn minus(now: Traffic, before: Traffic) -> Traffic {
+    Traffic { packets: now.packets.saturating_sub(before.packets), bytes: now.bytes.saturating_sub(before.bytes) }
+}
+
+/// How a flow that ended in `record.state` counts.
+pub fn outcome(record: &FlowRecord) -> Outcome {
+    match record.state {
+        FlowState::Refused => Outcome::Refused,
+        FlowState::Unanswered | FlowState::Attempted => Outcome::Unanswered,
+        FlowState::Evicted => Outcome::Evicted,
+        FlowState::Closed => Outcome::Completed,
+        FlowState::Established | FlowState::Active | FlowState::Expired => {
+            if record.to_src.packets == 0 {
+                Outcome::Unanswered
+            } else {
+                Outcome::Completed
+            }
+        }
+    }
+}
+
+/// Turns each flow's cumulative counters into deltas on its edge. Holds one
+/// entry per open flow that has had a record.
+#[derive(Debug)]
+pub struct FlowMeter {
+    metrics: Metrics,
+    open: HashMap<FlowId, Open>,
+    last_keep: Instant,
+}
+
+impl FlowMeter {
+    /// A meter counting into `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics, open: HashMap::new(), last_keep: Instant::now() }
+    }
+
+    /// Flows open now (seen, not ended).
+    pub fn open_flows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Counts one record on `edge`.
+    pub fn record(&mut self, record: &FlowRecord, edge: EdgeLabels) {
+        let id = FlowId::of(record);
+        let (before_dst, before_src) = match self.open.get(&id) {
+            Some(open) => (open.to_dst, open.to_src),
+            None => (Traffic::default(), Traffic::default()),
+        };
+        let ended = record.event == RecordEvent::End;
+        let delta = FlowDelta {
+            to_dst: minus(record.to_dst, before_dst),
+            to_src: minus(record.to_src, before_src),
+            ended: ended.then(|| outcome(record)),
+        };
+        self.metrics.observe_flow(&edge, &delta);
+        if ended {
+            self.open.remove(&id);
+        } else {
+            self.open.insert(id, Open { to_dst: record.to_dst, to_src: record.to_src, edge });
+        }
+        self.keep_open_edges(Instant::now());
+    }
+
+    /// Marks the edges of open flows used, at most every quarter of the
+    /// grace period.
+    fn keep_open_edges(&mut self, now: Instant) {
+        let period = self.metrics.config().series_grace / 4;
+        if now.saturating_duration_since(self.last_keep) < period.max(Duration::from_secs(1)) {
+            return;
+        }
+        self.last_keep = now;
+        for open in self.open.values() {
+            self.metrics.keep_edge(&open.edge, now);
+        }
+    }
+}
+
+/// The edge of a record before enrichment: the local end is a pod (cgroup
+/// under `kubepods`) or the host, the remote end is not known.
+pub fn unresolved_edge(record: &FlowRecord) -> EdgeLabels {
+    let in_pod = record.cgroup.path.as_deref().is_some_and(|path| path.contains("kubepods"));
+    let local = if in_pod { EndLabels::new("Pod", "", "unresolved") } else { EndLabels::host() };
+    let (src, dst, reporter) = match record.local {
+        LocalEnd::Src => (local, EndLabels::unknown(), Reporter::Src),
+        LocalEnd::Dst => (EndLabels::unknown(), local, Reporter::Dst),
+    };
+    EdgeLabels { src, dst, protocol: record.protocol.name().as_ref().into(), reporter }
+}
+
+/// Counts every record of every batch on the edge `edge_of` gives it, then
+/// passes the batch on unchanged. Waits when the next stage is full, so
+/// back-pressure reaches capture, which drops and counts.
+pub async fn meter(
+    metrics: Metrics,
+    edge_of: impl Fn(&FlowRecord) -> EdgeLabels + Send,
+    mut input: mpsc::Receiver<Vec<FlowRecord>>,
+    output: mpsc::Sender<Vec<FlowRecord>>,
+) {
+    let mut meter = FlowMeter::new(metrics);
+    while let Some(batch) = input.recv().await {
+        for record in &batch {
+            meter.record(record, edge_of(record));
+        }
+        if output.send(batch).await.is_err() {
+            tracing::warn!("flow log stopped; metering continues without it");
+            break;
+        }
+    }
+    while let Some(batch) = input.recv().await {
+        for record in &batch {
+            meter.record(record, edge_of(record));
+        }
+    }
+}
