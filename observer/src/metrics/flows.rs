@@ -170,3 +170,73 @@ pub async fn meter(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::SystemTime};
+
+    use super::*;
+    use crate::{
+        flow::{Cgroup, Family, Peer, Protocol},
+        metrics::MetricsConfig,
+    };
+
+    fn record(event: RecordEvent, state: FlowState, sent: u64, received: u64) -> FlowRecord {
+        FlowRecord {
+            time: SystemTime::now(),
+            event,
+            node: Arc::from("node-1"),
+            protocol: Protocol(observer_common::PROTO_TCP),
+            family: Family::Ipv4,
+            src: Peer { ip: "198.18.0.10".parse().expect("ip"), port: Some(40000) },
+            dst: Peer { ip: "198.18.0.11".parse().expect("ip"), port: Some(8080) },
+            local: LocalEnd::Src,
+            icmp: None,
+            cgroup: Cgroup { id: 7, path: Some(Arc::from("/kubepods/besteffort/podabc/123")) },
+            state,
+            to_dst: Traffic { packets: sent / 100, bytes: sent },
+            to_src: Traffic { packets: received / 100, bytes: received },
+            tcp_flags: None,
+            first_seen: SystemTime::now(),
+            last_seen: SystemTime::now(),
+            duration_ms: 0,
+        }
+    }
+
+    fn bytes_to_dst(metrics: &Metrics) -> Option<String> {
+        metrics
+            .encode()
+            .lines()
+            .find(|line| line.starts_with("flow_observer_edge_bytes_total") && line.contains("to_dst"))
+            .map(|line| line.rsplit(' ').next().unwrap_or_default().to_owned())
+    }
+
+    #[test]
+    fn records_add_only_what_is_new_and_count_the_flow_at_its_end() {
+        let metrics = Metrics::new(MetricsConfig::default());
+        let mut meter = FlowMeter::new(metrics.clone());
+        let first = record(RecordEvent::Start, FlowState::Established, 300, 1000);
+        let edge = unresolved_edge(&first);
+        meter.record(&first, edge.clone());
+        meter.record(&record(RecordEvent::Update, FlowState::Established, 500, 1000), edge.clone());
+        assert_eq!(meter.open_flows(), 1);
+        meter.record(&record(RecordEvent::End, FlowState::Closed, 600, 1200), edge.clone());
+        assert_eq!(meter.open_flows(), 0);
+        assert_eq!(bytes_to_dst(&metrics).as_deref(), Some("600"));
+        // A flow seen only at its end counts in full.
+        meter.record(&record(RecordEvent::End, FlowState::Refused, 60, 40), edge);
+        assert_eq!(bytes_to_dst(&metrics).as_deref(), Some("660"));
+        let text = metrics.encode();
+        assert!(text.contains(r#"outcome="completed"} 1"#), "{text}");
+        assert!(text.contains(r#"outcome="refused"} 1"#), "{text}");
+        assert!(text.contains(r#"src_kind="Pod",src_tier="",dst_namespace="",dst_workload="unknown""#), "{text}");
+    }
+
+    #[test]
+    fn udp_with_no_reply_is_unanswered() {
+        let mut silent = record(RecordEvent::End, FlowState::Expired, 100, 0);
+        silent.to_src = Traffic::default();
+        assert_eq!(outcome(&silent), Outcome::Unanswered);
+        assert_eq!(outcome(&record(RecordEvent::End, FlowState::Expired, 100, 100)), Outcome::Completed);
+    }
+}
