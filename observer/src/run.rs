@@ -145,7 +145,11 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
         // Capture that has not read the flow map for 10 polls (at least 30 s) is stuck.
         let stall_after = (args.poll_interval * 10).max(Duration::from_secs(30));
-        tokio::spawn(api::serve(listener, api::ApiState { metrics: metrics.clone(), stall_after }, shutdown_rx.clone()));
+        tokio::spawn(api::serve(
+            listener,
+            api::ApiState { metrics: metrics.clone(), stall_after },
+            shutdown_rx.clone(),
+        ));
     }
     tokio::spawn(metrics.clone().run_gc(shutdown_rx.clone()));
     let capture = Capture::start(config).context("starting capture")?;

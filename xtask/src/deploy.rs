@@ -94,9 +94,7 @@ const EDGE: &str = "src_namespace, src_workload, dst_namespace, dst_workload";
 /// Bytes per second on each edge, counted once: a flow between two observed
 /// pods is reported by both ends, so take the larger report.
 fn edge_rate(selector: &str) -> String {
-    format!(
-        "max by ({EDGE}) (sum by ({EDGE}, reporter) (rate(flow_observer_edge_bytes_total{{{selector}}}[{RATE}])))"
-    )
+    format!("max by ({EDGE}) (sum by ({EDGE}, reporter) (rate(flow_observer_edge_bytes_total{{{selector}}}[{RATE}])))")
 }
 
 fn datasource() -> Value {
@@ -353,7 +351,10 @@ fn governance_dashboard() -> Value {
                 "AI-tier workloads with pods that no NetworkPolicy isolates.",
                 [12, 18, 12, 9],
                 "short",
-                vec![table("A", "max by (namespace, workload, kind, tier) (flow_observer_unprotected_pods)".to_owned())],
+                vec![table(
+                    "A",
+                    "max by (namespace, workload, kind, tier) (flow_observer_unprotected_pods)".to_owned(),
+                )],
             ),
         ],
     )

@@ -123,5 +123,9 @@ fn kubernetes_validate() -> anyhow::Result<()> {
         run_command(Command::new("python3").args(["-m", "venv"]).arg(&venv))
             .context("python3 -m venv (Debian: apt-get install python3-venv)")?;
     }
-    run_command(Command::new(venv.join("bin/pip")).args(["install", "--quiet", &format!("kubernetes-validate=={version}")]))
+    run_command(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        &format!("kubernetes-validate=={version}"),
+    ]))
 }

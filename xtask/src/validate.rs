@@ -76,8 +76,10 @@ fn render(deploy: &Path) -> anyhow::Result<String> {
         let _ = fs::remove_dir_all(&copy);
         copy_dir(deploy, &copy)?;
         let kustomization = fs::read_to_string(copy.join("kustomization.yaml"))?;
-        let kept: Vec<&str> =
-            kustomization.lines().filter(|line| !missing.iter().any(|path| line.trim() == format!("- {path}"))).collect();
+        let kept: Vec<&str> = kustomization
+            .lines()
+            .filter(|line| !missing.iter().any(|path| line.trim() == format!("- {path}")))
+            .collect();
         fs::write(copy.join("kustomization.yaml"), kept.join("\n") + "\n")?;
         copy
     };
@@ -158,7 +160,12 @@ fn check_objects(objects: &[Value], work: &Path) -> anyhow::Result<()> {
         problems.push("the Service does not select the DaemonSet's pods".to_owned());
     }
     let container_ports = strings(&Value::Array(
-        pod["spec"]["containers"][0]["ports"].as_array().into_iter().flatten().map(|port| port["name"].clone()).collect(),
+        pod["spec"]["containers"][0]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|port| port["name"].clone())
+            .collect(),
     ));
     let service_ports: BTreeSet<String> = service["spec"]["ports"]
         .as_array()
@@ -177,7 +184,8 @@ fn check_objects(objects: &[Value], work: &Path) -> anyhow::Result<()> {
     }
     for endpoint in monitor["spec"]["endpoints"].as_array().into_iter().flatten() {
         if !endpoint["port"].as_str().is_some_and(|port| service_ports.contains(port)) {
-            problems.push(format!("ServiceMonitor endpoint port {} is no Service port to the container", endpoint["port"]));
+            problems
+                .push(format!("ServiceMonitor endpoint port {} is no Service port to the container", endpoint["port"]));
         }
     }
     let rule = one(objects, "PrometheusRule")?;
@@ -190,7 +198,11 @@ fn check_objects(objects: &[Value], work: &Path) -> anyhow::Result<()> {
         .filter(|object| kind(object) == "ConfigMap" && object["metadata"]["labels"]["grafana_dashboard"] == "1")
         .collect();
     if dashboards.len() != crate::deploy::dashboards().len() {
-        problems.push(format!("{} dashboard ConfigMaps, expected {}", dashboards.len(), crate::deploy::dashboards().len()));
+        problems.push(format!(
+            "{} dashboard ConfigMaps, expected {}",
+            dashboards.len(),
+            crate::deploy::dashboards().len()
+        ));
     }
     for configmap in dashboards {
         for (key, text) in configmap["data"].as_object().into_iter().flatten() {
@@ -235,7 +247,12 @@ fn check_daemonset(daemonset: &Value, problems: &mut Vec<String>) {
             problems.push(format!("DaemonSet sets {field}"));
         }
     }
-    if !spec["tolerations"].as_array().into_iter().flatten().any(|toleration| toleration["operator"] == "Exists" && toleration.get("key").is_none()) {
+    if !spec["tolerations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|toleration| toleration["operator"] == "Exists" && toleration.get("key").is_none())
+    {
         problems.push("DaemonSet does not tolerate every taint".to_owned());
     }
     let allowed_paths = ["/sys/fs/cgroup", "/sys/kernel/tracing"];

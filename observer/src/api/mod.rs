@@ -126,10 +126,9 @@ fn liveness(state: &ApiState) -> Result<String, String> {
         // Attached but not polled yet: starting.
         None => Ok("ok: capture attached\n".to_owned()),
         Some(age) if age <= state.stall_after.as_secs_f64() => Ok(format!("ok: flow map read {age:.1}s ago\n")),
-        Some(age) => Err(format!(
-            "capture stalled: flow map last read {age:.1}s ago (limit {}s)\n",
-            state.stall_after.as_secs()
-        )),
+        Some(age) => {
+            Err(format!("capture stalled: flow map last read {age:.1}s ago (limit {}s)\n", state.stall_after.as_secs()))
+        }
     }
 }
 

@@ -48,6 +48,12 @@ where
 {
     /// A family exposed as `name` holding at most `cap` series.
     pub fn new(name: &'static str, cap: usize, accounting: SeriesAccounting) -> Self {
+        // Exposed at zero from the start, so that `rate()` and `increase()`
+        // see the first overflow and the first removal.
+        let labels = FamilyLabels { family: name };
+        accounting.series.get_or_create(&labels).set(0);
+        accounting.overflow.get_or_create(&labels);
+        accounting.removed.get_or_create(&labels);
         Self { name, family: Family::default(), touched: Mutex::new(HashMap::new()), cap, accounting }
     }
 
@@ -215,8 +221,7 @@ mod tests {
 
     #[test]
     fn replace_keeps_only_the_current_state() {
-        let family: BoundedFamily<WorkloadLabels, Gauge> =
-            BoundedFamily::new("test", 10, SeriesAccounting::default());
+        let family: BoundedFamily<WorkloadLabels, Gauge> = BoundedFamily::new("test", 10, SeriesAccounting::default());
         let now = Instant::now();
         family.replace(&[(workload("a"), 2), (workload("b"), 1)], now);
         family.replace(&[(workload("b"), 3)], now);

@@ -83,7 +83,12 @@ impl Collector for CaptureCollector {
             "Flow map inserts that failed in the kernel",
             get(&health.flow_inserts_failed),
         )?;
-        counter(e, "packets_unparsed", "Packets whose headers the kernel could not read", get(&health.packets_unparsed))?;
+        counter(
+            e,
+            "packets_unparsed",
+            "Packets whose headers the kernel could not read",
+            get(&health.packets_unparsed),
+        )?;
         counter(e, "records_sent", "Flow records capture handed to the next stage", get(&health.records_sent))?;
         counter(
             e,

@@ -88,12 +88,8 @@ impl EndLabels {
     }
 
     fn encode_as(&self, prefix: &str, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        let fixed: [(&str, &str); 4] = [
-            ("namespace", &self.namespace),
-            ("workload", &self.workload),
-            ("kind", &self.kind),
-            ("tier", &self.tier),
-        ];
+        let fixed: [(&str, &str); 4] =
+            [("namespace", &self.namespace), ("workload", &self.workload), ("kind", &self.kind), ("tier", &self.tier)];
         for (name, value) in fixed {
             encode_label(encoder, prefix, name, value)?;
         }

@@ -242,10 +242,8 @@ impl Metrics {
     /// isolates, with their number of such pods; workloads left out are
     /// removed at once.
     pub fn set_unprotected(&self, workloads: &[(WorkloadLabels, u64)]) {
-        let values: Vec<(WorkloadLabels, i64)> = workloads
-            .iter()
-            .map(|(labels, pods)| (labels.clone(), i64::try_from(*pods).unwrap_or(i64::MAX)))
-            .collect();
+        let values: Vec<(WorkloadLabels, i64)> =
+            workloads.iter().map(|(labels, pods)| (labels.clone(), i64::try_from(*pods).unwrap_or(i64::MAX))).collect();
         self.inner.unprotected.replace(&values, Instant::now());
     }
 
@@ -368,7 +366,11 @@ fn register_judgement(registry: &mut Registry, inner: &Inner) {
         "Pods of an AI-tier workload that no NetworkPolicy isolates",
         inner.unprotected.family(),
     );
-    registry.register("policies_loaded", "NetworkPolicies compiled into the policy engine", inner.policies_loaded.clone());
+    registry.register(
+        "policies_loaded",
+        "NetworkPolicies compiled into the policy engine",
+        inner.policies_loaded.clone(),
+    );
     registry.register("intents_loaded", "FlowIntents loaded", inner.intents_loaded.clone());
 }
 
@@ -466,11 +468,7 @@ mod tests {
     }
 
     fn delta(bytes: u64, ended: Option<Outcome>) -> FlowDelta {
-        FlowDelta {
-            to_dst: Traffic { packets: 1, bytes },
-            to_src: Traffic { packets: 2, bytes: bytes * 10 },
-            ended,
-        }
+        FlowDelta { to_dst: Traffic { packets: 1, bytes }, to_src: Traffic { packets: 2, bytes: bytes * 10 }, ended }
     }
 
     /// Sample lines of the exposition whose name starts with `name`.
@@ -485,10 +483,22 @@ mod tests {
         metrics.observe_flow(&edge("agent", "db"), &delta(50, Some(Outcome::Completed)));
         let text = metrics.encode();
         let labels = r#"src_namespace="shop",src_workload="agent",src_kind="Deployment",src_tier="agent",dst_namespace="shop",dst_workload="db",dst_kind="StatefulSet",dst_tier="",protocol="tcp",reporter="src""#;
-        assert!(text.contains(&format!("flow_observer_edge_bytes_total{{{labels},direction=\"to_dst\"}} 150\n")), "{text}");
-        assert!(text.contains(&format!("flow_observer_edge_bytes_total{{{labels},direction=\"to_src\"}} 1500\n")), "{text}");
-        assert!(text.contains(&format!("flow_observer_edge_packets_total{{{labels},direction=\"to_src\"}} 4\n")), "{text}");
-        assert!(text.contains(&format!("flow_observer_edge_flows_total{{{labels},outcome=\"completed\"}} 1\n")), "{text}");
+        assert!(
+            text.contains(&format!("flow_observer_edge_bytes_total{{{labels},direction=\"to_dst\"}} 150\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("flow_observer_edge_bytes_total{{{labels},direction=\"to_src\"}} 1500\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("flow_observer_edge_packets_total{{{labels},direction=\"to_src\"}} 4\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("flow_observer_edge_flows_total{{{labels},outcome=\"completed\"}} 1\n")),
+            "{text}"
+        );
         assert!(text.contains("flow_observer_build_info{version=\""), "{text}");
         // Capture's series appear only once capture is attached.
         assert!(!text.contains("flow_observer_ringbuf_events_lost_total"), "{text}");
@@ -617,7 +627,8 @@ mod tests {
         // coredns is workload 1000, on node 0.
         let dns = EndLabels::new("Deployment", "kube-system", "coredns");
         for i in 0..1000 {
-            let tcp = |dst: EndLabels, reporter| EdgeLabels { src: workload(i), dst, protocol: Arc::from("tcp"), reporter };
+            let tcp =
+                |dst: EndLabels, reporter| EdgeLabels { src: workload(i), dst, protocol: Arc::from("tcp"), reporter };
             for peer in 1..=3 {
                 let j = (i + peer * 7) % 1000;
                 report(i % NODES, tcp(workload(j), Reporter::Src));
@@ -641,7 +652,10 @@ mod tests {
         let (mut edge_series, mut other_series, mut busiest) = (0, 0, 0);
         for node in &nodes {
             let text = node.encode();
-            assert!(!text.contains(OVERFLOW), "10,000 series per family is room enough for one node");
+            assert!(
+                !text.contains(&format!("=\"{OVERFLOW}\"")),
+                "10,000 series per family is room enough for one node"
+            );
             let all = text.lines().filter(|line| !line.starts_with('#')).count();
             let edges: usize = edge_families.iter().map(|name| samples(&text, name).len()).sum();
             edge_series += edges;
@@ -649,10 +663,11 @@ mod tests {
             busiest = busiest.max(all);
         }
         assert_eq!(edge_series, 8200 * 6);
-        // Per node: build info, 15 capture series, 4 `series` gauges, 2 loaded gauges.
-        assert_eq!(other_series, NODES * 22);
+        // Per node: build info, 15 capture series, 7 bounded families × 3
+        // accounting series (series, overflow, removed), 2 loaded gauges.
+        assert_eq!(other_series, NODES * 39);
         // Node 0 also runs coredns: its 50 workloads' 150 calls out, 150 in,
         // 50 DNS and 50 internet edges, plus 1,000 DNS edges in.
-        assert_eq!(busiest, 22 + (150 + 150 + 50 + 50 + 1000) * 6);
+        assert_eq!(busiest, 39 + (150 + 150 + 50 + 50 + 1000) * 6);
     }
 }
