@@ -144,7 +144,7 @@ fn measure(args: &CaptureArgs) -> anyhow::Result<Vec<(Variant, Sample)>> {
 enum Running {
     Nothing,
     Observer(ObserverProcess),
-    Bpftrace(Proc),
+    Bpftrace(#[expect(dead_code, reason = "held so that its Drop stops bpftrace")] Proc),
 }
 
 fn start(variant: Variant) -> anyhow::Result<Running> {
@@ -267,7 +267,7 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
-    Some(if values.len() % 2 == 0 { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] })
+    Some(if values.len().is_multiple_of(2) { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] })
 }
 
 fn report(args: &CaptureArgs, samples: &[(Variant, Sample)]) -> String {

@@ -52,8 +52,8 @@ where
         // see the first overflow and the first removal.
         let labels = FamilyLabels { family: name };
         accounting.series.get_or_create(&labels).set(0);
-        accounting.overflow.get_or_create(&labels);
-        accounting.removed.get_or_create(&labels);
+        accounting.overflow.get_or_create(&labels).inc_by(0);
+        accounting.removed.get_or_create(&labels).inc_by(0);
         Self { name, family: Family::default(), touched: Mutex::new(HashMap::new()), cap, accounting }
     }
 
@@ -146,6 +146,11 @@ where
     /// Series held now, the overflow series included.
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Whether no series is held.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 }
 
