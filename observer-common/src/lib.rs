@@ -168,6 +168,8 @@ pub mod names {
     pub const PROG_TCP_STATE: &str = "tcp_state";
     /// Global: non-zero to skip loopback traffic.
     pub const SKIP_LOOPBACK: &str = "SKIP_LOOPBACK";
+    /// Global: pending ring-buffer bytes past which a submit wakes userspace.
+    pub const WAKEUP_THRESHOLD: &str = "WAKEUP_THRESHOLD";
 }
 
 #[cfg(feature = "user")]

@@ -14,6 +14,8 @@ use std::{
 use observer_common::{FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, tcp_flags};
 use serde::{Serialize, Serializer};
 
+use crate::inventory::Endpoint;
+
 /// Why a record was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,6 +59,10 @@ pub struct Peer {
     /// Port; absent for ICMP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Who is at this end (pod, service, node, world, host), once enriched;
+    /// its fields sit beside `ip` and `port`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
 }
 
 /// Packets and bytes in one direction.

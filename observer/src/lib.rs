@@ -1,13 +1,14 @@
 //! The flow observer: capture connections with eBPF, say who is at each end,
 //! judge them against declared intent, and export what was seen.
 //!
-//! Stages, in the order a flow passes them: [`capture`] → enrich
+//! Stages, in the order a flow passes them: [`capture`] → [`enrich`]
 //! ([`inventory`]) → judge ([`policy`]) → [`export`], with [`metrics`] and the
 //! HTTP [`api`] beside them. See `ARCHITECTURE.md` in the shared docs.
 
 pub mod api;
 pub mod capture;
 pub mod cli;
+pub mod enrich;
 pub mod export;
 pub mod flow;
 pub mod inventory;

@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, watch};
 use crate::{
     api,
     capture::{Capture, CaptureConfig, loader, loader::LoadOptions, table::TableConfig},
+    enrich,
     export::flowlog,
+    inventory::{Inventory, InventoryArgs, InventoryError},
     metrics::{Metrics, MetricsArgs, flows},
 };
 
@@ -23,9 +25,6 @@ pub struct RunArgs {
     /// cgroup v2 root to attach at [default: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts].
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
-    /// Name of this node in records [default: $NODE_NAME, else the hostname].
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: Option<String>,
     /// How often the kernel flow map is read and records are written.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -50,6 +49,9 @@ pub struct RunArgs {
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// Where pods, namespaces and policies come from.
+    #[command(flatten)]
+    pub inventory: InventoryArgs,
     /// Metrics and HTTP endpoints.
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -82,7 +84,7 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
 }
 
 fn node_name(args: &RunArgs) -> String {
-    if let Some(name) = &args.node_name {
+    if let Some(name) = &args.inventory.node_name {
         return name.clone();
     }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -152,13 +154,23 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         ));
     }
     tokio::spawn(metrics.clone().run_gc(shutdown_rx.clone()));
+    let inventory_args = flows::with_metric_label_keys(&args.inventory, metrics.allowlist());
+    let inventory = start_inventory(&inventory_args, shutdown_rx.clone()).await?;
+    if let Some(inventory) = &inventory {
+        metrics.expect_inventory();
+        tokio::spawn(metrics.clone().follow_inventory(inventory.clone(), shutdown_rx.clone()));
+    }
+    let resolver = inventory.map(|inventory| inventory.resolver());
     let capture = Capture::start(config).context("starting capture")?;
     metrics.attach_capture(capture.health());
-    let (records_tx, records_rx) = mpsc::channel(1024);
-    let (log_tx, log_rx) = mpsc::channel(1024);
-    // Until enrichment is wired, edges carry unresolved ends.
-    tokio::spawn(flows::meter(metrics, flows::unresolved_edge, records_rx, log_tx));
-    let writer = tokio::spawn(flowlog::write(target, log_rx));
+    let (captured_tx, captured_rx) = mpsc::channel(STAGE_CAPACITY);
+    let (enriched_tx, enriched_rx) = mpsc::channel(STAGE_CAPACITY);
+    let (metered_tx, metered_rx) = mpsc::channel(STAGE_CAPACITY);
+    let enrich_health = Arc::new(enrich::EnrichHealth::default());
+    let enricher = tokio::spawn(enrich::run(resolver, captured_rx, enriched_tx, Arc::clone(&enrich_health)));
+    let edges = flows::EdgeOf::new(metrics.allowlist().clone());
+    tokio::spawn(flows::meter(metrics, move |record| edges.edge(record), enriched_rx, metered_tx));
+    let writer = tokio::spawn(flowlog::write(target, metered_rx));
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!(signal, "stopping"),
@@ -166,10 +178,43 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         }
         let _ = shutdown_tx.send(true);
     });
-    capture.run(records_tx, shutdown_rx).await;
+    capture.run(captured_tx, shutdown_rx).await;
+    enricher.await.context("enrich task panicked")?;
     let written = writer.await.context("flow log task panicked")?.context("flow log")?;
     tracing::info!(records = written, "flow log closed; kernel programs detached");
     Ok(())
+}
+
+/// Batches a stage may queue for the next one before dropping.
+const STAGE_CAPACITY: usize = 1024;
+
+/// Starts the inventory the flags choose and returns it. With no
+/// `--manifests` and no Kubernetes configuration at all, the observer still
+/// captures, and says that flows will carry addresses only.
+async fn start_inventory(
+    args: &InventoryArgs,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Inventory>> {
+    let (inventory, task) = match Inventory::from_args(args).await {
+        Ok(started) => started,
+        Err(InventoryError::InferConfig { source }) => {
+            tracing::warn!(
+                error = %source,
+                "no --manifests and no Kubernetes configuration: flows carry addresses only, not pods or workloads"
+            );
+            return Ok(None);
+        }
+        Err(error) => return Err(error).context("starting the inventory"),
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    });
+    let mode = if args.manifests.is_empty() { "cluster" } else { "standalone" };
+    tracing::info!(mode, "inventory started");
+    Ok(Some(inventory))
 }
 
 async fn shutdown_signal() -> std::io::Result<&'static str> {

@@ -17,6 +17,7 @@ mod exec;
 mod firewall;
 mod ids;
 mod lab;
+pub mod manifests;
 mod observer;
 mod prometheus;
 mod state;

@@ -140,11 +140,12 @@ fn measure(args: &CaptureArgs) -> anyhow::Result<Vec<(Variant, Sample)>> {
     Ok(samples)
 }
 
-/// Keeps whatever the variant runs alive while it is measured.
+/// Keeps whatever the variant runs alive while it is measured (bpftrace is
+/// stopped when its guard drops).
 enum Running {
     Nothing,
     Observer(ObserverProcess),
-    Bpftrace(#[expect(dead_code, reason = "held so that its Drop stops bpftrace")] Proc),
+    Bpftrace(#[expect(dead_code, reason = "held only so that dropping it stops bpftrace")] Proc),
 }
 
 fn start(variant: Variant) -> anyhow::Result<Running> {

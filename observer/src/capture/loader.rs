@@ -146,10 +146,12 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf, LoadError> {
     check_tracepoint_layout()?;
     raise_memlock_limit();
     let skip_loopback = u8::from(options.skip_loopback);
+    let wakeup_threshold = u64::from(options.ring_buffer_bytes / 4);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::FLOWS, options.flow_map_size)
         .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
         .override_global(names::SKIP_LOOPBACK, &skip_loopback, true)
+        .override_global(names::WAKEUP_THRESHOLD, &wakeup_threshold, true)
         .override_global(aya_log::LEVEL, &options.kernel_log_level, false)
         .load(OBJECT)
         .map_err(|error| {

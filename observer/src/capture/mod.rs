@@ -34,6 +34,9 @@ use clock::{Clock, monotonic_ns};
 use loader::{LoadError, LoadOptions};
 use table::{Emission, FlowTable, TableConfig};
 
+/// How often the ring buffer is drained when the kernel does not wake us.
+const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Settings of the capture stage.
 #[derive(Clone, Debug)]
 pub struct CaptureConfig {
@@ -203,6 +206,10 @@ impl Capture {
     pub async fn run(mut self, sink: mpsc::Sender<Vec<FlowRecord>>, mut shutdown: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.config.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The kernel wakes us only when the ring is a quarter full; below
+        // that, events wait for this drain.
+        let mut drain = tokio::time::interval(RING_DRAIN_INTERVAL);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = Vec::new();
         let mut delete = Vec::new();
         loop {
@@ -224,6 +231,7 @@ impl Capture {
                         }
                     }
                 }
+                _ = drain.tick() => self.read_events(&mut out, &mut delete),
                 Some(guard) = maybe_readable(&mut self.logger) => {
                     if let Ok(mut guard) = guard {
                         guard.get_inner_mut().flush();
@@ -371,8 +379,8 @@ pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<
     } else {
         (None, None, None)
     };
-    let local = Peer { ip: local_ip, port: local_port };
-    let remote = Peer { ip: remote_ip, port: remote_port };
+    let local = Peer { ip: local_ip, port: local_port, endpoint: None };
+    let remote = Peer { ip: remote_ip, port: remote_port, endpoint: None };
     let sent = Traffic { packets: stats.packets_out, bytes: stats.bytes_out };
     let received = Traffic { packets: stats.packets_in, bytes: stats.bytes_in };
     let local_initiated = stats.initiator == INITIATOR_LOCAL;

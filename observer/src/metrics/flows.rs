@@ -13,8 +13,18 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{EdgeLabels, EndLabels, Metrics, Outcome, Reporter};
-use crate::flow::{FlowRecord, FlowState, LocalEnd, RecordEvent, Traffic};
+use super::{EdgeLabels, EndLabels, LabelAllowlist, Metrics, Outcome, Reporter};
+use crate::{
+    flow::{FlowRecord, FlowState, LocalEnd, Peer, RecordEvent, Traffic},
+    inventory::{
+        InventoryArgs,
+        config::DEFAULT_LABEL_KEYS,
+        endpoint::{Endpoint, EndpointKind},
+    },
+};
+
+/// The pod label that names a workload's AI tier (`model-serving`, `agent`…).
+pub const TIER_LABEL: &str = "ai.governance/tier";
 
 /// What one record adds to its edge.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,6 +143,66 @@ impl FlowMeter {
     }
 }
 
+/// The inventory flags with the pod label keys metrics need added: the tier
+/// label and the `--metrics-pod-label` keys, so that enrichment copies them
+/// into each end.
+pub fn with_metric_label_keys(args: &InventoryArgs, allowlist: &LabelAllowlist) -> InventoryArgs {
+    let mut args = args.clone();
+    let keys = args.flow_label_keys.get_or_insert_with(|| DEFAULT_LABEL_KEYS.map(str::to_owned).to_vec());
+    for key in std::iter::once(TIER_LABEL).chain(allowlist.keys()) {
+        if !keys.iter().any(|known| known == key) {
+            keys.push(key.to_owned());
+        }
+    }
+    args
+}
+
+/// The workload-level labels of an enriched end.
+pub fn end_labels(endpoint: &Endpoint, allowlist: &LabelAllowlist) -> EndLabels {
+    let namespace = endpoint.namespace.as_deref().unwrap_or_default();
+    match endpoint.kind {
+        EndpointKind::Pod => {
+            let (kind, name) = match &endpoint.workload {
+                Some(workload) => (workload.kind.as_str(), workload.name.as_str()),
+                None => ("Pod", endpoint.pod.as_deref().unwrap_or("unknown")),
+            };
+            let tier = endpoint.labels.get(TIER_LABEL).map_or("", String::as_str);
+            EndLabels::new(kind, namespace, name).tier(tier).extra(allowlist.pick(&endpoint.labels))
+        }
+        EndpointKind::Service => EndLabels::new("Service", namespace, endpoint.service.as_deref().unwrap_or("unknown")),
+        EndpointKind::Node => EndLabels::new("Node", "", endpoint.node.as_deref().unwrap_or("unknown")),
+        EndpointKind::World => EndLabels::world(),
+        EndpointKind::Host => EndLabels::host(),
+        EndpointKind::Unknown => EndLabels::unknown(),
+    }
+}
+
+/// Resolves records to edges: enriched ends by their workload, ends without
+/// an inventory as in [`unresolved_edge`].
+#[derive(Clone, Debug)]
+pub struct EdgeOf {
+    allowlist: LabelAllowlist,
+}
+
+impl EdgeOf {
+    /// Edges with the pod labels of `allowlist`.
+    pub fn new(allowlist: LabelAllowlist) -> Self {
+        Self { allowlist }
+    }
+
+    /// The edge of a record.
+    pub fn edge(&self, record: &FlowRecord) -> EdgeLabels {
+        let mut edge = unresolved_edge(record);
+        let end = |peer: &Peer, fallback: EndLabels| match &peer.endpoint {
+            Some(endpoint) => end_labels(endpoint, &self.allowlist),
+            None => fallback,
+        };
+        edge.src = end(&record.src, edge.src);
+        edge.dst = end(&record.dst, edge.dst);
+        edge
+    }
+}
+
 /// The edge of a record before enrichment: the local end is a pod (cgroup
 /// under `kubepods`) or the host, the remote end is not known.
 pub fn unresolved_edge(record: &FlowRecord) -> EdgeLabels {
@@ -177,7 +247,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        flow::{Cgroup, Family, Peer, Protocol},
+        flow::{Cgroup, Family, Protocol},
         metrics::MetricsConfig,
     };
 
@@ -188,8 +258,8 @@ mod tests {
             node: Arc::from("node-1"),
             protocol: Protocol(observer_common::PROTO_TCP),
             family: Family::Ipv4,
-            src: Peer { ip: "198.18.0.10".parse().expect("ip"), port: Some(40000) },
-            dst: Peer { ip: "198.18.0.11".parse().expect("ip"), port: Some(8080) },
+            src: Peer { ip: "198.18.0.10".parse().expect("ip"), port: Some(40000), endpoint: None },
+            dst: Peer { ip: "198.18.0.11".parse().expect("ip"), port: Some(8080), endpoint: None },
             local: LocalEnd::Src,
             icmp: None,
             cgroup: Cgroup { id: 7, path: Some(Arc::from("/kubepods/besteffort/podabc/123")) },
@@ -230,6 +300,51 @@ mod tests {
         assert!(text.contains(r#"outcome="completed"} 1"#), "{text}");
         assert!(text.contains(r#"outcome="refused"} 1"#), "{text}");
         assert!(text.contains(r#"src_kind="Pod",src_tier="",dst_namespace="",dst_workload="unknown""#), "{text}");
+    }
+
+    #[test]
+    fn enriched_ends_are_named_by_workload_tier_and_allowed_labels() {
+        use std::collections::BTreeMap;
+
+        use crate::inventory::endpoint::{EndpointInfo, WorkloadRef};
+
+        let pod = Endpoint::from(EndpointInfo {
+            kind: EndpointKind::Pod,
+            namespace: Some("ml".into()),
+            pod: Some("vllm-0".into()),
+            uid: Some("u-1".into()),
+            service: None,
+            node: Some("node-1".into()),
+            workload: Some(WorkloadRef { kind: "StatefulSet".into(), name: "vllm".into() }),
+            labels: BTreeMap::from([
+                (TIER_LABEL.to_owned(), "model-serving".to_owned()),
+                ("team".to_owned(), "inference".to_owned()),
+            ]),
+        });
+        let allowlist = LabelAllowlist::new(["team"]);
+        let mut record = record(RecordEvent::End, FlowState::Closed, 1, 1);
+        record.dst.endpoint = Some(pod);
+        record.src.endpoint = Some(Endpoint::world());
+        record.local = LocalEnd::Dst;
+        let edge = EdgeOf::new(allowlist).edge(&record);
+        assert_eq!(edge.src, EndLabels::world());
+        assert_eq!(edge.reporter, Reporter::Dst);
+        let dst = &edge.dst;
+        assert_eq!(
+            (&*dst.namespace, &*dst.workload, &*dst.kind, &*dst.tier),
+            ("ml", "vllm", "StatefulSet", "model-serving")
+        );
+        assert_eq!(dst.extra.len(), 1);
+        assert_eq!((&*dst.extra[0].0, &*dst.extra[0].1), ("team", "inference"));
+    }
+
+    #[test]
+    fn metric_label_keys_reach_the_inventory() {
+        let args = with_metric_label_keys(&InventoryArgs::default(), &LabelAllowlist::new(["team", "app"]));
+        let keys = args.flow_label_keys.expect("keys");
+        assert!(keys.iter().any(|key| key == TIER_LABEL), "{keys:?}");
+        assert_eq!(keys.iter().filter(|key| *key == "app").count(), 1, "{keys:?}");
+        assert!(keys.iter().any(|key| key == "team") && keys.iter().any(|key| key == "app.kubernetes.io/name"));
     }
 
     #[test]

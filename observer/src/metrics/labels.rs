@@ -62,6 +62,12 @@ impl EndLabels {
         self
     }
 
+    /// The same end with its allowlisted pod labels.
+    pub fn extra(mut self, extra: Arc<[(Arc<str>, Arc<str>)]>) -> Self {
+        self.extra = extra;
+        self
+    }
+
     /// Anything outside the cluster.
     pub fn world() -> Self {
         Self::new("World", "", "world")
@@ -380,6 +386,11 @@ impl LabelAllowlist {
             list.keys.push((key, Arc::from(name)));
         }
         list
+    }
+
+    /// The allowed pod label keys, as Kubernetes spells them.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(key, _)| key.as_str())
     }
 
     /// Whether no pod label is allowed.

@@ -86,6 +86,22 @@ pub struct InventoryState {
     pub objects: Vec<(String, usize)>,
 }
 
+impl From<&crate::inventory::status::Status> for InventoryState {
+    fn from(status: &crate::inventory::status::Status) -> Self {
+        Self {
+            source: status.source.to_owned(),
+            synced: status.synced,
+            stale: status.stale,
+            updated_at: status.updated_at,
+            objects: status
+                .resources
+                .iter()
+                .map(|(resource, state)| (resource.name().to_owned(), state.objects))
+                .collect(),
+        }
+    }
+}
+
 const INVENTORY_NONE: u8 = 0;
 const INVENTORY_SYNCING: u8 = 1;
 const INVENTORY_SYNCED: u8 = 2;
@@ -275,6 +291,23 @@ impl Metrics {
         }
         let value = if state.synced { INVENTORY_SYNCED } else { INVENTORY_SYNCING };
         inner.inventory_state.store(value, Ordering::Relaxed);
+    }
+
+    /// Publishes the inventory's status every 5 seconds (staleness changes
+    /// without events) until `shutdown` turns true.
+    pub async fn follow_inventory(
+        self,
+        inventory: crate::inventory::Inventory,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            self.set_inventory(&InventoryState::from(&inventory.status()));
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
     }
 
     /// `None` when no inventory is expected, else whether it has synced.

@@ -1,0 +1,126 @@
+//! The cluster source: watches of the API server.
+//!
+//! In: a kube [`Client`]. Out: the [`Writer`] gets every watch event of Pods
+//! (cluster-wide: a remote end can be anywhere), Namespaces, NetworkPolicies,
+//! Services and Nodes, plus ReplicaSet and Job metadata for workload names,
+//! each trimmed on arrival so no full object is kept. kube's watcher lists,
+//! watches, rewatches dropped connections from the last resourceVersion and
+//! relists after `410 Gone`; its errors are retried with the default backoff
+//! and reported in the status.
+
+use std::fmt::Debug;
+
+use futures::{
+    StreamExt,
+    stream::{self, BoxStream},
+};
+use k8s_openapi::api::{apps::v1::ReplicaSet, batch::v1::Job, core::v1 as core, networking::v1::NetworkPolicy};
+use kube::{
+    Api, Client,
+    runtime::{
+        WatchStreamExt,
+        watcher::{self, Event, watcher},
+    },
+};
+
+use super::{
+    convert,
+    store::{Item, Resource, Update},
+    writer::Writer,
+};
+
+/// Every resource the cluster source watches.
+pub(crate) const RESOURCES: [Resource; 7] = [
+    Resource::Pods,
+    Resource::Namespaces,
+    Resource::NetworkPolicies,
+    Resource::Services,
+    Resource::Nodes,
+    Resource::ReplicaSets,
+    Resource::Jobs,
+];
+
+type Events = BoxStream<'static, (Resource, Result<Update, watcher::Error>)>;
+
+/// Turns a watcher stream of `K` into store updates of `resource`.
+fn updates<K, S>(resource: Resource, events: S, item: impl Fn(K) -> Item + Send + 'static) -> Events
+where
+    S: futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    events
+        .map(move |event| {
+            let update = event.map(|event| match event {
+                Event::Init => Update::Init(resource),
+                Event::InitApply(object) => Update::InitApply(item(object)),
+                Event::InitDone => Update::InitDone(resource),
+                Event::Apply(object) => Update::Apply(item(object)),
+                Event::Delete(object) => Update::Delete(item(object)),
+            });
+            (resource, update)
+        })
+        .boxed()
+}
+
+fn config() -> watcher::Config {
+    // Lists may be served from the API server's watch cache: cheaper for it,
+    // and the watch that follows brings the store up to date anyway.
+    watcher::Config::default().any_semantic()
+}
+
+fn watch<K>(client: &Client, resource: Resource, item: fn(K) -> Item) -> Events
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
+{
+    updates(resource, watcher(Api::<K>::all(client.clone()), config()).default_backoff(), item)
+}
+
+fn watch_metadata<K>(client: &Client, resource: Resource, kind: &'static str) -> Events
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Debug + Send + 'static,
+{
+    // Metadata-only requests: the ownerReferences are all that is needed.
+    let api = Api::<kube::core::PartialObjectMeta<K>>::all(client.clone());
+    updates(resource, watcher(api, config()).default_backoff(), move |object: kube::core::PartialObjectMeta<K>| {
+        convert::workload(kind, &object.metadata)
+    })
+}
+
+/// Applies every watch event to the writer, forever.
+pub(crate) async fn run(client: Client, mut writer: Writer) {
+    let mut events = stream::select_all([
+        watch::<core::Pod>(&client, Resource::Pods, |pod| convert::pod(&pod)),
+        watch::<core::Namespace>(&client, Resource::Namespaces, |namespace| convert::namespace(&namespace)),
+        watch::<NetworkPolicy>(&client, Resource::NetworkPolicies, convert::network_policy),
+        watch::<core::Service>(&client, Resource::Services, |service| convert::service(&service)),
+        watch::<core::Node>(&client, Resource::Nodes, |node| convert::node(&node)),
+        watch_metadata::<ReplicaSet>(&client, Resource::ReplicaSets, "ReplicaSet"),
+        watch_metadata::<Job>(&client, Resource::Jobs, "Job"),
+    ]);
+    let mut tick = tokio::time::interval(writer.publish_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some((resource, Ok(update))) => writer.apply(resource, update),
+                Some((resource, Err(error))) => writer.error(resource, error_chain(&error)),
+                // The watchers never end; if they did there would be nothing left to do.
+                None => return,
+            },
+            _ = tick.tick() => writer.tick(),
+        }
+    }
+}
+
+/// The error and its causes on one line, as kube's top-level messages alone
+/// ("failed to start watching") do not say why.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

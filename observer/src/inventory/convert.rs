@@ -1,0 +1,67 @@
+//! Trims Kubernetes objects to the items the store keeps.
+//!
+//! In: k8s-openapi objects (from a watch event or a manifest) and workload
+//! metadata. Out: store [`Item`]s. Runs on every watch event, so the full
+//! objects never stay in memory.
+
+use k8s_openapi::{
+    api::{core::v1 as core, networking::v1::NetworkPolicy},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use super::{
+    manifests::Workload,
+    model::{Namespace, Node, OwnerRef, Pod, Service},
+    store::{Item, PodItem},
+};
+
+/// Annotation on a static pod's mirror naming the static pod's own uid.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// A pod.
+pub fn pod(pod: &core::Pod) -> Item {
+    let mirror_uid =
+        pod.metadata.annotations.as_ref().and_then(|annotations| annotations.get(MIRROR_ANNOTATION)).cloned();
+    Item::Pod(Box::new(PodItem { pod: Pod::from(pod), mirror_uid }))
+}
+
+/// A namespace.
+pub fn namespace(namespace: &core::Namespace) -> Item {
+    Item::Namespace(Namespace::from(namespace))
+}
+
+/// A Service.
+pub fn service(service: &core::Service) -> Item {
+    Item::Service(Service::from(service))
+}
+
+/// A node.
+pub fn node(node: &core::Node) -> Item {
+    Item::Node(Node::from(node))
+}
+
+/// A NetworkPolicy without the metadata the policy engine never reads (managed
+/// fields and annotations such as `last-applied-configuration` can be larger
+/// than the policy).
+pub fn network_policy(mut policy: NetworkPolicy) -> Item {
+    policy.metadata.managed_fields = None;
+    policy.metadata.annotations = None;
+    Item::NetworkPolicy(Box::new(policy))
+}
+
+/// A workload controller of `kind` from its metadata.
+pub fn workload(kind: &str, meta: &ObjectMeta) -> Item {
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true))
+        .map(|owner| OwnerRef { kind: owner.kind.clone(), name: owner.name.clone(), uid: owner.uid.clone() });
+    Item::Workload(Workload {
+        kind: kind.to_owned(),
+        namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone(),
+        owner,
+    })
+}

@@ -1,0 +1,203 @@
+//! What one end of a flow resolves to.
+//!
+//! In: a pod, service or node from the inventory and the configured label
+//! keys. Out: an [`Endpoint`], built once per object and shared by every flow
+//! that resolves to it, serialized as the `src`/`dst` enrichment of a flow
+//! record.
+
+use std::{collections::BTreeMap, ops::Deref, sync::Arc};
+
+use serde::{Serialize, Serializer};
+
+use super::model;
+
+/// What kind of thing is at one end of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// A pod (including host-network pods found by cgroup).
+    Pod,
+    /// A Service, by ClusterIP.
+    Service,
+    /// A cluster node, by one of its addresses.
+    Node,
+    /// Anything outside the cluster.
+    World,
+    /// The local node itself: a process outside any pod.
+    Host,
+    /// The inventory has not finished its first sync, so nothing can be said.
+    Unknown,
+}
+
+/// The workload a pod belongs to, at the top of its ownerReference chain.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct WorkloadRef {
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `CronJob`, `Job`,
+    /// `ReplicaSet`, another controller's kind, or `Pod` for a bare pod.
+    pub kind: String,
+    /// The workload's name.
+    pub name: String,
+}
+
+/// The fields of an [`Endpoint`]; absent ones are left out of the JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointInfo {
+    /// What is at this end.
+    pub kind: EndpointKind,
+    /// Namespace of the pod or service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Pod name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Pod uid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Service name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Node name: the node itself, the local host, or the node a pod runs on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The pod's workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadRef>,
+    /// The pod's labels whose keys are configured, never all of them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl EndpointInfo {
+    fn bare(kind: EndpointKind) -> Self {
+        Self {
+            kind,
+            namespace: None,
+            pod: None,
+            uid: None,
+            service: None,
+            node: None,
+            workload: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// One resolved end of a flow: cheap to clone (a shared pointer), immutable,
+/// serialized as its [`EndpointInfo`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint(Arc<EndpointInfo>);
+
+impl Deref for Endpoint {
+    type Target = EndpointInfo;
+
+    fn deref(&self) -> &EndpointInfo {
+        &self.0
+    }
+}
+
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl From<EndpointInfo> for Endpoint {
+    fn from(info: EndpointInfo) -> Self {
+        Self(Arc::new(info))
+    }
+}
+
+impl Endpoint {
+    /// Whether both are the very same endpoint (not merely equal).
+    pub fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// An end outside the cluster.
+    pub fn world() -> Self {
+        EndpointInfo::bare(EndpointKind::World).into()
+    }
+
+    /// Any end, before the inventory's first sync.
+    pub fn unknown() -> Self {
+        EndpointInfo::bare(EndpointKind::Unknown).into()
+    }
+
+    /// The local node itself, named if the node name is known.
+    pub fn host(node: Option<&str>) -> Self {
+        EndpointInfo { node: node.map(str::to_owned), ..EndpointInfo::bare(EndpointKind::Host) }.into()
+    }
+
+    /// A cluster node.
+    pub fn node(node: &model::Node) -> Self {
+        EndpointInfo { node: Some(node.name.clone()), ..EndpointInfo::bare(EndpointKind::Node) }.into()
+    }
+
+    /// A Service.
+    pub fn service(service: &model::Service) -> Self {
+        EndpointInfo {
+            namespace: Some(service.namespace.clone()),
+            service: Some(service.name.clone()),
+            ..EndpointInfo::bare(EndpointKind::Service)
+        }
+        .into()
+    }
+
+    /// A pod with its workload, keeping only the labels in `label_keys`.
+    pub fn pod(pod: &model::Pod, workload: WorkloadRef, label_keys: &[String]) -> Self {
+        let labels = label_keys
+            .iter()
+            .filter_map(|key| pod.labels.get_key_value(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        EndpointInfo {
+            namespace: Some(pod.namespace.clone()),
+            pod: Some(pod.name.clone()),
+            uid: Some(pod.uid.clone()),
+            node: pod.node_name.clone(),
+            workload: Some(workload),
+            labels,
+            ..EndpointInfo::bare(EndpointKind::Pod)
+        }
+        .into()
+    }
+
+    /// A pod that a cgroup path names but the inventory does not hold (yet).
+    pub fn unlisted_pod(uid: String) -> Self {
+        EndpointInfo { uid: Some(uid), ..EndpointInfo::bare(EndpointKind::Pod) }.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_endpoint_keeps_only_configured_labels_and_omits_absent_fields() {
+        let pod = model::Pod {
+            uid: "u1".to_owned(),
+            namespace: "shop".to_owned(),
+            name: "web-1".to_owned(),
+            labels: [("app", "web"), ("secret-ish", "x")].map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
+            resource_version: None,
+            owner: None,
+            ips: Vec::new(),
+            host_network: false,
+            node_name: None,
+            container_ports: Vec::new(),
+            container_ids: Vec::new(),
+            phase: None,
+        };
+        let endpoint = Endpoint::pod(
+            &pod,
+            WorkloadRef { kind: "Pod".to_owned(), name: "web-1".to_owned() },
+            &["app".to_owned(), "tier".to_owned()],
+        );
+        assert_eq!(
+            serde_json::to_value(&endpoint).expect("serializes"),
+            serde_json::json!({"kind": "pod", "namespace": "shop", "pod": "web-1", "uid": "u1",
+                "workload": {"kind": "Pod", "name": "web-1"}, "labels": {"app": "web"}})
+        );
+        assert_eq!(serde_json::to_value(Endpoint::world()).expect("serializes"), serde_json::json!({"kind": "world"}));
+    }
+}

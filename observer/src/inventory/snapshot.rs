@@ -1,0 +1,174 @@
+//! An immutable view of the inventory at one moment, and how a flow end is
+//! resolved against it.
+//!
+//! In: the indexes the store built (pod IP history, pod uids, container ids,
+//! ClusterIPs, node addresses) and the object lists. Out: an [`Endpoint`] per
+//! flow end, by lookups only (no scans), and the lists the policy engine reads.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use super::{
+    cgroup,
+    endpoint::Endpoint,
+    model::{Namespace, Node, Pod, Service},
+};
+
+/// The hash map of the per-flow lookups: foldhash hashes an IP or a uid in a
+/// fraction of SipHash's time, and its per-process seed still spreads keys
+/// an outsider cannot choose freely (uids are the API server's, IPs the CNI's).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One pod's hold on one IP, from when it was seen with it until it was seen
+/// without it (deleted, finished, or given another IP).
+#[derive(Clone, Debug)]
+pub(crate) struct Holding {
+    /// When the inventory first saw the pod with this IP (the Unix epoch for
+    /// pods present at the first sync: nothing earlier is known).
+    pub since: SystemTime,
+    /// When it was seen without it; `None` while it holds it.
+    pub until: Option<SystemTime>,
+    /// The pod as it is (or was, at the end).
+    pub endpoint: Endpoint,
+}
+
+/// A pod and its prebuilt endpoint.
+#[derive(Clone, Debug)]
+pub(crate) struct PodRecord {
+    pub pod: Arc<Pod>,
+    /// The static pod's own uid (`kubernetes.io/config.mirror`), which is what
+    /// kubelet names its cgroup after.
+    pub mirror_uid: Option<String>,
+    pub endpoint: Endpoint,
+}
+
+/// The inventory at one moment: cheap to share, never changed once built.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub(crate) generation: u64,
+    pub(crate) synced: bool,
+    pub(crate) built_at: SystemTime,
+    /// How far before a pod was seen with an IP a flow may still be given to it.
+    pub(crate) ip_skew: Duration,
+    pub(crate) pods: Arc<HashMap<String, PodRecord>>,
+    pub(crate) by_ip: Arc<FastMap<IpAddr, Vec<Holding>>>,
+    pub(crate) by_uid: Arc<FastMap<String, Endpoint>>,
+    pub(crate) by_container: Arc<FastMap<String, Endpoint>>,
+    pub(crate) namespaces: Arc<BTreeMap<String, Arc<Namespace>>>,
+    pub(crate) policies: Arc<BTreeMap<(String, String), Arc<NetworkPolicy>>>,
+    pub(crate) services: Arc<BTreeMap<(String, String), Arc<Service>>>,
+    pub(crate) services_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
+    pub(crate) nodes: Arc<BTreeMap<String, Arc<Node>>>,
+    pub(crate) nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
+    pub(crate) host: Endpoint,
+    pub(crate) world: Endpoint,
+    pub(crate) unknown: Endpoint,
+}
+
+impl Snapshot {
+    /// Counts up by one with every published change.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether every required resource had its first full sync when this was
+    /// built; before that every end resolves to `unknown`.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// When this snapshot was built.
+    pub fn built_at(&self) -> SystemTime {
+        self.built_at
+    }
+
+    /// Resolves the local end of a flow: by cgroup (which also finds
+    /// host-network pods), else by IP, else the node itself (`host`).
+    pub fn resolve_local(&self, cgroup_path: Option<&str>, ip: IpAddr, at: SystemTime) -> Endpoint {
+        if !self.synced {
+            return self.unknown.clone();
+        }
+        if let Some(cgroup) = cgroup_path.and_then(cgroup::parse) {
+            let mut buf = [0; 64];
+            let uid = cgroup.pod_uid.normalized(&mut buf);
+            if let Some(endpoint) = self.by_uid.get(uid) {
+                return endpoint.clone();
+            }
+            if let Some(endpoint) = cgroup.container_id.and_then(|id| self.by_container.get(id)) {
+                return endpoint.clone();
+            }
+            return self.pod_at(ip, at).cloned().unwrap_or_else(|| Endpoint::unlisted_pod(uid.to_owned()));
+        }
+        self.pod_at(ip, at).cloned().unwrap_or_else(|| self.host.clone())
+    }
+
+    /// Resolves the remote end of a flow: the pod that held the IP at `at`,
+    /// else a Service by ClusterIP, else a node by address, else `world`.
+    pub fn resolve_remote(&self, ip: IpAddr, at: SystemTime) -> Endpoint {
+        if !self.synced {
+            return self.unknown.clone();
+        }
+        self.pod_at(ip, at)
+            .or_else(|| self.services_by_ip.get(&ip))
+            .or_else(|| self.nodes_by_ip.get(&ip))
+            .unwrap_or(&self.world)
+            .clone()
+    }
+
+    /// The pod that held `ip` at `at`. A pod seen with the IP shortly after `at`
+    /// (within the skew, as watch events lag the network) counts when no pod held it then.
+    pub fn pod_at(&self, ip: IpAddr, at: SystemTime) -> Option<&Endpoint> {
+        let holdings = self.by_ip.get(&ip)?;
+        // Newest first: of overlapping holds, the latest claim wins.
+        let held =
+            holdings.iter().rev().find(|holding| holding.since <= at && holding.until.is_none_or(|until| at <= until));
+        held.or_else(|| holdings.iter().find(|holding| holding.since > at && holding.since <= at + self.ip_skew))
+            .map(|holding| &holding.endpoint)
+    }
+
+    /// Every pod, in no particular order.
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.values().map(|record| record.pod.as_ref())
+    }
+
+    /// A pod by uid.
+    pub fn pod(&self, uid: &str) -> Option<&Pod> {
+        self.pods.get(uid).map(|record| record.pod.as_ref())
+    }
+
+    /// Number of pods.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// Every namespace, by name.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values().map(Arc::as_ref)
+    }
+
+    /// A namespace by name.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name).map(Arc::as_ref)
+    }
+
+    /// Every NetworkPolicy, by namespace and name.
+    pub fn network_policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
+        self.policies.values().map(Arc::as_ref)
+    }
+
+    /// Every Service, by namespace and name.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values().map(Arc::as_ref)
+    }
+
+    /// Every node, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values().map(Arc::as_ref)
+    }
+}

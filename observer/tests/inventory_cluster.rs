@@ -1,0 +1,234 @@
+//! The cluster source against a fake API server: list, watch, bookmarks,
+//! `410 Gone`, dropped watches, outages, and what the resolver says meanwhile.
+
+mod inventory_support;
+
+use std::{
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use inventory_support::{
+    FakeApi, JOBS, NAMESPACES, NODES, PODS, POLICIES, REPLICASETS, SERVICES, controller, deny_all, eventually,
+    namespace, node, pod, service,
+};
+use observer::inventory::{Endpoint, EndpointKind, Inventory, InventoryConfig, Resolver, Resource};
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("ip")
+}
+
+fn pod_name(endpoint: &Endpoint) -> Option<String> {
+    endpoint.pod.clone()
+}
+
+fn remote(resolver: &Resolver, address: &str) -> Endpoint {
+    resolver.resolve_remote(ip(address), SystemTime::now())
+}
+
+/// A server holding one namespace, one pod, a service, a node and a policy.
+async fn seeded() -> FakeApi {
+    let api = FakeApi::start().await;
+    api.apply(NAMESPACES, namespace("shop"));
+    api.apply(PODS, pod("web-1").ns("shop").ip("198.18.0.5").label("app", "web").json());
+    api.apply(SERVICES, service("shop", "web", "10.96.0.10"));
+    api.apply(NODES, node("node-1", "10.0.0.1"));
+    api.apply(POLICIES, deny_all("shop", "deny-all"));
+    api
+}
+
+fn config() -> InventoryConfig {
+    InventoryConfig { stale_after: Duration::from_millis(500), ..InventoryConfig::default() }
+}
+
+/// Starts the cluster inventory on `api` and waits for its first sync.
+async fn synced(api: &FakeApi) -> (Inventory, tokio::task::JoinHandle<()>) {
+    let (inventory, task) = Inventory::cluster(api.client(), config());
+    let task = tokio::spawn(task);
+    tokio::time::timeout(Duration::from_secs(10), inventory.ready()).await.expect("synced within 10 s");
+    (inventory, task)
+}
+
+#[tokio::test]
+async fn syncs_then_follows_adds_relabels_and_deletes_within_a_second() {
+    let api = seeded().await;
+    let (inventory, task) = synced(&api).await;
+    let resolver = inventory.resolver();
+
+    let web = remote(&resolver, "198.18.0.5");
+    assert_eq!(
+        (web.kind, pod_name(&web).as_deref(), web.namespace.as_deref()),
+        (EndpointKind::Pod, Some("web-1"), Some("shop"))
+    );
+    assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
+    assert_eq!(remote(&resolver, "10.96.0.10").service.as_deref(), Some("web"));
+    assert_eq!(remote(&resolver, "10.0.0.1").kind, EndpointKind::Node);
+    assert_eq!(remote(&resolver, "203.0.113.7").kind, EndpointKind::World);
+
+    // The policy engine's view from the same snapshot.
+    let snapshot = inventory.snapshot();
+    assert_eq!(snapshot.namespace("shop").and_then(|ns| ns.labels.get("team")).map(String::as_str), Some("t"));
+    let policies: Vec<_> = snapshot.network_policies().collect();
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0].metadata.annotations, None, "bulky annotations are trimmed");
+    assert_eq!(snapshot.pods().count(), 1);
+
+    let status = inventory.status();
+    assert!(status.synced && !status.stale, "{status:?}");
+    assert_eq!(status.resources[&Resource::Pods].objects, 1);
+
+    // Add.
+    api.apply(PODS, pod("api-1").ns("shop").ip("198.18.0.6").json());
+    eventually(Duration::from_secs(1), "new pod resolves", || {
+        pod_name(&remote(&resolver, "198.18.0.6")).as_deref() == Some("api-1")
+    })
+    .await;
+    // Relabel.
+    api.apply(PODS, pod("web-1").ns("shop").ip("198.18.0.5").label("app", "storefront").json());
+    eventually(Duration::from_secs(1), "relabel shows", || {
+        remote(&resolver, "198.18.0.5").labels.get("app").map(String::as_str) == Some("storefront")
+    })
+    .await;
+    // Delete: gone now, but a flow from before the deletion still names it.
+    let before_delete = SystemTime::now();
+    api.delete(PODS, pod("web-1").ns("shop").ip("198.18.0.5").json());
+    eventually(Duration::from_secs(1), "deleted pod no longer resolves", || {
+        remote(&resolver, "198.18.0.5").kind == EndpointKind::World
+    })
+    .await;
+    assert_eq!(pod_name(&resolver.resolve_remote(ip("198.18.0.5"), before_delete)).as_deref(), Some("web-1"));
+
+    // The reflector asked for bookmarks and listed each resource once.
+    assert!(api.watches(PODS).iter().all(|(_, bookmarks)| *bookmarks));
+    assert_eq!(api.lists(PODS), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_reused_ip_is_given_to_the_pod_that_held_it_at_the_time_of_the_flow() {
+    let api = seeded().await;
+    let (inventory, task) = synced(&api).await;
+    let resolver = inventory.resolver();
+    let while_old = SystemTime::now();
+    api.delete(PODS, pod("web-1").ns("shop").ip("198.18.0.5").json());
+    eventually(Duration::from_secs(1), "old pod gone", || remote(&resolver, "198.18.0.5").kind == EndpointKind::World)
+        .await;
+    api.apply(PODS, pod("web-2").ns("shop").uid("uid-web-2").ip("198.18.0.5").json());
+    eventually(Duration::from_secs(1), "new pod holds the IP", || {
+        pod_name(&remote(&resolver, "198.18.0.5")).as_deref() == Some("web-2")
+    })
+    .await;
+    assert_eq!(pod_name(&resolver.resolve_remote(ip("198.18.0.5"), while_old)).as_deref(), Some("web-1"));
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_dropped_watch_resumes_from_the_last_bookmark_without_relisting() {
+    let api = seeded().await;
+    let (inventory, task) = synced(&api).await;
+    let resolver = inventory.resolver();
+    eventually(Duration::from_secs(2), "pods watch open", || !api.watches(PODS).is_empty()).await;
+    // Other resources move the resourceVersion on; a bookmark tells the pods watch.
+    api.apply(NAMESPACES, namespace("other"));
+    let bookmark = api.bookmark(PODS);
+    // Let the bookmark arrive before the connection goes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.drop_watches(PODS);
+    eventually(Duration::from_secs(2), "pods rewatched", || api.watches(PODS).len() == 2).await;
+    assert_eq!(api.watches(PODS)[1].0, bookmark.to_string(), "resumed from the bookmark");
+    api.apply(PODS, pod("api-1").ns("shop").ip("198.18.0.6").json());
+    eventually(Duration::from_secs(1), "pod added after the rewatch resolves", || {
+        remote(&resolver, "198.18.0.6").kind == EndpointKind::Pod
+    })
+    .await;
+    assert_eq!(api.lists(PODS), 1, "no relist after a dropped connection");
+    task.abort();
+}
+
+#[tokio::test]
+async fn gone_relists_and_catches_up_on_what_the_watch_missed() {
+    let api = seeded().await;
+    let (inventory, task) = synced(&api).await;
+    let resolver = inventory.resolver();
+    eventually(Duration::from_secs(2), "pods watch open", || !api.watches(PODS).is_empty()).await;
+    // Changes whose events were compacted away: only a relist shows them.
+    api.delete_unseen(PODS, pod("web-1").ns("shop").ip("198.18.0.5").json());
+    api.apply_unseen(PODS, pod("late-1").ns("shop").ip("198.18.0.9").json());
+    api.expire(PODS);
+    eventually(Duration::from_secs(5), "relisted after 410", || {
+        remote(&resolver, "198.18.0.9").kind == EndpointKind::Pod
+            && remote(&resolver, "198.18.0.5").kind == EndpointKind::World
+    })
+    .await;
+    assert_eq!(api.lists(PODS), 2);
+    assert_eq!(inventory.status().resources[&Resource::Pods].errors, 1, "the 410 is counted");
+    assert!(inventory.snapshot().synced(), "a relist does not make the inventory unready");
+    task.abort();
+}
+
+#[tokio::test]
+async fn workloads_come_from_replicaset_and_job_owners() {
+    let api = seeded().await;
+    api.apply(REPLICASETS, controller("shop", "api-5f9c", Some(("Deployment", "api"))));
+    api.apply(JOBS, controller("shop", "report-28930", Some(("CronJob", "report"))));
+    api.apply(PODS, pod("api-5f9c-x").ns("shop").ip("198.18.0.6").owner("ReplicaSet", "api-5f9c").json());
+    api.apply(PODS, pod("report-28930-y").ns("shop").ip("198.18.0.7").owner("Job", "report-28930").json());
+    api.apply(PODS, pod("db-0").ns("shop").ip("198.18.0.8").owner("StatefulSet", "db").json());
+    let (inventory, task) = synced(&api).await;
+    let resolver = inventory.resolver();
+    let workload = |address| remote(&resolver, address).workload.clone().map(|workload| (workload.kind, workload.name));
+    let expect = |kind: &str, name: &str| Some((kind.to_owned(), name.to_owned()));
+    // ReplicaSets and Jobs may sync after the pods.
+    eventually(Duration::from_secs(2), "deployment named", || workload("198.18.0.6") == expect("Deployment", "api"))
+        .await;
+    eventually(Duration::from_secs(2), "cronjob named", || workload("198.18.0.7") == expect("CronJob", "report")).await;
+    assert_eq!(workload("198.18.0.8"), expect("StatefulSet", "db"));
+    assert_eq!(workload("198.18.0.5"), expect("Pod", "web-1"));
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_is_retried_with_backoff_and_reported_stale() {
+    // A port nobody listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    let kube_config = kube::Config::new(format!("http://{address}").parse().expect("url"));
+    let client = observer::inventory::client_from_config(kube_config).expect("client");
+    let (inventory, task) = Inventory::cluster(client, config());
+    let task = tokio::spawn(task);
+    let resolver = inventory.resolver();
+    eventually(Duration::from_secs(5), "retried and reported stale", || {
+        let status = inventory.status();
+        status.stale && status.resources[&Resource::Pods].errors >= 2
+    })
+    .await;
+    let status = inventory.status();
+    assert!(!status.synced);
+    let pods = &status.resources[&Resource::Pods];
+    assert!(pods.last_error.as_deref().is_some_and(|error| error.contains("onnect")), "{pods:?}");
+    // Backoff, not a busy loop: a handful of attempts in this time, not thousands.
+    assert!(pods.errors < 10, "{pods:?}");
+    assert_eq!(resolver.resolve_remote(ip("198.18.0.5"), SystemTime::now()).kind, EndpointKind::Unknown);
+    // What /health serves.
+    let json = serde_json::to_value(inventory.status()).expect("status serializes");
+    assert_eq!(json["stale"], true);
+    assert!(json["resources"]["pods"]["errors"].as_u64().is_some_and(|errors| errors >= 2), "{json}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn an_outage_turns_stale_and_recovery_syncs() {
+    let api = seeded().await;
+    api.set_down(true);
+    let (inventory, task) = Inventory::cluster(api.client(), config());
+    let task = tokio::spawn(task);
+    eventually(Duration::from_secs(5), "stale while down", || inventory.status().stale).await;
+    assert!(!inventory.snapshot().synced());
+    api.set_down(false);
+    // The default backoff may wait a few seconds before the next try.
+    tokio::time::timeout(Duration::from_secs(15), inventory.ready()).await.expect("synced after recovery");
+    eventually(Duration::from_secs(2), "no longer stale", || !inventory.status().stale).await;
+    assert_eq!(inventory.resolver().resolve_remote(ip("198.18.0.5"), SystemTime::now()).pod.as_deref(), Some("web-1"));
+    task.abort();
+}

@@ -1,0 +1,166 @@
+//! The standalone source: manifest folders, bad documents, reload on change.
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use observer::inventory::{EndpointKind, Inventory, InventoryConfig};
+
+const WEB_UID: &str = "5e0c9a1e-0000-4000-8000-000000000001";
+const AGENT_UID: &str = "5e0c9a1e-0000-4000-8000-000000000002";
+
+/// A temporary folder, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("observer-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).expect("create folder");
+        }
+        fs::write(&path, text).expect("write manifest");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("ip")
+}
+
+fn web(label: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1\n  namespace: shop\n  uid: {WEB_UID}\n  labels:\n    app: {label}\n    pod-template-hash: 7d9\n  ownerReferences:\n  - apiVersion: apps/v1\n    kind: ReplicaSet\n    name: web-7d9\n    uid: rs-uid\n    controller: true\nspec:\n  containers:\n  - name: c\n    image: i\nstatus:\n  podIP: 198.18.0.5\n"
+    )
+}
+
+const AGENT_AND_BROKEN: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: node-agent
+  namespace: kube-system
+  uid: 5e0c9a1e-0000-4000-8000-000000000002
+spec:
+  hostNetwork: true
+  containers:
+  - name: c
+    image: i
+status:
+  podIP: 10.0.0.1
+---
+apiVersion: v1
+kind: Pod
+metadata: [unclosed
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+";
+
+const LIST_JSON: &str = r#"{"apiVersion": "v1", "kind": "List", "items": [
+  {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"},
+   "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}},
+  {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+   "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "web"}}},
+  {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "deny", "namespace": "shop"},
+   "spec": {"podSelector": {}}}
+]}"#;
+
+fn config() -> InventoryConfig {
+    InventoryConfig { reload_interval: Duration::from_millis(50), ..InventoryConfig::default() }
+}
+
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < Duration::from_secs(2), "not within 2 s: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_folder_loads_whole_except_the_bad_document_which_is_named() {
+    let dir = TempDir::new("standalone-load");
+    dir.write("apps/web.yaml", &web("web"));
+    let broken = dir.write("system/agent.yml", AGENT_AND_BROKEN);
+    dir.write("cluster.json", LIST_JSON);
+    dir.write("README.md", "not a manifest");
+    let (inventory, _reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let snapshot = inventory.snapshot();
+    assert!(snapshot.synced(), "ready as soon as it is built");
+    let resolver = inventory.resolver();
+    let now = SystemTime::now();
+
+    let web = resolver.resolve_remote(ip("198.18.0.5"), now);
+    assert_eq!((web.kind, web.pod.as_deref()), (EndpointKind::Pod, Some("web-1")));
+    let workload = web.workload.clone().expect("workload");
+    assert_eq!((workload.kind.as_str(), workload.name.as_str()), ("Deployment", "web"), "from the template hash");
+    // The lab's cgroup shape finds the pod, and the host-network agent too.
+    let local = resolver.resolve_local(Some(&format!("kubepods/besteffort/pod{WEB_UID}/web")), ip("198.18.0.5"), now);
+    assert_eq!(local.pod.as_deref(), Some("web-1"));
+    let agent = resolver.resolve_local(Some(&format!("/kubepods/pod{AGENT_UID}/c")), ip("10.0.0.1"), now);
+    assert_eq!(agent.pod.as_deref(), Some("node-agent"));
+    assert_eq!(resolver.resolve_remote(ip("10.0.0.1"), now).kind, EndpointKind::Node, "not the host-network pod");
+    assert_eq!(resolver.resolve_remote(ip("10.96.0.10"), now).service.as_deref(), Some("web"));
+
+    // Namespaces no manifest declares exist all the same, as in a cluster.
+    let namespaces: Vec<&str> = snapshot.namespaces().map(|namespace| namespace.name.as_str()).collect();
+    assert_eq!(namespaces, ["kube-system", "shop"]);
+    assert_eq!(snapshot.network_policies().count(), 1);
+
+    let status = inventory.status();
+    assert_eq!(status.manifest_errors.len(), 1, "{status:?}");
+    assert!(
+        status.manifest_errors[0].starts_with(&format!("{}:18:", broken.display())),
+        "names file and line: {}",
+        status.manifest_errors[0]
+    );
+    assert!(status.synced && !status.stale);
+}
+
+#[tokio::test]
+async fn changed_added_and_removed_files_are_reloaded() {
+    let dir = TempDir::new("standalone-reload");
+    let web_file = dir.write("web.yaml", &web("web"));
+    let (inventory, reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let task = tokio::spawn(reload);
+    let resolver = inventory.resolver();
+    let remote = |address: &str| resolver.resolve_remote(ip(address), SystemTime::now());
+
+    dir.write("web.yaml", &web("storefront"));
+    eventually("relabel reloaded", || remote("198.18.0.5").labels.get("app").map(String::as_str) == Some("storefront"))
+        .await;
+
+    dir.write("cluster.json", LIST_JSON);
+    eventually("added file loaded", || remote("10.96.0.10").kind == EndpointKind::Service).await;
+
+    let before_removal = SystemTime::now();
+    fs::remove_file(&web_file).expect("remove");
+    eventually("removed pod gone", || remote("198.18.0.5").kind == EndpointKind::World).await;
+    assert_eq!(resolver.resolve_remote(ip("198.18.0.5"), before_removal).pod.as_deref(), Some("web-1"), "history kept");
+    assert!(inventory.snapshot().generation() > 1);
+    task.abort();
+}
+
+#[test]
+fn missing_paths_are_reported_not_fatal() {
+    let (inventory, _reload) = Inventory::standalone(vec![Path::new("/nonexistent/manifests").to_owned()], config());
+    assert!(inventory.snapshot().synced());
+    assert!(inventory.status().manifest_errors[0].contains("no such file or folder"));
+}
