@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// The pod label that names a workload's AI tier (`model-serving`, `agent`…).
-pub const TIER_LABEL: &str = "ai.governance/tier";
+pub const TIER_LABEL: &str = crate::intent::DEFAULT_TIER_LABEL;
 
 /// What one record adds to its edge.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
