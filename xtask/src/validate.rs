@@ -28,9 +28,6 @@ use crate::command::{output, run as run_command, step, workspace_root};
 pub const KUBERNETES_VERSION: &str = "1.33.0";
 /// The kubernetes-validate release installed by `cargo xtask setup`.
 pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
-/// Files the kustomization lists that another branch brings; validated
-/// without them (and said so) until they are merged.
-const PENDING: [&str; 1] = ["crds/flowintent.yaml"];
 
 /// The venv holding kubernetes-validate.
 pub fn venv() -> PathBuf {
@@ -61,45 +58,11 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `kubectl kustomize deploy/`, without the files of [`PENDING`] that are not
-/// there yet.
+/// `kubectl kustomize deploy/`.
 fn render(deploy: &Path) -> anyhow::Result<String> {
-    let missing: Vec<&str> = PENDING.iter().copied().filter(|path| !deploy.join(path).exists()).collect();
-    let dir = if missing.is_empty() {
-        deploy.to_owned()
-    } else {
-        step(&format!(
-            "note: deploy/{} not merged yet: validating the kustomization without it",
-            missing.join(", deploy/")
-        ));
-        let copy = workspace_root().join("target/tools/deploy-copy");
-        let _ = fs::remove_dir_all(&copy);
-        copy_dir(deploy, &copy)?;
-        let kustomization = fs::read_to_string(copy.join("kustomization.yaml"))?;
-        let kept: Vec<&str> = kustomization
-            .lines()
-            .filter(|line| !missing.iter().any(|path| line.trim() == format!("- {path}")))
-            .collect();
-        fs::write(copy.join("kustomization.yaml"), kept.join("\n") + "\n")?;
-        copy
-    };
     step("kubectl kustomize deploy/");
-    output(Command::new("kubectl").arg("kustomize").arg(&dir))
-        .with_context(|| format!("`kubectl kustomize {}` failed (run it to see why)", dir.display()))
-}
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(to)?;
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
+    output(Command::new("kubectl").arg("kustomize").arg(deploy))
+        .with_context(|| format!("`kubectl kustomize {}` failed (run it to see why)", deploy.display()))
 }
 
 /// Every YAML document of a stream, as JSON values.
