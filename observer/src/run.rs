@@ -8,6 +8,7 @@ use clap::Args;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    api,
     capture::{Capture, CaptureConfig, CaptureHealth, loader, loader::LoadOptions, table::TableConfig},
     config::ObserverConfig,
     enrich,
@@ -15,6 +16,7 @@ use crate::{
     intent,
     inventory::{self, Inventory, InventoryArgs, InventoryError},
     judge::stage::{IntentSource, JudgeStage, StageSetup},
+    metrics::{Metrics, MetricsArgs, flows},
 };
 
 /// Options of `observer run`.
@@ -61,6 +63,9 @@ pub struct RunArgs {
     /// Where pods, namespaces and policies come from.
     #[command(flatten)]
     pub inventory: InventoryArgs,
+    /// Metrics and HTTP endpoints.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Parses `500ms`, `2s`, `5m`, `1h`.
@@ -151,11 +156,31 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     };
     let target = args.flow_log.clone().map_or(flowlog::Target::Stdout, flowlog::Target::File);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let inventory = start_inventory(&args.inventory, shutdown_rx.clone()).await?;
+    let metrics = Metrics::new(args.metrics.config());
+    if let Some(addr) = args.metrics.metrics_addr.0 {
+        let listener = api::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
+        // Capture that has not read the flow map for 10 polls (at least 30 s) is stuck.
+        let stall_after = (args.poll_interval * 10).max(Duration::from_secs(30));
+        tokio::spawn(api::serve(
+            listener,
+            api::ApiState { metrics: metrics.clone(), stall_after },
+            shutdown_rx.clone(),
+        ));
+    }
+    tokio::spawn(metrics.clone().run_gc(shutdown_rx.clone()));
+    let inventory_args = flows::with_metric_label_keys(&args.inventory, metrics.allowlist());
+    let inventory = start_inventory(&inventory_args, shutdown_rx.clone()).await?;
+    if let Some(inventory) = &inventory {
+        metrics.expect_inventory();
+        tokio::spawn(metrics.clone().follow_inventory(inventory.clone(), shutdown_rx.clone()));
+    }
     let capture = Capture::start(config).context("starting capture")?;
+    metrics.attach_capture(capture.health());
     let (captured_tx, captured_rx) = mpsc::channel(STAGE_CAPACITY);
     let (enriched_tx, enriched_rx) = mpsc::channel(STAGE_CAPACITY);
     let (judged_tx, judged_rx) = mpsc::channel(STAGE_CAPACITY);
+    let (metered_tx, metered_rx) = mpsc::channel(STAGE_CAPACITY);
     let enrich_health = Arc::new(enrich::EnrichHealth::default());
     let resolver = inventory.as_ref().map(Inventory::resolver);
     let enricher = tokio::spawn(enrich::run(resolver, captured_rx, enriched_tx, Arc::clone(&enrich_health)));
@@ -168,13 +193,16 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                 findings_log: args.findings_log.clone(),
                 node: if args.inventory.manifests.is_empty() { Some(node_name(&args)) } else { None },
                 capture_health: capture.health(),
+                metrics: Some(metrics.clone()),
             };
             let stage = JudgeStage::new(setup).context("starting the judge")?;
             tokio::spawn(stage.run(enriched_rx, judged_tx))
         }
         None => tokio::spawn(pass_through(enriched_rx, judged_tx)),
     };
-    let writer = tokio::spawn(flowlog::write(target, judged_rx));
+    let edges = flows::EdgeOf::new(metrics.allowlist().clone());
+    let meter = tokio::spawn(flows::meter(metrics, move |record| edges.edge(record), judged_rx, metered_tx));
+    let writer = tokio::spawn(flowlog::write(target, metered_rx));
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!(signal, "stopping"),
@@ -186,6 +214,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     capture.run(captured_tx, shutdown_rx).await;
     enricher.await.context("enrich task panicked")?;
     judge.await.context("judge task panicked")?;
+    meter.await.context("metering task panicked")?;
     let written = writer.await.context("flow log task panicked")?.context("flow log")?;
     tracing::info!(
         records = written,
@@ -237,9 +266,9 @@ async fn intent_source(args: &InventoryArgs, mut shutdown: watch::Receiver<bool>
 /// Batches a stage may queue for the next one before dropping.
 const STAGE_CAPACITY: usize = 1024;
 
-/// Starts the inventory the flags choose. With no `--manifests` and no
-/// Kubernetes configuration at all, the observer still captures, and says
-/// that flows will carry addresses only.
+/// Starts the inventory the flags choose and returns it. With no
+/// `--manifests` and no Kubernetes configuration at all, the observer still
+/// captures, and says that flows will carry addresses only.
 async fn start_inventory(
     args: &InventoryArgs,
     mut shutdown: watch::Receiver<bool>,

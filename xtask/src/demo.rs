@@ -212,7 +212,7 @@ fn print_findings(path: &Path) -> anyhow::Result<()> {
     for finding in latest_findings(path).values() {
         let name = |party: &Value| party["pod"].as_str().or(party["ip"].as_str()).unwrap_or("?").to_owned();
         let what = match finding["kind"].as_str() {
-            Some("unprotected") => name(&finding["pod"]),
+            Some("unprotected") => name(&finding["source"]),
             _ => format!("{} → {}:{}", name(&finding["source"]), name(&finding["destination"]), finding["port"]),
         };
         println!(

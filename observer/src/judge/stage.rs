@@ -31,6 +31,7 @@ use crate::{
     flow::{FlowRecord, LocalEnd, RecordEvent},
     intent::{FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
     inventory::{Inventory, Snapshot, manifests},
+    metrics::{FindingLabels, Metrics, WorkloadLabels, flows::EdgeOf},
     policy::PolicyEngine,
 };
 
@@ -64,6 +65,8 @@ pub struct StageSetup {
     pub node: Option<String>,
     /// Capture's counters, for coverage.
     pub capture_health: Arc<CaptureHealth>,
+    /// Where findings, spikes, unprotected pods and loaded counts are counted.
+    pub metrics: Option<Metrics>,
 }
 
 /// Counters of the stage.
@@ -228,6 +231,10 @@ impl JudgeStage {
                 None => tracing::warn!(%error, "FlowIntent left out"),
             }
         }
+        if let Some(metrics) = &self.setup.metrics {
+            metrics.set_policies_loaded(engine.len());
+            metrics.set_intents_loaded(index.len());
+        }
         self.health.policies.store(engine.len() as u64, Ordering::Relaxed);
         self.health.intents.store(index.len() as u64, Ordering::Relaxed);
         self.health.invalid.store((policy_errors.len() + intent_errors.len()) as u64, Ordering::Relaxed);
@@ -246,9 +253,10 @@ impl JudgeStage {
     fn check_protection(&mut self) {
         let now = SystemTime::now();
         let resolver = self.setup.inventory.resolver();
-        let node = self.setup.node.as_deref();
+        let node = self.setup.node.clone();
         let snapshot = Arc::clone(&self.snapshot);
-        for pod in snapshot.pods().filter(|pod| node.is_none() || pod.node_name.as_deref() == node) {
+        let mut unprotected_workloads: HashMap<WorkloadLabels, u64> = HashMap::new();
+        for pod in snapshot.pods().filter(|pod| node.is_none() || pod.node_name == node) {
             let Some(unprotected) = self.judge.unprotected(pod) else { continue };
             let workload = pod.ips.first().and_then(|ip| {
                 let endpoint = resolver.resolve_remote(*ip, now);
@@ -257,8 +265,31 @@ impl JudgeStage {
                     .as_ref()
                     .map(|workload| Workload { kind: workload.kind.clone(), name: workload.name.clone() })
             });
-            self.findings.record(Finding::unprotected(&unprotected, workload), now);
+            let (kind, name) =
+                workload.as_ref().map_or(("Pod", pod.name.as_str()), |w| (w.kind.as_str(), w.name.as_str()));
+            *unprotected_workloads
+                .entry(WorkloadLabels::new(kind, &pod.namespace, name, unprotected.tier.as_str()))
+                .or_default() += 1;
+            self.record_finding(Finding::unprotected(&unprotected, workload), now);
         }
+        if let Some(metrics) = &self.setup.metrics {
+            let workloads: Vec<_> = unprotected_workloads.into_iter().collect();
+            metrics.set_unprotected(&workloads);
+        }
+    }
+
+    fn record_finding(&mut self, finding: Finding, at: SystemTime) {
+        if let Some(metrics) = &self.setup.metrics {
+            let kind = serde_json::to_value(finding.kind).ok();
+            let source = &finding.source;
+            metrics.record_finding(&FindingLabels::new(
+                kind.as_ref().and_then(serde_json::Value::as_str).unwrap_or("unknown"),
+                source.tier.as_ref().map_or("", |tier| tier.as_str()),
+                source.namespace.as_deref().unwrap_or(""),
+                source.workload.as_ref().map_or("", |workload| workload.name.as_str()),
+            ));
+        }
+        self.findings.record(finding, at);
     }
 
     fn judge_batch(&mut self, batch: &mut [FlowRecord]) {
@@ -285,7 +316,7 @@ impl JudgeStage {
             let verdict = self.judge.flow(&input);
             let now = record.time;
             if let Some(finding) = Finding::from_flow(&verdict, &input) {
-                self.findings.record(finding, now);
+                self.record_finding(finding, now);
             }
             if counted {
                 let delta = bytes.saturating_sub(previous.unwrap_or(0));
@@ -293,7 +324,10 @@ impl JudgeStage {
                 {
                     let finding =
                         Finding::spike(&spike, &src, &dst, (verdict.src_tier.clone(), verdict.dst_tier.clone()));
-                    self.findings.record(finding, now);
+                    if let Some(metrics) = &self.setup.metrics {
+                        metrics.record_spike(&EdgeOf::new(metrics.allowlist().clone()).edge(record));
+                    }
+                    self.record_finding(finding, now);
                 }
             }
             record.verdict = Some(verdict);
