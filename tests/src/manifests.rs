@@ -1,9 +1,11 @@
 //! Kubernetes manifests that describe lab pods, for standalone-mode tests and
 //! the demo: the pods keep their real UIDs, IPs and container ids, so the
-//! observer's inventory resolves lab traffic as it would a cluster's.
+//! observer's inventory resolves lab traffic as it would a cluster's; and
+//! generated clusters at scale ([`cluster`]) for the benchmarks.
 //!
 //! In: lab pods and what they should look like (namespace, name, labels,
-//! owner). Out: JSON objects and a `List` file the observer's `--manifests` reads.
+//! owner), or a [`ClusterSize`]. Out: JSON objects and a `List` file the
+//! observer's `--manifests` reads.
 
 use std::path::Path;
 
@@ -95,4 +97,137 @@ pub fn workload(kind: &str, namespace: &str, name: &str, owner: Option<(&str, &s
 pub fn write_list(path: &Path, items: Vec<Value>) -> std::io::Result<()> {
     let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
     std::fs::write(path, serde_json::to_vec_pretty(&list).map_err(std::io::Error::other)?)
+}
+
+/// The size of a generated cluster ([`cluster`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterSize {
+    /// Pods, spread round-robin over namespaces, ReplicaSets and nodes.
+    pub pods: usize,
+    /// Namespaces (`ns-<i>`), half labelled `team: frontend`, half `backend`.
+    pub namespaces: usize,
+    /// NetworkPolicies (`allow-<i>`), one per ReplicaSet's app, round-robin over namespaces.
+    pub policies: usize,
+    /// Services (`app-<i>`) selecting the ReplicaSets' pods.
+    pub services: usize,
+    /// ReplicaSets (`app-<i>-7d9f8c6b5`), each owned by a Deployment.
+    pub replicasets: usize,
+    /// Nodes (`node-<i>`).
+    pub nodes: usize,
+}
+
+impl ClusterSize {
+    /// The scale the benchmarks use: 10,000 pods in 1,000 namespaces with
+    /// 1,000 NetworkPolicies, 1,000 Services, 1,000 ReplicaSets, 100 nodes.
+    pub const BENCH: Self =
+        Self { pods: 10_000, namespaces: 1_000, policies: 1_000, services: 1_000, replicasets: 1_000, nodes: 100 };
+}
+
+/// Pod `index`'s IPv4 address in a generated cluster: 198.18.0.10 onwards
+/// (198.18.0.0/15 holds 131,072 addresses).
+pub fn cluster_pod_ip(index: usize) -> std::net::Ipv4Addr {
+    let offset = u32::try_from(index).unwrap_or(0) + 10;
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + offset)
+}
+
+/// A UUID-shaped uid: `kind` 1 for pods, 2 for ReplicaSets, 3 for Deployments.
+pub fn cluster_uid(kind: u32, index: usize) -> String {
+    format!("{kind:08x}-0000-4000-8000-{index:012x}")
+}
+
+/// Container `container` (0: `app`, 1: `proxy`) of pod `index`: 64 hex digits.
+pub fn cluster_container_id(index: usize, container: usize) -> String {
+    format!("{index:032x}{container:032x}")
+}
+
+/// The kubelet cgroupfs path of pod `index`'s `app` container, as the
+/// observer reads it under the cgroup root.
+pub fn cluster_cgroup_path(index: usize) -> String {
+    format!("/kubepods/besteffort/pod{}/{}", cluster_uid(1, index), cluster_container_id(index, 0))
+}
+
+/// Pod `index` of a generated cluster, as a Deployment's ReplicaSet makes it,
+/// with the status the kubelet reports (two containers, named ports).
+pub fn cluster_pod(size: &ClusterSize, index: usize) -> Value {
+    let namespace = format!("ns-{}", index % size.namespaces.max(1));
+    let app = format!("app-{}", index % size.replicasets.max(1));
+    let replicaset = format!("{app}-7d9f8c6b5");
+    let ip = cluster_pod_ip(index).to_string();
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": format!("{replicaset}-{index:05}"), "namespace": namespace, "uid": cluster_uid(1, index),
+            "resourceVersion": format!("{}", 100_000 + index),
+            "labels": {"app": app, "app.kubernetes.io/name": app, "app.kubernetes.io/component": "server",
+                "pod-template-hash": "7d9f8c6b5", "tier": if index.is_multiple_of(10) { "model-server" } else { "web" }},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": replicaset,
+                "uid": cluster_uid(2, index % size.replicasets.max(1)), "controller": true, "blockOwnerDeletion": true}]
+        },
+        "spec": {
+            "nodeName": format!("node-{}", index % size.nodes.max(1)),
+            "containers": [
+                {"name": "app", "image": "registry.example/app:1.2.3",
+                 "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                           {"name": "metrics", "containerPort": 9090}]},
+                {"name": "proxy", "image": "registry.example/proxy:2", "ports": [{"containerPort": 15001}]}
+            ]
+        },
+        "status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "containerStatuses": [
+                {"name": "app", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                 "containerID": format!("containerd://{}", cluster_container_id(index, 0))},
+                {"name": "proxy", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                 "containerID": format!("containerd://{}", cluster_container_id(index, 1))}
+            ]
+        }
+    })
+}
+
+/// A typical allow policy: an app's pods take HTTP from a labelled
+/// namespace's web pods and send DNS to the cluster range.
+fn cluster_policy(size: &ClusterSize, index: usize) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": format!("allow-{index}"), "namespace": format!("ns-{}", index % size.namespaces.max(1)),
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}".repeat(200)}},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": format!("app-{}", index % size.replicasets.max(1))}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "frontend"}},
+                                   "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["web", "edge"]}]}}],
+                         "ports": [{"protocol": "TCP", "port": "http"}, {"protocol": "TCP", "port": 9090}]}],
+            "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.96.0.0/12"]}}],
+                        "ports": [{"protocol": "UDP", "port": 53}]}]
+        }
+    })
+}
+
+/// A whole generated cluster as one `List`: what the inventory benchmark
+/// loads and `cargo xtask bench memory` gives `observer run --manifests`.
+pub fn cluster(size: &ClusterSize) -> Value {
+    let mut items = Vec::new();
+    items.extend((0..size.namespaces).map(|index| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": format!("ns-{index}"), "labels": {"team": if index.is_multiple_of(2) { "frontend" } else { "backend" }}}})
+    }));
+    items.extend((0..size.nodes).map(|index| {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{index}")},
+            "status": {"addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", index / 250, index % 250 + 1)}]}})
+    }));
+    items.extend((0..size.services).map(|index| {
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("app-{index}"), "namespace": format!("ns-{}", index % size.namespaces.max(1))},
+            "spec": {"clusterIP": format!("10.96.{}.{}", index / 250, index % 250 + 1), "selector": {"app": format!("app-{index}")}}})
+    }));
+    items.extend((0..size.replicasets).map(|index| {
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": format!("app-{index}-7d9f8c6b5"), "namespace": format!("ns-{}", index % size.namespaces.max(1)),
+                "uid": cluster_uid(2, index),
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": format!("app-{index}"),
+                    "uid": cluster_uid(3, index), "controller": true}]}})
+    }));
+    items.extend((0..size.policies).map(|index| cluster_policy(size, index)));
+    items.extend((0..size.pods).map(|index| cluster_pod(size, index)));
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
 }

@@ -148,7 +148,8 @@ impl ObserverProcess {
         self.dir.join("flows.jsonl")
     }
 
-    fn log(&self) -> String {
+    /// Its log so far (JSON lines on stderr).
+    pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("observer.log")).unwrap_or_default()
     }
 
@@ -185,7 +186,17 @@ impl ObserverProcess {
 
     /// Sends SIGTERM, waits (at most 30 s) for a clean exit, and returns what
     /// it wrote.
-    pub fn stop(mut self) -> Result<ObserverRun, ObserverError> {
+    pub fn stop(self) -> Result<ObserverRun, ObserverError> {
+        let mut records = Vec::new();
+        let mut run = self.stop_streaming(|line| records.extend(serde_json::from_str::<Value>(line).ok()))?;
+        run.records = records;
+        Ok(run)
+    }
+
+    /// Like [`ObserverProcess::stop`], but hands each flow-log line to
+    /// `on_line` instead of keeping parsed records (for runs of hundreds of
+    /// thousands of flows); `records` of the result is empty.
+    pub fn stop_streaming(mut self, mut on_line: impl FnMut(&str)) -> Result<ObserverRun, ObserverError> {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -213,7 +224,13 @@ impl ObserverProcess {
                 line.get("health").and_then(Value::as_str).and_then(|text| serde_json::from_str(text).ok())
             })
             .unwrap_or(Value::Null);
-        Ok(ObserverRun { records: self.records(), health, log })
+        if let Ok(file) = fs::File::open(self.flow_log()) {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+                on_line(&line);
+            }
+        }
+        Ok(ObserverRun { records: Vec::new(), health, log })
     }
 }
 

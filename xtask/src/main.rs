@@ -33,9 +33,8 @@ enum Task {
     Validate,
     /// Build, bring up a lab of pods, run the observer on scripted traffic and show the flows (needs root).
     Demo,
-    /// Benchmarks; results go into BENCHMARKS.md (needs root).
-    #[command(subcommand)]
-    Bench(bench::BenchCmd),
+    /// Benchmarks: every part, or one (capture, completeness, pipeline, memory); results go into BENCHMARKS.md (needs root).
+    Bench(bench::BenchArgs),
     /// The test lab: pods as network namespaces with kubelet-style cgroups (needs root).
     #[command(subcommand)]
     Lab(lab::LabCmd),

@@ -292,7 +292,10 @@ impl JudgeStage {
         self.findings.record(finding, at);
     }
 
-    fn judge_batch(&mut self, batch: &mut [FlowRecord]) {
+    /// Judges every enriched record of a batch in place (what [`JudgeStage::run`]
+    /// does with each batch before passing it on); public so the pipeline
+    /// benchmark drives the real stage without a runtime.
+    pub fn judge_batch(&mut self, batch: &mut [FlowRecord]) {
         let snapshot = Arc::clone(&self.snapshot);
         for record in batch.iter_mut() {
             let (Some(src_end), Some(dst_end)) = (record.src.endpoint.clone(), record.dst.endpoint.clone()) else {

@@ -1,0 +1,137 @@
+//! Userspace pipeline throughput on one thread: records per CPU-second
+//! through decode → flow table → `build_record` → `enrich` → judge → metrics
+//! meter, the stages of `observer run` between the kernel and the flow log.
+//!
+//! In: a generated cluster (10,000 pods, 1,000 namespaces, 1,000
+//! NetworkPolicies) and 4,096 pod pairs making short TCP connections, in
+//! batches of 1,024 (one poll each). Out: one `pipeline-result {json}` line
+//! with the median over rounds of records and ring-buffer events per second
+//! of this thread's CPU time, the wall-clock rate, and ns per record per
+//! stage. The kernel's own work (ring-buffer reads, map iteration and
+//! deletes) and the flow log's JSON are not in it.
+//!
+//! Run: `cargo bench -p observer --bench pipeline` (`cargo xtask bench
+//! pipeline` runs it and writes BENCHMARKS.md).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Connections, EVENTS_PER_CONNECTION, Pipeline, check, pod_pairs, table_stage};
+use observer_tests::manifests::ClusterSize;
+use serde_json::json;
+
+const PAIRS: usize = 4096;
+const BATCH: usize = 1024;
+const ROUNDS: usize = 5;
+const ROUND_TIME: Duration = Duration::from_secs(2);
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid clock id and output pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) { (values[middle - 1] + values[middle]) / 2.0 } else { values[middle] }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Stages {
+    table: Duration,
+    build: Duration,
+    enrich: Duration,
+    judge: Duration,
+    meter: Duration,
+}
+
+fn main() {
+    let size = ClusterSize::BENCH;
+    let setup_started = Instant::now();
+    let mut pipeline = Pipeline::new(&size);
+    eprintln!("pipeline: cluster loaded and policies compiled in {:.1?}", setup_started.elapsed());
+    let mut connections = Connections::new(pod_pairs(&size, PAIRS));
+    let (mut out, mut delete) = (Vec::new(), Vec::new());
+    let mut run_batch = |pipeline: &mut Pipeline, stages: &mut Stages| -> (usize, usize, usize) {
+        let batch = connections.batch(BATCH, true);
+        let started = Instant::now();
+        table_stage(&mut pipeline.table, &batch, &mut out, &mut delete);
+        let built = Instant::now();
+        let mut records = pipeline.build(&out);
+        out.clear();
+        let enriched = Instant::now();
+        pipeline.enrich(&mut records);
+        let judged = Instant::now();
+        pipeline.judge.judge_batch(&mut records);
+        let metered = Instant::now();
+        pipeline.meter(&records);
+        let done = Instant::now();
+        stages.table += built - started;
+        stages.build += enriched - built;
+        stages.enrich += judged - enriched;
+        stages.judge += metered - judged;
+        stages.meter += done - metered;
+        let (pods, denied) = check(&records);
+        (records.len(), pods, denied)
+    };
+    // Warm-up: every pair once, so edges and series exist as in a steady state.
+    let mut warm = Stages::default();
+    for _ in 0..PAIRS.div_ceil(BATCH) * 2 {
+        run_batch(&mut pipeline, &mut warm);
+    }
+    let mut rounds = Vec::new();
+    let (mut records_total, mut pods_total, mut denied_total) = (0usize, 0usize, 0usize);
+    for round in 0..ROUNDS {
+        let mut stages = Stages::default();
+        let (wall_start, cpu_start) = (Instant::now(), thread_cpu());
+        let mut records = 0usize;
+        while wall_start.elapsed() < ROUND_TIME {
+            let (count, pods, denied) = run_batch(&mut pipeline, &mut stages);
+            records += count;
+            pods_total += pods;
+            denied_total += denied;
+        }
+        let (wall, cpu) = (wall_start.elapsed(), thread_cpu() - cpu_start);
+        records_total += records;
+        let per_record = |time: Duration| time.as_nanos() as f64 / records as f64;
+        let result = json!({
+            "round": round + 1,
+            "records": records,
+            "cpu_s": cpu.as_secs_f64(),
+            "wall_s": wall.as_secs_f64(),
+            "records_per_cpu_s": records as f64 / cpu.as_secs_f64(),
+            "records_per_wall_s": records as f64 / wall.as_secs_f64(),
+            "ns_per_record": {
+                "decode_table": per_record(stages.table), "build": per_record(stages.build),
+                "enrich": per_record(stages.enrich), "judge": per_record(stages.judge), "meter": per_record(stages.meter),
+            },
+        });
+        eprintln!("pipeline round {}: {result}", round + 1);
+        rounds.push(result);
+    }
+    let pick = |path: &str| median(rounds.iter().filter_map(|round| round.pointer(path)?.as_f64()).collect());
+    let records_per_cpu_s = pick("/records_per_cpu_s");
+    let summary = json!({
+        "pods": size.pods, "namespaces": size.namespaces, "policies": size.policies,
+        "pairs": PAIRS, "batch": BATCH, "rounds": ROUNDS, "round_seconds": ROUND_TIME.as_secs_f64(),
+        "events_per_record": EVENTS_PER_CONNECTION,
+        "records_per_cpu_s": records_per_cpu_s,
+        "events_per_cpu_s": records_per_cpu_s * EVENTS_PER_CONNECTION as f64,
+        "records_per_wall_s": pick("/records_per_wall_s"),
+        "cpu_share": pick("/cpu_s") / pick("/wall_s"),
+        "ns_per_record": {
+            "decode_table": pick("/ns_per_record/decode_table"), "build": pick("/ns_per_record/build"),
+            "enrich": pick("/ns_per_record/enrich"), "judge": pick("/ns_per_record/judge"),
+            "meter": pick("/ns_per_record/meter"),
+        },
+        "both_ends_pods_fraction": pods_total as f64 / records_total.max(1) as f64,
+        "not_allowed_fraction": denied_total as f64 / records_total.max(1) as f64,
+        "open_flows_after": pipeline.meter.open_flows() + pipeline.table.len(),
+        "rounds_detail": rounds,
+    });
+    println!("pipeline-result {summary}");
+}
