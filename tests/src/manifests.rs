@@ -185,7 +185,9 @@ pub fn cluster_pod(size: &ClusterSize, index: usize) -> Value {
 }
 
 /// A typical allow policy: an app's pods take HTTP from a labelled
-/// namespace's web pods and send DNS to the cluster range.
+/// namespace's web pods, and send DNS to the cluster range and HTTP (8080)
+/// to any pod. Every pod is selected by one, so a flow between pods is
+/// allowed when its client is a `web` pod of a `frontend` namespace.
 fn cluster_policy(size: &ClusterSize, index: usize) -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -198,7 +200,8 @@ fn cluster_policy(size: &ClusterSize, index: usize) -> Value {
                                    "podSelector": {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["web", "edge"]}]}}],
                          "ports": [{"protocol": "TCP", "port": "http"}, {"protocol": "TCP", "port": 9090}]}],
             "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.96.0.0/12"]}}],
-                        "ports": [{"protocol": "UDP", "port": 53}]}]
+                        "ports": [{"protocol": "UDP", "port": 53}]},
+                       {"to": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 8080}]}]
         }
     })
 }

@@ -270,7 +270,7 @@ fn measure_variant(variant: Variant, client: &Pod, server: &Pod, args: &CaptureA
     let running = start(variant, client, server)?;
     // The variant's programs are the ones that appeared when it started
     // (Debian's bpftool cannot name the process that holds a program).
-    let ours: Vec<u64> = program_ids()?.into_iter().filter(|id| !existing.contains(id)).collect();
+    let ours = variant_programs(variant, &existing)?;
     if matches!(variant, Variant::Observer | Variant::Bpftrace) && ours.is_empty() {
         bail!("{} attached no eBPF program", variant.name());
     }
@@ -360,6 +360,25 @@ fn bpftool_programs() -> anyhow::Result<Vec<Value>> {
 
 fn program_ids() -> anyhow::Result<Vec<u64>> {
     Ok(bpftool_programs()?.iter().filter_map(|program| program["id"].as_u64()).collect())
+}
+
+/// Ids of the programs that appeared since `existing` and are the variant's:
+/// the observer's by name, bpftrace's by type (others on this shared machine
+/// may load programs meanwhile); none for the variants without eBPF.
+fn variant_programs(variant: Variant, existing: &[u64]) -> anyhow::Result<Vec<u64>> {
+    let wanted = |program: &Value| match variant {
+        Variant::Observer => {
+            ["flow_ingress", "flow_egress", "tcp_state"].iter().any(|name| program["name"].as_str() == Some(name))
+        }
+        Variant::Bpftrace => program["type"] == "tracepoint",
+        Variant::Baseline | Variant::Conntrack => false,
+    };
+    Ok(bpftool_programs()?
+        .iter()
+        .filter(|program| wanted(program))
+        .filter_map(|program| program["id"].as_u64())
+        .filter(|id| !existing.contains(id))
+        .collect())
 }
 
 fn program_stats(ids: &[u64]) -> anyhow::Result<ProgramStats> {
