@@ -297,7 +297,7 @@ fn measure_variant(variant: Variant, client: &Pod, server: &Pod, args: &CaptureA
     let connections = burst.completed as f64;
     let conn_per_sec = connections / Duration::from_millis(burst.elapsed_ms.max(1)).as_secs_f64();
     let kernel_ns_per_conn =
-        before.zip(after).map(|(before, after)| (after.all_ns - before.all_ns) as f64 / connections);
+        before.zip(after).map(|(before, after)| after.since(&before).all_ns as f64 / connections);
     let cpu_ms_per_1k_conn =
         (!pids.is_empty()).then(|| cpu_after.saturating_sub(cpu_before) as f64 / connections * 1000.0);
     let conntrack_events_per_conn = match &running {
@@ -324,13 +324,10 @@ fn measure_variant(variant: Variant, client: &Pod, server: &Pod, args: &CaptureA
         .pointer("/end/sum_received/bits_per_second")
         .and_then(Value::as_f64)
         .with_context(|| format!("no throughput in iperf3 output: {json}"))?;
-    let during_iperf = before_iperf.zip(after_iperf);
-    let kernel_ns_per_packet = during_iperf
-        .filter(|_| packets > 0)
-        .map(|(before, after)| (after.all_ns - before.all_ns) as f64 / packets as f64);
-    let kernel_ns_per_skb_run = during_iperf
-        .filter(|(before, after)| after.skb_runs > before.skb_runs)
-        .map(|(before, after)| (after.skb_ns - before.skb_ns) as f64 / (after.skb_runs - before.skb_runs) as f64);
+    let during_iperf = before_iperf.zip(after_iperf).map(|(before, after)| after.since(&before));
+    let kernel_ns_per_packet = during_iperf.filter(|_| packets > 0).map(|delta| delta.all_ns as f64 / packets as f64);
+    let kernel_ns_per_skb_run =
+        during_iperf.filter(|delta| delta.skb_runs > 0).map(|delta| delta.skb_ns as f64 / delta.skb_runs as f64);
     if let Running::Observer(observer) = running {
         observer.stop()?;
     }
@@ -345,12 +342,34 @@ fn measure_variant(variant: Variant, client: &Pod, server: &Pod, args: &CaptureA
     })
 }
 
-/// Cumulative `bpf_stats` of the programs a process holds.
+/// Cumulative `bpf_stats` of a variant's programs: id → (run_time_ns,
+/// run_cnt, is cgroup_skb).
+#[derive(Clone, Debug, Default)]
+struct ProgramStats(std::collections::HashMap<u64, (u64, u64, bool)>);
+
+/// What the programs present in both snapshots did in between (a program
+/// can vanish meanwhile on this shared machine).
 #[derive(Clone, Copy, Debug)]
-struct ProgramStats {
+struct StatsDelta {
     all_ns: u64,
     skb_ns: u64,
     skb_runs: u64,
+}
+
+impl ProgramStats {
+    fn since(&self, before: &Self) -> StatsDelta {
+        let mut delta = StatsDelta { all_ns: 0, skb_ns: 0, skb_runs: 0 };
+        for (id, &(ns, runs, skb)) in &self.0 {
+            let Some(&(ns_before, runs_before, _)) = before.0.get(id) else { continue };
+            let ns = ns.saturating_sub(ns_before);
+            delta.all_ns += ns;
+            if skb {
+                delta.skb_ns += ns;
+                delta.skb_runs += runs.saturating_sub(runs_before);
+            }
+        }
+        delta
+    }
 }
 
 fn bpftool_programs() -> anyhow::Result<Vec<Value>> {
@@ -382,17 +401,12 @@ fn variant_programs(variant: Variant, existing: &[u64]) -> anyhow::Result<Vec<u6
 }
 
 fn program_stats(ids: &[u64]) -> anyhow::Result<ProgramStats> {
-    let mut stats = ProgramStats { all_ns: 0, skb_ns: 0, skb_runs: 0 };
+    let mut stats = ProgramStats::default();
     for program in bpftool_programs()? {
-        if !program["id"].as_u64().is_some_and(|id| ids.contains(&id)) {
-            continue;
-        }
+        let Some(id) = program["id"].as_u64().filter(|id| ids.contains(id)) else { continue };
         let ns = program["run_time_ns"].as_u64().unwrap_or(0);
-        stats.all_ns += ns;
-        if program["type"] == "cgroup_skb" {
-            stats.skb_ns += ns;
-            stats.skb_runs += program["run_cnt"].as_u64().unwrap_or(0);
-        }
+        let runs = program["run_cnt"].as_u64().unwrap_or(0);
+        stats.0.insert(id, (ns, runs, program["type"] == "cgroup_skb"));
     }
     Ok(stats)
 }
