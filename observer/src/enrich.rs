@@ -1,9 +1,12 @@
 //! Enrich: says who is at each end of a flow.
 //!
-//! In: batches of flow records from capture. Out: the same records with each
-//! end's pod, namespace, workload and configured labels (or service, node,
-//! `world`, `host`) filled in from the inventory as it was when the flow
-//! started, on a bounded channel; a full channel drops the batch and counts it.
+//! In: batches of flow records from capture, the inventory's resolver and the
+//! DNS name cache. Out: the same records with each end's pod, namespace,
+//! workload and configured labels (or service, node, `world`, `host`) filled
+//! in from the inventory as it was when the flow started, and for egress to
+//! the world the names the source pod had resolved for the destination (or
+//! `resolved: false`: a direct-IP connection), on a bounded channel; a full
+//! channel drops the batch and counts it.
 
 use std::sync::{
     Arc,
@@ -13,8 +16,9 @@ use std::sync::{
 use tokio::sync::mpsc;
 
 use crate::{
-    flow::{FlowRecord, LocalEnd},
-    inventory::Resolver,
+    dns::{DnsView, Owner},
+    flow::{FlowRecord, LocalEnd, PeerDns},
+    inventory::{EndpointKind, Resolver},
 };
 
 /// Counters of the enrich stage.
@@ -24,6 +28,41 @@ pub struct EnrichHealth {
     pub records: AtomicU64,
     /// Records dropped because the next stage was full.
     pub records_dropped: AtomicU64,
+    /// Egress records to the world named from DNS.
+    pub records_named: AtomicU64,
+    /// Egress records to the world whose address the pod never resolved.
+    pub records_direct_ip: AtomicU64,
+}
+
+/// Port of DNS itself: a pod talking to its configured resolver is no
+/// direct-IP connection.
+const DNS_PORT: u16 = 53;
+
+/// Names the remote end of an egress record from the DNS cache: the names
+/// the local pod had resolved for that address when the flow started, or
+/// for the world, `resolved: false` when it never resolved it. Without an
+/// inventory (no end is known to be the world) only found names are set.
+/// Returns what it set, for counting.
+pub fn name_remote(record: &mut FlowRecord, dns: &DnsView) -> Option<bool> {
+    if record.local != LocalEnd::Src {
+        return None;
+    }
+    let remote = &mut record.dst;
+    let kind = remote.endpoint.as_ref().map(|endpoint| endpoint.kind);
+    if !matches!(kind, None | Some(EndpointKind::World)) {
+        return None;
+    }
+    let owner = Owner::of(record.cgroup.id, record.cgroup.path.as_deref());
+    let names = dns.names(&owner, remote.ip, record.first_seen);
+    if !names.is_empty() {
+        remote.dns = Some(PeerDns { names, resolved: true });
+        return Some(true);
+    }
+    if kind == Some(EndpointKind::World) && remote.port != Some(DNS_PORT) {
+        remote.dns = Some(PeerDns { names: Vec::new(), resolved: false });
+        return Some(false);
+    }
+    None
 }
 
 /// Fills in both ends of one record.
@@ -39,17 +78,25 @@ pub fn enrich(record: &mut FlowRecord, resolver: &Resolver) {
 }
 
 /// Runs the stage until `input` closes. Without a resolver (no inventory),
-/// records pass through unchanged.
+/// ends are not resolved; without a DNS view, no names are added.
 pub async fn run(
     resolver: Option<Resolver>,
+    dns: Option<DnsView>,
     mut input: mpsc::Receiver<Vec<FlowRecord>>,
     output: mpsc::Sender<Vec<FlowRecord>>,
     health: Arc<EnrichHealth>,
 ) {
     while let Some(mut batch) = input.recv().await {
-        if let Some(resolver) = &resolver {
-            for record in &mut batch {
+        for record in &mut batch {
+            if let Some(resolver) = &resolver {
                 enrich(record, resolver);
+            }
+            if let Some(dns) = &dns {
+                match name_remote(record, dns) {
+                    Some(true) => health.records_named.fetch_add(1, Ordering::Relaxed),
+                    Some(false) => health.records_direct_ip.fetch_add(1, Ordering::Relaxed),
+                    None => 0,
+                };
             }
         }
         let count = batch.len() as u64;

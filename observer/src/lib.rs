@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod cli;
+pub mod dns;
 pub mod enrich;
 pub mod export;
 pub mod flow;

@@ -1,4 +1,5 @@
-//! `observer run`: the daemon. Wires the stages (capture → export), handles
+//! `observer run`: the daemon. Wires the stages (capture → enrich → export,
+//! with DNS messages from capture to the name cache and the DNS log), handles
 //! SIGINT/SIGTERM, and detaches everything on the way out.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -9,8 +10,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     capture::{Capture, CaptureConfig, loader, loader::LoadOptions, table::TableConfig},
+    dns::{DnsConfig, DnsTracker, DnsView},
     enrich,
-    export::flowlog,
+    export::{dnslog, flowlog},
     inventory::{Inventory, InventoryArgs, InventoryError, Resolver},
 };
 
@@ -47,6 +49,15 @@ pub struct RunArgs {
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// Also write a JSON lines log of every DNS query pods send and what came of it (appended).
+    #[arg(long, value_name = "FILE")]
+    pub dns_log: Option<PathBuf>,
+    /// Most (pod, address) entries in the DNS name cache (least recently used evicted).
+    #[arg(long, default_value_t = 65_536)]
+    pub dns_cache_size: usize,
+    /// How long past its TTL a resolved name still names new connections.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub dns_grace: Duration,
     /// Where pods, namespaces and policies come from.
     #[command(flatten)]
     pub inventory: InventoryArgs,
@@ -137,11 +148,26 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let target = args.flow_log.clone().map_or(flowlog::Target::Stdout, flowlog::Target::File);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let resolver = start_inventory(&args.inventory, shutdown_rx.clone()).await?;
-    let capture = Capture::start(config).context("starting capture")?;
+    let node = Arc::clone(&config.node);
+    let mut capture = Capture::start(config).context("starting capture")?;
+    let dns_config = DnsConfig { cache_capacity: args.dns_cache_size, grace: args.dns_grace, ..DnsConfig::default() };
+    let dns = DnsView::new(&dns_config);
+    let dns_writer = match &args.dns_log {
+        Some(path) => {
+            let (dns_tx, dns_rx) = mpsc::channel(DNS_LOG_CAPACITY);
+            capture.set_dns(DnsTracker::new(dns.clone(), dns_config, node, Some(dns_tx)));
+            Some(tokio::spawn(dnslog::write(path.clone(), resolver.clone(), dns_rx)))
+        }
+        None => {
+            capture.set_dns(DnsTracker::new(dns.clone(), dns_config, node, None));
+            None
+        }
+    };
     let (captured_tx, captured_rx) = mpsc::channel(STAGE_CAPACITY);
     let (enriched_tx, enriched_rx) = mpsc::channel(STAGE_CAPACITY);
     let enrich_health = Arc::new(enrich::EnrichHealth::default());
-    let enricher = tokio::spawn(enrich::run(resolver, captured_rx, enriched_tx, Arc::clone(&enrich_health)));
+    let enricher =
+        tokio::spawn(enrich::run(resolver, Some(dns), captured_rx, enriched_tx, Arc::clone(&enrich_health)));
     let writer = tokio::spawn(flowlog::write(target, enriched_rx));
     tokio::spawn(async move {
         match shutdown_signal().await {
@@ -153,12 +179,18 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     capture.run(captured_tx, shutdown_rx).await;
     enricher.await.context("enrich task panicked")?;
     let written = writer.await.context("flow log task panicked")?.context("flow log")?;
+    if let Some(dns_writer) = dns_writer {
+        let entries = dns_writer.await.context("DNS log task panicked")?.context("DNS log")?;
+        tracing::info!(entries, "DNS log closed");
+    }
     tracing::info!(records = written, "flow log closed; kernel programs detached");
     Ok(())
 }
 
 /// Batches a stage may queue for the next one before dropping.
 const STAGE_CAPACITY: usize = 1024;
+/// DNS log entries queued for the writer before dropping.
+const DNS_LOG_CAPACITY: usize = 8192;
 
 /// Starts the inventory the flags choose and returns its resolver. With no
 /// `--manifests` and no Kubernetes configuration at all, the observer still
