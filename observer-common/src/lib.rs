@@ -124,6 +124,12 @@ pub const DNS_MAX_PAYLOAD: usize = 512;
 /// smallest class that holds it (the ring-buffer reservation size must be a
 /// constant), and is cut at the largest.
 pub const DNS_PAYLOAD_CLASSES: [usize; 3] = [128, 256, DNS_MAX_PAYLOAD];
+// The kernel bounds copy lengths with a mask of `class - 1`.
+const _: () = assert!(
+    DNS_PAYLOAD_CLASSES[0].is_power_of_two()
+        && DNS_PAYLOAD_CLASSES[1].is_power_of_two()
+        && DNS_PAYLOAD_CLASSES[2].is_power_of_two()
+);
 /// [`DnsEvent::direction`]: the local socket sent it (a query).
 pub const DIRECTION_EGRESS: u8 = 1;
 /// [`DnsEvent::direction`]: the local socket received it (an answer).
