@@ -2,14 +2,19 @@
 //! judge them against declared intent, and export what was seen.
 //!
 //! Stages, in the order a flow passes them: [`capture`] → [`enrich`]
-//! ([`inventory`]) → judge ([`policy`]) → [`export`]. See `ARCHITECTURE.md` in the shared docs.
+//! ([`inventory`]) → judge ([`judge`]: [`policy`], [`intent`], and spikes from
+//! [`anomaly`]) → [`export`] and [`findings`]. See `ARCHITECTURE.md` in the shared docs.
 
+pub mod anomaly;
 pub mod capture;
 pub mod cli;
 pub mod dns;
 pub mod enrich;
 pub mod export;
+pub mod findings;
 pub mod flow;
+pub mod intent;
 pub mod inventory;
+pub mod judge;
 pub mod policy;
 pub mod run;

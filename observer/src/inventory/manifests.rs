@@ -63,6 +63,8 @@ pub enum Object {
     Node(Box<core::Node>),
     /// A workload controller.
     Workload(Workload),
+    /// An AI-tier FlowIntent.
+    FlowIntent(Box<crate::intent::FlowIntent>),
 }
 
 /// Kinds read as [`Object::Workload`].
@@ -233,6 +235,7 @@ fn add_value(value: Value, origin: &Origin, manifests: &mut Manifests) {
         "Service" => serde_json::from_value(value).map(|service| Object::Service(Box::new(service))),
         "Node" => serde_json::from_value(value).map(|node| Object::Node(Box::new(node))),
         kind if WORKLOAD_KINDS.contains(&kind) => Ok(Object::Workload(workload(kind, &value))),
+        crate::intent::KIND => serde_json::from_value(value).map(|intent| Object::FlowIntent(Box::new(intent))),
         "" => {
             manifests.errors.push(ManifestError { origin: origin.clone(), message: "document has no kind".to_owned() });
             return;

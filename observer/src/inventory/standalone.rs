@@ -79,6 +79,8 @@ pub(crate) fn load(paths: &[PathBuf], writer: &mut Writer) {
             Object::Service(service) => convert::service(&service),
             Object::Node(node) => convert::node(&node),
             Object::Workload(workload) => Item::Workload(workload),
+            // Intents are compiled by the intent module (`LoadedIntents`), not held here.
+            Object::FlowIntent(_) => continue,
         };
         items.entry(item.resource()).or_default().push(item);
     }

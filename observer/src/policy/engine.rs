@@ -7,7 +7,7 @@
 //! matters on each side; namespace selectors are resolved to bitmaps at compile
 //! time, so matching a peer's namespace is a bit test.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
@@ -40,6 +40,16 @@ impl<'a> Endpoint<'a> {
     pub fn pod(pod: &'a Pod) -> Self {
         Self::Pod { pod, ip: None }
     }
+}
+
+/// The policies that select a pod, per direction they isolate it for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Isolation {
+    /// Policies of type Ingress selecting the pod, in compile order; empty when
+    /// it is not isolated for ingress.
+    pub ingress: Vec<Arc<PolicyRef>>,
+    /// Policies of type Egress selecting the pod, in compile order.
+    pub egress: Vec<Arc<PolicyRef>>,
 }
 
 /// Policies that require one `key=value` of the pods they select.
@@ -211,6 +221,28 @@ impl PolicyEngine {
         Verdict { allowed: egress.allowed && ingress.allowed, egress, ingress }
     }
 
+    /// The policies that isolate `pod`, for each direction: what a denied
+    /// verdict names as its deciding policies, and what tells an unprotected
+    /// pod. A host-network pod, or one in a namespace without policies, has none.
+    pub fn isolating(&self, pod: &Pod) -> Isolation {
+        let namespace = match self.namespace_ids.get(pod.namespace.as_str()) {
+            Some(id) if !pod.host_network => *id,
+            _ => return Isolation::default(),
+        };
+        let bucket = &self.buckets[namespace as usize];
+        let selecting = |selection: &Selection| {
+            let mut ids = Vec::new();
+            selection.candidates(&pod.labels, |id| {
+                if self.policies[id as usize].pod_selector.matches(&pod.labels) {
+                    ids.push(id);
+                }
+            });
+            ids.sort_unstable();
+            ids.iter().map(|id| self.policies[*id as usize].meta.clone()).collect::<Vec<_>>()
+        };
+        Isolation { ingress: selecting(&bucket.ingress), egress: selecting(&bucket.egress) }
+    }
+
     fn resolve<'a>(&self, endpoint: Endpoint<'a>) -> Resolved<'a> {
         match endpoint {
             // Policies do not apply to host-network pods: they are seen as
@@ -273,8 +305,6 @@ fn policy_ref(policy: &NetworkPolicy) -> PolicyRef {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     const fn shareable<T: Send + Sync>() {}

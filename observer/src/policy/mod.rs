@@ -16,6 +16,9 @@ mod selector;
 mod verdict;
 
 pub use cidr::CidrError;
-pub use engine::{Endpoint, PolicyEngine};
+// The intent rules match peers the way NetworkPolicies do.
+pub(crate) use cidr::Cidr;
+pub use engine::{Endpoint, Isolation, PolicyEngine};
 pub use error::{PolicyError, Problem};
+pub(crate) use selector::Selector;
 pub use verdict::{PolicyRef, SideVerdict, Verdict};

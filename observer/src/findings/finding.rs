@@ -1,0 +1,298 @@
+//! One finding: something about AI-tier traffic that someone should look at.
+//!
+//! In: a flow's [`FlowVerdict`] with its [`JudgeInput`], an [`Unprotected`]
+//! pod, or a [`Spike`] with the flow that set it off. Out: a [`Finding`] that
+//! names the pods, workloads, tier, rule and evidence in owned, serializable
+//! form, and the key under which repeats of it are counted.
+
+use std::{net::IpAddr, sync::Arc};
+
+use crate::{
+    anomaly::{EdgeKey, Signal, Spike},
+    flow::{FlowState, Traffic},
+    intent::{EndKind, FlowEnd, Tier},
+    judge::{Delivery, FlowVerdict, IntentCite, JudgeInput, PolicyCite, Unprotected, VerdictKind},
+};
+
+/// What kind of finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FindingKind {
+    /// Policies deny a flow that was never delivered.
+    DeniedAttempt,
+    /// Policies deny a flow that was delivered.
+    EnforcementGap,
+    /// An intent forbids a flow that policies allow.
+    IntentViolation,
+    /// An AI-tier pod that policies do not isolate as required.
+    Unprotected,
+    /// An edge whose rate left its baseline.
+    Spike,
+}
+
+/// A workload, owned.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Workload {
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// One end named in a finding.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Party {
+    /// What is there.
+    pub kind: EndKind,
+    /// Namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Pod name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Pod uid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    /// Service name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// AI tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+}
+
+impl Party {
+    /// A flow end with its tier.
+    pub fn of(end: &FlowEnd<'_>, tier: Option<Tier>) -> Self {
+        Self {
+            kind: end.kind,
+            namespace: end.namespace.map(str::to_owned),
+            pod: end.pod_name.map(str::to_owned),
+            uid: end.uid.map(str::to_owned),
+            workload: end
+                .workload
+                .map(|workload| Workload { kind: workload.kind.to_owned(), name: workload.name.to_owned() }),
+            service: end.service.map(str::to_owned),
+            ip: Some(end.ip),
+            tier,
+        }
+    }
+}
+
+/// The spike part of the evidence.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SpikeEvidence {
+    /// Which signal.
+    pub signal: Signal,
+    /// Count in the window.
+    pub observed: u64,
+    /// What the recent baseline expected.
+    pub expected: f64,
+    /// What the seasonal baseline expected, when it took part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seasonal_expected: Option<f64>,
+    /// Standard deviations above the recent baseline (log scale).
+    pub score: f64,
+    /// Window length in seconds.
+    pub window_seconds: u64,
+}
+
+/// What was observed, as of the latest occurrence.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Evidence {
+    /// The flow's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<FlowState>,
+    /// Whether it was delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+    /// Traffic from source to destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_dst: Option<Traffic>,
+    /// Traffic back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_src: Option<Traffic>,
+    /// Isolation of an unprotected pod: `{ingress, egress}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolated: Option<Isolated>,
+    /// The spike.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spike: Option<SpikeEvidence>,
+}
+
+/// Which directions a pod is isolated for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Isolated {
+    /// By an Ingress policy.
+    pub ingress: bool,
+    /// By an Egress policy.
+    pub egress: bool,
+}
+
+/// A finding.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Finding {
+    /// What kind.
+    pub kind: FindingKind,
+    /// The rule: the deciding policies (`ns/name,...`), the intent rule
+    /// (`ns/name spec.egress.forbid[0]`), `isolation`, or the spike's signal.
+    pub rule: String,
+    /// Why, in words.
+    pub reason: String,
+    /// The source pod, or the unprotected pod.
+    pub source: Party,
+    /// The destination; absent for an unprotected pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Party>,
+    /// Destination port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Transport protocol.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The deciding policies with their versions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyCite>,
+    /// The intent rule with its version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<IntentCite>,
+    /// What was observed.
+    pub evidence: Evidence,
+    /// Key under which repeats are counted.
+    #[serde(skip)]
+    pub(crate) key: FindingKey,
+}
+
+/// What makes two findings the same: kind, rule, source workload, destination, port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FindingKey {
+    kind: FindingKind,
+    rule: Arc<str>,
+    edge: EdgeKey,
+}
+
+fn intent_rule(intent: &IntentCite) -> String {
+    format!("{} {}", intent.intent, intent.rule)
+}
+
+impl Finding {
+    /// The finding a flow verdict makes; `None` for an allowed flow.
+    pub fn from_flow(verdict: &FlowVerdict, input: &JudgeInput<'_>) -> Option<Self> {
+        let kind = match verdict.verdict {
+            VerdictKind::Allowed => return None,
+            VerdictKind::DeniedAttempt => FindingKind::DeniedAttempt,
+            VerdictKind::EnforcementGap => FindingKind::EnforcementGap,
+            VerdictKind::IntentViolation => FindingKind::IntentViolation,
+        };
+        let rule = match (kind, &verdict.intent) {
+            (FindingKind::IntentViolation, Some(intent)) => intent_rule(intent),
+            _ => {
+                let names: Vec<String> = verdict.policies.iter().map(|policy| policy.0.to_string()).collect();
+                names.join(",")
+            }
+        };
+        let edge = EdgeKey::between(&input.src, &input.dst);
+        Some(Self {
+            key: FindingKey { kind, rule: rule.as_str().into(), edge },
+            kind,
+            rule,
+            reason: verdict.reason.clone(),
+            source: Party::of(&input.src, verdict.src_tier.clone()),
+            destination: Some(Party::of(&input.dst, verdict.dst_tier.clone())),
+            port: input.dst.port,
+            protocol: Some(input.protocol.name().into_owned()),
+            policies: verdict.policies.clone(),
+            intent: verdict.intent.clone(),
+            evidence: Evidence {
+                state: Some(input.state),
+                delivery: Some(verdict.delivery),
+                to_dst: Some(input.to_dst),
+                to_src: Some(input.to_src),
+                ..Evidence::default()
+            },
+        })
+    }
+
+    /// The finding of an unprotected pod; `workload` names its workload when
+    /// enrichment knows it.
+    pub fn unprotected(pod: &Unprotected, workload: Option<Workload>) -> Self {
+        let rule = match pod.required_by.first() {
+            Some(intent) => format!("{intent} spec.isolation"),
+            None => "isolation".to_owned(),
+        };
+        let source_name = match &workload {
+            Some(workload) => format!("{}/{}/{}", pod.namespace, workload.kind, workload.name),
+            None => format!("{}/{}", pod.namespace, pod.pod),
+        };
+        Self {
+            key: FindingKey {
+                kind: FindingKind::Unprotected,
+                rule: rule.as_str().into(),
+                edge: EdgeKey { source: source_name.into(), destination: "".into(), port: 0 },
+            },
+            kind: FindingKind::Unprotected,
+            rule,
+            reason: pod.reason.clone(),
+            source: Party {
+                kind: EndKind::Pod,
+                namespace: Some(pod.namespace.clone()),
+                pod: Some(pod.pod.clone()),
+                uid: Some(pod.uid.clone()),
+                workload,
+                service: None,
+                ip: None,
+                tier: Some(pod.tier.clone()),
+            },
+            destination: None,
+            port: None,
+            protocol: None,
+            policies: Vec::new(),
+            intent: None,
+            evidence: Evidence {
+                isolated: Some(Isolated { ingress: pod.ingress_isolated, egress: pod.egress_isolated }),
+                ..Evidence::default()
+            },
+        }
+    }
+
+    /// The finding of a spike set off by a flow from `src` to `dst`.
+    pub fn spike(spike: &Spike, src: &FlowEnd<'_>, dst: &FlowEnd<'_>, tiers: (Option<Tier>, Option<Tier>)) -> Self {
+        let rule = format!("spike:{}", spike.signal.as_str());
+        Self {
+            key: FindingKey { kind: FindingKind::Spike, rule: rule.as_str().into(), edge: spike.edge.clone() },
+            kind: FindingKind::Spike,
+            reason: format!(
+                "{}: {} {} in {} s, the baseline expects about {:.0}",
+                spike.edge,
+                spike.observed,
+                spike.signal.as_str(),
+                spike.window_seconds,
+                spike.expected
+            ),
+            rule,
+            source: Party::of(src, tiers.0),
+            destination: Some(Party::of(dst, tiers.1)),
+            port: dst.port,
+            protocol: None,
+            policies: Vec::new(),
+            intent: None,
+            evidence: Evidence {
+                spike: Some(SpikeEvidence {
+                    signal: spike.signal,
+                    observed: spike.observed,
+                    expected: spike.expected,
+                    seasonal_expected: spike.seasonal_expected,
+                    score: spike.score,
+                    window_seconds: spike.window_seconds,
+                }),
+                ..Evidence::default()
+            },
+        }
+    }
+}

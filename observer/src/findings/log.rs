@@ -1,0 +1,233 @@
+//! The findings log: findings counted once per key and written as JSON lines.
+//!
+//! In: findings as they happen, with their time; then, on an interval and at
+//! shutdown, a flush. Out: one JSON line per finding that is new or repeated
+//! since the previous flush, carrying its count, first and last seen and the
+//! coverage of that span; and a `coverage` line for every flush interval in
+//! which events were lost, so silence is never mistaken for a clean bill.
+//! A repeat raises the count and last seen instead of writing again. Memory is
+//! bounded: past the cap the least recently seen finding is forgotten and
+//! counted.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Write},
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use serde::{Serialize, Serializer};
+
+use super::{
+    coverage::{Coverage, CoverageTracker},
+    finding::{Finding, FindingKey},
+};
+use crate::{anomaly::lru::Lru, flow::rfc3339};
+
+/// Settings of the findings log.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FindingsConfig {
+    /// Most distinct findings remembered; the least recently seen are
+    /// forgotten (and would be written anew if they recur). Default: 10000.
+    pub max_findings: usize,
+    /// Seconds between two flushes, for the caller's timer. Default: 10.
+    pub flush_interval_seconds: u64,
+}
+
+impl Default for FindingsConfig {
+    fn default() -> Self {
+        Self { max_findings: 10_000, flush_interval_seconds: 10 }
+    }
+}
+
+/// Why the findings log could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum FindingsError {
+    /// The file could not be opened.
+    #[error("cannot open findings log {path}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A line could not be written.
+    #[error("cannot write findings log")]
+    Write {
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counts for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FindingsStats {
+    /// Distinct findings remembered now.
+    pub findings: usize,
+    /// Findings recorded, repeats included.
+    pub recorded: u64,
+    /// Lines written.
+    pub written: u64,
+    /// Findings forgotten because the cap was reached.
+    pub evicted: u64,
+    /// Of those, forgotten before their latest repeat was written.
+    pub evicted_unwritten: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    finding: Finding,
+    count: u64,
+    first_seen: SystemTime,
+    last_seen: SystemTime,
+    /// Changed since it was last written.
+    dirty: bool,
+    /// When it was last written.
+    written_at: Option<SystemTime>,
+}
+
+/// Distinct findings with their counts.
+#[derive(Debug)]
+pub struct FindingsLog {
+    entries: Lru<FindingKey, Entry>,
+    last_flush: Option<SystemTime>,
+    stats: FindingsStats,
+}
+
+fn time<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&rfc3339(*time))
+}
+
+#[derive(Serialize)]
+struct FindingLine<'a> {
+    #[serde(serialize_with = "time")]
+    time: SystemTime,
+    #[serde(flatten)]
+    finding: &'a Finding,
+    count: u64,
+    #[serde(serialize_with = "time")]
+    first_seen: SystemTime,
+    #[serde(serialize_with = "time")]
+    last_seen: SystemTime,
+    coverage: Coverage,
+}
+
+#[derive(Serialize)]
+struct CoverageLine {
+    #[serde(serialize_with = "time")]
+    time: SystemTime,
+    kind: &'static str,
+    coverage: Coverage,
+    #[serde(serialize_with = "time")]
+    from: SystemTime,
+    #[serde(serialize_with = "time")]
+    to: SystemTime,
+    lost_events: u64,
+}
+
+impl FindingsLog {
+    /// An empty log.
+    pub fn new(config: &FindingsConfig) -> Self {
+        Self { entries: Lru::new(config.max_findings), last_flush: None, stats: FindingsStats::default() }
+    }
+
+    /// Counts for metrics.
+    pub fn stats(&self) -> FindingsStats {
+        FindingsStats { findings: self.entries.len(), ..self.stats }
+    }
+
+    /// Records a finding seen at `at`; returns whether it is new (not a repeat).
+    pub fn record(&mut self, finding: Finding, at: SystemTime) -> bool {
+        self.stats.recorded += 1;
+        if let Some(entry) = self.entries.get_mut(&finding.key) {
+            entry.count += 1;
+            entry.first_seen = entry.first_seen.min(at);
+            entry.last_seen = entry.last_seen.max(at);
+            // The latest occurrence names the pods and evidence.
+            entry.finding = finding;
+            entry.dirty = true;
+            return false;
+        }
+        let key = finding.key.clone();
+        let entry = Entry { finding, count: 1, first_seen: at, last_seen: at, dirty: true, written_at: None };
+        if let Some((_, evicted)) = self.entries.insert(key, entry) {
+            self.stats.evicted += 1;
+            self.stats.evicted_unwritten += u64::from(evicted.dirty);
+        }
+        true
+    }
+
+    /// Writes every finding new or repeated since the last flush, then a
+    /// coverage line if events were lost since then; returns the lines written.
+    pub fn flush(&mut self, out: &mut impl Write, now: SystemTime, coverage: &CoverageTracker) -> io::Result<usize> {
+        let mut dirty: Vec<&mut Entry> =
+            self.entries.iter_mut().map(|(_, entry)| entry).filter(|entry| entry.dirty).collect();
+        dirty.sort_by(|a, b| (a.first_seen, &a.finding.rule).cmp(&(b.first_seen, &b.finding.rule)));
+        let from = self.last_flush.or_else(|| dirty.first().map(|entry| entry.first_seen)).unwrap_or(now);
+        let mut lines = 0;
+        for entry in dirty {
+            let since = entry.written_at.map_or(entry.first_seen, |written| written.max(entry.first_seen));
+            let line = FindingLine {
+                time: now,
+                finding: &entry.finding,
+                count: entry.count,
+                first_seen: entry.first_seen,
+                last_seen: entry.last_seen,
+                coverage: coverage.coverage(since, now),
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n")?;
+            entry.dirty = false;
+            entry.written_at = Some(now);
+            lines += 1;
+        }
+        if coverage.coverage(from, now) == Coverage::Incomplete {
+            let line = CoverageLine {
+                time: now,
+                kind: "coverage",
+                coverage: Coverage::Incomplete,
+                from,
+                to: now,
+                lost_events: coverage.lost_between(from, now),
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n")?;
+            lines += 1;
+        }
+        out.flush()?;
+        self.last_flush = Some(now);
+        self.stats.written += lines as u64;
+        Ok(lines)
+    }
+}
+
+/// The `--findings-log` file, appended to.
+#[derive(Debug)]
+pub struct FindingsWriter {
+    out: BufWriter<File>,
+}
+
+impl FindingsWriter {
+    /// Opens (creating if needed) `path` for appending.
+    pub fn open(path: &Path) -> Result<Self, FindingsError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| FindingsError::Open { path: path.to_owned(), source })?;
+        Ok(Self { out: BufWriter::new(file) })
+    }
+
+    /// Flushes `log` into the file.
+    pub fn flush(
+        &mut self,
+        log: &mut FindingsLog,
+        now: SystemTime,
+        coverage: &CoverageTracker,
+    ) -> Result<usize, FindingsError> {
+        log.flush(&mut self.out, now, coverage).map_err(|source| FindingsError::Write { source })
+    }
+}

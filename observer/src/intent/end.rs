@@ -1,0 +1,131 @@
+//! One end of a flow as intents and the judge see it.
+//!
+//! In: what enrichment resolved for an address (kind, pod, Service, workload)
+//! plus the address and port the flow used. Out: a borrowed, copyable
+//! [`FlowEnd`], so judging a flow allocates nothing to describe its ends.
+
+use std::net::IpAddr;
+
+use crate::inventory::{EndpointInfo, EndpointKind, model::Pod};
+
+/// What is at one end of a flow; the same kinds as enrichment's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndKind {
+    /// A pod.
+    Pod,
+    /// A Service, by ClusterIP.
+    Service,
+    /// A cluster node.
+    Node,
+    /// Anything outside the cluster.
+    World,
+    /// The local node itself, outside any pod.
+    Host,
+    /// Not resolved (the inventory has not synced).
+    Unknown,
+}
+
+/// The workload a pod belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WorkloadName<'a> {
+    /// `Deployment`, `StatefulSet`, ... or `Pod` for a bare pod.
+    pub kind: &'a str,
+    /// Its name.
+    pub name: &'a str,
+}
+
+/// One end of a flow.
+#[derive(Clone, Copy, Debug)]
+pub struct FlowEnd<'a> {
+    /// What is there.
+    pub kind: EndKind,
+    /// The address the flow used.
+    pub ip: IpAddr,
+    /// The port the flow used; absent for ICMP.
+    pub port: Option<u16>,
+    /// The pod, when the end is a pod the inventory holds: its labels, named
+    /// ports and namespace are what policies and intents match.
+    pub pod: Option<&'a Pod>,
+    /// Namespace of the pod or Service.
+    pub namespace: Option<&'a str>,
+    /// Pod name.
+    pub pod_name: Option<&'a str>,
+    /// Pod uid.
+    pub uid: Option<&'a str>,
+    /// Service name.
+    pub service: Option<&'a str>,
+    /// The pod's workload.
+    pub workload: Option<WorkloadName<'a>>,
+}
+
+impl<'a> FlowEnd<'a> {
+    /// An end with nothing known but its kind and address.
+    pub fn address(kind: EndKind, ip: IpAddr, port: Option<u16>) -> Self {
+        Self { kind, ip, port, pod: None, namespace: None, pod_name: None, uid: None, service: None, workload: None }
+    }
+
+    /// An address outside the cluster.
+    pub fn world(ip: IpAddr, port: Option<u16>) -> Self {
+        Self::address(EndKind::World, ip, port)
+    }
+
+    /// A pod; its workload is its controller (for example a ReplicaSet) until
+    /// [`Self::with_workload`] names the top of the chain, or the pod itself
+    /// when it has no controller.
+    pub fn pod(pod: &'a Pod, ip: IpAddr, port: Option<u16>) -> Self {
+        let workload = match &pod.owner {
+            Some(owner) => WorkloadName { kind: &owner.kind, name: &owner.name },
+            None => WorkloadName { kind: "Pod", name: &pod.name },
+        };
+        Self {
+            kind: EndKind::Pod,
+            ip,
+            port,
+            pod: Some(pod),
+            namespace: Some(&pod.namespace),
+            pod_name: Some(&pod.name),
+            uid: Some(&pod.uid),
+            service: None,
+            workload: Some(workload),
+        }
+    }
+
+    /// A Service by its ClusterIP.
+    pub fn service(namespace: &'a str, name: &'a str, ip: IpAddr, port: Option<u16>) -> Self {
+        Self { namespace: Some(namespace), service: Some(name), ..Self::address(EndKind::Service, ip, port) }
+    }
+
+    /// An end as enrichment resolved it. `pod` is the inventory's pod for a
+    /// pod end (`Snapshot::pod(uid)`): its labels and named ports are what
+    /// policies and intents match; without it a pod end is judged as an address.
+    pub fn from_endpoint(endpoint: &'a EndpointInfo, pod: Option<&'a Pod>, ip: IpAddr, port: Option<u16>) -> Self {
+        let kind = match endpoint.kind {
+            EndpointKind::Pod => EndKind::Pod,
+            EndpointKind::Service => EndKind::Service,
+            EndpointKind::Node => EndKind::Node,
+            EndpointKind::World => EndKind::World,
+            EndpointKind::Host => EndKind::Host,
+            EndpointKind::Unknown => EndKind::Unknown,
+        };
+        Self {
+            kind,
+            ip,
+            port,
+            pod,
+            namespace: endpoint.namespace.as_deref(),
+            pod_name: endpoint.pod.as_deref(),
+            uid: endpoint.uid.as_deref(),
+            service: endpoint.service.as_deref(),
+            workload: endpoint
+                .workload
+                .as_ref()
+                .map(|workload| WorkloadName { kind: &workload.kind, name: &workload.name }),
+        }
+    }
+
+    /// The same end with its workload named.
+    pub fn with_workload(self, kind: &'a str, name: &'a str) -> Self {
+        Self { workload: Some(WorkloadName { kind, name }), ..self }
+    }
+}

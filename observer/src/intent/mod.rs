@@ -1,0 +1,24 @@
+//! AI tiers and FlowIntents: what the traffic of AI workloads is meant to look like.
+//!
+//! In: the tier configuration, `FlowIntent` objects (from manifests or the
+//! API server) and Namespaces. Out: an [`IntentIndex`] that gives a pod its
+//! [`Tier`], says which intent rule a flow breaks, and lists the isolation
+//! and new-connection limits intents set on a pod. Intents that fail
+//! validation are reported one by one ([`IntentError`]) and the rest apply.
+
+mod compile;
+mod end;
+mod index;
+mod load;
+mod resource;
+mod tier;
+
+pub use compile::{IntentError, IntentProblem, IntentRef};
+pub use end::{EndKind, FlowEnd, WorkloadName};
+pub use index::{IntentConfig, IntentIndex, IntentViolation, IsolationRequirement, RateLimit};
+pub use load::{LoadedIntents, watch};
+pub use resource::{
+    EgressIntent, FlowIntent, FlowIntentSpec, GROUP, IntentPeer, IntentPort, IsolationIntent, KIND, PLURAL, Subject,
+    VERSION,
+};
+pub use tier::{DEFAULT_TIER_LABEL, InvalidTier, KNOWN_TIERS, Tier, TierConfig, TierConfigError, TierSelector, Tiers};

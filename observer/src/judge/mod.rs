@@ -1,0 +1,18 @@
+//! Flow verdicts: NetworkPolicies, delivery evidence and AI-tier intents combined.
+//!
+//! In: a [`JudgeInput`] per flow (both ends resolved, state and counters),
+//! the compiled [`crate::policy::PolicyEngine`] and
+//! [`crate::intent::IntentIndex`]. Out: a [`FlowVerdict`] per flow
+//! (`allowed`, `denied-attempt`, `enforcement-gap`, `intent-violation`, with
+//! the deciding policies and intent rule and their versions), and per AI-tier
+//! pod whether it is [`Unprotected`].
+
+mod decide;
+mod delivery;
+mod input;
+mod rate;
+mod verdict;
+
+pub use decide::{Judge, JudgeConfig, JudgeStats, Unprotected};
+pub use input::JudgeInput;
+pub use verdict::{Delivery, FlowVerdict, IntentCite, PolicyCite, VerdictKind};

@@ -1,0 +1,193 @@
+//! The spike detector on synthetic series: what it must flag and what it must not.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use observer::anomaly::{EdgeKey, Signal, SpikeConfig, SpikeDetector};
+
+const MINUTE: u64 = 60;
+const DAY_WINDOWS: u64 = 1440;
+
+/// A deterministic generator (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// `level` with multiplicative noise of up to ±`spread`.
+    fn noisy(&mut self, level: f64, spread: f64) -> u64 {
+        (level * (1.0 + spread * (2.0 * self.unit() - 1.0))).max(0.0).round() as u64
+    }
+}
+
+fn edge() -> EdgeKey {
+    EdgeKey { source: Arc::from("ai/Deployment/agent"), destination: Arc::from("ai/Deployment/model"), port: 8080 }
+}
+
+/// Window `index` starts here; a fixed day boundary keeps time-of-day buckets aligned.
+fn at(index: u64, second: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_006_400 + index * MINUTE + second)
+}
+
+/// Feeds each window's connections as four events spread through the window
+/// (bytes at 2 KiB per connection); returns the windows flagged.
+fn run(detector: &mut SpikeDetector, series: &[u64]) -> Vec<u64> {
+    let edge = edge();
+    let mut flagged = Vec::new();
+    for (index, connections) in series.iter().enumerate() {
+        let index = index as u64;
+        for part in 0..4 {
+            let share = connections / 4 + u64::from(part < connections % 4);
+            if let Some(spike) = detector.observe(&edge, at(index, part * 15), share, share * 2048) {
+                assert_eq!(spike.edge, edge);
+                flagged.push(index);
+            }
+        }
+    }
+    flagged
+}
+
+#[test]
+fn steady_series_with_noise_is_not_flagged() {
+    let mut rng = Rng(1);
+    let series: Vec<u64> = (0..3 * DAY_WINDOWS).map(|_| rng.noisy(60.0, 0.4)).collect();
+    let mut detector = SpikeDetector::new(SpikeConfig::default());
+    assert_eq!(run(&mut detector, &series), Vec::<u64>::new());
+}
+
+#[test]
+fn tenfold_step_is_flagged_within_two_windows_and_once() {
+    let mut rng = Rng(2);
+    let step = 300;
+    let series: Vec<u64> = (0..600).map(|index| rng.noisy(if index < step { 50.0 } else { 500.0 }, 0.3)).collect();
+    let mut detector = SpikeDetector::new(SpikeConfig::default());
+    let flagged = run(&mut detector, &series);
+    assert_eq!(flagged.len(), 1, "a lasting step is reported once, then learned: {flagged:?}");
+    assert!((step..step + 2).contains(&flagged[0]), "flagged at {flagged:?}");
+    assert_eq!(detector.stats().spikes, 1);
+}
+
+#[test]
+fn step_starting_late_in_a_window_is_flagged_by_the_next() {
+    let mut detector = SpikeDetector::new(SpikeConfig::default());
+    let edge = edge();
+    for index in 0..100 {
+        assert!(detector.observe(&edge, at(index, 0), 40, 40 * 2048).is_none());
+    }
+    // The last seconds of window 100 and then window 101 at ten times the rate.
+    assert!(detector.observe(&edge, at(100, 0), 40, 40 * 2048).is_none());
+    let late = detector.observe(&edge, at(100, 55), 40, 40 * 2048);
+    let next = detector.observe(&edge, at(101, 1), 400, 400 * 2048);
+    let spike = late.or(next).expect("flagged within two windows");
+    assert_eq!(spike.signal, Signal::NewConnections);
+    assert!(spike.observed >= 400 && spike.expected < 50.0, "{spike:?}");
+}
+
+#[test]
+fn slow_ramp_is_not_flagged() {
+    let mut rng = Rng(3);
+    // Tenfold over a day, with noise.
+    let series: Vec<u64> = (0..2 * DAY_WINDOWS)
+        .map(|index| {
+            let growth = 10f64.powf((index as f64 / DAY_WINDOWS as f64).min(1.0));
+            rng.noisy(40.0 * growth, 0.3)
+        })
+        .collect();
+    let mut detector = SpikeDetector::new(SpikeConfig::default());
+    assert_eq!(run(&mut detector, &series), Vec::<u64>::new());
+}
+
+/// Business hours: ten times the night rate from 09:20 to 17:20, every day.
+fn daily(days: u64, seed: u64) -> Vec<u64> {
+    let mut rng = Rng(seed);
+    (0..days * DAY_WINDOWS)
+        .map(|index| {
+            let minute = index % DAY_WINDOWS;
+            let busy = (9 * 60 + 20..17 * 60 + 20).contains(&minute);
+            rng.noisy(if busy { 400.0 } else { 40.0 }, 0.3)
+        })
+        .collect()
+}
+
+#[test]
+fn daily_pattern_is_not_flagged_once_learned() {
+    let mut detector = SpikeDetector::new(SpikeConfig::default());
+    let flagged = run(&mut detector, &daily(5, 4));
+    assert!(!flagged.is_empty() && flagged.iter().all(|index| *index < DAY_WINDOWS), "only the first day: {flagged:?}");
+}
+
+#[test]
+fn without_seasonality_the_daily_pattern_is_flagged_every_day() {
+    let mut detector = SpikeDetector::new(SpikeConfig { seasonal_buckets: 0, ..SpikeConfig::default() });
+    let flagged = run(&mut detector, &daily(5, 4));
+    for day in 0..5 {
+        assert!(flagged.iter().any(|index| index / DAY_WINDOWS == day), "day {day}: {flagged:?}");
+    }
+}
+
+#[test]
+fn spike_on_a_learned_daily_pattern_is_still_flagged() {
+    let mut series = daily(4, 5);
+    // Day 4, 03:00 (quiet hours): ten times the night rate for five windows.
+    let start = 3 * DAY_WINDOWS + 3 * 60;
+    for value in &mut series[start as usize..start as usize + 5] {
+        *value *= 10;
+    }
+    let mut detector = SpikeDetector::new(SpikeConfig::default());
+    let flagged: Vec<u64> = run(&mut detector, &series).into_iter().filter(|index| *index >= DAY_WINDOWS).collect();
+    assert_eq!(flagged, vec![start]);
+}
+
+#[test]
+fn low_volume_edges_do_not_spike() {
+    let mut rng = Rng(6);
+    let series: Vec<u64> = (0..600).map(|index| if index % 50 == 0 { 15 } else { rng.noisy(1.0, 1.0) }).collect();
+    let mut detector = SpikeDetector::new(SpikeConfig::default());
+    assert_eq!(run(&mut detector, &series), Vec::<u64>::new());
+}
+
+#[test]
+fn byte_spike_without_more_connections_is_flagged_as_bytes() {
+    let mut detector = SpikeDetector::new(SpikeConfig::default());
+    let edge = edge();
+    for index in 0..60 {
+        assert!(detector.observe(&edge, at(index, 0), 30, 3 << 20).is_none());
+    }
+    let spike = detector.observe(&edge, at(60, 0), 30, 60 << 20).expect("exfiltration-like jump");
+    assert_eq!(spike.signal, Signal::Bytes);
+}
+
+#[test]
+fn sensitivity_trades_flags_for_misses() {
+    let mut rng = Rng(7);
+    // A threefold step: flagged at the default ratio, not when asking for five.
+    let series: Vec<u64> = (0..400).map(|index| rng.noisy(if index < 200 { 100.0 } else { 330.0 }, 0.1)).collect();
+    let mut default = SpikeDetector::new(SpikeConfig::default());
+    assert_eq!(run(&mut default, &series).len(), 1);
+    let mut strict = SpikeDetector::new(SpikeConfig { min_ratio: 5.0, ..SpikeConfig::default() });
+    assert!(run(&mut strict, &series).is_empty());
+}
+
+#[test]
+fn edges_are_capped_and_evictions_counted() {
+    let mut detector = SpikeDetector::new(SpikeConfig { max_edges: 100, ..SpikeConfig::default() });
+    for port in 0..250u16 {
+        let edge = EdgeKey { port, ..edge() };
+        detector.observe(&edge, at(0, 0), 1, 100);
+    }
+    let stats = detector.stats();
+    assert_eq!((stats.edges, stats.evicted), (100, 150));
+}

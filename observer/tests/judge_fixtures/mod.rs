@@ -1,0 +1,162 @@
+//! Builder fixtures shared by the intent and judge tests.
+
+#![allow(dead_code, reason = "each test file uses a different part")]
+
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use observer::{
+    flow::{FlowState, LocalEnd, Protocol, Traffic},
+    intent::{FlowEnd, FlowIntent, IntentConfig, IntentError, IntentIndex, Tiers},
+    inventory::model::{Labels, Namespace, OwnerRef, Pod},
+    judge::{Judge, JudgeConfig, JudgeInput},
+    policy::PolicyEngine,
+};
+
+/// A pod under construction.
+pub struct PodBuilder(Pod);
+
+/// A pod named `name` in namespace `ai`.
+pub fn pod(name: &str) -> PodBuilder {
+    PodBuilder(Pod {
+        uid: format!("uid-{name}"),
+        namespace: "ai".to_owned(),
+        name: name.to_owned(),
+        labels: Labels::new(),
+        resource_version: Some("1".to_owned()),
+        owner: None,
+        ips: Vec::new(),
+        host_network: false,
+        node_name: Some("node-1".to_owned()),
+        container_ports: Vec::new(),
+        container_ids: Vec::new(),
+        phase: Some("Running".to_owned()),
+    })
+}
+
+impl PodBuilder {
+    pub fn ns(mut self, namespace: &str) -> Self {
+        self.0.namespace = namespace.to_owned();
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.0.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    pub fn tier(self, tier: &str) -> Self {
+        self.label("ai.governance/tier", tier)
+    }
+
+    pub fn ip(mut self, ip: &str) -> Self {
+        self.0.ips.push(ip.parse().expect("valid IP"));
+        self
+    }
+
+    pub fn owner(mut self, kind: &str, name: &str) -> Self {
+        self.0.owner = Some(OwnerRef { kind: kind.to_owned(), name: name.to_owned(), uid: format!("uid-{name}") });
+        self
+    }
+
+    pub fn host_network(mut self) -> Self {
+        self.0.host_network = true;
+        self
+    }
+
+    pub fn build(self) -> Pod {
+        self.0
+    }
+}
+
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+    let mut all: Labels = labels.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+    all.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
+    Namespace { name: name.to_owned(), labels: all, resource_version: None }
+}
+
+pub fn ip(text: &str) -> IpAddr {
+    text.parse().expect("valid IP")
+}
+
+/// YAML documents separated by `---`, each parsed as `T`.
+pub fn documents<T: serde::de::DeserializeOwned>(yaml: &str) -> Vec<T> {
+    yaml.split("\n---\n")
+        .filter(|doc| !doc.trim().is_empty())
+        .map(|doc| serde_yaml::from_str(doc).expect("valid YAML"))
+        .collect()
+}
+
+pub fn intents(yaml: &str, namespaces: &[Namespace]) -> (IntentIndex, Vec<IntentError>) {
+    let intents: Vec<FlowIntent> = documents(yaml);
+    IntentIndex::compile(&intents, namespaces, Tiers::default(), &IntentConfig::default())
+}
+
+pub fn policies(yaml: &str, namespaces: &[Namespace]) -> PolicyEngine {
+    let policies: Vec<NetworkPolicy> = documents(yaml);
+    let (engine, errors) = PolicyEngine::compile(&policies, namespaces);
+    assert!(errors.is_empty(), "{errors:?}");
+    engine
+}
+
+pub fn judge(policy_yaml: &str, intent_yaml: &str, namespaces: &[Namespace]) -> Judge {
+    let (index, errors) = intents(intent_yaml, namespaces);
+    assert!(errors.is_empty(), "{errors:?}");
+    Judge::new(Arc::new(policies(policy_yaml, namespaces)), Arc::new(index), JudgeConfig::default())
+}
+
+pub fn time(seconds: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
+}
+
+/// A flow from `src` to `dst`, observed at the source, TCP.
+pub struct FlowBuilder<'a>(JudgeInput<'a>);
+
+pub fn flow<'a>(src: FlowEnd<'a>, dst: FlowEnd<'a>) -> FlowBuilder<'a> {
+    FlowBuilder(JudgeInput {
+        src,
+        dst,
+        protocol: Protocol(6),
+        state: FlowState::Established,
+        to_dst: Traffic { packets: 5, bytes: 900 },
+        to_src: Traffic { packets: 4, bytes: 4000 },
+        local: LocalEnd::Src,
+        first_seen: time(0),
+        new_flow: true,
+    })
+}
+
+impl<'a> FlowBuilder<'a> {
+    pub fn state(mut self, state: FlowState) -> Self {
+        self.0.state = state;
+        if matches!(state, FlowState::Refused | FlowState::Unanswered | FlowState::Attempted) {
+            self.0.to_src = Traffic { packets: u64::from(state == FlowState::Refused), bytes: 0 };
+        }
+        self
+    }
+
+    pub fn udp(mut self, replies: u64) -> Self {
+        self.0.protocol = Protocol(17);
+        self.0.state = FlowState::Active;
+        self.0.to_src = Traffic { packets: replies, bytes: replies * 100 };
+        self
+    }
+
+    pub fn at_receiver(mut self) -> Self {
+        self.0.local = LocalEnd::Dst;
+        self
+    }
+
+    pub fn at(mut self, seconds: u64) -> Self {
+        self.0.first_seen = time(seconds);
+        self
+    }
+
+    pub fn build(self) -> JudgeInput<'a> {
+        self.0
+    }
+}
