@@ -31,8 +31,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use observer_common::{
-    COUNTER_SLOTS, Counter, DNS_PORT, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowStats,
-    INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, tcp_flags, tcp_state,
+    COUNTER_SLOTS, Counter, DNS_PORT, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
+    FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, tcp_flags, tcp_state,
 };
 use packet::{Direction, Parsed};
 

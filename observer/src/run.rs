@@ -166,8 +166,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let (captured_tx, captured_rx) = mpsc::channel(STAGE_CAPACITY);
     let (enriched_tx, enriched_rx) = mpsc::channel(STAGE_CAPACITY);
     let enrich_health = Arc::new(enrich::EnrichHealth::default());
-    let enricher =
-        tokio::spawn(enrich::run(resolver, Some(dns), captured_rx, enriched_tx, Arc::clone(&enrich_health)));
+    let enricher = tokio::spawn(enrich::run(resolver, Some(dns), captured_rx, enriched_tx, Arc::clone(&enrich_health)));
     let writer = tokio::spawn(flowlog::write(target, enriched_rx));
     tokio::spawn(async move {
         match shutdown_signal().await {

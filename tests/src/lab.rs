@@ -132,7 +132,13 @@ pub trait Endpoint {
 
     /// Starts a `lab-traffic dns-server` answering `zone` on `listen` (UDP and TCP) and waits until it is up.
     fn dns_server(&self, listen: SocketAddr, zone: &crate::dns::Zone) -> Result<Proc> {
-        self.server(vec!["dns-server".to_owned(), "--listen".to_owned(), listen.to_string(), "--zone".to_owned(), zone.to_arg()])
+        self.server(vec![
+            "dns-server".to_owned(),
+            "--listen".to_owned(),
+            listen.to_string(),
+            "--zone".to_owned(),
+            zone.to_arg(),
+        ])
     }
 
     /// Runs `lab-traffic dns-query` against `server` and returns what it resolved.

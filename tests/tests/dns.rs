@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 const TIER_LABEL: &str = "ai.governance/tier";
 
 /// The `end` record of the one flow from `cgroup_id` to `dst`.
-fn end<'a>(records: &'a [Value], cgroup_id: u64, dst: SocketAddr) -> &'a Value {
+fn end(records: &[Value], cgroup_id: u64, dst: SocketAddr) -> &Value {
     let matching: Vec<&Value> = records
         .iter()
         .filter(|record| record["event"] == "end" && record["cgroup"]["id"].as_u64() == Some(cgroup_id))
@@ -96,15 +96,9 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
     let dns_log = dir.join("dns.jsonl");
     let manifests_arg = dir.join("agents.json").to_string_lossy().into_owned();
     let dns_log_arg = dns_log.to_string_lossy().into_owned();
-    let observer = ObserverProcess::start(&[
-        "--poll-interval",
-        "200ms",
-        "--manifests",
-        &manifests_arg,
-        "--dns-log",
-        &dns_log_arg,
-    ])
-    .expect("observer starts");
+    let observer =
+        ObserverProcess::start(&["--poll-interval", "200ms", "--manifests", &manifests_arg, "--dns-log", &dns_log_arg])
+            .expect("observer starts");
 
     let client = TcpClientOpts { send: 10, expect: 100, ..Default::default() };
     // Resolve, then connect: the flow must carry the name.
@@ -154,7 +148,10 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
     let api_entries = asked(&dns_entries, "api.example.com");
     assert_eq!(api_entries.len(), 1, "{dns_entries:#?}");
     let entry = api_entries[0];
-    assert_eq!((entry["event"].as_str(), entry["rcode"].as_str(), entry["type"].as_str()), (Some("answer"), Some("NOERROR"), Some("A")));
+    assert_eq!(
+        (entry["event"].as_str(), entry["rcode"].as_str(), entry["type"].as_str()),
+        (Some("answer"), Some("NOERROR"), Some("A"))
+    );
     assert_eq!((entry["client"]["pod"].as_str(), entry["client"]["namespace"].as_str()), (Some("agent-1"), Some("ai")));
     assert_eq!(entry["answers"], json!([{"name": "api.example.com", "type": "A", "ttl": 30, "data": api.to_string()}]));
     assert_eq!(entry["server"]["ip"], INTERNET_HOST_V4.to_string());
@@ -205,7 +202,9 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
         let dns = peer_dns(record);
         let ip: IpAddr = record["dst"]["ip"].as_str().expect("ip").parse().expect("ip");
         let dst = FlowEnd::world(ip, Some(443)).with_dns(dns.as_ref());
-        index.check_egress(&src, &dst, Some(Protocol::Tcp)).map(|violation| (violation.rule.to_string(), violation.reason))
+        index
+            .check_egress(&src, &dst, Some(Protocol::Tcp))
+            .map(|violation| (violation.rule.to_string(), violation.reason))
     };
     assert_eq!(judge(to_api), None, "api.example.com is allowed");
     let (rule, _) = judge(to_partner).expect("partner.example.org is forbidden");

@@ -292,7 +292,12 @@ impl Capture {
                 let end = (size_of::<DnsEvent>() + usize::from(header.captured_len)).min(item.len());
                 if let Some(dns) = &mut self.dns {
                     let path = self.cgroups.path(header.key.cgroup_id);
-                    dns.on_packet(&header, &item[size_of::<DnsEvent>()..end], path, self.clock.wall(header.timestamp_ns));
+                    dns.on_packet(
+                        &header,
+                        &item[size_of::<DnsEvent>()..end],
+                        path,
+                        self.clock.wall(header.timestamp_ns),
+                    );
                 }
                 continue;
             }

@@ -37,7 +37,9 @@ pub fn registrable_domain(name: &str) -> &str {
         .take(3)
         .collect();
     let keep = match labels.as_slice() {
-        [tld, second, ..] if tld.1.len() == 2 && SECOND_LEVEL.iter().any(|sl| second.1.starts_with(&format!("{sl}."))) => {
+        [tld, second, ..]
+            if tld.1.len() == 2 && SECOND_LEVEL.iter().any(|sl| second.1.starts_with(&format!("{sl}."))) =>
+        {
             3
         }
         _ => 2,

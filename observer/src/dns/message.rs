@@ -337,10 +337,7 @@ mod tests {
         let addresses: Vec<_> = message.addresses().collect();
         assert_eq!(
             addresses,
-            vec![
-                ("203.0.113.20".parse().expect("ip"), 60),
-                ("2001:db8:203:113::20".parse().expect("ip"), 30)
-            ]
+            vec![("203.0.113.20".parse().expect("ip"), 60), ("2001:db8:203:113::20".parse().expect("ip"), 30)]
         );
     }
 
@@ -353,8 +350,13 @@ mod tests {
 
     #[test]
     fn tcp_framing_is_stripped_and_a_cut_segment_is_partial() {
-        let answer =
-            wire::response(1, "a.example.com", A, 0, &[Rr::Addr("a.example.com", 5, "203.0.113.5".parse().expect("ip"))]);
+        let answer = wire::response(
+            1,
+            "a.example.com",
+            A,
+            0,
+            &[Rr::Addr("a.example.com", 5, "203.0.113.5".parse().expect("ip"))],
+        );
         let framed = wire::tcp(&answer);
         let message = parse(&framed, Transport::Tcp).expect("parses");
         assert_eq!(message.addresses().count(), 1);
@@ -368,9 +370,8 @@ mod tests {
 
     #[test]
     fn a_truncated_capture_keeps_the_answers_before_the_cut() {
-        let records: Vec<Rr<'_>> = (0..40u8)
-            .map(|index| Rr::Addr("many.example.com", 60, IpAddr::from([203, 0, 113, index])))
-            .collect();
+        let records: Vec<Rr<'_>> =
+            (0..40u8).map(|index| Rr::Addr("many.example.com", 60, IpAddr::from([203, 0, 113, index]))).collect();
         let bytes = wire::response(3, "many.example.com", A, 0, &records);
         assert!(bytes.len() > 512);
         let message = parse(&bytes[..512], Transport::Udp).expect("parses");

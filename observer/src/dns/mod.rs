@@ -284,15 +284,7 @@ pub struct DnsTracker {
 impl DnsTracker {
     /// A tracker feeding `view`, and the DNS log when `log` is given.
     pub fn new(view: DnsView, config: DnsConfig, node: Arc<str>, log: Option<mpsc::Sender<DnsLogEntry>>) -> Self {
-        Self {
-            view,
-            config,
-            node,
-            pending: HashMap::default(),
-            order: VecDeque::new(),
-            next_seq: 0,
-            log,
-        }
+        Self { view, config, node, pending: HashMap::default(), order: VecDeque::new(), next_seq: 0, log }
     }
 
     /// The view this tracker feeds.

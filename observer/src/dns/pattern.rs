@@ -189,7 +189,10 @@ mod tests {
         assert_eq!(FqdnPattern::parse("a*.example.com"), Err(PatternError::Wildcard));
         assert!(matches!(FqdnPattern::parse("a..com"), Err(PatternError::LabelLength { .. })));
         assert!(matches!(FqdnPattern::parse("exa mple.com"), Err(PatternError::LabelCharacter { .. })));
-        assert!(matches!(FqdnPattern::parse(&format!("{}.com", "a".repeat(64))), Err(PatternError::LabelLength { .. })));
+        assert!(matches!(
+            FqdnPattern::parse(&format!("{}.com", "a".repeat(64))),
+            Err(PatternError::LabelLength { .. })
+        ));
         assert_eq!(FqdnPattern::parse(&"a.".repeat(130)), Err(PatternError::TooLong));
     }
 

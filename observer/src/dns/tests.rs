@@ -17,14 +17,8 @@ fn t(millis: u64) -> SystemTime {
 }
 
 fn header(direction: u8, protocol: u8, local_port: u16, payload: &[u8]) -> DnsEvent {
-    let mut key = FlowKey {
-        cgroup_id: 42,
-        local_port,
-        remote_port: 53,
-        protocol,
-        family: FAMILY_IPV4,
-        ..FlowKey::default()
-    };
+    let mut key =
+        FlowKey { cgroup_id: 42, local_port, remote_port: 53, protocol, family: FAMILY_IPV4, ..FlowKey::default() };
     key.local_addr[..4].copy_from_slice(&[198, 18, 0, 10]);
     key.remote_addr[..4].copy_from_slice(&[203, 0, 113, 53]);
     DnsEvent {
@@ -76,10 +70,7 @@ fn answered_query_fills_the_pod_cache_and_logs_one_entry() {
         "api.example.com",
         A,
         0,
-        &[
-            wire::Rr::Alias("api.example.com", 60, "edge.example.net"),
-            wire::Rr::Addr("edge.example.net", 60, ip(20)),
-        ],
+        &[wire::Rr::Alias("api.example.com", 60, "edge.example.net"), wire::Rr::Addr("edge.example.net", 60, ip(20))],
     );
     lab.packet(DIRECTION_INGRESS, PROTO_UDP, 40000, &answer, t(3));
     assert_eq!(lab.names(ip(20), t(10)), vec![Arc::from("api.example.com"), Arc::from("edge.example.net")]);
@@ -95,7 +86,10 @@ fn answered_query_fills_the_pod_cache_and_logs_one_entry() {
     assert_eq!(entry["rcode"], "NOERROR");
     assert_eq!(entry["client"], serde_json::json!({"ip": "198.18.0.10", "port": 40000}));
     assert_eq!(entry["server"], serde_json::json!({"ip": "203.0.113.53", "port": 53}));
-    assert_eq!(entry["answers"][1], serde_json::json!({"name": "edge.example.net", "type": "A", "ttl": 60, "data": "203.0.113.20"}));
+    assert_eq!(
+        entry["answers"][1],
+        serde_json::json!({"name": "edge.example.net", "type": "A", "ttl": 60, "data": "203.0.113.20"})
+    );
     assert_eq!(entry["latency_ms"], 3.0);
     let health = lab.tracker.view().health();
     assert_eq!((health.queries(), health.answers(), health.cache().entries), (1, 1, 1));
