@@ -22,10 +22,32 @@ use crate::{EVENTS, bump, packet::Direction, submit_flags};
 
 const UDP_HEADER: usize = 8;
 
-/// Captures one DNS packet. `key` carries the cgroup id; never fails the packet.
+/// The header of a DNS record for a packet of `key`. Built in the caller's
+/// cold branch and passed by reference, so the flow key itself never has its
+/// address taken (which would make LLVM copy it on the hot path).
+#[inline(always)]
+pub fn header(key: &FlowKey, direction: Direction, now: u64) -> DnsEvent {
+    DnsEvent {
+        kind: EVENT_DNS,
+        direction: match direction {
+            Direction::Egress => DIRECTION_EGRESS,
+            Direction::Ingress => DIRECTION_INGRESS,
+        },
+        _pad: [0; 2],
+        captured_len: 0,
+        _pad2: [0; 2],
+        original_len: 0,
+        _pad3: [0; 4],
+        timestamp_ns: now,
+        key: *key,
+    }
+}
+
+/// Captures one DNS packet whose transport header starts at `l4_offset`;
+/// never fails the packet.
 #[inline(never)]
-pub fn capture(ctx: &SkBuffContext, key: &FlowKey, l4_offset: usize, direction: Direction, now: u64) {
-    let payload_offset = match key.protocol {
+pub fn capture(ctx: &SkBuffContext, header: &DnsEvent, l4_offset: usize) {
+    let payload_offset = match header.key.protocol {
         PROTO_UDP => l4_offset + UDP_HEADER,
         PROTO_TCP => match ctx.load::<u8>(l4_offset + 12) {
             Ok(data_offset) => l4_offset + usize::from(data_offset >> 4) * 4,
@@ -41,21 +63,7 @@ pub fn capture(ctx: &SkBuffContext, key: &FlowKey, l4_offset: usize, direction: 
         return;
     }
     let original_len = packet_len - payload_offset;
-    let direction = match direction {
-        Direction::Egress => DIRECTION_EGRESS,
-        Direction::Ingress => DIRECTION_INGRESS,
-    };
-    let header = DnsEvent {
-        kind: EVENT_DNS,
-        direction,
-        _pad: [0; 2],
-        captured_len: 0,
-        _pad2: [0; 2],
-        original_len: original_len as u32,
-        _pad3: [0; 4],
-        timestamp_ns: now,
-        key: *key,
-    };
+    let header = DnsEvent { original_len: original_len as u32, ..*header };
     if original_len <= DNS_PAYLOAD_CLASSES[0] {
         record::<{ DNS_PAYLOAD_CLASSES[0] }>(ctx, header, payload_offset, original_len);
     } else if original_len <= DNS_PAYLOAD_CLASSES[1] {

@@ -110,7 +110,7 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
     // The one test DNS costs the common path: queries a pod sends and the
     // answers it gets both have the server's port 53 as the remote port.
     if key.remote_port == DNS_PORT {
-        dns::capture(ctx, &key, parsed.l4_offset, direction, now);
+        dns::capture(ctx, &dns::header(&key, direction, now), parsed.l4_offset);
     }
     if let Some(stats) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the map value stays valid for the program's run.
