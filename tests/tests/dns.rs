@@ -2,7 +2,8 @@
 //! for 203.0.113.x, an agent pod resolves them (UDP and TCP) and connects,
 //! and the observer must name each egress flow after what the pod resolved,
 //! mark a connection to an address the pod never resolved as direct-IP, and
-//! record every query in the DNS log, NXDOMAIN and REFUSED ones included.
+//! record every query in the DNS log, NXDOMAIN and REFUSED ones included, and
+//! answers of every captured size, one cut at 512 bytes and kept in part.
 //! FQDN intents are then judged on the observed flows, both ways.
 //! Root only; one thread.
 
@@ -41,6 +42,11 @@ fn end(records: &[Value], cgroup_id: u64, dst: SocketAddr) -> &Value {
     matching[0]
 }
 
+/// `count` addresses in the internet range, answered but never connected to.
+fn hosts(count: u8) -> Vec<IpAddr> {
+    (0..count).map(|index| IpAddr::from([203, 0, 113, 100 + index])).collect()
+}
+
 /// The DNS log entries asking for `name`.
 fn asked<'a>(entries: &'a [Value], name: &str) -> Vec<&'a Value> {
     entries.iter().filter(|entry| entry["name"] == name).collect()
@@ -69,7 +75,11 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
     let zone = Zone::default()
         .with("api.example.com", &[api.into()], 30)
         .with("partner.example.org", &[partner.into()], 30)
-        .refuse("refused.example.com");
+        .refuse("refused.example.com")
+        // Answers of each kernel record size: 10 addresses fit 256 bytes,
+        // 40 overflow the 512 captured.
+        .with("mid.example.com", &hosts(10), 60)
+        .with("many.example.com", &hosts(40), 60);
     let resolver: SocketAddr = (INTERNET_HOST_V4, 53).into();
     let _dns = internet.dns_server(resolver, &zone).expect("DNS server");
     let _https = internet
@@ -115,6 +125,10 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
     assert_eq!(nx.rcode, "NXDOMAIN");
     let refused = agent.dns_query(resolver, &DnsQueryOpts::a("refused.example.com")).expect("query");
     assert_eq!(refused.rcode, "REFUSED");
+    for (name, count) in [("mid.example.com", 10), ("many.example.com", 40)] {
+        let answer = agent.dns_query(resolver, &DnsQueryOpts::a(name)).expect("query");
+        assert_eq!(answer.addrs.len(), count, "{name}");
+    }
     // An address the pod never resolved.
     assert_eq!(agent.tcp_client((direct, 443).into(), &client).expect("direct").complete, 1);
     std::thread::sleep(Duration::from_millis(600));
@@ -158,6 +172,13 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
     assert_eq!(asked(&dns_entries, "partner.example.org")[0]["protocol"], "tcp");
     assert_eq!(asked(&dns_entries, "exfil.attacker.example")[0]["rcode"], "NXDOMAIN");
     assert_eq!(asked(&dns_entries, "refused.example.com")[0]["rcode"], "REFUSED");
+    let mid = asked(&dns_entries, "mid.example.com")[0];
+    assert_eq!((mid["answers"].as_array().map(Vec::len), mid.get("partial")), (Some(10), None));
+    // Cut at 512 bytes: what came before the cut is kept and said to be partial.
+    let many = asked(&dns_entries, "many.example.com")[0];
+    let kept = many["answers"].as_array().map_or(0, Vec::len);
+    assert!((20..40).contains(&kept), "{kept} answers kept of 40");
+    assert_eq!(many["partial"], true);
     let health: Value = run
         .log
         .lines()
@@ -165,7 +186,10 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
         .find(|line| line["message"] == "capture stopped")
         .and_then(|line| line["dns"].as_str().and_then(|text| serde_json::from_str(text).ok()))
         .expect("DNS health in the final log line");
-    assert_eq!((health["queries"].as_u64(), health["answers"].as_u64()), (Some(4), Some(4)), "{health}");
+    assert_eq!((health["queries"].as_u64(), health["answers"].as_u64()), (Some(6), Some(6)), "{health}");
+    assert_eq!((health["kernel_truncated"].as_u64(), health["partial"].as_u64()), (Some(1), Some(1)), "{health}");
+    // 6 queries and 6 answers, the TCP ones as one data segment each.
+    assert_eq!(health["kernel_captured"].as_u64(), Some(12), "{health}");
     assert_eq!((health["nxdomain"].as_u64(), health["refused"].as_u64()), (Some(1), Some(1)), "{health}");
     for counter in ["kernel_lost", "parse_errors", "answers_unmatched", "log_dropped", "unanswered"] {
         assert_eq!(health[counter], 0, "{counter} in {health}");
