@@ -112,3 +112,73 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, time::Duration};
+
+    use observer_common::{FAMILY_IPV4, FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP};
+
+    use super::*;
+    use crate::{
+        capture::{build_record, clock::Clock, table::Emission},
+        dns::{DnsConfig, NameCache},
+        flow::{FlowState, RecordEvent},
+        inventory::Endpoint,
+    };
+
+    const POD: &str = "/kubepods/besteffort/pod3f6c1c2e-1111-4222-8333-444455556666/0123456789abcdef";
+
+    fn record(remote: [u8; 4], remote_port: u16, initiator: u8, clock: &Clock) -> FlowRecord {
+        let mut key = FlowKey {
+            cgroup_id: 9,
+            local_port: 40000,
+            remote_port,
+            protocol: PROTO_TCP,
+            family: FAMILY_IPV4,
+            ..FlowKey::default()
+        };
+        key.local_addr[..4].copy_from_slice(&[198, 18, 0, 10]);
+        key.remote_addr[..4].copy_from_slice(&remote);
+        let now = crate::capture::clock::monotonic_ns();
+        let stats = FlowStats { first_seen_ns: now, last_seen_ns: now, initiator, ..FlowStats::default() };
+        let emission = Emission { key, stats, event: RecordEvent::End, state: FlowState::Closed };
+        let mut record = build_record(&emission, clock, Some(Arc::from(POD)), &Arc::from("node"));
+        let remote_end = if initiator == INITIATOR_LOCAL { &mut record.dst } else { &mut record.src };
+        remote_end.endpoint = Some(Endpoint::world());
+        record
+    }
+
+    fn dns(record: &FlowRecord) -> serde_json::Value {
+        serde_json::to_value(&record.dst).expect("json")["dns"].clone()
+    }
+
+    #[test]
+    fn world_egress_is_named_or_marked_direct_ip() {
+        let clock = Clock::new();
+        let view = DnsView::new(&DnsConfig::default());
+        let resolved = IpAddr::from([203, 0, 113, 20]);
+        // What the tracker would learn from an answer the pod received a moment ago.
+        let mut cache = NameCache::new(16, Duration::from_secs(60));
+        cache.insert(
+            Owner::of(9, Some(POD)),
+            resolved,
+            "api.example.com".into(),
+            Duration::from_secs(30),
+            std::time::SystemTime::now() - Duration::from_millis(5),
+        );
+        let view = view.with_cache_for_tests(cache);
+        let mut named = record([203, 0, 113, 20], 443, INITIATOR_LOCAL, &clock);
+        assert_eq!(name_remote(&mut named, &view), Some(true));
+        assert_eq!(dns(&named), serde_json::json!({"names": ["api.example.com"], "resolved": true}));
+        let mut direct = record([203, 0, 113, 21], 443, INITIATOR_LOCAL, &clock);
+        assert_eq!(name_remote(&mut direct, &view), Some(false));
+        assert_eq!(dns(&direct), serde_json::json!({"resolved": false}));
+        // The resolver itself, and flows the pod did not start, are left alone.
+        let mut to_resolver = record([203, 0, 113, 53], 53, INITIATOR_LOCAL, &clock);
+        assert_eq!(name_remote(&mut to_resolver, &view), None);
+        let mut inbound = record([203, 0, 113, 20], 443, INITIATOR_REMOTE, &clock);
+        assert_eq!(name_remote(&mut inbound, &view), None);
+        assert!(inbound.src.dns.is_none() && inbound.dst.dns.is_none());
+    }
+}

@@ -244,6 +244,13 @@ impl DnsView {
         &self.labels
     }
 
+    /// The same view over `cache`, for tests of the stages that read it.
+    #[cfg(test)]
+    pub(crate) fn with_cache_for_tests(self, cache: NameCache) -> Self {
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = cache;
+        self
+    }
+
     fn with_cache<T>(&self, f: impl FnOnce(&mut NameCache) -> T) -> T {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let result = f(&mut cache);
