@@ -14,7 +14,7 @@ use std::{
 use observer_common::{FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, tcp_flags};
 use serde::{Serialize, Serializer};
 
-use crate::inventory::Endpoint;
+use crate::{inventory::Endpoint, judge::FlowVerdict};
 
 /// Why a record was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -188,6 +188,10 @@ pub struct FlowRecord {
     pub last_seen: SystemTime,
     /// `last_seen - first_seen` in milliseconds.
     pub duration_ms: u64,
+    /// The judgement of the flow against NetworkPolicies and intents, when an
+    /// inventory is available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<FlowVerdict>,
 }
 
 /// Transport protocol of a flow.

@@ -3,11 +3,14 @@
 //!
 //! Stages, in the order a flow passes them: [`capture`] → [`enrich`]
 //! ([`inventory`]) → judge ([`judge`]: [`policy`], [`intent`], and spikes from
-//! [`anomaly`]) → [`export`] and [`findings`]. See `ARCHITECTURE.md` in the shared docs.
+//! [`anomaly`]) → [`export`] and [`findings`], with [`metrics`] and the HTTP
+//! [`api`] beside them. See `ARCHITECTURE.md` in the shared docs.
 
 pub mod anomaly;
+pub mod api;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod dns;
 pub mod enrich;
 pub mod export;
@@ -16,5 +19,6 @@ pub mod flow;
 pub mod intent;
 pub mod inventory;
 pub mod judge;
+pub mod metrics;
 pub mod policy;
 pub mod run;

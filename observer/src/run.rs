@@ -9,11 +9,16 @@ use clap::Args;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    capture::{Capture, CaptureConfig, loader, loader::LoadOptions, table::TableConfig},
+    api,
+    capture::{Capture, CaptureConfig, CaptureHealth, loader, loader::LoadOptions, table::TableConfig},
+    config::ObserverConfig,
     dns::{DnsConfig, DnsTracker, DnsView},
     enrich,
     export::{dnslog, flowlog},
-    inventory::{Inventory, InventoryArgs, InventoryError, Resolver},
+    intent,
+    inventory::{self, Inventory, InventoryArgs, InventoryError},
+    judge::stage::{IntentSource, JudgeStage, StageSetup},
+    metrics::{Metrics, MetricsArgs, flows},
 };
 
 /// Options of `observer run`.
@@ -58,9 +63,20 @@ pub struct RunArgs {
     /// How long past its TTL a resolved name still names new connections.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub dns_grace: Duration,
+    /// Write findings (policy and intent breaches, unprotected AI-tier pods,
+    /// spikes), deduplicated, as JSON lines to this file (appended).
+    #[arg(long, value_name = "FILE")]
+    pub findings_log: Option<PathBuf>,
+    /// Configuration file (YAML or JSON): AI tiers, judge, spike detector and
+    /// findings settings; see `docs/intents.md`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Where pods, namespaces and policies come from.
     #[command(flatten)]
     pub inventory: InventoryArgs,
+    /// Metrics and HTTP endpoints.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Parses `500ms`, `2s`, `5m`, `1h`.
@@ -145,11 +161,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let config = args.capture_config()?;
+    let observer_config = match &args.config {
+        Some(path) => ObserverConfig::read(path)?,
+        None => ObserverConfig::default(),
+    };
     let target = args.flow_log.clone().map_or(flowlog::Target::Stdout, flowlog::Target::File);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let resolver = start_inventory(&args.inventory, shutdown_rx.clone()).await?;
+    let metrics = Metrics::new(args.metrics.config());
+    if let Some(addr) = args.metrics.metrics_addr.0 {
+        let listener = api::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
+        // Capture that has not read the flow map for 10 polls (at least 30 s) is stuck.
+        let stall_after = (args.poll_interval * 10).max(Duration::from_secs(30));
+        tokio::spawn(api::serve(
+            listener,
+            api::ApiState { metrics: metrics.clone(), stall_after },
+            shutdown_rx.clone(),
+        ));
+    }
+    tokio::spawn(metrics.clone().run_gc(shutdown_rx.clone()));
+    let inventory_args = flows::with_metric_label_keys(&args.inventory, metrics.allowlist());
+    let inventory = start_inventory(&inventory_args, shutdown_rx.clone()).await?;
+    if let Some(inventory) = &inventory {
+        metrics.expect_inventory();
+        tokio::spawn(metrics.clone().follow_inventory(inventory.clone(), shutdown_rx.clone()));
+    }
+    let resolver = inventory.as_ref().map(Inventory::resolver);
     let node = Arc::clone(&config.node);
     let mut capture = Capture::start(config).context("starting capture")?;
+    metrics.attach_capture(capture.health());
     let dns_config = DnsConfig { cache_capacity: args.dns_cache_size, grace: args.dns_grace, ..DnsConfig::default() };
     let dns = DnsView::new(&dns_config);
     let dns_writer = match &args.dns_log {
@@ -165,9 +205,29 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     };
     let (captured_tx, captured_rx) = mpsc::channel(STAGE_CAPACITY);
     let (enriched_tx, enriched_rx) = mpsc::channel(STAGE_CAPACITY);
+    let (judged_tx, judged_rx) = mpsc::channel(STAGE_CAPACITY);
+    let (metered_tx, metered_rx) = mpsc::channel(STAGE_CAPACITY);
     let enrich_health = Arc::new(enrich::EnrichHealth::default());
     let enricher = tokio::spawn(enrich::run(resolver, Some(dns), captured_rx, enriched_tx, Arc::clone(&enrich_health)));
-    let writer = tokio::spawn(flowlog::write(target, enriched_rx));
+    let judge = match inventory {
+        Some(inventory) => {
+            let setup = StageSetup {
+                intents: intent_source(&args.inventory, shutdown_rx.clone()).await?,
+                inventory,
+                config: observer_config,
+                findings_log: args.findings_log.clone(),
+                node: if args.inventory.manifests.is_empty() { Some(node_name(&args)) } else { None },
+                capture_health: capture.health(),
+                metrics: Some(metrics.clone()),
+            };
+            let stage = JudgeStage::new(setup).context("starting the judge")?;
+            tokio::spawn(stage.run(enriched_rx, judged_tx))
+        }
+        None => tokio::spawn(pass_through(enriched_rx, judged_tx)),
+    };
+    let edges = flows::EdgeOf::new(metrics.allowlist().clone());
+    let meter = tokio::spawn(flows::meter(metrics, move |record| edges.edge(record), judged_rx, metered_tx));
+    let writer = tokio::spawn(flowlog::write(target, metered_rx));
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!(signal, "stopping"),
@@ -175,15 +235,61 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         }
         let _ = shutdown_tx.send(true);
     });
+    let health: Arc<CaptureHealth> = capture.health();
     capture.run(captured_tx, shutdown_rx).await;
     enricher.await.context("enrich task panicked")?;
+    judge.await.context("judge task panicked")?;
+    meter.await.context("metering task panicked")?;
     let written = writer.await.context("flow log task panicked")?.context("flow log")?;
     if let Some(dns_writer) = dns_writer {
         let entries = dns_writer.await.context("DNS log task panicked")?.context("DNS log")?;
         tracing::info!(entries, "DNS log closed");
     }
-    tracing::info!(records = written, "flow log closed; kernel programs detached");
+    tracing::info!(
+        records = written,
+        events_lost = health.events_lost.load(std::sync::atomic::Ordering::Relaxed),
+        "flow log closed; kernel programs detached"
+    );
     Ok(())
+}
+
+/// Without an inventory there is nothing to judge: records go straight on.
+async fn pass_through(
+    mut input: mpsc::Receiver<Vec<crate::flow::FlowRecord>>,
+    output: mpsc::Sender<Vec<crate::flow::FlowRecord>>,
+) {
+    while let Some(batch) = input.recv().await {
+        if output.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// FlowIntents from the manifests in standalone mode, else a watch of the
+/// cluster's FlowIntents.
+async fn intent_source(args: &InventoryArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<IntentSource> {
+    if !args.manifests.is_empty() {
+        return Ok(IntentSource::Manifests(args.manifests.clone()));
+    }
+    let client = inventory::client(args.kubeconfig.clone()).await.context("connecting to watch FlowIntents")?;
+    let (store, stream) = intent::watch(client);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&changed);
+    tokio::spawn(async move {
+        use futures::StreamExt as _;
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                item = stream.next() => match item {
+                    Some(Ok(_)) => notify.notify_one(),
+                    Some(Err(error)) => tracing::warn!(%error, "FlowIntent watch failed; retrying with backoff"),
+                    None => return,
+                },
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
+    Ok(IntentSource::Cluster { store, changed })
 }
 
 /// Batches a stage may queue for the next one before dropping.
@@ -191,19 +297,19 @@ const STAGE_CAPACITY: usize = 1024;
 /// DNS log entries queued for the writer before dropping.
 const DNS_LOG_CAPACITY: usize = 8192;
 
-/// Starts the inventory the flags choose and returns its resolver. With no
+/// Starts the inventory the flags choose and returns it. With no
 /// `--manifests` and no Kubernetes configuration at all, the observer still
 /// captures, and says that flows will carry addresses only.
 async fn start_inventory(
     args: &InventoryArgs,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Option<Resolver>> {
+) -> anyhow::Result<Option<Inventory>> {
     let (inventory, task) = match Inventory::from_args(args).await {
         Ok(started) => started,
         Err(InventoryError::InferConfig { source }) => {
             tracing::warn!(
                 error = %source,
-                "no --manifests and no Kubernetes configuration: flows carry addresses only, not pods or workloads"
+                "no --manifests and no Kubernetes configuration: flows carry addresses only, not pods, workloads or verdicts"
             );
             return Ok(None);
         }
@@ -217,7 +323,7 @@ async fn start_inventory(
     });
     let mode = if args.manifests.is_empty() { "cluster" } else { "standalone" };
     tracing::info!(mode, "inventory started");
-    Ok(Some(inventory.resolver()))
+    Ok(Some(inventory))
 }
 
 async fn shutdown_signal() -> std::io::Result<&'static str> {

@@ -99,7 +99,9 @@ fn tail(text: &str) -> String {
 
 impl ObserverProcess {
     /// Starts `observer run --flow-log <tmp> --log-format json <args>` and
-    /// waits (at most 30 s) until its programs are attached.
+    /// waits (at most 30 s) until its programs are attached. Unless `args`
+    /// say otherwise, the HTTP endpoints listen on a free loopback port
+    /// ([`ObserverProcess::metrics_addr`]), so runs never collide.
     pub fn start(args: &[&str]) -> Result<Self, ObserverError> {
         let binary = observer_binary()?;
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -116,6 +118,11 @@ impl ObserverProcess {
             .args(["--log-format", "json", "run", "--flow-log"])
             .arg(dir.join("flows.jsonl"))
             .args(args)
+            .args(if args.iter().any(|arg| arg.starts_with("--metrics-addr")) {
+                &[][..]
+            } else {
+                &["--metrics-addr", "127.0.0.1:0"][..]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -160,6 +167,15 @@ impl ObserverProcess {
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(ObserverError::NotReady { waited: limit, log_tail: tail(&self.log()) })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` answer, from the
+    /// observer's `serving` log line.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        parse_lines(&self.log())
+            .iter()
+            .find(|line| line.get("message").and_then(Value::as_str).is_some_and(|m| m.starts_with("serving /metrics")))
+            .and_then(|line| line.get("addr").and_then(Value::as_str).and_then(|addr| addr.parse().ok()))
     }
 
     /// Records written so far.

@@ -4,10 +4,12 @@
 mod bench;
 mod command;
 mod demo;
+mod deploy;
 mod interrupt;
 mod lab;
 mod setup;
 mod test;
+mod validate;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,10 @@ enum Task {
     Setup,
     /// Run every check and test: formatting, clippy, unit, fake API server and real-kernel tests (what CI runs).
     Test,
+    /// Write the generated files of deploy/: Grafana dashboards (JSON and ConfigMaps), the PrometheusRule.
+    Deploy,
+    /// Check deploy/ offline: generated files, promtool rule tests, Kubernetes schemas, least privilege.
+    Validate,
     /// Build, bring up a lab of pods, run the observer on scripted traffic and show the flows (needs root).
     Demo,
     /// Benchmarks; results go into BENCHMARKS.md (needs root).
@@ -40,6 +46,8 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test => test::run(),
         Task::Demo => demo::run(),
+        Task::Deploy => deploy::run(),
+        Task::Validate => validate::run(),
         Task::Lab(cmd) => lab::run(cmd),
         Task::Bench(cmd) => bench::run(cmd),
     }

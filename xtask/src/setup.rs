@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use crate::command::{is_root, output, run as run_command, step, succeeds};
 
 /// Debian packages and a command each provides (to check without dpkg).
-const PACKAGES: [(&str, &str); 10] = [
+const PACKAGES: [(&str, &str); 11] = [
     ("iproute2", "ip"),
     ("nftables", "nft"),
     ("iptables", "iptables"),
@@ -19,6 +19,7 @@ const PACKAGES: [(&str, &str); 10] = [
     ("prometheus", "promtool"),
     ("conntrack", "conntrack"),
     ("python3-pip", "pip3"),
+    ("kubectl", "kubectl"),
 ];
 
 /// The bpf-linker release that loads the installed nightly's own LLVM.
@@ -30,6 +31,7 @@ pub fn run() -> anyhow::Result<()> {
     rust_toolchains()?;
     bpf_linker()?;
     tracefs()?;
+    kubernetes_validate()?;
     step("setup complete");
     Ok(())
 }
@@ -104,4 +106,26 @@ fn tracefs() -> anyhow::Result<()> {
     }
     step("mounting tracefs at /sys/kernel/tracing");
     run_command(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
+
+/// kubernetes-validate (PyPI) in a venv under target/, for the offline
+/// manifest validation of `cargo xtask test`.
+fn kubernetes_validate() -> anyhow::Result<()> {
+    let version = crate::validate::KUBERNETES_VALIDATE_VERSION;
+    let venv = crate::validate::venv();
+    let tool = venv.join("bin/kubernetes-validate");
+    if output(Command::new(&tool).arg("--version")).is_some_and(|text| text.trim() == version) {
+        step(&format!("kubernetes-validate {version}: present"));
+        return Ok(());
+    }
+    step(&format!("installing kubernetes-validate {version} into {}", venv.display()));
+    if !venv.join("bin/pip").exists() {
+        run_command(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("python3 -m venv (Debian: apt-get install python3-venv)")?;
+    }
+    run_command(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        &format!("kubernetes-validate=={version}"),
+    ]))
 }

@@ -54,6 +54,8 @@ pub fn run() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    step("deploy/: generated files, alert rule tests, manifests against the Kubernetes schemas");
+    crate::validate::run()?;
     step("building binaries");
     run_command(cargo().args(["build", "--workspace", "--exclude", "observer-ebpf", "--bins"]))?;
     if !is_root() {

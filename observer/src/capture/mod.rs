@@ -109,6 +109,11 @@ pub struct CaptureHealth {
     pub records_dropped: AtomicU64,
     /// Records handed to the next stage.
     pub records_sent: AtomicU64,
+    /// Completed reads of the flow map.
+    pub polls: AtomicU64,
+    /// CLOCK_MONOTONIC nanoseconds of the latest completed read of the flow
+    /// map (0 before the first): `/healthz` fails when it stops moving.
+    pub last_poll_ns: AtomicU64,
 }
 
 impl CaptureHealth {
@@ -131,6 +136,7 @@ impl CaptureHealth {
             "dns_records_read": get(&self.dns_records_read),
             "records_dropped": get(&self.records_dropped),
             "records_sent": get(&self.records_sent),
+            "polls": get(&self.polls),
         })
     }
 }
@@ -330,6 +336,8 @@ impl Capture {
         self.health.flow_map_entries.store(snapshot.len() as u64, Ordering::Relaxed);
         self.table.on_poll(&snapshot, taken, out);
         self.read_counters();
+        self.health.polls.fetch_add(1, Ordering::Relaxed);
+        self.health.last_poll_ns.store(taken, Ordering::Relaxed);
     }
 
     fn read_counters(&mut self) {
@@ -465,6 +473,7 @@ pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<
         first_seen: clock.wall(stats.first_seen_ns),
         last_seen: clock.wall(stats.last_seen_ns),
         duration_ms: stats.last_seen_ns.saturating_sub(stats.first_seen_ns) / 1_000_000,
+        verdict: None,
     }
 }
 

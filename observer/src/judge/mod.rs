@@ -11,6 +11,7 @@ mod decide;
 mod delivery;
 mod input;
 mod rate;
+pub mod stage;
 mod verdict;
 
 pub use decide::{Judge, JudgeConfig, JudgeStats, Unprotected};

@@ -1,0 +1,105 @@
+//! Capture's health counters as metrics, read at scrape time.
+//!
+//! In: the [`CaptureHealth`] atomics, once capture is attached. Out: the
+//! `flow_observer_flows_*`, `ringbuf_*`, `flow_map_*`, `records_*` and
+//! `capture_*` series; nothing before capture is attached.
+
+use std::sync::{Arc, OnceLock, atomic::Ordering};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+};
+
+use crate::capture::{CaptureHealth, clock::monotonic_ns};
+
+/// Encodes capture's counters on every scrape.
+#[derive(Debug)]
+pub struct CaptureCollector {
+    health: Arc<OnceLock<Arc<CaptureHealth>>>,
+}
+
+impl CaptureCollector {
+    /// A collector of whatever capture is attached to `health` later.
+    pub fn new(health: Arc<OnceLock<Arc<CaptureHealth>>>) -> Self {
+        Self { health }
+    }
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge<N>(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: N) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// Seconds since capture last read the flow map; `None` before the first poll.
+pub fn last_poll_age(health: &CaptureHealth) -> Option<f64> {
+    let last = health.last_poll_ns.load(Ordering::Relaxed);
+    (last != 0).then(|| monotonic_ns().saturating_sub(last) as f64 / 1e9)
+}
+
+impl Collector for CaptureCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(health) = self.health.get() else {
+            return Ok(());
+        };
+        let get = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed);
+        let e = &mut encoder;
+        counter(e, "flows_started", "Flows capture started tracking", get(&health.flows_tracked))?;
+        gauge(e, "flows_active", "Flows tracked now", get(&health.flows_active))?;
+        counter(e, "flows_ended", "Flows that ended", get(&health.flows_ended))?;
+        counter(
+            e,
+            "flows_evicted",
+            "Flows evicted from the kernel flow map before they ended (map full)",
+            get(&health.flows_evicted),
+        )?;
+        counter(
+            e,
+            "flows_discovered",
+            "Flows found only by polling the map because their new-flow event was lost",
+            get(&health.flows_discovered),
+        )?;
+        counter(e, "ringbuf_events_read", "Events read from the kernel ring buffer", get(&health.events_read))?;
+        counter(
+            e,
+            "ringbuf_events_lost",
+            "Events the kernel could not queue because the ring buffer was full",
+            get(&health.events_lost),
+        )?;
+        gauge(e, "flow_map_entries", "Entries in the kernel flow map at the last poll", get(&health.flow_map_entries))?;
+        gauge(e, "flow_map_capacity", "Capacity of the kernel flow map", get(&health.flow_map_capacity))?;
+        counter(
+            e,
+            "flow_map_inserts_failed",
+            "Flow map inserts that failed in the kernel",
+            get(&health.flow_inserts_failed),
+        )?;
+        counter(
+            e,
+            "packets_unparsed",
+            "Packets whose headers the kernel could not read",
+            get(&health.packets_unparsed),
+        )?;
+        counter(e, "records_sent", "Flow records capture handed to the next stage", get(&health.records_sent))?;
+        counter(
+            e,
+            "records_dropped",
+            "Flow records dropped because the next stage was not keeping up",
+            get(&health.records_dropped),
+        )?;
+        counter(e, "capture_polls", "Completed reads of the kernel flow map", get(&health.polls))?;
+        if let Some(age) = last_poll_age(health) {
+            gauge(e, "capture_last_poll_age_seconds", "Seconds since the flow map was last read", age)?;
+        }
+        Ok(())
+    }
+}

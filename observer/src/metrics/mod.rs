@@ -1,0 +1,706 @@
+//! Metrics: every Prometheus series the observer exposes, in one registry.
+//!
+//! In: flow deltas on workload-level edges, verdicts, findings, spikes,
+//! inventory and policy state from the pipeline, and capture's health
+//! counters (read at scrape time). Out: the OpenMetrics text of
+//! `flow_observer_*` for `/metrics`, readiness facts for `/readyz`.
+//!
+//! Cardinality is bounded three ways: labels are workload-level (never an IP,
+//! port or pod name) plus an operator-chosen allowlist of pod labels; each
+//! edge, verdict, finding and workload family holds at most
+//! `max_series_per_family` series and sends the rest to one `__overflow__`
+//! series, counted in `flow_observer_series_overflow_total{family}`; and a
+//! series untouched for `series_grace` is removed (edges of flows still
+//! open are kept alive by [`FlowMeter`]). `docs/operations.md` has the
+//! reference and the series count at 1,000 workloads.
+
+pub mod bounded;
+pub mod capture;
+pub mod flows;
+pub mod labels;
+
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU8, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+
+use crate::capture::CaptureHealth;
+use bounded::{BoundedFamily, SeriesAccounting};
+pub use flows::{FlowDelta, FlowMeter};
+pub use labels::{
+    BuildLabels, Direction, EdgeDirectionLabels, EdgeLabels, EdgeOutcomeLabels, EndLabels, FindingLabels,
+    LabelAllowlist, OVERFLOW, Outcome, Reporter, ResourceLabels, SourceLabels, VerdictLabels, WorkloadLabels,
+};
+
+/// The prefix of every exposed name.
+pub const PREFIX: &str = "flow_observer";
+
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Settings of the metrics.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    /// Most series one bounded family holds before new label sets go to its
+    /// `__overflow__` series.
+    pub max_series_per_family: usize,
+    /// A series untouched this long is removed (the edges of deleted pods and
+    /// workloads, findings no longer reported).
+    pub series_grace: Duration,
+    /// Pod labels exposed on edges as `src_<name>` and `dst_<name>`.
+    pub label_allowlist: LabelAllowlist,
+}
+
+impl Default for MetricsConfig {
+    /// 10,000 series per family, a 10-minute grace, no pod labels.
+    fn default() -> Self {
+        Self {
+            max_series_per_family: 10_000,
+            series_grace: Duration::from_secs(600),
+            label_allowlist: LabelAllowlist::default(),
+        }
+    }
+}
+
+/// What the inventory reports, for the inventory gauges and `/readyz`.
+#[derive(Clone, Debug, Default)]
+pub struct InventoryState {
+    /// `cluster` or `standalone`.
+    pub source: String,
+    /// Every required resource has had its first full sync.
+    pub synced: bool,
+    /// A watch has been failing for longer than the threshold.
+    pub stale: bool,
+    /// When the latest change was published.
+    pub updated_at: Option<SystemTime>,
+    /// Objects held per resource (`pods`, `namespaces`…).
+    pub objects: Vec<(String, usize)>,
+}
+
+impl From<&crate::inventory::status::Status> for InventoryState {
+    fn from(status: &crate::inventory::status::Status) -> Self {
+        Self {
+            source: status.source.to_owned(),
+            synced: status.synced,
+            stale: status.stale,
+            updated_at: status.updated_at,
+            objects: status
+                .resources
+                .iter()
+                .map(|(resource, state)| (resource.name().to_owned(), state.objects))
+                .collect(),
+        }
+    }
+}
+
+const INVENTORY_NONE: u8 = 0;
+const INVENTORY_SYNCING: u8 = 1;
+const INVENTORY_SYNCED: u8 = 2;
+
+/// The observer's metrics: cheap to clone, shared by every stage and the
+/// HTTP server.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    config: MetricsConfig,
+    edge_bytes: BoundedFamily<EdgeDirectionLabels, Counter>,
+    edge_packets: BoundedFamily<EdgeDirectionLabels, Counter>,
+    edge_flows: BoundedFamily<EdgeOutcomeLabels, Counter>,
+    verdicts: BoundedFamily<VerdictLabels, Counter>,
+    spikes: BoundedFamily<EdgeLabels, Counter>,
+    findings: BoundedFamily<FindingLabels, Counter>,
+    unprotected: BoundedFamily<WorkloadLabels, Gauge>,
+    inventory_synced: Family<SourceLabels, Gauge>,
+    inventory_stale: Family<SourceLabels, Gauge>,
+    inventory_updated: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    inventory_objects: Family<ResourceLabels, Gauge>,
+    inventory_state: AtomicU8,
+    policies_loaded: Gauge,
+    intents_loaded: Gauge,
+    capture: Arc<OnceLock<Arc<CaptureHealth>>>,
+}
+
+impl Metrics {
+    /// Builds the registry; every group registers itself.
+    pub fn new(config: MetricsConfig) -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let accounting = SeriesAccounting::default();
+        let cap = config.max_series_per_family;
+        let inner = Inner {
+            edge_bytes: BoundedFamily::new("edge_bytes", cap, accounting.clone()),
+            edge_packets: BoundedFamily::new("edge_packets", cap, accounting.clone()),
+            edge_flows: BoundedFamily::new("edge_flows", cap, accounting.clone()),
+            verdicts: BoundedFamily::new("verdicts", cap, accounting.clone()),
+            spikes: BoundedFamily::new("edge_spikes", cap, accounting.clone()),
+            findings: BoundedFamily::new("findings", cap, accounting.clone()),
+            unprotected: BoundedFamily::new("unprotected_pods", cap, accounting.clone()),
+            inventory_synced: Family::default(),
+            inventory_stale: Family::default(),
+            inventory_updated: Family::default(),
+            inventory_objects: Family::default(),
+            inventory_state: AtomicU8::new(INVENTORY_NONE),
+            policies_loaded: Gauge::default(),
+            intents_loaded: Gauge::default(),
+            capture: Arc::new(OnceLock::new()),
+            registry: Registry::default(),
+            config,
+        };
+        register_build(&mut registry);
+        register_edges(&mut registry, &inner);
+        register_judgement(&mut registry, &inner);
+        register_inventory(&mut registry, &inner);
+        register_series(&mut registry, &accounting);
+        registry.register_collector(Box::new(capture::CaptureCollector::new(Arc::clone(&inner.capture))));
+        Self { inner: Arc::new(Inner { registry, ..inner }) }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MetricsConfig {
+        &self.inner.config
+    }
+
+    /// The pod-label allowlist, to build [`EndLabels::extra`] with
+    /// [`LabelAllowlist::pick`].
+    pub fn allowlist(&self) -> &LabelAllowlist {
+        &self.inner.config.label_allowlist
+    }
+
+    /// The OpenMetrics exposition of every series.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.inner.registry);
+        text
+    }
+
+    /// Capture is attached: its counters are exported from now on and
+    /// `/healthz` watches its polling.
+    pub fn attach_capture(&self, health: Arc<CaptureHealth>) {
+        let _ = self.inner.capture.set(health);
+    }
+
+    /// Capture's counters, once attached.
+    pub fn capture_health(&self) -> Option<&Arc<CaptureHealth>> {
+        self.inner.capture.get()
+    }
+
+    /// Counts traffic on an edge: bytes and packets each way, and the flow
+    /// itself when `delta.ended` says how it ended.
+    pub fn observe_flow(&self, edge: &EdgeLabels, delta: &FlowDelta) {
+        let now = Instant::now();
+        let inner = &self.inner;
+        for (direction, traffic) in [(Direction::ToDst, delta.to_dst), (Direction::ToSrc, delta.to_src)] {
+            if traffic.packets == 0 && traffic.bytes == 0 {
+                continue;
+            }
+            let labels = EdgeDirectionLabels { edge: edge.clone(), direction };
+            inner.edge_bytes.with(&labels, now, |counter| {
+                counter.inc_by(traffic.bytes);
+            });
+            inner.edge_packets.with(&labels, now, |counter| {
+                counter.inc_by(traffic.packets);
+            });
+        }
+        if let Some(outcome) = delta.ended {
+            inner.edge_flows.with(&EdgeOutcomeLabels { edge: edge.clone(), outcome }, now, |counter| {
+                counter.inc();
+            });
+        }
+    }
+
+    /// Keeps the traffic series of an edge with open flows from being
+    /// collected while it is quiet.
+    pub fn keep_edge(&self, edge: &EdgeLabels, now: Instant) {
+        for direction in [Direction::ToDst, Direction::ToSrc] {
+            let labels = EdgeDirectionLabels { edge: edge.clone(), direction };
+            self.inner.edge_bytes.touch(&labels, now);
+            self.inner.edge_packets.touch(&labels, now);
+        }
+    }
+
+    /// Counts a flow's verdict (`allowed`, `denied-attempt`,
+    /// `enforcement-gap`, `intent-violation`) on its edge.
+    pub fn record_verdict(&self, labels: &VerdictLabels) {
+        self.inner.verdicts.with(labels, Instant::now(), |counter| {
+            counter.inc();
+        });
+    }
+
+    /// Counts a finding of a kind about a workload in an AI tier.
+    pub fn record_finding(&self, labels: &FindingLabels) {
+        self.inner.findings.with(labels, Instant::now(), |counter| {
+            counter.inc();
+        });
+    }
+
+    /// Counts an edge whose rate left its learned baseline.
+    pub fn record_spike(&self, edge: &EdgeLabels) {
+        self.inner.spikes.with(edge, Instant::now(), |counter| {
+            counter.inc();
+        });
+    }
+
+    /// Replaces the set of AI-tier workloads with pods that no policy
+    /// isolates, with their number of such pods; workloads left out are
+    /// removed at once.
+    pub fn set_unprotected(&self, workloads: &[(WorkloadLabels, u64)]) {
+        let values: Vec<(WorkloadLabels, i64)> =
+            workloads.iter().map(|(labels, pods)| (labels.clone(), i64::try_from(*pods).unwrap_or(i64::MAX))).collect();
+        self.inner.unprotected.replace(&values, Instant::now());
+    }
+
+    /// `/readyz` waits for the inventory's first sync from now on.
+    pub fn expect_inventory(&self) {
+        let _ = self.inner.inventory_state.compare_exchange(
+            INVENTORY_NONE,
+            INVENTORY_SYNCING,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Publishes the inventory's state (call on every change and
+    /// periodically: staleness changes without events).
+    pub fn set_inventory(&self, state: &InventoryState) {
+        let inner = &self.inner;
+        let source = SourceLabels { source: state.source.clone() };
+        inner.inventory_synced.get_or_create(&source).set(i64::from(state.synced));
+        inner.inventory_stale.get_or_create(&source).set(i64::from(state.stale));
+        if let Some(updated) = state.updated_at.and_then(|at| at.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+            inner.inventory_updated.get_or_create(&source).set(updated.as_secs_f64());
+        }
+        for (resource, count) in &state.objects {
+            inner
+                .inventory_objects
+                .get_or_create(&ResourceLabels { resource: resource.clone() })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+        let value = if state.synced { INVENTORY_SYNCED } else { INVENTORY_SYNCING };
+        inner.inventory_state.store(value, Ordering::Relaxed);
+    }
+
+    /// Publishes the inventory's status every 5 seconds (staleness changes
+    /// without events) until `shutdown` turns true.
+    pub async fn follow_inventory(
+        self,
+        inventory: crate::inventory::Inventory,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            self.set_inventory(&InventoryState::from(&inventory.status()));
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// `None` when no inventory is expected, else whether it has synced.
+    pub fn inventory_synced(&self) -> Option<bool> {
+        match self.inner.inventory_state.load(Ordering::Relaxed) {
+            INVENTORY_NONE => None,
+            state => Some(state == INVENTORY_SYNCED),
+        }
+    }
+
+    /// NetworkPolicies compiled into the engine.
+    pub fn set_policies_loaded(&self, count: usize) {
+        self.inner.policies_loaded.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// FlowIntents loaded.
+    pub fn set_intents_loaded(&self, count: usize) {
+        self.inner.intents_loaded.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Removes every series untouched for the grace period; returns how many.
+    pub fn collect_garbage(&self, now: Instant) -> usize {
+        let inner = &self.inner;
+        let grace = inner.config.series_grace;
+        inner.edge_bytes.collect_garbage(now, grace)
+            + inner.edge_packets.collect_garbage(now, grace)
+            + inner.edge_flows.collect_garbage(now, grace)
+            + inner.verdicts.collect_garbage(now, grace)
+            + inner.spikes.collect_garbage(now, grace)
+            + inner.findings.collect_garbage(now, grace)
+    }
+
+    /// Collects garbage every quarter of the grace period (at most every
+    /// minute) until `shutdown` turns true.
+    pub async fn run_gc(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let period = (self.inner.config.series_grace / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return;
+                    }
+                }
+                _ = tick.tick() => {
+                    let removed = self.collect_garbage(Instant::now());
+                    if removed > 0 {
+                        tracing::debug!(removed, "idle metric series removed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn register_build(registry: &mut Registry) {
+    registry.register(
+        "build",
+        "Version of the running observer",
+        Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION"), arch: std::env::consts::ARCH }),
+    );
+}
+
+fn register_edges(registry: &mut Registry, inner: &Inner) {
+    registry.register(
+        "edge_bytes",
+        "Bytes between two workloads (IP headers included), by direction; counted as the flow map is polled",
+        inner.edge_bytes.family(),
+    );
+    registry.register("edge_packets", "Packets between two workloads, by direction", inner.edge_packets.family());
+    registry.register(
+        "edge_flows",
+        "Flows between two workloads that ended, by outcome (completed, refused, unanswered, evicted)",
+        inner.edge_flows.family(),
+    );
+}
+
+fn register_judgement(registry: &mut Registry, inner: &Inner) {
+    registry.register(
+        "verdicts",
+        "Flows judged on an edge, by verdict (allowed, denied-attempt, enforcement-gap, intent-violation)",
+        inner.verdicts.family(),
+    );
+    registry.register("edge_spikes", "Times an edge's rate left its learned baseline", inner.spikes.family());
+    registry.register("findings", "Findings by kind, AI tier and workload", inner.findings.family());
+    registry.register(
+        "unprotected_pods",
+        "Pods of an AI-tier workload that no NetworkPolicy isolates",
+        inner.unprotected.family(),
+    );
+    registry.register(
+        "policies_loaded",
+        "NetworkPolicies compiled into the policy engine",
+        inner.policies_loaded.clone(),
+    );
+    registry.register("intents_loaded", "FlowIntents loaded", inner.intents_loaded.clone());
+}
+
+fn register_inventory(registry: &mut Registry, inner: &Inner) {
+    registry.register(
+        "inventory_synced",
+        "1 once every required inventory resource has had its first full sync",
+        inner.inventory_synced.clone(),
+    );
+    registry.register(
+        "inventory_stale",
+        "1 while an inventory watch has been failing for longer than the stale threshold",
+        inner.inventory_stale.clone(),
+    );
+    registry.register(
+        "inventory_last_update_timestamp_seconds",
+        "When the inventory last published a change (Unix time)",
+        inner.inventory_updated.clone(),
+    );
+    registry.register("inventory_objects", "Objects the inventory holds, by resource", inner.inventory_objects.clone());
+}
+
+fn register_series(registry: &mut Registry, accounting: &SeriesAccounting) {
+    registry.register("series", "Series held by a bounded metric family", accounting.series.clone());
+    registry.register(
+        "series_overflow",
+        "Observations sent to a family's __overflow__ series because it held max-series series",
+        accounting.overflow.clone(),
+    );
+    registry.register(
+        "series_removed",
+        "Series removed after going untouched for the grace period",
+        accounting.removed.clone(),
+    );
+}
+
+/// Command-line options of the metrics and the HTTP endpoints.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MetricsArgs {
+    /// Serve /metrics, /healthz and /readyz on this address (`off` to disable).
+    #[arg(long, default_value = "0.0.0.0:9811", value_parser = parse_addr, env = "OBSERVER_METRICS_ADDR")]
+    pub metrics_addr: MetricsAddr,
+    /// Most series one edge, verdict, finding or workload family holds; new
+    /// label sets past it are counted in a `__overflow__` series.
+    #[arg(long, default_value_t = 10_000)]
+    pub metrics_max_series: usize,
+    /// A series untouched this long is removed (deleted pods and workloads).
+    #[arg(long, default_value = "10m", value_parser = crate::run::parse_duration)]
+    pub metrics_series_grace: Duration,
+    /// Pod label exposed on edge series as `src_<key>`/`dst_<key>` (repeat;
+    /// keep to labels with few values, such as `team` or `app.kubernetes.io/part-of`).
+    #[arg(long = "metrics-pod-label", value_name = "KEY")]
+    pub metrics_pod_labels: Vec<String>,
+}
+
+impl MetricsArgs {
+    /// The metrics settings these options say.
+    pub fn config(&self) -> MetricsConfig {
+        MetricsConfig {
+            max_series_per_family: self.metrics_max_series,
+            series_grace: self.metrics_series_grace,
+            label_allowlist: LabelAllowlist::new(self.metrics_pod_labels.iter().cloned()),
+        }
+    }
+}
+
+/// `off` disables the endpoints.
+fn parse_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    text.parse()
+        .map(|addr| MetricsAddr(Some(addr)))
+        .map_err(|_| format!("{text:?} is not an address like 0.0.0.0:9811 or 127.0.0.1:0, or off"))
+}
+
+/// The address of the HTTP endpoints, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::flow::Traffic;
+
+    fn edge(src: &str, dst: &str) -> EdgeLabels {
+        EdgeLabels {
+            src: EndLabels::new("Deployment", "shop", src).tier("agent"),
+            dst: EndLabels::new("StatefulSet", "shop", dst),
+            protocol: Arc::from("tcp"),
+            reporter: Reporter::Src,
+        }
+    }
+
+    fn delta(bytes: u64, ended: Option<Outcome>) -> FlowDelta {
+        FlowDelta { to_dst: Traffic { packets: 1, bytes }, to_src: Traffic { packets: 2, bytes: bytes * 10 }, ended }
+    }
+
+    /// Sample lines of the exposition whose name starts with `name`.
+    fn samples<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
+        text.lines().filter(|line| !line.starts_with('#') && line.starts_with(name)).collect()
+    }
+
+    #[test]
+    fn edges_are_exposed_at_workload_level_with_the_documented_names() {
+        let metrics = Metrics::new(MetricsConfig::default());
+        metrics.observe_flow(&edge("agent", "db"), &delta(100, None));
+        metrics.observe_flow(&edge("agent", "db"), &delta(50, Some(Outcome::Completed)));
+        let text = metrics.encode();
+        let labels = r#"src_namespace="shop",src_workload="agent",src_kind="Deployment",src_tier="agent",dst_namespace="shop",dst_workload="db",dst_kind="StatefulSet",dst_tier="",protocol="tcp",reporter="src""#;
+        assert!(
+            text.contains(&format!("flow_observer_edge_bytes_total{{{labels},direction=\"to_dst\"}} 150\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("flow_observer_edge_bytes_total{{{labels},direction=\"to_src\"}} 1500\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("flow_observer_edge_packets_total{{{labels},direction=\"to_src\"}} 4\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("flow_observer_edge_flows_total{{{labels},outcome=\"completed\"}} 1\n")),
+            "{text}"
+        );
+        assert!(text.contains("flow_observer_build_info{version=\""), "{text}");
+        // Capture's series appear only once capture is attached.
+        assert!(!text.contains("flow_observer_ringbuf_events_lost_total"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn capture_health_is_read_at_scrape_time() {
+        let metrics = Metrics::new(MetricsConfig::default());
+        let health = Arc::new(CaptureHealth::default());
+        metrics.attach_capture(Arc::clone(&health));
+        health.events_lost.store(7, Ordering::Relaxed);
+        health.flow_map_entries.store(900, Ordering::Relaxed);
+        health.flow_map_capacity.store(1000, Ordering::Relaxed);
+        health.flows_active.store(3, Ordering::Relaxed);
+        let text = metrics.encode();
+        for line in [
+            "flow_observer_ringbuf_events_lost_total 7\n",
+            "flow_observer_flow_map_entries 900\n",
+            "flow_observer_flow_map_capacity 1000\n",
+            "flow_observer_flows_active 3\n",
+            "flow_observer_flows_started_total 0\n",
+            "flow_observer_flow_map_inserts_failed_total 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn allowlisted_pod_labels_become_src_and_dst_labels() {
+        let config = MetricsConfig { label_allowlist: LabelAllowlist::new(["team"]), ..Default::default() };
+        let metrics = Metrics::new(config);
+        let pod = BTreeMap::from([("team".to_owned(), "search".to_owned()), ("pod-hash".to_owned(), "x".to_owned())]);
+        let mut edge = edge("agent", "db");
+        edge.src.extra = metrics.allowlist().pick(&pod);
+        edge.dst.extra = metrics.allowlist().pick(&BTreeMap::new());
+        metrics.observe_flow(&edge, &delta(1, None));
+        let text = metrics.encode();
+        let line = samples(&text, "flow_observer_edge_bytes_total").into_iter().next().expect("a sample");
+        assert!(line.contains(r#"src_tier="agent",src_team="search",dst_namespace"#), "{line}");
+        assert!(line.contains(r#"dst_tier="",dst_team="",protocol"#), "{line}");
+        assert!(!line.contains("pod_hash"), "{line}");
+    }
+
+    #[test]
+    fn overflow_is_counted_per_family_and_series_are_collected() {
+        let config = MetricsConfig { max_series_per_family: 4, ..Default::default() };
+        let grace = config.series_grace;
+        let metrics = Metrics::new(config);
+        for i in 0..5 {
+            metrics.observe_flow(&edge("agent", &format!("db-{i}")), &delta(1, None));
+        }
+        let text = metrics.encode();
+        // Two directions per edge: two edges fit, the other three overflow both ways.
+        assert_eq!(samples(&text, "flow_observer_edge_bytes_total").len(), 5, "{text}");
+        assert!(text.contains(r#"src_workload="__overflow__""#), "{text}");
+        assert!(text.contains("flow_observer_series_overflow_total{family=\"edge_bytes\"} 6\n"), "{text}");
+        assert!(text.contains("flow_observer_series{family=\"edge_bytes\"} 5\n"), "{text}");
+        let removed = metrics.collect_garbage(Instant::now() + grace + Duration::from_secs(1));
+        assert_eq!(removed, 10, "bytes and packets, 5 series each");
+        let text = metrics.encode();
+        assert!(samples(&text, "flow_observer_edge_bytes_total").is_empty(), "{text}");
+        assert!(text.contains("flow_observer_series_removed_total{family=\"edge_bytes\"} 5\n"), "{text}");
+    }
+
+    #[test]
+    fn verdicts_findings_spikes_and_state_have_their_series() {
+        let metrics = Metrics::new(MetricsConfig::default());
+        metrics.record_verdict(&VerdictLabels { edge: edge("agent", "db"), verdict: Arc::from("enforcement-gap") });
+        metrics.record_finding(&FindingLabels::new("intent-violation", "agent", "shop", "agent"));
+        metrics.record_spike(&edge("agent", "db"));
+        metrics.set_unprotected(&[(WorkloadLabels::new("Deployment", "ml", "vllm", "model-server"), 2)]);
+        metrics.set_policies_loaded(12);
+        metrics.set_intents_loaded(3);
+        metrics.set_inventory(&InventoryState {
+            source: "cluster".into(),
+            synced: true,
+            stale: false,
+            updated_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            objects: vec![("pods".into(), 42)],
+        });
+        let text = metrics.encode();
+        for expected in [
+            r#"verdict="enforcement-gap"} 1"#,
+            r#"flow_observer_findings_total{kind="intent-violation",tier="agent",namespace="shop",workload="agent"} 1"#,
+            r#"flow_observer_edge_spikes_total{src_namespace="shop""#,
+            r#"flow_observer_unprotected_pods{namespace="ml",workload="vllm",kind="Deployment",tier="model-server"} 2"#,
+            "flow_observer_policies_loaded 12\n",
+            "flow_observer_intents_loaded 3\n",
+            r#"flow_observer_inventory_synced{source="cluster"} 1"#,
+            r#"flow_observer_inventory_stale{source="cluster"} 0"#,
+            r#"flow_observer_inventory_last_update_timestamp_seconds{source="cluster"} 1700000000"#,
+            r#"flow_observer_inventory_objects{resource="pods"} 42"#,
+        ] {
+            assert!(text.contains(expected), "{expected} missing in {text}");
+        }
+        assert_eq!(metrics.inventory_synced(), Some(true));
+    }
+
+    /// The number documented in docs/operations.md ("Series at 1,000
+    /// workloads"): 1,000 single-replica workloads on 20 nodes; each calls 3
+    /// others over TCP and DNS over UDP, one in five also calls the internet.
+    /// A pod-to-pod edge is reported by the node of each end, an internet edge
+    /// by the source's node only; each reported edge has bytes and packets
+    /// both ways, its completed flows and its `allowed` verdicts.
+    #[test]
+    fn series_at_1000_workloads() {
+        const NODES: usize = 20;
+        let nodes: Vec<Metrics> = (0..NODES)
+            .map(|_| {
+                let metrics = Metrics::new(MetricsConfig::default());
+                let health = Arc::new(CaptureHealth::default());
+                health.last_poll_ns.store(crate::capture::clock::monotonic_ns(), Ordering::Relaxed);
+                metrics.attach_capture(health);
+                metrics.set_policies_loaded(0);
+                metrics
+            })
+            .collect();
+        let workload = |i: usize| EndLabels::new("Deployment", &format!("ns-{}", i % 50), &format!("app-{i}"));
+        let mut reports = 0;
+        let mut report = |node: usize, edge: EdgeLabels| {
+            nodes[node].observe_flow(&edge, &delta(100, Some(Outcome::Completed)));
+            nodes[node].record_verdict(&VerdictLabels { edge, verdict: Arc::from("allowed") });
+            reports += 1;
+        };
+        // coredns is workload 1000, on node 0.
+        let dns = EndLabels::new("Deployment", "kube-system", "coredns");
+        for i in 0..1000 {
+            let tcp =
+                |dst: EndLabels, reporter| EdgeLabels { src: workload(i), dst, protocol: Arc::from("tcp"), reporter };
+            for peer in 1..=3 {
+                let j = (i + peer * 7) % 1000;
+                report(i % NODES, tcp(workload(j), Reporter::Src));
+                report(j % NODES, tcp(workload(j), Reporter::Dst));
+            }
+            for reporter in [Reporter::Src, Reporter::Dst] {
+                let node = if reporter == Reporter::Src { i % NODES } else { 0 };
+                report(node, EdgeLabels { src: workload(i), dst: dns.clone(), protocol: Arc::from("udp"), reporter });
+            }
+            if i % 5 == 0 {
+                report(i % NODES, tcp(EndLabels::world(), Reporter::Src));
+            }
+        }
+        assert_eq!(reports, 8200);
+        let edge_families = [
+            "flow_observer_edge_bytes_total",
+            "flow_observer_edge_packets_total",
+            "flow_observer_edge_flows_total",
+            "flow_observer_verdicts_total",
+        ];
+        let (mut edge_series, mut other_series, mut busiest) = (0, 0, 0);
+        for node in &nodes {
+            let text = node.encode();
+            assert!(
+                !text.contains(&format!("=\"{OVERFLOW}\"")),
+                "10,000 series per family is room enough for one node"
+            );
+            let all = text.lines().filter(|line| !line.starts_with('#')).count();
+            let edges: usize = edge_families.iter().map(|name| samples(&text, name).len()).sum();
+            edge_series += edges;
+            other_series += all - edges;
+            busiest = busiest.max(all);
+        }
+        assert_eq!(edge_series, 8200 * 6);
+        // Per node: build info, 15 capture series, 7 bounded families × 3
+        // accounting series (series, overflow, removed), 2 loaded gauges.
+        assert_eq!(other_series, NODES * 39);
+        // Node 0 also runs coredns: its 50 workloads' 150 calls out, 150 in,
+        // 50 DNS and 50 internet edges, plus 1,000 DNS edges in.
+        assert_eq!(busiest, 39 + (150 + 150 + 50 + 50 + 1000) * 6);
+    }
+}
