@@ -88,9 +88,22 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
 
     let dir = std::env::temp_dir().join(format!("dns-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
+    // Agents may reach names below example.com and example.org, but not the partner.
+    let intent = json!({
+        "apiVersion": "ai.governance/v1alpha1", "kind": "FlowIntent",
+        "metadata": {"name": "agent-apis", "namespace": "ai"},
+        "spec": {
+            "subject": {"tiers": ["agent"]},
+            "egress": {
+                "allow": [{"fqdn": "*.example.com"}, {"fqdn": "*.example.org"}],
+                "forbid": [{"fqdn": "partner.example.org"}],
+            },
+        },
+    });
     manifests::write_list(
         &dir.join("agents.json"),
         vec![
+            intent.clone(),
             manifests::namespace("ai", &[]),
             manifests::pod(&PodSpec {
                 pod: agent,
@@ -195,16 +208,18 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
         assert_eq!(health[counter], 0, "{counter} in {health}");
     }
 
-    // FQDN intents, judged on the observed flows both ways.
-    let intent: FlowIntent = serde_json::from_value(json!({
-        "apiVersion": "ai.governance/v1alpha1", "kind": "FlowIntent",
-        "metadata": {"name": "agent-apis", "namespace": "ai"},
-        "spec": {
-            "subject": {"tiers": ["agent"]},
-            "egress": {"allow": [{"fqdn": "*.example.com"}, {"fqdn": "*.example.org"}], "forbid": [{"fqdn": "partner.example.org"}]},
-        },
-    }))
-    .expect("intent");
+    // FQDN intents, judged by the daemon on the observed flows, both ways.
+    let verdict = |record: &Value| record["verdict"]["verdict"].as_str().map(str::to_owned);
+    assert_eq!(verdict(to_api).as_deref(), Some("allowed"), "{to_api}");
+    assert_eq!(verdict(to_partner).as_deref(), Some("intent-violation"), "{to_partner}");
+    assert_eq!(to_partner["verdict"]["intent"]["rule"], "spec.egress.forbid[0]", "{to_partner}");
+    assert_eq!(verdict(to_direct).as_deref(), Some("intent-violation"), "{to_direct}");
+    assert_eq!(to_direct["verdict"]["intent"]["rule"], "spec.egress.allow", "{to_direct}");
+    let reason = to_direct["verdict"]["reason"].as_str().expect("reason");
+    assert!(reason.contains("direct-IP"), "{reason}");
+
+    // The same judgement through the library, as a consumer of the flow log would make it.
+    let intent: FlowIntent = serde_json::from_value(intent).expect("intent");
     let (index, errors) = IntentIndex::compile(&[intent], &[], Tiers::default(), &IntentConfig::default());
     assert!(errors.is_empty(), "{errors:?}");
     let agent_pod = ModelPod {
