@@ -36,7 +36,6 @@ pub(crate) enum Addresses<'a> {
     /// Any of a pod's addresses, when the flow's is not known. A reference to
     /// the `Vec` rather than a slice: making one reads no memory, so a pod's
     /// struct is only loaded when an `ipBlock` peer is actually checked.
-    #[expect(clippy::ptr_arg, reason = "a slice would read the pod on every verdict")]
     Any(&'a Vec<IpAddr>),
 }
 

@@ -526,4 +526,32 @@ mod tests {
 
     const fn shareable<T: Send + Sync>() {}
     const _: () = shareable::<Arc<PolicyEngine>>();
+
+    fn deny_all(namespace: &str) -> NetworkPolicy {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": namespace, "name": "deny"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        }))
+        .expect("valid policy")
+    }
+
+    #[test]
+    fn pods_are_indexed_by_identity_and_copies_fall_back() {
+        use crate::inventory::fixtures::pod;
+        let (mut engine, errors) = PolicyEngine::compile(&[deny_all("shop")], &[]);
+        assert!(errors.is_empty());
+        let web = Arc::new(pod("web").ns("shop").build());
+        let host = Arc::new(pod("agent").ns("shop").host_network().build());
+        engine.index_pods([Arc::clone(&web), Arc::clone(&web), Arc::clone(&host)]);
+        assert_eq!(engine.indexed_pods(), 2, "the same pod twice is indexed once");
+        assert!(engine.pods.get(&web).is_some());
+        let copy = Pod::clone(&web);
+        assert!(engine.pods.get(&copy).is_none(), "a copy is another value: judged from its fields");
+        assert_eq!(engine.isolating(&web), engine.isolating(&copy));
+        assert_eq!(engine.isolating(&web).ingress.len(), 1);
+        assert_eq!(engine.isolating(&host), Isolation::default());
+        let verdict = |source: &Pod| engine.verdict(Endpoint::pod(source), Endpoint::pod(&host), 80, Protocol::Tcp);
+        assert_eq!(verdict(&web), verdict(&copy));
+        assert!(!verdict(&web).allowed);
+    }
 }
