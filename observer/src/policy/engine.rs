@@ -460,7 +460,7 @@ impl PolicyEngine {
         Resolved { pod: selectable, addresses }
     }
 
-    /// The rules of `policy` for `direction`.
+    /// The rules of policy `id` for `direction`.
     fn rules(&self, id: u32, direction: Direction) -> &[Rule] {
         let policy = &self.policies[id as usize];
         match direction {
