@@ -218,7 +218,9 @@ impl JudgeStage {
         let snapshot = self.setup.inventory.snapshot();
         let namespaces: Vec<_> = snapshot.namespaces().cloned().collect();
         let policies: Vec<_> = snapshot.network_policies().cloned().collect();
-        let (engine, policy_errors) = PolicyEngine::compile(&policies, &namespaces);
+        let (mut engine, policy_errors) = PolicyEngine::compile(&policies, &namespaces);
+        // Records are judged with pods of this same snapshot (`self.snapshot`).
+        engine.index_pods(snapshot.pods_shared().cloned());
         for error in &policy_errors {
             tracing::warn!(%error, "NetworkPolicy left out");
         }
