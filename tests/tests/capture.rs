@@ -268,7 +268,7 @@ fn burst_of_20k_connections_is_fully_accounted_for() {
     std::thread::sleep(Duration::from_millis(500));
     let run = finish(observer);
     let reported = ends(&run, client.cgroup_id(), target).len() as u64;
-    let lost = ["events_lost", "flow_inserts_failed", "flows_evicted", "records_dropped"]
+    let lost = ["events_lost", "flow_inserts_failed", "flows_evicted", "records_dropped", "states_unmatched"]
         .iter()
         .map(|counter| run.health[counter].as_u64().unwrap_or_else(|| panic!("{counter} in {}", run.health)))
         .sum::<u64>();

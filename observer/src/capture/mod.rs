@@ -95,6 +95,10 @@ pub struct CaptureHealth {
     pub flows_evicted: AtomicU64,
     /// Flows found only by polling (their new-flow event was lost).
     pub flows_discovered: AtomicU64,
+    /// Connections that reused the tuple of a flow not yet reported.
+    pub tuples_reused: AtomicU64,
+    /// TCP state changes that never found their flow.
+    pub states_unmatched: AtomicU64,
     /// Flows tracked right now.
     pub flows_active: AtomicU64,
     /// Entries in the kernel flow map at the last poll.
@@ -129,6 +133,8 @@ impl CaptureHealth {
             "flows_ended": get(&self.flows_ended),
             "flows_evicted": get(&self.flows_evicted),
             "flows_discovered": get(&self.flows_discovered),
+            "tuples_reused": get(&self.tuples_reused),
+            "states_unmatched": get(&self.states_unmatched),
             "flows_active": get(&self.flows_active),
             "flow_map_entries": get(&self.flow_map_entries),
             "flow_map_capacity": get(&self.flow_map_capacity),
@@ -238,7 +244,7 @@ impl Capture {
                     match guard {
                         Ok(mut guard) => {
                             guard.clear_ready();
-                            self.read_events(&mut out, &mut delete);
+                            self.read_events(&mut out);
                         }
                         Err(error) => {
                             tracing::error!(%error, "ring buffer poll failed; stopping capture");
@@ -246,7 +252,7 @@ impl Capture {
                         }
                     }
                 }
-                _ = drain.tick() => self.read_events(&mut out, &mut delete),
+                _ = drain.tick() => self.read_events(&mut out),
                 Some(guard) = maybe_readable(&mut self.logger) => {
                     if let Ok(mut guard) = guard {
                         guard.get_inner_mut().flush();
@@ -256,7 +262,7 @@ impl Capture {
                 _ = tick.tick() => {
                     // DNS answers waiting on the ring go into the name cache
                     // before the flows that follow them are handed on.
-                    self.read_events(&mut out, &mut delete);
+                    self.read_events(&mut out);
                     self.poll(&mut out);
                     self.table.flush(monotonic_ns(), &mut out, &mut delete);
                     self.finish_batch(&sink, &mut out, &mut delete);
@@ -266,7 +272,7 @@ impl Capture {
                 }
             }
         }
-        self.read_events(&mut out, &mut delete);
+        self.read_events(&mut out);
         self.poll(&mut out);
         self.table.flush(monotonic_ns(), &mut out, &mut delete);
         self.table.drain(&mut out);
@@ -282,7 +288,7 @@ impl Capture {
         );
     }
 
-    fn read_events(&mut self, out: &mut Vec<Emission>, delete: &mut Vec<FlowKey>) {
+    fn read_events(&mut self, out: &mut Vec<Emission>) {
         let ring = self.events.get_mut();
         let mut read = 0u64;
         let mut dns_read = 0u64;
@@ -313,7 +319,7 @@ impl Capture {
             // SAFETY: the kernel wrote an `Event` (repr(C), any bit pattern valid).
             let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
             drop(item);
-            self.table.on_event(&event, out, delete);
+            self.table.on_event(&event, out);
         }
         self.health.events_read.fetch_add(read, Ordering::Relaxed);
         self.health.dns_records_read.fetch_add(dns_read, Ordering::Relaxed);
@@ -382,6 +388,8 @@ impl Capture {
         health.flows_ended.store(stats.flows_ended, Ordering::Relaxed);
         health.flows_evicted.store(stats.flows_evicted, Ordering::Relaxed);
         health.flows_discovered.store(stats.flows_discovered, Ordering::Relaxed);
+        health.tuples_reused.store(stats.tuples_reused, Ordering::Relaxed);
+        health.states_unmatched.store(stats.states_unmatched, Ordering::Relaxed);
         health.flows_active.store(self.table.len() as u64, Ordering::Relaxed);
         if out.is_empty() {
             return;
