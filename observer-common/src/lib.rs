@@ -1,5 +1,6 @@
 //! Types shared by the kernel programs and the daemon: the flow map's key and
-//! value, the ring-buffer event record and the per-CPU counter slots.
+//! value, the ring-buffer records (flow events and captured DNS messages) and
+//! the per-CPU counter slots.
 //!
 //! Every type is `#[repr(C)]` with explicit padding and a size assertion, so the
 //! kernel and userspace agree byte for byte.
@@ -111,6 +112,28 @@ const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
 pub const EVENT_NEW_FLOW: u8 = 1;
 /// [`Event::kind`]: a TCP socket changed state.
 pub const EVENT_TCP_STATE: u8 = 2;
+/// [`DnsEvent::kind`]: a DNS message (UDP or TCP, port 53) a local socket
+/// sent or received. Every ring-buffer record starts with its kind byte.
+pub const EVENT_DNS: u8 = 3;
+
+/// The DNS port: packets whose remote port is this are captured.
+pub const DNS_PORT: u16 = 53;
+/// Most payload bytes captured of one DNS packet (the classic UDP DNS limit).
+pub const DNS_MAX_PAYLOAD: usize = 512;
+/// Payload sizes the kernel reserves records for: a message goes into the
+/// smallest class that holds it (the ring-buffer reservation size must be a
+/// constant), and is cut at the largest.
+pub const DNS_PAYLOAD_CLASSES: [usize; 3] = [128, 256, DNS_MAX_PAYLOAD];
+// The kernel bounds copy lengths with a mask of `class - 1`.
+const _: () = assert!(
+    DNS_PAYLOAD_CLASSES[0].is_power_of_two()
+        && DNS_PAYLOAD_CLASSES[1].is_power_of_two()
+        && DNS_PAYLOAD_CLASSES[2].is_power_of_two()
+);
+/// [`DnsEvent::direction`]: the local socket sent it (a query).
+pub const DIRECTION_EGRESS: u8 = 1;
+/// [`DnsEvent::direction`]: the local socket received it (an answer).
+pub const DIRECTION_INGRESS: u8 = 2;
 
 /// A record on the ring buffer.
 ///
@@ -135,6 +158,45 @@ pub struct Event {
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 
+/// Header of a captured DNS message on the ring buffer; the payload
+/// follows it in the same record: `captured_len` bytes of the transport
+/// payload (UDP: the DNS message; TCP: the segment, starting with the
+/// 2-byte length prefix), in a record sized by [`DNS_PAYLOAD_CLASSES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DnsEvent {
+    /// Always [`EVENT_DNS`].
+    pub kind: u8,
+    /// [`DIRECTION_EGRESS`] or [`DIRECTION_INGRESS`].
+    pub direction: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 2],
+    /// Payload bytes copied after this header.
+    pub captured_len: u16,
+    /// Explicit padding, always zero.
+    pub _pad2: [u8; 2],
+    /// Transport payload length of the packet (before truncation).
+    pub original_len: u32,
+    /// Explicit padding, always zero.
+    pub _pad3: [u8; 4],
+    /// `bpf_ktime_get_ns` when the packet passed.
+    pub timestamp_ns: u64,
+    /// The packet's flow, oriented local/remote, with the cgroup id.
+    pub key: FlowKey,
+}
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 72);
+
+/// A [`DnsEvent`] with room for `N` payload bytes, as reserved on the ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsRecord<const N: usize> {
+    /// The header.
+    pub header: DnsEvent,
+    /// The payload; only the first `header.captured_len` bytes are written.
+    pub payload: [u8; N],
+}
+const _: () = assert!(core::mem::size_of::<DnsRecord<DNS_MAX_PAYLOAD>>() == 72 + DNS_MAX_PAYLOAD);
+
 /// Slots of the per-CPU `COUNTERS` array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,16 +209,22 @@ pub enum Counter {
     PacketsUnparsed = 2,
     /// Flows the kernel created in the flow map.
     FlowsCreated = 3,
+    /// DNS packets captured onto the ring buffer.
+    DnsCaptured = 4,
+    /// DNS packets longer than [`DNS_MAX_PAYLOAD`], captured cut short.
+    DnsTruncated = 5,
+    /// DNS packets lost: the ring buffer was full or the payload unreadable.
+    DnsLost = 6,
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 7;
 
 /// Names of the maps and programs, shared so the loader cannot drift.
 pub mod names {
     /// LRU hash of [`super::FlowKey`] to [`super::FlowStats`].
     pub const FLOWS: &str = "FLOWS";
-    /// Ring buffer of [`super::Event`].
+    /// Ring buffer of [`super::Event`] and [`super::DnsEvent`] records.
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of `u64` indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
@@ -180,4 +248,6 @@ mod user {
     unsafe impl aya::Pod for super::FlowStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsEvent {}
 }

@@ -4,7 +4,9 @@
 //! (cgroup_skb egress and ingress) and every TCP state change
 //! (`sock/inet_sock_set_state`). Out: per-flow counters in the `FLOWS` LRU
 //! hash, an `Event` on the `EVENTS` ring buffer for each new flow and each TCP
-//! attempt, establishment and close, and per-CPU counters of what went wrong.
+//! attempt, establishment and close, the payload of every DNS packet a local
+//! socket exchanges with a remote port 53 (see `dns`), and per-CPU counters
+//! of what went wrong.
 //!
 //! Every program observes only: the cgroup_skb programs return "pass" on every
 //! path, errors included.
@@ -15,6 +17,7 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "atomic_xadd is the only atomic add on bpfel")]
 
+mod dns;
 mod packet;
 
 use aya_ebpf::{
@@ -28,8 +31,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use observer_common::{
-    COUNTER_SLOTS, Counter, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowStats,
-    INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, tcp_flags, tcp_state,
+    COUNTER_SLOTS, Counter, DNS_PORT, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
+    FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, tcp_flags, tcp_state,
 };
 use packet::{Direction, Parsed};
 
@@ -104,6 +107,11 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
     // SAFETY: `ctx.skb` is the program's own `__sk_buff`.
     key.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let now = unsafe { bpf_ktime_get_ns() };
+    // The one test DNS costs the common path: queries a pod sends and the
+    // answers it gets both have the server's port 53 as the remote port.
+    if key.remote_port == DNS_PORT {
+        dns::capture(ctx, &dns::header(&key, direction, now), parsed.l4_offset);
+    }
     if let Some(stats) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the map value stays valid for the program's run.
         unsafe { update(stats, &parsed, direction, now) };
@@ -254,14 +262,19 @@ fn emit(kind: u8, old_state: u8, new_state: u8, now: u64, key: &FlowKey) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event { kind, old_state, new_state, _pad: [0; 5], timestamp_ns: now, key: *key });
-            // SAFETY: the loader may rewrite this global; read it through memory.
-            let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_THRESHOLD) };
-            let pending = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-            let flags = if pending >= threshold { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
-            entry.submit(u64::from(flags));
+            entry.submit(submit_flags());
         }
         None => bump(Counter::EventsLost),
     }
+}
+
+/// Wake userspace only once the ring holds a quarter of its size.
+#[inline(always)]
+fn submit_flags() -> u64 {
+    // SAFETY: the loader may rewrite this global; read it through memory.
+    let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_THRESHOLD) };
+    let pending = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    u64::from(if pending >= threshold { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP })
 }
 
 fn bump(counter: Counter) {

@@ -22,6 +22,8 @@ pub struct Parsed {
     /// Bytes counted for the packet (the skb length, IP header included).
     pub len: u32,
     pub tcp_flags: u8,
+    /// Offset of the transport header from the start of the packet.
+    pub l4_offset: usize,
     /// The remote end is a loopback address.
     pub loopback: bool,
 }
@@ -133,7 +135,7 @@ pub fn parse(ctx: &SkBuffContext, direction: Direction) -> Result<Option<Parsed>
         }
     }
     let loopback = is_loopback(key.family, &key.remote_addr);
-    Ok(Some(Parsed { key, len: ctx.len(), tcp_flags, loopback }))
+    Ok(Some(Parsed { key, len: ctx.len(), tcp_flags, l4_offset, loopback }))
 }
 
 fn parse_ipv4(header: &[u8; 20]) -> Result<(FlowKey, usize, bool), ()> {

@@ -1,9 +1,12 @@
 //! Enrich: says who is at each end of a flow.
 //!
-//! In: batches of flow records from capture. Out: the same records with each
-//! end's pod, namespace, workload and configured labels (or service, node,
-//! `world`, `host`) filled in from the inventory as it was when the flow
-//! started, on a bounded channel; a full channel drops the batch and counts it.
+//! In: batches of flow records from capture, the inventory's resolver and the
+//! DNS name cache. Out: the same records with each end's pod, namespace,
+//! workload and configured labels (or service, node, `world`, `host`) filled
+//! in from the inventory as it was when the flow started, and for egress to
+//! the world the names the source pod had resolved for the destination (or
+//! `resolved: false`: a direct-IP connection), on a bounded channel; a full
+//! channel drops the batch and counts it.
 
 use std::sync::{
     Arc,
@@ -13,8 +16,9 @@ use std::sync::{
 use tokio::sync::mpsc;
 
 use crate::{
-    flow::{FlowRecord, LocalEnd},
-    inventory::Resolver,
+    dns::{DnsView, Owner},
+    flow::{FlowRecord, LocalEnd, PeerDns},
+    inventory::{EndpointKind, Resolver},
 };
 
 /// Counters of the enrich stage.
@@ -24,6 +28,41 @@ pub struct EnrichHealth {
     pub records: AtomicU64,
     /// Records dropped because the next stage was full.
     pub records_dropped: AtomicU64,
+    /// Egress records to the world named from DNS.
+    pub records_named: AtomicU64,
+    /// Egress records to the world whose address the pod never resolved.
+    pub records_direct_ip: AtomicU64,
+}
+
+/// Port of DNS itself: a pod talking to its configured resolver is no
+/// direct-IP connection.
+const DNS_PORT: u16 = 53;
+
+/// Names the remote end of an egress record from the DNS cache: the names
+/// the local pod had resolved for that address when the flow started, or
+/// for the world, `resolved: false` when it never resolved it. Without an
+/// inventory (no end is known to be the world) only found names are set.
+/// Returns what it set, for counting.
+pub fn name_remote(record: &mut FlowRecord, dns: &DnsView) -> Option<bool> {
+    if record.local != LocalEnd::Src {
+        return None;
+    }
+    let remote = &mut record.dst;
+    let kind = remote.endpoint.as_ref().map(|endpoint| endpoint.kind);
+    if !matches!(kind, None | Some(EndpointKind::World)) {
+        return None;
+    }
+    let owner = Owner::of(record.cgroup.id, record.cgroup.path.as_deref());
+    let names = dns.names(&owner, remote.ip, record.first_seen);
+    if !names.is_empty() {
+        remote.dns = Some(PeerDns { names, resolved: true });
+        return Some(true);
+    }
+    if kind == Some(EndpointKind::World) && remote.port != Some(DNS_PORT) {
+        remote.dns = Some(PeerDns { names: Vec::new(), resolved: false });
+        return Some(false);
+    }
+    None
 }
 
 /// Fills in both ends of one record.
@@ -39,17 +78,25 @@ pub fn enrich(record: &mut FlowRecord, resolver: &Resolver) {
 }
 
 /// Runs the stage until `input` closes. Without a resolver (no inventory),
-/// records pass through unchanged.
+/// ends are not resolved; without a DNS view, no names are added.
 pub async fn run(
     resolver: Option<Resolver>,
+    dns: Option<DnsView>,
     mut input: mpsc::Receiver<Vec<FlowRecord>>,
     output: mpsc::Sender<Vec<FlowRecord>>,
     health: Arc<EnrichHealth>,
 ) {
     while let Some(mut batch) = input.recv().await {
-        if let Some(resolver) = &resolver {
-            for record in &mut batch {
+        for record in &mut batch {
+            if let Some(resolver) = &resolver {
                 enrich(record, resolver);
+            }
+            if let Some(dns) = &dns {
+                match name_remote(record, dns) {
+                    Some(true) => health.records_named.fetch_add(1, Ordering::Relaxed),
+                    Some(false) => health.records_direct_ip.fetch_add(1, Ordering::Relaxed),
+                    None => 0,
+                };
             }
         }
         let count = batch.len() as u64;
@@ -63,5 +110,75 @@ pub async fn run(
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, time::Duration};
+
+    use observer_common::{FAMILY_IPV4, FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP};
+
+    use super::*;
+    use crate::{
+        capture::{build_record, clock::Clock, table::Emission},
+        dns::{DnsConfig, NameCache},
+        flow::{FlowState, RecordEvent},
+        inventory::Endpoint,
+    };
+
+    const POD: &str = "/kubepods/besteffort/pod3f6c1c2e-1111-4222-8333-444455556666/0123456789abcdef";
+
+    fn record(remote: [u8; 4], remote_port: u16, initiator: u8, clock: &Clock) -> FlowRecord {
+        let mut key = FlowKey {
+            cgroup_id: 9,
+            local_port: 40000,
+            remote_port,
+            protocol: PROTO_TCP,
+            family: FAMILY_IPV4,
+            ..FlowKey::default()
+        };
+        key.local_addr[..4].copy_from_slice(&[198, 18, 0, 10]);
+        key.remote_addr[..4].copy_from_slice(&remote);
+        let now = crate::capture::clock::monotonic_ns();
+        let stats = FlowStats { first_seen_ns: now, last_seen_ns: now, initiator, ..FlowStats::default() };
+        let emission = Emission { key, stats, event: RecordEvent::End, state: FlowState::Closed };
+        let mut record = build_record(&emission, clock, Some(Arc::from(POD)), &Arc::from("node"));
+        let remote_end = if initiator == INITIATOR_LOCAL { &mut record.dst } else { &mut record.src };
+        remote_end.endpoint = Some(Endpoint::world());
+        record
+    }
+
+    fn dns(record: &FlowRecord) -> serde_json::Value {
+        serde_json::to_value(&record.dst).expect("json")["dns"].clone()
+    }
+
+    #[test]
+    fn world_egress_is_named_or_marked_direct_ip() {
+        let clock = Clock::new();
+        let view = DnsView::new(&DnsConfig::default());
+        let resolved = IpAddr::from([203, 0, 113, 20]);
+        // What the tracker would learn from an answer the pod received a moment ago.
+        let mut cache = NameCache::new(16, Duration::from_secs(60));
+        cache.insert(
+            Owner::of(9, Some(POD)),
+            resolved,
+            "api.example.com".into(),
+            Duration::from_secs(30),
+            std::time::SystemTime::now() - Duration::from_millis(5),
+        );
+        let view = view.with_cache_for_tests(cache);
+        let mut named = record([203, 0, 113, 20], 443, INITIATOR_LOCAL, &clock);
+        assert_eq!(name_remote(&mut named, &view), Some(true));
+        assert_eq!(dns(&named), serde_json::json!({"names": ["api.example.com"], "resolved": true}));
+        let mut direct = record([203, 0, 113, 21], 443, INITIATOR_LOCAL, &clock);
+        assert_eq!(name_remote(&mut direct, &view), Some(false));
+        assert_eq!(dns(&direct), serde_json::json!({"resolved": false}));
+        // The resolver itself, and flows the pod did not start, are left alone.
+        let mut to_resolver = record([203, 0, 113, 53], 53, INITIATOR_LOCAL, &clock);
+        assert_eq!(name_remote(&mut to_resolver, &view), None);
+        let mut inbound = record([203, 0, 113, 20], 443, INITIATOR_REMOTE, &clock);
+        assert_eq!(name_remote(&mut inbound, &view), None);
+        assert!(inbound.src.dns.is_none() && inbound.dst.dns.is_none());
     }
 }

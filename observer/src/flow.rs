@@ -63,6 +63,22 @@ pub struct Peer {
     /// its fields sit beside `ip` and `port`.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
+    /// The names the local pod resolved for this address: set on the
+    /// remote end of egress flows to the world (and of any flow whose remote
+    /// address the pod resolved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<PeerDns>,
+}
+
+/// What DNS says about the remote end of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerDns {
+    /// Names the local pod had resolved to this address when the flow
+    /// started (sorted, at most [`crate::dns::MAX_NAMES`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<Arc<str>>,
+    /// `false`: the pod never resolved this address (a direct-IP connection).
+    pub resolved: bool,
 }
 
 /// Packets and bytes in one direction.

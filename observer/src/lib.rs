@@ -11,6 +11,7 @@ pub mod api;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod enrich;
 pub mod export;
 pub mod findings;

@@ -1,4 +1,5 @@
-//! `observer run`: the daemon. Wires the stages (capture → export), handles
+//! `observer run`: the daemon. Wires the stages (capture → enrich → export,
+//! with DNS messages from capture to the name cache and the DNS log), handles
 //! SIGINT/SIGTERM, and detaches everything on the way out.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -11,8 +12,9 @@ use crate::{
     api,
     capture::{Capture, CaptureConfig, CaptureHealth, loader, loader::LoadOptions, table::TableConfig},
     config::ObserverConfig,
+    dns::{DnsConfig, DnsTracker, DnsView},
     enrich,
-    export::flowlog,
+    export::{dnslog, flowlog},
     intent,
     inventory::{self, Inventory, InventoryArgs, InventoryError},
     judge::stage::{IntentSource, JudgeStage, StageSetup},
@@ -52,6 +54,15 @@ pub struct RunArgs {
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// Also write a JSON lines log of every DNS query pods send and what came of it (appended).
+    #[arg(long, value_name = "FILE")]
+    pub dns_log: Option<PathBuf>,
+    /// Most (pod, address) entries in the DNS name cache (least recently used evicted).
+    #[arg(long, default_value_t = 65_536)]
+    pub dns_cache_size: usize,
+    /// How long past its TTL a resolved name still names new connections.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub dns_grace: Duration,
     /// Write findings (policy and intent breaches, unprotected AI-tier pods,
     /// spikes), deduplicated, as JSON lines to this file (appended).
     #[arg(long, value_name = "FILE")]
@@ -175,15 +186,29 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         metrics.expect_inventory();
         tokio::spawn(metrics.clone().follow_inventory(inventory.clone(), shutdown_rx.clone()));
     }
-    let capture = Capture::start(config).context("starting capture")?;
+    let resolver = inventory.as_ref().map(Inventory::resolver);
+    let node = Arc::clone(&config.node);
+    let mut capture = Capture::start(config).context("starting capture")?;
     metrics.attach_capture(capture.health());
+    let dns_config = DnsConfig { cache_capacity: args.dns_cache_size, grace: args.dns_grace, ..DnsConfig::default() };
+    let dns = DnsView::new(&dns_config);
+    let dns_writer = match &args.dns_log {
+        Some(path) => {
+            let (dns_tx, dns_rx) = mpsc::channel(DNS_LOG_CAPACITY);
+            capture.set_dns(DnsTracker::new(dns.clone(), dns_config, node, Some(dns_tx)));
+            Some(tokio::spawn(dnslog::write(path.clone(), resolver.clone(), dns_rx)))
+        }
+        None => {
+            capture.set_dns(DnsTracker::new(dns.clone(), dns_config, node, None));
+            None
+        }
+    };
     let (captured_tx, captured_rx) = mpsc::channel(STAGE_CAPACITY);
     let (enriched_tx, enriched_rx) = mpsc::channel(STAGE_CAPACITY);
     let (judged_tx, judged_rx) = mpsc::channel(STAGE_CAPACITY);
     let (metered_tx, metered_rx) = mpsc::channel(STAGE_CAPACITY);
     let enrich_health = Arc::new(enrich::EnrichHealth::default());
-    let resolver = inventory.as_ref().map(Inventory::resolver);
-    let enricher = tokio::spawn(enrich::run(resolver, captured_rx, enriched_tx, Arc::clone(&enrich_health)));
+    let enricher = tokio::spawn(enrich::run(resolver, Some(dns), captured_rx, enriched_tx, Arc::clone(&enrich_health)));
     let judge = match inventory {
         Some(inventory) => {
             let setup = StageSetup {
@@ -216,6 +241,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     judge.await.context("judge task panicked")?;
     meter.await.context("metering task panicked")?;
     let written = writer.await.context("flow log task panicked")?.context("flow log")?;
+    if let Some(dns_writer) = dns_writer {
+        let entries = dns_writer.await.context("DNS log task panicked")?.context("DNS log")?;
+        tracing::info!(entries, "DNS log closed");
+    }
     tracing::info!(
         records = written,
         events_lost = health.events_lost.load(std::sync::atomic::Ordering::Relaxed),
@@ -265,6 +294,8 @@ async fn intent_source(args: &InventoryArgs, mut shutdown: watch::Receiver<bool>
 
 /// Batches a stage may queue for the next one before dropping.
 const STAGE_CAPACITY: usize = 1024;
+/// DNS log entries queued for the writer before dropping.
+const DNS_LOG_CAPACITY: usize = 8192;
 
 /// Starts the inventory the flags choose and returns it. With no
 /// `--manifests` and no Kubernetes configuration at all, the observer still

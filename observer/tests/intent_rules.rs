@@ -161,7 +161,7 @@ fn invalid_intents_are_reported_by_field_and_the_rest_apply() {
         "apiVersion: ai.governance/v1alpha1\nkind: FlowIntent\nmetadata: {name: bad-cidr, namespace: ai}\nspec:\n  egress:\n    forbid: [{cidr: 10.0.0.0/40}]",
         "apiVersion: ai.governance/v1alpha1\nkind: FlowIntent\nmetadata: {name: mixed, namespace: ai}\nspec:\n  egress:\n    allow: [{world: true, cidr: 1.2.3.0/24}]",
         "apiVersion: ai.governance/v1alpha1\nkind: FlowIntent\nmetadata: {name: empty, namespace: ai}\nspec:\n  subject: {tiers: [agent]}",
-        "apiVersion: ai.governance/v1alpha1\nkind: FlowIntent\nmetadata: {name: fqdn, namespace: ai}\nspec:\n  egress:\n    allow: [{fqdn: api.openai.com}]",
+        "apiVersion: ai.governance/v1alpha1\nkind: FlowIntent\nmetadata: {name: fqdn, namespace: ai}\nspec:\n  egress:\n    allow: [{fqdn: 'api.*.com'}]",
         "apiVersion: ai.governance/v1alpha1\nkind: FlowIntent\nmetadata: {name: bad-op, namespace: ai}\nspec:\n  subject:\n    podSelector: {matchExpressions: [{key: a, operator: Gt, values: ['1']}]}\n  isolation: {ingress: true}",
         "apiVersion: ai.governance/v1alpha1\nkind: FlowIntent\nmetadata: {name: gateway, namespace: ai}\nspec:\n  egress:\n    onlyThrough: {world: true}",
     );
@@ -182,7 +182,7 @@ fn invalid_intents_are_reported_by_field_and_the_rest_apply() {
     );
     assert!(matches!(errors[1].problem, IntentProblem::MixedPeer { .. }));
     assert_eq!(errors[2].problem, IntentProblem::NoRule);
-    assert_eq!(errors[3].problem, IntentProblem::FqdnUnsupported);
+    assert!(matches!(&errors[3].problem, IntentProblem::Fqdn { value, .. } if value == "api.*.com"));
     assert_eq!(
         errors[0].to_string(),
         "FlowIntent ai/bad-cidr: spec.egress.forbid[0].cidr: invalid CIDR \"10.0.0.0/40\": prefix length must be 0-32 for IPv4 or 0-128 for IPv6"
@@ -272,4 +272,47 @@ fn enriched_endpoints_map_to_flow_ends() {
     let world = observer::inventory::Endpoint::world();
     let dst = FlowEnd::from_endpoint(&world, None, ip("203.0.113.7"), Some(443));
     assert_eq!(check(&index, &src, &dst).as_deref(), Some("spec.egress.onlyThrough"));
+}
+
+const FQDN_AGENTS: &str = r#"
+apiVersion: ai.governance/v1alpha1
+kind: FlowIntent
+metadata: {name: agent-apis, namespace: ai}
+spec:
+  subject: {tiers: [agent]}
+  egress:
+    forbid:
+      - fqdn: uploads.example.com
+    allow:
+      - fqdn: "*.example.com"
+        ports: [{port: 443}]
+      - fqdn: API.Partner.net.
+"#;
+
+#[test]
+fn fqdn_rules_judge_egress_by_the_names_the_pod_resolved() {
+    let (index, errors) = intents(FQDN_AGENTS, &[]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let agent = pod("agent-1").tier("agent").ip("198.18.0.10").build();
+    let src = FlowEnd::pod(&agent, ip("198.18.0.10"), Some(40000));
+    let names = |list: &[&str]| -> Vec<std::sync::Arc<str>> { list.iter().map(|name| (*name).into()).collect() };
+    let world = |port| FlowEnd::world(ip("203.0.113.20"), Some(port));
+    let (api, partner, uploads, other) =
+        (names(&["api.example.com"]), names(&["api.partner.net"]), names(&["uploads.example.com"]), names(&["x.org"]));
+    assert_eq!(check(&index, &src, &world(443).with_names(&api)), None);
+    assert_eq!(check(&index, &src, &world(80).with_names(&partner)), None);
+    // The allow rule holds on its port only.
+    assert_eq!(check(&index, &src, &world(80).with_names(&api)).as_deref(), Some("spec.egress.allow"));
+    // Deny wins over allow.
+    let denied = index.check_egress(&src, &world(443).with_names(&uploads), None).expect("forbidden");
+    assert_eq!(&*denied.rule, "spec.egress.forbid[0]");
+    assert!(denied.reason.contains("fqdn uploads.example.com"), "{}", denied.reason);
+    assert!(denied.reason.contains("uploads.example.com)"), "{}", denied.reason);
+    assert_eq!(check(&index, &src, &world(443).with_names(&other)).as_deref(), Some("spec.egress.allow"));
+    // Never resolved: a direct-IP connection, said so in the reason.
+    let direct = index.check_egress(&src, &world(443).with_names(&[]), None).expect("direct-IP is not allowed");
+    assert!(direct.reason.contains("never resolved by name (direct-IP)"), "{}", direct.reason);
+    // The flow record's `dns` field maps onto the end.
+    let record_dns = observer::flow::PeerDns { names: api.clone(), resolved: true };
+    assert_eq!(check(&index, &src, &world(443).with_dns(Some(&record_dns))), None);
 }

@@ -2,11 +2,11 @@
 
 mod policy_support;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use observer::{
-    inventory::model::{Namespace, Pod, Protocol},
+    inventory::model::{ContainerPort, Namespace, Pod, Protocol},
     policy::{Endpoint, PolicyEngine, SideVerdict, Verdict},
 };
 use policy_support::{ip, namespace, pod, policy};
@@ -120,6 +120,48 @@ fn pods() -> impl Strategy<Value = Vec<Pod>> {
                     .build()
             })
             .collect()
+    })
+}
+
+/// Pods as [`pods`] makes them, some on the host network, some with a port
+/// name no policy uses; shared, for the engine's pod index.
+fn shared_pods() -> impl Strategy<Value = Vec<Arc<Pod>>> {
+    (pods(), vec((any::<bool>(), any::<bool>()), 7)).prop_map(|(pods, flags)| {
+        pods.into_iter()
+            .zip(flags)
+            .map(|(mut pod, (host_network, other_port))| {
+                pod.host_network = host_network && pod.namespace != "ns0";
+                if other_port {
+                    pod.container_ports.push(ContainerPort {
+                        name: Some("q".to_owned()),
+                        port: 81,
+                        protocol: Protocol::Tcp,
+                    });
+                }
+                Arc::new(pod)
+            })
+            .collect()
+    })
+}
+
+/// Peers with expressions as well as the shapes of [`peer`], for the index's
+/// interned selectors.
+fn indexed_policy_spec() -> impl Strategy<Value = PolicySpec> {
+    let expression = (select(vec!["app", "tier"]), select(vec!["In", "NotIn", "Exists", "DoesNotExist"])).prop_map(
+        |(key, operator)| {
+            let values = if matches!(operator, "In" | "NotIn") { json!(["x"]) } else { json!(null) };
+            json!({"podSelector": {"matchExpressions": [{"key": key, "operator": operator, "values": values}]}})
+        },
+    );
+    (policy_spec(), vec(expression, 0..3), any::<bool>()).prop_map(|(mut spec, peers, ingress)| {
+        if !peers.is_empty() {
+            let (list, key) = if ingress { ("ingress", "from") } else { ("egress", "to") };
+            let rules = spec.spec.as_object_mut().and_then(|spec| spec.get_mut(list)).and_then(Value::as_array_mut);
+            if let Some(rule) = rules.and_then(|rules| rules.first_mut()).and_then(Value::as_object_mut) {
+                rule.insert(key.to_owned(), Value::from(peers));
+            }
+        }
+        spec
     })
 }
 
@@ -263,6 +305,39 @@ proptest! {
                 b.sort();
                 prop_assert_eq!(a, b);
             }
+        }
+    }
+
+    #[test]
+    fn indexed_pods_get_the_verdicts_of_plain_pods(
+        specs in vec(indexed_policy_spec(), 0..8),
+        pods in shared_pods(),
+        namespaces in namespaces(),
+        indexed in vec(any::<bool>(), 7),
+    ) {
+        let plain = compile(&specs, &namespaces);
+        let mut engine = plain.clone();
+        // Some pods stay out of the index: flows between the two kinds must agree too.
+        engine.index_pods(pods.iter().zip(&indexed).filter(|(_, indexed)| **indexed).map(|(pod, _)| Arc::clone(pod)));
+        let mut ends: Vec<Endpoint<'_>> = pods.iter().map(|pod| Endpoint::pod(pod)).collect();
+        ends.extend(pods.iter().map(|pod| Endpoint::Pod { pod, ip: pod.ips.first().copied() }));
+        ends.push(Endpoint::External(ip("198.18.0.1")));
+        ends.push(Endpoint::External(ip("203.0.113.5")));
+        for source in &ends {
+            for destination in &ends {
+                for port in [80, 81, 82] {
+                    for protocol in [Protocol::Tcp, Protocol::Udp] {
+                        let flow = (*source, *destination, port, protocol);
+                        prop_assert_eq!(verdict_of(&engine, &flow), verdict_of(&plain, &flow));
+                    }
+                }
+            }
+        }
+        for pod in &pods {
+            prop_assert_eq!(engine.isolating(pod), plain.isolating(pod));
+            // A copy is not the indexed value: it is judged from its fields.
+            let copy = Pod::clone(pod);
+            prop_assert_eq!(engine.isolating(&copy), plain.isolating(pod));
         }
     }
 }

@@ -130,6 +130,23 @@ pub trait Endpoint {
         self.server(opts.args(listen))
     }
 
+    /// Starts a `lab-traffic dns-server` answering `zone` on `listen` (UDP and TCP) and waits until it is up.
+    fn dns_server(&self, listen: SocketAddr, zone: &crate::dns::Zone) -> Result<Proc> {
+        self.server(vec![
+            "dns-server".to_owned(),
+            "--listen".to_owned(),
+            listen.to_string(),
+            "--zone".to_owned(),
+            zone.to_arg(),
+        ])
+    }
+
+    /// Runs `lab-traffic dns-query` against `server` and returns what it resolved.
+    fn dns_query(&self, server: SocketAddr, opts: &crate::dns::DnsQueryOpts) -> Result<crate::dns::DnsQueryReport> {
+        check_destination(server.ip())?;
+        self.traffic_report(opts.args(server), opts.timeout + Duration::from_secs(5))
+    }
+
     /// Starts a `lab-traffic` server with `args` and waits for its ready line.
     fn server(&self, args: Vec<String>) -> Result<Proc> {
         let mut proc = self.spawn(self.traffic_bin(), args)?;

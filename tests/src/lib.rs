@@ -12,6 +12,7 @@
 use std::io::Write;
 
 mod cgroup;
+pub mod dns;
 mod error;
 mod exec;
 mod firewall;

@@ -268,7 +268,7 @@ fn burst_of_20k_connections_is_fully_accounted_for() {
     std::thread::sleep(Duration::from_millis(500));
     let run = finish(observer);
     let reported = ends(&run, client.cgroup_id(), target).len() as u64;
-    let lost = ["events_lost", "flow_inserts_failed", "flows_evicted", "records_dropped"]
+    let lost = ["events_lost", "flow_inserts_failed", "flows_evicted", "records_dropped", "states_unmatched"]
         .iter()
         .map(|counter| run.health[counter].as_u64().unwrap_or_else(|| panic!("{counter} in {}", run.health)))
         .sum::<u64>();
@@ -284,18 +284,24 @@ fn nothing_stays_attached_after_the_observer_stops() {
     if !root_or_skip("nothing_stays_attached_after_the_observer_stops") {
         return;
     }
-    let count_ours = || -> usize {
-        let output = std::process::Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.lines()
-            .filter(|line| {
-                ["flow_ingress", "flow_egress", "tcp_state"].iter().any(|name| line.contains(&format!("name {name} ")))
+    // Program ids with our names; ids, not counts, so another observer on the
+    // same machine cannot confuse the test.
+    let ours = || -> HashSet<u64> {
+        let output = std::process::Command::new("bpftool").args(["prog", "show", "--json"]).output().expect("bpftool");
+        let programs: Vec<Value> = serde_json::from_slice(&output.stdout).expect("bpftool JSON");
+        programs
+            .iter()
+            .filter(|program| {
+                ["flow_ingress", "flow_egress", "tcp_state"].iter().any(|name| program["name"].as_str() == Some(name))
             })
-            .count()
+            .filter_map(|program| program["id"].as_u64())
+            .collect()
     };
-    let before = count_ours();
+    let before = ours();
     let observer = observe(&[]);
-    assert_eq!(count_ours(), before + 3, "three programs while running");
+    let loaded: HashSet<u64> = ours().difference(&before).copied().collect();
+    assert_eq!(loaded.len(), 3, "three programs while running: {loaded:?}");
     observer.stop().expect("stops");
-    assert_eq!(count_ours(), before, "all detached and unloaded after SIGTERM");
+    let left: HashSet<u64> = ours().intersection(&loaded).copied().collect();
+    assert!(left.is_empty(), "all detached and unloaded after SIGTERM, but {left:?} remain");
 }

@@ -96,7 +96,11 @@ fn flow_log_names_pods_and_workloads_at_both_ends() {
     let at_db = end(&run.records, db.cgroup_id(), 5432);
     assert_eq!(at_db["local"], "dst");
     assert_eq!((who(&at_db["src"]), who(&at_db["dst"])), (web_end.clone(), db_end));
-    // Egress to the internet: the remote end is the world.
+    // Egress to the internet: the remote end is the world, reached by
+    // address without resolving a name (direct-IP).
     let egress = end(&run.records, web.cgroup_id(), 443);
-    assert_eq!((who(&egress["src"]), who(&egress["dst"])), (web_end, json!({"kind": "world"})));
+    assert_eq!(
+        (who(&egress["src"]), who(&egress["dst"])),
+        (web_end, json!({"kind": "world", "dns": {"resolved": false}}))
+    );
 }

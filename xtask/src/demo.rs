@@ -114,6 +114,9 @@ fn story(lab: &Lab, dir: &Path) -> anyhow::Result<()> {
         &args[2],
     ])?;
     println!("    flow log: {}\n    findings: {}", observer.flow_log().display(), findings.display());
+    if let Some(addr) = observer.metrics_addr() {
+        println!("    metrics:  http://{addr}/metrics (and /healthz, /readyz) while the demo runs");
+    }
     let ask = |send: u64, expect: u64| TcpClientOpts { send, expect, ..Default::default() };
 
     chapter("1. normal traffic: gateway → model server → tool server and vector store (allowed)");

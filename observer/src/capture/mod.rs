@@ -1,9 +1,12 @@
 //! Capture: the kernel side of the observer, seen from userspace.
 //!
 //! In: the attached kernel programs' ring buffer (new flows, TCP state
-//! changes), their flow map (polled every `poll_interval`) and their per-CPU
-//! counters. Out: batches of [`FlowRecord`]s on a bounded channel, and
-//! [`CaptureHealth`] counters. A full channel drops the batch and counts it.
+//! changes, captured DNS messages), their flow map (polled every
+//! `poll_interval`) and their per-CPU counters. Out: batches of
+//! [`FlowRecord`]s on a bounded channel, DNS messages to the
+//! [`DnsTracker`] (which fills the name cache before the flows read in the
+//! same pass go on), and [`CaptureHealth`] counters. A full channel drops
+//! the batch and counts it.
 
 pub mod cgroups;
 pub mod clock;
@@ -22,12 +25,13 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
-use observer_common::{Counter, Event, FlowKey, FlowStats, INITIATOR_LOCAL, names, tcp_flags};
+use observer_common::{Counter, DnsEvent, EVENT_DNS, Event, FlowKey, FlowStats, INITIATOR_LOCAL, names, tcp_flags};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, watch},
 };
 
+use crate::dns::DnsTracker;
 use crate::flow::{Cgroup, Family, FlagSet, FlowRecord, Icmp, LocalEnd, Peer, Protocol, TcpFlags, Traffic, key_addrs};
 use cgroups::CgroupPaths;
 use clock::{Clock, monotonic_ns};
@@ -91,6 +95,10 @@ pub struct CaptureHealth {
     pub flows_evicted: AtomicU64,
     /// Flows found only by polling (their new-flow event was lost).
     pub flows_discovered: AtomicU64,
+    /// Connections that reused the tuple of a flow not yet reported.
+    pub tuples_reused: AtomicU64,
+    /// TCP state changes that never found their flow.
+    pub states_unmatched: AtomicU64,
     /// Flows tracked right now.
     pub flows_active: AtomicU64,
     /// Entries in the kernel flow map at the last poll.
@@ -99,6 +107,8 @@ pub struct CaptureHealth {
     pub flow_map_capacity: AtomicU64,
     /// Ring-buffer events read.
     pub events_read: AtomicU64,
+    /// DNS records read off the ring buffer.
+    pub dns_records_read: AtomicU64,
     /// Records dropped because the next stage was full.
     pub records_dropped: AtomicU64,
     /// Records handed to the next stage.
@@ -123,10 +133,13 @@ impl CaptureHealth {
             "flows_ended": get(&self.flows_ended),
             "flows_evicted": get(&self.flows_evicted),
             "flows_discovered": get(&self.flows_discovered),
+            "tuples_reused": get(&self.tuples_reused),
+            "states_unmatched": get(&self.states_unmatched),
             "flows_active": get(&self.flows_active),
             "flow_map_entries": get(&self.flow_map_entries),
             "flow_map_capacity": get(&self.flow_map_capacity),
             "events_read": get(&self.events_read),
+            "dns_records_read": get(&self.dns_records_read),
             "records_dropped": get(&self.records_dropped),
             "records_sent": get(&self.records_sent),
             "polls": get(&self.polls),
@@ -147,6 +160,7 @@ pub struct Capture {
     clock: Clock,
     config: CaptureConfig,
     health: Arc<CaptureHealth>,
+    dns: Option<DnsTracker>,
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
@@ -193,7 +207,14 @@ impl Capture {
             clock: Clock::new(),
             config,
             health,
+            dns: None,
         })
+    }
+
+    /// Hands captured DNS messages to `tracker` from now on; without one they
+    /// are read and discarded.
+    pub fn set_dns(&mut self, tracker: DnsTracker) {
+        self.dns = Some(tracker);
     }
 
     /// Health counters, updated while [`Capture::run`] runs.
@@ -223,7 +244,7 @@ impl Capture {
                     match guard {
                         Ok(mut guard) => {
                             guard.clear_ready();
-                            self.read_events(&mut out, &mut delete);
+                            self.read_events(&mut out);
                         }
                         Err(error) => {
                             tracing::error!(%error, "ring buffer poll failed; stopping capture");
@@ -231,7 +252,7 @@ impl Capture {
                         }
                     }
                 }
-                _ = drain.tick() => self.read_events(&mut out, &mut delete),
+                _ = drain.tick() => self.read_events(&mut out),
                 Some(guard) = maybe_readable(&mut self.logger) => {
                     if let Ok(mut guard) = guard {
                         guard.get_inner_mut().flush();
@@ -239,34 +260,69 @@ impl Capture {
                     }
                 }
                 _ = tick.tick() => {
+                    // DNS answers waiting on the ring go into the name cache
+                    // before the flows that follow them are handed on.
+                    self.read_events(&mut out);
                     self.poll(&mut out);
                     self.table.flush(monotonic_ns(), &mut out, &mut delete);
                     self.finish_batch(&sink, &mut out, &mut delete);
+                    if let Some(dns) = &mut self.dns {
+                        dns.tick(std::time::SystemTime::now());
+                    }
                 }
             }
         }
-        self.read_events(&mut out, &mut delete);
+        self.read_events(&mut out);
         self.poll(&mut out);
         self.table.flush(monotonic_ns(), &mut out, &mut delete);
         self.table.drain(&mut out);
         self.finish_batch(&sink, &mut out, &mut delete);
-        tracing::info!(health = %self.health.snapshot(), "capture stopped");
+        let dns = self.dns.take().map(|mut dns| {
+            dns.finish();
+            dns.view().health().snapshot()
+        });
+        tracing::info!(
+            health = %self.health.snapshot(),
+            dns = %dns.unwrap_or(serde_json::Value::Null),
+            "capture stopped"
+        );
     }
 
-    fn read_events(&mut self, out: &mut Vec<Emission>, delete: &mut Vec<FlowKey>) {
+    fn read_events(&mut self, out: &mut Vec<Emission>) {
         let ring = self.events.get_mut();
         let mut read = 0u64;
+        let mut dns_read = 0u64;
         while let Some(item) = ring.next() {
             read += 1;
+            if item.first() == Some(&EVENT_DNS) {
+                dns_read += 1;
+                if item.len() < size_of::<DnsEvent>() {
+                    continue;
+                }
+                // SAFETY: the kernel wrote a `DnsEvent` header (repr(C), any bit pattern valid).
+                let header = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsEvent>()) };
+                let end = (size_of::<DnsEvent>() + usize::from(header.captured_len)).min(item.len());
+                if let Some(dns) = &mut self.dns {
+                    let path = self.cgroups.path(header.key.cgroup_id);
+                    dns.on_packet(
+                        &header,
+                        &item[size_of::<DnsEvent>()..end],
+                        path,
+                        self.clock.wall(header.timestamp_ns),
+                    );
+                }
+                continue;
+            }
             if item.len() < size_of::<Event>() {
                 continue;
             }
             // SAFETY: the kernel wrote an `Event` (repr(C), any bit pattern valid).
             let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
             drop(item);
-            self.table.on_event(&event, out, delete);
+            self.table.on_event(&event, out);
         }
         self.health.events_read.fetch_add(read, Ordering::Relaxed);
+        self.health.dns_records_read.fetch_add(dns_read, Ordering::Relaxed);
     }
 
     fn poll(&mut self, out: &mut Vec<Emission>) {
@@ -306,6 +362,14 @@ impl Capture {
         }
         self.health.packets_unparsed.store(sum(Counter::PacketsUnparsed), Ordering::Relaxed);
         self.health.kernel_flows_created.store(sum(Counter::FlowsCreated), Ordering::Relaxed);
+        if let Some(dns) = &self.dns {
+            let lost = sum(Counter::DnsLost);
+            let previous = dns.view().health().kernel_lost();
+            if lost > previous {
+                tracing::warn!(lost = lost - previous, total = lost, "DNS messages lost in the kernel");
+            }
+            dns.view().health().set_kernel(sum(Counter::DnsCaptured), sum(Counter::DnsTruncated), lost);
+        }
     }
 
     fn finish_batch(
@@ -324,6 +388,8 @@ impl Capture {
         health.flows_ended.store(stats.flows_ended, Ordering::Relaxed);
         health.flows_evicted.store(stats.flows_evicted, Ordering::Relaxed);
         health.flows_discovered.store(stats.flows_discovered, Ordering::Relaxed);
+        health.tuples_reused.store(stats.tuples_reused, Ordering::Relaxed);
+        health.states_unmatched.store(stats.states_unmatched, Ordering::Relaxed);
         health.flows_active.store(self.table.len() as u64, Ordering::Relaxed);
         if out.is_empty() {
             return;
@@ -379,8 +445,8 @@ pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<
     } else {
         (None, None, None)
     };
-    let local = Peer { ip: local_ip, port: local_port, endpoint: None };
-    let remote = Peer { ip: remote_ip, port: remote_port, endpoint: None };
+    let local = Peer { ip: local_ip, port: local_port, endpoint: None, dns: None };
+    let remote = Peer { ip: remote_ip, port: remote_port, endpoint: None, dns: None };
     let sent = Traffic { packets: stats.packets_out, bytes: stats.bytes_out };
     let received = Traffic { packets: stats.packets_in, bytes: stats.bytes_in };
     let local_initiated = stats.initiator == INITIATOR_LOCAL;

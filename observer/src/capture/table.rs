@@ -56,6 +56,8 @@ pub struct TableStats {
     pub flows_discovered: u64,
     /// TCP state changes that matched no flow in time.
     pub states_unmatched: u64,
+    /// Connections that reused the tuple of a flow not yet reported.
+    pub tuples_reused: u64,
 }
 
 /// TCP progress of a flow.
@@ -74,11 +76,37 @@ enum Phase {
 
 #[derive(Clone, Debug)]
 struct Tracked {
+    /// Counters of the kernel entry, as last polled.
     stats: FlowStats,
+    /// Counters the entry held when this connection took it over from an
+    /// earlier one with the same tuple (zero otherwise): subtracted in records.
+    base: FlowStats,
+    /// When this connection started, if it took over a reused entry.
+    started_ns: u64,
     phase: Phase,
     /// Counters and state of the last record, if one was written.
     reported: Option<(FlowStats, FlowState)>,
     last_report_ns: u64,
+}
+
+impl Tracked {
+    /// The counters of this connection: the entry's minus what an earlier
+    /// connection on the same tuple left in it.
+    fn view(&self) -> FlowStats {
+        if self.started_ns == 0 {
+            return self.stats;
+        }
+        let minus = |now: u64, base: u64| now.saturating_sub(base);
+        FlowStats {
+            first_seen_ns: self.started_ns,
+            last_seen_ns: self.stats.last_seen_ns.max(self.started_ns),
+            packets_out: minus(self.stats.packets_out, self.base.packets_out),
+            bytes_out: minus(self.stats.bytes_out, self.base.bytes_out),
+            packets_in: minus(self.stats.packets_in, self.base.packets_in),
+            bytes_in: minus(self.stats.bytes_in, self.base.bytes_in),
+            ..self.stats
+        }
+    }
 }
 
 /// A TCP state change that arrived before its flow (the tracepoint fires
@@ -131,13 +159,12 @@ impl FlowTable {
         self.flows.is_empty()
     }
 
-    /// Applies one ring-buffer event. Returns records that must be written at
-    /// once (a flow whose tuple was reused before its end was reported) and
-    /// the map keys to delete for them.
-    pub fn on_event(&mut self, event: &Event, out: &mut Vec<Emission>, delete: &mut Vec<FlowKey>) {
+    /// Applies one ring-buffer event. Adds the records that must be written at
+    /// once (a flow whose tuple a new connection reused) to `out`.
+    pub fn on_event(&mut self, event: &Event, out: &mut Vec<Emission>) {
         match event.kind {
             EVENT_NEW_FLOW => self.track(event.key, None, event.timestamp_ns),
-            EVENT_TCP_STATE => self.on_tcp_state(event, out, delete),
+            EVENT_TCP_STATE => self.on_tcp_state(event, out),
             _ => {}
         }
     }
@@ -155,11 +182,14 @@ impl FlowTable {
         if is_tcp {
             self.by_tuple.entry(tuple(&key)).or_default().push(key);
         }
-        self.flows.insert(key, Tracked { stats, phase, reported: None, last_report_ns: now });
+        self.flows.insert(
+            key,
+            Tracked { stats, base: FlowStats::default(), started_ns: 0, phase, reported: None, last_report_ns: now },
+        );
         self.stats.flows_tracked += 1;
     }
 
-    fn on_tcp_state(&mut self, event: &Event, out: &mut Vec<Emission>, delete: &mut Vec<FlowKey>) {
+    fn on_tcp_state(&mut self, event: &Event, out: &mut Vec<Emission>) {
         let at = event.timestamp_ns;
         let phase = match event.new_state {
             tcp_state::SYN_SENT => Phase::Attempted,
@@ -175,14 +205,24 @@ impl FlowTable {
         }
         for key in keys {
             let Some(flow) = self.flows.get_mut(&key) else { continue };
-            if matches!(flow.phase, Phase::Closed { .. }) && phase == Phase::Attempted {
-                // The tuple was reused by a new connection before the old one
-                // was reported: finish the old one now.
-                let state = closed_state(flow);
-                out.push(Emission { key, stats: flow.stats, event: RecordEvent::End, state });
-                self.forget(&key);
-                delete.push(key);
-                self.pending.insert(tuple, Pending { phase, at });
+            if matches!(flow.phase, Phase::Closed { .. }) && matches!(phase, Phase::Attempted | Phase::Established) {
+                // A new connection reused the tuple (an ephemeral port freed
+                // by tcp_tw_reuse) before the old one was reported. Its
+                // packets already count on the same kernel entry, so the entry
+                // stays: the old connection ends with the counters last
+                // polled, and the new one carries on from them as its base.
+                out.push(Emission { key, stats: flow.view(), event: RecordEvent::End, state: closed_state(flow) });
+                self.stats.flows_ended += 1;
+                self.stats.flows_tracked += 1;
+                self.stats.tuples_reused += 1;
+                *flow = Tracked {
+                    stats: flow.stats,
+                    base: flow.stats,
+                    started_ns: at,
+                    phase,
+                    reported: None,
+                    last_report_ns: at,
+                };
                 continue;
             }
             if !matches!(flow.phase, Phase::Closed { .. }) {
@@ -213,7 +253,7 @@ impl FlowTable {
             .collect();
         for key in evicted {
             if let Some(flow) = self.flows.get(&key) {
-                out.push(Emission { key, stats: flow.stats, event: RecordEvent::End, state: FlowState::Evicted });
+                out.push(Emission { key, stats: flow.view(), event: RecordEvent::End, state: FlowState::Evicted });
                 self.stats.flows_evicted += 1;
                 self.forget(&key);
             }
@@ -224,7 +264,9 @@ impl FlowTable {
     /// ended flows go to `delete`.
     pub fn flush(&mut self, now: u64, out: &mut Vec<Emission>, delete: &mut Vec<FlowKey>) {
         let config = self.config;
+        let pending_before = self.pending.len();
         self.pending.retain(|_, pending| now.saturating_sub(pending.at) < config.pending_timeout_ns);
+        self.stats.states_unmatched += (pending_before - self.pending.len()) as u64;
         let mut ended = Vec::new();
         for (key, flow) in &mut self.flows {
             let idle = now.saturating_sub(flow.stats.last_seen_ns);
@@ -238,7 +280,7 @@ impl FlowTable {
                 _ => None,
             };
             if let Some(state) = end_state {
-                out.push(Emission { key: *key, stats: flow.stats, event: RecordEvent::End, state });
+                out.push(Emission { key: *key, stats: flow.view(), event: RecordEvent::End, state });
                 ended.push(*key);
                 continue;
             }
@@ -259,7 +301,7 @@ impl FlowTable {
                 Some(_) => None,
             };
             if let Some(event) = event {
-                out.push(Emission { key: *key, stats: flow.stats, event, state });
+                out.push(Emission { key: *key, stats: flow.view(), event, state });
                 flow.reported = Some((flow.stats, state));
                 flow.last_report_ns = now;
             }
@@ -278,7 +320,7 @@ impl FlowTable {
                 Phase::Closed { .. } => closed_state(flow),
                 _ => live_state(flow),
             };
-            out.push(Emission { key: *key, stats: flow.stats, event: RecordEvent::End, state });
+            out.push(Emission { key: *key, stats: flow.view(), event: RecordEvent::End, state });
         }
         self.stats.flows_ended += self.flows.len() as u64;
         self.flows.clear();
@@ -413,7 +455,7 @@ mod tests {
             Self { table: FlowTable::new(config()), out: Vec::new(), delete: Vec::new() }
         }
         fn event(&mut self, event: Event) {
-            self.table.on_event(&event, &mut self.out, &mut self.delete);
+            self.table.on_event(&event, &mut self.out);
         }
         fn poll(&mut self, snapshot: &[(FlowKey, FlowStats)], at: u64) {
             self.table.on_poll(snapshot, at, &mut self.out);
@@ -515,17 +557,27 @@ mod tests {
     }
 
     #[test]
-    fn reused_tuple_ends_the_old_flow_first() {
+    fn reused_tuple_ends_the_old_flow_and_the_new_one_carries_on_from_its_counters() {
         let mut run = Run::new();
         let key = key(PROTO_TCP, 7);
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
         run.event(new_flow(key, 1));
-        run.event(state_event(key, tcp_state::ESTABLISHED, tcp_state::CLOSE, 2));
-        run.event(state_event(key, tcp_state::CLOSE, tcp_state::SYN_SENT, 3));
+        run.poll(&[(key, stats(INITIATOR_LOCAL, syn_ack, syn_ack, 5, 2))], 3);
+        run.event(state_event(key, tcp_state::ESTABLISHED, tcp_state::CLOSE, 4));
+        run.event(state_event(key, tcp_state::CLOSE, tcp_state::SYN_SENT, 5));
         assert_eq!(run.out.len(), 1);
-        assert_eq!(run.out[0].state, FlowState::Closed);
+        assert_eq!((run.out[0].state, run.out[0].stats.packets_out), (FlowState::Closed, 5));
+        assert!(run.delete.is_empty(), "the kernel entry now counts the new connection");
+        run.out.clear();
+        run.event(state_event(key, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, 6));
+        run.poll(&[(key, stats(INITIATOR_LOCAL, syn_ack, syn_ack, 9, 7))], 8);
+        run.event(state_event(key, tcp_state::ESTABLISHED, tcp_state::CLOSE, 9));
+        let out = run.flush(500 * MS);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].state, out[0].stats.packets_out, out[0].stats.packets_in), (FlowState::Closed, 4, 4));
+        assert_eq!(out[0].stats.first_seen_ns, 5);
+        assert_eq!(run.table.stats().tuples_reused, 1);
         assert_eq!(run.delete, vec![key]);
-        run.event(new_flow(key, 4));
-        assert_eq!(run.flush(5)[1].state, FlowState::Attempted);
     }
 
     #[test]

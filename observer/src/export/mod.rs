@@ -1,3 +1,4 @@
 //! Export: where records leave the observer.
 
+pub mod dnslog;
 pub mod flowlog;

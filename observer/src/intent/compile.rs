@@ -15,6 +15,7 @@ use super::{
     tier::{InvalidTier, Tier, Tiers},
 };
 use crate::{
+    dns::{FqdnPattern, PatternError},
     inventory::model::{Labels, Pod, Protocol},
     policy::{Cidr, Problem, Selector},
 };
@@ -99,9 +100,15 @@ pub enum IntentProblem {
     /// `except` without `cidr`.
     #[error("except may only be given with cidr")]
     ExceptWithoutCidr,
-    /// FQDN peers are reserved.
-    #[error("fqdn peers are not supported yet (the observer does not learn names from DNS)")]
-    FqdnUnsupported,
+    /// An FQDN pattern that is not a DNS name or `*.` and a domain.
+    #[error("invalid fqdn {value:?}: {source}")]
+    Fqdn {
+        /// The pattern as written.
+        value: String,
+        /// Why.
+        #[source]
+        source: PatternError,
+    },
     /// `maxNewConnectionsPerMinute: 0`.
     #[error("must be at least 1")]
     ZeroRate,
@@ -142,6 +149,8 @@ pub(crate) enum PeerKind {
     MetadataService,
     /// The Kubernetes API server.
     ApiServer,
+    /// Addresses the source pod resolved from a name matching the pattern.
+    Fqdn(FqdnPattern),
 }
 
 /// A port range of one protocol.
@@ -221,6 +230,10 @@ impl Peer {
                     cidr.contains(end.ip) && !except.iter().any(|except| except.contains(end.ip))
                 }
                 PeerKind::World => end.kind == EndKind::World,
+                // Names the source pod resolved for this address; a
+                // direct-IP end (never resolved) or one with no DNS
+                // knowledge matches no name.
+                PeerKind::Fqdn(pattern) => end.names.is_some_and(|names| pattern.matches_any(names)),
                 PeerKind::MetadataService => context.metadata.contains(&end.ip),
                 PeerKind::ApiServer => {
                     context.api_server.contains(&end.ip)
@@ -401,8 +414,11 @@ fn peer(peer: &IntentPeer, own: &Arc<str>, field: &str) -> Result<Peer, Failure>
             })
             .collect::<Result<Box<[Cidr]>, _>>()?;
         (PeerKind::Cidr { cidr, except }, format!("cidr {cidr}"))
-    } else if peer.fqdn.is_some() {
-        return Err(at(format!("{field}.fqdn"))(IntentProblem::FqdnUnsupported));
+    } else if let Some(text) = &peer.fqdn {
+        let pattern = FqdnPattern::parse(text)
+            .map_err(|source| at(format!("{field}.fqdn"))(IntentProblem::Fqdn { value: text.clone(), source }))?;
+        let label = format!("fqdn {pattern}");
+        (PeerKind::Fqdn(pattern), label)
     } else if world {
         (PeerKind::World, "world".to_owned())
     } else if metadata {

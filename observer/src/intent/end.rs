@@ -1,12 +1,16 @@
 //! One end of a flow as intents and the judge see it.
 //!
-//! In: what enrichment resolved for an address (kind, pod, Service, workload)
-//! plus the address and port the flow used. Out: a borrowed, copyable
+//! In: what enrichment resolved for an address (kind, pod, Service, workload,
+//! and for the destination of egress the DNS names the source pod resolved
+//! for it) plus the address and port the flow used. Out: a borrowed, copyable
 //! [`FlowEnd`], so judging a flow allocates nothing to describe its ends.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
-use crate::inventory::{EndpointInfo, EndpointKind, model::Pod};
+use crate::{
+    flow::PeerDns,
+    inventory::{EndpointInfo, EndpointKind, model::Pod},
+};
 
 /// What is at one end of a flow; the same kinds as enrichment's endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -57,12 +61,28 @@ pub struct FlowEnd<'a> {
     pub service: Option<&'a str>,
     /// The pod's workload.
     pub workload: Option<WorkloadName<'a>>,
+    /// For the destination of egress: the names the source pod had resolved
+    /// for this address (`Some(&[])`: never resolved, a direct-IP
+    /// connection); `None` when DNS says nothing (not egress, or no DNS data).
+    /// `fqdn` peers match these names.
+    pub names: Option<&'a [Arc<str>]>,
 }
 
 impl<'a> FlowEnd<'a> {
     /// An end with nothing known but its kind and address.
     pub fn address(kind: EndKind, ip: IpAddr, port: Option<u16>) -> Self {
-        Self { kind, ip, port, pod: None, namespace: None, pod_name: None, uid: None, service: None, workload: None }
+        Self {
+            kind,
+            ip,
+            port,
+            pod: None,
+            namespace: None,
+            pod_name: None,
+            uid: None,
+            service: None,
+            workload: None,
+            names: None,
+        }
     }
 
     /// An address outside the cluster.
@@ -88,6 +108,7 @@ impl<'a> FlowEnd<'a> {
             uid: Some(&pod.uid),
             service: None,
             workload: Some(workload),
+            names: None,
         }
     }
 
@@ -121,7 +142,19 @@ impl<'a> FlowEnd<'a> {
                 .workload
                 .as_ref()
                 .map(|workload| WorkloadName { kind: &workload.kind, name: &workload.name }),
+            names: None,
         }
+    }
+
+    /// The same end with what DNS said about it: the flow record's
+    /// `dns` field of this end (see [`FlowEnd::names`]).
+    pub fn with_dns(self, dns: Option<&'a PeerDns>) -> Self {
+        Self { names: dns.map(|dns| dns.names.as_slice()), ..self }
+    }
+
+    /// The same end with the names the source pod resolved for it.
+    pub fn with_names(self, names: &'a [Arc<str>]) -> Self {
+        Self { names: Some(names), ..self }
     }
 
     /// The same end with its workload named.

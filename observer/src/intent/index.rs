@@ -97,7 +97,15 @@ pub(crate) fn describe(end: &FlowEnd<'_>) -> String {
         (EndKind::Service, Some(namespace), _, Some(service)) => format!("{namespace}/{service}{port} (service)"),
         (kind, ..) => {
             let kind = serde_json::to_value(kind).ok().and_then(|value| value.as_str().map(str::to_owned));
-            format!("{}{port} ({})", end.ip, kind.unwrap_or_default())
+            let kind = kind.unwrap_or_default();
+            match end.names {
+                Some([]) => format!("{}{port} ({kind}, never resolved: direct-IP)", end.ip),
+                Some(names) => {
+                    let names: Vec<&str> = names.iter().map(|name| &**name).collect();
+                    format!("{}{port} ({kind}, {})", end.ip, names.join("|"))
+                }
+                None => format!("{}{port} ({kind})", end.ip),
+            }
         }
     }
 }
@@ -236,11 +244,14 @@ impl IntentIndex {
                 && dst.kind != EndKind::Unknown
                 && !allow.iter().any(|peer| peer.matches(dst, protocol, &context))
             {
-                return Some(violation(
-                    intent,
-                    "spec.egress.allow".to_owned(),
-                    "the destination is not an allowed peer".to_owned(),
-                ));
+                let what = if dst.names == Some(&[])
+                    && allow.iter().any(|peer| matches!(peer.kind, super::compile::PeerKind::Fqdn(_)))
+                {
+                    "the destination was never resolved by name (direct-IP) and is not an allowed peer"
+                } else {
+                    "the destination is not an allowed peer"
+                };
+                return Some(violation(intent, "spec.egress.allow".to_owned(), what.to_owned()));
             }
         }
         None

@@ -107,7 +107,9 @@ pub struct IntentPeer {
     /// Blocks inside `cidr` that are not part of the peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except: Option<Vec<String>>,
-    /// A DNS name (reserved: refused until the observer learns names from DNS).
+    /// A DNS name (`api.example.com`) or every name below a domain
+    /// (`*.example.com`): matches addresses the source pod resolved from a
+    /// matching name; see [`crate::dns::FqdnPattern`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fqdn: Option<String>,
     /// Anything outside the cluster (no pod, Service or node).

@@ -137,6 +137,12 @@ impl Snapshot {
         self.pods.values().map(|record| record.pod.as_ref())
     }
 
+    /// Every pod, shared: for indexes that keep the pods they describe (the
+    /// same values [`pods`](Self::pods) and [`pod`](Self::pod) give).
+    pub fn pods_shared(&self) -> impl Iterator<Item = &Arc<Pod>> {
+        self.pods.values().map(|record| &record.pod)
+    }
+
     /// A pod by uid.
     pub fn pod(&self, uid: &str) -> Option<&Pod> {
         self.pods.get(uid).map(|record| record.pod.as_ref())

@@ -218,7 +218,9 @@ impl JudgeStage {
         let snapshot = self.setup.inventory.snapshot();
         let namespaces: Vec<_> = snapshot.namespaces().cloned().collect();
         let policies: Vec<_> = snapshot.network_policies().cloned().collect();
-        let (engine, policy_errors) = PolicyEngine::compile(&policies, &namespaces);
+        let (mut engine, policy_errors) = PolicyEngine::compile(&policies, &namespaces);
+        // Records are judged with pods of this same snapshot (`self.snapshot`).
+        engine.index_pods(snapshot.pods_shared().cloned());
         for error in &policy_errors {
             tracing::warn!(%error, "NetworkPolicy left out");
         }
@@ -304,7 +306,10 @@ impl JudgeStage {
             let src_pod = src_end.uid.as_deref().and_then(|uid| snapshot.pod(uid));
             let dst_pod = dst_end.uid.as_deref().and_then(|uid| snapshot.pod(uid));
             let src = FlowEnd::from_endpoint(&src_end, src_pod, record.src.ip, record.src.port);
-            let dst = FlowEnd::from_endpoint(&dst_end, dst_pod, record.dst.ip, record.dst.port);
+            // The names the source pod resolved for the destination, for `fqdn` peers.
+            let dst_dns = record.dst.dns.clone();
+            let dst =
+                FlowEnd::from_endpoint(&dst_end, dst_pod, record.dst.ip, record.dst.port).with_dns(dst_dns.as_ref());
             let bytes = record.to_dst.bytes + record.to_src.bytes;
             let id = FlowId::of(record);
             let previous = match record.event {

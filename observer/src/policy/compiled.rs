@@ -5,14 +5,14 @@
 //! namespace selectors resolved to a set of namespace ids, CIDRs parsed, ports
 //! as ranges) or the first [`Problem`] the API server's validation would find.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::{
     api::networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{cidr::Cidr, error::Problem, selector::Selector, verdict::PolicyRef};
+use super::{cidr::Cidr, error::Problem, fasthash::FxBuildHasher, selector::Selector, verdict::PolicyRef};
 use crate::inventory::model::{ContainerPort, Labels, Protocol};
 
 /// Index of a namespace in the engine's table.
@@ -33,8 +33,10 @@ pub(crate) enum NsKey<'a> {
 pub(crate) enum Addresses<'a> {
     /// The address the flow used.
     One(IpAddr),
-    /// Any of a pod's addresses, when the flow's is not known.
-    Any(&'a [IpAddr]),
+    /// Any of a pod's addresses, when the flow's is not known. A reference to
+    /// the `Vec` rather than a slice: making one reads no memory, so a pod's
+    /// struct is only loaded when an `ipBlock` peer is actually checked.
+    Any(&'a Vec<IpAddr>),
 }
 
 impl Addresses<'_> {
@@ -46,11 +48,79 @@ impl Addresses<'_> {
     }
 }
 
+/// What peer pod selectors are matched against.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PodLabels<'a> {
+    /// The pod's labels, matched selector by selector.
+    Labels(&'a Labels),
+    /// The ids of the peer pod selectors ([`SelectorId`]) the pod's labels
+    /// match, sorted: what the engine's pod index precomputed.
+    Matched(&'a [SelectorId]),
+}
+
+/// The destination's container ports, where named ports resolve.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum DestinationPorts<'a> {
+    /// As the pod declares them.
+    Declared(&'a [ContainerPort]),
+    /// The pod's ports whose names some policy uses, names interned.
+    Named(&'a [NamedPort]),
+}
+
+/// A container port whose name a policy refers to, with the name interned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NamedPort {
+    /// The port number.
+    pub(crate) port: u16,
+    /// Its protocol.
+    pub(crate) protocol: Protocol,
+    /// The interned name.
+    pub(crate) name: NameId,
+}
+
+/// Index of a peer pod selector in [`Interner::selectors`].
+pub(crate) type SelectorId = u32;
+
+/// Index of a port name in [`Interner::port_names`].
+pub(crate) type NameId = u32;
+
+/// What policies share, interned at compile time so that the engine's pod
+/// index can precompute, once per pod, which peer selectors it matches and
+/// which of its ports policies name.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Interner {
+    /// Distinct non-empty peer pod selectors, by id.
+    pub(crate) selectors: Vec<Selector>,
+    selector_ids: HashMap<Selector, SelectorId, FxBuildHasher>,
+    /// Port names rules refer to, to their id.
+    pub(crate) port_names: HashMap<Box<str>, NameId, FxBuildHasher>,
+}
+
+impl Interner {
+    /// The id of a peer pod selector; `None` for one that selects every pod.
+    fn selector(&mut self, selector: &Selector) -> Option<SelectorId> {
+        if selector.is_empty() {
+            return None;
+        }
+        let next = self.selectors.len() as SelectorId;
+        let id = *self.selector_ids.entry(selector.clone()).or_insert(next);
+        if id == next {
+            self.selectors.push(selector.clone());
+        }
+        Some(id)
+    }
+
+    fn port_name(&mut self, name: &str) -> NameId {
+        let next = self.port_names.len() as NameId;
+        *self.port_names.entry(name.into()).or_insert(next)
+    }
+}
+
 /// The end of a flow that a rule's peers are matched against.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct OtherEnd<'a> {
     /// Labels and namespace, for a pod that selectors can see.
-    pub(crate) pod: Option<(&'a Labels, NsKey<'a>)>,
+    pub(crate) pod: Option<(PodLabels<'a>, NsKey<'a>)>,
     /// Addresses for `ipBlock`.
     pub(crate) addresses: Addresses<'a>,
 }
@@ -66,7 +136,7 @@ pub(crate) struct Flow<'a> {
     pub(crate) protocol: Protocol,
     /// Container ports of the destination pod, where named ports resolve; empty
     /// for a destination outside the cluster.
-    pub(crate) destination_ports: &'a [ContainerPort],
+    pub(crate) destination_ports: DestinationPorts<'a>,
 }
 
 /// A set of namespace ids, as a bitmap over the table.
@@ -92,8 +162,9 @@ enum PeerNamespaces {
 /// One entry of `from` or `to`.
 #[derive(Clone, Debug)]
 enum Peer {
-    /// `podSelector` and/or `namespaceSelector`: both must match.
-    Pods { namespaces: PeerNamespaces, pods: Selector },
+    /// `podSelector` and/or `namespaceSelector`: both must match. `id` is the
+    /// pod selector's interned id, `None` when it selects every pod.
+    Pods { namespaces: PeerNamespaces, pods: Selector, id: Option<SelectorId> },
     /// `ipBlock`.
     Block { cidr: Cidr, except: Box<[Cidr]> },
 }
@@ -101,7 +172,7 @@ enum Peer {
 impl Peer {
     fn matches(&self, other: &OtherEnd<'_>) -> bool {
         match self {
-            Self::Pods { namespaces, pods } => other.pod.is_some_and(|(labels, namespace)| {
+            Self::Pods { namespaces, pods, id } => other.pod.is_some_and(|(labels, namespace)| {
                 let namespace_matches = match (namespaces, namespace) {
                     (PeerNamespaces::Own(own), NsKey::Known(id)) => *own == id,
                     (PeerNamespaces::Own(_), NsKey::Unknown(_)) => false,
@@ -110,7 +181,11 @@ impl Peer {
                         selector.matches_with(|key| (key == NAMESPACE_NAME_LABEL).then_some(name))
                     }
                 };
-                namespace_matches && pods.matches(labels)
+                namespace_matches
+                    && match labels {
+                        PodLabels::Labels(labels) => pods.matches(labels),
+                        PodLabels::Matched(matched) => id.is_none_or(|id| matched.binary_search(&id).is_ok()),
+                    }
             }),
             Self::Block { cidr, except } => {
                 other.addresses.any(|ip| cidr.contains(ip) && !except.iter().any(|except| except.contains(ip)))
@@ -129,8 +204,8 @@ enum Ports {
     All,
     /// `port`, or `port` to `endPort`, inclusive.
     Range(u16, u16),
-    /// A named port, resolved on the destination pod.
-    Named(Box<str>),
+    /// A named port, resolved on the destination pod; with its interned id.
+    Named(Box<str>, NameId),
 }
 
 #[derive(Clone, Debug)]
@@ -145,11 +220,16 @@ impl PortMatch {
             && match &self.ports {
                 Ports::All => true,
                 Ports::Range(first, last) => (*first..=*last).contains(&flow.port),
-                Ports::Named(name) => flow.destination_ports.iter().any(|declared| {
-                    declared.port == flow.port
-                        && declared.protocol == flow.protocol
-                        && declared.name.as_deref() == Some(&**name)
-                }),
+                Ports::Named(name, id) => match flow.destination_ports {
+                    DestinationPorts::Declared(ports) => ports.iter().any(|declared| {
+                        declared.port == flow.port
+                            && declared.protocol == flow.protocol
+                            && declared.name.as_deref() == Some(&**name)
+                    }),
+                    DestinationPorts::Named(ports) => ports.iter().any(|declared| {
+                        declared.port == flow.port && declared.protocol == flow.protocol && declared.name == *id
+                    }),
+                },
             }
     }
 }
@@ -206,6 +286,7 @@ impl CompiledPolicy {
         meta: PolicyRef,
         namespace: NsId,
         table: &NamespaceTable<'_>,
+        interner: &mut Interner,
     ) -> Result<Self, Failure> {
         if meta.name.is_empty() {
             return Err(("metadata.name".to_owned(), Problem::MissingName));
@@ -217,7 +298,7 @@ impl CompiledPolicy {
         let egress_rules = spec.and_then(|spec| spec.egress.as_deref()).unwrap_or_default();
         let (has_ingress, has_egress) =
             policy_types(spec.and_then(|spec| spec.policy_types.as_deref()), !egress_rules.is_empty())?;
-        let compile_rules = |direction: &str, rules: Vec<RawRule<'_>>| {
+        let mut compile_rules = |direction: &str, rules: Vec<RawRule<'_>>| {
             rules
                 .into_iter()
                 .enumerate()
@@ -226,10 +307,12 @@ impl CompiledPolicy {
                     let field = format!("spec.{direction}[{index}]");
                     Ok(Rule {
                         peers: non_empty(peers)
-                            .map(|peers| compile_peers(peers, namespace, table, &format!("{field}.{peer_field}")))
+                            .map(|peers| {
+                                compile_peers(peers, namespace, table, interner, &format!("{field}.{peer_field}"))
+                            })
                             .transpose()?,
                         ports: non_empty(ports)
-                            .map(|ports| compile_ports(ports, &format!("{field}.ports")))
+                            .map(|ports| compile_ports(ports, interner, &format!("{field}.ports")))
                             .transpose()?,
                     })
                 })
@@ -286,6 +369,7 @@ fn compile_peers(
     peers: &[NetworkPolicyPeer],
     own: NsId,
     table: &NamespaceTable<'_>,
+    interner: &mut Interner,
     field: &str,
 ) -> Result<Box<[Peer]>, Failure> {
     peers
@@ -313,7 +397,7 @@ fn compile_peers(
                             PeerNamespaces::Selected { known: NamespaceSet(words.into()), selector }
                         }
                     };
-                    Ok(Peer::Pods { namespaces, pods })
+                    Ok(Peer::Pods { namespaces, id: interner.selector(&pods), pods })
                 }
             }
         })
@@ -342,7 +426,11 @@ fn compile_block(block: &IPBlock, field: &str) -> Result<Peer, Failure> {
     Ok(Peer::Block { cidr, except })
 }
 
-fn compile_ports(ports: &[NetworkPolicyPort], field: &str) -> Result<Box<[PortMatch]>, Failure> {
+fn compile_ports(
+    ports: &[NetworkPolicyPort],
+    interner: &mut Interner,
+    field: &str,
+) -> Result<Box<[PortMatch]>, Failure> {
     ports
         .iter()
         .enumerate()
@@ -366,7 +454,7 @@ fn compile_ports(ports: &[NetworkPolicyPort], field: &str) -> Result<Box<[PortMa
                     if !is_port_name(name) {
                         return Err((format!("{field}.port"), Problem::InvalidPortName { value: name.clone() }));
                     }
-                    Ports::Named(name.as_str().into())
+                    Ports::Named(name.as_str().into(), interner.port_name(name))
                 }
                 (Some(IntOrString::Int(first)), end) => {
                     let first_port = number(*first, format!("{field}.port"))?;

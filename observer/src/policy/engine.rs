@@ -6,19 +6,28 @@
 //! at the policies of the two namespaces involved, for the one direction that
 //! matters on each side; namespace selectors are resolved to bitmaps at compile
 //! time, so matching a peer's namespace is a bit test.
+//!
+//! [`PolicyEngine::index_pods`] adds a per-pod index, built when the inventory
+//! changes: for each pod, its namespace id, the policies selecting it per
+//! direction, the peer selectors it matches and the policy-named ports it
+//! declares. A verdict for an indexed pod then reads that record and none of
+//! the pod's strings; any other pod is judged from its fields, with the same result.
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::{
-    compiled::{Addresses, CompiledPolicy, Flow, NAMESPACE_NAME_LABEL, NamespaceTable, NsId, NsKey, OtherEnd, Rule},
+    compiled::{
+        Addresses, CompiledPolicy, DestinationPorts, Flow, Interner, NAMESPACE_NAME_LABEL, NamedPort, NamespaceTable,
+        NsId, NsKey, OtherEnd, PodLabels, Rule,
+    },
     error::PolicyError,
-    fasthash::{FxBuildHasher, label_hash},
+    fasthash::{AddressBuildHasher, FxBuildHasher, label_hash},
     selector::{Selector, same},
     verdict::{PolicyRef, SideVerdict, Verdict},
 };
-use crate::inventory::model::{ContainerPort, Labels, Namespace, Pod, Protocol};
+use crate::inventory::model::{Labels, Namespace, Pod, Protocol};
 
 /// One end of a flow.
 #[derive(Clone, Copy, Debug)]
@@ -115,6 +124,85 @@ pub struct PolicyEngine {
     namespace_ids: HashMap<String, NsId, FxBuildHasher>,
     buckets: Vec<Bucket>,
     policies: Vec<CompiledPolicy>,
+    /// Peer pod selectors and port names, interned for the pod index.
+    interner: Interner,
+    /// The peer selectors of `interner`, indexed by a label they require.
+    peer_selectors: Selection,
+    pods: PodIndex,
+}
+
+/// Where an indexed pod stands.
+#[derive(Clone, Copy, Debug)]
+enum Placement {
+    /// Host network: policies do not apply.
+    HostNetwork,
+    /// In a namespace of the table.
+    Known(NsId),
+    /// In a namespace the engine does not know.
+    Unknown,
+}
+
+/// What verdicts need of one pod that does not depend on the flow.
+#[derive(Clone, Copy, Debug)]
+struct PodEntry {
+    placement: Placement,
+    /// Where its ids start in [`PodIndex::ids`]: the ingress policies selecting
+    /// it, then the egress ones (each in compile order), then the peer
+    /// selectors it matches (sorted).
+    start: u32,
+    ingress: u32,
+    egress: u32,
+    matched: u32,
+    /// Its ports named by policies, in [`PodIndex::ports`].
+    ports_start: u32,
+    ports: u32,
+}
+
+/// Per-pod records, by the pod's address. The index holds the pods' `Arc`s,
+/// so while it lives no other pod can take an indexed pod's address, and an
+/// indexed pod cannot change: the address is the pod's identity.
+#[derive(Clone, Default)]
+struct PodIndex {
+    entries: HashMap<usize, PodEntry, AddressBuildHasher>,
+    ids: Vec<u32>,
+    ports: Vec<NamedPort>,
+    pods: Vec<Arc<Pod>>,
+}
+
+impl std::fmt::Debug for PodIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodIndex").field("pods", &self.pods.len()).finish_non_exhaustive()
+    }
+}
+
+impl PodIndex {
+    fn get(&self, pod: &Pod) -> Option<&PodEntry> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        self.entries.get(&(std::ptr::from_ref(pod) as usize))
+    }
+
+    fn policies(&self, entry: &PodEntry, direction: Direction) -> &[u32] {
+        let start = entry.start as usize;
+        match direction {
+            Direction::Ingress => &self.ids[start..start + entry.ingress as usize],
+            Direction::Egress => {
+                let start = start + entry.ingress as usize;
+                &self.ids[start..start + entry.egress as usize]
+            }
+        }
+    }
+
+    fn matched(&self, entry: &PodEntry) -> &[u32] {
+        let start = entry.start as usize + entry.ingress as usize + entry.egress as usize;
+        &self.ids[start..start + entry.matched as usize]
+    }
+
+    fn ports(&self, entry: &PodEntry) -> &[NamedPort] {
+        let start = entry.ports_start as usize;
+        &self.ports[start..start + entry.ports as usize]
+    }
 }
 
 /// The two directions a policy can isolate.
@@ -124,20 +212,39 @@ enum Direction {
     Egress,
 }
 
+/// A pod that policies can select, as the engine sees it.
+#[derive(Clone, Copy)]
+struct Selectable<'a> {
+    pod: &'a Pod,
+    namespace: NsKey<'a>,
+    /// Its record, when the pod is indexed.
+    entry: Option<&'a PodEntry>,
+}
+
 /// An end as the engine sees it.
 struct Resolved<'a> {
-    /// The pod and its namespace, for a pod that policies can select.
-    pod: Option<(&'a Pod, NsKey<'a>)>,
+    pod: Option<Selectable<'a>>,
     addresses: Addresses<'a>,
 }
 
 impl<'a> Resolved<'a> {
-    fn as_other(&self) -> OtherEnd<'a> {
-        OtherEnd { pod: self.pod.map(|(pod, namespace)| (&pod.labels, namespace)), addresses: self.addresses }
+    fn as_other(&self, index: &'a PodIndex) -> OtherEnd<'a> {
+        let pod = self.pod.map(|end| {
+            let labels = match end.entry {
+                Some(entry) => PodLabels::Matched(index.matched(entry)),
+                None => PodLabels::Labels(&end.pod.labels),
+            };
+            (labels, end.namespace)
+        });
+        OtherEnd { pod, addresses: self.addresses }
     }
 
-    fn container_ports(&self) -> &'a [ContainerPort] {
-        self.pod.map_or(&[], |(pod, _)| &pod.container_ports)
+    fn container_ports(&self, index: &'a PodIndex) -> DestinationPorts<'a> {
+        match self.pod {
+            None => DestinationPorts::Declared(&[]),
+            Some(Selectable { entry: Some(entry), .. }) => DestinationPorts::Named(index.ports(entry)),
+            Some(Selectable { pod, entry: None, .. }) => DestinationPorts::Declared(&pod.container_ports),
+        }
     }
 }
 
@@ -168,11 +275,11 @@ impl PolicyEngine {
             });
         }
         let table = NamespaceTable { labels: &labels };
-        let mut engine = Self { buckets: vec![Bucket::default(); labels.len()], namespace_ids, policies: Vec::new() };
+        let mut engine = Self { buckets: vec![Bucket::default(); labels.len()], namespace_ids, ..Self::default() };
         let mut errors = Vec::new();
         for (index, (policy, meta)) in policies.iter().zip(metas).enumerate() {
             let namespace = engine.namespace_ids.get(&meta.namespace).copied().unwrap_or_default();
-            match CompiledPolicy::compile(policy, meta.clone(), namespace, &table) {
+            match CompiledPolicy::compile(policy, meta.clone(), namespace, &table, &mut engine.interner) {
                 Ok(compiled) => {
                     let id = engine.policies.len() as u32;
                     let bucket = &mut engine.buckets[namespace as usize];
@@ -189,7 +296,83 @@ impl PolicyEngine {
                 }
             }
         }
+        for (id, selector) in engine.interner.selectors.iter().enumerate() {
+            engine.peer_selectors.add(id as u32, selector);
+        }
         (engine, errors)
+    }
+
+    /// Indexes `pods` (replacing any earlier index), so that verdicts and
+    /// [`isolating`](Self::isolating) for them read a small precomputed record
+    /// instead of the pods' names and labels. Call it with the inventory's
+    /// pods each time the engine is compiled; the engine keeps the `Arc`s.
+    ///
+    /// A pod is recognized by address: pass the very values indexed (as
+    /// `&*arc`). Any other pod, a copy included, is judged from its fields,
+    /// with the same verdict.
+    pub fn index_pods(&mut self, pods: impl IntoIterator<Item = Arc<Pod>>) {
+        let mut index = PodIndex::default();
+        for pod in pods {
+            let address = Arc::as_ptr(&pod) as usize;
+            if index.entries.contains_key(&address) {
+                continue;
+            }
+            let entry = self.index_entry(&pod, &mut index);
+            index.entries.insert(address, entry);
+            index.pods.push(pod);
+        }
+        self.pods = index;
+    }
+
+    /// How many pods are indexed.
+    pub fn indexed_pods(&self) -> usize {
+        self.pods.pods.len()
+    }
+
+    fn index_entry(&self, pod: &Pod, index: &mut PodIndex) -> PodEntry {
+        let start = index.ids.len() as u32;
+        let ports_start = index.ports.len() as u32;
+        let placement = match self.namespace_ids.get(pod.namespace.as_str()) {
+            _ if pod.host_network => Placement::HostNetwork,
+            Some(id) => Placement::Known(*id),
+            None => Placement::Unknown,
+        };
+        let (mut ingress, mut egress) = (0, 0);
+        if let Placement::Known(namespace) = placement {
+            let bucket = &self.buckets[namespace as usize];
+            ingress = self.push_selecting(&bucket.ingress, &pod.labels, &mut index.ids);
+            egress = self.push_selecting(&bucket.egress, &pod.labels, &mut index.ids);
+        }
+        // A pod of an unknown namespace is still a peer that selectors may match.
+        let matched_start = index.ids.len();
+        self.peer_selectors.candidates(&pod.labels, |id| {
+            if self.interner.selectors[id as usize].matches(&pod.labels) {
+                index.ids.push(id);
+            }
+        });
+        index.ids[matched_start..].sort_unstable();
+        let matched = (index.ids.len() - matched_start) as u32;
+        for declared in &pod.container_ports {
+            let Some(name) = declared.name.as_deref() else { continue };
+            if let Some(name) = self.interner.port_names.get(name) {
+                index.ports.push(NamedPort { port: declared.port, protocol: declared.protocol, name: *name });
+            }
+        }
+        let ports = index.ports.len() as u32 - ports_start;
+        PodEntry { placement, start, ingress, egress, matched, ports_start, ports }
+    }
+
+    /// Appends the policies of `selection` selecting a pod with `labels`, in
+    /// compile order; returns how many.
+    fn push_selecting(&self, selection: &Selection, labels: &Labels, ids: &mut Vec<u32>) -> u32 {
+        let start = ids.len();
+        selection.candidates(labels, |id| {
+            if self.policies[id as usize].pod_selector.matches(labels) {
+                ids.push(id);
+            }
+        });
+        ids[start..].sort_unstable();
+        (ids.len() - start) as u32
     }
 
     /// How many policies compiled.
@@ -207,16 +390,16 @@ impl PolicyEngine {
     pub fn verdict(&self, source: Endpoint<'_>, destination: Endpoint<'_>, port: u16, protocol: Protocol) -> Verdict {
         let source = self.resolve(source);
         let destination = self.resolve(destination);
-        let destination_ports = destination.container_ports();
+        let destination_ports = destination.container_ports(&self.pods);
         let egress = self.side(
             &source,
             Direction::Egress,
-            Flow { other: destination.as_other(), port, protocol, destination_ports },
+            Flow { other: destination.as_other(&self.pods), port, protocol, destination_ports },
         );
         let ingress = self.side(
             &destination,
             Direction::Ingress,
-            Flow { other: source.as_other(), port, protocol, destination_ports },
+            Flow { other: source.as_other(&self.pods), port, protocol, destination_ports },
         );
         Verdict { allowed: egress.allowed && ingress.allowed, egress, ingress }
     }
@@ -225,6 +408,12 @@ impl PolicyEngine {
     /// verdict names as its deciding policies, and what tells an unprotected
     /// pod. A host-network pod, or one in a namespace without policies, has none.
     pub fn isolating(&self, pod: &Pod) -> Isolation {
+        if let Some(entry) = self.pods.get(pod) {
+            let metas = |direction| {
+                self.pods.policies(entry, direction).iter().map(|id| self.policies[*id as usize].meta.clone()).collect()
+            };
+            return Isolation { ingress: metas(Direction::Ingress), egress: metas(Direction::Egress) };
+        }
         let namespace = match self.namespace_ids.get(pod.namespace.as_str()) {
             Some(id) if !pod.host_network => *id,
             _ => return Isolation::default(),
@@ -243,26 +432,59 @@ impl PolicyEngine {
         Isolation { ingress: selecting(&bucket.ingress), egress: selecting(&bucket.egress) }
     }
 
-    fn resolve<'a>(&self, endpoint: Endpoint<'a>) -> Resolved<'a> {
-        match endpoint {
+    fn resolve<'a>(&'a self, endpoint: Endpoint<'a>) -> Resolved<'a> {
+        let (pod, ip) = match endpoint {
+            Endpoint::Pod { pod, ip } => (pod, ip),
+            Endpoint::External(ip) => return Resolved { pod: None, addresses: Addresses::One(ip) },
+        };
+        let addresses = ip.map_or(Addresses::Any(&pod.ips), Addresses::One);
+        let selectable = match self.pods.get(pod) {
+            Some(entry) => match entry.placement {
+                Placement::HostNetwork => None,
+                Placement::Known(id) => Some(Selectable { pod, namespace: NsKey::Known(id), entry: Some(entry) }),
+                Placement::Unknown => {
+                    Some(Selectable { pod, namespace: NsKey::Unknown(&pod.namespace), entry: Some(entry) })
+                }
+            },
             // Policies do not apply to host-network pods: they are seen as
             // their node's address, as most network plugins treat them.
-            Endpoint::Pod { pod, ip } if pod.host_network => {
-                Resolved { pod: None, addresses: ip.map_or(Addresses::Any(&pod.ips), Addresses::One) }
-            }
-            Endpoint::Pod { pod, ip } => {
+            None if pod.host_network => None,
+            None => {
                 let namespace = match self.namespace_ids.get(pod.namespace.as_str()) {
                     Some(id) => NsKey::Known(*id),
                     None => NsKey::Unknown(&pod.namespace),
                 };
-                Resolved { pod: Some((pod, namespace)), addresses: ip.map_or(Addresses::Any(&pod.ips), Addresses::One) }
+                Some(Selectable { pod, namespace, entry: None })
             }
-            Endpoint::External(ip) => Resolved { pod: None, addresses: Addresses::One(ip) },
+        };
+        Resolved { pod: selectable, addresses }
+    }
+
+    /// The rules of policy `id` for `direction`.
+    fn rules(&self, id: u32, direction: Direction) -> &[Rule] {
+        let policy = &self.policies[id as usize];
+        match direction {
+            Direction::Ingress => policy.ingress.as_deref(),
+            Direction::Egress => policy.egress.as_deref(),
         }
+        .unwrap_or_default()
     }
 
     fn side(&self, end: &Resolved<'_>, direction: Direction, flow: Flow<'_>) -> SideVerdict {
-        let Some((pod, NsKey::Known(namespace))) = end.pod else { return SideVerdict::open() };
+        let Some(Selectable { pod, namespace: NsKey::Known(namespace), entry }) = end.pod else {
+            return SideVerdict::open();
+        };
+        if let Some(entry) = entry {
+            // The index lists the selecting policies in compile order already.
+            let selecting = self.pods.policies(entry, direction);
+            let policies: Vec<_> = selecting
+                .iter()
+                .filter(|id| self.rules(**id, direction).iter().any(|rule| rule.allows(&flow)))
+                .map(|id| self.policies[*id as usize].meta.clone())
+                .collect();
+            let isolated = !selecting.is_empty();
+            return SideVerdict { isolated, allowed: !isolated || !policies.is_empty(), policies };
+        }
         let bucket = &self.buckets[namespace as usize];
         let candidates = match direction {
             Direction::Ingress => &bucket.ingress,
@@ -276,12 +498,7 @@ impl PolicyEngine {
                 return;
             }
             isolated = true;
-            let rules: &[Rule] = match direction {
-                Direction::Ingress => policy.ingress.as_deref(),
-                Direction::Egress => policy.egress.as_deref(),
-            }
-            .unwrap_or_default();
-            if rules.iter().any(|rule| rule.allows(&flow)) {
+            if self.rules(id, direction).iter().any(|rule| rule.allows(&flow)) {
                 allowing.push(id);
             }
         });
@@ -309,4 +526,32 @@ mod tests {
 
     const fn shareable<T: Send + Sync>() {}
     const _: () = shareable::<Arc<PolicyEngine>>();
+
+    fn deny_all(namespace: &str) -> NetworkPolicy {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": namespace, "name": "deny"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        }))
+        .expect("valid policy")
+    }
+
+    #[test]
+    fn pods_are_indexed_by_identity_and_copies_fall_back() {
+        use crate::inventory::fixtures::pod;
+        let (mut engine, errors) = PolicyEngine::compile(&[deny_all("shop")], &[]);
+        assert!(errors.is_empty());
+        let web = Arc::new(pod("web").ns("shop").build());
+        let host = Arc::new(pod("agent").ns("shop").host_network().build());
+        engine.index_pods([Arc::clone(&web), Arc::clone(&web), Arc::clone(&host)]);
+        assert_eq!(engine.indexed_pods(), 2, "the same pod twice is indexed once");
+        assert!(engine.pods.get(&web).is_some());
+        let copy = Pod::clone(&web);
+        assert!(engine.pods.get(&copy).is_none(), "a copy is another value: judged from its fields");
+        assert_eq!(engine.isolating(&web), engine.isolating(&copy));
+        assert_eq!(engine.isolating(&web).ingress.len(), 1);
+        assert_eq!(engine.isolating(&host), Isolation::default());
+        let verdict = |source: &Pod| engine.verdict(Endpoint::pod(source), Endpoint::pod(&host), 80, Protocol::Tcp);
+        assert_eq!(verdict(&web), verdict(&copy));
+        assert!(!verdict(&web).allowed);
+    }
 }

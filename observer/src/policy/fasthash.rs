@@ -59,3 +59,30 @@ pub(crate) fn label_hash(key: &str, value: &str) -> u64 {
     hasher.write(value.as_bytes());
     hasher.finish()
 }
+
+/// A hasher for addresses: one multiply, then a rotation so that the bits
+/// `HashMap` takes its bucket from depend on all of the address, not only on
+/// its low bits, which alignment leaves at zero.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|byte| self.write_u8(*byte));
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.write_usize(usize::from(byte));
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.0 = (self.0 ^ value as u64).wrapping_mul(SEED);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
+}
+
+/// A `HashMap` hasher builder for [`AddressHasher`].
+pub(crate) type AddressBuildHasher = BuildHasherDefault<AddressHasher>;

@@ -13,7 +13,7 @@ use crate::inventory::model::Labels;
 const SCAN_LIMIT: usize = 8;
 
 /// What one requirement asks of a label's value.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Test {
     /// `matchLabels` entry or `In` with one value.
     Equals(Box<str>),
@@ -27,14 +27,15 @@ enum Test {
     DoesNotExist,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Requirement {
     key: Box<str>,
     test: Test,
 }
 
-/// A label selector; with no requirements it selects everything.
-#[derive(Clone, Debug, Default)]
+/// A label selector; with no requirements it selects everything. Equal
+/// selectors have the same requirements in the same order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Selector {
     requirements: Box<[Requirement]>,
 }
@@ -68,6 +69,11 @@ impl Selector {
             requirements.push(Requirement { key: expression.key.as_str().into(), test });
         }
         Ok(Self { requirements: requirements.into() })
+    }
+
+    /// Whether it has no requirements, and so selects everything.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.requirements.is_empty()
     }
 
     /// A `key=value` every selected object carries, if the selector requires one.

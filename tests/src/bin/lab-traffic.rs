@@ -8,6 +8,8 @@
 //! lab-traffic udp-server --listen ADDR:PORT [--reply BYTES] [--max-requests N]
 //! lab-traffic udp-client --connect ADDR:PORT [--count K] [--send BYTES] [--expect BYTES] [--timeout-ms MS]
 //! lab-traffic ping       --dest ADDR [--count K] [--timeout-ms MS] [--socket auto|raw|dgram]
+//! lab-traffic dns-server --listen ADDR:PORT --zone 'name=ip,ip/ttl;!refused-name;…'   (UDP and TCP)
+//! lab-traffic dns-query  --server ADDR:PORT --name NAME [--type A|AAAA] [--tcp] [--timeout-ms MS]
 //! ```
 
 use std::{
@@ -24,14 +26,17 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use observer_tests::{BurstReport, PingReport, ServerEvent, TcpClientReport, UdpClientReport, allowed_destination};
+use observer_tests::{
+    BurstReport, PingReport, ServerEvent, TcpClientReport, UdpClientReport, allowed_destination,
+    dns::{self, DnsQueryReport, Zone},
+};
 
 /// How long a server waits on one peer before giving up on it.
 const SERVER_IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cap on connection threads a TCP server runs at once; beyond it, connections are served inline.
 const MAX_HANDLER_THREADS: u64 = 512;
 /// Flags that take no value.
-const SWITCHES: [&str; 1] = ["log-conns"];
+const SWITCHES: [&str; 2] = ["log-conns", "tcp"];
 /// Pause between echo requests.
 const PING_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -46,8 +51,10 @@ fn main() -> anyhow::Result<()> {
         "udp-server" => udp_server(&args),
         "udp-client" => udp_client(&args),
         "ping" => ping(&args),
+        "dns-server" => dns_server(&args),
+        "dns-query" => dns_query(&args),
         _ => bail!(
-            "usage: lab-traffic tcp-server|tcp-client|burst|udp-server|udp-client|ping [--option value]… \
+            "usage: lab-traffic tcp-server|tcp-client|burst|udp-server|udp-client|ping|dns-server|dns-query [--option value]… \
              (see the module docs in tests/src/bin/lab-traffic.rs)"
         ),
     }
@@ -293,6 +300,90 @@ fn burst(args: &Args) -> anyhow::Result<()> {
         bytes_sent: bytes.into_inner(),
         elapsed_ms: millis(start),
     })
+}
+
+fn dns_server(args: &Args) -> anyhow::Result<()> {
+    let listen = args.addr("listen")?;
+    let zone = Zone::parse(args.0.get("zone").map_or("", String::as_str)).map_err(anyhow::Error::msg)?;
+    let zone = Arc::new(zone);
+    let udp = UdpSocket::bind(listen).with_context(|| format!("binding UDP {listen}"))?;
+    let tcp = TcpListener::bind(listen).with_context(|| format!("binding TCP {listen}"))?;
+    let tcp_zone = Arc::clone(&zone);
+    thread::spawn(move || {
+        for stream in tcp.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let zone = Arc::clone(&tcp_zone);
+            thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(SERVER_IO_TIMEOUT));
+                // One message per connection is all the lab's clients send.
+                let mut prefix = [0u8; 2];
+                if stream.read_exact(&mut prefix).is_err() {
+                    return;
+                }
+                let mut query = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+                if stream.read_exact(&mut query).is_err() {
+                    return;
+                }
+                if let Some(answer) = zone.answer(&query) {
+                    let mut framed = (answer.len() as u16).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&answer);
+                    let _ = stream.write_all(&framed);
+                }
+            });
+        }
+    });
+    print_json(&ServerEvent::Ready { listen: udp.local_addr()?.to_string() })?;
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, peer)) = udp.recv_from(&mut buf) else { continue };
+        if let Some(answer) = zone.answer(&buf[..n]) {
+            let _ = udp.send_to(&answer, peer);
+        }
+    }
+}
+
+fn dns_query(args: &Args) -> anyhow::Result<()> {
+    let server = target(args, "server")?;
+    let name = args.0.get("name").context("--name NAME is required")?.clone();
+    let qtype = match args.0.get("type").map_or("A", String::as_str) {
+        "A" => dns::TYPE_A,
+        "AAAA" => dns::TYPE_AAAA,
+        other => bail!("--type {other:?}: expected A or AAAA"),
+    };
+    let timeout = args.timeout(2000)?;
+    let id = (std::process::id() & 0xffff) as u16;
+    let query = dns::query(id, &name, qtype);
+    let mut report = DnsQueryReport { name, rcode: "TIMEOUT".to_owned(), ..Default::default() };
+    let answer = if args.has("tcp") {
+        let mut stream = TcpStream::connect_timeout(&server, timeout).context("connecting")?;
+        stream.set_read_timeout(Some(timeout))?;
+        report.local_port = stream.local_addr()?.port();
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&query);
+        stream.write_all(&framed)?;
+        let mut prefix = [0u8; 2];
+        match stream.read_exact(&mut prefix) {
+            Ok(()) => {
+                let mut answer = vec![0u8; usize::from(u16::from_be_bytes(prefix))];
+                stream.read_exact(&mut answer).ok().map(|()| answer)
+            }
+            Err(_) => None,
+        }
+    } else {
+        let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+        let socket = UdpSocket::bind(bind)?;
+        socket.connect(server)?;
+        socket.set_read_timeout(Some(timeout))?;
+        report.local_port = socket.local_addr()?.port();
+        socket.send(&query)?;
+        let mut buf = vec![0u8; 65_536];
+        socket.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    };
+    if let Some((rcode, addrs)) = answer.as_deref().and_then(dns::parse_answer) {
+        report.rcode = dns::rcode_name(rcode);
+        report.addrs = addrs;
+    }
+    print_json(&report)
 }
 
 fn udp_server(args: &Args) -> anyhow::Result<()> {
