@@ -5,7 +5,7 @@
 //!
 //! In: burst sizes and pairs. Out: per burst, made (connections tried),
 //! reported (client-side `end` records), counted lost (events_lost +
-//! flow_inserts_failed + flows_evicted + records_dropped), written into
+//! flow_inserts_failed + flows_evicted + records_dropped + states_unmatched), written into
 //! BENCHMARKS.md between markers.
 
 use std::{collections::HashMap, fmt::Write as _, time::Duration};
@@ -50,7 +50,8 @@ impl Default for CompletenessArgs {
 const PORT: u16 = 8082;
 
 /// The counters whose sum is what the observer knows it lost.
-const LOST: [&str; 4] = ["events_lost", "flow_inserts_failed", "flows_evicted", "records_dropped"];
+/// (the same as `tests/tests/capture.rs` uses).
+const LOST: [&str; 5] = ["events_lost", "flow_inserts_failed", "flows_evicted", "records_dropped", "states_unmatched"];
 
 /// One burst's result.
 #[derive(Debug)]
@@ -217,8 +218,8 @@ fn report(args: &CompletenessArgs, machine: &str, outcomes: &[(u64, Outcome)]) -
          connection, to a server on port {PORT}; pods use ephemeral ports 10000-65000 with tcp_tw_reuse. One \
          `observer run` per burst, options: {observer}. Made: connections attempted. Reported: flow-log `end` \
          records from the client pods' cgroups to their server (the server side's records are written too, not \
-         counted here). Lost: events_lost + flow_inserts_failed + flows_evicted + records_dropped from the final \
-         capture health (these count both ends' flows). Accounted for when reported + lost ≥ made; unaccounted = \
+         counted here). Lost: events_lost + flow_inserts_failed + flows_evicted + records_dropped + states_unmatched from \
+         the final capture health (these count both ends' flows). Accounted for when reported + lost ≥ made; unaccounted = \
          made − reported − lost when that is positive. Other client ends: `end` records from the client cgroups \
          that are not oriented client → server (not counted as reported).\n",
         args.pairs * 2,

@@ -108,6 +108,7 @@ pub fn pipeline(args: &PipelineArgs) -> anyhow::Result<()> {
     let pipeline = result_line(&cargo_bench("pipeline")?, "pipeline-result ")?;
     let load_between = load_average();
     let policy = cargo_bench("policy")?;
+    let indexed = criterion_throughput(&policy, "verdict_indexed_10k_pods_1k_policies_100_namespaces");
     let verdicts = criterion_throughput(&policy, "verdict_10k_pods_1k_policies_100_namespaces");
     let compile = policy
         .lines()
@@ -195,20 +196,22 @@ pub fn pipeline(args: &PipelineArgs) -> anyhow::Result<()> {
     );
     let _ = writeln!(text, "| measure | result | target | status |");
     let _ = writeln!(text, "| --- | ---: | ---: | --- |");
-    match verdicts {
-        Some([low, estimate, high]) => {
-            let _ = writeln!(
+    for (name, throughput, target) in [
+        ("verdicts per second, indexed (the daemon's path)", indexed, true),
+        ("verdicts per second, plain", verdicts, false),
+    ] {
+        let _ = match throughput {
+            Some([low, estimate, high]) => writeln!(
                 text,
-                "| verdicts per second | {:.2} M ({:.2}–{:.2} M) | ≥ 2 M | {} |",
+                "| {name} | {:.2} M ({:.2}–{:.2} M) | {} | {} |",
                 estimate / 1e6,
                 low / 1e6,
                 high / 1e6,
-                met(estimate >= 2e6)
-            );
-        }
-        None => {
-            let _ = writeln!(text, "| verdicts per second | (no criterion throughput line found) | ≥ 2 M | - |");
-        }
+                if target { "≥ 2 M" } else { "" },
+                if target { met(estimate >= 2e6) } else { "" }
+            ),
+            None => writeln!(text, "| {name} | (no criterion throughput line found) | | |"),
+        };
     }
     if let Some(compile) = compile {
         let _ = writeln!(text, "| compile 1,000 policies | {compile} | | |");
