@@ -110,7 +110,8 @@ fn main() {
     drop(table);
     let table_bytes = table_before.saturating_sub(live());
     let meter_before = live();
-    let meter = std::mem::replace(&mut pipeline.meter, observer::metrics::flows::FlowMeter::new(pipeline.metrics.clone()));
+    let meter =
+        std::mem::replace(&mut pipeline.meter, observer::metrics::flows::FlowMeter::new(pipeline.metrics.clone()));
     drop(meter);
     let meter_bytes = meter_before.saturating_sub(live());
     let rest = held.saturating_sub(table_bytes + meter_bytes);

@@ -9,7 +9,7 @@
 
 #![allow(dead_code, reason = "each bench uses part of the shared workload")]
 
-use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Arc};
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use observer::{
     capture::{
@@ -229,8 +229,7 @@ impl Connections {
         let mut snapshot = Vec::with_capacity(count);
         let push = |ring: &mut Vec<u8>, event: Event| {
             // SAFETY: Event is repr(C) plain data with explicit padding.
-            let bytes =
-                unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<Event>()) };
+            let bytes = unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<Event>()) };
             ring.extend_from_slice(bytes);
         };
         for index in 0..count {
@@ -305,9 +304,4 @@ pub fn check(records: &[FlowRecord]) -> (usize, usize) {
         .count();
     assert!(records.iter().all(|record| record.verdict.is_some()), "every record judged");
     (pods, denied)
-}
-
-/// Addresses of a pair, for messages.
-pub fn pair_ips(pair: (usize, usize)) -> (IpAddr, IpAddr) {
-    (cluster_pod_ip(pair.0).into(), cluster_pod_ip(pair.1).into())
 }

@@ -192,7 +192,8 @@ impl ConntrackLogging {
                 bail!("nft could not add the conntrack rule in {netns}");
             }
             logging.netns.push(netns.clone());
-            let file = std::env::temp_dir().join(format!("observer-bench-conntrack-{}-{netns}.log", std::process::id()));
+            let file =
+                std::env::temp_dir().join(format!("observer-bench-conntrack-{}-{netns}.log", std::process::id()));
             let listener = Proc::spawn(Command::new("ip").args([
                 "netns",
                 "exec",
@@ -296,8 +297,7 @@ fn measure_variant(variant: Variant, client: &Pod, server: &Pod, args: &CaptureA
     let cpu_after = tool_cpu()?;
     let connections = burst.completed as f64;
     let conn_per_sec = connections / Duration::from_millis(burst.elapsed_ms.max(1)).as_secs_f64();
-    let kernel_ns_per_conn =
-        before.zip(after).map(|(before, after)| after.since(&before).all_ns as f64 / connections);
+    let kernel_ns_per_conn = before.zip(after).map(|(before, after)| after.since(&before).all_ns as f64 / connections);
     let cpu_ms_per_1k_conn =
         (!pids.is_empty()).then(|| cpu_after.saturating_sub(cpu_before) as f64 / connections * 1000.0);
     let conntrack_events_per_conn = match &running {

@@ -123,7 +123,11 @@ pub fn run(args: &CompletenessArgs) -> anyhow::Result<()> {
     publish("completeness", &report(args, &machine, &outcomes), args.no_write)
 }
 
-fn burst(pairs: &[(&observer_tests::Pod, &observer_tests::Pod)], total: u64, args: &CompletenessArgs) -> anyhow::Result<Outcome> {
+fn burst(
+    pairs: &[(&observer_tests::Pod, &observer_tests::Pod)],
+    total: u64,
+    args: &CompletenessArgs,
+) -> anyhow::Result<Outcome> {
     let observer_args: Vec<&str> = args.observer_args.iter().map(String::as_str).collect();
     let observer = ObserverProcess::start(&observer_args)?;
     let cpu_before = cpu_ms(observer.pid())?;
@@ -142,17 +146,18 @@ fn burst(pairs: &[(&observer_tests::Pod, &observer_tests::Pod)], total: u64, arg
                 })
             })
             .collect();
-        handles.into_iter().map(|handle| handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("burst panicked")))).collect()
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or_else(|_| Err(anyhow::anyhow!("burst panicked"))))
+            .collect()
     });
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let reports = reports.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     // Past the close linger and the next poll, so the last flows are written.
     std::thread::sleep(Duration::from_millis(2500));
     let observer_cpu_ms = cpu_ms(observer.pid())?.saturating_sub(cpu_before);
-    let targets: HashMap<u64, (String, u16)> = pairs
-        .iter()
-        .map(|(client, server)| (client.cgroup_id(), (server.ipv4().to_string(), PORT)))
-        .collect();
+    let targets: HashMap<u64, (String, u16)> =
+        pairs.iter().map(|(client, server)| (client.cgroup_id(), (server.ipv4().to_string(), PORT))).collect();
     let (mut reported, mut reported_closed, mut other_client_ends) = (0u64, 0u64, 0u64);
     let run = observer
         .stop_streaming(|line| {

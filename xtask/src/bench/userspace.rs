@@ -114,7 +114,9 @@ pub fn pipeline(args: &PipelineArgs) -> anyhow::Result<()> {
         .lines()
         .skip_while(|line| !line.contains("compile_1k_policies_100_namespaces"))
         .find(|line| line.contains("time:"))
-        .and_then(|line| line.split_once('[').and_then(|(_, rest)| rest.split_once(']')).map(|(inside, _)| inside.to_owned()))
+        .and_then(|line| {
+            line.split_once('[').and_then(|(_, rest)| rest.split_once(']')).map(|(inside, _)| inside.to_owned())
+        })
         .map(|inside| {
             // "3.2 ms 3.4 ms 3.8 ms" → "3.4 ms (3.2–3.8 ms)"
             let words: Vec<&str> = inside.split_whitespace().collect();
