@@ -277,7 +277,7 @@ pub fn table_stage(table: &mut FlowTable, batch: &KernelBatch, out: &mut Vec<Emi
     for item in batch.ring.chunks_exact(size_of::<Event>()) {
         // SAFETY: each chunk holds one `Event` (repr(C), any bit pattern valid).
         let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-        table.on_event(&event, out, delete);
+        table.on_event(&event, out);
     }
     table.on_poll(&batch.snapshot, batch.poll_ns, out);
     table.flush(batch.poll_ns, out, delete);
