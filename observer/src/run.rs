@@ -208,6 +208,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let (judged_tx, judged_rx) = mpsc::channel(STAGE_CAPACITY);
     let (metered_tx, metered_rx) = mpsc::channel(STAGE_CAPACITY);
     let enrich_health = Arc::new(enrich::EnrichHealth::default());
+    let name_labels = Arc::clone(dns.labels());
     let enricher = tokio::spawn(enrich::run(resolver, Some(dns), captured_rx, enriched_tx, Arc::clone(&enrich_health)));
     let judge = match inventory {
         Some(inventory) => {
@@ -225,7 +226,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         }
         None => tokio::spawn(pass_through(enriched_rx, judged_tx)),
     };
-    let edges = flows::EdgeOf::new(metrics.allowlist().clone());
+    let edges = flows::EdgeOf::new(metrics.allowlist().clone()).with_names(name_labels);
     let meter = tokio::spawn(flows::meter(metrics, move |record| edges.edge(record), judged_rx, metered_tx));
     let writer = tokio::spawn(flowlog::write(target, metered_rx));
     tokio::spawn(async move {

@@ -10,6 +10,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 
 use super::{EdgeLabels, EndLabels, LabelAllowlist, Metrics, Outcome, Reporter, VerdictLabels};
 use crate::{
+    dns::NameLabels,
     flow::{FlowRecord, FlowState, LocalEnd, Peer, RecordEvent, Traffic},
     inventory::{
         InventoryArgs,
@@ -192,12 +194,21 @@ pub fn end_labels(endpoint: &Endpoint, allowlist: &LabelAllowlist) -> EndLabels 
 #[derive(Clone, Debug)]
 pub struct EdgeOf {
     allowlist: LabelAllowlist,
+    names: Option<Arc<NameLabels>>,
 }
 
 impl EdgeOf {
     /// Edges with the pod labels of `allowlist`.
     pub fn new(allowlist: LabelAllowlist) -> Self {
-        Self { allowlist }
+        Self { allowlist, names: None }
+    }
+
+    /// Names a `world` destination by the DNS domain its source resolved
+    /// (`direct-ip` when it resolved none), from a bounded set of domains
+    /// (`other` past its capacity), instead of plain `world`.
+    pub fn with_names(mut self, names: Arc<NameLabels>) -> Self {
+        self.names = Some(names);
+        self
     }
 
     /// The edge of a record.
@@ -209,6 +220,11 @@ impl EdgeOf {
         };
         edge.src = end(&record.src, edge.src);
         edge.dst = end(&record.dst, edge.dst);
+        let world = record.dst.endpoint.as_ref().is_some_and(|endpoint| endpoint.kind == EndpointKind::World);
+        if let (true, Some(names), Some(dns)) = (world, &self.names, &record.dst.dns) {
+            let resolved: &[Arc<str>] = if dns.resolved { &dns.names } else { &[] };
+            edge.dst = EndLabels::new("World", "", &names.label(resolved));
+        }
         edge
     }
 }
@@ -311,6 +327,38 @@ mod tests {
         assert!(text.contains(r#"outcome="completed"} 1"#), "{text}");
         assert!(text.contains(r#"outcome="refused"} 1"#), "{text}");
         assert!(text.contains(r#"src_kind="Pod",src_tier="",dst_namespace="",dst_workload="unknown""#), "{text}");
+    }
+
+    #[test]
+    fn world_destinations_are_named_by_the_domain_the_source_resolved() {
+        use crate::{
+            flow::PeerDns,
+            inventory::endpoint::{EndpointInfo, EndpointKind},
+        };
+
+        let world = Endpoint::from(EndpointInfo {
+            kind: EndpointKind::World,
+            namespace: None,
+            pod: None,
+            uid: None,
+            service: None,
+            node: None,
+            workload: None,
+            labels: Default::default(),
+        });
+        let mut resolved = record(RecordEvent::End, FlowState::Closed, 100, 100);
+        resolved.dst.endpoint = Some(world.clone());
+        resolved.dst.dns = Some(PeerDns { names: vec![Arc::from("api.openai.example.com")], resolved: true });
+        let mut direct = resolved.clone();
+        direct.dst.dns = Some(PeerDns { names: Vec::new(), resolved: false });
+        let mut third = resolved.clone();
+        third.dst.dns = Some(PeerDns { names: vec![Arc::from("pastebin.com")], resolved: true });
+        let edges = EdgeOf::new(LabelAllowlist::default()).with_names(Arc::new(NameLabels::new(1)));
+        let workload = |record: &FlowRecord| edges.edge(record).dst.workload.to_string();
+        assert_eq!(workload(&resolved), "example.com");
+        assert_eq!(workload(&direct), "direct-ip");
+        assert_eq!(workload(&third), "other", "past the cap of one domain");
+        assert_eq!(EdgeOf::new(LabelAllowlist::default()).edge(&resolved).dst.workload.to_string(), "world");
     }
 
     #[test]
