@@ -179,6 +179,21 @@ impl ObserverProcess {
             .and_then(|line| line.get("addr").and_then(Value::as_str).and_then(|addr| addr.parse().ok()))
     }
 
+    /// Waits, at most `limit`, until the flow log written so far satisfies
+    /// `done`; returns whether it did (the caller's assertions say why not).
+    pub fn wait_for_records(&self, limit: Duration, done: impl Fn(&[Value]) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if done(&self.records()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Records written so far.
     pub fn records(&self) -> Vec<Value> {
         parse_lines(&fs::read_to_string(self.flow_log()).unwrap_or_default())

@@ -22,9 +22,10 @@ fn observe(extra: &[&str]) -> ObserverProcess {
     ObserverProcess::start(&args).expect("observer starts")
 }
 
-/// Ends the run, giving the last flows time to pass the close linger.
-fn finish(observer: ObserverProcess) -> ObserverRun {
-    std::thread::sleep(Duration::from_millis(600));
+/// Ends the run once the flow log shows what the test waits for (at most
+/// 30 s: a record that never comes fails the test's assertions instead).
+fn finish(observer: ObserverProcess, done: impl Fn(&[Value]) -> bool) -> ObserverRun {
+    observer.wait_for_records(Duration::from_secs(30), done);
     observer.stop().expect("observer stops cleanly")
 }
 
@@ -37,8 +38,8 @@ fn str_at<'a>(record: &'a Value, pointer: &str) -> &'a str {
 }
 
 /// `end` records of the flows seen from one pod's cgroup towards `dst`.
-fn ends(run: &ObserverRun, cgroup_id: u64, dst: SocketAddr) -> Vec<&Value> {
-    run.records
+fn ends(records: &[Value], cgroup_id: u64, dst: SocketAddr) -> Vec<&Value> {
+    records
         .iter()
         .filter(|record| record["event"] == "end" && u64_at(record, "/cgroup/id") == cgroup_id)
         .filter(|record| {
@@ -95,11 +96,14 @@ fn tcp_connections_are_reported_once_each_with_their_bytes() {
         .tcp_client(target, &TcpClientOpts { count: K, send: 1000, expect: 5000, ..Default::default() })
         .expect("client");
     assert_eq!(report.complete, K, "{report:?}");
-    let run = finish(observer);
+    let run = finish(observer, |records| {
+        ends(records, client.cgroup_id(), target).len() as u64 == K
+            && ends(records, server.cgroup_id(), target).len() as u64 == K
+    });
     assert_no_loss(&run);
     assert_one_end_per_flow(&run);
 
-    let client_side = ends(&run, client.cgroup_id(), target);
+    let client_side = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(client_side.len() as u64, K, "client-side flows: {client_side:#?}");
     let ports: HashSet<u64> = client_side.iter().map(|record| u64_at(record, "/src/port")).collect();
     let expected_ports: HashSet<u64> = report.local_ports.iter().map(|port| u64::from(*port)).collect();
@@ -113,7 +117,7 @@ fn tcp_connections_are_reported_once_each_with_their_bytes() {
         assert_tcp_bytes(&record["to_dst"], 1000, 20);
         assert_tcp_bytes(&record["to_src"], 5000, 20);
     }
-    let server_side = ends(&run, server.cgroup_id(), target);
+    let server_side = ends(&run.records, server.cgroup_id(), target);
     assert_eq!(server_side.len() as u64, K, "server-side flows: {server_side:#?}");
     for record in &server_side {
         assert_eq!((str_at(record, "/state"), str_at(record, "/local")), ("closed", "dst"));
@@ -132,8 +136,8 @@ fn connect_to_a_closed_port_is_refused() {
     let observer = observe(&[]);
     let report = client.tcp_client(target, &TcpClientOpts::default()).expect("client");
     assert_eq!(report.refused, 1, "{report:?}");
-    let run = finish(observer);
-    let flows = ends(&run, client.cgroup_id(), target);
+    let run = finish(observer, |records| !ends(records, client.cgroup_id(), target).is_empty());
+    let flows = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(flows.len(), 1, "{flows:#?}");
     assert_eq!(str_at(flows[0], "/state"), "refused");
     assert_eq!(run.records.iter().filter(|record| u64_at(record, "/cgroup/id") == server.cgroup_id()).count(), 0);
@@ -155,13 +159,13 @@ fn connect_whose_syn_is_dropped_is_unanswered() {
         .tcp_client(target, &TcpClientOpts { timeout: Duration::from_millis(1500), ..Default::default() })
         .expect("client");
     assert_eq!(report.timed_out, 1, "{report:?}");
-    let run = finish(observer);
-    let flows = ends(&run, client.cgroup_id(), target);
+    let run = finish(observer, |records| !ends(records, client.cgroup_id(), target).is_empty());
+    let flows = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(flows.len(), 1, "{flows:#?}");
     assert_eq!(str_at(flows[0], "/state"), "unanswered");
     assert_eq!(u64_at(flows[0], "/to_src/packets"), 0);
     assert!(u64_at(flows[0], "/to_dst/packets") >= 1);
-    assert!(ends(&run, server.cgroup_id(), target).is_empty(), "the server never saw it");
+    assert!(ends(&run.records, server.cgroup_id(), target).is_empty(), "the server never saw it");
 }
 
 #[test]
@@ -178,9 +182,11 @@ fn udp_request_and_reply_is_one_flow_that_expires() {
         .udp_client(target, &UdpClientOpts { count: 3, send: 100, expect: 200, ..Default::default() })
         .expect("client");
     assert_eq!(report.complete, 3, "{report:?}");
-    std::thread::sleep(Duration::from_millis(1800));
-    let run = finish(observer);
-    let flows = ends(&run, client.cgroup_id(), target);
+    // The flow ends when it has been idle for the 1 s idle timeout.
+    let run = finish(observer, |records| {
+        !ends(records, client.cgroup_id(), target).is_empty() && !ends(records, server.cgroup_id(), target).is_empty()
+    });
+    let flows = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(flows.len(), 1, "{flows:#?}");
     let flow = flows[0];
     assert_eq!(str_at(flow, "/state"), "expired");
@@ -189,7 +195,7 @@ fn udp_request_and_reply_is_one_flow_that_expires() {
     // IPv4 (20) + UDP (8) headers on each datagram: exact.
     assert_eq!((u64_at(flow, "/to_dst/packets"), u64_at(flow, "/to_dst/bytes")), (3, 3 * 128));
     assert_eq!((u64_at(flow, "/to_src/packets"), u64_at(flow, "/to_src/bytes")), (3, 3 * 228));
-    let server_flows = ends(&run, server.cgroup_id(), target);
+    let server_flows = ends(&run.records, server.cgroup_id(), target);
     assert_eq!(server_flows.len(), 1, "{server_flows:#?}");
     assert_eq!(str_at(server_flows[0], "/local"), "dst");
 }
@@ -204,7 +210,8 @@ fn icmp_echo_is_one_flow_with_both_directions() {
     let observer = observe(&[]);
     let report = client.ping(server.ipv4().into(), 3).expect("ping");
     assert_eq!(report.received, 3, "{report:?}");
-    let run = finish(observer);
+    // ICMP flows end by idle timeout; stopping drains them with final counters.
+    let run = finish(observer, |_| true);
     let flows: Vec<&Value> = run
         .records
         .iter()
@@ -238,16 +245,18 @@ fn ipv6_tcp_is_captured() {
         .tcp_client(target, &TcpClientOpts { count: 2, send: 700, expect: 3000, ..Default::default() })
         .expect("client");
     assert_eq!(report.complete, 2, "{report:?}");
-    let run = finish(observer);
+    let run = finish(observer, |records| {
+        ends(records, client.cgroup_id(), target).len() == 2 && ends(records, server.cgroup_id(), target).len() == 2
+    });
     assert_no_loss(&run);
-    let flows = ends(&run, client.cgroup_id(), target);
+    let flows = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(flows.len(), 2, "{flows:#?}");
     for flow in flows {
         assert_eq!((str_at(flow, "/family"), str_at(flow, "/state")), ("ipv6", "closed"));
         assert_tcp_bytes(&flow["to_dst"], 700, 40);
         assert_tcp_bytes(&flow["to_src"], 3000, 40);
     }
-    assert_eq!(ends(&run, server.cgroup_id(), target).len(), 2);
+    assert_eq!(ends(&run.records, server.cgroup_id(), target).len(), 2);
 }
 
 #[test]
@@ -265,9 +274,8 @@ fn burst_of_20k_connections_is_fully_accounted_for() {
         .expect("burst");
     let made = burst.attempted;
     assert_eq!(made, 20_000, "{burst:?}");
-    std::thread::sleep(Duration::from_millis(500));
-    let run = finish(observer);
-    let reported = ends(&run, client.cgroup_id(), target).len() as u64;
+    let run = finish(observer, |records| ends(records, client.cgroup_id(), target).len() as u64 >= made);
+    let reported = ends(&run.records, client.cgroup_id(), target).len() as u64;
     let lost = ["events_lost", "flow_inserts_failed", "flows_evicted", "records_dropped", "states_unmatched"]
         .iter()
         .map(|counter| run.health[counter].as_u64().unwrap_or_else(|| panic!("{counter} in {}", run.health)))
@@ -275,7 +283,8 @@ fn burst_of_20k_connections_is_fully_accounted_for() {
     assert_eq!(reported + lost, made, "reported {reported} + lost {lost} != made {made}; health {}", run.health);
     assert_eq!(lost, 0, "nothing is lost at this rate: {}", run.health);
     let completed =
-        ends(&run, client.cgroup_id(), target).iter().filter(|record| record["state"] == "closed").count() as u64;
+        ends(&run.records, client.cgroup_id(), target).iter().filter(|record| record["state"] == "closed").count()
+            as u64;
     assert_eq!(completed, burst.completed, "{burst:?}");
 }
 

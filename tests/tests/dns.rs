@@ -144,7 +144,9 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
     }
     // An address the pod never resolved.
     assert_eq!(agent.tcp_client((direct, 443).into(), &client).expect("direct").complete, 1);
-    std::thread::sleep(Duration::from_millis(600));
+    observer.wait_for_records(Duration::from_secs(30), |records| {
+        records.iter().any(|record| record["event"] == "end" && record["dst"]["ip"] == direct.to_string())
+    });
     let run = observer.stop().expect("observer stops");
     let dns_entries: Vec<Value> = std::fs::read_to_string(&dns_log)
         .expect("DNS log")

@@ -77,7 +77,13 @@ fn flow_log_names_pods_and_workloads_at_both_ends() {
     let client = TcpClientOpts { send: 10, expect: 100, ..Default::default() };
     assert_eq!(web.tcp_client(db.addr_v4(5432), &client).expect("to db").complete, 1);
     assert_eq!(web.tcp_client((INTERNET_HOST_V4, 443).into(), &client).expect("to internet").complete, 1);
-    std::thread::sleep(Duration::from_millis(600));
+    // Three flows end: web's two, and the one seen at db's socket.
+    let ended = |records: &[Value], cgroup: u64| {
+        records.iter().filter(|record| record["event"] == "end" && record["cgroup"]["id"] == cgroup).count()
+    };
+    observer.wait_for_records(Duration::from_secs(30), |records| {
+        ended(records, web.cgroup_id()) >= 2 && ended(records, db.cgroup_id()) >= 1
+    });
     let run = observer.stop().expect("observer stops");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 

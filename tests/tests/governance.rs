@@ -152,7 +152,11 @@ fn every_verdict_and_finding_shows_up_exactly() {
     // Spike: forty connections in about a second, twenty times the baseline.
     let burst = agent.tcp_client(model_a.addr_v4(8080), &TcpClientOpts { count: 40, ..one.clone() }).expect("burst");
     assert_eq!(burst.complete, 40);
-    std::thread::sleep(Duration::from_millis(2500));
+    // Every connection to the model server has ended at both sockets.
+    observer.wait_for_records(Duration::from_secs(30), |records| {
+        verdicts(records, agent.cgroup_id(), 8080).len() == 52
+            && verdicts(records, model_a.cgroup_id(), 8080).len() == 52
+    });
     let run = observer.stop().expect("observer stops");
 
     assert_eq!(verdicts(&run.records, agent.cgroup_id(), 8080), vec!["allowed"; 52]);

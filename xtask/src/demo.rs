@@ -11,7 +11,6 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -23,7 +22,7 @@ use observer_tests::{
 use serde_json::{Value, json};
 
 use crate::{
-    command::{run as run_command, step, workspace_root},
+    command::{Profile, build_lab_binaries, step},
     interrupt,
 };
 
@@ -42,22 +41,7 @@ const PODS: [(&str, &str, Option<&str>, &str); 6] = [
 /// Runs the demo.
 pub fn run() -> anyhow::Result<()> {
     interrupt::install();
-    crate::setup::run()?;
-    step("building the observer and the lab traffic tool");
-    run_command(Command::new("cargo").current_dir(workspace_root()).args([
-        "build",
-        "-p",
-        "observer",
-        "-p",
-        "observer-tests",
-        "--bins",
-    ]))?;
-    let target = workspace_root().join("target/debug");
-    // SAFETY: single-threaded at this point; the variables are read by children.
-    unsafe {
-        std::env::set_var(observer_tests::OBSERVER_BIN_ENV, target.join("observer"));
-        std::env::set_var(observer_tests::TRAFFIC_BIN_ENV, target.join("lab-traffic"));
-    }
+    build_lab_binaries(Profile::Debug)?;
     interrupt::check()?;
     step("bringing up the lab: six AI-tier pods and an internet namespace");
     let lab = Lab::builder().pods(PODS.len()).ipv6(false).internet(true).build().context("bringing up the lab")?;

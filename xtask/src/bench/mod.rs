@@ -18,7 +18,7 @@ use std::{fs, process::Command};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use crate::command::{output, run as run_command, step, workspace_root};
+use crate::command::{Profile, build_lab_binaries, output, step, workspace_root};
 
 /// `cargo xtask bench [PART]`.
 #[derive(Debug, Args)]
@@ -70,24 +70,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Builds the release binaries the lab parts run and points the lab helpers at them.
 fn build_release() -> anyhow::Result<()> {
-    crate::setup::run()?;
-    step("building release binaries");
-    run_command(Command::new("cargo").current_dir(workspace_root()).args([
-        "build",
-        "--release",
-        "-p",
-        "observer",
-        "-p",
-        "observer-tests",
-        "--bins",
-    ]))?;
-    let target = workspace_root().join("target/release");
-    // SAFETY: single-threaded here; children read these.
-    unsafe {
-        std::env::set_var(observer_tests::OBSERVER_BIN_ENV, target.join("observer"));
-        std::env::set_var(observer_tests::TRAFFIC_BIN_ENV, target.join("lab-traffic"));
-    }
-    Ok(())
+    build_lab_binaries(Profile::Release)
 }
 
 /// The 1-minute load average now.
