@@ -270,7 +270,7 @@ async fn pass_through(
 /// cluster's FlowIntents.
 async fn intent_source(args: &InventoryArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<IntentSource> {
     if !args.manifests.is_empty() {
-        return Ok(IntentSource::Manifests(args.manifests.clone()));
+        return Ok(IntentSource::Inventory);
     }
     let client = inventory::client(args.kubeconfig.clone()).await.context("connecting to watch FlowIntents")?;
     let (store, stream) = intent::watch(client);

@@ -164,3 +164,36 @@ fn missing_paths_are_reported_not_fatal() {
     assert!(inventory.snapshot().synced());
     assert!(inventory.status().manifest_errors[0].contains("no such file or folder"));
 }
+
+const INTENT: &str = "apiVersion: ai.governance/v1alpha1
+kind: FlowIntent
+metadata:
+  name: agents
+  namespace: ai
+spec:
+  subject:
+    tiers: [agent]
+  maxNewConnectionsPerMinute: 120
+";
+
+#[tokio::test]
+async fn flow_intents_come_with_each_load_and_reload() {
+    let dir = TempDir::new("standalone-intents");
+    let file = dir.write("ai.yaml", &format!("{}---\n{INTENT}", web("web")));
+    let (inventory, reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let loaded = inventory.intents();
+    assert_eq!(loaded.intents.len(), 1, "the intent is loaded with the pods");
+    assert_eq!(loaded.intents[0].metadata.name.as_deref(), Some("agents"));
+    assert_eq!(loaded.origins[0].to_string(), format!("{}:23", file.display()), "file and line of its document");
+    let mut generations = inventory.subscribe();
+    let task = tokio::spawn(reload);
+
+    dir.write("ai.yaml", &web("web"));
+    tokio::time::timeout(Duration::from_secs(10), generations.changed())
+        .await
+        .expect("a reload within 10 s")
+        .expect("inventory alive");
+    assert!(inventory.intents().intents.is_empty(), "the removed intent is gone with the same reload");
+    assert_eq!(inventory.snapshot().pod_count(), 1);
+    task.abort();
+}

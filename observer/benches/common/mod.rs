@@ -111,7 +111,7 @@ impl Pipeline {
         assert_eq!(inventory.snapshot().pod_count(), size.pods);
         let judge = JudgeStage::new(StageSetup {
             inventory: inventory.clone(),
-            intents: IntentSource::Manifests(vec![file]),
+            intents: IntentSource::Inventory,
             config: ObserverConfig::default(),
             findings_log: None,
             node: None,

@@ -13,7 +13,7 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1 as core, networking::v1::NetworkPolicy};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 
 use super::model::OwnerRef;
 
@@ -111,11 +111,21 @@ pub struct Manifests {
 
 /// Reads every path (file or folder).
 pub fn load(paths: &[PathBuf]) -> Manifests {
+    let mut objects = Vec::new();
+    let mut manifests = load_each(paths, &mut |loaded| objects.push(loaded));
+    manifests.objects = objects;
+    manifests
+}
+
+/// Reads every path, handing each object to `each` as soon as it is read, so
+/// a large cluster's typed objects are never all held at once; returns the
+/// errors and skipped objects (`objects` stays empty).
+pub fn load_each(paths: &[PathBuf], each: &mut dyn FnMut(Loaded)) -> Manifests {
     let mut manifests = Manifests::default();
     for path in paths {
         for file in files_under(path, &mut manifests.errors) {
             match fs::read_to_string(&file) {
-                Ok(text) => parse_file(&file, &text, &mut manifests),
+                Ok(text) => parse_file(&file, &text, &mut Out { each: &mut *each, manifests: &mut manifests }),
                 Err(error) => manifests.errors.push(ManifestError {
                     origin: Origin { file: file.clone(), line: 0 },
                     message: format!("cannot read: {error}"),
@@ -124,6 +134,12 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
         }
     }
     manifests
+}
+
+/// Where a parse puts what it finds: objects to `each`, the rest to `manifests`.
+struct Out<'a> {
+    each: &'a mut dyn FnMut(Loaded),
+    manifests: &'a mut Manifests,
 }
 
 /// The manifest files a path names, in a stable order.
@@ -184,7 +200,11 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     documents
 }
 
-fn parse_file(file: &Path, text: &str, manifests: &mut Manifests) {
+fn parse_file(file: &Path, text: &str, out: &mut Out<'_>) {
+    if file.extension().is_some_and(|ext| ext == "json") {
+        parse_json(file, text, out);
+        return;
+    }
     for (line, document) in documents(text) {
         let origin = Origin { file: file.to_owned(), line };
         let value: Value = match serde_yaml::from_str::<serde_yaml::Value>(&document).map_err(|error| {
@@ -194,14 +214,14 @@ fn parse_file(file: &Path, text: &str, manifests: &mut Manifests) {
             Ok(yaml) => match serde_json::to_value(yaml) {
                 Ok(value) => value,
                 Err(error) => {
-                    manifests
+                    out.manifests
                         .errors
                         .push(ManifestError { origin, message: format!("not representable as JSON: {error}") });
                     continue;
                 }
             },
             Err((at, error)) => {
-                manifests.errors.push(ManifestError {
+                out.manifests.errors.push(ManifestError {
                     origin: Origin { file: file.to_owned(), line: at },
                     // serde_yaml's own positions count from the document's start.
                     message: format!("invalid YAML in the document starting at line {line}: {error}"),
@@ -212,17 +232,57 @@ fn parse_file(file: &Path, text: &str, manifests: &mut Manifests) {
         if value.is_null() {
             continue;
         }
-        add_value(value, &origin, manifests);
+        add_value(value, &origin, out);
     }
 }
 
-fn add_value(value: Value, origin: &Origin, manifests: &mut Manifests) {
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
-    if kind.ends_with("List") && value.get("items").is_some_and(Value::is_array) {
-        if let Some(Value::Array(items)) = value.get("items").cloned() {
-            for item in items {
-                add_value(item, origin, manifests);
+/// A `.json` file: one document, read by the JSON parser. A `List`'s items
+/// are parsed one at a time from the text, so only one item's tree is ever
+/// held: `kubectl get -o json` of a large cluster is tens of megabytes, and
+/// as one tree (or through serde_yaml, which holds every event of a document)
+/// it would cost many times that, most of it left fragmented on the heap.
+fn parse_json(file: &Path, text: &str, out: &mut Out<'_>) {
+    let origin = Origin { file: file.to_owned(), line: 1 };
+    let invalid = |error: serde_json::Error| ManifestError {
+        origin: Origin { file: file.to_owned(), line: error.line() },
+        message: format!("invalid JSON: {error}"),
+    };
+    /// Just enough of a document to tell a `List` from one object.
+    #[derive(serde::Deserialize)]
+    struct Outline<'a> {
+        #[serde(borrow, default)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, default)]
+        items: Option<Vec<&'a RawValue>>,
+    }
+    let items = match serde_json::from_str::<Outline<'_>>(text) {
+        Ok(Outline { kind: Some(kind), items: Some(items) }) if kind.ends_with("List") => items,
+        // Not a list (or not an object at all): read it whole.
+        Ok(_) | Err(_) => {
+            match serde_json::from_str::<Value>(text) {
+                Ok(Value::Null) => {}
+                Ok(value) => add_value(value, &origin, out),
+                Err(error) => out.manifests.errors.push(invalid(error)),
             }
+            return;
+        }
+    };
+    for item in items {
+        match serde_json::from_str::<Value>(item.get()) {
+            Ok(value) => add_value(value, &origin, out),
+            Err(error) => out.manifests.errors.push(invalid(error)),
+        }
+    }
+}
+
+fn add_value(value: Value, origin: &Origin, out: &mut Out<'_>) {
+    let mut value = value;
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if kind.ends_with("List")
+        && let Some(Value::Array(items)) = value.get_mut("items").map(Value::take)
+    {
+        for item in items {
+            add_value(item, origin, out);
         }
         return;
     }
@@ -237,19 +297,21 @@ fn add_value(value: Value, origin: &Origin, manifests: &mut Manifests) {
         kind if WORKLOAD_KINDS.contains(&kind) => Ok(Object::Workload(workload(kind, &value))),
         crate::intent::KIND => serde_json::from_value(value).map(|intent| Object::FlowIntent(Box::new(intent))),
         "" => {
-            manifests.errors.push(ManifestError { origin: origin.clone(), message: "document has no kind".to_owned() });
+            out.manifests
+                .errors
+                .push(ManifestError { origin: origin.clone(), message: "document has no kind".to_owned() });
             return;
         }
         _ => {
             let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-            manifests.skipped.push(Skipped { origin: origin.clone(), what: format!("{api_version}/{what}") });
+            out.manifests.skipped.push(Skipped { origin: origin.clone(), what: format!("{api_version}/{what}") });
             return;
         }
     };
     match typed {
-        Ok(object) => manifests.objects.push(Loaded { object, origin: origin.clone() }),
+        Ok(object) => (out.each)(Loaded { object, origin: origin.clone() }),
         Err(error) => {
-            manifests.errors.push(ManifestError { origin: origin.clone(), message: format!("{what}: {error}") })
+            out.manifests.errors.push(ManifestError { origin: origin.clone(), message: format!("{what}: {error}") })
         }
     }
 }
@@ -280,10 +342,19 @@ fn workload(kind: &str, value: &Value) -> Workload {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Manifests {
-        let mut manifests = Manifests::default();
-        parse_file(Path::new("m.yaml"), text, &mut manifests);
+    fn parse_named(name: &str, text: &str) -> Manifests {
+        let (mut objects, mut manifests) = (Vec::new(), Manifests::default());
+        parse_file(
+            Path::new(name),
+            text,
+            &mut Out { each: &mut |loaded| objects.push(loaded), manifests: &mut manifests },
+        );
+        manifests.objects = objects;
         manifests
+    }
+
+    fn parse(text: &str) -> Manifests {
+        parse_named("m.yaml", text)
     }
 
     #[test]
@@ -308,6 +379,19 @@ mod tests {
         assert_eq!(manifests.objects.len(), 1);
         assert_eq!(manifests.skipped.len(), 1);
         assert_eq!(manifests.skipped[0].what, "v1/ConfigMap c");
+    }
+
+    #[test]
+    fn json_file_is_read_as_json_with_its_error_line() {
+        let text = "{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [\n  {\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {\"name\": \"a\"}}]}";
+        let manifests = parse_named("m.json", text);
+        assert_eq!(manifests.objects.len(), 1);
+        assert!(manifests.errors.is_empty());
+        let broken = parse_named("m.json", "{\"kind\": \"List\",\n \"items\": [\n  {\"kind\": }]}");
+        assert_eq!(broken.objects.len(), 0);
+        assert_eq!(broken.errors.len(), 1);
+        assert_eq!(broken.errors[0].origin.line, 3, "{}", broken.errors[0]);
+        assert!(broken.errors[0].message.starts_with("invalid JSON"), "{}", broken.errors[0]);
     }
 
     #[test]

@@ -116,6 +116,13 @@ impl Inventory {
         Resolver { shared: Arc::clone(&self.shared) }
     }
 
+    /// The FlowIntents the manifests of the latest load declare (standalone
+    /// mode; empty in a cluster, where FlowIntents are watched separately).
+    /// Replaced before each new snapshot is published.
+    pub fn intents(&self) -> Arc<crate::intent::LoadedIntents> {
+        self.shared.intents()
+    }
+
     /// The latest snapshot: object lists for the policy engine.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.snapshot()

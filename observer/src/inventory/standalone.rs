@@ -16,6 +16,7 @@ use std::{
 use k8s_openapi::api::core::v1 as core;
 
 use super::{
+    super::intent::LoadedIntents,
     convert,
     manifests::{self, Manifests, Object},
     store::{Item, Resource, Update},
@@ -54,18 +55,13 @@ pub(crate) fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
 
 /// Reads every path and hands the writer a full list of each resource.
 pub(crate) fn load(paths: &[PathBuf], writer: &mut Writer) {
-    let Manifests { objects, errors, skipped } = manifests::load(paths);
-    for error in &errors {
-        tracing::warn!(%error, "manifest document not loaded");
-    }
-    for skipped in &skipped {
-        tracing::warn!(origin = %skipped.origin, what = %skipped.what, "manifest object of a kind the observer does not use, skipped");
-    }
-    writer.set_manifest_errors(errors.iter().map(ToString::to_string).collect());
     let mut items: BTreeMap<Resource, Vec<Item>> = BTreeMap::new();
     let mut declared = BTreeSet::new();
     let mut used = BTreeSet::new();
-    for loaded in objects {
+    let mut intents = LoadedIntents::default();
+    // Each object is converted as soon as it is read: the typed objects of a
+    // large cluster are several times the size of what the store keeps.
+    let Manifests { errors, skipped, .. } = manifests::load_each(paths, &mut |loaded| {
         let item = match loaded.object {
             Object::Pod(pod) => {
                 used.insert(pod.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()));
@@ -79,11 +75,22 @@ pub(crate) fn load(paths: &[PathBuf], writer: &mut Writer) {
             Object::Service(service) => convert::service(&service),
             Object::Node(node) => convert::node(&node),
             Object::Workload(workload) => Item::Workload(workload),
-            // Intents are compiled by the intent module (`LoadedIntents`), not held here.
-            Object::FlowIntent(_) => continue,
+            // Held for the judge, which compiles them (`Inventory::intents`).
+            Object::FlowIntent(intent) => {
+                intents.intents.push(*intent);
+                intents.origins.push(loaded.origin);
+                return;
+            }
         };
         items.entry(item.resource()).or_default().push(item);
+    });
+    for error in &errors {
+        tracing::warn!(%error, "manifest document not loaded");
     }
+    for skipped in &skipped {
+        tracing::warn!(origin = %skipped.origin, what = %skipped.what, "manifest object of a kind the observer does not use, skipped");
+    }
+    writer.set_manifest_errors(errors.iter().map(ToString::to_string).collect());
     // The API server would hold every namespace a pod is in: so does the
     // standalone inventory, labelled only with its name.
     for name in used.difference(&declared) {
@@ -103,6 +110,7 @@ pub(crate) fn load(paths: &[PathBuf], writer: &mut Writer) {
         }
         writer.record(resource, Update::InitDone(resource));
     }
+    writer.set_intents(intents);
     writer.publish();
 }
 

@@ -30,7 +30,7 @@ use crate::{
     findings::{CoverageTracker, Finding, FindingsLog, FindingsWriter, Workload},
     flow::{FlowRecord, LocalEnd, RecordEvent},
     intent::{FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
-    inventory::{Inventory, Snapshot, manifests},
+    inventory::{Inventory, Snapshot},
     metrics::{FindingLabels, Metrics, WorkloadLabels, flows::EdgeOf},
     policy::PolicyEngine,
 };
@@ -38,9 +38,9 @@ use crate::{
 /// Where FlowIntents come from.
 #[derive(Clone)]
 pub enum IntentSource {
-    /// The same manifest files as the standalone inventory, re-read when the
-    /// inventory reloads them.
-    Manifests(Vec<PathBuf>),
+    /// The standalone inventory's manifests: the FlowIntents it loaded with
+    /// everything else ([`Inventory::intents`]), current with each reload.
+    Inventory,
     /// A watch of the cluster's FlowIntents; `changed` is notified on every change.
     Cluster {
         /// The reflector store.
@@ -172,7 +172,7 @@ impl JudgeStage {
         let mut generations: watch::Receiver<u64> = self.setup.inventory.subscribe();
         let intents_changed = match &self.setup.intents {
             IntentSource::Cluster { changed, .. } => Arc::clone(changed),
-            IntentSource::Manifests(_) => Arc::new(Notify::new()),
+            IntentSource::Inventory => Arc::new(Notify::new()),
         };
         let mut tick =
             tokio::time::interval(Duration::from_secs(self.setup.config.findings.flush_interval_seconds.max(1)));
@@ -202,13 +202,13 @@ impl JudgeStage {
         self.flush_findings();
     }
 
-    fn intents(&self) -> LoadedIntents {
+    fn intents(&self) -> Arc<LoadedIntents> {
         match &self.setup.intents {
-            IntentSource::Manifests(paths) => LoadedIntents::from_manifests(&manifests::load(paths)),
-            IntentSource::Cluster { store, .. } => LoadedIntents {
+            IntentSource::Inventory => self.setup.inventory.intents(),
+            IntentSource::Cluster { store, .. } => Arc::new(LoadedIntents {
                 intents: store.state().iter().map(|intent| (**intent).clone()).collect(),
                 origins: Vec::new(),
-            },
+            }),
         }
     }
 
