@@ -7,31 +7,12 @@ use std::{
 
 use observer::anomaly::{EdgeKey, Signal, SpikeConfig, SpikeDetector};
 
+mod anomaly_support;
+
+use anomaly_support::Rng;
+
 const MINUTE: u64 = 60;
 const DAY_WINDOWS: u64 = 1440;
-
-/// A deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// `level` with multiplicative noise of up to ±`spread`.
-    fn noisy(&mut self, level: f64, spread: f64) -> u64 {
-        (level * (1.0 + spread * (2.0 * self.unit() - 1.0))).max(0.0).round() as u64
-    }
-}
 
 fn edge() -> EdgeKey {
     EdgeKey { source: Arc::from("ai/Deployment/agent"), destination: Arc::from("ai/Deployment/model"), port: 8080 }
