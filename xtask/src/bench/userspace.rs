@@ -146,7 +146,8 @@ pub fn pipeline(args: &PipelineArgs) -> anyhow::Result<()> {
          findings, spikes) and the metrics meter (edge by workload, deltas, verdict counts), in batches of {} (one poll \
          each). Not included: the kernel's side (ring-buffer reads, map iteration and deletes are syscalls) and the \
          flow log's JSON. Rate = records per second of this thread's CPU time (CLOCK_THREAD_CPUTIME_ID), median of {} \
-         rounds of {} s after a warm-up; wall-clock rate beside it (the thread had {:.0}% of a core).\n",
+         rounds of {} s after a warm-up, and each stage's ns per record in the same CPU time; wall-clock rate beside it \
+         (the thread had {:.0}% of a core).\n",
         number(&pipeline, "/pairs"),
         number(&pipeline, "/pods"),
         number(&pipeline, "/namespaces"),
