@@ -153,8 +153,9 @@ impl Pipeline {
 
     /// Fills in both ends of every record.
     pub fn enrich(&self, records: &mut [FlowRecord]) {
+        let snapshot = self.resolver.snapshot();
         for record in records {
-            enrich(record, &self.resolver);
+            enrich(record, &snapshot);
         }
     }
 
