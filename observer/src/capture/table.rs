@@ -732,6 +732,39 @@ mod tests {
         run.poll(&[(key, stats(INITIATOR_LOCAL, syn_ack, syn_ack, 9, 4 * MS))], 500 * MS);
         let end = run.flush(500 * MS);
         assert_eq!((end[0].event, end[0].state, end[0].stats.packets_out), (RecordEvent::End, FlowState::Closed, 9));
+        // Each record says what the previous one reported, under one handle.
+        assert_eq!(attempt[0].reported, None);
+        assert_eq!(update[0].reported, Some(Counters::of(&attempt[0].stats)));
+        assert_eq!(end[0].reported, Some(Counters::of(&update[0].stats)));
+        assert!(attempt[0].flow == update[0].flow && update[0].flow == end[0].flow);
+    }
+
+    #[test]
+    fn flows_of_two_cgroups_on_one_tuple_are_tracked_apart() {
+        let mut run = Run::new();
+        let (first, second) = (key(PROTO_UDP, 7), key(PROTO_UDP, 8));
+        run.event(new_flow(first, MS));
+        run.event(new_flow(second, MS));
+        assert_eq!(run.table.len(), 2);
+        run.poll(
+            &[(first, stats(INITIATOR_LOCAL, 0, 0, 1, 2 * MS)), (second, stats(INITIATOR_LOCAL, 0, 0, 5, 2 * MS))],
+            2 * MS,
+        );
+        let mut out = run.flush(3 * MS);
+        out.sort_by_key(|emission| emission.key.cgroup_id);
+        assert_eq!(
+            out.iter().map(|emission| (emission.key, emission.stats.packets_out)).collect::<Vec<_>>(),
+            [(first, 1), (second, 5)]
+        );
+        assert_ne!(out[0].flow, out[1].flow);
+        // The first one's kernel entry goes: the second stays, found by its own key.
+        run.poll(&[(second, stats(INITIATOR_LOCAL, 0, 0, 6, 4 * MS))], 4 * MS);
+        assert_eq!((run.out[0].key, run.out[0].state), (first, FlowState::Evicted));
+        assert_eq!(run.table.len(), 1);
+        run.out.clear();
+        run.poll(&[(second, stats(INITIATOR_LOCAL, 0, 0, 7, 5 * MS))], 5 * MS);
+        assert!(run.out.is_empty(), "{:?}", run.out);
+        assert_eq!(run.table.stats().flows_evicted, 1);
     }
 
     #[test]
@@ -784,6 +817,7 @@ mod tests {
         run.event(state_event(key, tcp_state::CLOSE, tcp_state::SYN_SENT, 5));
         assert_eq!(run.out.len(), 1);
         assert_eq!((run.out[0].state, run.out[0].stats.packets_out), (FlowState::Closed, 5));
+        let old_flow = run.out[0].flow;
         assert!(run.delete.is_empty(), "the kernel entry now counts the new connection");
         run.out.clear();
         run.event(state_event(key, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, 6));
@@ -793,6 +827,8 @@ mod tests {
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!((out[0].state, out[0].stats.packets_out, out[0].stats.packets_in), (FlowState::Closed, 4, 4));
         assert_eq!(out[0].stats.first_seen_ns, 5);
+        assert_eq!(out[0].reported, None, "the new connection's first record");
+        assert_ne!(out[0].flow, old_flow, "the new connection has its own handle");
         assert_eq!(run.table.stats().tuples_reused, 1);
         assert_eq!(run.delete, vec![key]);
     }
