@@ -110,8 +110,11 @@ fn main() {
     drop(table);
     let table_bytes = table_before.saturating_sub(live());
     let meter_before = live();
-    let meter =
-        std::mem::replace(&mut pipeline.meter, observer::metrics::flows::FlowMeter::new(pipeline.metrics.clone()));
+    let empty = observer::metrics::flows::FlowMeter::new(
+        pipeline.metrics.clone(),
+        observer::metrics::flows::EdgeOf::new(pipeline.metrics.allowlist().clone()),
+    );
+    let meter = std::mem::replace(&mut pipeline.meter, empty);
     drop(meter);
     let meter_bytes = meter_before.saturating_sub(live());
     let rest = held.saturating_sub(table_bytes + meter_bytes);

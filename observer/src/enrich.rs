@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::{
     dns::{DnsView, Owner},
     flow::{FlowRecord, LocalEnd, PeerDns},
-    inventory::{EndpointKind, Resolver},
+    inventory::{EndpointKind, Resolver, Snapshot},
 };
 
 /// Counters of the enrich stage.
@@ -65,16 +65,17 @@ pub fn name_remote(record: &mut FlowRecord, dns: &DnsView) -> Option<bool> {
     None
 }
 
-/// Fills in both ends of one record.
-pub fn enrich(record: &mut FlowRecord, resolver: &Resolver) {
+/// Fills in both ends of one record from an inventory snapshot (the stage
+/// takes one per batch, so a record costs no lock).
+pub fn enrich(record: &mut FlowRecord, snapshot: &Snapshot) {
     let at = record.first_seen;
     let path = record.cgroup.path.as_deref();
     let (local, remote) = match record.local {
         LocalEnd::Src => (&mut record.src, &mut record.dst),
         LocalEnd::Dst => (&mut record.dst, &mut record.src),
     };
-    local.endpoint = Some(resolver.resolve_local(path, local.ip, at));
-    remote.endpoint = Some(resolver.resolve_remote(remote.ip, at));
+    local.endpoint = Some(snapshot.resolve_local(path, local.ip, at));
+    remote.endpoint = Some(snapshot.resolve_remote(remote.ip, at));
 }
 
 /// Runs the stage until `input` closes. Without a resolver (no inventory),
@@ -87,9 +88,10 @@ pub async fn run(
     health: Arc<EnrichHealth>,
 ) {
     while let Some(mut batch) = input.recv().await {
+        let snapshot = resolver.as_ref().map(Resolver::snapshot);
         for record in &mut batch {
-            if let Some(resolver) = &resolver {
-                enrich(record, resolver);
+            if let Some(snapshot) = &snapshot {
+                enrich(record, snapshot);
             }
             if let Some(dns) = &dns {
                 match name_remote(record, dns) {
@@ -142,7 +144,8 @@ mod tests {
         key.remote_addr[..4].copy_from_slice(&remote);
         let now = crate::capture::clock::monotonic_ns();
         let stats = FlowStats { first_seen_ns: now, last_seen_ns: now, initiator, ..FlowStats::default() };
-        let emission = Emission { key, stats, event: RecordEvent::End, state: FlowState::Closed };
+        let emission =
+            Emission { key, stats, event: RecordEvent::End, state: FlowState::Closed, flow: 1, reported: None };
         let mut record = build_record(&emission, clock, Some(Arc::from(POD)), &Arc::from("node"));
         let remote_end = if initiator == INITIATOR_LOCAL { &mut record.dst } else { &mut record.src };
         remote_end.endpoint = Some(Endpoint::world());

@@ -189,9 +189,29 @@ pub struct FlowRecord {
     /// `last_seen - first_seen` in milliseconds.
     pub duration_ms: u64,
     /// The judgement of the flow against NetworkPolicies and intents, when an
-    /// inventory is available.
+    /// inventory is available; shared by the records of a flow judged alike.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<FlowVerdict>,
+    pub verdict: Option<Arc<FlowVerdict>>,
+    /// Where the record stands in its connection, for the stages after
+    /// capture; not written to the log.
+    #[serde(skip)]
+    pub progress: Progress,
+}
+
+/// A record's place in its connection: what lets the judge and the metrics
+/// work per record without keeping state per flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Capture's handle of the connection: the same on each of its records,
+    /// never reused while the observer runs (0: not from capture).
+    pub flow: u64,
+    /// Whether this is the connection's first record.
+    pub first: bool,
+    /// Traffic from src to dst since the connection's previous record (all
+    /// of it on the first).
+    pub new_to_dst: Traffic,
+    /// Traffic from dst to src since the connection's previous record.
+    pub new_to_src: Traffic,
 }
 
 /// Transport protocol of a flow.
@@ -244,22 +264,46 @@ pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
 }
 
 fn serialize_time<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&rfc3339(*time))
+    serializer.serialize_str(Rfc3339::of(*time).as_str())
 }
 
 /// Formats a time as RFC 3339 in UTC with milliseconds.
 pub fn rfc3339(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    Rfc3339::of(time).as_str().to_owned()
+}
+
+/// A time formatted as RFC 3339 in UTC with milliseconds
+/// (`2026-11-23T04:17:29.793Z`, years up to 9999), on the stack: a record
+/// has three of them.
+struct Rfc3339([u8; 24]);
+
+impl Rfc3339 {
+    fn of(time: SystemTime) -> Self {
+        let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        let secs = since.as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days);
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut value: u64| {
+            for index in (at..at + width).rev() {
+                text[index] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, rem / 3600);
+        put(14, 2, rem / 60 % 60);
+        put(17, 2, rem % 60);
+        put(20, 3, u64::from(since.subsec_millis()));
+        Self(text)
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).

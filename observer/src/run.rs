@@ -227,7 +227,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         None => tokio::spawn(pass_through(enriched_rx, judged_tx)),
     };
     let edges = flows::EdgeOf::new(metrics.allowlist().clone()).with_names(name_labels);
-    let meter = tokio::spawn(flows::meter(metrics, move |record| edges.edge(record), judged_rx, metered_tx));
+    let meter = tokio::spawn(flows::meter(metrics, edges, judged_rx, metered_tx));
     let writer = tokio::spawn(flowlog::write(target, metered_rx));
     tokio::spawn(async move {
         match shutdown_signal().await {

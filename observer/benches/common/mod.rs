@@ -90,7 +90,6 @@ pub struct Pipeline {
     pub metrics: Metrics,
     /// The metrics meter.
     pub meter: FlowMeter,
-    edge_of: EdgeOf,
     // Holds the inventory's store alive.
     _inventory: Inventory,
 }
@@ -135,8 +134,7 @@ impl Pipeline {
             cgroup_paths,
             resolver: inventory.resolver(),
             judge,
-            meter: FlowMeter::new(metrics.clone()),
-            edge_of: EdgeOf::new(metrics.allowlist().clone()),
+            meter: FlowMeter::new(metrics.clone(), EdgeOf::new(metrics.allowlist().clone())),
             metrics,
             _inventory: inventory,
         }
@@ -155,16 +153,16 @@ impl Pipeline {
 
     /// Fills in both ends of every record.
     pub fn enrich(&self, records: &mut [FlowRecord]) {
+        let snapshot = self.resolver.snapshot();
         for record in records {
-            enrich(record, &self.resolver);
+            enrich(record, &snapshot);
         }
     }
 
     /// Counts every record on its edge.
     pub fn meter(&mut self, records: &[FlowRecord]) {
         for record in records {
-            let edge = self.edge_of.edge(record);
-            self.meter.record(record, edge);
+            self.meter.record(record);
         }
     }
 }

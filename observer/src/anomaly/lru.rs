@@ -3,8 +3,8 @@
 //! In: keys and values, with lookups that count as use. Out: the value, and
 //! the entry evicted when an insert finds the map full. Every operation is
 //! amortised O(1): the use order is a queue of (key, stamp) where stale
-//! stamps are skipped on eviction and swept out once the queue is twice the
-//! cap, so no linked list and no unsafe code is needed.
+//! stamps are skipped on eviction and swept out once the queue is four times
+//! the entries held, so no linked list and no unsafe code is needed.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -14,7 +14,9 @@ use std::{
 /// A bounded least-recently-used map.
 #[derive(Clone, Debug)]
 pub(crate) struct Lru<K, V> {
-    entries: HashMap<K, (V, u64)>,
+    // Keys are edges, findings and pods named by the cluster's own objects,
+    // looked up for every flow: foldhash, not SipHash.
+    entries: HashMap<K, (V, u64), foldhash::fast::RandomState>,
     order: VecDeque<(K, u64)>,
     next: u64,
     cap: usize,
@@ -23,7 +25,7 @@ pub(crate) struct Lru<K, V> {
 impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     /// An empty map holding at most `cap` entries (at least one).
     pub(crate) fn new(cap: usize) -> Self {
-        Self { entries: HashMap::new(), order: VecDeque::new(), next: 0, cap: cap.max(1) }
+        Self { entries: HashMap::default(), order: VecDeque::new(), next: 0, cap: cap.max(1) }
     }
 
     /// Entries held.
@@ -31,30 +33,38 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.entries.len()
     }
 
+    /// Drops stale stamps from the use order once it holds four times the
+    /// entries: relative to the entries, not the cap, so that a map far below
+    /// its cap (a few edges under a cap of thousands) stays small, and each
+    /// sweep is paid for by the three quarters of the queue it drops.
+    fn sweep(&mut self) {
+        if self.order.len() > 4 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order.retain(|(key, stamp)| entries.get(key).is_some_and(|(_, current)| current == stamp));
+        }
+    }
+
     fn stamp(&mut self, key: &K) -> u64 {
         let stamp = self.next;
         self.next += 1;
         self.order.push_back((key.clone(), stamp));
-        if self.order.len() > 2 * self.cap + 16 {
-            let entries = &self.entries;
-            self.order.retain(|(key, stamp)| entries.get(key).is_some_and(|(_, current)| current == stamp));
-        }
         stamp
     }
 
     /// The value of `key`, marked as just used.
     pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        if !self.entries.contains_key(key) {
-            return None;
-        }
-        let stamp = self.stamp(key);
+        self.sweep();
         let (value, current) = self.entries.get_mut(key)?;
+        let stamp = self.next;
+        self.next += 1;
         *current = stamp;
+        self.order.push_back((key.clone(), stamp));
         Some(value)
     }
 
     /// Inserts or replaces `key`; returns the entry evicted to make room.
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<(K, V)> {
+        self.sweep();
         let evicted =
             if self.entries.len() >= self.cap && !self.entries.contains_key(&key) { self.evict() } else { None };
         let stamp = self.stamp(&key);
@@ -109,8 +119,17 @@ mod tests {
         for round in 0..10_000 {
             lru.get_mut(&(round % 3));
         }
-        assert!(lru.order.len() <= 2 * 4 + 16);
+        assert!(lru.order.len() <= 4 * 4 + 64 + 1);
         // 3 was never touched after insertion: it goes first.
         assert_eq!(lru.insert(99, 99), Some((3, 3)));
+        // A map far below its cap keeps its queue to four times what it holds.
+        let mut roomy = Lru::new(100_000);
+        roomy.insert("a", 1);
+        roomy.insert("b", 2);
+        for _ in 0..10_000 {
+            roomy.get_mut(&"a");
+        }
+        assert!(roomy.order.len() <= 4 * 2 + 64 + 1);
+        assert_eq!(roomy.insert("c", 3), None);
     }
 }

@@ -32,11 +32,13 @@ use tokio::{
 };
 
 use crate::dns::DnsTracker;
-use crate::flow::{Cgroup, Family, FlagSet, FlowRecord, Icmp, LocalEnd, Peer, Protocol, TcpFlags, Traffic, key_addrs};
+use crate::flow::{
+    Cgroup, Family, FlagSet, FlowRecord, Icmp, LocalEnd, Peer, Progress, Protocol, TcpFlags, Traffic, key_addrs,
+};
 use cgroups::CgroupPaths;
 use clock::{Clock, monotonic_ns};
 use loader::{LoadError, LoadOptions};
-use table::{Emission, FlowTable, TableConfig};
+use table::{Counters, Emission, FlowTable, TableConfig};
 
 /// How often the ring buffer is drained when the kernel does not wake us.
 const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
@@ -432,7 +434,7 @@ async fn maybe_readable<T: std::os::fd::AsRawFd>(
 
 /// Orients a kernel flow (local/remote) as a record (initiator/responder).
 pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<str>>, node: &Arc<str>) -> FlowRecord {
-    let Emission { key, stats, event, state } = *emission;
+    let Emission { key, stats, event, state, flow, reported } = *emission;
     let (local_ip, remote_ip) = key_addrs(&key);
     let protocol = Protocol(key.protocol);
     let (local_port, remote_port, icmp) = if protocol.is_icmp() {
@@ -449,11 +451,14 @@ pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<
     let remote = Peer { ip: remote_ip, port: remote_port, endpoint: None, dns: None };
     let sent = Traffic { packets: stats.packets_out, bytes: stats.bytes_out };
     let received = Traffic { packets: stats.packets_in, bytes: stats.bytes_in };
+    let new = Counters::of(&stats).since(reported.unwrap_or_default());
+    let new_sent = Traffic { packets: new.packets_out, bytes: new.bytes_out };
+    let new_received = Traffic { packets: new.packets_in, bytes: new.bytes_in };
     let local_initiated = stats.initiator == INITIATOR_LOCAL;
-    let (src, dst, to_dst, to_src, local_end) = if local_initiated {
-        (local, remote, sent, received, LocalEnd::Src)
+    let (src, dst, to_dst, to_src, local_end, new_to_dst, new_to_src) = if local_initiated {
+        (local, remote, sent, received, LocalEnd::Src, new_sent, new_received)
     } else {
-        (remote, local, received, sent, LocalEnd::Dst)
+        (remote, local, received, sent, LocalEnd::Dst, new_received, new_sent)
     };
     let tcp_flags = (key.protocol == observer_common::PROTO_TCP).then(|| {
         let (to_dst, to_src) = if local_initiated {
@@ -482,6 +487,7 @@ pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<
         last_seen: clock.wall(stats.last_seen_ns),
         duration_ms: stats.last_seen_ns.saturating_sub(stats.first_seen_ns) / 1_000_000,
         verdict: None,
+        progress: Progress { flow, first: reported.is_none(), new_to_dst, new_to_src },
     }
 }
 

@@ -3,8 +3,16 @@
 //! In: ring-buffer [`Event`]s (new flows, TCP state changes) and periodic
 //! snapshots of the kernel flow map, all stamped with CLOCK_MONOTONIC
 //! nanoseconds. Out: [`Emission`]s (start, update, end of a flow with its
-//! counters and state) and the flow-map keys the caller must delete because
-//! their flows ended. Pure logic: no kernel, no clock of its own.
+//! counters, state, connection handle and the counters its previous record
+//! reported) and the flow-map keys the caller must delete because their flows
+//! ended. Pure logic: no kernel, no clock of its own.
+//!
+//! Memory follows the number of live flows, so an entry is kept small: flows
+//! are keyed by their tuple (a socket's cgroup is fixed, so a tuple is almost
+//! always one flow), times that only ever need millisecond precision are
+//! stored as 32-bit milliseconds, and rare state (the base counters of a
+//! reused tuple, flows sharing a tuple, TCP states waiting for their flow)
+//! lives in side maps.
 
 use std::collections::HashMap;
 
@@ -13,6 +21,9 @@ use observer_common::{
 };
 
 use crate::flow::{FlowState, RecordEvent};
+
+/// The maps of the table: keys are the kernel's own, not chosen by a peer.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Timing of the table, in nanoseconds.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +41,41 @@ pub struct TableConfig {
     pub pending_timeout_ns: u64,
 }
 
+/// Packets and bytes a flow's local end sent and received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets sent by the local end.
+    pub packets_out: u64,
+    /// Bytes sent by the local end.
+    pub bytes_out: u64,
+    /// Packets received by the local end.
+    pub packets_in: u64,
+    /// Bytes received by the local end.
+    pub bytes_in: u64,
+}
+
+impl Counters {
+    /// The counters of `stats`.
+    pub fn of(stats: &FlowStats) -> Self {
+        Self {
+            packets_out: stats.packets_out,
+            bytes_out: stats.bytes_out,
+            packets_in: stats.packets_in,
+            bytes_in: stats.bytes_in,
+        }
+    }
+
+    /// What was added since `before`.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            packets_out: self.packets_out.saturating_sub(before.packets_out),
+            bytes_out: self.bytes_out.saturating_sub(before.bytes_out),
+            packets_in: self.packets_in.saturating_sub(before.packets_in),
+            bytes_in: self.bytes_in.saturating_sub(before.bytes_in),
+        }
+    }
+}
+
 /// One record to write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Emission {
@@ -41,6 +87,11 @@ pub struct Emission {
     pub event: RecordEvent,
     /// Its state.
     pub state: FlowState,
+    /// The connection's handle: the same on each of its records, never
+    /// reused while the table lives (a connection reusing a tuple gets its own).
+    pub flow: u64,
+    /// The counters of the connection's previous record; `None` on its first.
+    pub reported: Option<Counters>,
 }
 
 /// Counts of what the table did, for health reporting.
@@ -60,6 +111,24 @@ pub struct TableStats {
     pub tuples_reused: u64,
 }
 
+/// CLOCK_MONOTONIC milliseconds, wrapping every 49 days: enough for the
+/// intervals the table measures (at most the pending and update timeouts),
+/// and half the size of nanoseconds in every entry.
+type Millis = u32;
+
+/// `ns` in milliseconds, rounded up: a stored time is never earlier than the
+/// event, so an interval measured from it is never overestimated.
+fn millis(ns: u64) -> Millis {
+    ns.div_ceil(1_000_000) as Millis
+}
+
+/// Nanoseconds from `then` to `now_ns` (zero if `then` is later).
+fn since_ns(now_ns: u64, then: Millis) -> u64 {
+    let now = (now_ns / 1_000_000) as Millis;
+    // Differences within ±24 days are exact despite the wrapping.
+    u64::try_from(now.wrapping_sub(then) as i32).map_or(0, |elapsed| elapsed * 1_000_000)
+}
+
 /// TCP progress of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -69,43 +138,115 @@ enum Phase {
     Established,
     /// Closed at `at`; `from` is the state it left.
     Closed {
-        at: u64,
+        at: Millis,
         from: u8,
     },
 }
 
-#[derive(Clone, Debug)]
-struct Tracked {
-    /// Counters of the kernel entry, as last polled.
-    stats: FlowStats,
-    /// Counters the entry held when this connection took it over from an
-    /// earlier one with the same tuple (zero otherwise): subtracted in records.
-    base: FlowStats,
-    /// When this connection started, if it took over a reused entry.
-    started_ns: u64,
-    phase: Phase,
-    /// Counters and state of the last record, if one was written.
-    reported: Option<(FlowStats, FlowState)>,
-    last_report_ns: u64,
+/// A flow key without its cgroup: what TCP state events carry and the table
+/// is keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Tuple {
+    local_addr: [u8; 16],
+    remote_addr: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+    protocol: u8,
+    family: u8,
 }
 
-impl Tracked {
-    /// The counters of this connection: the entry's minus what an earlier
-    /// connection on the same tuple left in it.
-    fn view(&self) -> FlowStats {
-        if self.started_ns == 0 {
-            return self.stats;
+impl Tuple {
+    fn of(key: &FlowKey) -> Self {
+        Self {
+            local_addr: key.local_addr,
+            remote_addr: key.remote_addr,
+            local_port: key.local_port,
+            remote_port: key.remote_port,
+            protocol: key.protocol,
+            family: key.family,
         }
-        let minus = |now: u64, base: u64| now.saturating_sub(base);
-        FlowStats {
-            first_seen_ns: self.started_ns,
-            last_seen_ns: self.stats.last_seen_ns.max(self.started_ns),
-            packets_out: minus(self.stats.packets_out, self.base.packets_out),
-            bytes_out: minus(self.stats.bytes_out, self.base.bytes_out),
-            packets_in: minus(self.stats.packets_in, self.base.packets_in),
-            bytes_in: minus(self.stats.bytes_in, self.base.bytes_in),
-            ..self.stats
+    }
+
+    fn key(&self, cgroup_id: u64) -> FlowKey {
+        FlowKey {
+            cgroup_id,
+            local_addr: self.local_addr,
+            remote_addr: self.remote_addr,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            protocol: self.protocol,
+            family: self.family,
+            _pad: [0; 2],
         }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Tracked {
+    cgroup_id: u64,
+    /// The connection's handle.
+    id: u64,
+    /// Counters of the kernel entry, as last polled.
+    stats: FlowStats,
+    /// This connection's counters in its last record (zero before one).
+    reported_counters: Counters,
+    /// State of the last record, if one was written.
+    reported: Option<FlowState>,
+    /// When the last record was written (or tracking began).
+    last_report: Millis,
+    phase: Phase,
+    /// This connection took over a kernel entry from an earlier one with the
+    /// same tuple: its [`Base`] is in the side map.
+    reused: bool,
+    /// The parity of the last poll whose snapshot held the entry.
+    polled: bool,
+}
+
+// Every live flow has one: the userspace budget is 256 bytes per flow, in
+// whose map this sits beside its 38-byte key.
+const _: () = assert!(size_of::<Tracked>() == 120);
+
+/// What an earlier connection on the same tuple left in a kernel entry that a
+/// new connection took over: subtracted in the new one's records.
+#[derive(Clone, Copy, Debug)]
+struct Base {
+    counters: Counters,
+    /// When the new connection started.
+    started_ns: u64,
+}
+
+/// The counters of a connection: the entry's minus what an earlier connection
+/// on the same tuple left in it.
+fn view(flow: &Tracked, base: Option<&Base>) -> FlowStats {
+    let Some(base) = base else { return flow.stats };
+    let counters = Counters::of(&flow.stats).since(base.counters);
+    FlowStats {
+        first_seen_ns: base.started_ns,
+        last_seen_ns: flow.stats.last_seen_ns.max(base.started_ns),
+        packets_out: counters.packets_out,
+        bytes_out: counters.bytes_out,
+        packets_in: counters.packets_in,
+        bytes_in: counters.bytes_in,
+        ..flow.stats
+    }
+}
+
+/// A record of `flow` (of `key`) as it stands.
+fn emission(
+    key: FlowKey,
+    flow: &Tracked,
+    bases: &FastMap<FlowKey, Base>,
+    event: RecordEvent,
+    state: FlowState,
+) -> Emission {
+    let base = if flow.reused { bases.get(&key) } else { None };
+    Emission {
+        key,
+        stats: view(flow, base),
+        event,
+        state,
+        flow: flow.id,
+        reported: flow.reported.map(|_| flow.reported_counters),
     }
 }
 
@@ -121,15 +262,21 @@ struct Pending {
 #[derive(Debug)]
 pub struct FlowTable {
     config: TableConfig,
-    flows: HashMap<FlowKey, Tracked>,
-    /// TCP tuple (key without cgroup) → flows with that tuple.
-    by_tuple: HashMap<FlowKey, Vec<FlowKey>>,
-    pending: HashMap<FlowKey, Pending>,
+    /// One flow per tuple: the first tracked.
+    flows: FastMap<Tuple, Tracked>,
+    /// Further flows whose tuple a flow of another cgroup holds in `flows`
+    /// (host processes pinging the same address, a tuple reused across
+    /// cgroups): rare, and only ever beside an entry of `flows`.
+    shared: FastMap<Tuple, Vec<Tracked>>,
+    /// Base counters of connections that reused a kernel entry.
+    bases: FastMap<FlowKey, Base>,
+    pending: FastMap<Tuple, Pending>,
+    /// Handle of the latest connection.
+    last_id: u64,
+    /// Flipped by every poll, so a poll finds the flows its snapshot missed
+    /// without a set of the keys it held.
+    parity: bool,
     stats: TableStats,
-}
-
-fn tuple(key: &FlowKey) -> FlowKey {
-    FlowKey { cgroup_id: 0, ..*key }
 }
 
 impl FlowTable {
@@ -137,9 +284,12 @@ impl FlowTable {
     pub fn new(config: TableConfig) -> Self {
         Self {
             config,
-            flows: HashMap::new(),
-            by_tuple: HashMap::new(),
-            pending: HashMap::new(),
+            flows: FastMap::default(),
+            shared: FastMap::default(),
+            bases: FastMap::default(),
+            pending: FastMap::default(),
+            last_id: 0,
+            parity: false,
             stats: TableStats::default(),
         }
     }
@@ -151,12 +301,61 @@ impl FlowTable {
 
     /// Flows tracked now.
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.flows.len() + self.shared.values().map(Vec::len).sum::<usize>()
     }
 
     /// Whether no flow is tracked.
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Tracked> {
+        let tuple = Tuple::of(key);
+        if self.shared.is_empty() {
+            return self.flows.get_mut(&tuple).filter(|flow| flow.cgroup_id == key.cgroup_id);
+        }
+        if self.flows.get(&tuple).is_some_and(|flow| flow.cgroup_id == key.cgroup_id) {
+            return self.flows.get_mut(&tuple);
+        }
+        self.shared.get_mut(&tuple)?.iter_mut().find(|flow| flow.cgroup_id == key.cgroup_id)
+    }
+
+    fn insert(&mut self, tuple: Tuple, flow: Tracked) {
+        match self.flows.get(&tuple) {
+            Some(_) => self.shared.entry(tuple).or_default().push(flow),
+            None => {
+                self.flows.insert(tuple, flow);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &FlowKey) -> Option<Tracked> {
+        let tuple = Tuple::of(key);
+        if self.flows.get(&tuple).is_some_and(|flow| flow.cgroup_id == key.cgroup_id) {
+            let removed = self.flows.remove(&tuple);
+            // Another flow of the tuple takes its place.
+            if let Some(others) = self.shared.get_mut(&tuple)
+                && let Some(next) = others.pop()
+            {
+                if others.is_empty() {
+                    self.shared.remove(&tuple);
+                }
+                self.flows.insert(tuple, next);
+            }
+            return removed;
+        }
+        let others = self.shared.get_mut(&tuple)?;
+        let index = others.iter().position(|flow| flow.cgroup_id == key.cgroup_id)?;
+        let removed = others.swap_remove(index);
+        if others.is_empty() {
+            self.shared.remove(&tuple);
+        }
+        Some(removed)
     }
 
     /// Applies one ring-buffer event. Adds the records that must be written at
@@ -170,22 +369,28 @@ impl FlowTable {
     }
 
     fn track(&mut self, key: FlowKey, stats: Option<FlowStats>, now: u64) {
-        if self.flows.contains_key(&key) {
+        if self.get_mut(&key).is_some() {
             return;
         }
+        let tuple = Tuple::of(&key);
         let is_tcp = key.protocol == PROTO_TCP;
         let mut phase = if is_tcp { Phase::Attempted } else { Phase::None };
-        if is_tcp && let Some(pending) = self.pending.remove(&tuple(&key)) {
+        if is_tcp && let Some(pending) = self.pending.remove(&tuple) {
             phase = pending.phase;
         }
         let stats = stats.unwrap_or(FlowStats { first_seen_ns: now, last_seen_ns: now, ..FlowStats::default() });
-        if is_tcp {
-            self.by_tuple.entry(tuple(&key)).or_default().push(key);
-        }
-        self.flows.insert(
-            key,
-            Tracked { stats, base: FlowStats::default(), started_ns: 0, phase, reported: None, last_report_ns: now },
-        );
+        let flow = Tracked {
+            cgroup_id: key.cgroup_id,
+            id: self.next_id(),
+            stats,
+            reported_counters: Counters::default(),
+            reported: None,
+            last_report: millis(now),
+            phase,
+            reused: false,
+            polled: self.parity,
+        };
+        self.insert(tuple, flow);
         self.stats.flows_tracked += 1;
     }
 
@@ -194,34 +399,37 @@ impl FlowTable {
         let phase = match event.new_state {
             tcp_state::SYN_SENT => Phase::Attempted,
             tcp_state::ESTABLISHED => Phase::Established,
-            tcp_state::CLOSE => Phase::Closed { at, from: event.old_state },
+            tcp_state::CLOSE => Phase::Closed { at: millis(at), from: event.old_state },
             _ => return,
         };
-        let tuple = tuple(&event.key);
-        let keys = self.by_tuple.get(&tuple).cloned().unwrap_or_default();
-        if keys.is_empty() {
+        let tuple = Tuple::of(&event.key);
+        if !self.flows.contains_key(&tuple) {
             self.pending.insert(tuple, Pending { phase, at });
             return;
         }
-        for key in keys {
-            let Some(flow) = self.flows.get_mut(&key) else { continue };
+        let flows = self.flows.get_mut(&tuple).into_iter().chain(self.shared.get_mut(&tuple).into_iter().flatten());
+        for flow in flows {
+            let key = tuple.key(flow.cgroup_id);
             if matches!(flow.phase, Phase::Closed { .. }) && matches!(phase, Phase::Attempted | Phase::Established) {
                 // A new connection reused the tuple (an ephemeral port freed
                 // by tcp_tw_reuse) before the old one was reported. Its
                 // packets already count on the same kernel entry, so the entry
                 // stays: the old connection ends with the counters last
                 // polled, and the new one carries on from them as its base.
-                out.push(Emission { key, stats: flow.view(), event: RecordEvent::End, state: closed_state(flow) });
+                out.push(emission(key, flow, &self.bases, RecordEvent::End, closed_state(flow)));
                 self.stats.flows_ended += 1;
                 self.stats.flows_tracked += 1;
                 self.stats.tuples_reused += 1;
+                self.bases.insert(key, Base { counters: Counters::of(&flow.stats), started_ns: at });
+                self.last_id += 1;
                 *flow = Tracked {
-                    stats: flow.stats,
-                    base: flow.stats,
-                    started_ns: at,
-                    phase,
+                    id: self.last_id,
+                    reported_counters: Counters::default(),
                     reported: None,
-                    last_report_ns: at,
+                    last_report: millis(at),
+                    phase,
+                    reused: true,
+                    ..*flow
                 };
                 continue;
             }
@@ -234,11 +442,14 @@ impl FlowTable {
     /// Applies a snapshot of the kernel flow map taken starting at `taken_ns`.
     /// Flows missing from it that existed before it was taken were evicted.
     pub fn on_poll(&mut self, snapshot: &[(FlowKey, FlowStats)], taken_ns: u64, out: &mut Vec<Emission>) {
-        let mut seen = std::collections::HashSet::with_capacity(snapshot.len());
+        self.parity = !self.parity;
+        let parity = self.parity;
         for (key, stats) in snapshot {
-            seen.insert(*key);
-            match self.flows.get_mut(key) {
-                Some(flow) => flow.stats = *stats,
+            match self.get_mut(key) {
+                Some(flow) => {
+                    flow.stats = *stats;
+                    flow.polled = parity;
+                }
                 None => {
                     self.track(*key, Some(*stats), stats.first_seen_ns);
                     self.stats.flows_discovered += 1;
@@ -246,18 +457,23 @@ impl FlowTable {
             }
         }
         let evicted: Vec<FlowKey> = self
-            .flows
             .iter()
-            .filter(|(key, flow)| !seen.contains(*key) && flow.stats.first_seen_ns < taken_ns)
-            .map(|(key, _)| *key)
+            .filter(|(_, flow)| flow.polled != parity && flow.stats.first_seen_ns < taken_ns)
+            .map(|(tuple, flow)| tuple.key(flow.cgroup_id))
             .collect();
         for key in evicted {
-            if let Some(flow) = self.flows.get(&key) {
-                out.push(Emission { key, stats: flow.view(), event: RecordEvent::End, state: FlowState::Evicted });
+            if let Some(flow) = self.remove(&key) {
+                out.push(emission(key, &flow, &self.bases, RecordEvent::End, FlowState::Evicted));
                 self.stats.flows_evicted += 1;
-                self.forget(&key);
+                self.ended(&key);
             }
         }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Tuple, &Tracked)> {
+        self.flows
+            .iter()
+            .chain(self.shared.iter().flat_map(|(tuple, flows)| flows.iter().map(move |flow| (tuple, flow))))
     }
 
     /// Decides what to report at `now`: starts, updates and ends. Keys of
@@ -268,20 +484,21 @@ impl FlowTable {
         self.pending.retain(|_, pending| now.saturating_sub(pending.at) < config.pending_timeout_ns);
         self.stats.states_unmatched += (pending_before - self.pending.len()) as u64;
         let mut ended = Vec::new();
-        for (key, flow) in &mut self.flows {
+        let bases = &self.bases;
+        let shared = self.shared.iter_mut().flat_map(|(tuple, flows)| flows.iter_mut().map(move |flow| (tuple, flow)));
+        for (tuple, flow) in self.flows.iter_mut().chain(shared) {
+            let key = tuple.key(flow.cgroup_id);
             let idle = now.saturating_sub(flow.stats.last_seen_ns);
             let end_state = match flow.phase {
-                Phase::Closed { at, .. } if now.saturating_sub(at) >= config.close_linger_ns => {
-                    Some(closed_state(flow))
-                }
+                Phase::Closed { at, .. } if since_ns(now, at) >= config.close_linger_ns => Some(closed_state(flow)),
                 Phase::Closed { .. } => None,
                 Phase::None if idle >= config.idle_timeout_ns => Some(FlowState::Expired),
                 Phase::Attempted | Phase::Established if idle >= config.tcp_idle_timeout_ns => Some(FlowState::Expired),
                 _ => None,
             };
             if let Some(state) = end_state {
-                out.push(Emission { key: *key, stats: flow.view(), event: RecordEvent::End, state });
-                ended.push(*key);
+                out.push(emission(key, flow, bases, RecordEvent::End, state));
+                ended.push(key);
                 continue;
             }
             if matches!(flow.phase, Phase::Closed { .. }) {
@@ -291,23 +508,29 @@ impl FlowTable {
             let state = live_state(flow);
             let event = match flow.reported {
                 None => Some(RecordEvent::Start),
-                Some((_, reported_state)) if reported_state != state => Some(RecordEvent::Update),
-                Some((reported, _))
-                    if counters_changed(&reported, &flow.stats)
-                        && now.saturating_sub(flow.last_report_ns) >= config.update_interval_ns =>
+                Some(reported_state) if reported_state != state => Some(RecordEvent::Update),
+                Some(_)
+                    if counters_changed(
+                        &flow.reported_counters,
+                        &view(flow, flow.reused.then(|| bases.get(&key)).flatten()),
+                    ) && since_ns(now, flow.last_report) >= config.update_interval_ns =>
                 {
                     Some(RecordEvent::Update)
                 }
                 Some(_) => None,
             };
             if let Some(event) = event {
-                out.push(Emission { key: *key, stats: flow.view(), event, state });
-                flow.reported = Some((flow.stats, state));
-                flow.last_report_ns = now;
+                let record = emission(key, flow, bases, event, state);
+                out.push(record);
+                flow.reported_counters = Counters::of(&record.stats);
+                flow.reported = Some(state);
+                flow.last_report = millis(now);
             }
         }
         for key in ended {
-            self.forget(&key);
+            if self.remove(&key).is_some() {
+                self.ended(&key);
+            }
             delete.push(key);
         }
     }
@@ -315,30 +538,24 @@ impl FlowTable {
     /// Ends every flow (the observer is stopping), reporting its state as it
     /// stands.
     pub fn drain(&mut self, out: &mut Vec<Emission>) {
-        for (key, flow) in &self.flows {
+        for (tuple, flow) in self.iter() {
             let state = match flow.phase {
                 Phase::Closed { .. } => closed_state(flow),
                 _ => live_state(flow),
             };
-            out.push(Emission { key: *key, stats: flow.view(), event: RecordEvent::End, state });
+            out.push(emission(tuple.key(flow.cgroup_id), flow, &self.bases, RecordEvent::End, state));
         }
-        self.stats.flows_ended += self.flows.len() as u64;
+        self.stats.flows_ended += self.len() as u64;
         self.flows.clear();
-        self.by_tuple.clear();
+        self.shared.clear();
+        self.bases.clear();
         self.pending.clear();
     }
 
-    fn forget(&mut self, key: &FlowKey) {
-        if self.flows.remove(key).is_some() {
-            self.stats.flows_ended += 1;
-        }
-        let tuple = tuple(key);
-        if let Some(keys) = self.by_tuple.get_mut(&tuple) {
-            keys.retain(|other| other != key);
-            if keys.is_empty() {
-                self.by_tuple.remove(&tuple);
-            }
-        }
+    /// Counts a flow removed from the maps as ended and drops its side state.
+    fn ended(&mut self, key: &FlowKey) {
+        self.stats.flows_ended += 1;
+        self.bases.remove(key);
     }
 
     /// Counts TCP state changes that never found their flow; call after
@@ -348,7 +565,7 @@ impl FlowTable {
     }
 }
 
-fn counters_changed(before: &FlowStats, now: &FlowStats) -> bool {
+fn counters_changed(before: &Counters, now: &FlowStats) -> bool {
     before.packets_in != now.packets_in || before.packets_out != now.packets_out
 }
 
@@ -515,6 +732,39 @@ mod tests {
         run.poll(&[(key, stats(INITIATOR_LOCAL, syn_ack, syn_ack, 9, 4 * MS))], 500 * MS);
         let end = run.flush(500 * MS);
         assert_eq!((end[0].event, end[0].state, end[0].stats.packets_out), (RecordEvent::End, FlowState::Closed, 9));
+        // Each record says what the previous one reported, under one handle.
+        assert_eq!(attempt[0].reported, None);
+        assert_eq!(update[0].reported, Some(Counters::of(&attempt[0].stats)));
+        assert_eq!(end[0].reported, Some(Counters::of(&update[0].stats)));
+        assert!(attempt[0].flow == update[0].flow && update[0].flow == end[0].flow);
+    }
+
+    #[test]
+    fn flows_of_two_cgroups_on_one_tuple_are_tracked_apart() {
+        let mut run = Run::new();
+        let (first, second) = (key(PROTO_UDP, 7), key(PROTO_UDP, 8));
+        run.event(new_flow(first, MS));
+        run.event(new_flow(second, MS));
+        assert_eq!(run.table.len(), 2);
+        run.poll(
+            &[(first, stats(INITIATOR_LOCAL, 0, 0, 1, 2 * MS)), (second, stats(INITIATOR_LOCAL, 0, 0, 5, 2 * MS))],
+            2 * MS,
+        );
+        let mut out = run.flush(3 * MS);
+        out.sort_by_key(|emission| emission.key.cgroup_id);
+        assert_eq!(
+            out.iter().map(|emission| (emission.key, emission.stats.packets_out)).collect::<Vec<_>>(),
+            [(first, 1), (second, 5)]
+        );
+        assert_ne!(out[0].flow, out[1].flow);
+        // The first one's kernel entry goes: the second stays, found by its own key.
+        run.poll(&[(second, stats(INITIATOR_LOCAL, 0, 0, 6, 4 * MS))], 4 * MS);
+        assert_eq!((run.out[0].key, run.out[0].state), (first, FlowState::Evicted));
+        assert_eq!(run.table.len(), 1);
+        run.out.clear();
+        run.poll(&[(second, stats(INITIATOR_LOCAL, 0, 0, 7, 5 * MS))], 5 * MS);
+        assert!(run.out.is_empty(), "{:?}", run.out);
+        assert_eq!(run.table.stats().flows_evicted, 1);
     }
 
     #[test]
@@ -567,6 +817,7 @@ mod tests {
         run.event(state_event(key, tcp_state::CLOSE, tcp_state::SYN_SENT, 5));
         assert_eq!(run.out.len(), 1);
         assert_eq!((run.out[0].state, run.out[0].stats.packets_out), (FlowState::Closed, 5));
+        let old_flow = run.out[0].flow;
         assert!(run.delete.is_empty(), "the kernel entry now counts the new connection");
         run.out.clear();
         run.event(state_event(key, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, 6));
@@ -576,6 +827,8 @@ mod tests {
         assert_eq!(out.len(), 1, "{out:?}");
         assert_eq!((out[0].state, out[0].stats.packets_out, out[0].stats.packets_in), (FlowState::Closed, 4, 4));
         assert_eq!(out[0].stats.first_seen_ns, 5);
+        assert_eq!(out[0].reported, None, "the new connection's first record");
+        assert_ne!(out[0].flow, old_flow, "the new connection has its own handle");
         assert_eq!(run.table.stats().tuples_reused, 1);
         assert_eq!(run.delete, vec![key]);
     }

@@ -55,17 +55,22 @@ pub async fn write(target: Target, mut batches: mpsc::Receiver<Vec<FlowRecord>>)
     };
     let mut writer = BufWriter::with_capacity(1 << 16, writer);
     let mut written = 0u64;
-    let mut line = Vec::with_capacity(512);
+    // A batch's lines are serialized together and written in one call.
+    let mut lines = Vec::with_capacity(1 << 16);
     while let Some(batch) = batches.recv().await {
+        lines.clear();
         for record in &batch {
-            line.clear();
-            // Serializing plain data to a Vec cannot fail.
-            if serde_json::to_writer(&mut line, record).is_ok() {
-                line.push(b'\n');
-                writer.write_all(&line).await.map_err(FlowLogError::Write)?;
+            let start = lines.len();
+            // Serializing plain data to a Vec cannot fail; if it did, the
+            // partial line is dropped.
+            if serde_json::to_writer(&mut lines, record).is_ok() {
+                lines.push(b'\n');
                 written += 1;
+            } else {
+                lines.truncate(start);
             }
         }
+        writer.write_all(&lines).await.map_err(FlowLogError::Write)?;
         writer.flush().await.map_err(FlowLogError::Write)?;
     }
     writer.flush().await.map_err(FlowLogError::Write)?;

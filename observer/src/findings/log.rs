@@ -13,6 +13,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -20,7 +21,7 @@ use serde::{Serialize, Serializer};
 
 use super::{
     coverage::{Coverage, CoverageTracker},
-    finding::{Finding, FindingKey},
+    finding::{Evidence, Finding, FindingKey},
 };
 use crate::{anomaly::lru::Lru, flow::rfc3339};
 
@@ -79,7 +80,11 @@ pub struct FindingsStats {
 
 #[derive(Clone, Debug)]
 struct Entry {
-    finding: Finding,
+    /// The latest occurrence, shared with whoever built it (its evidence
+    /// is `evidence`).
+    finding: Arc<Finding>,
+    /// What the latest occurrence observed.
+    evidence: Evidence,
     count: u64,
     first_seen: SystemTime,
     last_seen: SystemTime,
@@ -141,18 +146,35 @@ impl FindingsLog {
 
     /// Records a finding seen at `at`; returns whether it is new (not a repeat).
     pub fn record(&mut self, finding: Finding, at: SystemTime) -> bool {
+        let evidence = finding.evidence.clone();
+        self.record_shared(&Arc::new(finding), evidence, at)
+    }
+
+    /// Records a finding seen at `at` with what this occurrence observed, the
+    /// rest of it built once and shared by its repeats (the judge keeps one
+    /// per pair of ends); returns whether it is new (not a repeat).
+    pub fn record_shared(&mut self, finding: &Arc<Finding>, evidence: Evidence, at: SystemTime) -> bool {
         self.stats.recorded += 1;
         if let Some(entry) = self.entries.get_mut(&finding.key) {
             entry.count += 1;
             entry.first_seen = entry.first_seen.min(at);
             entry.last_seen = entry.last_seen.max(at);
             // The latest occurrence names the pods and evidence.
-            entry.finding = finding;
+            entry.finding = Arc::clone(finding);
+            entry.evidence = evidence;
             entry.dirty = true;
             return false;
         }
         let key = finding.key.clone();
-        let entry = Entry { finding, count: 1, first_seen: at, last_seen: at, dirty: true, written_at: None };
+        let entry = Entry {
+            finding: Arc::clone(finding),
+            evidence,
+            count: 1,
+            first_seen: at,
+            last_seen: at,
+            dirty: true,
+            written_at: None,
+        };
         if let Some((_, evicted)) = self.entries.insert(key, entry) {
             self.stats.evicted += 1;
             self.stats.evicted_unwritten += u64::from(evicted.dirty);
@@ -170,9 +192,10 @@ impl FindingsLog {
         let mut lines = 0;
         for entry in dirty {
             let since = entry.written_at.map_or(entry.first_seen, |written| written.max(entry.first_seen));
+            let finding = Finding { evidence: entry.evidence.clone(), ..Finding::clone(&entry.finding) };
             let line = FindingLine {
                 time: now,
-                finding: &entry.finding,
+                finding: &finding,
                 count: entry.count,
                 first_seen: entry.first_seen,
                 last_seen: entry.last_seen,

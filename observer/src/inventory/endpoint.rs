@@ -113,6 +113,12 @@ impl Endpoint {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
+    /// The identity of this endpoint: equal for its clones, and for no other
+    /// endpoint while one of them lives.
+    pub fn identity(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
     /// An end outside the cluster.
     pub fn world() -> Self {
         EndpointInfo::bare(EndpointKind::World).into()

@@ -252,16 +252,9 @@ impl Judge {
         {
             let _ = write!(reason, "; it also breaks an intent: {}", violation.reason);
         }
-        match verdict {
-            VerdictKind::Allowed => self.stats.allowed += 1,
-            VerdictKind::DeniedAttempt => self.stats.denied_attempts += 1,
-            VerdictKind::EnforcementGap => self.stats.enforcement_gaps += 1,
-            VerdictKind::IntentViolation => self.stats.intent_violations += 1,
-        }
-        self.stats.intent_breaches += u64::from(intent.is_some());
         let tier =
             |end: &FlowEnd<'_>| end.pod.filter(|_| end.kind == EndKind::Pod).and_then(|pod| self.intents.tier_of(pod));
-        FlowVerdict {
+        let verdict = FlowVerdict {
             verdict,
             reason,
             delivery,
@@ -271,7 +264,21 @@ impl Judge {
             dst_uid: input.dst.uid.map(str::to_owned),
             src_tier: tier(&input.src),
             dst_tier: tier(&input.dst),
+        };
+        self.count(&verdict);
+        verdict
+    }
+
+    /// Counts a verdict given again to a flow judged alike (the stage keeps
+    /// verdicts per pair of ends), as [`Judge::flow`] counts the ones it makes.
+    pub fn count(&mut self, verdict: &FlowVerdict) {
+        match verdict.verdict {
+            VerdictKind::Allowed => self.stats.allowed += 1,
+            VerdictKind::DeniedAttempt => self.stats.denied_attempts += 1,
+            VerdictKind::EnforcementGap => self.stats.enforcement_gaps += 1,
+            VerdictKind::IntentViolation => self.stats.intent_violations += 1,
         }
+        self.stats.intent_breaches += u64::from(verdict.intent.is_some());
     }
 
     /// Whether an AI-tier pod lacks the isolation it needs; `None` for pods

@@ -10,20 +10,54 @@
 
 use super::{input::JudgeInput, verdict::Delivery};
 use crate::{
-    flow::{FlowState, LocalEnd},
+    flow::{FlowState, LocalEnd, Traffic},
     intent::EndKind,
 };
 
+/// What capture saw that decides delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Proof {
+    AtReceiver,
+    Refused,
+    NeverAnswered,
+    Handshake,
+    Replies,
+    NoReply,
+}
+
+impl Proof {
+    /// How many kinds of proof there are.
+    pub(crate) const KINDS: usize = 6;
+
+    /// The proof a flow observed at `local` with the destination a pod or
+    /// not, in `state`, with `to_src` traffic back, gives.
+    pub(crate) fn of(local: LocalEnd, dst_is_pod: bool, state: FlowState, to_src: Traffic) -> Self {
+        if local == LocalEnd::Dst && dst_is_pod {
+            return Self::AtReceiver;
+        }
+        match state {
+            FlowState::Refused => Self::Refused,
+            FlowState::Unanswered => Self::NeverAnswered,
+            FlowState::Established | FlowState::Closed => Self::Handshake,
+            _ if to_src.packets > 0 => Self::Replies,
+            _ => Self::NoReply,
+        }
+    }
+
+    /// Delivery and its evidence in words.
+    fn delivery(self) -> (Delivery, &'static str) {
+        match self {
+            Self::AtReceiver => (Delivery::Delivered, "seen at the receiving pod's socket"),
+            Self::Refused => (Delivery::NotDelivered, "refused"),
+            Self::NeverAnswered => (Delivery::NotDelivered, "never answered"),
+            Self::Handshake => (Delivery::Delivered, "handshake completed"),
+            Self::Replies => (Delivery::Delivered, "replies came back"),
+            Self::NoReply => (Delivery::Unproven, "no reply seen"),
+        }
+    }
+}
+
 /// Delivery and its evidence.
 pub(crate) fn delivery(input: &JudgeInput<'_>) -> (Delivery, &'static str) {
-    if input.local == LocalEnd::Dst && input.dst.kind == EndKind::Pod {
-        return (Delivery::Delivered, "seen at the receiving pod's socket");
-    }
-    match input.state {
-        FlowState::Refused => (Delivery::NotDelivered, "refused"),
-        FlowState::Unanswered => (Delivery::NotDelivered, "never answered"),
-        FlowState::Established | FlowState::Closed => (Delivery::Delivered, "handshake completed"),
-        _ if input.to_src.packets > 0 => (Delivery::Delivered, "replies came back"),
-        _ => (Delivery::Unproven, "no reply seen"),
-    }
+    Proof::of(input.local, input.dst.kind == EndKind::Pod, input.state, input.to_src).delivery()
 }

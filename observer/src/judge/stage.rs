@@ -22,16 +22,18 @@ use std::{
 use kube::runtime::reflector;
 use tokio::sync::{Notify, mpsc, watch};
 
-use super::{Judge, JudgeInput};
+use prometheus_client::metrics::counter::Counter;
+
+use super::{FlowVerdict, Judge, JudgeInput, delivery::Proof};
 use crate::{
-    anomaly::{EdgeKey, SpikeDetector},
+    anomaly::{EdgeKey, Spike, SpikeDetector},
     capture::CaptureHealth,
     config::ObserverConfig,
-    findings::{CoverageTracker, Finding, FindingsLog, FindingsWriter, Workload},
-    flow::{FlowRecord, LocalEnd, RecordEvent},
-    intent::{FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
-    inventory::{Inventory, Snapshot},
-    metrics::{FindingLabels, Metrics, WorkloadLabels, flows::EdgeOf},
+    findings::{CoverageTracker, Evidence, Finding, FindingsLog, FindingsWriter, Workload},
+    flow::{FlowRecord, LocalEnd},
+    intent::{EndKind, FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
+    inventory::{Endpoint, EndpointKind, Inventory, Snapshot},
+    metrics::{FindingLabels, Metrics, WorkloadLabels, bounded::Series, flows::EdgeOf},
     policy::PolicyEngine,
 };
 
@@ -86,32 +88,6 @@ pub struct JudgeHealth {
     pub findings_written: AtomicU64,
 }
 
-/// Flows whose first record was judged, with the bytes seen so far; past this
-/// many the table is cleared (and counted) rather than grown.
-const MAX_TRACKED_FLOWS: usize = 262_144;
-
-/// A flow's identity across its records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FlowId {
-    cgroup: u64,
-    src: (IpAddr, Option<u16>),
-    dst: (IpAddr, Option<u16>),
-    protocol: u8,
-    first_seen: SystemTime,
-}
-
-impl FlowId {
-    fn of(record: &FlowRecord) -> Self {
-        Self {
-            cgroup: record.cgroup.id,
-            src: (record.src.ip, record.src.port),
-            dst: (record.dst.ip, record.dst.port),
-            protocol: record.protocol.0,
-            first_seen: record.first_seen,
-        }
-    }
-}
-
 /// The running stage.
 pub struct JudgeStage {
     setup: StageSetup,
@@ -123,7 +99,8 @@ pub struct JudgeStage {
     writer: Option<FindingsWriter>,
     coverage: CoverageTracker,
     lost_seen: u64,
-    flows: HashMap<FlowId, u64>,
+    /// Verdicts and findings of pairs of ends, for the flows judged alike.
+    pairs: HashMap<PairKey, Pair, foldhash::fast::RandomState>,
     health: Arc<JudgeHealth>,
 }
 
@@ -154,7 +131,7 @@ impl JudgeStage {
             writer,
             coverage: CoverageTracker::new(flush, 1024),
             lost_seen: 0,
-            flows: HashMap::new(),
+            pairs: HashMap::default(),
             health: Arc::new(JudgeHealth::default()),
             setup,
         };
@@ -249,6 +226,7 @@ impl JudgeStage {
         );
         self.judge.update(Arc::new(engine), Arc::new(index));
         self.snapshot = snapshot;
+        self.pairs.clear();
         self.check_protection();
     }
 
@@ -282,14 +260,7 @@ impl JudgeStage {
 
     fn record_finding(&mut self, finding: Finding, at: SystemTime) {
         if let Some(metrics) = &self.setup.metrics {
-            let kind = serde_json::to_value(finding.kind).ok();
-            let source = &finding.source;
-            metrics.record_finding(&FindingLabels::new(
-                kind.as_ref().and_then(serde_json::Value::as_str).unwrap_or("unknown"),
-                source.tier.as_ref().map_or("", |tier| tier.as_str()),
-                source.namespace.as_deref().unwrap_or(""),
-                source.workload.as_ref().map_or("", |workload| workload.name.as_str()),
-            ));
+            metrics.record_finding(&finding_labels(&finding));
         }
         self.findings.record(finding, at);
     }
@@ -300,55 +271,112 @@ impl JudgeStage {
     pub fn judge_batch(&mut self, batch: &mut [FlowRecord]) {
         let snapshot = Arc::clone(&self.snapshot);
         for record in batch.iter_mut() {
-            let (Some(src_end), Some(dst_end)) = (record.src.endpoint.clone(), record.dst.endpoint.clone()) else {
+            let Some(dst_end) = record.dst.endpoint.as_ref().filter(|_| record.src.endpoint.is_some()) else {
                 continue;
-            };
-            let src_pod = src_end.uid.as_deref().and_then(|uid| snapshot.pod(uid));
-            let dst_pod = dst_end.uid.as_deref().and_then(|uid| snapshot.pod(uid));
-            let src = FlowEnd::from_endpoint(&src_end, src_pod, record.src.ip, record.src.port);
-            // The names the source pod resolved for the destination, for `fqdn` peers.
-            let dst_dns = record.dst.dns.clone();
-            let dst =
-                FlowEnd::from_endpoint(&dst_end, dst_pod, record.dst.ip, record.dst.port).with_dns(dst_dns.as_ref());
-            let bytes = record.to_dst.bytes + record.to_src.bytes;
-            let id = FlowId::of(record);
-            let previous = match record.event {
-                RecordEvent::Start | RecordEvent::Update => self.track(id, bytes),
-                RecordEvent::End => self.flows.remove(&id),
             };
             // The initiator's node counts the connection; the receiver's
             // record of the same flow is judged but not counted again.
             let counted = record.local == LocalEnd::Src;
-            let new_flow = previous.is_none() && counted;
-            let input = JudgeInput::from_record(record, src, dst, new_flow);
-            let verdict = self.judge.flow(&input);
-            let now = record.time;
-            if let Some(finding) = Finding::from_flow(&verdict, &input) {
-                self.record_finding(finding, now);
-            }
+            let new_flow = record.progress.first && counted;
+            let proof = Proof::of(record.local, dst_end.kind == EndpointKind::Pod, record.state, record.to_src);
+            let key = PairKey::of(record);
+            let reused = key.as_ref().and_then(|key| self.reuse(key, proof, new_flow, record));
+            let Some(verdict) = reused.or_else(|| self.judge_anew(&snapshot, record, key, proof, new_flow)) else {
+                continue;
+            };
             if counted {
-                let delta = bytes.saturating_sub(previous.unwrap_or(0));
-                if let Some(spike) = self.spikes.observe(&EdgeKey::between(&src, &dst), now, u64::from(new_flow), delta)
-                {
-                    let finding =
-                        Finding::spike(&spike, &src, &dst, (verdict.src_tier.clone(), verdict.dst_tier.clone()));
-                    if let Some(metrics) = &self.setup.metrics {
-                        metrics.record_spike(&EdgeOf::new(metrics.allowlist().clone()).edge(record));
-                    }
-                    self.record_finding(finding, now);
+                let delta = record.progress.new_to_dst.bytes + record.progress.new_to_src.bytes;
+                let (now, new) = (record.time, u64::from(new_flow));
+                let spike = match key.as_ref().and_then(|key| self.pairs.get(key)) {
+                    Some(pair) => self.spikes.observe(&pair.edge, now, new, delta),
+                    None => flow_ends(&snapshot, record)
+                        .and_then(|(src, dst)| self.spikes.observe(&EdgeKey::between(&src, &dst), now, new, delta)),
+                };
+                if let Some(spike) = spike {
+                    self.report_spike(&snapshot, record, &spike, &verdict);
                 }
             }
             record.verdict = Some(verdict);
         }
     }
 
-    /// Remembers a flow's bytes so far; returns what was remembered before.
-    fn track(&mut self, id: FlowId, bytes: u64) -> Option<u64> {
-        if self.flows.len() >= MAX_TRACKED_FLOWS && !self.flows.contains_key(&id) {
-            tracing::warn!(flows = self.flows.len(), "too many open flows to track: forgetting them");
-            self.flows.clear();
+    /// The verdict a flow judged alike before got, counted and its finding
+    /// recorded again with this record's evidence; `None` when there is none
+    /// to reuse (a new pair of ends, new evidence, or a new connection that
+    /// counts against a rate limit).
+    fn reuse(&mut self, key: &PairKey, proof: Proof, new_flow: bool, record: &FlowRecord) -> Option<Arc<FlowVerdict>> {
+        let pair = self.pairs.get_mut(key)?;
+        if new_flow && pair.rate_limited {
+            return None;
         }
-        self.flows.insert(id, bytes)
+        let outcome = pair.outcomes[proof as usize].as_mut()?;
+        self.judge.count(&outcome.verdict);
+        if let Some(finding) = &mut outcome.finding {
+            let evidence = Evidence {
+                state: Some(record.state),
+                delivery: Some(outcome.verdict.delivery),
+                to_dst: Some(record.to_dst),
+                to_src: Some(record.to_src),
+                ..Evidence::default()
+            };
+            if let Some(metrics) = &self.setup.metrics {
+                metrics.count_finding(&mut finding.series, || finding_labels(&finding.finding));
+            }
+            self.findings.record_shared(&finding.finding, evidence, record.time);
+        }
+        Some(Arc::clone(&outcome.verdict))
+    }
+
+    /// Judges a flow from its ends, records its finding, and keeps both for
+    /// the flows of the same pair of ends when they may be reused.
+    fn judge_anew(
+        &mut self,
+        snapshot: &Snapshot,
+        record: &FlowRecord,
+        key: Option<PairKey>,
+        proof: Proof,
+        new_flow: bool,
+    ) -> Option<Arc<FlowVerdict>> {
+        let (src, dst) = flow_ends(snapshot, record)?;
+        let input = JudgeInput::from_record(record, src, dst, new_flow);
+        let verdict = Arc::new(self.judge.flow(&input));
+        let finding = Finding::from_flow(&verdict, &input).map(Arc::new);
+        let mut series = None;
+        if let Some(finding) = &finding {
+            if let Some(metrics) = &self.setup.metrics {
+                metrics.count_finding(&mut series, || finding_labels(finding));
+            }
+            self.findings.record_shared(finding, finding.evidence.clone(), record.time);
+        }
+        let Some(key) = key else { return Some(verdict) };
+        if self.pairs.len() >= MAX_PAIRS && !self.pairs.contains_key(&key) {
+            self.pairs.clear();
+        }
+        let intents = self.judge.intents();
+        let pair = self.pairs.entry(key).or_insert_with(|| Pair {
+            _ends: [&record.src, &record.dst].map(|peer| peer.endpoint.clone()),
+            rate_limited: src
+                .pod
+                .filter(|_| src.kind == EndKind::Pod)
+                .is_some_and(|pod| !intents.rate_limits(pod).is_empty()),
+            edge: EdgeKey::between(&src, &dst),
+            outcomes: Default::default(),
+        });
+        if !(new_flow && pair.rate_limited) {
+            let finding = finding.map(|finding| SharedFinding { finding, series });
+            pair.outcomes[proof as usize] = Some(Outcome { verdict: Arc::clone(&verdict), finding });
+        }
+        Some(verdict)
+    }
+
+    /// Records the finding of a spike a record set off.
+    fn report_spike(&mut self, snapshot: &Snapshot, record: &FlowRecord, spike: &Spike, verdict: &FlowVerdict) {
+        let Some((src, dst)) = flow_ends(snapshot, record) else { return };
+        let finding = Finding::spike(spike, &src, &dst, (verdict.src_tier.clone(), verdict.dst_tier.clone()));
+        if let Some(metrics) = &self.setup.metrics {
+            metrics.record_spike(&EdgeOf::new(metrics.allowlist().clone()).edge(record));
+        }
+        self.record_finding(finding, record.time);
     }
 
     fn flush_findings(&mut self) {
@@ -368,4 +396,91 @@ impl JudgeStage {
             Err(error) => tracing::error!(%error, "findings not written; will retry"),
         }
     }
+}
+
+/// The labels a finding is counted under.
+fn finding_labels(finding: &Finding) -> FindingLabels {
+    let kind = serde_json::to_value(finding.kind).ok();
+    let source = &finding.source;
+    FindingLabels::new(
+        kind.as_ref().and_then(serde_json::Value::as_str).unwrap_or("unknown"),
+        source.tier.as_ref().map_or("", |tier| tier.as_str()),
+        source.namespace.as_deref().unwrap_or(""),
+        source.workload.as_ref().map_or("", |workload| workload.name.as_str()),
+    )
+}
+
+/// Both ends of a record as the judge sees them, with their pods from
+/// `snapshot`; `None` unless enrichment resolved both.
+fn flow_ends<'a>(snapshot: &'a Snapshot, record: &'a FlowRecord) -> Option<(FlowEnd<'a>, FlowEnd<'a>)> {
+    let (Some(src_end), Some(dst_end)) = (&record.src.endpoint, &record.dst.endpoint) else { return None };
+    let src_pod = src_end.uid.as_deref().and_then(|uid| snapshot.pod(uid));
+    let dst_pod = dst_end.uid.as_deref().and_then(|uid| snapshot.pod(uid));
+    let src = FlowEnd::from_endpoint(src_end, src_pod, record.src.ip, record.src.port);
+    // The names the source pod resolved for the destination, for `fqdn` peers.
+    let dst =
+        FlowEnd::from_endpoint(dst_end, dst_pod, record.dst.ip, record.dst.port).with_dns(record.dst.dns.as_ref());
+    Some((src, dst))
+}
+
+/// Pairs of ends whose verdicts are kept at most; past it they are forgotten
+/// and made again.
+const MAX_PAIRS: usize = 16_384;
+
+/// What makes flows judged alike: the same two resolved ends (by identity,
+/// within one inventory snapshot), addresses, destination port and protocol.
+/// The source port is left out: no verdict, finding or edge depends on it.
+/// Flows whose destination carries DNS names are not keyed (intents match
+/// the names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PairKey {
+    src: usize,
+    dst: usize,
+    src_ip: IpAddr,
+    dst_ip: IpAddr,
+    dst_port: Option<u16>,
+    protocol: u8,
+}
+
+impl PairKey {
+    fn of(record: &FlowRecord) -> Option<Self> {
+        let (Some(src), Some(dst)) = (&record.src.endpoint, &record.dst.endpoint) else { return None };
+        if record.dst.dns.is_some() {
+            return None;
+        }
+        Some(Self {
+            src: src.identity(),
+            dst: dst.identity(),
+            src_ip: record.src.ip,
+            dst_ip: record.dst.ip,
+            dst_port: record.dst.port,
+            protocol: record.protocol.0,
+        })
+    }
+}
+
+/// What the stage keeps for a pair of ends until policies, intents or the
+/// inventory change.
+struct Pair {
+    /// Held so that the identities in the key stay theirs.
+    _ends: [Option<Endpoint>; 2],
+    /// Whether the source is under an intent's new-connection rate limit:
+    /// its new connections are judged anew.
+    rate_limited: bool,
+    /// The edge the spike detector watches.
+    edge: EdgeKey,
+    /// By delivery proof.
+    outcomes: [Option<Outcome>; Proof::KINDS],
+}
+
+/// A verdict kept for reuse, with the finding it makes.
+struct Outcome {
+    verdict: Arc<FlowVerdict>,
+    finding: Option<SharedFinding>,
+}
+
+/// A finding shared by its repeats, and the handle of its metric series.
+struct SharedFinding {
+    finding: Arc<Finding>,
+    series: Option<Series<Counter>>,
 }

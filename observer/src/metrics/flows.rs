@@ -1,25 +1,30 @@
 //! Flow records to edge metrics.
 //!
-//! In: flow records (cumulative counters per flow) and the edge each one is
-//! on, already resolved to workloads. Out: per-record deltas counted on the
-//! edge's series through [`Metrics::observe_flow`], and the edges of open
-//! flows kept alive so quiet long-lived connections keep their series; each
-//! flow counted once per verdict it reaches (a flow first `denied-attempt`
-//! then `enforcement-gap` counts once in each).
+//! In: flow records (each with the traffic its connection added since its
+//! previous record, see [`Progress`]), resolved to workloads. Out: those
+//! deltas counted on the edge's series through [`Metrics::observe_edge`],
+//! and the edges of open flows kept alive so quiet long-lived connections
+//! keep their series; each flow counted once per verdict it reaches (a flow
+//! first `denied-attempt` then `enforcement-gap` counts once in each).
+//!
+//! Edges are interned: the label set of a pair of resolved ends is built
+//! once, with handles to its series, and found again by the identity of the
+//! ends, so a record costs no label building, hashing of label strings or
+//! family lookups. Per open flow the meter keeps only its edge's slot and the
+//! verdict last counted.
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use tokio::sync::mpsc;
 
-use super::{EdgeLabels, EndLabels, LabelAllowlist, Metrics, Outcome, Reporter, VerdictLabels};
+use super::{EdgeLabels, EdgeSeries, EndLabels, LabelAllowlist, Metrics, Outcome, Reporter};
 use crate::{
     dns::NameLabels,
-    flow::{FlowRecord, FlowState, LocalEnd, Peer, RecordEvent, Traffic},
+    flow::{FlowRecord, FlowState, LocalEnd, Peer, Progress, RecordEvent, Traffic},
     inventory::{
         InventoryArgs,
         config::DEFAULT_LABEL_KEYS,
@@ -31,6 +36,14 @@ use crate::{
 /// The pod label that names a workload's AI tier (`model-serving`, `agent`…).
 pub const TIER_LABEL: &str = crate::intent::DEFAULT_TIER_LABEL;
 
+/// Interned edges past this many are forgotten (the slots of edges with open
+/// flows stay until those end): endpoints are rebuilt when the inventory
+/// changes, so old pairs would otherwise pile up.
+const MAX_INTERNED_EDGES: usize = 65_536;
+
+/// The maps of the meter: keys are the meter's own handles and pointers.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// What one record adds to its edge.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowDelta {
@@ -40,41 +53,6 @@ pub struct FlowDelta {
     pub to_src: Traffic,
     /// How the flow ended, on its last record.
     pub ended: Option<Outcome>,
-}
-
-/// Identifies a flow across its records.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct FlowId {
-    cgroup: u64,
-    src: (IpAddr, Option<u16>),
-    dst: (IpAddr, Option<u16>),
-    protocol: u8,
-    icmp: Option<(u8, u8)>,
-}
-
-impl FlowId {
-    fn of(record: &FlowRecord) -> Self {
-        Self {
-            cgroup: record.cgroup.id,
-            src: (record.src.ip, record.src.port),
-            dst: (record.dst.ip, record.dst.port),
-            protocol: record.protocol.0,
-            icmp: record.icmp.map(|icmp| (icmp.kind, icmp.code)),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Open {
-    to_dst: Traffic,
-    to_src: Traffic,
-    edge: EdgeLabels,
-    /// The verdict last counted for this flow.
-    verdict: Option<VerdictKind>,
-}
-
-fn minus(now: Traffic, before: Traffic) -> Traffic {
-    Traffic { packets: now.packets.saturating_sub(before.packets), bytes: now.bytes.saturating_sub(before.bytes) }
 }
 
 /// How a flow that ended in `record.state` counts.
@@ -94,19 +72,134 @@ pub fn outcome(record: &FlowRecord) -> Outcome {
     }
 }
 
-/// Turns each flow's cumulative counters into deltas on its edge. Holds one
-/// entry per open flow that has had a record.
+/// One end of an edge as the interning knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum EndId {
+    /// A resolved end, by the identity of its endpoint.
+    Resolved(usize),
+    /// Not resolved, local, in a pod.
+    LocalPod,
+    /// Not resolved, local, outside any pod.
+    LocalHost,
+    /// Not resolved, remote.
+    Remote,
+}
+
+/// What an edge's labels follow from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct EdgeId {
+    src: EndId,
+    dst: EndId,
+    protocol: u8,
+    reporter: Reporter,
+    /// The DNS label of a `world` destination, when names are in use.
+    world_name: Option<Box<str>>,
+}
+
+/// An interned edge.
+#[derive(Debug)]
+struct EdgeSlot {
+    series: EdgeSeries,
+    /// Open flows on the edge.
+    open: u32,
+    /// Whether the interning index points here.
+    indexed: bool,
+    /// The resolved ends the index names by identity, held so that identity
+    /// cannot pass to another endpoint.
+    _ends: [Option<Endpoint>; 2],
+}
+
+/// Edges by what their labels follow from, in reusable slots.
+#[derive(Debug, Default)]
+struct Edges {
+    slots: Vec<Option<EdgeSlot>>,
+    free: Vec<u32>,
+    index: FastMap<EdgeId, u32>,
+}
+
+impl Edges {
+    /// The slot of a record's edge, interned on first sight.
+    fn of(&mut self, record: &FlowRecord, edge_of: &EdgeOf) -> u32 {
+        let (id, world_name) = edge_of.id(record);
+        if let Some(slot) = self.index.get(&id) {
+            return *slot;
+        }
+        if self.index.len() >= MAX_INTERNED_EDGES {
+            self.forget_index();
+        }
+        let labels = edge_of.edge_named(record, world_name);
+        let slot = EdgeSlot {
+            series: EdgeSeries::new(labels),
+            open: 0,
+            indexed: true,
+            _ends: [record.src.endpoint.clone(), record.dst.endpoint.clone()],
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize] = Some(slot);
+                index
+            }
+            None => {
+                self.slots.push(Some(slot));
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.index.insert(id, index);
+        index
+    }
+
+    fn get_mut(&mut self, index: u32) -> Option<&mut EdgeSlot> {
+        self.slots.get_mut(index as usize)?.as_mut()
+    }
+
+    /// Drops the index; slots without open flows are freed.
+    fn forget_index(&mut self) {
+        self.index.clear();
+        for index in 0..self.slots.len() {
+            if let Some(slot) = &mut self.slots[index] {
+                slot.indexed = false;
+            }
+            self.release(index as u32, 0);
+        }
+    }
+
+    /// Takes `count` open flows off a slot; frees it when none is left and
+    /// the index no longer points to it.
+    fn release(&mut self, index: u32, count: u32) {
+        let Some(slot) = self.get_mut(index) else { return };
+        slot.open = slot.open.saturating_sub(count);
+        if slot.open == 0 && !slot.indexed {
+            self.slots[index as usize] = None;
+            self.free.push(index);
+        }
+    }
+}
+
+/// What the meter keeps of an open flow.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    /// Its edge's slot.
+    edge: u32,
+    /// The verdict last counted for this flow.
+    verdict: Option<VerdictKind>,
+}
+
+/// Counts each record's traffic on its edge. Holds one small entry per open
+/// flow that has had a record, and one per edge.
 #[derive(Debug)]
 pub struct FlowMeter {
     metrics: Metrics,
-    open: HashMap<FlowId, Open>,
+    edge_of: EdgeOf,
+    edges: Edges,
+    /// By the flow's handle ([`Progress::flow`]).
+    open: FastMap<u64, Open>,
     last_keep: Instant,
 }
 
 impl FlowMeter {
-    /// A meter counting into `metrics`.
-    pub fn new(metrics: Metrics) -> Self {
-        Self { metrics, open: HashMap::new(), last_keep: Instant::now() }
+    /// A meter counting into `metrics` on the edges `edge_of` gives records.
+    pub fn new(metrics: Metrics, edge_of: EdgeOf) -> Self {
+        Self { metrics, edge_of, edges: Edges::default(), open: FastMap::default(), last_keep: Instant::now() }
     }
 
     /// Flows open now (seen, not ended).
@@ -114,31 +207,41 @@ impl FlowMeter {
         self.open.len()
     }
 
-    /// Counts one record on `edge`.
-    pub fn record(&mut self, record: &FlowRecord, edge: EdgeLabels) {
-        let id = FlowId::of(record);
-        let (before_dst, before_src, counted) = match self.open.get(&id) {
-            Some(open) => (open.to_dst, open.to_src, open.verdict),
-            None => (Traffic::default(), Traffic::default(), None),
-        };
+    /// Counts one record on its edge.
+    pub fn record(&mut self, record: &FlowRecord) {
+        let now = Instant::now();
+        let edge = self.edges.of(record, &self.edge_of);
+        let Progress { flow, first, new_to_dst, new_to_src } = record.progress;
+        let open = if first { None } else { self.open.get(&flow).copied() };
+        let counted = open.and_then(|open| open.verdict);
         let verdict = record.verdict.as_ref().map(|verdict| verdict.verdict);
-        if let Some(kind) = verdict.filter(|kind| Some(*kind) != counted) {
-            self.metrics.record_verdict(&VerdictLabels { edge: edge.clone(), verdict: kind.as_str().into() });
-        }
         let ended = record.event == RecordEvent::End;
-        let delta = FlowDelta {
-            to_dst: minus(record.to_dst, before_dst),
-            to_src: minus(record.to_src, before_src),
-            ended: ended.then(|| outcome(record)),
-        };
-        self.metrics.observe_flow(&edge, &delta);
-        if ended {
-            self.open.remove(&id);
-        } else {
-            self.open
-                .insert(id, Open { to_dst: record.to_dst, to_src: record.to_src, edge, verdict: verdict.or(counted) });
+        if let Some(slot) = self.edges.get_mut(edge) {
+            if let Some(kind) = verdict.filter(|kind| Some(*kind) != counted) {
+                self.metrics.count_verdict(&mut slot.series, kind, now);
+            }
+            let delta = FlowDelta { to_dst: new_to_dst, to_src: new_to_src, ended: ended.then(|| outcome(record)) };
+            self.metrics.observe_edge(&mut slot.series, &delta, now);
         }
-        self.keep_open_edges(Instant::now());
+        match open {
+            Some(before) if ended || before.edge != edge => {
+                self.edges.release(before.edge, 1);
+            }
+            _ => {}
+        }
+        if ended {
+            if open.is_some() {
+                self.open.remove(&flow);
+            }
+        } else {
+            if open.is_none_or(|before| before.edge != edge)
+                && let Some(slot) = self.edges.get_mut(edge)
+            {
+                slot.open += 1;
+            }
+            self.open.insert(flow, Open { edge, verdict: verdict.or(counted) });
+        }
+        self.keep_open_edges(now);
     }
 
     /// Marks the edges of open flows used, at most every quarter of the
@@ -149,8 +252,8 @@ impl FlowMeter {
             return;
         }
         self.last_keep = now;
-        for open in self.open.values() {
-            self.metrics.keep_edge(&open.edge, now);
+        for slot in self.edges.slots.iter().flatten().filter(|slot| slot.open > 0) {
+            self.metrics.keep_edge_series(&slot.series, now);
         }
     }
 }
@@ -211,8 +314,47 @@ impl EdgeOf {
         self
     }
 
+    /// The DNS label of a record's destination, when it is the world and
+    /// names are in use.
+    fn world_name(&self, record: &FlowRecord) -> Option<String> {
+        let world = record.dst.endpoint.as_ref().is_some_and(|endpoint| endpoint.kind == EndpointKind::World);
+        let (true, Some(names), Some(dns)) = (world, &self.names, &record.dst.dns) else { return None };
+        let resolved: &[Arc<str>] = if dns.resolved { &dns.names } else { &[] };
+        Some(names.label(resolved))
+    }
+
+    /// What a record's edge labels follow from, without building them, and
+    /// the destination's DNS label (to build them with).
+    fn id(&self, record: &FlowRecord) -> (EdgeId, Option<String>) {
+        let in_pod = || record.cgroup.path.as_deref().is_some_and(|path| path.contains("kubepods"));
+        let end = |peer: &Peer, local: bool| match (&peer.endpoint, local) {
+            (Some(endpoint), _) => EndId::Resolved(endpoint.identity()),
+            (None, true) if in_pod() => EndId::LocalPod,
+            (None, true) => EndId::LocalHost,
+            (None, false) => EndId::Remote,
+        };
+        let (reporter, src_local) = match record.local {
+            LocalEnd::Src => (Reporter::Src, true),
+            LocalEnd::Dst => (Reporter::Dst, false),
+        };
+        let world_name = self.world_name(record);
+        let id = EdgeId {
+            src: end(&record.src, src_local),
+            dst: end(&record.dst, !src_local),
+            protocol: record.protocol.0,
+            reporter,
+            world_name: world_name.as_deref().map(Box::from),
+        };
+        (id, world_name)
+    }
+
     /// The edge of a record.
     pub fn edge(&self, record: &FlowRecord) -> EdgeLabels {
+        self.edge_named(record, self.world_name(record))
+    }
+
+    /// The edge of a record whose destination's DNS label is `world_name`.
+    fn edge_named(&self, record: &FlowRecord, world_name: Option<String>) -> EdgeLabels {
         let mut edge = unresolved_edge(record);
         let end = |peer: &Peer, fallback: EndLabels| match &peer.endpoint {
             Some(endpoint) => end_labels(endpoint, &self.allowlist),
@@ -220,10 +362,8 @@ impl EdgeOf {
         };
         edge.src = end(&record.src, edge.src);
         edge.dst = end(&record.dst, edge.dst);
-        let world = record.dst.endpoint.as_ref().is_some_and(|endpoint| endpoint.kind == EndpointKind::World);
-        if let (true, Some(names), Some(dns)) = (world, &self.names, &record.dst.dns) {
-            let resolved: &[Arc<str>] = if dns.resolved { &dns.names } else { &[] };
-            edge.dst = EndLabels::new("World", "", &names.label(resolved));
+        if let Some(name) = world_name {
+            edge.dst = EndLabels::new("World", "", &name);
         }
         edge
     }
@@ -246,14 +386,14 @@ pub fn unresolved_edge(record: &FlowRecord) -> EdgeLabels {
 /// back-pressure reaches capture, which drops and counts.
 pub async fn meter(
     metrics: Metrics,
-    edge_of: impl Fn(&FlowRecord) -> EdgeLabels + Send,
+    edge_of: EdgeOf,
     mut input: mpsc::Receiver<Vec<FlowRecord>>,
     output: mpsc::Sender<Vec<FlowRecord>>,
 ) {
-    let mut meter = FlowMeter::new(metrics);
+    let mut meter = FlowMeter::new(metrics, edge_of);
     while let Some(batch) = input.recv().await {
         for record in &batch {
-            meter.record(record, edge_of(record));
+            meter.record(record);
         }
         if output.send(batch).await.is_err() {
             tracing::warn!("flow log stopped; metering continues without it");
@@ -262,7 +402,7 @@ pub async fn meter(
     }
     while let Some(batch) = input.recv().await {
         for record in &batch {
-            meter.record(record, edge_of(record));
+            meter.record(record);
         }
     }
 }
@@ -297,7 +437,22 @@ mod tests {
             last_seen: SystemTime::now(),
             duration_ms: 0,
             verdict: None,
+            progress: Progress::default(),
         }
+    }
+
+    /// `record` as record of connection `flow` whose previous record had
+    /// sent and received `before` (`None`: its first record).
+    fn of_flow(mut record: FlowRecord, flow: u64, before: Option<(u64, u64)>) -> FlowRecord {
+        let (sent, received) = before.unwrap_or_default();
+        let new = |now: Traffic, bytes: u64| Traffic { packets: now.packets - bytes / 100, bytes: now.bytes - bytes };
+        record.progress = Progress {
+            flow,
+            first: before.is_none(),
+            new_to_dst: new(record.to_dst, sent),
+            new_to_src: new(record.to_src, received),
+        };
+        record
     }
 
     fn bytes_to_dst(metrics: &Metrics) -> Option<String> {
@@ -311,17 +466,16 @@ mod tests {
     #[test]
     fn records_add_only_what_is_new_and_count_the_flow_at_its_end() {
         let metrics = Metrics::new(MetricsConfig::default());
-        let mut meter = FlowMeter::new(metrics.clone());
-        let first = record(RecordEvent::Start, FlowState::Established, 300, 1000);
-        let edge = unresolved_edge(&first);
-        meter.record(&first, edge.clone());
-        meter.record(&record(RecordEvent::Update, FlowState::Established, 500, 1000), edge.clone());
+        let mut meter = FlowMeter::new(metrics.clone(), EdgeOf::new(LabelAllowlist::default()));
+        meter.record(&of_flow(record(RecordEvent::Start, FlowState::Established, 300, 1000), 1, None));
+        let update = record(RecordEvent::Update, FlowState::Established, 500, 1000);
+        meter.record(&of_flow(update, 1, Some((300, 1000))));
         assert_eq!(meter.open_flows(), 1);
-        meter.record(&record(RecordEvent::End, FlowState::Closed, 600, 1200), edge.clone());
+        meter.record(&of_flow(record(RecordEvent::End, FlowState::Closed, 600, 1200), 1, Some((500, 1000))));
         assert_eq!(meter.open_flows(), 0);
         assert_eq!(bytes_to_dst(&metrics).as_deref(), Some("600"));
         // A flow seen only at its end counts in full.
-        meter.record(&record(RecordEvent::End, FlowState::Refused, 60, 40), edge);
+        meter.record(&of_flow(record(RecordEvent::End, FlowState::Refused, 60, 40), 2, None));
         assert_eq!(bytes_to_dst(&metrics).as_deref(), Some("660"));
         let text = metrics.encode();
         assert!(text.contains(r#"outcome="completed"} 1"#), "{text}");

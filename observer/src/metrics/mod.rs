@@ -33,8 +33,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::capture::CaptureHealth;
-use bounded::{BoundedFamily, SeriesAccounting};
+use crate::{capture::CaptureHealth, judge::VerdictKind};
+use bounded::{BoundedFamily, Series, SeriesAccounting};
 pub use flows::{FlowDelta, FlowMeter};
 pub use labels::{
     BuildLabels, Direction, EdgeDirectionLabels, EdgeLabels, EdgeOutcomeLabels, EndLabels, FindingLabels,
@@ -68,6 +68,43 @@ impl Default for MetricsConfig {
             series_grace: Duration::from_secs(600),
             label_allowlist: LabelAllowlist::default(),
         }
+    }
+}
+
+/// The series of one edge, held by the meter so that counting on the edge
+/// does not look its label sets up: built once per edge, each series fetched
+/// on its first use and again only after it was collected.
+#[derive(Debug)]
+pub struct EdgeSeries {
+    labels: EdgeLabels,
+    /// The edge with each direction: to the destination, to the source.
+    directions: [EdgeDirectionLabels; 2],
+    bytes: [Option<Series<Counter>>; 2],
+    packets: [Option<Series<Counter>>; 2],
+    /// By [`Outcome`].
+    flows: [Option<Series<Counter>>; 4],
+    /// By [`VerdictKind`].
+    verdicts: [Option<Series<Counter>>; 4],
+}
+
+impl EdgeSeries {
+    /// The series of `edge`, none fetched yet.
+    pub fn new(edge: EdgeLabels) -> Self {
+        let directions =
+            [Direction::ToDst, Direction::ToSrc].map(|direction| EdgeDirectionLabels { edge: edge.clone(), direction });
+        Self {
+            labels: edge,
+            directions,
+            bytes: Default::default(),
+            packets: Default::default(),
+            flows: Default::default(),
+            verdicts: Default::default(),
+        }
+    }
+
+    /// The edge's labels.
+    pub fn labels(&self) -> &EdgeLabels {
+        &self.labels
     }
 }
 
@@ -140,13 +177,16 @@ impl Metrics {
         let mut registry = Registry::with_prefix(PREFIX);
         let accounting = SeriesAccounting::default();
         let cap = config.max_series_per_family;
+        // The meter's and the judge's handles write the shared "last used"
+        // stamp at most this often: a series may go 1/64 of the grace early.
+        let refresh = (config.series_grace / 64).min(Duration::from_secs(1));
         let inner = Inner {
-            edge_bytes: BoundedFamily::new("edge_bytes", cap, accounting.clone()),
-            edge_packets: BoundedFamily::new("edge_packets", cap, accounting.clone()),
-            edge_flows: BoundedFamily::new("edge_flows", cap, accounting.clone()),
-            verdicts: BoundedFamily::new("verdicts", cap, accounting.clone()),
-            spikes: BoundedFamily::new("edge_spikes", cap, accounting.clone()),
-            findings: BoundedFamily::new("findings", cap, accounting.clone()),
+            edge_bytes: BoundedFamily::new("edge_bytes", cap, accounting.clone()).with_stamp_refresh(refresh),
+            edge_packets: BoundedFamily::new("edge_packets", cap, accounting.clone()).with_stamp_refresh(refresh),
+            edge_flows: BoundedFamily::new("edge_flows", cap, accounting.clone()).with_stamp_refresh(refresh),
+            verdicts: BoundedFamily::new("verdicts", cap, accounting.clone()).with_stamp_refresh(refresh),
+            spikes: BoundedFamily::new("edge_spikes", cap, accounting.clone()).with_stamp_refresh(refresh),
+            findings: BoundedFamily::new("findings", cap, accounting.clone()).with_stamp_refresh(refresh),
             unprotected: BoundedFamily::new("unprotected_pods", cap, accounting.clone()),
             inventory_synced: Family::default(),
             inventory_stale: Family::default(),
@@ -222,6 +262,65 @@ impl Metrics {
         }
     }
 
+    /// Counts traffic on an edge through its held series, as
+    /// [`Metrics::observe_flow`] does.
+    pub fn observe_edge(&self, edge: &mut EdgeSeries, delta: &FlowDelta, now: Instant) {
+        let inner = &self.inner;
+        for (index, traffic) in [delta.to_dst, delta.to_src].into_iter().enumerate() {
+            if traffic.packets == 0 && traffic.bytes == 0 {
+                continue;
+            }
+            let labels = &edge.directions[index];
+            inner.edge_bytes.update(
+                &mut edge.bytes[index],
+                || labels.clone(),
+                now,
+                |counter| {
+                    counter.inc_by(traffic.bytes);
+                },
+            );
+            inner.edge_packets.update(
+                &mut edge.packets[index],
+                || labels.clone(),
+                now,
+                |counter| {
+                    counter.inc_by(traffic.packets);
+                },
+            );
+        }
+        if let Some(outcome) = delta.ended {
+            let labels = || EdgeOutcomeLabels { edge: edge.labels.clone(), outcome };
+            inner.edge_flows.update(&mut edge.flows[outcome as usize], labels, now, |counter| {
+                counter.inc();
+            });
+        }
+    }
+
+    /// Counts a flow's verdict on an edge through its held series, as
+    /// [`Metrics::record_verdict`] does.
+    pub fn count_verdict(&self, edge: &mut EdgeSeries, verdict: VerdictKind, now: Instant) {
+        let labels = || VerdictLabels { edge: edge.labels.clone(), verdict: verdict.as_str().into() };
+        self.inner.verdicts.update(&mut edge.verdicts[verdict as usize], labels, now, |counter| {
+            counter.inc();
+        });
+    }
+
+    /// Keeps the traffic series of an edge with open flows from being
+    /// collected while it is quiet, through its held series.
+    pub fn keep_edge_series(&self, edge: &EdgeSeries, now: Instant) {
+        let inner = &self.inner;
+        for index in 0..2 {
+            match &edge.bytes[index] {
+                Some(series) => inner.edge_bytes.touch_series(series, now),
+                None => inner.edge_bytes.touch(&edge.directions[index], now),
+            }
+            match &edge.packets[index] {
+                Some(series) => inner.edge_packets.touch_series(series, now),
+                None => inner.edge_packets.touch(&edge.directions[index], now),
+            }
+        }
+    }
+
     /// Keeps the traffic series of an edge with open flows from being
     /// collected while it is quiet.
     pub fn keep_edge(&self, edge: &EdgeLabels, now: Instant) {
@@ -243,6 +342,14 @@ impl Metrics {
     /// Counts a finding of a kind about a workload in an AI tier.
     pub fn record_finding(&self, labels: &FindingLabels) {
         self.inner.findings.with(labels, Instant::now(), |counter| {
+            counter.inc();
+        });
+    }
+
+    /// Counts a finding through a held series of its labels, as
+    /// [`Metrics::record_finding`] does.
+    pub fn count_finding(&self, held: &mut Option<Series<Counter>>, labels: impl FnOnce() -> FindingLabels) {
+        self.inner.findings.update(held, labels, Instant::now(), |counter| {
             counter.inc();
         });
     }

@@ -146,7 +146,8 @@ pub fn pipeline(args: &PipelineArgs) -> anyhow::Result<()> {
          findings, spikes) and the metrics meter (edge by workload, deltas, verdict counts), in batches of {} (one poll \
          each). Not included: the kernel's side (ring-buffer reads, map iteration and deletes are syscalls) and the \
          flow log's JSON. Rate = records per second of this thread's CPU time (CLOCK_THREAD_CPUTIME_ID), median of {} \
-         rounds of {} s after a warm-up; wall-clock rate beside it (the thread had {:.0}% of a core).\n",
+         rounds of {} s after a warm-up, and each stage's ns per record in the same CPU time; wall-clock rate \
+         beside it (the thread had {:.0}% of a core).\n",
         number(&pipeline, "/pairs"),
         number(&pipeline, "/pods"),
         number(&pipeline, "/namespaces"),
@@ -291,9 +292,9 @@ pub fn memory(args: &MemoryArgs) -> anyhow::Result<()> {
          pod pairs of a generated cluster ({} pods, {} NetworkPolicies) each go through decode, the flow table, \
          build_record, enrich, the judge stage and the metrics meter (a `start` record), the records then dropped as \
          the flow log does; live heap bytes after minus before, divided by the flows. The table's and the meter's \
-         shares are the bytes freed when each is dropped; the rest is the judge's per-flow state plus the metric \
-         series and findings the flows added. RSS: `VmRSS` of `observer run --manifests` 2 s after its log says \
-         the policies and intents are compiled, with the generated cluster ({} pods, {} namespaces, {} \
+         shares are the bytes freed when each is dropped; the rest is what the judge keeps (per pair of ends) plus \
+         the metric series and findings the flows added. RSS: `VmRSS` of `observer run --manifests` 2 s after its \
+         log says the policies and intents are compiled, with the generated cluster ({} pods, {} namespaces, {} \
          NetworkPolicies, {} Services, {} ReplicaSets, {} nodes; a {:.1} MiB JSON file) and with an empty one.\n",
         number(&flows, "/flows"),
         number(&flows, "/pairs"),
