@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// Also observe loopback traffic (127.0.0.0/8, ::1).
     #[arg(long)]
     pub include_loopback: bool,
+    /// Count TCP packet by packet instead of from each socket's own counters
+    /// (what happens anyway when the kernel has no BTF).
+    #[arg(long)]
+    pub tcp_per_packet: bool,
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.
     #[arg(long)]
     pub ebpf_log: bool,
@@ -134,6 +138,7 @@ impl RunArgs {
                 skip_loopback: !self.include_loopback,
                 // aya-log levels: 0 disables every statement, 4 is debug.
                 kernel_log_level: if self.ebpf_log { 4 } else { 0 },
+                tcp_per_packet: self.tcp_per_packet,
             },
             poll_interval: self.poll_interval,
             table: TableConfig {

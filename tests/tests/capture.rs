@@ -70,15 +70,23 @@ fn assert_no_loss(run: &ObserverRun) {
     }
 }
 
-/// Bytes on the wire for `payload` bytes in `packets` TCP/IPv4 packets: each
-/// carries 20 bytes of IP header and 20 to 60 of TCP header.
-fn assert_tcp_bytes(traffic: &Value, payload: u64, ip_header: u64) {
-    let packets = u64_at(traffic, "/packets");
-    let bytes = u64_at(traffic, "/bytes");
-    assert!(
-        bytes >= payload + packets * (ip_header + 20) && bytes <= payload + packets * (ip_header + 60),
-        "{bytes} bytes in {packets} packets for a {payload}-byte payload"
-    );
+/// The record of the same connection seen from the other end: same ports.
+fn same_connection<'a>(records: &[&'a Value], record: &Value) -> &'a Value {
+    let port = u64_at(record, "/src/port");
+    let found: Vec<&&Value> = records.iter().filter(|other| u64_at(other, "/src/port") == port).collect();
+    assert_eq!(found.len(), 1, "one record from the other end for port {port}: {found:#?}");
+    found[0]
+}
+
+/// Both ends of each connection are on this node: the client's and the
+/// server's records count the same segments and payload bytes each way.
+fn assert_ends_agree(client_side: &[&Value], server_side: &[&Value]) {
+    for client in client_side {
+        let server = same_connection(server_side, client);
+        for pointer in ["/to_dst/packets", "/to_dst/bytes", "/to_src/packets", "/to_src/bytes"] {
+            assert_eq!(u64_at(client, pointer), u64_at(server, pointer), "{pointer}: {client} vs {server}");
+        }
+    }
 }
 
 #[test]
@@ -86,11 +94,26 @@ fn tcp_connections_are_reported_once_each_with_their_bytes() {
     if !root_or_skip("tcp_connections_are_reported_once_each_with_their_bytes") {
         return;
     }
+    tcp_connections_with_exact_payload(&[]);
+}
+
+#[test]
+fn tcp_counted_per_packet_has_the_same_payload_bytes() {
+    if !root_or_skip("tcp_counted_per_packet_has_the_same_payload_bytes") {
+        return;
+    }
+    tcp_connections_with_exact_payload(&["--tcp-per-packet"]);
+}
+
+/// Five connections, 1000 bytes up and 5000 down each: exact payload bytes
+/// from both ends, counted from sockets (`extra` empty) or per packet.
+fn tcp_connections_with_exact_payload(extra: &[&str]) {
+    let socket_counted = extra.is_empty();
     let lab = lab(2);
     let (client, server) = (lab.pod(0), lab.pod(1));
     let target = server.addr_v4(8080);
     let _listener = server.tcp_server(target, &TcpServerOpts { reply: 5000, ..Default::default() }).expect("server");
-    let observer = observe(&[]);
+    let observer = observe(extra);
     const K: u64 = 5;
     let report = client
         .tcp_client(target, &TcpClientOpts { count: K, send: 1000, expect: 5000, ..Default::default() })
@@ -102,6 +125,7 @@ fn tcp_connections_are_reported_once_each_with_their_bytes() {
     });
     assert_no_loss(&run);
     assert_one_end_per_flow(&run);
+    assert_eq!(run.health["tcp_socket_counters"], u64::from(socket_counted), "{}", run.health);
 
     let client_side = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(client_side.len() as u64, K, "client-side flows: {client_side:#?}");
@@ -114,14 +138,21 @@ fn tcp_connections_are_reported_once_each_with_their_bytes() {
         assert_eq!(str_at(record, "/src/ip"), client.ipv4().to_string());
         assert_eq!(str_at(record, "/cgroup/path"), client.cgroup_path());
         assert_eq!(str_at(record, "/family"), "ipv4");
-        assert_tcp_bytes(&record["to_dst"], 1000, 20);
-        assert_tcp_bytes(&record["to_src"], 5000, 20);
+        // Payload bytes, exactly: no headers, no SYN or FIN.
+        assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (1000, 5000), "{record}");
     }
     let server_side = ends(&run.records, server.cgroup_id(), target);
     assert_eq!(server_side.len() as u64, K, "server-side flows: {server_side:#?}");
     for record in &server_side {
         assert_eq!((str_at(record, "/state"), str_at(record, "/local")), ("closed", "dst"));
         assert_eq!(str_at(record, "/cgroup/path"), server.cgroup_path());
+        assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (1000, 5000), "{record}");
+    }
+    if socket_counted {
+        // Segments as each socket counted them (the handshake included);
+        // per packet, a GSO or GRO batch counts once at one end and as
+        // several segments nowhere, so only the bytes must agree.
+        assert_ends_agree(&client_side, &server_side);
     }
 }
 
@@ -192,9 +223,9 @@ fn udp_request_and_reply_is_one_flow_that_expires() {
     assert_eq!(str_at(flow, "/state"), "expired");
     assert_eq!(str_at(flow, "/protocol"), "udp");
     assert_eq!(u64_at(flow, "/src/port"), u64::from(report.local_port));
-    // IPv4 (20) + UDP (8) headers on each datagram: exact.
-    assert_eq!((u64_at(flow, "/to_dst/packets"), u64_at(flow, "/to_dst/bytes")), (3, 3 * 128));
-    assert_eq!((u64_at(flow, "/to_src/packets"), u64_at(flow, "/to_src/bytes")), (3, 3 * 228));
+    // UDP payload bytes: exact.
+    assert_eq!((u64_at(flow, "/to_dst/packets"), u64_at(flow, "/to_dst/bytes")), (3, 3 * 100));
+    assert_eq!((u64_at(flow, "/to_src/packets"), u64_at(flow, "/to_src/bytes")), (3, 3 * 200));
     let server_flows = ends(&run.records, server.cgroup_id(), target);
     assert_eq!(server_flows.len(), 1, "{server_flows:#?}");
     assert_eq!(str_at(server_flows[0], "/local"), "dst");
@@ -251,12 +282,13 @@ fn ipv6_tcp_is_captured() {
     assert_no_loss(&run);
     let flows = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(flows.len(), 2, "{flows:#?}");
-    for flow in flows {
+    for flow in &flows {
         assert_eq!((str_at(flow, "/family"), str_at(flow, "/state")), ("ipv6", "closed"));
-        assert_tcp_bytes(&flow["to_dst"], 700, 40);
-        assert_tcp_bytes(&flow["to_src"], 3000, 40);
+        assert_eq!((u64_at(flow, "/to_dst/bytes"), u64_at(flow, "/to_src/bytes")), (700, 3000), "{flow}");
     }
-    assert_eq!(ends(&run.records, server.cgroup_id(), target).len(), 2);
+    let server_side = ends(&run.records, server.cgroup_id(), target);
+    assert_eq!(server_side.len(), 2);
+    assert_ends_agree(&flows, &server_side);
 }
 
 #[test]

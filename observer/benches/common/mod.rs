@@ -257,13 +257,14 @@ impl Connections {
                     first_seen_ns: at + 1,
                     last_seen_ns: at + 90_000,
                     packets_out: 5,
-                    bytes_out: 5 * 52 + 16,
+                    bytes_out: 16,
                     packets_in: 4,
-                    bytes_in: 4 * 52,
+                    bytes_in: 0,
                     tcp_flags_out: flags | tcp_flags::PSH,
                     tcp_flags_in: flags,
                     initiator: INITIATOR_LOCAL,
-                    _pad: [0; 5],
+                    counted: 0,
+                    _pad: [0; 4],
                 },
             ));
         }

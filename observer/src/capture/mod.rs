@@ -8,6 +8,7 @@
 //! same pass go on), and [`CaptureHealth`] counters. A full channel drops
 //! the batch and counts it.
 
+pub mod btf;
 pub mod cgroups;
 pub mod clock;
 pub mod loader;
@@ -25,7 +26,9 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
-use observer_common::{Counter, DnsEvent, EVENT_DNS, Event, FlowKey, FlowStats, INITIATOR_LOCAL, names, tcp_flags};
+use observer_common::{
+    COUNTED_SOCKET, Counter, DnsEvent, EVENT_DNS, Event, FlowKey, FlowStats, INITIATOR_LOCAL, names, tcp_flags,
+};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, watch},
@@ -35,7 +38,7 @@ use crate::dns::DnsTracker;
 use crate::flow::{Cgroup, Family, FlagSet, FlowRecord, Icmp, LocalEnd, Peer, Protocol, TcpFlags, Traffic, key_addrs};
 use cgroups::CgroupPaths;
 use clock::{Clock, monotonic_ns};
-use loader::{LoadError, LoadOptions};
+use loader::{LoadError, LoadOptions, TcpCounting};
 use table::{Emission, FlowTable, TableConfig};
 
 /// How often the ring buffer is drained when the kernel does not wake us.
@@ -105,6 +108,9 @@ pub struct CaptureHealth {
     pub flow_map_entries: AtomicU64,
     /// Capacity of the kernel flow map.
     pub flow_map_capacity: AtomicU64,
+    /// 1 when TCP is counted from each socket's own counters, 0 when per
+    /// packet (asked for, or the kernel's BTF lacked the offsets).
+    pub tcp_socket_counters: AtomicU64,
     /// Ring-buffer events read.
     pub events_read: AtomicU64,
     /// DNS records read off the ring buffer.
@@ -138,6 +144,7 @@ impl CaptureHealth {
             "flows_active": get(&self.flows_active),
             "flow_map_entries": get(&self.flow_map_entries),
             "flow_map_capacity": get(&self.flow_map_capacity),
+            "tcp_socket_counters": get(&self.tcp_socket_counters),
             "events_read": get(&self.events_read),
             "dns_records_read": get(&self.dns_records_read),
             "records_dropped": get(&self.records_dropped),
@@ -170,7 +177,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Captu
 impl Capture {
     /// Loads and attaches the kernel programs. Must run inside a tokio runtime.
     pub fn start(config: CaptureConfig) -> Result<Self, CaptureError> {
-        let mut ebpf = loader::load(&config.load)?;
+        let (mut ebpf, tcp_counting) = loader::load(&config.load)?;
         let logger = if config.kernel_log {
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(logger) => Some(register(logger)?),
@@ -190,6 +197,14 @@ impl Capture {
             .map_err(|source| CaptureError::Map { name: names::COUNTERS, source })?;
         let health = Arc::new(CaptureHealth::default());
         health.flow_map_capacity.store(u64::from(config.load.flow_map_size), Ordering::Relaxed);
+        match &tcp_counting {
+            TcpCounting::Socket => health.tcp_socket_counters.store(1, Ordering::Relaxed),
+            TcpCounting::PerPacketAsked => tracing::info!("counting TCP per packet, as asked"),
+            TcpCounting::PerPacketNoBtf(reason) => tracing::warn!(
+                %reason,
+                "cannot count TCP from sockets: counting it per packet (every TCP packet updates the flow map)"
+            ),
+        }
         tracing::info!(
             cgroup_root = %config.load.cgroup_root.display(),
             flow_map_size = config.load.flow_map_size,
@@ -447,9 +462,19 @@ pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<
     };
     let local = Peer { ip: local_ip, port: local_port, endpoint: None, dns: None };
     let remote = Peer { ip: remote_ip, port: remote_port, endpoint: None, dns: None };
-    let sent = Traffic { packets: stats.packets_out, bytes: stats.bytes_out };
-    let received = Traffic { packets: stats.packets_in, bytes: stats.bytes_in };
     let local_initiated = stats.initiator == INITIATOR_LOCAL;
+    let mut sent = Traffic { packets: stats.packets_out, bytes: stats.bytes_out };
+    let received = Traffic { packets: stats.packets_in, bytes: stats.bytes_in };
+    if stats.counted == COUNTED_SOCKET {
+        // The handshake as the socket counted it: an active opener's
+        // `bytes_acked` counts its SYN as a byte; a passive opener's SYN-ACK
+        // went out before its socket existed.
+        if local_initiated {
+            sent.bytes = sent.bytes.saturating_sub(1);
+        } else {
+            sent.packets += 1;
+        }
+    }
     let (src, dst, to_dst, to_src, local_end) = if local_initiated {
         (local, remote, sent, received, LocalEnd::Src)
     } else {

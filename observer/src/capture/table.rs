@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 
 use observer_common::{
-    EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP, tcp_flags, tcp_state,
+    COUNTED_SOCKET, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP, tcp_flags,
+    tcp_state,
 };
 
 use crate::flow::{FlowState, RecordEvent};
@@ -87,6 +88,9 @@ struct Tracked {
     /// Counters and state of the last record, if one was written.
     reported: Option<(FlowStats, FlowState)>,
     last_report_ns: u64,
+    /// The packet and byte counters are a closed socket's final ones (from
+    /// its close event): polls no longer replace them.
+    final_counters: bool,
 }
 
 impl Tracked {
@@ -184,7 +188,15 @@ impl FlowTable {
         }
         self.flows.insert(
             key,
-            Tracked { stats, base: FlowStats::default(), started_ns: 0, phase, reported: None, last_report_ns: now },
+            Tracked {
+                stats,
+                base: FlowStats::default(),
+                started_ns: 0,
+                phase,
+                reported: None,
+                last_report_ns: now,
+                final_counters: false,
+            },
         );
         self.stats.flows_tracked += 1;
     }
@@ -210,23 +222,36 @@ impl FlowTable {
                 // by tcp_tw_reuse) before the old one was reported. Its
                 // packets already count on the same kernel entry, so the entry
                 // stays: the old connection ends with the counters last
-                // polled, and the new one carries on from them as its base.
+                // polled (or its socket's final ones), and the new one carries
+                // on from them as its base; socket counters start again
+                // from zero instead.
                 out.push(Emission { key, stats: flow.view(), event: RecordEvent::End, state: closed_state(flow) });
                 self.stats.flows_ended += 1;
                 self.stats.flows_tracked += 1;
                 self.stats.tuples_reused += 1;
+                let (stats, base) = if flow.stats.counted == COUNTED_SOCKET {
+                    let zero = FlowStats { packets_out: 0, bytes_out: 0, packets_in: 0, bytes_in: 0, ..flow.stats };
+                    (zero, FlowStats::default())
+                } else {
+                    (flow.stats, flow.stats)
+                };
                 *flow = Tracked {
-                    stats: flow.stats,
-                    base: flow.stats,
+                    stats,
+                    base,
                     started_ns: at,
                     phase,
                     reported: None,
                     last_report_ns: at,
+                    final_counters: false,
                 };
                 continue;
             }
             if !matches!(flow.phase, Phase::Closed { .. }) {
                 flow.phase = phase;
+                if event.has_counters != 0 {
+                    flow.stats = with_final_counters(flow.stats, event);
+                    flow.final_counters = true;
+                }
             }
         }
     }
@@ -238,6 +263,18 @@ impl FlowTable {
         for (key, stats) in snapshot {
             seen.insert(*key);
             match self.flows.get_mut(key) {
+                Some(flow) if flow.final_counters => {
+                    let last_seen_ns = flow.stats.last_seen_ns.max(stats.last_seen_ns);
+                    flow.stats = FlowStats {
+                        packets_out: flow.stats.packets_out,
+                        bytes_out: flow.stats.bytes_out,
+                        packets_in: flow.stats.packets_in,
+                        bytes_in: flow.stats.bytes_in,
+                        counted: flow.stats.counted,
+                        last_seen_ns,
+                        ..*stats
+                    };
+                }
                 Some(flow) => flow.stats = *stats,
                 None => {
                     self.track(*key, Some(*stats), stats.first_seen_ns);
@@ -348,6 +385,22 @@ impl FlowTable {
     }
 }
 
+/// A closing socket's counters (carried by its close event) replace the
+/// packet and byte counters: they are final and exact, where the flow map
+/// holds only what the last sampled packet wrote.
+fn with_final_counters(stats: FlowStats, event: &Event) -> FlowStats {
+    let counters = event.counters;
+    FlowStats {
+        packets_out: counters.packets_out,
+        bytes_out: counters.bytes_out,
+        packets_in: counters.packets_in,
+        bytes_in: counters.bytes_in,
+        counted: COUNTED_SOCKET,
+        last_seen_ns: stats.last_seen_ns.max(event.timestamp_ns),
+        ..stats
+    }
+}
+
 fn counters_changed(before: &FlowStats, now: &FlowStats) -> bool {
     before.packets_in != now.packets_in || before.packets_out != now.packets_out
 }
@@ -386,7 +439,7 @@ fn closed_state(flow: &Tracked) -> FlowState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use observer_common::{FAMILY_IPV4, INITIATOR_REMOTE, PROTO_UDP};
+    use observer_common::{FAMILY_IPV4, INITIATOR_REMOTE, PROTO_UDP, SocketCounters};
 
     const MS: u64 = 1_000_000;
 
@@ -440,7 +493,8 @@ mod tests {
             tcp_flags_out: flags_out,
             tcp_flags_in: flags_in,
             initiator,
-            _pad: [0; 5],
+            counted: 0,
+            _pad: [0; 4],
         }
     }
 
@@ -578,6 +632,51 @@ mod tests {
         assert_eq!(out[0].stats.first_seen_ns, 5);
         assert_eq!(run.table.stats().tuples_reused, 1);
         assert_eq!(run.delete, vec![key]);
+    }
+
+    fn close_with_counters(key: FlowKey, old: u8, at: u64, counters: SocketCounters) -> Event {
+        Event { has_counters: 1, counters, ..state_event(key, old, tcp_state::CLOSE, at) }
+    }
+
+    #[test]
+    fn a_close_events_socket_counters_are_final_and_outlast_later_polls() {
+        let mut run = Run::new();
+        let key = key(PROTO_TCP, 7);
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        let sampled = FlowStats { counted: COUNTED_SOCKET, ..stats(INITIATOR_LOCAL, syn_ack, syn_ack, 3, 2 * MS) };
+        run.event(new_flow(key, 1));
+        run.poll(&[(key, sampled)], 2 * MS);
+        let last = SocketCounters { packets_out: 6, bytes_out: 1000, packets_in: 4, bytes_in: 5000 };
+        run.event(close_with_counters(key, tcp_state::FIN_WAIT2, 4 * MS, last));
+        // The map still holds what the last sampled packet wrote.
+        run.poll(&[(key, FlowStats { last_seen_ns: 3 * MS, ..sampled })], 5 * MS);
+        let end = run.flush(500 * MS);
+        assert_eq!(end.len(), 1, "{end:?}");
+        let stats = end[0].stats;
+        assert_eq!((end[0].event, end[0].state), (RecordEvent::End, FlowState::Closed));
+        assert_eq!((stats.packets_out, stats.bytes_out, stats.packets_in, stats.bytes_in), (6, 1000, 4, 5000));
+        assert_eq!((stats.counted, stats.last_seen_ns), (COUNTED_SOCKET, 4 * MS));
+    }
+
+    #[test]
+    fn a_reused_tuple_counted_from_sockets_starts_again_from_zero() {
+        let mut run = Run::new();
+        let key = key(PROTO_TCP, 7);
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        run.event(new_flow(key, 1));
+        let first = SocketCounters { packets_out: 6, bytes_out: 16, packets_in: 4, bytes_in: 0 };
+        run.event(close_with_counters(key, tcp_state::FIN_WAIT2, 4, first));
+        run.event(state_event(key, tcp_state::CLOSE, tcp_state::SYN_SENT, 5));
+        assert_eq!((run.out.len(), run.out[0].stats.bytes_out), (1, 16));
+        run.out.clear();
+        let second = SocketCounters { packets_out: 5, bytes_out: 16, packets_in: 4, bytes_in: 0 };
+        let polled = FlowStats { counted: COUNTED_SOCKET, ..stats(INITIATOR_LOCAL, syn_ack, syn_ack, 1, 6) };
+        run.poll(&[(key, polled)], 7);
+        run.event(state_event(key, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, 8));
+        run.event(close_with_counters(key, tcp_state::FIN_WAIT2, 9, second));
+        let out = run.flush(500 * MS);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].stats.packets_out, out[0].stats.bytes_out, out[0].stats.packets_in), (5, 16, 4));
     }
 
     #[test]
