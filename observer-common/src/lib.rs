@@ -158,9 +158,16 @@ pub struct SocketCounters {
 }
 const _: () = assert!(core::mem::size_of::<SocketCounters>() == 32);
 
+/// Bytes of `struct tcp_sock` the tracepoint copies in one read at a close,
+/// from [`TcpSockOffsets::block`]: every counter it needs lies within them.
+pub const TCP_SOCK_BLOCK: usize = 512;
+
 /// Byte offsets of the `struct tcp_sock` members the kernel programs read,
 /// found by the loader in the running kernel's BTF; `enabled` zero means
-/// they could not be found and TCP is counted per packet.
+/// they could not be found and TCP is counted per packet. The counters'
+/// offsets are relative to `block` (one read of [`TCP_SOCK_BLOCK`] bytes
+/// costs less than a read per counter); `sk_flags` is from the socket's
+/// start.
 ///
 /// With it enabled, the cgroup_skb programs count TCP from the socket: a
 /// packet with SYN, FIN or RST, a DNS packet, a packet of no connected
@@ -173,6 +180,8 @@ const _: () = assert!(core::mem::size_of::<SocketCounters>() == 32);
 pub struct TcpSockOffsets {
     /// Non-zero: count TCP from sockets.
     pub enabled: u32,
+    /// Offset in `tcp_sock` of the block the counters are read from.
+    pub block: u32,
     /// `tcp_sock.segs_out` (u32).
     pub segs_out: u32,
     /// `tcp_sock.segs_in` (u32).
@@ -188,8 +197,10 @@ pub struct TcpSockOffsets {
     /// `sock.__sk_common.skc_flags` (unsigned long; bit 1 is `SOCK_DONE`,
     /// set when the peer's FIN was taken in order).
     pub sk_flags: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 40);
 
 /// A TCP packet with no SYN, FIN or RST counts its socket into the flow map
 /// when `(segs_in + segs_out) & TCP_SAMPLE_MASK == TCP_SAMPLE_AT`: a window
@@ -325,6 +336,8 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of `u64` indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU scratch of [`super::TCP_SOCK_BLOCK`] bytes for the close read.
+    pub const SCRATCH: &str = "SCRATCH";
     /// cgroup_skb ingress program.
     pub const PROG_INGRESS: &str = "flow_ingress";
     /// cgroup_skb egress program.

@@ -32,7 +32,7 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_sk_fullsock, bpf_skb_cgroup_id,
-        bpf_tcp_sock,
+        bpf_tcp_sock, generated,
     },
     macros::{cgroup_skb, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -43,7 +43,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use observer_common::{
     COUNTED_SOCKET, COUNTER_SLOTS, Counter, DNS_PORT, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6,
     FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, SocketCounters, TCP_SAMPLE_AT, TCP_SAMPLE_MASK,
-    TcpSockOffsets, tcp_flags, tcp_state,
+    TCP_SOCK_BLOCK, TcpSockOffsets, tcp_flags, tcp_state,
 };
 use packet::{Direction, Parsed};
 
@@ -83,6 +83,7 @@ static WAKEUP_THRESHOLD: u64 = DEFAULT_RING_BYTES as u64 / 4;
 #[unsafe(no_mangle)]
 static TCP_SOCK: TcpSockOffsets = TcpSockOffsets {
     enabled: 0,
+    block: 0,
     segs_out: 0,
     segs_in: 0,
     bytes_acked: 0,
@@ -90,7 +91,12 @@ static TCP_SOCK: TcpSockOffsets = TcpSockOffsets {
     snd_una: 0,
     write_seq: 0,
     sk_flags: 0,
+    _pad: 0,
 };
+
+/// Where a closing socket's counters are copied to be read.
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<[u8; TCP_SOCK_BLOCK]> = PerCpuArray::with_max_entries(1, 0);
 
 /// `SOCK_DONE` in `sock.sk_flags`: the peer's FIN was taken in order.
 const SOCK_DONE: u64 = 1 << 1;
@@ -260,6 +266,13 @@ fn new_stats(parsed: &Parsed, counters: Option<&SocketCounters>, direction: Dire
     }
     if let Some(counters) = counters {
         set_counters(&mut stats, counters);
+        // A connection first seen at a packet other than its SYN began
+        // before the observer: the end with the higher (ephemeral) port is
+        // most likely the one that connected.
+        if parsed.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
+            let key = &parsed.key;
+            stats.initiator = if key.local_port > key.remote_port { INITIATOR_LOCAL } else { INITIATOR_REMOTE };
+        }
     }
     stats
 }
@@ -396,12 +409,29 @@ fn final_counters(ctx: &TracePointContext, old: u8) -> Option<SocketCounters> {
     if offsets.enabled == 0 {
         return None;
     }
-    // SAFETY: `skaddr` is the socket the tracepoint is about; every read
-    // goes through bpf_probe_read_kernel, which fails instead of faulting.
+    let block = SCRATCH.get_ptr_mut(0)?.cast::<u8>();
+    // SAFETY: `skaddr` is the socket the tracepoint is about; the kernel
+    // reads go through bpf_probe_read_kernel, which fails instead of
+    // faulting; `block` is this CPU's scratch value of TCP_SOCK_BLOCK bytes
+    // and every read from it is bounds-checked first.
     unsafe {
         let sk = field::<u64>(ctx, tp::SKADDR) as *const u8;
-        let read_u32 = |offset: u32| bpf_probe_read_kernel(sk.add(offset as usize).cast::<u32>()).ok();
-        let read_u64 = |offset: u32| bpf_probe_read_kernel(sk.add(offset as usize).cast::<u64>()).ok();
+        let copied = generated::bpf_probe_read_kernel(
+            block.cast(),
+            TCP_SOCK_BLOCK as u32,
+            sk.add(offsets.block as usize).cast(),
+        );
+        if copied != 0 {
+            return None;
+        }
+        let read_u32 = |offset: u32| {
+            let offset = offset as usize;
+            (offset <= TCP_SOCK_BLOCK - 4).then(|| core::ptr::read_unaligned(block.add(offset).cast::<u32>()))
+        };
+        let read_u64 = |offset: u32| {
+            let offset = offset as usize;
+            (offset <= TCP_SOCK_BLOCK - 8).then(|| core::ptr::read_unaligned(block.add(offset).cast::<u64>()))
+        };
         let segs_out = read_u32(offsets.segs_out)?;
         let segs_in = read_u32(offsets.segs_in)?;
         let bytes_acked = read_u64(offsets.bytes_acked)?;
@@ -412,7 +442,8 @@ fn final_counters(ctx: &TracePointContext, old: u8) -> Option<SocketCounters> {
         let fin_sent =
             matches!(old, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK);
         let fin_acked = fin_sent && read_u32(offsets.snd_una)? == read_u32(offsets.write_seq)?;
-        let fin_received = read_u64(offsets.sk_flags)? & SOCK_DONE != 0;
+        let sk_flags = bpf_probe_read_kernel(sk.add(offsets.sk_flags as usize).cast::<u64>()).ok()?;
+        let fin_received = sk_flags & SOCK_DONE != 0;
         Some(SocketCounters {
             packets_out: u64::from(segs_out),
             bytes_out: bytes_acked.saturating_sub(u64::from(fin_acked)),

@@ -346,3 +346,103 @@ fn nothing_stays_attached_after_the_observer_stops() {
     let left: HashSet<u64> = ours().intersection(&loaded).copied().collect();
     assert!(left.is_empty(), "all detached and unloaded after SIGTERM, but {left:?} remain");
 }
+
+/// Echoes every byte back on the one connection it accepts, then closes.
+const ECHO_SERVER: &str = "
+import socket, sys
+listener = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print('listening', flush=True)
+connection, _ = listener.accept()
+while data := connection.recv(65536):
+    connection.sendall(data)
+connection.close()
+";
+
+/// Connects and exchanges 100 bytes, then (once the file `argv[3]` exists)
+/// 600 round trips of 10 bytes, then (once `argv[4]` exists) closes.
+const PING_PONG_CLIENT: &str = "
+import os, socket, sys, time
+def wait_for(path):
+    while not os.path.exists(path):
+        time.sleep(0.01)
+def exchange(size):
+    connection.sendall(b'x' * size)
+    got = 0
+    while got < size:
+        got += len(connection.recv(size - got))
+connection = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+exchange(100)
+print('connected', connection.getsockname()[1], flush=True)
+wait_for(sys.argv[3])
+for _ in range(600):
+    exchange(10)
+print('exchanged', flush=True)
+wait_for(sys.argv[4])
+connection.close()
+print('closed', flush=True)
+";
+
+#[test]
+fn tcp_connection_older_than_the_observer_is_found_at_a_sample_and_ends_exact() {
+    if !root_or_skip("tcp_connection_older_than_the_observer_is_found_at_a_sample_and_ends_exact") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let target = server.addr_v4(8090);
+    let (host, port) = (target.ip().to_string(), target.port().to_string());
+    let mut echo = server.spawn("python3", ["-c", ECHO_SERVER, &host, &port]).expect("echo server");
+    echo.wait_for_line(Duration::from_secs(10), |line| line == "listening").expect("echo server listens");
+    let signals = std::env::temp_dir().join(format!("observer-ping-pong-{}", std::process::id()));
+    std::fs::create_dir_all(&signals).expect("signal dir");
+    let (go, close) = (signals.join("go"), signals.join("close"));
+    let (go_arg, close_arg) = (go.display().to_string(), close.display().to_string());
+    let mut ping =
+        client.spawn("python3", ["-c", PING_PONG_CLIENT, &host, &port, &go_arg, &close_arg]).expect("ping-pong client");
+    let connected =
+        ping.wait_for_line(Duration::from_secs(10), |line| line.starts_with("connected ")).expect("connects");
+    let client_port: u64 = connected["connected ".len()..].parse().expect("port");
+
+    // The observer starts on a connection that already carried 100 bytes
+    // each way; about 1200 segments later both ends have passed a sampling
+    // point, where the flow is found with the socket's counters.
+    let observer = observe(&["--update-interval", "100ms"]);
+    std::fs::write(&go, b"").expect("go");
+    ping.wait_for_line(Duration::from_secs(30), |line| line == "exchanged").expect("exchanges");
+    let live = |records: &[Value], cgroup_id: u64| {
+        records.iter().any(|record| {
+            record["event"] != "end" && u64_at(record, "/cgroup/id") == cgroup_id && record["dst"]["port"] == 8090
+        })
+    };
+    let found = observer.wait_for_records(Duration::from_secs(30), |records| {
+        live(records, client.cgroup_id()) && live(records, server.cgroup_id())
+    });
+    assert!(found, "both ends found while open: {:#?}", observer.records());
+    std::fs::write(&close, b"").expect("close");
+    ping.wait_for_line(Duration::from_secs(10), |line| line == "closed").expect("closes");
+    let run = finish(observer, |records| {
+        ends(records, client.cgroup_id(), target).len() == 1 && ends(records, server.cgroup_id(), target).len() == 1
+    });
+    let _ = std::fs::remove_dir_all(&signals);
+    assert_no_loss(&run);
+
+    let first =
+        |cgroup_id: u64| run.records.iter().find(|record| u64_at(record, "/cgroup/id") == cgroup_id).expect("a record");
+    for cgroup_id in [client.cgroup_id(), server.cgroup_id()] {
+        let start = first(cgroup_id);
+        assert_eq!((str_at(start, "/event"), str_at(start, "/state")), ("start", "established"), "{start}");
+        // Found mid-exchange: more than the first 100 bytes, less than all.
+        let sent = u64_at(start, "/to_dst/bytes");
+        assert!(sent > 100 && sent < 6100, "{start}");
+    }
+    let client_end = ends(&run.records, client.cgroup_id(), target);
+    let server_end = ends(&run.records, server.cgroup_id(), target);
+    for record in client_end.iter().chain(&server_end) {
+        // The whole connection, the bytes before the observer started too.
+        assert_eq!(str_at(record, "/state"), "closed");
+        assert_eq!(u64_at(record, "/src/port"), client_port, "oriented client to server: {record}");
+        assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (6100, 6100), "{record}");
+    }
+    assert_ends_agree(&client_end, &server_end);
+}

@@ -17,7 +17,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
 };
-use observer_common::{TcpSockOffsets, names};
+use observer_common::{TCP_SOCK_BLOCK, TcpSockOffsets, names};
 
 use super::btf::{Btf, BtfError};
 
@@ -236,7 +236,9 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
 }
 
 /// The offsets of the `tcp_sock` and `sock` members the kernel programs
-/// read, each checked for the size they read it with.
+/// read, each checked for the size they read it with; the `tcp_sock` ones
+/// relative to a block of [`TCP_SOCK_BLOCK`] bytes inside the struct that
+/// holds them all.
 pub fn tcp_sock_offsets(vmlinux_btf: &[u8]) -> Result<TcpSockOffsets, BtfError> {
     let btf = Btf::parse(vmlinux_btf)?;
     let field = |structure: &str, path: &[&str], size: u32| {
@@ -249,15 +251,36 @@ pub fn tcp_sock_offsets(vmlinux_btf: &[u8]) -> Result<TcpSockOffsets, BtfError> 
         }
         Ok(field.offset)
     };
+    let counters = [
+        field("tcp_sock", &["segs_out"], 4)?,
+        field("tcp_sock", &["segs_in"], 4)?,
+        field("tcp_sock", &["bytes_acked"], 8)?,
+        field("tcp_sock", &["bytes_received"], 8)?,
+        field("tcp_sock", &["snd_una"], 4)?,
+        field("tcp_sock", &["write_seq"], 4)?,
+    ];
+    let block_len = TCP_SOCK_BLOCK as u32;
+    let first = counters.iter().copied().min().unwrap_or(0);
+    // The block stays inside the struct; every counter must fit in it.
+    let block = first.min(btf.struct_size("tcp_sock")?.saturating_sub(block_len));
+    if counters.iter().any(|offset| offset - block + 8 > block_len) {
+        return Err(BtfError::NoMember {
+            structure: "tcp_sock".to_owned(),
+            member: format!("counters within {block_len} bytes of each other"),
+        });
+    }
+    let [segs_out, segs_in, bytes_acked, bytes_received, snd_una, write_seq] = counters.map(|offset| offset - block);
     Ok(TcpSockOffsets {
         enabled: 1,
-        segs_out: field("tcp_sock", &["segs_out"], 4)?,
-        segs_in: field("tcp_sock", &["segs_in"], 4)?,
-        bytes_acked: field("tcp_sock", &["bytes_acked"], 8)?,
-        bytes_received: field("tcp_sock", &["bytes_received"], 8)?,
-        snd_una: field("tcp_sock", &["snd_una"], 4)?,
-        write_seq: field("tcp_sock", &["write_seq"], 4)?,
+        block,
+        segs_out,
+        segs_in,
+        bytes_acked,
+        bytes_received,
+        snd_una,
+        write_seq,
         sk_flags: field("sock", &["__sk_common", "skc_flags"], 8)?,
+        _pad: 0,
     })
 }
 
@@ -338,6 +361,24 @@ mod tests {
     #[test]
     fn missing_btf_is_an_error_to_fall_back_on() {
         assert!(tcp_sock_offsets(b"not btf").is_err());
+    }
+
+    #[test]
+    fn the_running_kernels_counters_fit_one_block() {
+        let Ok(data) = fs::read(VMLINUX_BTF) else { return };
+        let offsets = tcp_sock_offsets(&data).expect("this kernel has the counters");
+        assert_eq!(offsets.enabled, 1);
+        let block = TCP_SOCK_BLOCK as u32;
+        for (offset, size) in [
+            (offsets.segs_out, 4),
+            (offsets.segs_in, 4),
+            (offsets.bytes_acked, 8),
+            (offsets.bytes_received, 8),
+            (offsets.snd_una, 4),
+            (offsets.write_seq, 4),
+        ] {
+            assert!(offset + size <= block, "{offsets:?}");
+        }
     }
 
     const FORMAT: &str = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;

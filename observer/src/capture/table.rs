@@ -407,7 +407,13 @@ fn counters_changed(before: &FlowStats, now: &FlowStats) -> bool {
 
 fn handshake_seen(stats: &FlowStats) -> bool {
     let both = stats.tcp_flags_in & stats.tcp_flags_out;
-    both & tcp_flags::SYN != 0 && both & tcp_flags::ACK != 0
+    if both & tcp_flags::SYN != 0 && both & tcp_flags::ACK != 0 {
+        return true;
+    }
+    // A socket that has segments both ways and no reset is connected, even
+    // when its handshake came before the observer did.
+    let reset = (stats.tcp_flags_in | stats.tcp_flags_out) & tcp_flags::RST != 0;
+    stats.counted == COUNTED_SOCKET && stats.packets_in > 0 && stats.packets_out > 0 && !reset
 }
 
 fn live_state(flow: &Tracked) -> FlowState {
