@@ -44,8 +44,22 @@ pub mod tcp_state {
     pub const SYN_SENT: u8 = 2;
     /// TCP_SYN_RECV.
     pub const SYN_RECV: u8 = 3;
+    /// TCP_FIN_WAIT1.
+    pub const FIN_WAIT1: u8 = 4;
+    /// TCP_FIN_WAIT2.
+    pub const FIN_WAIT2: u8 = 5;
+    /// TCP_TIME_WAIT.
+    pub const TIME_WAIT: u8 = 6;
     /// TCP_CLOSE.
     pub const CLOSE: u8 = 7;
+    /// TCP_CLOSE_WAIT.
+    pub const CLOSE_WAIT: u8 = 8;
+    /// TCP_LAST_ACK.
+    pub const LAST_ACK: u8 = 9;
+    /// TCP_LISTEN.
+    pub const LISTEN: u8 = 10;
+    /// TCP_CLOSING.
+    pub const CLOSING: u8 = 11;
 }
 
 /// Which end sent the first packet of a flow, stored in [`FlowStats::initiator`].
@@ -81,7 +95,24 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 
-/// Counters of one flow, updated by the kernel for every packet.
+/// [`FlowStats::counted`]: the kernel added up the flow's packets one by one.
+pub const COUNTED_PACKETS: u8 = 0;
+/// [`FlowStats::counted`]: the packet and byte counters are a TCP socket's
+/// own (`struct tcp_sock`), written whole at the packets the kernel samples
+/// (see [`TcpSockOffsets`]). Two handshake segments are not in them: the
+/// SYN that an active opener's `bytes_acked` counts as one byte, and the
+/// SYN-ACK a passive opener sends before its socket exists; userspace
+/// corrects both, knowing which end initiated.
+pub const COUNTED_SOCKET: u8 = 1;
+
+/// Counters of one flow, kept by the kernel.
+///
+/// Bytes are transport payload bytes: what follows the TCP, UDP, SCTP or
+/// ICMP header (everything after the IP headers for other protocols).
+/// Counted per packet, retransmissions count again and a GSO super-packet
+/// counts once; counted from a TCP socket ([`COUNTED_SOCKET`]), packets are
+/// TCP segments and bytes are payload bytes acknowledged by the peer (sent)
+/// or received in order (received), each byte once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowStats {
@@ -91,11 +122,11 @@ pub struct FlowStats {
     pub last_seen_ns: u64,
     /// Packets sent by the local end.
     pub packets_out: u64,
-    /// Bytes (IP total length) sent by the local end.
+    /// Payload bytes sent by the local end.
     pub bytes_out: u64,
     /// Packets received by the local end.
     pub packets_in: u64,
-    /// Bytes (IP total length) received by the local end.
+    /// Payload bytes received by the local end.
     pub bytes_in: u64,
     /// Union of TCP flags the local end sent.
     pub tcp_flags_out: u8,
@@ -103,10 +134,82 @@ pub struct FlowStats {
     pub tcp_flags_in: u8,
     /// [`INITIATOR_LOCAL`] or [`INITIATOR_REMOTE`].
     pub initiator: u8,
+    /// How the packet and byte counters were kept: [`COUNTED_PACKETS`] or
+    /// [`COUNTED_SOCKET`].
+    pub counted: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
+
+/// A TCP socket's counters as a flow counts them, read by the kernel when
+/// the socket closes. Meaning as in [`FlowStats`] with [`COUNTED_SOCKET`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SocketCounters {
+    /// Segments the socket sent (`segs_out`).
+    pub packets_out: u64,
+    /// Payload bytes the peer acknowledged (`bytes_acked` less a FIN).
+    pub bytes_out: u64,
+    /// Segments the socket received (`segs_in`).
+    pub packets_in: u64,
+    /// Payload bytes received in order (`bytes_received` less a FIN).
+    pub bytes_in: u64,
+}
+const _: () = assert!(core::mem::size_of::<SocketCounters>() == 32);
+
+/// Bytes of `struct tcp_sock` the tracepoint copies in one read at a close,
+/// from [`TcpSockOffsets::block`]: every counter it needs lies within them.
+pub const TCP_SOCK_BLOCK: usize = 512;
+
+/// Byte offsets of the `struct tcp_sock` members the kernel programs read,
+/// found by the loader in the running kernel's BTF; `enabled` zero means
+/// they could not be found and TCP is counted per packet. The counters'
+/// offsets are relative to `block` (one read of [`TCP_SOCK_BLOCK`] bytes
+/// costs less than a read per counter); `sk_flags` is from the socket's
+/// start.
+///
+/// With it enabled, the cgroup_skb programs count TCP from the socket: a
+/// packet with SYN, FIN or RST, a DNS packet, a packet of no connected
+/// socket and every packet at a sampling point (see
+/// [`TCP_SAMPLE_MASK`]) writes the socket's counters into the flow map; any
+/// other TCP packet returns at once. The tracepoint reads the final
+/// counters at TCP_CLOSE into [`Event::counters`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TcpSockOffsets {
+    /// Non-zero: count TCP from sockets.
+    pub enabled: u32,
+    /// Offset in `tcp_sock` of the block the counters are read from.
+    pub block: u32,
+    /// `tcp_sock.segs_out` (u32).
+    pub segs_out: u32,
+    /// `tcp_sock.segs_in` (u32).
+    pub segs_in: u32,
+    /// `tcp_sock.bytes_acked` (u64).
+    pub bytes_acked: u32,
+    /// `tcp_sock.bytes_received` (u64).
+    pub bytes_received: u32,
+    /// `tcp_sock.snd_una` (u32).
+    pub snd_una: u32,
+    /// `tcp_sock.write_seq` (u32).
+    pub write_seq: u32,
+    /// `sock.__sk_common.skc_flags` (unsigned long; bit 1 is `SOCK_DONE`,
+    /// set when the peer's FIN was taken in order).
+    pub sk_flags: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 40);
+
+/// A TCP packet with no SYN, FIN or RST counts its socket into the flow map
+/// when `(segs_in + segs_out) & TCP_SAMPLE_MASK == TCP_SAMPLE_AT`: a window
+/// of 64 segments in every 1024, which a GSO burst of up to 64 segments
+/// cannot jump, placed so that connections shorter than 512 segments never
+/// sample (their SYN and FIN packets say it all).
+pub const TCP_SAMPLE_MASK: u32 = 0x3c0;
+/// See [`TCP_SAMPLE_MASK`].
+pub const TCP_SAMPLE_AT: u32 = 0x200;
 
 /// [`Event::kind`]: the first packet of a flow the flow map had not seen.
 pub const EVENT_NEW_FLOW: u8 = 1;
@@ -149,14 +252,19 @@ pub struct Event {
     pub old_state: u8,
     /// New TCP state ([`tcp_state`]), for state events.
     pub new_state: u8,
+    /// Non-zero: `counters` holds the socket's final counters (a close,
+    /// with [`TcpSockOffsets::enabled`]).
+    pub has_counters: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 4],
     /// `bpf_ktime_get_ns` when the event happened.
     pub timestamp_ns: u64,
     /// The flow the event is about.
     pub key: FlowKey,
+    /// The socket's counters when `has_counters` is set, else zero.
+    pub counters: SocketCounters,
 }
-const _: () = assert!(core::mem::size_of::<Event>() == 64);
+const _: () = assert!(core::mem::size_of::<Event>() == 96);
 
 /// Header of a captured DNS message on the ring buffer; the payload
 /// follows it in the same record: `captured_len` bytes of the transport
@@ -228,6 +336,8 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of `u64` indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU scratch of [`super::TCP_SOCK_BLOCK`] bytes for the close read.
+    pub const SCRATCH: &str = "SCRATCH";
     /// cgroup_skb ingress program.
     pub const PROG_INGRESS: &str = "flow_ingress";
     /// cgroup_skb egress program.
@@ -238,6 +348,8 @@ pub mod names {
     pub const SKIP_LOOPBACK: &str = "SKIP_LOOPBACK";
     /// Global: pending ring-buffer bytes past which a submit wakes userspace.
     pub const WAKEUP_THRESHOLD: &str = "WAKEUP_THRESHOLD";
+    /// Global [`super::TcpSockOffsets`]: count TCP from sockets.
+    pub const TCP_SOCK: &str = "TCP_SOCK";
 }
 
 #[cfg(feature = "user")]
@@ -250,4 +362,6 @@ mod user {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TcpSockOffsets {}
 }

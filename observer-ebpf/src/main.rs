@@ -4,9 +4,16 @@
 //! (cgroup_skb egress and ingress) and every TCP state change
 //! (`sock/inet_sock_set_state`). Out: per-flow counters in the `FLOWS` LRU
 //! hash, an `Event` on the `EVENTS` ring buffer for each new flow and each TCP
-//! attempt, establishment and close, the payload of every DNS packet a local
-//! socket exchanges with a remote port 53 (see `dns`), and per-CPU counters
-//! of what went wrong.
+//! attempt, establishment and close (a close carries the socket's final
+//! counters), the payload of every DNS packet a local socket exchanges with a
+//! remote port 53 (see `dns`), and per-CPU counters of what went wrong.
+//!
+//! TCP is counted from the socket when the loader found `struct tcp_sock`'s
+//! layout (`TCP_SOCK`): only packets with SYN, FIN or RST, DNS packets,
+//! packets of no connected socket and packets at a sampling point touch the
+//! flow map, writing the socket's own counters; other TCP packets return
+//! after a few loads. Everything else, and TCP without the layout, is counted
+//! packet by packet.
 //!
 //! Every program observes only: the cgroup_skb programs return "pass" on every
 //! path, errors included.
@@ -23,7 +30,10 @@ mod packet;
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_skb_cgroup_id},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_sk_fullsock, bpf_skb_cgroup_id,
+        bpf_tcp_sock, generated,
+    },
     macros::{cgroup_skb, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{SkBuffContext, TracePointContext},
@@ -31,8 +41,9 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use observer_common::{
-    COUNTER_SLOTS, Counter, DNS_PORT, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
-    FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, tcp_flags, tcp_state,
+    COUNTED_SOCKET, COUNTER_SLOTS, Counter, DNS_PORT, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6,
+    FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, SocketCounters, TCP_SAMPLE_AT, TCP_SAMPLE_MASK,
+    TCP_SOCK_BLOCK, TcpSockOffsets, tcp_flags, tcp_state,
 };
 use packet::{Direction, Parsed};
 
@@ -67,6 +78,34 @@ static SKIP_LOOPBACK: u8 = 1;
 #[unsafe(no_mangle)]
 static WAKEUP_THRESHOLD: u64 = DEFAULT_RING_BYTES as u64 / 4;
 
+/// Where `struct tcp_sock`'s counters are in the running kernel; the loader
+/// fills it from BTF, or leaves `enabled` zero to count TCP per packet.
+#[unsafe(no_mangle)]
+static TCP_SOCK: TcpSockOffsets = TcpSockOffsets {
+    enabled: 0,
+    block: 0,
+    segs_out: 0,
+    segs_in: 0,
+    bytes_acked: 0,
+    bytes_received: 0,
+    snd_una: 0,
+    write_seq: 0,
+    sk_flags: 0,
+    _pad: 0,
+};
+
+/// Where a closing socket's counters are copied to be read.
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<[u8; TCP_SOCK_BLOCK]> = PerCpuArray::with_max_entries(1, 0);
+
+/// `SOCK_DONE` in `sock.sk_flags`: the peer's FIN was taken in order.
+const SOCK_DONE: u64 = 1 << 1;
+
+fn tcp_sock_offsets() -> TcpSockOffsets {
+    // SAFETY: the loader may rewrite this global; read it through memory.
+    unsafe { core::ptr::read_volatile(&raw const TCP_SOCK) }
+}
+
 fn skip_loopback() -> bool {
     // SAFETY: the loader may rewrite this global; read it through memory.
     unsafe { core::ptr::read_volatile(&raw const SKIP_LOOPBACK) != 0 }
@@ -90,7 +129,72 @@ pub fn tcp_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// How a TCP packet's socket counts it, in socket-counting mode.
+enum Socket {
+    /// Not a connected TCP socket (or not socket-counting): the full path
+    /// decides by protocol.
+    None,
+    /// A connected TCP socket with these counters: the full path writes them.
+    Counters(SocketCounters),
+}
+
+/// The socket-counting fast path: `Err(())` when the packet needs nothing
+/// more (a TCP segment without SYN, FIN or RST, not DNS, off the sampling
+/// window), else what the full path needs to know of its socket.
+#[inline(always)]
+fn classify(ctx: &SkBuffContext) -> Result<Socket, ()> {
+    if tcp_sock_offsets().enabled == 0 {
+        return Ok(Socket::None);
+    }
+    // SAFETY: `ctx.skb.skb` is the program's own `__sk_buff`; the socket
+    // pointers come from helpers that return null or a valid socket.
+    unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return Ok(Socket::None);
+        }
+        let sk = bpf_sk_fullsock(sk);
+        if sk.is_null() || (*sk).protocol != u32::from(PROTO_TCP) {
+            return Ok(Socket::None);
+        }
+        // A listener (the handshake of a passive open) or a closed socket
+        // (the kernel's reset sender) holds no counters of this flow.
+        let state = (*sk).state as u8;
+        if state == tcp_state::LISTEN || state == tcp_state::CLOSE {
+            return Ok(Socket::None);
+        }
+        let tp = bpf_tcp_sock(sk);
+        if tp.is_null() {
+            return Ok(Socket::None);
+        }
+        let (segs_in, segs_out) = ((*tp).segs_in, (*tp).segs_out);
+        let quiet = match packet::tcp_flags(ctx) {
+            Some(flags) => flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0,
+            None => false,
+        };
+        if quiet
+            && (*sk).dst_port != DNS_PORT.to_be()
+            && segs_in.wrapping_add(segs_out) & TCP_SAMPLE_MASK != TCP_SAMPLE_AT
+        {
+            return Err(());
+        }
+        // Which FIN the counters hold, from the state: ours is acknowledged
+        // once FIN_WAIT2 or TIME_WAIT is reached; the peer's was taken in
+        // every state that follows receiving it.
+        let fin_acked = matches!(state, tcp_state::FIN_WAIT2 | tcp_state::TIME_WAIT);
+        let fin_received =
+            matches!(state, tcp_state::CLOSE_WAIT | tcp_state::LAST_ACK | tcp_state::CLOSING | tcp_state::TIME_WAIT);
+        Ok(Socket::Counters(SocketCounters {
+            packets_out: u64::from(segs_out),
+            bytes_out: (*tp).bytes_acked.saturating_sub(u64::from(fin_acked)),
+            packets_in: u64::from(segs_in),
+            bytes_in: (*tp).bytes_received.saturating_sub(u64::from(fin_received)),
+        }))
+    }
+}
+
 fn track_packet(ctx: &SkBuffContext, direction: Direction) {
+    let Ok(socket) = classify(ctx) else { return };
     let parsed = match packet::parse(ctx, direction) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return,
@@ -104,7 +208,7 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
         return;
     }
     let mut key = parsed.key;
-    // SAFETY: `ctx.skb` is the program's own `__sk_buff`.
+    // SAFETY: `ctx.skb.skb` is the program's own `__sk_buff`.
     key.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let now = unsafe { bpf_ktime_get_ns() };
     // The one test DNS costs the common path: queries a pod sends and the
@@ -112,9 +216,13 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
     if key.remote_port == DNS_PORT {
         dns::capture(ctx, &dns::header(&key, direction, now), parsed.l4_offset);
     }
+    let counters = match socket {
+        Socket::Counters(counters) if parsed.key.protocol == PROTO_TCP => Some(counters),
+        _ => None,
+    };
     if let Some(stats) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the map value stays valid for the program's run.
-        unsafe { update(stats, &parsed, direction, now) };
+        unsafe { update(stats, &parsed, counters.as_ref(), direction, now) };
         return;
     }
     if parsed.key.protocol == PROTO_TCP && parsed.tcp_flags & (tcp_flags::RST | tcp_flags::SYN) == tcp_flags::RST {
@@ -123,16 +231,16 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
         // counts it on arrival.
         return;
     }
-    let stats = new_stats(&parsed, direction, now);
+    let stats = new_stats(&parsed, counters.as_ref(), direction, now);
     if FLOWS.insert(key, stats, u64::from(BPF_NOEXIST)).is_ok() {
         bump(Counter::FlowsCreated);
-        emit(EVENT_NEW_FLOW, 0, 0, now, &key);
+        emit(EVENT_NEW_FLOW, 0, 0, now, &key, None);
         return;
     }
     // Another CPU inserted the same flow first: count on its entry.
     match FLOWS.get_ptr_mut(key) {
         // SAFETY: as above.
-        Some(stats) => unsafe { update(stats, &parsed, direction, now) },
+        Some(stats) => unsafe { update(stats, &parsed, counters.as_ref(), direction, now) },
         None => {
             bump(Counter::FlowInsertFailed);
             warn!(ctx, "flow map insert failed");
@@ -140,7 +248,7 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
     }
 }
 
-fn new_stats(parsed: &Parsed, direction: Direction, now: u64) -> FlowStats {
+fn new_stats(parsed: &Parsed, counters: Option<&SocketCounters>, direction: Direction, now: u64) -> FlowStats {
     let mut stats = FlowStats { first_seen_ns: now, last_seen_ns: now, ..FlowStats::default() };
     match direction {
         Direction::Egress => {
@@ -156,14 +264,40 @@ fn new_stats(parsed: &Parsed, direction: Direction, now: u64) -> FlowStats {
             stats.initiator = INITIATOR_REMOTE;
         }
     }
+    if let Some(counters) = counters {
+        set_counters(&mut stats, counters);
+        // A connection first seen at a packet other than its SYN began
+        // before the observer: the end with the higher (ephemeral) port is
+        // most likely the one that connected.
+        if parsed.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
+            let key = &parsed.key;
+            stats.initiator = if key.local_port > key.remote_port { INITIATOR_LOCAL } else { INITIATOR_REMOTE };
+        }
+    }
     stats
+}
+
+fn set_counters(stats: &mut FlowStats, counters: &SocketCounters) {
+    stats.packets_out = counters.packets_out;
+    stats.bytes_out = counters.bytes_out;
+    stats.packets_in = counters.packets_in;
+    stats.bytes_in = counters.bytes_in;
+    stats.counted = COUNTED_SOCKET;
 }
 
 /// # Safety
 /// `stats` must point at a live value of the flow map.
-unsafe fn update(stats: *mut FlowStats, parsed: &Parsed, direction: Direction, now: u64) {
-    // SAFETY: the caller guarantees `stats` is live; counters are only ever
-    // touched atomically so concurrent CPUs never lose an increment.
+unsafe fn update(
+    stats: *mut FlowStats,
+    parsed: &Parsed,
+    counters: Option<&SocketCounters>,
+    direction: Direction,
+    now: u64,
+) {
+    // SAFETY: the caller guarantees `stats` is live; added counters are only
+    // ever touched atomically so concurrent CPUs never lose an increment.
+    // Socket counters are absolute: a racing CPU can only write an equal or
+    // slightly older value, and the close event brings the final one.
     unsafe {
         let (packets, bytes, flags) = match direction {
             Direction::Egress => {
@@ -173,8 +307,16 @@ unsafe fn update(stats: *mut FlowStats, parsed: &Parsed, direction: Direction, n
                 (&raw mut (*stats).packets_in, &raw mut (*stats).bytes_in, &raw mut (*stats).tcp_flags_in)
             }
         };
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(packets, 1);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes, u64::from(parsed.len));
+        match counters {
+            Some(counters) => set_counters(&mut *stats, counters),
+            // A socket-counted flow's packet without a connected socket (a
+            // listener's handshake, a reset) is in its socket's counters.
+            None if (*stats).counted == COUNTED_SOCKET => {}
+            None => {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(packets, 1);
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes, u64::from(parsed.len));
+            }
+        }
         // Only write when something changes, to keep the cache line clean.
         let seen = *flags;
         if seen | parsed.tcp_flags != seen {
@@ -189,6 +331,7 @@ unsafe fn update(stats: *mut FlowStats, parsed: &Parsed, direction: Direction, n
 /// Offsets in the `sock/inet_sock_set_state` record; the loader checks them
 /// against the running kernel's format file before attaching.
 mod tp {
+    pub const SKADDR: usize = 8;
     pub const OLDSTATE: usize = 16;
     pub const NEWSTATE: usize = 20;
     pub const SPORT: usize = 24;
@@ -255,13 +398,74 @@ fn tcp_state_change(ctx: &TracePointContext) {
         // connect() runs in the caller's context: its cgroup is the socket's.
         key.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
-    emit(EVENT_TCP_STATE, old as u8, new, unsafe { bpf_ktime_get_ns() }, &key);
+    let counters = if new == tcp_state::CLOSE { final_counters(ctx, old as u8) } else { None };
+    emit(EVENT_TCP_STATE, old as u8, new, unsafe { bpf_ktime_get_ns() }, &key, counters.as_ref());
 }
 
-fn emit(kind: u8, old_state: u8, new_state: u8, now: u64, key: &FlowKey) {
+/// The closing socket's counters, read at the offsets the loader found;
+/// `None` without them or when a read fails (the polled ones then stand).
+fn final_counters(ctx: &TracePointContext, old: u8) -> Option<SocketCounters> {
+    let offsets = tcp_sock_offsets();
+    if offsets.enabled == 0 {
+        return None;
+    }
+    let block = SCRATCH.get_ptr_mut(0)?.cast::<u8>();
+    // SAFETY: `skaddr` is the socket the tracepoint is about; the kernel
+    // reads go through bpf_probe_read_kernel, which fails instead of
+    // faulting; `block` is this CPU's scratch value of TCP_SOCK_BLOCK bytes
+    // and every read from it is bounds-checked first.
+    unsafe {
+        let sk = field::<u64>(ctx, tp::SKADDR) as *const u8;
+        let copied = generated::bpf_probe_read_kernel(
+            block.cast(),
+            TCP_SOCK_BLOCK as u32,
+            sk.add(offsets.block as usize).cast(),
+        );
+        if copied != 0 {
+            return None;
+        }
+        let read_u32 = |offset: u32| {
+            let offset = offset as usize;
+            (offset <= TCP_SOCK_BLOCK - 4).then(|| core::ptr::read_unaligned(block.add(offset).cast::<u32>()))
+        };
+        let read_u64 = |offset: u32| {
+            let offset = offset as usize;
+            (offset <= TCP_SOCK_BLOCK - 8).then(|| core::ptr::read_unaligned(block.add(offset).cast::<u64>()))
+        };
+        let segs_out = read_u32(offsets.segs_out)?;
+        let segs_in = read_u32(offsets.segs_in)?;
+        let bytes_acked = read_u64(offsets.bytes_acked)?;
+        let bytes_received = read_u64(offsets.bytes_received)?;
+        // Our FIN counts in bytes_acked once acknowledged: it was sent when
+        // the socket left ESTABLISHED or CLOSE_WAIT by closing, and it was
+        // acknowledged when nothing written is unacknowledged.
+        let fin_sent =
+            matches!(old, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK);
+        let fin_acked = fin_sent && read_u32(offsets.snd_una)? == read_u32(offsets.write_seq)?;
+        let sk_flags = bpf_probe_read_kernel(sk.add(offsets.sk_flags as usize).cast::<u64>()).ok()?;
+        let fin_received = sk_flags & SOCK_DONE != 0;
+        Some(SocketCounters {
+            packets_out: u64::from(segs_out),
+            bytes_out: bytes_acked.saturating_sub(u64::from(fin_acked)),
+            packets_in: u64::from(segs_in),
+            bytes_in: bytes_received.saturating_sub(u64::from(fin_received)),
+        })
+    }
+}
+
+fn emit(kind: u8, old_state: u8, new_state: u8, now: u64, key: &FlowKey, counters: Option<&SocketCounters>) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
-            entry.write(Event { kind, old_state, new_state, _pad: [0; 5], timestamp_ns: now, key: *key });
+            entry.write(Event {
+                kind,
+                old_state,
+                new_state,
+                has_counters: u8::from(counters.is_some()),
+                _pad: [0; 4],
+                timestamp_ns: now,
+                key: *key,
+                counters: counters.copied().unwrap_or_default(),
+            });
             entry.submit(submit_flags());
         }
         None => bump(Counter::EventsLost),

@@ -1,8 +1,9 @@
 //! Header parsing for cgroup_skb programs: the packet starts at the IP header.
 //!
 //! In: the `__sk_buff` and the hook's direction. Out: a [`FlowKey`] oriented
-//! local/remote (cgroup id left for the caller), the bytes and TCP flags to
-//! count, or `Ok(None)` for a packet that is not IP.
+//! local/remote (cgroup id left for the caller), the payload bytes and TCP
+//! flags to count, or `Ok(None)` for a packet that is not IP; and, for the
+//! socket-counting fast path, just the TCP flags ([`tcp_flags`]).
 
 use aya_ebpf::programs::SkBuffContext;
 use observer_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
@@ -19,7 +20,9 @@ pub enum Direction {
 /// What one packet contributes to its flow.
 pub struct Parsed {
     pub key: FlowKey,
-    /// Bytes counted for the packet (the skb length, IP header included).
+    /// Payload bytes counted for the packet: what follows the transport
+    /// header (the IP headers for protocols without ports or a fragment
+    /// without the transport header).
     pub len: u32,
     pub tcp_flags: u8,
     /// Offset of the transport header from the start of the packet.
@@ -35,6 +38,10 @@ const IPV6_AUTH: u8 = 51;
 const IPV6_DEST_OPTS: u8 = 60;
 /// Extension headers walked before giving up on finding the transport header.
 const IPV6_MAX_EXT: usize = 4;
+/// Header sizes not counted as payload.
+const UDP_HEADER: u32 = 8;
+const SCTP_HEADER: u32 = 12;
+const ICMP_HEADER: u32 = 8;
 
 /// Reads the packet. The IP header (at offset 0) is read straight from the
 /// linear data when it is there: a bounds check the verifier understands, no
@@ -104,24 +111,30 @@ pub fn parse(ctx: &SkBuffContext, direction: Direction) -> Result<Option<Parsed>
         _ => return Ok(None),
     };
     let mut tcp_flags = 0;
+    // Bytes before the payload: IP headers, then the transport header.
+    let mut headers = l4_offset as u32;
     if has_ports {
         match key.protocol {
             PROTO_TCP => {
-                // Ports and flags in one read: flags are byte 13.
+                // Ports, header length and flags in one read: the data
+                // offset is the top nibble of byte 12, flags are byte 13.
                 let header: [u8; 14] = packet.transport(l4_offset)?;
                 key.local_port = u16::from_be_bytes([header[0], header[1]]);
                 key.remote_port = u16::from_be_bytes([header[2], header[3]]);
                 tcp_flags = header[13];
+                headers += u32::from(header[12] >> 4) * 4;
             }
             PROTO_UDP | PROTO_SCTP => {
                 let ports: [u8; 4] = packet.transport(l4_offset)?;
                 key.local_port = u16::from_be_bytes([ports[0], ports[1]]);
                 key.remote_port = u16::from_be_bytes([ports[2], ports[3]]);
+                headers += if key.protocol == PROTO_UDP { UDP_HEADER } else { SCTP_HEADER };
             }
             PROTO_ICMP | PROTO_ICMPV6 => {
                 let head: [u8; 2] = packet.transport(l4_offset)?;
                 key.local_port = u16::from(fold_echo(key.protocol, head[0]));
                 key.remote_port = u16::from(head[1]);
+                headers += ICMP_HEADER;
             }
             _ => {}
         }
@@ -135,7 +148,29 @@ pub fn parse(ctx: &SkBuffContext, direction: Direction) -> Result<Option<Parsed>
         }
     }
     let loopback = is_loopback(key.family, &key.remote_addr);
-    Ok(Some(Parsed { key, len: ctx.len(), tcp_flags, l4_offset, loopback }))
+    Ok(Some(Parsed { key, len: ctx.len().saturating_sub(headers), tcp_flags, l4_offset, loopback }))
+}
+
+/// The TCP flags of a packet, read at the constant offsets of an IPv4
+/// header without options or an IPv6 header without extension headers;
+/// `None` for anything else (not TCP, a fragment, other headers, or not in
+/// the linear data), which then takes the full path.
+#[inline(always)]
+pub fn tcp_flags(ctx: &SkBuffContext) -> Option<u8> {
+    let packet = Packet::new(ctx);
+    let start: [u8; 20] = packet.head().ok()?;
+    match start[0] {
+        // Version 4, IHL 5; not a fragment (offset zero, MF clear).
+        0x45 if start[9] == PROTO_TCP && start[6] & 0x3f == 0 && start[7] == 0 => {
+            let header: [u8; 14] = packet.at::<20, [u8; 14]>().ok()?;
+            Some(header[13])
+        }
+        version if version >> 4 == 6 && start[6] == PROTO_TCP => {
+            let header: [u8; 14] = packet.at::<40, [u8; 14]>().ok()?;
+            Some(header[13])
+        }
+        _ => None,
+    }
 }
 
 fn parse_ipv4(header: &[u8; 20]) -> Result<(FlowKey, usize, bool), ()> {

@@ -84,9 +84,13 @@ pub struct PeerDns {
 /// Packets and bytes in one direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Traffic {
-    /// Packets (GSO super-packets count once).
+    /// Packets: for TCP counted from the socket, segments as the socket
+    /// counted them (handshake included); otherwise packets as the cgroup
+    /// hooks saw them (a GSO super-packet counts once).
     pub packets: u64,
-    /// Bytes, IP headers included.
+    /// Transport payload bytes (after the TCP, UDP, SCTP or ICMP header);
+    /// for TCP counted from the socket, each byte once (acknowledged by the
+    /// peer when sent, in order when received), retransmissions not counted.
     pub bytes: u64,
 }
 

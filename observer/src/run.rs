@@ -39,7 +39,8 @@ pub struct RunArgs {
     /// A UDP, SCTP or ICMP flow idle this long has ended.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// A TCP flow idle this long with no close seen is expired.
+    /// A TCP flow counted per packet (`--tcp-per-packet`, or no kernel BTF) idle this long with no close seen is
+    /// expired; connections counted from their socket end with their close.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub tcp_idle_timeout: Duration,
     /// Capacity of the kernel flow map (entries; about 200 bytes each).
@@ -51,6 +52,10 @@ pub struct RunArgs {
     /// Also observe loopback traffic (127.0.0.0/8, ::1).
     #[arg(long)]
     pub include_loopback: bool,
+    /// Count TCP packet by packet instead of from each socket's own counters
+    /// (what happens anyway when the kernel has no BTF).
+    #[arg(long)]
+    pub tcp_per_packet: bool,
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.
     #[arg(long)]
     pub ebpf_log: bool,
@@ -134,6 +139,7 @@ impl RunArgs {
                 skip_loopback: !self.include_loopback,
                 // aya-log levels: 0 disables every statement, 4 is debug.
                 kernel_log_level: if self.ebpf_log { 4 } else { 0 },
+                tcp_per_packet: self.tcp_per_packet,
             },
             poll_interval: self.poll_interval,
             table: TableConfig {

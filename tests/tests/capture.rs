@@ -70,15 +70,23 @@ fn assert_no_loss(run: &ObserverRun) {
     }
 }
 
-/// Bytes on the wire for `payload` bytes in `packets` TCP/IPv4 packets: each
-/// carries 20 bytes of IP header and 20 to 60 of TCP header.
-fn assert_tcp_bytes(traffic: &Value, payload: u64, ip_header: u64) {
-    let packets = u64_at(traffic, "/packets");
-    let bytes = u64_at(traffic, "/bytes");
-    assert!(
-        bytes >= payload + packets * (ip_header + 20) && bytes <= payload + packets * (ip_header + 60),
-        "{bytes} bytes in {packets} packets for a {payload}-byte payload"
-    );
+/// The record of the same connection seen from the other end: same ports.
+fn same_connection<'a>(records: &[&'a Value], record: &Value) -> &'a Value {
+    let port = u64_at(record, "/src/port");
+    let found: Vec<&&Value> = records.iter().filter(|other| u64_at(other, "/src/port") == port).collect();
+    assert_eq!(found.len(), 1, "one record from the other end for port {port}: {found:#?}");
+    found[0]
+}
+
+/// Both ends of each connection are on this node: the client's and the
+/// server's records count the same segments and payload bytes each way.
+fn assert_ends_agree(client_side: &[&Value], server_side: &[&Value]) {
+    for client in client_side {
+        let server = same_connection(server_side, client);
+        for pointer in ["/to_dst/packets", "/to_dst/bytes", "/to_src/packets", "/to_src/bytes"] {
+            assert_eq!(u64_at(client, pointer), u64_at(server, pointer), "{pointer}: {client} vs {server}");
+        }
+    }
 }
 
 #[test]
@@ -86,11 +94,26 @@ fn tcp_connections_are_reported_once_each_with_their_bytes() {
     if !root_or_skip("tcp_connections_are_reported_once_each_with_their_bytes") {
         return;
     }
+    tcp_connections_with_exact_payload(&[]);
+}
+
+#[test]
+fn tcp_counted_per_packet_has_the_same_payload_bytes() {
+    if !root_or_skip("tcp_counted_per_packet_has_the_same_payload_bytes") {
+        return;
+    }
+    tcp_connections_with_exact_payload(&["--tcp-per-packet"]);
+}
+
+/// Five connections, 1000 bytes up and 5000 down each: exact payload bytes
+/// from both ends, counted from sockets (`extra` empty) or per packet.
+fn tcp_connections_with_exact_payload(extra: &[&str]) {
+    let socket_counted = extra.is_empty();
     let lab = lab(2);
     let (client, server) = (lab.pod(0), lab.pod(1));
     let target = server.addr_v4(8080);
     let _listener = server.tcp_server(target, &TcpServerOpts { reply: 5000, ..Default::default() }).expect("server");
-    let observer = observe(&[]);
+    let observer = observe(extra);
     const K: u64 = 5;
     let report = client
         .tcp_client(target, &TcpClientOpts { count: K, send: 1000, expect: 5000, ..Default::default() })
@@ -102,6 +125,7 @@ fn tcp_connections_are_reported_once_each_with_their_bytes() {
     });
     assert_no_loss(&run);
     assert_one_end_per_flow(&run);
+    assert_eq!(run.health["tcp_socket_counters"], u64::from(socket_counted), "{}", run.health);
 
     let client_side = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(client_side.len() as u64, K, "client-side flows: {client_side:#?}");
@@ -114,14 +138,21 @@ fn tcp_connections_are_reported_once_each_with_their_bytes() {
         assert_eq!(str_at(record, "/src/ip"), client.ipv4().to_string());
         assert_eq!(str_at(record, "/cgroup/path"), client.cgroup_path());
         assert_eq!(str_at(record, "/family"), "ipv4");
-        assert_tcp_bytes(&record["to_dst"], 1000, 20);
-        assert_tcp_bytes(&record["to_src"], 5000, 20);
+        // Payload bytes, exactly: no headers, no SYN or FIN.
+        assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (1000, 5000), "{record}");
     }
     let server_side = ends(&run.records, server.cgroup_id(), target);
     assert_eq!(server_side.len() as u64, K, "server-side flows: {server_side:#?}");
     for record in &server_side {
         assert_eq!((str_at(record, "/state"), str_at(record, "/local")), ("closed", "dst"));
         assert_eq!(str_at(record, "/cgroup/path"), server.cgroup_path());
+        assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (1000, 5000), "{record}");
+    }
+    if socket_counted {
+        // Segments as each socket counted them (the handshake included);
+        // per packet, a GSO or GRO batch counts once at one end and as
+        // several segments nowhere, so only the bytes must agree.
+        assert_ends_agree(&client_side, &server_side);
     }
 }
 
@@ -192,9 +223,9 @@ fn udp_request_and_reply_is_one_flow_that_expires() {
     assert_eq!(str_at(flow, "/state"), "expired");
     assert_eq!(str_at(flow, "/protocol"), "udp");
     assert_eq!(u64_at(flow, "/src/port"), u64::from(report.local_port));
-    // IPv4 (20) + UDP (8) headers on each datagram: exact.
-    assert_eq!((u64_at(flow, "/to_dst/packets"), u64_at(flow, "/to_dst/bytes")), (3, 3 * 128));
-    assert_eq!((u64_at(flow, "/to_src/packets"), u64_at(flow, "/to_src/bytes")), (3, 3 * 228));
+    // UDP payload bytes: exact.
+    assert_eq!((u64_at(flow, "/to_dst/packets"), u64_at(flow, "/to_dst/bytes")), (3, 3 * 100));
+    assert_eq!((u64_at(flow, "/to_src/packets"), u64_at(flow, "/to_src/bytes")), (3, 3 * 200));
     let server_flows = ends(&run.records, server.cgroup_id(), target);
     assert_eq!(server_flows.len(), 1, "{server_flows:#?}");
     assert_eq!(str_at(server_flows[0], "/local"), "dst");
@@ -251,12 +282,13 @@ fn ipv6_tcp_is_captured() {
     assert_no_loss(&run);
     let flows = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(flows.len(), 2, "{flows:#?}");
-    for flow in flows {
+    for flow in &flows {
         assert_eq!((str_at(flow, "/family"), str_at(flow, "/state")), ("ipv6", "closed"));
-        assert_tcp_bytes(&flow["to_dst"], 700, 40);
-        assert_tcp_bytes(&flow["to_src"], 3000, 40);
+        assert_eq!((u64_at(flow, "/to_dst/bytes"), u64_at(flow, "/to_src/bytes")), (700, 3000), "{flow}");
     }
-    assert_eq!(ends(&run.records, server.cgroup_id(), target).len(), 2);
+    let server_side = ends(&run.records, server.cgroup_id(), target);
+    assert_eq!(server_side.len(), 2);
+    assert_ends_agree(&flows, &server_side);
 }
 
 #[test]
@@ -313,4 +345,104 @@ fn nothing_stays_attached_after_the_observer_stops() {
     observer.stop().expect("stops");
     let left: HashSet<u64> = ours().intersection(&loaded).copied().collect();
     assert!(left.is_empty(), "all detached and unloaded after SIGTERM, but {left:?} remain");
+}
+
+/// Echoes every byte back on the one connection it accepts, then closes.
+const ECHO_SERVER: &str = "
+import socket, sys
+listener = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print('listening', flush=True)
+connection, _ = listener.accept()
+while data := connection.recv(65536):
+    connection.sendall(data)
+connection.close()
+";
+
+/// Connects and exchanges 100 bytes, then (once the file `argv[3]` exists)
+/// 600 round trips of 10 bytes, then (once `argv[4]` exists) closes.
+const PING_PONG_CLIENT: &str = "
+import os, socket, sys, time
+def wait_for(path):
+    while not os.path.exists(path):
+        time.sleep(0.01)
+def exchange(size):
+    connection.sendall(b'x' * size)
+    got = 0
+    while got < size:
+        got += len(connection.recv(size - got))
+connection = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+exchange(100)
+print('connected', connection.getsockname()[1], flush=True)
+wait_for(sys.argv[3])
+for _ in range(600):
+    exchange(10)
+print('exchanged', flush=True)
+wait_for(sys.argv[4])
+connection.close()
+print('closed', flush=True)
+";
+
+#[test]
+fn tcp_connection_older_than_the_observer_is_found_at_a_sample_and_ends_exact() {
+    if !root_or_skip("tcp_connection_older_than_the_observer_is_found_at_a_sample_and_ends_exact") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let target = server.addr_v4(8090);
+    let (host, port) = (target.ip().to_string(), target.port().to_string());
+    let mut echo = server.spawn("python3", ["-c", ECHO_SERVER, &host, &port]).expect("echo server");
+    echo.wait_for_line(Duration::from_secs(10), |line| line == "listening").expect("echo server listens");
+    let signals = std::env::temp_dir().join(format!("observer-ping-pong-{}", std::process::id()));
+    std::fs::create_dir_all(&signals).expect("signal dir");
+    let (go, close) = (signals.join("go"), signals.join("close"));
+    let (go_arg, close_arg) = (go.display().to_string(), close.display().to_string());
+    let mut ping =
+        client.spawn("python3", ["-c", PING_PONG_CLIENT, &host, &port, &go_arg, &close_arg]).expect("ping-pong client");
+    let connected =
+        ping.wait_for_line(Duration::from_secs(10), |line| line.starts_with("connected ")).expect("connects");
+    let client_port: u64 = connected["connected ".len()..].parse().expect("port");
+
+    // The observer starts on a connection that already carried 100 bytes
+    // each way; about 1200 segments later both ends have passed a sampling
+    // point, where the flow is found with the socket's counters.
+    let observer = observe(&["--update-interval", "100ms"]);
+    std::fs::write(&go, b"").expect("go");
+    ping.wait_for_line(Duration::from_secs(30), |line| line == "exchanged").expect("exchanges");
+    let live = |records: &[Value], cgroup_id: u64| {
+        records.iter().any(|record| {
+            record["event"] != "end" && u64_at(record, "/cgroup/id") == cgroup_id && record["dst"]["port"] == 8090
+        })
+    };
+    let found = observer.wait_for_records(Duration::from_secs(30), |records| {
+        live(records, client.cgroup_id()) && live(records, server.cgroup_id())
+    });
+    assert!(found, "both ends found while open: {:#?}", observer.records());
+    std::fs::write(&close, b"").expect("close");
+    ping.wait_for_line(Duration::from_secs(10), |line| line == "closed").expect("closes");
+    let run = finish(observer, |records| {
+        ends(records, client.cgroup_id(), target).len() == 1 && ends(records, server.cgroup_id(), target).len() == 1
+    });
+    let _ = std::fs::remove_dir_all(&signals);
+    assert_no_loss(&run);
+
+    let first =
+        |cgroup_id: u64| run.records.iter().find(|record| u64_at(record, "/cgroup/id") == cgroup_id).expect("a record");
+    for cgroup_id in [client.cgroup_id(), server.cgroup_id()] {
+        let start = first(cgroup_id);
+        assert_eq!((str_at(start, "/event"), str_at(start, "/state")), ("start", "established"), "{start}");
+        // Found mid-exchange: more than the first 100 bytes, less than all.
+        let sent = u64_at(start, "/to_dst/bytes");
+        assert!(sent > 100 && sent < 6100, "{start}");
+    }
+    let client_end = ends(&run.records, client.cgroup_id(), target);
+    let server_end = ends(&run.records, server.cgroup_id(), target);
+    for record in client_end.iter().chain(&server_end) {
+        // The whole connection, the bytes before the observer started too.
+        assert_eq!(str_at(record, "/state"), "closed");
+        assert_eq!(u64_at(record, "/src/port"), client_port, "oriented client to server: {record}");
+        assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (6100, 6100), "{record}");
+    }
+    assert_ends_agree(&client_end, &server_end);
 }

@@ -28,8 +28,8 @@ use observer::{
     },
 };
 use observer_common::{
-    EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP, tcp_flags,
-    tcp_state,
+    COUNTED_SOCKET, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FlowKey, FlowStats, INITIATOR_LOCAL,
+    PROTO_TCP, SocketCounters, tcp_flags, tcp_state,
 };
 use observer_tests::manifests::{ClusterSize, cluster, cluster_cgroup_path, cluster_pod_ip};
 
@@ -176,7 +176,7 @@ impl Drop for Pipeline {
 /// The kernel side of a batch of connections: ring-buffer bytes and the
 /// flow-map snapshot the next poll reads.
 pub struct KernelBatch {
-    /// Events as the ring buffer holds them (64 bytes each).
+    /// Events as the ring buffer holds them (96 bytes each).
     pub ring: Vec<u8>,
     /// The flow map at the poll.
     pub snapshot: Vec<(FlowKey, FlowStats)>,
@@ -246,7 +246,11 @@ impl Connections {
             push(&mut ring, Event { kind: EVENT_NEW_FLOW, timestamp_ns: at + 1, key, ..Event::default() });
             push(&mut ring, state(tcp_state::SYN_SENT, tcp_state::ESTABLISHED, at + 30_000));
             if closed {
-                push(&mut ring, state(tcp_state::ESTABLISHED, tcp_state::CLOSE, at + 90_000));
+                // A close carries the socket's final counters, as the kernel
+                // sends it when counting TCP from sockets.
+                let counters = SocketCounters { packets_out: 5, bytes_out: 16, packets_in: 4, bytes_in: 0 };
+                let close = state(tcp_state::ESTABLISHED, tcp_state::CLOSE, at + 90_000);
+                push(&mut ring, Event { has_counters: 1, counters, ..close });
             }
             let flags = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::FIN;
             snapshot.push((
@@ -255,13 +259,14 @@ impl Connections {
                     first_seen_ns: at + 1,
                     last_seen_ns: at + 90_000,
                     packets_out: 5,
-                    bytes_out: 5 * 52 + 16,
+                    bytes_out: 16,
                     packets_in: 4,
-                    bytes_in: 4 * 52,
+                    bytes_in: 0,
                     tcp_flags_out: flags | tcp_flags::PSH,
                     tcp_flags_in: flags,
                     initiator: INITIATOR_LOCAL,
-                    _pad: [0; 5],
+                    counted: COUNTED_SOCKET,
+                    _pad: [0; 4],
                 },
             ));
         }

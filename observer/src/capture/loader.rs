@@ -4,7 +4,9 @@
 //! [`aya::Ebpf`] whose programs are attached (cgroup_skb at the cgroup v2
 //! root in multi mode, the TCP state tracepoint), with links owned by this
 //! process so that nothing stays attached when it exits, crashes included.
-//! A failure names the kernel feature or privilege that is missing.
+//! A failure names the kernel feature or privilege that is missing. The
+//! offsets of `struct tcp_sock`'s counters come from the running kernel's
+//! BTF; without them TCP is counted per packet, which is logged, not fatal.
 
 use std::{
     fs, io,
@@ -15,17 +17,22 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
 };
-use observer_common::names;
+use observer_common::{TCP_SOCK_BLOCK, TcpSockOffsets, names};
+
+use super::btf::{Btf, BtfError};
 
 /// The kernel programs, built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// The running kernel's BTF.
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 const TRACEPOINT_CATEGORY: &str = "sock";
 const TRACEPOINT_NAME: &str = "inet_sock_set_state";
 /// Fields of `sock/inet_sock_set_state` the kernel program reads, with the
 /// offsets it was compiled for.
-const TRACEPOINT_FIELDS: [(&str, usize); 10] = [
+const TRACEPOINT_FIELDS: [(&str, usize); 11] = [
+    ("skaddr", 8),
     ("oldstate", 16),
     ("newstate", 20),
     ("sport", 24),
@@ -51,6 +58,20 @@ pub struct LoadOptions {
     pub skip_loopback: bool,
     /// Kernel log level (aya-log): 0 = off … 5 = trace.
     pub kernel_log_level: u8,
+    /// Count TCP per packet even when the kernel's BTF would allow counting
+    /// from sockets.
+    pub tcp_per_packet: bool,
+}
+
+/// How the loaded programs count TCP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TcpCounting {
+    /// From each socket's own counters (`struct tcp_sock`).
+    Socket,
+    /// Per packet, because it was asked for.
+    PerPacketAsked,
+    /// Per packet, because the kernel's BTF did not give the offsets.
+    PerPacketNoBtf(String),
 }
 
 /// Why the programs could not be loaded or attached.
@@ -134,8 +155,8 @@ pub fn is_cgroup2(path: &Path) -> bool {
     rc == 0 && unsafe { stat.assume_init() }.f_type == libc::CGROUP2_SUPER_MAGIC
 }
 
-/// Loads the object and attaches every program.
-pub fn load(options: &LoadOptions) -> Result<Ebpf, LoadError> {
+/// Loads the object and attaches every program; says how TCP is counted.
+pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -147,11 +168,23 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf, LoadError> {
     raise_memlock_limit();
     let skip_loopback = u8::from(options.skip_loopback);
     let wakeup_threshold = u64::from(options.ring_buffer_bytes / 4);
+    let (tcp_sock, counting) = if options.tcp_per_packet {
+        (TcpSockOffsets::default(), TcpCounting::PerPacketAsked)
+    } else {
+        match std::fs::read(VMLINUX_BTF)
+            .map_err(|error| format!("reading {VMLINUX_BTF}: {error}"))
+            .and_then(|data| tcp_sock_offsets(&data).map_err(|error| error.to_string()))
+        {
+            Ok(offsets) => (offsets, TcpCounting::Socket),
+            Err(reason) => (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(reason)),
+        }
+    };
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::FLOWS, options.flow_map_size)
         .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
         .override_global(names::SKIP_LOOPBACK, &skip_loopback, true)
         .override_global(names::WAKEUP_THRESHOLD, &wakeup_threshold, true)
+        .override_global(names::TCP_SOCK, &tcp_sock, true)
         .override_global(aya_log::LEVEL, &options.kernel_log_level, false)
         .load(OBJECT)
         .map_err(|error| {
@@ -199,7 +232,56 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf, LoadError> {
         feature,
         source: Box::new(source),
     })?;
-    Ok(ebpf)
+    Ok((ebpf, counting))
+}
+
+/// The offsets of the `tcp_sock` and `sock` members the kernel programs
+/// read, each checked for the size they read it with; the `tcp_sock` ones
+/// relative to a block of [`TCP_SOCK_BLOCK`] bytes inside the struct that
+/// holds them all.
+pub fn tcp_sock_offsets(vmlinux_btf: &[u8]) -> Result<TcpSockOffsets, BtfError> {
+    let btf = Btf::parse(vmlinux_btf)?;
+    let field = |structure: &str, path: &[&str], size: u32| {
+        let field = btf.field(structure, path)?;
+        if field.size != size {
+            return Err(BtfError::NoMember {
+                structure: structure.to_owned(),
+                member: format!("{} of {size} bytes (it has {})", path.join("."), field.size),
+            });
+        }
+        Ok(field.offset)
+    };
+    let counters = [
+        field("tcp_sock", &["segs_out"], 4)?,
+        field("tcp_sock", &["segs_in"], 4)?,
+        field("tcp_sock", &["bytes_acked"], 8)?,
+        field("tcp_sock", &["bytes_received"], 8)?,
+        field("tcp_sock", &["snd_una"], 4)?,
+        field("tcp_sock", &["write_seq"], 4)?,
+    ];
+    let block_len = TCP_SOCK_BLOCK as u32;
+    let first = counters.iter().copied().min().unwrap_or(0);
+    // The block stays inside the struct; every counter must fit in it.
+    let block = first.min(btf.struct_size("tcp_sock")?.saturating_sub(block_len));
+    if counters.iter().any(|offset| offset - block + 8 > block_len) {
+        return Err(BtfError::NoMember {
+            structure: "tcp_sock".to_owned(),
+            member: format!("counters within {block_len} bytes of each other"),
+        });
+    }
+    let [segs_out, segs_in, bytes_acked, bytes_received, snd_una, write_seq] = counters.map(|offset| offset - block);
+    Ok(TcpSockOffsets {
+        enabled: 1,
+        block,
+        segs_out,
+        segs_in,
+        bytes_acked,
+        bytes_received,
+        snd_una,
+        write_seq,
+        sk_flags: field("sock", &["__sk_common", "skc_flags"], 8)?,
+        _pad: 0,
+    })
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
@@ -275,6 +357,29 @@ fn check_layout(format: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_btf_is_an_error_to_fall_back_on() {
+        assert!(tcp_sock_offsets(b"not btf").is_err());
+    }
+
+    #[test]
+    fn the_running_kernels_counters_fit_one_block() {
+        let Ok(data) = fs::read(VMLINUX_BTF) else { return };
+        let offsets = tcp_sock_offsets(&data).expect("this kernel has the counters");
+        assert_eq!(offsets.enabled, 1);
+        let block = TCP_SOCK_BLOCK as u32;
+        for (offset, size) in [
+            (offsets.segs_out, 4),
+            (offsets.segs_in, 4),
+            (offsets.bytes_acked, 8),
+            (offsets.bytes_received, 8),
+            (offsets.snd_una, 4),
+            (offsets.write_seq, 4),
+        ] {
+            assert!(offset + size <= block, "{offsets:?}");
+        }
+    }
 
     const FORMAT: &str = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
 \tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;

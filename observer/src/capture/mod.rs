@@ -8,6 +8,7 @@
 //! same pass go on), and [`CaptureHealth`] counters. A full channel drops
 //! the batch and counts it.
 
+pub mod btf;
 pub mod cgroups;
 pub mod clock;
 pub mod loader;
@@ -25,7 +26,9 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
-use observer_common::{Counter, DnsEvent, EVENT_DNS, Event, FlowKey, FlowStats, INITIATOR_LOCAL, names, tcp_flags};
+use observer_common::{
+    COUNTED_SOCKET, Counter, DnsEvent, EVENT_DNS, Event, FlowKey, FlowStats, INITIATOR_LOCAL, names, tcp_flags,
+};
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, watch},
@@ -37,7 +40,7 @@ use crate::flow::{
 };
 use cgroups::CgroupPaths;
 use clock::{Clock, monotonic_ns};
-use loader::{LoadError, LoadOptions};
+use loader::{LoadError, LoadOptions, TcpCounting};
 use table::{Counters, Emission, FlowTable, TableConfig};
 
 /// How often the ring buffer is drained when the kernel does not wake us.
@@ -107,6 +110,9 @@ pub struct CaptureHealth {
     pub flow_map_entries: AtomicU64,
     /// Capacity of the kernel flow map.
     pub flow_map_capacity: AtomicU64,
+    /// 1 when TCP is counted from each socket's own counters, 0 when per
+    /// packet (asked for, or the kernel's BTF lacked the offsets).
+    pub tcp_socket_counters: AtomicU64,
     /// Ring-buffer events read.
     pub events_read: AtomicU64,
     /// DNS records read off the ring buffer.
@@ -140,6 +146,7 @@ impl CaptureHealth {
             "flows_active": get(&self.flows_active),
             "flow_map_entries": get(&self.flow_map_entries),
             "flow_map_capacity": get(&self.flow_map_capacity),
+            "tcp_socket_counters": get(&self.tcp_socket_counters),
             "events_read": get(&self.events_read),
             "dns_records_read": get(&self.dns_records_read),
             "records_dropped": get(&self.records_dropped),
@@ -172,7 +179,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Captu
 impl Capture {
     /// Loads and attaches the kernel programs. Must run inside a tokio runtime.
     pub fn start(config: CaptureConfig) -> Result<Self, CaptureError> {
-        let mut ebpf = loader::load(&config.load)?;
+        let (mut ebpf, tcp_counting) = loader::load(&config.load)?;
         let logger = if config.kernel_log {
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(logger) => Some(register(logger)?),
@@ -192,6 +199,14 @@ impl Capture {
             .map_err(|source| CaptureError::Map { name: names::COUNTERS, source })?;
         let health = Arc::new(CaptureHealth::default());
         health.flow_map_capacity.store(u64::from(config.load.flow_map_size), Ordering::Relaxed);
+        match &tcp_counting {
+            TcpCounting::Socket => health.tcp_socket_counters.store(1, Ordering::Relaxed),
+            TcpCounting::PerPacketAsked => tracing::info!("counting TCP per packet, as asked"),
+            TcpCounting::PerPacketNoBtf(reason) => tracing::warn!(
+                %reason,
+                "cannot count TCP from sockets: counting it per packet (every TCP packet updates the flow map)"
+            ),
+        }
         tracing::info!(
             cgroup_root = %config.load.cgroup_root.display(),
             flow_map_size = config.load.flow_map_size,
@@ -449,12 +464,27 @@ pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<
     };
     let local = Peer { ip: local_ip, port: local_port, endpoint: None, dns: None };
     let remote = Peer { ip: remote_ip, port: remote_port, endpoint: None, dns: None };
-    let sent = Traffic { packets: stats.packets_out, bytes: stats.bytes_out };
-    let received = Traffic { packets: stats.packets_in, bytes: stats.bytes_in };
-    let new = Counters::of(&stats).since(reported.unwrap_or_default());
+    let local_initiated = stats.initiator == INITIATOR_LOCAL;
+    // The handshake as the socket counted it: an active opener's
+    // `bytes_acked` counts its SYN as a byte; a passive opener's SYN-ACK went
+    // out before its socket existed. Applied to the totals and to the
+    // previous record's counters alike, so deltas stay exact.
+    let handshake = |mut counters: Counters| {
+        if stats.counted == COUNTED_SOCKET {
+            if local_initiated {
+                counters.bytes_out = counters.bytes_out.saturating_sub(1);
+            } else {
+                counters.packets_out += 1;
+            }
+        }
+        counters
+    };
+    let total = handshake(Counters::of(&stats));
+    let sent = Traffic { packets: total.packets_out, bytes: total.bytes_out };
+    let received = Traffic { packets: total.packets_in, bytes: total.bytes_in };
+    let new = total.since(reported.map(handshake).unwrap_or_default());
     let new_sent = Traffic { packets: new.packets_out, bytes: new.bytes_out };
     let new_received = Traffic { packets: new.packets_in, bytes: new.bytes_in };
-    let local_initiated = stats.initiator == INITIATOR_LOCAL;
     let (src, dst, to_dst, to_src, local_end, new_to_dst, new_to_src) = if local_initiated {
         (local, remote, sent, received, LocalEnd::Src, new_sent, new_received)
     } else {

@@ -17,7 +17,8 @@
 use std::collections::HashMap;
 
 use observer_common::{
-    EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP, tcp_flags, tcp_state,
+    COUNTED_SOCKET, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP, tcp_flags,
+    tcp_state,
 };
 
 use crate::flow::{FlowState, RecordEvent};
@@ -200,6 +201,9 @@ struct Tracked {
     reused: bool,
     /// The parity of the last poll whose snapshot held the entry.
     polled: bool,
+    /// The packet and byte counters are a closed socket's final ones (from
+    /// its close event): polls no longer replace them.
+    final_counters: bool,
 }
 
 // Every live flow has one: the userspace budget is 256 bytes per flow, in
@@ -389,6 +393,7 @@ impl FlowTable {
             phase,
             reused: false,
             polled: self.parity,
+            final_counters: false,
         };
         self.insert(tuple, flow);
         self.stats.flows_tracked += 1;
@@ -415,26 +420,41 @@ impl FlowTable {
                 // by tcp_tw_reuse) before the old one was reported. Its
                 // packets already count on the same kernel entry, so the entry
                 // stays: the old connection ends with the counters last
-                // polled, and the new one carries on from them as its base.
+                // polled (or its socket's final ones), and the new one
+                // carries on from them as its base; socket counters start
+                // again from zero instead.
                 out.push(emission(key, flow, &self.bases, RecordEvent::End, closed_state(flow)));
                 self.stats.flows_ended += 1;
                 self.stats.flows_tracked += 1;
                 self.stats.tuples_reused += 1;
-                self.bases.insert(key, Base { counters: Counters::of(&flow.stats), started_ns: at });
+                let socket = flow.stats.counted == COUNTED_SOCKET;
+                let stats = if socket {
+                    self.bases.remove(&key);
+                    FlowStats { packets_out: 0, bytes_out: 0, packets_in: 0, bytes_in: 0, ..flow.stats }
+                } else {
+                    self.bases.insert(key, Base { counters: Counters::of(&flow.stats), started_ns: at });
+                    flow.stats
+                };
                 self.last_id += 1;
                 *flow = Tracked {
                     id: self.last_id,
+                    stats,
                     reported_counters: Counters::default(),
                     reported: None,
                     last_report: millis(at),
                     phase,
-                    reused: true,
+                    reused: !socket,
+                    final_counters: false,
                     ..*flow
                 };
                 continue;
             }
             if !matches!(flow.phase, Phase::Closed { .. }) {
                 flow.phase = phase;
+                if event.has_counters != 0 {
+                    flow.stats = with_final_counters(flow.stats, event);
+                    flow.final_counters = true;
+                }
             }
         }
     }
@@ -446,6 +466,19 @@ impl FlowTable {
         let parity = self.parity;
         for (key, stats) in snapshot {
             match self.get_mut(key) {
+                Some(flow) if flow.final_counters => {
+                    let last_seen_ns = flow.stats.last_seen_ns.max(stats.last_seen_ns);
+                    flow.stats = FlowStats {
+                        packets_out: flow.stats.packets_out,
+                        bytes_out: flow.stats.bytes_out,
+                        packets_in: flow.stats.packets_in,
+                        bytes_in: flow.stats.bytes_in,
+                        counted: flow.stats.counted,
+                        last_seen_ns,
+                        ..*stats
+                    };
+                    flow.polled = parity;
+                }
                 Some(flow) => {
                     flow.stats = *stats;
                     flow.polled = parity;
@@ -493,6 +526,12 @@ impl FlowTable {
                 Phase::Closed { at, .. } if since_ns(now, at) >= config.close_linger_ns => Some(closed_state(flow)),
                 Phase::Closed { .. } => None,
                 Phase::None if idle >= config.idle_timeout_ns => Some(FlowState::Expired),
+                // A connection counted from its socket ends with its close
+                // event, however quiet: between sampling points its packets
+                // never touch the map, so `last_seen` says nothing of it. (A
+                // close lost to a full ring buffer is counted in events_lost;
+                // the flow then ends when the kernel map evicts its entry.)
+                Phase::Established if flow.stats.counted == COUNTED_SOCKET => None,
                 Phase::Attempted | Phase::Established if idle >= config.tcp_idle_timeout_ns => Some(FlowState::Expired),
                 _ => None,
             };
@@ -571,7 +610,29 @@ fn counters_changed(before: &Counters, now: &FlowStats) -> bool {
 
 fn handshake_seen(stats: &FlowStats) -> bool {
     let both = stats.tcp_flags_in & stats.tcp_flags_out;
-    both & tcp_flags::SYN != 0 && both & tcp_flags::ACK != 0
+    if both & tcp_flags::SYN != 0 && both & tcp_flags::ACK != 0 {
+        return true;
+    }
+    // A socket that has segments both ways and no reset is connected, even
+    // when its handshake came before the observer did.
+    let reset = (stats.tcp_flags_in | stats.tcp_flags_out) & tcp_flags::RST != 0;
+    stats.counted == COUNTED_SOCKET && stats.packets_in > 0 && stats.packets_out > 0 && !reset
+}
+
+/// A closing socket's counters (carried by its close event) replace the
+/// packet and byte counters: they are final and exact, where the flow map
+/// holds only what the last sampled packet wrote.
+fn with_final_counters(stats: FlowStats, event: &Event) -> FlowStats {
+    let counters = event.counters;
+    FlowStats {
+        packets_out: counters.packets_out,
+        bytes_out: counters.bytes_out,
+        packets_in: counters.packets_in,
+        bytes_in: counters.bytes_in,
+        counted: COUNTED_SOCKET,
+        last_seen_ns: stats.last_seen_ns.max(event.timestamp_ns),
+        ..stats
+    }
 }
 
 fn live_state(flow: &Tracked) -> FlowState {
@@ -603,7 +664,7 @@ fn closed_state(flow: &Tracked) -> FlowState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use observer_common::{FAMILY_IPV4, INITIATOR_REMOTE, PROTO_UDP};
+    use observer_common::{FAMILY_IPV4, INITIATOR_REMOTE, PROTO_UDP, SocketCounters};
 
     const MS: u64 = 1_000_000;
 
@@ -657,7 +718,8 @@ mod tests {
             tcp_flags_out: flags_out,
             tcp_flags_in: flags_in,
             initiator,
-            _pad: [0; 5],
+            counted: 0,
+            _pad: [0; 4],
         }
     }
 
@@ -681,6 +743,75 @@ mod tests {
             self.table.flush(at, &mut self.out, &mut self.delete);
             std::mem::take(&mut self.out)
         }
+    }
+
+    fn close_with_counters(key: FlowKey, old: u8, at: u64, counters: SocketCounters) -> Event {
+        Event { has_counters: 1, counters, ..state_event(key, old, tcp_state::CLOSE, at) }
+    }
+
+    #[test]
+    fn a_close_events_socket_counters_are_final_and_outlast_later_polls() {
+        let mut run = Run::new();
+        let key = key(PROTO_TCP, 7);
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        let sampled = FlowStats { counted: COUNTED_SOCKET, ..stats(INITIATOR_LOCAL, syn_ack, syn_ack, 3, 2 * MS) };
+        run.event(new_flow(key, 1));
+        run.poll(&[(key, sampled)], 2 * MS);
+        let last = SocketCounters { packets_out: 6, bytes_out: 1000, packets_in: 4, bytes_in: 5000 };
+        run.event(close_with_counters(key, tcp_state::FIN_WAIT2, 4 * MS, last));
+        // The map still holds what the last sampled packet wrote.
+        run.poll(&[(key, FlowStats { last_seen_ns: 3 * MS, ..sampled })], 5 * MS);
+        let end = run.flush(500 * MS);
+        let end: Vec<_> = end.iter().filter(|emission| emission.event == RecordEvent::End).collect();
+        assert_eq!(end.len(), 1, "{end:?}");
+        let stats = end[0].stats;
+        assert_eq!(end[0].state, FlowState::Closed);
+        assert_eq!((stats.packets_out, stats.bytes_out, stats.packets_in, stats.bytes_in), (6, 1000, 4, 5000));
+        assert_eq!((stats.counted, stats.last_seen_ns), (COUNTED_SOCKET, 4 * MS));
+    }
+
+    #[test]
+    fn a_reused_tuple_counted_from_sockets_starts_again_from_zero() {
+        let mut run = Run::new();
+        let key = key(PROTO_TCP, 7);
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        run.event(new_flow(key, MS));
+        let first = SocketCounters { packets_out: 6, bytes_out: 16, packets_in: 4, bytes_in: 0 };
+        run.event(close_with_counters(key, tcp_state::FIN_WAIT2, 4 * MS, first));
+        run.event(state_event(key, tcp_state::CLOSE, tcp_state::SYN_SENT, 5 * MS));
+        assert_eq!((run.out.len(), run.out[0].stats.bytes_out), (1, 16));
+        let first_handle = run.out[0].flow;
+        run.out.clear();
+        let second = SocketCounters { packets_out: 5, bytes_out: 16, packets_in: 4, bytes_in: 0 };
+        let polled = FlowStats { counted: COUNTED_SOCKET, ..stats(INITIATOR_LOCAL, syn_ack, syn_ack, 1, 6 * MS) };
+        run.poll(&[(key, polled)], 7 * MS);
+        run.event(state_event(key, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, 8 * MS));
+        run.event(close_with_counters(key, tcp_state::FIN_WAIT2, 9 * MS, second));
+        let out = run.flush(500 * MS);
+        let end: Vec<_> = out.iter().filter(|emission| emission.event == RecordEvent::End).collect();
+        assert_eq!(end.len(), 1, "{out:?}");
+        assert_eq!((end[0].stats.packets_out, end[0].stats.bytes_out, end[0].stats.packets_in), (5, 16, 4));
+        assert_ne!(end[0].flow, first_handle, "a new connection, a new handle");
+    }
+
+    #[test]
+    fn a_quiet_connection_counted_from_its_socket_waits_for_its_close() {
+        let mut run = Run::new();
+        let (socket, packets) = (key(PROTO_TCP, 7), key(PROTO_TCP, 8));
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        let per_packet = stats(INITIATOR_LOCAL, syn_ack, syn_ack, 3, MS);
+        let counted = FlowStats { counted: COUNTED_SOCKET, ..per_packet };
+        for key in [socket, packets] {
+            run.event(new_flow(key, MS));
+            run.event(state_event(key, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, MS));
+        }
+        run.poll(&[(socket, counted), (packets, per_packet)], 2 * MS);
+        // Far past the TCP idle timeout, with no packet in the map since.
+        let out = run.flush(config().tcp_idle_timeout_ns * 10);
+        let ended: Vec<_> = out.iter().filter(|emission| emission.event == RecordEvent::End).collect();
+        assert_eq!(ended.len(), 1, "{out:?}");
+        assert_eq!((ended[0].key, ended[0].state), (packets, FlowState::Expired));
+        assert_eq!(run.table.len(), 1, "the socket-counted connection is still open");
     }
 
     #[test]

@@ -482,7 +482,7 @@ fn register_build(registry: &mut Registry) {
 fn register_edges(registry: &mut Registry, inner: &Inner) {
     registry.register(
         "edge_bytes",
-        "Bytes between two workloads (IP headers included), by direction; counted as the flow map is polled",
+        "Transport payload bytes between two workloads (no IP or TCP/UDP headers), by direction; counted as the flow map is polled",
         inner.edge_bytes.family(),
     );
     registry.register("edge_packets", "Packets between two workloads, by direction", inner.edge_packets.family());
