@@ -42,7 +42,7 @@ pub struct MemoryArgs {
     pub no_write: bool,
 }
 
-/// Target of the pipeline: records per second on one core.
+/// Target of the pipeline: ring-buffer events per second on one core.
 const PIPELINE_TARGET: f64 = 1_000_000.0;
 /// Target of memory: bytes per tracked flow in userspace.
 const BYTES_PER_FLOW_TARGET: f64 = 256.0;
@@ -127,6 +127,7 @@ pub fn pipeline(args: &PipelineArgs) -> anyhow::Result<()> {
         });
 
     let records = number(&pipeline, "/records_per_cpu_s");
+    let events = number(&pipeline, "/events_per_cpu_s");
     let mut text = String::new();
     let _ = writeln!(text, "### Userspace pipeline (`cargo xtask bench pipeline`)\n");
     let _ = writeln!(
@@ -162,16 +163,12 @@ pub fn pipeline(args: &PipelineArgs) -> anyhow::Result<()> {
     let _ = writeln!(text, "| --- | ---: | ---: | --- |");
     let _ = writeln!(
         text,
-        "| records per second per core (all stages) | {:.0} | ≥ 1,000,000 | {} |",
-        records,
-        met(records >= PIPELINE_TARGET)
-    );
-    let _ = writeln!(
-        text,
-        "| ring-buffer events per second per core (records × {}) | {:.0} | | |",
+        "| ring-buffer events per second per core (records × {}; the issue's measure) | {:.0} | ≥ 1,000,000 | {} |",
         number(&pipeline, "/events_per_record"),
-        number(&pipeline, "/events_per_cpu_s")
+        events,
+        met(events >= PIPELINE_TARGET)
     );
+    let _ = writeln!(text, "| records per second per core (all stages) | {records:.0} | | |");
     let _ = writeln!(text, "| records per wall-clock second | {:.0} | | |", number(&pipeline, "/records_per_wall_s"));
     for (stage, name) in [
         ("decode_table", "decode + flow table"),
