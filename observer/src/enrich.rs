@@ -8,9 +8,12 @@
 //! `resolved: false`: a direct-IP connection), on a bounded channel; a full
 //! channel drops the batch and counts it.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tokio::sync::mpsc;
@@ -18,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::{
     dns::{DnsView, Owner},
     flow::{FlowRecord, LocalEnd, PeerDns},
-    inventory::{EndpointKind, Resolver, Snapshot},
+    inventory::{CgroupEnd, EndpointKind, Resolver, Snapshot},
 };
 
 /// Counters of the enrich stage.
@@ -65,17 +68,47 @@ pub fn name_remote(record: &mut FlowRecord, dns: &DnsView) -> Option<bool> {
     None
 }
 
-/// Fills in both ends of one record from an inventory snapshot (the stage
-/// takes one per batch, so a record costs no lock).
-pub fn enrich(record: &mut FlowRecord, snapshot: &Snapshot) {
-    let at = record.first_seen;
-    let path = record.cgroup.path.as_deref();
-    let (local, remote) = match record.local {
-        LocalEnd::Src => (&mut record.src, &mut record.dst),
-        LocalEnd::Dst => (&mut record.dst, &mut record.src),
-    };
-    local.endpoint = Some(snapshot.resolve_local(path, local.ip, at));
-    remote.endpoint = Some(snapshot.resolve_remote(remote.ip, at));
+/// Cgroups whose resolution is kept per snapshot before the cache starts over
+/// (a node runs a few thousand containers at most).
+const MAX_CGROUPS: usize = 65_536;
+
+/// Fills in both ends of records against the latest snapshot, keeping what
+/// each local cgroup resolved to until the snapshot changes: the cgroup path
+/// is parsed and its pod looked up once per cgroup, not once per record.
+#[derive(Debug, Default)]
+pub struct Enricher {
+    generation: Option<u64>,
+    cgroups: HashMap<u64, CgroupEnd, foldhash::fast::RandomState>,
+}
+
+impl Enricher {
+    /// Fills in both ends of `record`: the local end by its cgroup, else its
+    /// IP, the remote end by its IP, both at the flow's start.
+    pub fn enrich(&mut self, record: &mut FlowRecord, snapshot: &Snapshot) {
+        if self.generation != Some(snapshot.generation()) || self.cgroups.len() >= MAX_CGROUPS {
+            self.cgroups.clear();
+            self.generation = Some(snapshot.generation());
+        }
+        let path = record.cgroup.path.as_deref();
+        let fresh;
+        let cgroup = match (record.cgroup.id, path) {
+            // Only a known path is kept: capture may learn a cgroup's path late.
+            (id, Some(path)) if id != 0 => {
+                &*self.cgroups.entry(id).or_insert_with(|| snapshot.resolve_cgroup(Some(path)))
+            }
+            _ => {
+                fresh = snapshot.resolve_cgroup(path);
+                &fresh
+            }
+        };
+        let at = record.first_seen;
+        let (local, remote) = match record.local {
+            LocalEnd::Src => (&mut record.src, &mut record.dst),
+            LocalEnd::Dst => (&mut record.dst, &mut record.src),
+        };
+        local.endpoint = Some(snapshot.resolve_local_from(cgroup, local.ip, at));
+        remote.endpoint = Some(snapshot.resolve_remote(remote.ip, at));
+    }
 }
 
 /// Runs the stage until `input` closes. Without a resolver (no inventory),
@@ -87,11 +120,12 @@ pub async fn run(
     output: mpsc::Sender<Vec<FlowRecord>>,
     health: Arc<EnrichHealth>,
 ) {
+    let mut enricher = Enricher::default();
     while let Some(mut batch) = input.recv().await {
         let snapshot = resolver.as_ref().map(Resolver::snapshot);
         for record in &mut batch {
             if let Some(snapshot) = &snapshot {
-                enrich(record, snapshot);
+                enricher.enrich(record, snapshot);
             }
             if let Some(dns) = &dns {
                 match name_remote(record, dns) {
@@ -183,5 +217,54 @@ mod tests {
         let mut inbound = record([203, 0, 113, 20], 443, INITIATOR_REMOTE, &clock);
         assert_eq!(name_remote(&mut inbound, &view), None);
         assert!(inbound.src.dns.is_none() && inbound.dst.dns.is_none());
+    }
+
+    fn pod_manifest(name: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: ai\n  uid: 3f6c1c2e-1111-4222-8333-444455556666\nspec:\n  containers:\n  - name: c\n    image: i\nstatus:\n  podIP: 198.18.0.10\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_cgroup_resolves_once_per_snapshot_and_anew_after_a_change() {
+        let dir = std::env::temp_dir().join(format!("observer-enricher-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("pod.yaml");
+        std::fs::write(&file, pod_manifest("agent-1")).expect("write");
+        let config = crate::inventory::InventoryConfig {
+            reload_interval: Duration::from_millis(20),
+            ..crate::inventory::InventoryConfig::default()
+        };
+        let (inventory, reload) = crate::inventory::Inventory::standalone(vec![dir.clone()], config);
+        let clock = Clock::new();
+        let mut enricher = Enricher::default();
+        let local_pod = |record: &FlowRecord| record.src.endpoint.as_ref().and_then(|end| end.pod.clone());
+
+        // Capture did not know the cgroup's path yet: resolved by IP, not kept.
+        let mut pathless = record([203, 0, 113, 9], 443, INITIATOR_LOCAL, &clock);
+        pathless.cgroup.path = None;
+        pathless.src.ip = IpAddr::from([198, 18, 0, 99]);
+        enricher.enrich(&mut pathless, &inventory.snapshot());
+        assert_eq!(pathless.src.endpoint.as_ref().map(|end| end.kind), Some(EndpointKind::Host));
+        // From here on the local IP is no pod's: only the cgroup can name it.
+        let mut first = record([203, 0, 113, 9], 443, INITIATOR_LOCAL, &clock);
+        first.src.ip = IpAddr::from([198, 18, 0, 99]);
+        enricher.enrich(&mut first, &inventory.snapshot());
+        assert_eq!(local_pod(&first).as_deref(), Some("agent-1"), "by its cgroup's pod uid");
+
+        let mut generations = inventory.subscribe();
+        let task = tokio::spawn(reload);
+        std::fs::write(&file, pod_manifest("agent-renamed-2")).expect("rewrite");
+        tokio::time::timeout(Duration::from_secs(10), generations.changed())
+            .await
+            .expect("a reload within 10 s")
+            .expect("inventory alive");
+        let mut second = record([203, 0, 113, 9], 443, INITIATOR_LOCAL, &clock);
+        second.src.ip = IpAddr::from([198, 18, 0, 99]);
+        enricher.enrich(&mut second, &inventory.snapshot());
+        assert_eq!(local_pod(&second).as_deref(), Some("agent-renamed-2"), "a new snapshot, resolved anew");
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

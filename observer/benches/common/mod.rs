@@ -18,7 +18,7 @@ use observer::{
         table::{Emission, FlowTable, TableConfig},
     },
     config::ObserverConfig,
-    enrich::enrich,
+    enrich::Enricher,
     flow::FlowRecord,
     inventory::{EndpointKind, Inventory, InventoryConfig, Resolver},
     judge::stage::{IntentSource, JudgeStage, StageSetup},
@@ -84,6 +84,8 @@ pub struct Pipeline {
     cgroup_paths: HashMap<u64, Arc<str>>,
     /// Resolves flow ends.
     pub resolver: Resolver,
+    /// The enrich stage's per-cgroup memory.
+    enricher: Enricher,
     /// The judge stage (policies and intents compiled from the cluster).
     pub judge: JudgeStage,
     /// The metrics registry.
@@ -133,6 +135,7 @@ impl Pipeline {
             node: Arc::from("node-0"),
             cgroup_paths,
             resolver: inventory.resolver(),
+            enricher: Enricher::default(),
             judge,
             meter: FlowMeter::new(metrics.clone(), EdgeOf::new(metrics.allowlist().clone())),
             metrics,
@@ -152,10 +155,10 @@ impl Pipeline {
     }
 
     /// Fills in both ends of every record.
-    pub fn enrich(&self, records: &mut [FlowRecord]) {
+    pub fn enrich(&mut self, records: &mut [FlowRecord]) {
         let snapshot = self.resolver.snapshot();
         for record in records {
-            enrich(record, &snapshot);
+            self.enricher.enrich(record, &snapshot);
         }
     }
 

@@ -2,22 +2,33 @@
 //!
 //! In: keys and values, with lookups that count as use. Out: the value, and
 //! the entry evicted when an insert finds the map full. Every operation is
-//! amortised O(1): the use order is a queue of (key, stamp) where stale
-//! stamps are skipped on eviction and swept out once the queue is four times
-//! the entries held, so no linked list and no unsafe code is needed.
+//! amortised O(1): entries live in slots, and the use order is a queue of
+//! (slot, stamp) where stale stamps are skipped on eviction and swept out once
+//! the queue is four times the entries held, so no linked list and no unsafe
+//! code is needed, and a lookup (once per flow record) copies no key.
 
 use std::{
     collections::{HashMap, VecDeque},
     hash::Hash,
 };
 
+/// One entry: its key (to unindex it on eviction), value and latest use.
+#[derive(Clone, Debug)]
+struct Slot<K, V> {
+    key: K,
+    value: V,
+    stamp: u64,
+}
+
 /// A bounded least-recently-used map.
 #[derive(Clone, Debug)]
 pub(crate) struct Lru<K, V> {
     // Keys are edges, findings and pods named by the cluster's own objects,
     // looked up for every flow: foldhash, not SipHash.
-    entries: HashMap<K, (V, u64), foldhash::fast::RandomState>,
-    order: VecDeque<(K, u64)>,
+    index: HashMap<K, usize, foldhash::fast::RandomState>,
+    slots: Vec<Option<Slot<K, V>>>,
+    free: Vec<usize>,
+    order: VecDeque<(usize, u64)>,
     next: u64,
     cap: usize,
 }
@@ -25,12 +36,19 @@ pub(crate) struct Lru<K, V> {
 impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     /// An empty map holding at most `cap` entries (at least one).
     pub(crate) fn new(cap: usize) -> Self {
-        Self { entries: HashMap::default(), order: VecDeque::new(), next: 0, cap: cap.max(1) }
+        Self {
+            index: HashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            order: VecDeque::new(),
+            next: 0,
+            cap: cap.max(1),
+        }
     }
 
     /// Entries held.
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     /// Drops stale stamps from the use order once it holds four times the
@@ -38,45 +56,61 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     /// its cap (a few edges under a cap of thousands) stays small, and each
     /// sweep is paid for by the three quarters of the queue it drops.
     fn sweep(&mut self) {
-        if self.order.len() > 4 * self.entries.len() + 64 {
-            let entries = &self.entries;
-            self.order.retain(|(key, stamp)| entries.get(key).is_some_and(|(_, current)| current == stamp));
+        if self.order.len() > 4 * self.index.len() + 64 {
+            let slots = &self.slots;
+            self.order.retain(|&(slot, stamp)| Self::current(slots, slot, stamp));
         }
     }
 
-    fn stamp(&mut self, key: &K) -> u64 {
+    fn current(slots: &[Option<Slot<K, V>>], slot: usize, stamp: u64) -> bool {
+        slots.get(slot).and_then(Option::as_ref).is_some_and(|held| held.stamp == stamp)
+    }
+
+    /// Marks `slot` as just used.
+    fn touch(&mut self, slot: usize) -> u64 {
         let stamp = self.next;
         self.next += 1;
-        self.order.push_back((key.clone(), stamp));
+        self.order.push_back((slot, stamp));
         stamp
     }
 
     /// The value of `key`, marked as just used.
     pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.sweep();
-        let (value, current) = self.entries.get_mut(key)?;
-        let stamp = self.next;
-        self.next += 1;
-        *current = stamp;
-        self.order.push_back((key.clone(), stamp));
-        Some(value)
+        let slot = *self.index.get(key)?;
+        let stamp = self.touch(slot);
+        let held = self.slots[slot].as_mut()?;
+        held.stamp = stamp;
+        Some(&mut held.value)
     }
 
     /// Inserts or replaces `key`; returns the entry evicted to make room.
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<(K, V)> {
         self.sweep();
-        let evicted =
-            if self.entries.len() >= self.cap && !self.entries.contains_key(&key) { self.evict() } else { None };
-        let stamp = self.stamp(&key);
-        self.entries.insert(key, (value, stamp));
+        if let Some(&slot) = self.index.get(&key) {
+            let stamp = self.touch(slot);
+            self.slots[slot] = Some(Slot { key, value, stamp });
+            return None;
+        }
+        let evicted = if self.index.len() >= self.cap { self.evict() } else { None };
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let stamp = self.touch(slot);
+        self.index.insert(key.clone(), slot);
+        self.slots[slot] = Some(Slot { key, value, stamp });
         evicted
     }
 
     /// Removes the least recently used entry.
     fn evict(&mut self) -> Option<(K, V)> {
-        while let Some((key, stamp)) = self.order.pop_front() {
-            if self.entries.get(&key).is_some_and(|(_, current)| *current == stamp) {
-                return self.entries.remove(&key).map(|(value, _)| (key, value));
+        while let Some((slot, stamp)) = self.order.pop_front() {
+            if Self::current(&self.slots, slot, stamp) {
+                let held = self.slots[slot].take()?;
+                self.index.remove(&held.key);
+                self.free.push(slot);
+                return Some((held.key, held.value));
             }
         }
         None
@@ -84,12 +118,14 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
 
     /// Every entry, in no particular order, without marking use.
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
-        self.entries.iter_mut().map(|(key, (value, _))| (key, value))
+        self.slots.iter_mut().flatten().map(|held| (&held.key, &mut held.value))
     }
 
     /// Removes every entry.
     pub(crate) fn clear(&mut self) {
-        self.entries.clear();
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
         self.order.clear();
     }
 }
@@ -108,6 +144,16 @@ mod tests {
         assert_eq!(lru.insert("a", 10), None, "replacing does not evict");
         assert_eq!(lru.insert("d", 4), Some(("c", 3)));
         assert_eq!(lru.len(), 2);
+        // "c"'s slot now holds "d": the stamps "c" left in the use order
+        // must not make "d" look old.
+        assert_eq!(lru.get_mut(&"a"), Some(&mut 10));
+        assert_eq!(lru.insert("e", 5), Some(("d", 4)));
+        assert_eq!(lru.get_mut(&"c"), None);
+        let mut held: Vec<_> = lru.iter_mut().map(|(key, value)| (*key, *value)).collect();
+        held.sort();
+        assert_eq!(held, vec![("a", 10), ("e", 5)]);
+        lru.clear();
+        assert_eq!((lru.len(), lru.insert("f", 6)), (0, None));
     }
 
     #[test]

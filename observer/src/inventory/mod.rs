@@ -33,7 +33,7 @@ pub use self::{
     config::{DEFAULT_LABEL_KEYS, InventoryArgs, InventoryConfig},
     endpoint::{Endpoint, EndpointInfo, EndpointKind, WorkloadRef},
     resolver::Resolver,
-    snapshot::Snapshot,
+    snapshot::{CgroupEnd, Snapshot},
     status::{ResourceStatus, Status},
     store::Resource,
 };

@@ -38,6 +38,19 @@ pub(crate) struct Holding {
     pub endpoint: Endpoint,
 }
 
+/// What a cgroup path says of the local end of a flow.
+#[derive(Clone, Debug)]
+pub enum CgroupEnd {
+    /// A pod's cgroup, of a pod in the inventory.
+    Pod(Endpoint),
+    /// A pod's cgroup, of a pod the inventory does not (yet) list: the pod
+    /// holding the flow's IP, else this.
+    UnlistedPod(Endpoint),
+    /// Not a pod's cgroup: the pod holding the flow's IP (a host-network
+    /// pod's process), else the node itself.
+    NotAPod,
+}
+
 /// A pod and its prebuilt endpoint.
 #[derive(Clone, Debug)]
 pub(crate) struct PodRecord {
@@ -91,21 +104,35 @@ impl Snapshot {
     /// Resolves the local end of a flow: by cgroup (which also finds
     /// host-network pods), else by IP, else the node itself (`host`).
     pub fn resolve_local(&self, cgroup_path: Option<&str>, ip: IpAddr, at: SystemTime) -> Endpoint {
+        self.resolve_local_from(&self.resolve_cgroup(cgroup_path), ip, at)
+    }
+
+    /// What a local end's cgroup path alone says in this snapshot: the same
+    /// for every flow of that cgroup, so callers may keep it per cgroup (and
+    /// snapshot) and finish each flow with [`Snapshot::resolve_local_from`].
+    pub fn resolve_cgroup(&self, cgroup_path: Option<&str>) -> CgroupEnd {
+        let Some(cgroup) = cgroup_path.and_then(cgroup::parse) else { return CgroupEnd::NotAPod };
+        let mut buf = [0; 64];
+        let uid = cgroup.pod_uid.normalized(&mut buf);
+        if let Some(endpoint) = self.by_uid.get(uid) {
+            return CgroupEnd::Pod(endpoint.clone());
+        }
+        if let Some(endpoint) = cgroup.container_id.and_then(|id| self.by_container.get(id)) {
+            return CgroupEnd::Pod(endpoint.clone());
+        }
+        CgroupEnd::UnlistedPod(Endpoint::unlisted_pod(uid.to_owned()))
+    }
+
+    /// The local end of a flow from what its cgroup said, then its IP at `at`.
+    pub fn resolve_local_from(&self, cgroup: &CgroupEnd, ip: IpAddr, at: SystemTime) -> Endpoint {
         if !self.synced {
             return self.unknown.clone();
         }
-        if let Some(cgroup) = cgroup_path.and_then(cgroup::parse) {
-            let mut buf = [0; 64];
-            let uid = cgroup.pod_uid.normalized(&mut buf);
-            if let Some(endpoint) = self.by_uid.get(uid) {
-                return endpoint.clone();
-            }
-            if let Some(endpoint) = cgroup.container_id.and_then(|id| self.by_container.get(id)) {
-                return endpoint.clone();
-            }
-            return self.pod_at(ip, at).cloned().unwrap_or_else(|| Endpoint::unlisted_pod(uid.to_owned()));
+        match cgroup {
+            CgroupEnd::Pod(endpoint) => endpoint.clone(),
+            CgroupEnd::UnlistedPod(unlisted) => self.pod_at(ip, at).unwrap_or(unlisted).clone(),
+            CgroupEnd::NotAPod => self.pod_at(ip, at).unwrap_or(&self.host).clone(),
         }
-        self.pod_at(ip, at).cloned().unwrap_or_else(|| self.host.clone())
     }
 
     /// Resolves the remote end of a flow: the pod that held the IP at `at`,
