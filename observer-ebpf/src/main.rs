@@ -375,6 +375,12 @@ fn tcp_state_change(ctx: &TracePointContext) {
     unsafe {
         key.local_port = field::<u16>(ctx, tp::SPORT);
         key.remote_port = field::<u16>(ctx, tp::DPORT);
+        if new == tcp_state::SYN_SENT && key.local_port == 0 {
+            // connect() enters SYN_SENT before it picks the source port
+            // (unless the socket was bound): such an event names no flow,
+            // and the SYN that follows starts the flow anyway.
+            return;
+        }
         match field::<u16>(ctx, tp::FAMILY) {
             tp::AF_INET => {
                 key.family = FAMILY_IPV4;

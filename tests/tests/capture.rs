@@ -126,6 +126,9 @@ fn tcp_connections_with_exact_payload(extra: &[&str]) {
     assert_no_loss(&run);
     assert_one_end_per_flow(&run);
     assert_eq!(run.health["tcp_socket_counters"], u64::from(socket_counted), "{}", run.health);
+    // Every state change found its flow (connect's SYN_SENT, before the
+    // source port is picked, is not sent at all).
+    assert_eq!(run.health["states_unmatched"], 0, "{}", run.health);
 
     let client_side = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(client_side.len() as u64, K, "client-side flows: {client_side:#?}");

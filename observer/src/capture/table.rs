@@ -588,6 +588,8 @@ impl FlowTable {
         self.flows.clear();
         self.shared.clear();
         self.bases.clear();
+        // State changes still waiting for their flow never found it.
+        self.stats.states_unmatched += self.pending.len() as u64;
         self.pending.clear();
     }
 
@@ -812,6 +814,15 @@ mod tests {
         assert_eq!(ended.len(), 1, "{out:?}");
         assert_eq!((ended[0].key, ended[0].state), (packets, FlowState::Expired));
         assert_eq!(run.table.len(), 1, "the socket-counted connection is still open");
+    }
+
+    #[test]
+    fn a_state_change_still_waiting_for_its_flow_at_shutdown_is_unmatched() {
+        let mut run = Run::new();
+        run.event(state_event(key(PROTO_TCP, 7), tcp_state::SYN_SENT, tcp_state::ESTABLISHED, MS));
+        assert_eq!(run.table.stats().states_unmatched, 0, "still waiting");
+        run.table.drain(&mut run.out);
+        assert_eq!(run.table.stats().states_unmatched, 1);
     }
 
     #[test]
