@@ -79,6 +79,15 @@ pub enum Error {
         /// What it wrote to stderr so far.
         stderr: String,
     },
+    /// A line could not be written to a child process's stdin.
+    #[error("writing to the stdin of `{command}`")]
+    Stdin {
+        /// The command line.
+        command: String,
+        /// The underlying error (the process closed its stdin or exited).
+        #[source]
+        source: io::Error,
+    },
     /// A command's output could not be understood.
     #[error("unexpected output from `{command}`: {detail}")]
     Output {

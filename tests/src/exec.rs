@@ -6,7 +6,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     os::unix::{ffi::OsStrExt, process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio},
     sync::{Arc, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
@@ -172,11 +172,13 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
 
 /// A running child process, killed (SIGKILL) and reaped when dropped.
 ///
-/// Its stdout is collected line by line; [`Proc::wait_for_line`] waits (bounded) for a line.
+/// Its stdout is collected line by line; [`Proc::wait_for_line`] waits (bounded) for a line,
+/// and [`Proc::send_line`] writes one to its stdin.
 #[must_use = "the process is killed when the guard is dropped"]
 #[derive(Debug)]
 pub struct Proc {
     child: Child,
+    stdin: Option<ChildStdin>,
     command: String,
     lines: Arc<Mutex<Vec<String>>>,
     stderr: mpsc::Receiver<Vec<u8>>,
@@ -186,8 +188,9 @@ impl Proc {
     /// Spawns `cmd` with stdout collected by the guard and stderr kept for error messages.
     pub fn spawn(cmd: &mut Command) -> Result<Self> {
         let command = describe(cmd);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| Error::Spawn { command: command.clone(), source })?;
+        let stdin = child.stdin.take();
         let lines = Arc::new(Mutex::new(Vec::new()));
         if let Some(out) = child.stdout.take() {
             let lines = Arc::clone(&lines);
@@ -200,7 +203,7 @@ impl Proc {
             });
         }
         let stderr = drain(child.stderr.take());
-        Ok(Self { child, command, lines, stderr })
+        Ok(Self { child, stdin, command, lines, stderr })
     }
 
     /// The process id.
@@ -211,6 +214,15 @@ impl Proc {
     /// The stdout lines printed so far.
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Writes `line` and a newline to the process's stdin.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        let write = |stdin: &mut ChildStdin| writeln!(stdin, "{line}").and_then(|()| stdin.flush());
+        self.stdin
+            .as_mut()
+            .map_or_else(|| Err(std::io::Error::other("stdin closed")), write)
+            .map_err(|source| Error::Stdin { command: self.command.clone(), source })
     }
 
     /// Waits up to `timeout` for a stdout line matching `pred` and returns it.

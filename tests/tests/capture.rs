@@ -361,13 +361,10 @@ while data := connection.recv(65536):
 connection.close()
 ";
 
-/// Connects and exchanges 100 bytes, then (once the file `argv[3]` exists)
-/// 600 round trips of 10 bytes, then (once `argv[4]` exists) closes.
+/// Connects and exchanges 100 bytes, then (once a line comes on stdin) 600
+/// round trips of 10 bytes, then (at the next line) closes.
 const PING_PONG_CLIENT: &str = "
-import os, socket, sys, time
-def wait_for(path):
-    while not os.path.exists(path):
-        time.sleep(0.01)
+import socket, sys
 def exchange(size):
     connection.sendall(b'x' * size)
     got = 0
@@ -377,11 +374,11 @@ connection = socket.create_connection((sys.argv[1], int(sys.argv[2])))
 connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 exchange(100)
 print('connected', connection.getsockname()[1], flush=True)
-wait_for(sys.argv[3])
+sys.stdin.readline()
 for _ in range(600):
     exchange(10)
 print('exchanged', flush=True)
-wait_for(sys.argv[4])
+sys.stdin.readline()
 connection.close()
 print('closed', flush=True)
 ";
@@ -397,12 +394,7 @@ fn tcp_connection_older_than_the_observer_is_found_at_a_sample_and_ends_exact() 
     let (host, port) = (target.ip().to_string(), target.port().to_string());
     let mut echo = server.spawn("python3", ["-c", ECHO_SERVER, &host, &port]).expect("echo server");
     echo.wait_for_line(Duration::from_secs(10), |line| line == "listening").expect("echo server listens");
-    let signals = std::env::temp_dir().join(format!("observer-ping-pong-{}", std::process::id()));
-    std::fs::create_dir_all(&signals).expect("signal dir");
-    let (go, close) = (signals.join("go"), signals.join("close"));
-    let (go_arg, close_arg) = (go.display().to_string(), close.display().to_string());
-    let mut ping =
-        client.spawn("python3", ["-c", PING_PONG_CLIENT, &host, &port, &go_arg, &close_arg]).expect("ping-pong client");
+    let mut ping = client.spawn("python3", ["-c", PING_PONG_CLIENT, &host, &port]).expect("ping-pong client");
     let connected =
         ping.wait_for_line(Duration::from_secs(10), |line| line.starts_with("connected ")).expect("connects");
     let client_port: u64 = connected["connected ".len()..].parse().expect("port");
@@ -411,7 +403,7 @@ fn tcp_connection_older_than_the_observer_is_found_at_a_sample_and_ends_exact() 
     // each way; about 1200 segments later both ends have passed a sampling
     // point, where the flow is found with the socket's counters.
     let observer = observe(&["--update-interval", "100ms"]);
-    std::fs::write(&go, b"").expect("go");
+    ping.send_line("go").expect("go");
     ping.wait_for_line(Duration::from_secs(30), |line| line == "exchanged").expect("exchanges");
     let live = |records: &[Value], cgroup_id: u64| {
         records.iter().any(|record| {
@@ -422,12 +414,11 @@ fn tcp_connection_older_than_the_observer_is_found_at_a_sample_and_ends_exact() 
         live(records, client.cgroup_id()) && live(records, server.cgroup_id())
     });
     assert!(found, "both ends found while open: {:#?}", observer.records());
-    std::fs::write(&close, b"").expect("close");
+    ping.send_line("close").expect("close");
     ping.wait_for_line(Duration::from_secs(10), |line| line == "closed").expect("closes");
     let run = finish(observer, |records| {
         ends(records, client.cgroup_id(), target).len() == 1 && ends(records, server.cgroup_id(), target).len() == 1
     });
-    let _ = std::fs::remove_dir_all(&signals);
     assert_no_loss(&run);
 
     let first =
