@@ -275,8 +275,7 @@ fn parse_json(file: &Path, text: &str, out: &mut Out<'_>) {
     }
 }
 
-fn add_value(value: Value, origin: &Origin, out: &mut Out<'_>) {
-    let mut value = value;
+fn add_value(mut value: Value, origin: &Origin, out: &mut Out<'_>) {
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
     if kind.ends_with("List")
         && let Some(Value::Array(items)) = value.get_mut("items").map(Value::take)

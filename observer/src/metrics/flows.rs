@@ -485,21 +485,9 @@ mod tests {
 
     #[test]
     fn world_destinations_are_named_by_the_domain_the_source_resolved() {
-        use crate::{
-            flow::PeerDns,
-            inventory::endpoint::{EndpointInfo, EndpointKind},
-        };
+        use crate::flow::PeerDns;
 
-        let world = Endpoint::from(EndpointInfo {
-            kind: EndpointKind::World,
-            namespace: None,
-            pod: None,
-            uid: None,
-            service: None,
-            node: None,
-            workload: None,
-            labels: Default::default(),
-        });
+        let world = Endpoint::world();
         let mut resolved = record(RecordEvent::End, FlowState::Closed, 100, 100);
         resolved.dst.endpoint = Some(world.clone());
         resolved.dst.dns = Some(PeerDns { names: vec![Arc::from("api.openai.example.com")], resolved: true });
