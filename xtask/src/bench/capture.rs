@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use observer_tests::{BurstOpts, Endpoint, Lab, ObserverProcess, Pod, Proc, TcpServerOpts};
+use observer_tests::{BurstOpts, BurstReport, Endpoint, Lab, ObserverProcess, Pod, Proc, TcpServerOpts};
 use serde_json::Value;
 
 use super::{build_release, cpu_ms, machine_facts, median, publish};
@@ -98,12 +98,32 @@ struct Sample {
 pub fn run(args: &CaptureArgs) -> anyhow::Result<()> {
     build_release()?;
     let machine = machine_facts();
-    let stats_enabled = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
-    fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
-    let result = measure(args);
-    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_enabled.trim());
-    let samples = result?;
+    let samples = measure(args)?;
     publish("capture", &report(args, &machine, &samples), args.no_write)
+}
+
+/// `kernel.bpf_stats_enabled` on while this lives, back to what it was when
+/// dropped. Only the in-kernel pass runs with it: the accounting itself
+/// costs every program run two clock reads, more for a tool with more runs.
+struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> anyhow::Result<Self> {
+        let previous = fs::read_to_string(Self::PATH).unwrap_or_default().trim().to_owned();
+        fs::write(Self::PATH, "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let previous = if self.previous.is_empty() { "0" } else { &self.previous };
+        let _ = fs::write(Self::PATH, previous);
+    }
 }
 
 fn measure(args: &CaptureArgs) -> anyhow::Result<Vec<(Variant, Sample)>> {
@@ -275,29 +295,19 @@ fn measure_variant(variant: Variant, client: &Pod, server: &Pod, args: &CaptureA
     if matches!(variant, Variant::Observer | Variant::Bpftrace) && ours.is_empty() {
         bail!("{} attached no eBPF program", variant.name());
     }
-    let ids = (!ours.is_empty()).then_some(ours.as_slice());
     let pids = running.pids();
     let tool_cpu = || -> anyhow::Result<u64> { pids.iter().map(|pid| cpu_ms(*pid)).sum() };
-    let before = ids.map(program_stats).transpose()?;
     let cpu_before = tool_cpu()?;
     let events_before = match &running {
         Running::Conntrack(conntrack) => conntrack.events().0,
         _ => 0,
     };
-    let burst = client.burst(
-        server.addr_v4(8080),
-        &BurstOpts { count: args.connections, threads: 2, send: 16, timeout: Duration::from_secs(5) },
-    )?;
-    if burst.completed != args.connections {
-        bail!("only {} of {} connections completed: {burst:?}", burst.completed, args.connections);
-    }
+    let burst = burst(client, server, args)?;
     // Let the tools read what the burst left before reading their CPU.
     std::thread::sleep(Duration::from_millis(300));
-    let after = ids.map(program_stats).transpose()?;
     let cpu_after = tool_cpu()?;
     let connections = burst.completed as f64;
     let conn_per_sec = connections / Duration::from_millis(burst.elapsed_ms.max(1)).as_secs_f64();
-    let kernel_ns_per_conn = before.zip(after).map(|(before, after)| after.since(&before).all_ns as f64 / connections);
     let cpu_ms_per_1k_conn =
         (!pids.is_empty()).then(|| cpu_after.saturating_sub(cpu_before) as f64 / connections * 1000.0);
     let conntrack_events_per_conn = match &running {
@@ -310,35 +320,75 @@ fn measure_variant(variant: Variant, client: &Pod, server: &Pod, args: &CaptureA
         }
         _ => None,
     };
-    let before_iperf = ids.map(program_stats).transpose()?;
-    let packets_before = link_packets(client)?;
-    let iperf = client.run(
-        "iperf3",
-        ["-c", &server.ipv4().to_string(), "-t", &args.iperf_seconds.to_string(), "-J"],
-        Duration::from_secs(args.iperf_seconds + 30),
-    )?;
-    let packets = link_packets(client)?.saturating_sub(packets_before);
-    let after_iperf = ids.map(program_stats).transpose()?;
-    let json: Value = serde_json::from_slice(&iperf.stdout).context("iperf3 -J output")?;
-    let bits = json
-        .pointer("/end/sum_received/bits_per_second")
-        .and_then(Value::as_f64)
-        .with_context(|| format!("no throughput in iperf3 output: {json}"))?;
-    let during_iperf = before_iperf.zip(after_iperf).map(|(before, after)| after.since(&before));
-    let kernel_ns_per_packet = during_iperf.filter(|_| packets > 0).map(|delta| delta.all_ns as f64 / packets as f64);
-    let kernel_ns_per_skb_run =
-        during_iperf.filter(|delta| delta.skb_runs > 0).map(|delta| delta.skb_ns as f64 / delta.skb_runs as f64);
+    let gbit_per_sec = iperf(client, server, args)?;
+    let kernel = if ours.is_empty() { None } else { Some(kernel_pass(&ours, client, server, args)?) };
     if let Running::Observer(observer) = running {
         observer.stop()?;
     }
     Ok(Sample {
         conn_per_sec,
-        gbit_per_sec: bits / 1e9,
-        kernel_ns_per_conn,
-        kernel_ns_per_packet,
-        kernel_ns_per_skb_run,
+        gbit_per_sec,
+        kernel_ns_per_conn: kernel.and_then(|kernel| kernel.ns_per_conn),
+        kernel_ns_per_packet: kernel.and_then(|kernel| kernel.ns_per_packet),
+        kernel_ns_per_skb_run: kernel.and_then(|kernel| kernel.ns_per_skb_run),
         cpu_ms_per_1k_conn,
         conntrack_events_per_conn,
+    })
+}
+
+/// One connection-rate run: `args.connections` short connections, all of
+/// which must complete.
+fn burst(client: &Pod, server: &Pod, args: &CaptureArgs) -> anyhow::Result<BurstReport> {
+    let burst = client.burst(
+        server.addr_v4(8080),
+        &BurstOpts { count: args.connections, threads: 2, send: 16, timeout: Duration::from_secs(5) },
+    )?;
+    if burst.completed != args.connections {
+        bail!("only {} of {} connections completed: {burst:?}", burst.completed, args.connections);
+    }
+    Ok(burst)
+}
+
+/// One iperf3 run; its throughput in Gbit/s.
+fn iperf(client: &Pod, server: &Pod, args: &CaptureArgs) -> anyhow::Result<f64> {
+    let iperf = client.run(
+        "iperf3",
+        ["-c", &server.ipv4().to_string(), "-t", &args.iperf_seconds.to_string(), "-J"],
+        Duration::from_secs(args.iperf_seconds + 30),
+    )?;
+    let json: Value = serde_json::from_slice(&iperf.stdout).context("iperf3 -J output")?;
+    let bits = json
+        .pointer("/end/sum_received/bits_per_second")
+        .and_then(Value::as_f64)
+        .with_context(|| format!("no throughput in iperf3 output: {json}"))?;
+    Ok(bits / 1e9)
+}
+
+/// What a variant's eBPF programs cost in the kernel.
+#[derive(Clone, Copy, Debug)]
+struct KernelTime {
+    ns_per_conn: Option<f64>,
+    ns_per_packet: Option<f64>,
+    ns_per_skb_run: Option<f64>,
+}
+
+/// The in-kernel pass, after the rates were measured without accounting: the
+/// same burst and iperf3 run again with `kernel.bpf_stats_enabled`.
+fn kernel_pass(ids: &[u64], client: &Pod, server: &Pod, args: &CaptureArgs) -> anyhow::Result<KernelTime> {
+    let _stats = BpfStats::enable()?;
+    let before = program_stats(ids)?;
+    let burst = burst(client, server, args)?;
+    let after = program_stats(ids)?;
+    let ns_per_conn = Some(after.since(&before).all_ns as f64 / burst.completed as f64);
+    let before_iperf = program_stats(ids)?;
+    let packets_before = link_packets(client)?;
+    iperf(client, server, args)?;
+    let packets = link_packets(client)?.saturating_sub(packets_before);
+    let during_iperf = program_stats(ids)?.since(&before_iperf);
+    Ok(KernelTime {
+        ns_per_conn,
+        ns_per_packet: (packets > 0).then(|| during_iperf.all_ns as f64 / packets as f64),
+        ns_per_skb_run: (during_iperf.skb_runs > 0).then(|| during_iperf.skb_ns as f64 / during_iperf.skb_runs as f64),
     })
 }
 
@@ -430,8 +480,10 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
         text,
         "Two lab pods on one bridge; each round runs every variant once in rotated order; medians over {} rounds. \
          Connection rate: {} short TCP connections (16 bytes each, 2 client threads). Throughput: one iperf3 stream \
-         for {} s. In-kernel time from `kernel.bpf_stats_enabled=1` (`run_time_ns` of every program that appeared \
-         when the variant started, via bpftool), per connection and per packet on the client's link during iperf3 \
+         for {} s. Rates and tool CPU are measured with `kernel.bpf_stats_enabled=0` (the accounting costs every \
+         program run two clock reads); then, for the variants with eBPF programs, the same burst and iperf3 run \
+         again with it on for the in-kernel time (`run_time_ns` of every program that appeared when the variant \
+         started, via bpftool), per connection and per packet on the client's link during iperf3 \
          (both directions; each packet passes an egress and an ingress cgroup_skb run, one at each end); \
          both ends of each connection are on this node, so the figures cover two sockets. Tool CPU: user + system \
          time of the observer, bpftrace, or the two `conntrack -E` listeners, from /proc/PID/stat (10 ms ticks). \
