@@ -180,7 +180,8 @@ mod tests {
         let stats = FlowStats { first_seen_ns: now, last_seen_ns: now, initiator, ..FlowStats::default() };
         let emission =
             Emission { key, stats, event: RecordEvent::End, state: FlowState::Closed, flow: 1, reported: None };
-        let mut record = build_record(&emission, clock, Some(Arc::from(POD)), &Arc::from("node"));
+        let mut record =
+            build_record(&emission, std::time::SystemTime::now(), clock, Some(Arc::from(POD)), &Arc::from("node"));
         let remote_end = if initiator == INITIATOR_LOCAL { &mut record.dst } else { &mut record.src };
         remote_end.endpoint = Some(Endpoint::world());
         record

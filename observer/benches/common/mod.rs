@@ -145,11 +145,12 @@ impl Pipeline {
 
     /// Records from emissions, with the cgroup path looked up as capture does.
     pub fn build(&self, emissions: &[Emission]) -> Vec<FlowRecord> {
+        let time = std::time::SystemTime::now();
         emissions
             .iter()
             .map(|emission| {
                 let path = self.cgroup_paths.get(&emission.key.cgroup_id).cloned();
-                build_record(emission, &self.clock, path, &self.node)
+                build_record(emission, time, &self.clock, path, &self.node)
             })
             .collect()
     }
@@ -164,9 +165,7 @@ impl Pipeline {
 
     /// Counts every record on its edge.
     pub fn meter(&mut self, records: &[FlowRecord]) {
-        for record in records {
-            self.meter.record(record);
-        }
+        self.meter.record_batch(records);
     }
 }
 

@@ -19,7 +19,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use aya::{
@@ -411,7 +411,8 @@ impl Capture {
         if out.is_empty() {
             return;
         }
-        let batch: Vec<FlowRecord> = out.drain(..).map(|emission| self.record(&emission)).collect();
+        let time = SystemTime::now();
+        let batch: Vec<FlowRecord> = out.drain(..).map(|emission| self.record(&emission, time)).collect();
         let count = batch.len() as u64;
         match sink.try_send(batch) {
             Ok(()) => {
@@ -424,8 +425,8 @@ impl Capture {
         }
     }
 
-    fn record(&mut self, emission: &Emission) -> FlowRecord {
-        build_record(emission, &self.clock, self.cgroups.path(emission.key.cgroup_id), &self.config.node)
+    fn record(&mut self, emission: &Emission, time: SystemTime) -> FlowRecord {
+        build_record(emission, time, &self.clock, self.cgroups.path(emission.key.cgroup_id), &self.config.node)
     }
 }
 
@@ -448,7 +449,14 @@ async fn maybe_readable<T: std::os::fd::AsRawFd>(
 }
 
 /// Orients a kernel flow (local/remote) as a record (initiator/responder).
-pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<str>>, node: &Arc<str>) -> FlowRecord {
+/// `time` is when the record is written: one clock read per batch.
+pub fn build_record(
+    emission: &Emission,
+    time: SystemTime,
+    clock: &Clock,
+    cgroup_path: Option<Arc<str>>,
+    node: &Arc<str>,
+) -> FlowRecord {
     let Emission { key, stats, event, state, flow, reported } = *emission;
     let (local_ip, remote_ip) = key_addrs(&key);
     let protocol = Protocol(key.protocol);
@@ -499,7 +507,7 @@ pub fn build_record(emission: &Emission, clock: &Clock, cgroup_path: Option<Arc<
         TcpFlags { to_dst: FlagSet(to_dst & ALL_FLAGS), to_src: FlagSet(to_src & ALL_FLAGS) }
     });
     FlowRecord {
-        time: std::time::SystemTime::now(),
+        time,
         event,
         node: Arc::clone(node),
         protocol,

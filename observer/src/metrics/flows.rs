@@ -207,9 +207,18 @@ impl FlowMeter {
         self.open.len()
     }
 
-    /// Counts one record on its edge.
-    pub fn record(&mut self, record: &FlowRecord) {
+    /// Counts every record of a batch on its edge, all at one time: the
+    /// batch left capture at once.
+    pub fn record_batch(&mut self, records: &[FlowRecord]) {
         let now = Instant::now();
+        for record in records {
+            self.record(record, now);
+        }
+        self.keep_open_edges(now);
+    }
+
+    /// Counts one record on its edge at `now`.
+    fn record(&mut self, record: &FlowRecord, now: Instant) {
         let edge = self.edges.of(record, &self.edge_of);
         let Progress { flow, first, new_to_dst, new_to_src } = record.progress;
         let open = if first { None } else { self.open.get(&flow).copied() };
@@ -241,7 +250,6 @@ impl FlowMeter {
             }
             self.open.insert(flow, Open { edge, verdict: verdict.or(counted) });
         }
-        self.keep_open_edges(now);
     }
 
     /// Marks the edges of open flows used, at most every quarter of the
@@ -392,18 +400,14 @@ pub async fn meter(
 ) {
     let mut meter = FlowMeter::new(metrics, edge_of);
     while let Some(batch) = input.recv().await {
-        for record in &batch {
-            meter.record(record);
-        }
+        meter.record_batch(&batch);
         if output.send(batch).await.is_err() {
             tracing::warn!("flow log stopped; metering continues without it");
             break;
         }
     }
     while let Some(batch) = input.recv().await {
-        for record in &batch {
-            meter.record(record);
-        }
+        meter.record_batch(&batch);
     }
 }
 
@@ -467,15 +471,15 @@ mod tests {
     fn records_add_only_what_is_new_and_count_the_flow_at_its_end() {
         let metrics = Metrics::new(MetricsConfig::default());
         let mut meter = FlowMeter::new(metrics.clone(), EdgeOf::new(LabelAllowlist::default()));
-        meter.record(&of_flow(record(RecordEvent::Start, FlowState::Established, 300, 1000), 1, None));
+        meter.record_batch(&[of_flow(record(RecordEvent::Start, FlowState::Established, 300, 1000), 1, None)]);
         let update = record(RecordEvent::Update, FlowState::Established, 500, 1000);
-        meter.record(&of_flow(update, 1, Some((300, 1000))));
+        meter.record_batch(&[of_flow(update, 1, Some((300, 1000)))]);
         assert_eq!(meter.open_flows(), 1);
-        meter.record(&of_flow(record(RecordEvent::End, FlowState::Closed, 600, 1200), 1, Some((500, 1000))));
+        meter.record_batch(&[of_flow(record(RecordEvent::End, FlowState::Closed, 600, 1200), 1, Some((500, 1000)))]);
         assert_eq!(meter.open_flows(), 0);
         assert_eq!(bytes_to_dst(&metrics).as_deref(), Some("600"));
         // A flow seen only at its end counts in full.
-        meter.record(&of_flow(record(RecordEvent::End, FlowState::Refused, 60, 40), 2, None));
+        meter.record_batch(&[of_flow(record(RecordEvent::End, FlowState::Refused, 60, 40), 2, None)]);
         assert_eq!(bytes_to_dst(&metrics).as_deref(), Some("660"));
         let text = metrics.encode();
         assert!(text.contains(r#"outcome="completed"} 1"#), "{text}");
