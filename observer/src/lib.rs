@@ -22,3 +22,16 @@ pub mod judge;
 pub mod metrics;
 pub mod policy;
 pub mod run;
+
+/// The error and its causes on one line, for logs: top-level messages alone
+/// ("failed to start watching", "BPF_MAP_LOOKUP_BATCH failed") do not say why.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

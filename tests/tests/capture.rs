@@ -317,6 +317,7 @@ fn burst_of_20k_connections_is_fully_accounted_for() {
         .sum::<u64>();
     assert_eq!(reported + lost, made, "reported {reported} + lost {lost} != made {made}; health {}", run.health);
     assert_eq!(lost, 0, "nothing is lost at this rate: {}", run.health);
+    assert_eq!(run.health["flow_map_batched"], 1, "the flow map is read and pruned in batches: {}", run.health);
     let completed =
         ends(&run.records, client.cgroup_id(), target).iter().filter(|record| record["state"] == "closed").count()
             as u64;

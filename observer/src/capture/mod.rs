@@ -12,6 +12,7 @@ pub mod btf;
 pub mod cgroups;
 pub mod clock;
 pub mod loader;
+pub mod map_batch;
 pub mod table;
 
 use std::{
@@ -35,16 +36,20 @@ use tokio::{
 };
 
 use crate::dns::DnsTracker;
+use crate::error_chain;
 use crate::flow::{
     Cgroup, Family, FlagSet, FlowRecord, Icmp, LocalEnd, Peer, Progress, Protocol, TcpFlags, Traffic, key_addrs,
 };
 use cgroups::CgroupPaths;
 use clock::{Clock, monotonic_ns};
 use loader::{LoadError, LoadOptions, TcpCounting};
+use map_batch::BatchedHashMap;
 use table::{Counters, Emission, FlowTable, TableConfig};
 
 /// How often the ring buffer is drained when the kernel does not wake us.
 const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// Flow-map entries the poll buffer keeps room for however few the map holds.
+const SNAPSHOT_KEPT: usize = 1024;
 
 /// Settings of the capture stage.
 #[derive(Clone, Debug)]
@@ -113,6 +118,9 @@ pub struct CaptureHealth {
     /// 1 when TCP is counted from each socket's own counters, 0 when per
     /// packet (asked for, or the kernel's BTF lacked the offsets).
     pub tcp_socket_counters: AtomicU64,
+    /// 1 while the flow map is read and pruned with batch commands, 0 once
+    /// the kernel refused them and it is done entry by entry.
+    pub flow_map_batched: AtomicU64,
     /// Ring-buffer events read.
     pub events_read: AtomicU64,
     /// DNS records read off the ring buffer.
@@ -147,6 +155,7 @@ impl CaptureHealth {
             "flow_map_entries": get(&self.flow_map_entries),
             "flow_map_capacity": get(&self.flow_map_capacity),
             "tcp_socket_counters": get(&self.tcp_socket_counters),
+            "flow_map_batched": get(&self.flow_map_batched),
             "events_read": get(&self.events_read),
             "dns_records_read": get(&self.dns_records_read),
             "records_dropped": get(&self.records_dropped),
@@ -160,7 +169,9 @@ impl CaptureHealth {
 pub struct Capture {
     // Owns the programs and their links: dropping it detaches everything.
     _ebpf: Ebpf,
-    flows: BpfHashMap<MapData, FlowKey, FlowStats>,
+    flows: BatchedHashMap<FlowKey, FlowStats>,
+    /// The latest poll's entries, kept for the next poll's.
+    snapshot: Vec<(FlowKey, FlowStats)>,
     events: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
@@ -192,6 +203,7 @@ impl Capture {
             None
         };
         let flows = BpfHashMap::try_from(take_map(&mut ebpf, names::FLOWS)?)
+            .map(BatchedHashMap::new)
             .map_err(|source| CaptureError::Map { name: names::FLOWS, source })?;
         let events = RingBuf::try_from(take_map(&mut ebpf, names::EVENTS)?)
             .map_err(|source| CaptureError::Map { name: names::EVENTS, source })?;
@@ -199,6 +211,7 @@ impl Capture {
             .map_err(|source| CaptureError::Map { name: names::COUNTERS, source })?;
         let health = Arc::new(CaptureHealth::default());
         health.flow_map_capacity.store(u64::from(config.load.flow_map_size), Ordering::Relaxed);
+        health.flow_map_batched.store(1, Ordering::Relaxed);
         match &tcp_counting {
             TcpCounting::Socket => health.tcp_socket_counters.store(1, Ordering::Relaxed),
             TcpCounting::PerPacketAsked => tracing::info!("counting TCP per packet, as asked"),
@@ -216,6 +229,7 @@ impl Capture {
         Ok(Self {
             _ebpf: ebpf,
             flows,
+            snapshot: Vec::new(),
             events: register(events)?,
             counters,
             logger,
@@ -344,20 +358,19 @@ impl Capture {
 
     fn poll(&mut self, out: &mut Vec<Emission>) {
         let taken = monotonic_ns();
-        let mut snapshot = Vec::with_capacity(self.table.len() + 64);
-        for entry in self.flows.iter() {
-            match entry {
-                Ok(entry) => snapshot.push(entry),
-                // An entry deleted while iterating (LRU eviction) is skipped.
-                Err(MapError::KeyNotFound) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "reading the flow map failed; will retry next poll");
-                    return;
-                }
-            }
+        self.snapshot.clear();
+        let read = self.flows.read_all(&mut self.snapshot);
+        self.health.flow_map_batched.store(u64::from(self.flows.is_batched()), Ordering::Relaxed);
+        if let Err(error) = read {
+            tracing::warn!(error = %error_chain(&error), "reading the flow map failed; will retry next poll");
+            return;
         }
-        self.health.flow_map_entries.store(snapshot.len() as u64, Ordering::Relaxed);
-        self.table.on_poll(&snapshot, taken, out);
+        self.health.flow_map_entries.store(self.snapshot.len() as u64, Ordering::Relaxed);
+        self.table.on_poll(&self.snapshot, taken, out);
+        // Kept for the next poll, but not at the size of a burst long gone.
+        if self.snapshot.capacity() > 4 * self.snapshot.len().max(SNAPSHOT_KEPT) {
+            self.snapshot.shrink_to(2 * self.snapshot.len().max(SNAPSHOT_KEPT));
+        }
         self.read_counters();
         self.health.polls.fetch_add(1, Ordering::Relaxed);
         self.health.last_poll_ns.store(taken, Ordering::Relaxed);
@@ -395,10 +408,12 @@ impl Capture {
         out: &mut Vec<Emission>,
         delete: &mut Vec<FlowKey>,
     ) {
-        for key in delete.drain(..) {
-            // Already gone (evicted) is fine.
-            let _ = self.flows.remove(&key);
+        // Keys already gone (evicted) are skipped.
+        if let Err(error) = self.flows.delete(delete) {
+            tracing::warn!(error = %error_chain(&error), "deleting ended flows from the flow map failed");
         }
+        self.health.flow_map_batched.store(u64::from(self.flows.is_batched()), Ordering::Relaxed);
+        delete.clear();
         let stats = self.table.stats();
         let health = Arc::clone(&self.health);
         health.flows_tracked.store(stats.flows_tracked, Ordering::Relaxed);

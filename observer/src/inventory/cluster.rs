@@ -28,6 +28,7 @@ use super::{
     store::{Item, Resource, Update},
     writer::Writer,
 };
+use crate::error_chain;
 
 /// Every resource the cluster source watches.
 pub(crate) const RESOURCES: [Resource; 7] = [
@@ -110,17 +111,4 @@ pub(crate) async fn run(client: Client, mut writer: Writer) {
             _ = tick.tick() => writer.tick(),
         }
     }
-}
-
-/// The error and its causes on one line, as kube's top-level messages alone
-/// ("failed to start watching") do not say why.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
