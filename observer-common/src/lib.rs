@@ -60,6 +60,15 @@ pub mod tcp_state {
     pub const LISTEN: u8 = 10;
     /// TCP_CLOSING.
     pub const CLOSING: u8 = 11;
+    /// TCP_NEW_SYN_RECV: a request socket (a passive open's handshake
+    /// before the connection's socket exists); never a full socket.
+    pub const NEW_SYN_RECV: u8 = 12;
+
+    /// A socket in `state` has completed its handshake (ESTABLISHED or a
+    /// state that follows it when closing).
+    pub const fn is_synchronized(state: u8) -> bool {
+        matches!(state, ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | TIME_WAIT | CLOSE_WAIT | LAST_ACK | CLOSING)
+    }
 }
 
 /// Which end sent the first packet of a flow, stored in [`FlowStats::initiator`].
@@ -169,12 +178,21 @@ pub const TCP_SOCK_BLOCK: usize = 512;
 /// costs less than a read per counter); `sk_flags` is from the socket's
 /// start.
 ///
-/// With it enabled, the cgroup_skb programs count TCP from the socket: a
-/// packet with SYN, FIN or RST, a DNS packet, a packet of no connected
-/// socket and every packet at a sampling point (see
-/// [`TCP_SAMPLE_MASK`]) writes the socket's counters into the flow map; any
-/// other TCP packet returns at once. The tracepoint reads the final
-/// counters at TCP_CLOSE into [`Event::counters`].
+/// With it enabled, the cgroup_skb programs count TCP from the socket. These
+/// TCP packets take the full path, writing the socket's counters into the
+/// flow map: on a socket whose handshake is under way (SYN_SENT, SYN_RECV),
+/// one with SYN, FIN or RST; on a socket that completed it (ESTABLISHED and
+/// the closing states), one with SYN or RST (and FIN without
+/// [`TcpSockOffsets::sk_cgroup`]); a DNS packet; every packet at a sampling
+/// point (see [`TCP_SAMPLE_MASK`]); at a listener, one with SYN, FIN or RST
+/// (a SYN starts the passive opener's flow); and a packet of no full socket
+/// but a request socket's (or of a closed socket, or of none). Any other TCP
+/// packet returns at once: the data, the ACKs, the FINs of a connected
+/// socket, the listener's share of the handshake's last ACK and the SYN-ACK
+/// a request socket sends; the connection's socket counts them all. The
+/// tracepoint reads the final counters at TCP_CLOSE into
+/// [`Event::counters`], with the socket's cgroup and the FINs it sent and
+/// received.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TcpSockOffsets {
@@ -197,10 +215,17 @@ pub struct TcpSockOffsets {
     /// `sock.__sk_common.skc_flags` (unsigned long; bit 1 is `SOCK_DONE`,
     /// set when the peer's FIN was taken in order).
     pub sk_flags: u32,
-    /// Explicit padding, always zero.
-    pub _pad: u32,
+    /// `sock.sk_cgrp_data.cgroup` (`struct cgroup *`), from the socket's
+    /// start; zero when the kernel's BTF does not have it: closes then carry
+    /// no cgroup, and FINs of connected sockets take the full path (see
+    /// [`Event::key`]).
+    pub sk_cgroup: u32,
+    /// `cgroup.kn` (`struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id` (u64): the cgroup id.
+    pub kn_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 48);
 
 /// A TCP packet with no SYN, FIN or RST counts its socket into the flow map
 /// when `(segs_in + segs_out) & TCP_SAMPLE_MASK == TCP_SAMPLE_AT`: a window
@@ -242,7 +267,11 @@ pub const DIRECTION_INGRESS: u8 = 2;
 ///
 /// For [`EVENT_TCP_STATE`] the key's addresses and ports are the socket's own
 /// (local) and peer (remote) ends; `cgroup_id` is the current task's cgroup
-/// when the change happened in process context (`connect()`), else zero.
+/// for a SYN_SENT (`connect()` runs in the caller's context), the socket's
+/// own cgroup for a close with counters (read from the socket; zero when it
+/// could not be), else zero. A close that names its cgroup can report a
+/// connection no packet put in the flow map (one older than the observer
+/// whose FIN took the fast path).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Event {
@@ -255,8 +284,14 @@ pub struct Event {
     /// Non-zero: `counters` holds the socket's final counters (a close,
     /// with [`TcpSockOffsets::enabled`]).
     pub has_counters: u8,
+    /// With `has_counters`: [`tcp_flags::FIN`] when the socket had sent its
+    /// FIN (the FINs of connected sockets take the fast path), else zero.
+    pub tcp_flags_out: u8,
+    /// With `has_counters`: [`tcp_flags::FIN`] when the socket had received
+    /// the peer's FIN in order, else zero.
+    pub tcp_flags_in: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 2],
     /// `bpf_ktime_get_ns` when the event happened.
     pub timestamp_ns: u64,
     /// The flow the event is about.

@@ -5,15 +5,17 @@
 //! (`sock/inet_sock_set_state`). Out: per-flow counters in the `FLOWS` LRU
 //! hash, an `Event` on the `EVENTS` ring buffer for each new flow and each TCP
 //! attempt, establishment and close (a close carries the socket's final
-//! counters), the payload of every DNS packet a local socket exchanges with a
-//! remote port 53 (see `dns`), and per-CPU counters of what went wrong.
+//! counters, FINs and cgroup), the payload of every DNS packet a local socket
+//! exchanges with a remote port 53 (see `dns`), and per-CPU counters of what
+//! went wrong.
 //!
 //! TCP is counted from the socket when the loader found `struct tcp_sock`'s
-//! layout (`TCP_SOCK`): only packets with SYN, FIN or RST, DNS packets,
-//! packets of no connected socket and packets at a sampling point touch the
-//! flow map, writing the socket's own counters; other TCP packets return
-//! after a few loads. Everything else, and TCP without the layout, is counted
-//! packet by packet.
+//! layout (`TCP_SOCK`): only the handshake's SYNs, resets, FINs before the
+//! handshake is done, DNS packets, packets of no connected socket and
+//! packets at a sampling point touch the flow map, writing the socket's own
+//! counters; other TCP packets return after a few loads (`TcpSockOffsets`
+//! says which is which). Everything else, and TCP without the layout, is
+//! counted packet by packet.
 //!
 //! Every program observes only: the cgroup_skb programs return "pass" on every
 //! path, errors included.
@@ -91,7 +93,9 @@ static TCP_SOCK: TcpSockOffsets = TcpSockOffsets {
     snd_una: 0,
     write_seq: 0,
     sk_flags: 0,
-    _pad: 0,
+    sk_cgroup: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
 };
 
 /// Where a closing socket's counters are copied to be read.
@@ -139,28 +143,36 @@ enum Socket {
 }
 
 /// The socket-counting fast path: `Err(())` when the packet needs nothing
-/// more (a TCP segment without SYN, FIN or RST, not DNS, off the sampling
-/// window), else what the full path needs to know of its socket.
+/// more (see [`TcpSockOffsets`] for which TCP packets those are), else what
+/// the full path needs to know of its socket.
 #[inline(always)]
 fn classify(ctx: &SkBuffContext) -> Result<Socket, ()> {
-    if tcp_sock_offsets().enabled == 0 {
+    let offsets = tcp_sock_offsets();
+    if offsets.enabled == 0 {
         return Ok(Socket::None);
     }
     // SAFETY: `ctx.skb.skb` is the program's own `__sk_buff`; the socket
-    // pointers come from helpers that return null or a valid socket.
+    // pointers come from it or from helpers that return null or a valid
+    // socket; `state` is one of the fields the verifier lets a program read
+    // from any socket, full or not (bpf_sock_common_is_valid_access).
     unsafe {
         let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
         if sk.is_null() {
             return Ok(Socket::None);
         }
+        // The SYN-ACK of a passive open leaves from the request socket; the
+        // socket the handshake creates counts it (userspace adds it back).
+        if (*sk).state == u32::from(tcp_state::NEW_SYN_RECV) {
+            return Err(());
+        }
         let sk = bpf_sk_fullsock(sk);
         if sk.is_null() || (*sk).protocol != u32::from(PROTO_TCP) {
             return Ok(Socket::None);
         }
-        // A listener (the handshake of a passive open) or a closed socket
-        // (the kernel's reset sender) holds no counters of this flow.
         let state = (*sk).state as u8;
-        if state == tcp_state::LISTEN || state == tcp_state::CLOSE {
+        // A closed socket (the kernel's reset sender) holds no counters of
+        // this flow.
+        if state == tcp_state::CLOSE {
             return Ok(Socket::None);
         }
         let tp = bpf_tcp_sock(sk);
@@ -168,15 +180,32 @@ fn classify(ctx: &SkBuffContext) -> Result<Socket, ()> {
             return Ok(Socket::None);
         }
         let (segs_in, segs_out) = ((*tp).segs_in, (*tp).segs_out);
+        let listening = state == tcp_state::LISTEN;
+        // Once the handshake is done a FIN is only counters, which the close
+        // event brings final, with the FINs each way and the socket's cgroup
+        // (so it also reports a connection no packet put in the map).
+        let noisy = if !listening && tcp_state::is_synchronized(state) && offsets.sk_cgroup != 0 {
+            tcp_flags::SYN | tcp_flags::RST
+        } else {
+            tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST
+        };
         let quiet = match packet::tcp_flags(ctx) {
-            Some(flags) => flags & (tcp_flags::SYN | tcp_flags::FIN | tcp_flags::RST) == 0,
+            Some(flags) => flags & noisy == 0,
             None => false,
         };
+        // A listener holds no counters of this flow either. Its SYN starts
+        // the passive opener's flow; the handshake's last ACK, filtered
+        // against it before the connection's socket exists, is counted by
+        // that socket.
         if quiet
-            && (*sk).dst_port != DNS_PORT.to_be()
-            && segs_in.wrapping_add(segs_out) & TCP_SAMPLE_MASK != TCP_SAMPLE_AT
+            && (listening
+                || (*sk).dst_port != DNS_PORT.to_be()
+                    && segs_in.wrapping_add(segs_out) & TCP_SAMPLE_MASK != TCP_SAMPLE_AT)
         {
             return Err(());
+        }
+        if listening {
+            return Ok(Socket::None);
         }
         // Which FIN the counters hold, from the state: ours is acknowledged
         // once FIN_WAIT2 or TIME_WAIT is reached; the peer's was taken in
@@ -234,7 +263,7 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
     let stats = new_stats(&parsed, counters.as_ref(), direction, now);
     if FLOWS.insert(key, stats, u64::from(BPF_NOEXIST)).is_ok() {
         bump(Counter::FlowsCreated);
-        emit(EVENT_NEW_FLOW, 0, 0, now, &key, None);
+        emit(EVENT_NEW_FLOW, 0, 0, now, &key, None, (0, 0));
         return;
     }
     // Another CPU inserted the same flow first: count on its entry.
@@ -404,13 +433,51 @@ fn tcp_state_change(ctx: &TracePointContext) {
         // connect() runs in the caller's context: its cgroup is the socket's.
         key.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
-    let counters = if new == tcp_state::CLOSE { final_counters(ctx, old as u8) } else { None };
-    emit(EVENT_TCP_STATE, old as u8, new, unsafe { bpf_ktime_get_ns() }, &key, counters.as_ref());
+    let mut fins = (0, 0);
+    let counters =
+        if new == tcp_state::CLOSE { final_counters(ctx, old as u8, &mut key.cgroup_id, &mut fins) } else { None };
+    emit(EVENT_TCP_STATE, old as u8, new, unsafe { bpf_ktime_get_ns() }, &key, counters.as_ref(), fins);
+}
+
+/// The cgroup id of socket `sk` (`sk->sk_cgrp_data.cgroup->kn->id`, what
+/// `bpf_skb_cgroup_id` gives its packets), or zero.
+///
+/// Not inlined: the tracepoint's stack has no room for it.
+///
+/// # Safety
+/// `sk` must be the address of a `struct sock`; the reads go through
+/// `bpf_probe_read_kernel`, which fails instead of faulting.
+#[inline(never)]
+unsafe fn socket_cgroup(sk: *const u8, sk_cgroup: u32, cgroup_kn: u32, kn_id: u32) -> u64 {
+    if sk_cgroup == 0 {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe {
+        let Ok(cgroup) = bpf_probe_read_kernel(sk.add(sk_cgroup as usize).cast::<u64>()) else { return 0 };
+        let cgroup = cgroup as *const u8;
+        if cgroup.is_null() {
+            return 0;
+        }
+        let Ok(kn) = bpf_probe_read_kernel(cgroup.add(cgroup_kn as usize).cast::<u64>()) else { return 0 };
+        let kn = kn as *const u8;
+        if kn.is_null() {
+            return 0;
+        }
+        bpf_probe_read_kernel(kn.add(kn_id as usize).cast::<u64>()).unwrap_or(0)
+    }
 }
 
 /// The closing socket's counters, read at the offsets the loader found;
 /// `None` without them or when a read fails (the polled ones then stand).
-fn final_counters(ctx: &TracePointContext, old: u8) -> Option<SocketCounters> {
+/// Also sets `cgroup_id` to the socket's cgroup and `fins` to the FINs it
+/// sent and received (as tcp_flags, out and in).
+fn final_counters(
+    ctx: &TracePointContext,
+    old: u8,
+    cgroup_id: &mut u64,
+    fins: &mut (u8, u8),
+) -> Option<SocketCounters> {
     let offsets = tcp_sock_offsets();
     if offsets.enabled == 0 {
         return None;
@@ -450,6 +517,8 @@ fn final_counters(ctx: &TracePointContext, old: u8) -> Option<SocketCounters> {
         let fin_acked = fin_sent && read_u32(offsets.snd_una)? == read_u32(offsets.write_seq)?;
         let sk_flags = bpf_probe_read_kernel(sk.add(offsets.sk_flags as usize).cast::<u64>()).ok()?;
         let fin_received = sk_flags & SOCK_DONE != 0;
+        *fins = (if fin_sent { tcp_flags::FIN } else { 0 }, if fin_received { tcp_flags::FIN } else { 0 });
+        *cgroup_id = socket_cgroup(sk, offsets.sk_cgroup, offsets.cgroup_kn, offsets.kn_id);
         Some(SocketCounters {
             packets_out: u64::from(segs_out),
             bytes_out: bytes_acked.saturating_sub(u64::from(fin_acked)),
@@ -459,7 +528,15 @@ fn final_counters(ctx: &TracePointContext, old: u8) -> Option<SocketCounters> {
     }
 }
 
-fn emit(kind: u8, old_state: u8, new_state: u8, now: u64, key: &FlowKey, counters: Option<&SocketCounters>) {
+fn emit(
+    kind: u8,
+    old_state: u8,
+    new_state: u8,
+    now: u64,
+    key: &FlowKey,
+    counters: Option<&SocketCounters>,
+    (tcp_flags_out, tcp_flags_in): (u8, u8),
+) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(Event {
@@ -467,7 +544,9 @@ fn emit(kind: u8, old_state: u8, new_state: u8, now: u64, key: &FlowKey, counter
                 old_state,
                 new_state,
                 has_counters: u8::from(counters.is_some()),
-                _pad: [0; 4],
+                tcp_flags_out,
+                tcp_flags_in,
+                _pad: [0; 2],
                 timestamp_ns: now,
                 key: *key,
                 counters: counters.copied().unwrap_or_default(),

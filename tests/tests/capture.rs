@@ -89,6 +89,16 @@ fn assert_ends_agree(client_side: &[&Value], server_side: &[&Value]) {
     }
 }
 
+/// A connection that completed and closed shows SYN, ACK and FIN each way.
+fn assert_handshake_and_fins(record: &Value) {
+    for way in ["/tcp_flags/to_dst", "/tcp_flags/to_src"] {
+        let flags = record.pointer(way).and_then(Value::as_array).unwrap_or_else(|| panic!("{way} in {record}"));
+        for flag in ["SYN", "ACK", "FIN"] {
+            assert!(flags.contains(&Value::from(flag)), "{flag} in {way}: {record}");
+        }
+    }
+}
+
 #[test]
 fn tcp_connections_are_reported_once_each_with_their_bytes() {
     if !root_or_skip("tcp_connections_are_reported_once_each_with_their_bytes") {
@@ -143,6 +153,7 @@ fn tcp_connections_with_exact_payload(extra: &[&str]) {
         assert_eq!(str_at(record, "/family"), "ipv4");
         // Payload bytes, exactly: no headers, no SYN or FIN.
         assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (1000, 5000), "{record}");
+        assert_handshake_and_fins(record);
     }
     let server_side = ends(&run.records, server.cgroup_id(), target);
     assert_eq!(server_side.len() as u64, K, "server-side flows: {server_side:#?}");
@@ -150,6 +161,7 @@ fn tcp_connections_with_exact_payload(extra: &[&str]) {
         assert_eq!((str_at(record, "/state"), str_at(record, "/local")), ("closed", "dst"));
         assert_eq!(str_at(record, "/cgroup/path"), server.cgroup_path());
         assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (1000, 5000), "{record}");
+        assert_handshake_and_fins(record);
     }
     if socket_counted {
         // Segments as each socket counted them (the handshake included);
@@ -362,8 +374,9 @@ while data := connection.recv(65536):
 connection.close()
 ";
 
-/// Connects and exchanges 100 bytes, then (once a line comes on stdin) 600
-/// round trips of 10 bytes, then (at the next line) closes.
+/// Connects and exchanges 100 bytes, then (once a line comes on stdin) as
+/// many round trips of 10 bytes as its third argument says, then (at the
+/// next line) closes.
 const PING_PONG_CLIENT: &str = "
 import socket, sys
 def exchange(size):
@@ -376,7 +389,7 @@ connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 exchange(100)
 print('connected', connection.getsockname()[1], flush=True)
 sys.stdin.readline()
-for _ in range(600):
+for _ in range(int(sys.argv[3])):
     exchange(10)
 print('exchanged', flush=True)
 sys.stdin.readline()
@@ -395,7 +408,7 @@ fn tcp_connection_older_than_the_observer_is_found_at_a_sample_and_ends_exact() 
     let (host, port) = (target.ip().to_string(), target.port().to_string());
     let mut echo = server.spawn("python3", ["-c", ECHO_SERVER, &host, &port]).expect("echo server");
     echo.wait_for_line(Duration::from_secs(10), |line| line == "listening").expect("echo server listens");
-    let mut ping = client.spawn("python3", ["-c", PING_PONG_CLIENT, &host, &port]).expect("ping-pong client");
+    let mut ping = client.spawn("python3", ["-c", PING_PONG_CLIENT, &host, &port, "600"]).expect("ping-pong client");
     let connected =
         ping.wait_for_line(Duration::from_secs(10), |line| line.starts_with("connected ")).expect("connects");
     let client_port: u64 = connected["connected ".len()..].parse().expect("port");
@@ -439,5 +452,48 @@ fn tcp_connection_older_than_the_observer_is_found_at_a_sample_and_ends_exact() 
         assert_eq!(u64_at(record, "/src/port"), client_port, "oriented client to server: {record}");
         assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (6100, 6100), "{record}");
     }
+    assert_ends_agree(&client_end, &server_end);
+}
+
+#[test]
+fn tcp_connection_older_than_the_observer_that_closes_before_a_sample_is_reported_at_its_close() {
+    if !root_or_skip("tcp_connection_older_than_the_observer_that_closes_before_a_sample_is_reported_at_its_close") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let target = server.addr_v4(8091);
+    let (host, port) = (target.ip().to_string(), target.port().to_string());
+    let mut echo = server.spawn("python3", ["-c", ECHO_SERVER, &host, &port]).expect("echo server");
+    echo.wait_for_line(Duration::from_secs(10), |line| line == "listening").expect("echo server listens");
+    let mut ping = client.spawn("python3", ["-c", PING_PONG_CLIENT, &host, &port, "0"]).expect("client");
+    let connected =
+        ping.wait_for_line(Duration::from_secs(10), |line| line.starts_with("connected ")).expect("connects");
+    let client_port: u64 = connected["connected ".len()..].parse().expect("port");
+
+    // No packet of the connection reaches the flow map while the observer
+    // runs (no SYN, no sampling point; FINs of connected sockets take the
+    // fast path): each end's close reports it, naming the socket's cgroup.
+    let observer = observe(&[]);
+    ping.send_line("go").expect("go");
+    ping.wait_for_line(Duration::from_secs(10), |line| line == "exchanged").expect("no exchanges");
+    ping.send_line("close").expect("close");
+    ping.wait_for_line(Duration::from_secs(10), |line| line == "closed").expect("closes");
+    let run = finish(observer, |records| {
+        ends(records, client.cgroup_id(), target).len() == 1 && ends(records, server.cgroup_id(), target).len() == 1
+    });
+    assert_no_loss(&run);
+    assert_eq!(run.health["states_unmatched"], 0, "{}", run.health);
+    let client_end = ends(&run.records, client.cgroup_id(), target);
+    let server_end = ends(&run.records, server.cgroup_id(), target);
+    assert_eq!((client_end.len(), server_end.len()), (1, 1), "{:#?}", run.records);
+    for record in client_end.iter().chain(&server_end) {
+        assert_eq!(str_at(record, "/state"), "closed", "{record}");
+        assert_eq!(u64_at(record, "/src/port"), client_port, "oriented client to server: {record}");
+        assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (100, 100), "{record}");
+        assert_handshake_and_fins(record);
+    }
+    assert_eq!(str_at(client_end[0], "/local"), "src");
+    assert_eq!(str_at(server_end[0], "/local"), "dst");
     assert_ends_agree(&client_end, &server_end);
 }

@@ -45,6 +45,18 @@ impl CgroupPaths {
         self.paths.get(&id).cloned()
     }
 
+    /// Whether cgroup `id` is under the root, rescanning as [`Self::path`] does.
+    pub fn contains(&mut self, id: u64) -> bool {
+        if self.paths.contains_key(&id) {
+            return true;
+        }
+        if self.last_scan.is_some_and(|at| at.elapsed() < self.rescan_after) {
+            return false;
+        }
+        self.rescan();
+        self.paths.contains_key(&id)
+    }
+
     /// Walks the whole tree again, dropping cgroups that are gone.
     pub fn rescan(&mut self) {
         self.paths.clear();
@@ -82,6 +94,7 @@ mod tests {
         assert_eq!(paths.path(id).as_deref(), Some("/kubepods/besteffort/podabc/cid"));
         let root_id = fs::metadata(&root).expect("stat").ino();
         assert_eq!(paths.path(root_id).as_deref(), Some("/"));
+        assert!(paths.contains(id) && !paths.contains(u64::MAX));
         fs::remove_dir_all(&root).expect("cleanup");
     }
 }

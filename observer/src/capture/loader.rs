@@ -270,6 +270,18 @@ pub fn tcp_sock_offsets(vmlinux_btf: &[u8]) -> Result<TcpSockOffsets, BtfError> 
         });
     }
     let [segs_out, segs_in, bytes_acked, bytes_received, snd_una, write_seq] = counters.map(|offset| offset - block);
+    // The socket's cgroup, for closes: optional (before Linux 5.15
+    // `sock_cgroup_data` held the pointer in a tagged union); without it
+    // FINs keep the full path, which finds connections older than the
+    // observer.
+    let cgroup = || -> Result<[u32; 3], BtfError> {
+        Ok([
+            field("sock", &["sk_cgrp_data", "cgroup"], 8)?,
+            field("cgroup", &["kn"], 8)?,
+            field("kernfs_node", &["id"], 8)?,
+        ])
+    };
+    let [sk_cgroup, cgroup_kn, kn_id] = cgroup().unwrap_or_default();
     Ok(TcpSockOffsets {
         enabled: 1,
         block,
@@ -280,7 +292,9 @@ pub fn tcp_sock_offsets(vmlinux_btf: &[u8]) -> Result<TcpSockOffsets, BtfError> 
         snd_una,
         write_seq,
         sk_flags: field("sock", &["__sk_common", "skc_flags"], 8)?,
-        _pad: 0,
+        sk_cgroup,
+        cgroup_kn,
+        kn_id,
     })
 }
 
@@ -379,6 +393,8 @@ mod tests {
         ] {
             assert!(offset + size <= block, "{offsets:?}");
         }
+        // Linux 5.15 and later: a close names its socket's cgroup.
+        assert!(offsets.sk_cgroup != 0 && offsets.cgroup_kn != 0 && offsets.kn_id != 0, "{offsets:?}");
     }
 
     const FORMAT: &str = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;

@@ -103,7 +103,8 @@ pub struct CaptureHealth {
     pub flows_ended: AtomicU64,
     /// Flows evicted from the kernel map before they ended.
     pub flows_evicted: AtomicU64,
-    /// Flows found only by polling (their new-flow event was lost).
+    /// Flows found without a new-flow event: by polling (the event was
+    /// lost), or at their close (a connection older than the observer).
     pub flows_discovered: AtomicU64,
     /// Connections that reused the tuple of a flow not yet reported.
     pub tuples_reused: AtomicU64,
@@ -348,8 +349,18 @@ impl Capture {
                 continue;
             }
             // SAFETY: the kernel wrote an `Event` (repr(C), any bit pattern valid).
-            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+            let mut event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
             drop(item);
+            // A close names its socket's cgroup so that it can report a
+            // connection never seen before; the tracepoint sees every socket
+            // on the node, the flow log only those under the cgroup root.
+            if event.has_counters != 0
+                && event.key.cgroup_id != 0
+                && !self.table.has_tuple(&event.key)
+                && !self.cgroups.contains(event.key.cgroup_id)
+            {
+                event.key.cgroup_id = 0;
+            }
             self.table.on_event(&event, out);
         }
         self.health.events_read.fetch_add(read, Ordering::Relaxed);

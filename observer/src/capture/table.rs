@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 
 use observer_common::{
-    COUNTED_SOCKET, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP, tcp_flags,
-    tcp_state,
+    COUNTED_SOCKET, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE,
+    PROTO_TCP, tcp_flags, tcp_state,
 };
 
 use crate::flow::{FlowState, RecordEvent};
@@ -104,7 +104,9 @@ pub struct TableStats {
     pub flows_ended: u64,
     /// Flows the kernel map evicted before they ended.
     pub flows_evicted: u64,
-    /// Flows found by polling whose new-flow event never arrived.
+    /// Flows found without a new-flow event: by polling (the event never
+    /// arrived), or at their close (a TCP connection no packet put in the
+    /// flow map).
     pub flows_discovered: u64,
     /// TCP state changes that matched no flow in time.
     pub states_unmatched: u64,
@@ -142,6 +144,17 @@ enum Phase {
         at: Millis,
         from: u8,
     },
+}
+
+impl Phase {
+    /// The connection completed its handshake.
+    fn synchronized(self) -> bool {
+        match self {
+            Self::Established => true,
+            Self::Closed { from, .. } => tcp_state::is_synchronized(from),
+            Self::None | Self::Attempted => false,
+        }
+    }
 }
 
 /// A flow key without its cgroup: what TCP state events carry and the table
@@ -244,14 +257,15 @@ fn emission(
     state: FlowState,
 ) -> Emission {
     let base = if flow.reused { bases.get(&key) } else { None };
-    Emission {
-        key,
-        stats: view(flow, base),
-        event,
-        state,
-        flow: flow.id,
-        reported: flow.reported.map(|_| flow.reported_counters),
+    let mut stats = view(flow, base);
+    if flow.phase.synchronized() {
+        // A completed handshake sent and received SYN and ACK each way,
+        // though its last ACK takes the kernel's fast path at both ends.
+        let handshake = tcp_flags::SYN | tcp_flags::ACK;
+        stats.tcp_flags_out |= handshake;
+        stats.tcp_flags_in |= handshake;
     }
+    Emission { key, stats, event, state, flow: flow.id, reported: flow.reported.map(|_| flow.reported_counters) }
 }
 
 /// A TCP state change that arrived before its flow (the tracepoint fires
@@ -311,6 +325,12 @@ impl FlowTable {
     /// Whether no flow is tracked.
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
+    }
+
+    /// Whether a flow with `key`'s tuple is tracked, of any cgroup (what a
+    /// TCP state event applies to).
+    pub fn has_tuple(&self, key: &FlowKey) -> bool {
+        self.flows.contains_key(&Tuple::of(key))
     }
 
     fn next_id(&mut self) -> u64 {
@@ -399,6 +419,32 @@ impl FlowTable {
         self.stats.flows_tracked += 1;
     }
 
+    /// Tracks the connection of a close event that found no flow, from the
+    /// event alone: its final counters and FINs, first seen at the close.
+    fn track_closed(&mut self, event: &Event, phase: Phase) {
+        let key = event.key;
+        let at = event.timestamp_ns;
+        // As the kernel guesses for a connection first seen after its
+        // handshake: the end with the higher (ephemeral) port connected.
+        let initiator = if key.local_port > key.remote_port { INITIATOR_LOCAL } else { INITIATOR_REMOTE };
+        let stats = FlowStats { first_seen_ns: at, last_seen_ns: at, initiator, ..FlowStats::default() };
+        let flow = Tracked {
+            cgroup_id: key.cgroup_id,
+            id: self.next_id(),
+            stats: with_final_counters(stats, event),
+            reported_counters: Counters::default(),
+            reported: None,
+            last_report: millis(at),
+            phase,
+            reused: false,
+            polled: self.parity,
+            final_counters: true,
+        };
+        self.insert(Tuple::of(&key), flow);
+        self.stats.flows_tracked += 1;
+        self.stats.flows_discovered += 1;
+    }
+
     fn on_tcp_state(&mut self, event: &Event, out: &mut Vec<Emission>) {
         let at = event.timestamp_ns;
         let phase = match event.new_state {
@@ -408,7 +454,15 @@ impl FlowTable {
             _ => return,
         };
         let tuple = Tuple::of(&event.key);
-        if !self.flows.contains_key(&tuple) {
+        if !self.has_tuple(&event.key) {
+            if event.has_counters != 0 && event.key.cgroup_id != 0 {
+                // A connection no packet put in the flow map (older than the
+                // observer, its FIN on the fast path): its close, naming the
+                // socket's cgroup, starts and ends it.
+                self.pending.remove(&tuple);
+                self.track_closed(event, phase);
+                return;
+            }
             self.pending.insert(tuple, Pending { phase, at });
             return;
         }
@@ -473,6 +527,9 @@ impl FlowTable {
                         bytes_out: flow.stats.bytes_out,
                         packets_in: flow.stats.packets_in,
                         bytes_in: flow.stats.bytes_in,
+                        // The map's flags only grow; the close added its FINs.
+                        tcp_flags_out: flow.stats.tcp_flags_out | stats.tcp_flags_out,
+                        tcp_flags_in: flow.stats.tcp_flags_in | stats.tcp_flags_in,
                         counted: flow.stats.counted,
                         last_seen_ns,
                         ..*stats
@@ -489,9 +546,11 @@ impl FlowTable {
                 }
             }
         }
+        // A flow whose close brought its final counters has nothing left in
+        // the map to lose (and one tracked from its close was never there).
         let evicted: Vec<FlowKey> = self
             .iter()
-            .filter(|(_, flow)| flow.polled != parity && flow.stats.first_seen_ns < taken_ns)
+            .filter(|(_, flow)| flow.polled != parity && flow.stats.first_seen_ns < taken_ns && !flow.final_counters)
             .map(|(tuple, flow)| tuple.key(flow.cgroup_id))
             .collect();
         for key in evicted {
@@ -623,7 +682,9 @@ fn handshake_seen(stats: &FlowStats) -> bool {
 
 /// A closing socket's counters (carried by its close event) replace the
 /// packet and byte counters: they are final and exact, where the flow map
-/// holds only what the last sampled packet wrote.
+/// holds only what the last sampled packet wrote. The FINs it sent and
+/// received join the flags (the FINs of a connected socket take the
+/// kernel's fast path).
 fn with_final_counters(stats: FlowStats, event: &Event) -> FlowStats {
     let counters = event.counters;
     FlowStats {
@@ -631,6 +692,8 @@ fn with_final_counters(stats: FlowStats, event: &Event) -> FlowStats {
         bytes_out: counters.bytes_out,
         packets_in: counters.packets_in,
         bytes_in: counters.bytes_in,
+        tcp_flags_out: stats.tcp_flags_out | event.tcp_flags_out,
+        tcp_flags_in: stats.tcp_flags_in | event.tcp_flags_in,
         counted: COUNTED_SOCKET,
         last_seen_ns: stats.last_seen_ns.max(event.timestamp_ns),
         ..stats
@@ -666,7 +729,7 @@ fn closed_state(flow: &Tracked) -> FlowState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use observer_common::{FAMILY_IPV4, INITIATOR_REMOTE, PROTO_UDP, SocketCounters};
+    use observer_common::{FAMILY_IPV4, PROTO_UDP, SocketCounters};
 
     const MS: u64 = 1_000_000;
 
@@ -814,6 +877,68 @@ mod tests {
         assert_eq!(ended.len(), 1, "{out:?}");
         assert_eq!((ended[0].key, ended[0].state), (packets, FlowState::Expired));
         assert_eq!(run.table.len(), 1, "the socket-counted connection is still open");
+    }
+
+    #[test]
+    fn a_close_naming_its_cgroup_starts_and_ends_a_connection_never_seen() {
+        let mut run = Run::new();
+        let key = FlowKey { local_port: 8090, remote_port: 41_000, ..key(PROTO_TCP, 7) };
+        let counters = SocketCounters { packets_out: 4, bytes_out: 100, packets_in: 5, bytes_in: 100 };
+        let close = Event {
+            key,
+            tcp_flags_out: tcp_flags::FIN,
+            tcp_flags_in: tcp_flags::FIN,
+            ..close_with_counters(key, tcp_state::LAST_ACK, 4 * MS, counters)
+        };
+        run.event(close);
+        // Never in the kernel map: not evicted while it lingers.
+        run.poll(&[], 5 * MS);
+        assert!(run.out.is_empty(), "{:?}", run.out);
+        let out = run.flush(500 * MS);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (end, stats) = (&out[0], out[0].stats);
+        assert_eq!((end.key, end.event, end.state), (key, RecordEvent::End, FlowState::Closed));
+        assert_eq!((stats.packets_out, stats.bytes_out, stats.packets_in, stats.bytes_in), (4, 100, 5, 100));
+        assert_eq!((stats.counted, stats.initiator, stats.first_seen_ns), (COUNTED_SOCKET, INITIATOR_REMOTE, 4 * MS));
+        let all = tcp_flags::SYN | tcp_flags::ACK | tcp_flags::FIN;
+        assert_eq!((stats.tcp_flags_out, stats.tcp_flags_in), (all, all));
+        let table = run.table.stats();
+        assert_eq!((table.flows_discovered, table.flows_evicted, table.states_unmatched), (1, 0, 0));
+    }
+
+    #[test]
+    fn a_close_naming_no_cgroup_waits_for_its_flow() {
+        let mut run = Run::new();
+        let key = key(PROTO_TCP, 7);
+        let counters = SocketCounters { packets_out: 4, ..SocketCounters::default() };
+        run.event(close_with_counters(key, tcp_state::FIN_WAIT2, MS, counters));
+        assert!(run.table.is_empty());
+        run.event(new_flow(key, 2 * MS));
+        let out = run.flush(500 * MS);
+        assert_eq!((out[0].key, out[0].state), (key, FlowState::Closed));
+        assert_eq!(run.table.stats().states_unmatched, 0);
+    }
+
+    #[test]
+    fn an_established_connection_reports_the_handshake_and_the_fins_of_its_close() {
+        let mut run = Run::new();
+        let key = key(PROTO_TCP, 7);
+        run.event(new_flow(key, MS));
+        run.event(state_event(key, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, MS));
+        // The kernel map saw only the SYN out and the SYN-ACK in.
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        let polled = FlowStats { counted: COUNTED_SOCKET, ..stats(INITIATOR_LOCAL, tcp_flags::SYN, syn_ack, 1, MS) };
+        run.poll(&[(key, polled)], 2 * MS);
+        let start = run.flush(2 * MS);
+        assert_eq!((start[0].stats.tcp_flags_out, start[0].stats.tcp_flags_in), (syn_ack, syn_ack));
+        let counters = SocketCounters { packets_out: 5, ..SocketCounters::default() };
+        let close =
+            Event { tcp_flags_out: tcp_flags::FIN, ..close_with_counters(key, tcp_state::FIN_WAIT1, 3 * MS, counters) };
+        run.event(close);
+        run.poll(&[(key, polled)], 4 * MS);
+        let end = run.flush(500 * MS);
+        assert_eq!(end[0].state, FlowState::Closed);
+        assert_eq!((end[0].stats.tcp_flags_out, end[0].stats.tcp_flags_in), (syn_ack | tcp_flags::FIN, syn_ack));
     }
 
     #[test]
