@@ -30,7 +30,7 @@ pub struct CaptureArgs {
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// Short connections per connection-rate run.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 15000)]
     pub connections: u64,
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 3)]
@@ -43,7 +43,7 @@ pub struct CaptureArgs {
 impl Default for CaptureArgs {
     /// The command-line defaults.
     fn default() -> Self {
-        Self { rounds: 5, connections: 5000, iperf_seconds: 3, no_write: false }
+        Self { rounds: 5, connections: 15000, iperf_seconds: 3, no_write: false }
     }
 }
 
@@ -465,8 +465,19 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
     let of = |variant: Variant, pick: fn(&Sample) -> Option<f64>| {
         median(samples.iter().filter(|(v, _)| *v == variant).filter_map(|(_, sample)| pick(sample)).collect())
     };
-    let base_rate = of(Variant::Baseline, |s| Some(s.conn_per_sec)).unwrap_or(f64::NAN);
-    let base_gbit = of(Variant::Baseline, |s| Some(s.gbit_per_sec)).unwrap_or(f64::NAN);
+    // Each round's ratio to that round's baseline, then the median of those:
+    // the machine drifts between rounds more than within one.
+    let ratio = |variant: Variant, pick: fn(&Sample) -> f64| {
+        let rounds = samples.chunks(Variant::ALL.len());
+        let ratios = rounds
+            .filter_map(|round| {
+                let base = round.iter().find(|(v, _)| *v == Variant::Baseline)?;
+                let this = round.iter().find(|(v, _)| *v == variant)?;
+                Some(pick(&this.1) / pick(&base.1))
+            })
+            .collect();
+        median(ratios).unwrap_or(f64::NAN)
+    };
     let mut text = String::new();
     let _ = writeln!(text, "### Capture overhead (`cargo xtask bench capture`)\n");
     let _ = writeln!(
@@ -478,7 +489,8 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
     let _ = writeln!(text, "Machine: {machine}.  ");
     let _ = writeln!(
         text,
-        "Two lab pods on one bridge; each round runs every variant once in rotated order; medians over {} rounds. \
+        "Two lab pods on one bridge; each round runs every variant once in rotated order; medians over {} rounds \
+         (\"vs baseline\": the median of each round's ratio to that round's baseline). \
          Connection rate: {} short TCP connections (16 bytes each, 2 client threads). Throughput: one iperf3 stream \
          for {} s. Rates and tool CPU are measured with `kernel.bpf_stats_enabled=0` (the accounting costs every \
          program run two clock reads); then, for the variants with eBPF programs, the same burst and iperf3 run \
@@ -507,9 +519,9 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
             "| {} | {:.0} | {:.1}% | {:.2} | {:.1}% | {} | {} | {} | {} |",
             variant.name(),
             rate,
-            rate / base_rate * 100.0,
+            ratio(variant, |s| s.conn_per_sec) * 100.0,
             gbit,
-            gbit / base_gbit * 100.0,
+            ratio(variant, |s| s.gbit_per_sec) * 100.0,
             optional(of(variant, |s| s.kernel_ns_per_conn), 0),
             optional(of(variant, |s| s.kernel_ns_per_packet), 0),
             optional(of(variant, |s| s.kernel_ns_per_skb_run), 0),
