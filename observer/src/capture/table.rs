@@ -104,9 +104,10 @@ pub struct TableStats {
     pub flows_ended: u64,
     /// Flows the kernel map evicted before they ended.
     pub flows_evicted: u64,
-    /// Flows found without a new-flow event: by polling (the event never
-    /// arrived), or at their close (a TCP connection no packet put in the
-    /// flow map).
+    /// Flows found without a new-flow event: by polling (the event was lost,
+    /// or was still on the ring when a burst's flow was polled: its event
+    /// then changes nothing), or at their close (a TCP connection no packet
+    /// put in the flow map).
     pub flows_discovered: u64,
     /// TCP state changes that matched no flow in time.
     pub states_unmatched: u64,
