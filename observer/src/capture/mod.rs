@@ -353,12 +353,9 @@ impl Capture {
             drop(item);
             // A close names its socket's cgroup so that it can report a
             // connection never seen before; the tracepoint sees every socket
-            // on the node, the flow log only those under the cgroup root.
-            if event.has_counters != 0
-                && event.key.cgroup_id != 0
-                && !self.table.has_tuple(&event.key)
-                && !self.cgroups.contains(event.key.cgroup_id)
-            {
+            // on the node, the flow log only those under the cgroup root. (A
+            // close of a tracked flow is matched by its tuple alone.)
+            if event.has_counters != 0 && event.key.cgroup_id != 0 && !self.cgroups.contains(event.key.cgroup_id) {
                 event.key.cgroup_id = 0;
             }
             self.table.on_event(&event, out);

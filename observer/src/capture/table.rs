@@ -330,7 +330,7 @@ impl FlowTable {
 
     /// Whether a flow with `key`'s tuple is tracked, of any cgroup (what a
     /// TCP state event applies to).
-    pub fn has_tuple(&self, key: &FlowKey) -> bool {
+    fn has_tuple(&self, key: &FlowKey) -> bool {
         self.flows.contains_key(&Tuple::of(key))
     }
 
@@ -404,6 +404,11 @@ impl FlowTable {
             phase = pending.phase;
         }
         let stats = stats.unwrap_or(FlowStats { first_seen_ns: now, last_seen_ns: now, ..FlowStats::default() });
+        self.start(key, stats, phase, now, false);
+    }
+
+    /// Starts tracking a new connection of `key` at `now`.
+    fn start(&mut self, key: FlowKey, stats: FlowStats, phase: Phase, now: u64, final_counters: bool) {
         let flow = Tracked {
             cgroup_id: key.cgroup_id,
             id: self.next_id(),
@@ -414,9 +419,9 @@ impl FlowTable {
             phase,
             reused: false,
             polled: self.parity,
-            final_counters: false,
+            final_counters,
         };
-        self.insert(tuple, flow);
+        self.insert(Tuple::of(&key), flow);
         self.stats.flows_tracked += 1;
     }
 
@@ -429,20 +434,7 @@ impl FlowTable {
         // handshake: the end with the higher (ephemeral) port connected.
         let initiator = if key.local_port > key.remote_port { INITIATOR_LOCAL } else { INITIATOR_REMOTE };
         let stats = FlowStats { first_seen_ns: at, last_seen_ns: at, initiator, ..FlowStats::default() };
-        let flow = Tracked {
-            cgroup_id: key.cgroup_id,
-            id: self.next_id(),
-            stats: with_final_counters(stats, event),
-            reported_counters: Counters::default(),
-            reported: None,
-            last_report: millis(at),
-            phase,
-            reused: false,
-            polled: self.parity,
-            final_counters: true,
-        };
-        self.insert(Tuple::of(&key), flow);
-        self.stats.flows_tracked += 1;
+        self.start(key, with_final_counters(stats, event), phase, at, true);
         self.stats.flows_discovered += 1;
     }
 
