@@ -227,6 +227,46 @@ pub struct TcpSockOffsets {
 }
 const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 48);
 
+/// Bytes from a `struct sock`'s start that the raw tracepoint reads in one
+/// go at a TCP state change: every [`SockOffsets`] field but the protocol
+/// lies within them.
+pub const SOCK_COMMON_BLOCK: usize = 128;
+
+/// Byte offsets in `struct sock` of what names a TCP connection, found by
+/// the loader in the running kernel's BTF. With them (`enabled` non-zero)
+/// state changes come from the raw tracepoint `inet_sock_set_state`, which
+/// hands the program the socket and both states and reads the tuple from
+/// the socket; without them (the global stays zero), from the
+/// `sock/inet_sock_set_state` tracepoint,
+/// whose record the kernel fills for every state change (about as much time
+/// again as the program itself). Every offset but `protocol` is inside the
+/// first [`SOCK_COMMON_BLOCK`] bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockOffsets {
+    /// `__sk_common.skc_daddr` (IPv4 peer address, network order).
+    pub daddr: u32,
+    /// `__sk_common.skc_rcv_saddr` (IPv4 local address, network order).
+    pub rcv_saddr: u32,
+    /// `__sk_common.skc_dport` (peer port, network order).
+    pub dport: u32,
+    /// `__sk_common.skc_num` (local port, host order; zero once a closing
+    /// socket has given its port back).
+    pub num: u32,
+    /// `__sk_common.skc_family` (`AF_INET`, `AF_INET6`).
+    pub family: u32,
+    /// `__sk_common.skc_v6_daddr` (16 bytes).
+    pub v6_daddr: u32,
+    /// `__sk_common.skc_v6_rcv_saddr` (16 bytes).
+    pub v6_rcv_saddr: u32,
+    /// `sk_protocol` (u16), anywhere in the socket.
+    pub protocol: u32,
+    /// `inet_sock.inet_sport` (local port, network order), anywhere in the
+    /// socket: read when `num` is zero, as it is at a close.
+    pub sport: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 36);
+
 /// A TCP packet with no SYN, FIN or RST counts its socket into the flow map
 /// when `(segs_in + segs_out) & TCP_SAMPLE_MASK == TCP_SAMPLE_AT`: a window
 /// of 64 segments in every 1024, which a GSO burst of up to 64 segments
@@ -377,14 +417,22 @@ pub mod names {
     pub const PROG_INGRESS: &str = "flow_ingress";
     /// cgroup_skb egress program.
     pub const PROG_EGRESS: &str = "flow_egress";
-    /// Tracepoint program on `sock/inet_sock_set_state`.
+    /// Tracepoint program on `sock/inet_sock_set_state` (without
+    /// [`super::SockOffsets`]).
     pub const PROG_TCP_STATE: &str = "tcp_state";
+    /// Raw tracepoint program on `inet_sock_set_state` (with
+    /// [`super::SockOffsets`]).
+    pub const PROG_TCP_STATE_RAW: &str = "tcp_state_raw";
+    /// Name the raw tracepoint is attached by.
+    pub const RAW_TRACEPOINT: &str = "inet_sock_set_state";
     /// Global: non-zero to skip loopback traffic.
     pub const SKIP_LOOPBACK: &str = "SKIP_LOOPBACK";
     /// Global: pending ring-buffer bytes past which a submit wakes userspace.
     pub const WAKEUP_THRESHOLD: &str = "WAKEUP_THRESHOLD";
     /// Global [`super::TcpSockOffsets`]: count TCP from sockets.
     pub const TCP_SOCK: &str = "TCP_SOCK";
+    /// Global [`super::SockOffsets`]: where a socket's tuple is.
+    pub const SOCK: &str = "SOCK";
 }
 
 #[cfg(feature = "user")]
@@ -399,4 +447,6 @@ mod user {
     unsafe impl aya::Pod for super::DnsEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TcpSockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockOffsets {}
 }

@@ -36,16 +36,16 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_sk_fullsock, bpf_skb_cgroup_id,
         bpf_tcp_sock, generated,
     },
-    macros::{cgroup_skb, map, tracepoint},
+    macros::{cgroup_skb, map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::{SkBuffContext, TracePointContext},
+    programs::{RawTracePointContext, SkBuffContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, warn};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use observer_common::{
     COUNTED_SOCKET, COUNTER_SLOTS, Counter, DNS_PORT, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6,
-    FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, SocketCounters, TCP_SAMPLE_AT, TCP_SAMPLE_MASK,
-    TCP_SOCK_BLOCK, TcpSockOffsets, tcp_flags, tcp_state,
+    FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, SOCK_COMMON_BLOCK, SockOffsets, SocketCounters,
+    TCP_SAMPLE_AT, TCP_SAMPLE_MASK, TCP_SOCK_BLOCK, TcpSockOffsets, tcp_flags, tcp_state,
 };
 use packet::{Direction, Parsed};
 
@@ -98,7 +98,24 @@ static TCP_SOCK: TcpSockOffsets = TcpSockOffsets {
     kn_id: 0,
 };
 
-/// Where a closing socket's counters are copied to be read.
+/// Where a socket's tuple is, for the raw tracepoint; the loader fills it
+/// from BTF and attaches the raw tracepoint, or leaves it zero and attaches
+/// the tracepoint.
+#[unsafe(no_mangle)]
+static SOCK: SockOffsets = SockOffsets {
+    daddr: 0,
+    rcv_saddr: 0,
+    dport: 0,
+    num: 0,
+    family: 0,
+    v6_daddr: 0,
+    v6_rcv_saddr: 0,
+    protocol: 0,
+    sport: 0,
+};
+
+/// Where a closing socket's counters (and a changing socket's tuple) are
+/// copied to be read.
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<[u8; TCP_SOCK_BLOCK]> = PerCpuArray::with_max_entries(1, 0);
 
@@ -130,6 +147,12 @@ pub fn flow_egress(ctx: SkBuffContext) -> i32 {
 #[tracepoint]
 pub fn tcp_state(ctx: TracePointContext) -> u32 {
     tcp_state_change(&ctx);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn tcp_state_raw(ctx: RawTracePointContext) -> i32 {
+    socket_state_change(&ctx);
     0
 }
 
@@ -388,15 +411,20 @@ unsafe fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
+/// A state change worth an event: TCP, not a listener's, and into SYN_SENT,
+/// ESTABLISHED or CLOSE.
+#[inline(always)]
+fn wanted(old: i32, new: i32) -> bool {
+    old != tp::TCP_LISTEN
+        && new != tp::TCP_LISTEN
+        && matches!(new as u8, tcp_state::SYN_SENT | tcp_state::ESTABLISHED | tcp_state::CLOSE)
+}
+
 fn tcp_state_change(ctx: &TracePointContext) {
     // SAFETY: offsets and sizes match the tracepoint format (checked by the loader).
     let (protocol, old, new) =
         unsafe { (field::<u16>(ctx, tp::PROTOCOL), field::<i32>(ctx, tp::OLDSTATE), field::<i32>(ctx, tp::NEWSTATE)) };
-    if protocol != u16::from(PROTO_TCP) || old == tp::TCP_LISTEN || new == tp::TCP_LISTEN {
-        return;
-    }
-    let new = new as u8;
-    if new != tcp_state::SYN_SENT && new != tcp_state::ESTABLISHED && new != tcp_state::CLOSE {
+    if protocol != u16::from(PROTO_TCP) || !wanted(old, new) {
         return;
     }
     let mut key = FlowKey { protocol: PROTO_TCP, ..FlowKey::default() };
@@ -404,12 +432,6 @@ fn tcp_state_change(ctx: &TracePointContext) {
     unsafe {
         key.local_port = field::<u16>(ctx, tp::SPORT);
         key.remote_port = field::<u16>(ctx, tp::DPORT);
-        if new == tcp_state::SYN_SENT && key.local_port == 0 {
-            // connect() enters SYN_SENT before it picks the source port
-            // (unless the socket was bound): such an event names no flow,
-            // and the SYN that follows starts the flow anyway.
-            return;
-        }
         match field::<u16>(ctx, tp::FAMILY) {
             tp::AF_INET => {
                 key.family = FAMILY_IPV4;
@@ -426,6 +448,92 @@ fn tcp_state_change(ctx: &TracePointContext) {
             _ => return,
         }
     }
+    // SAFETY: as above.
+    let sk = unsafe { field::<u64>(ctx, tp::SKADDR) } as *const u8;
+    state_change(sk, key, old as u8, new as u8);
+}
+
+/// The raw tracepoint's arguments are `inet_sock_set_state`'s own: the
+/// socket and both states. Nothing is read unless the change is wanted.
+fn socket_state_change(ctx: &RawTracePointContext) {
+    let (sk, old, new): (u64, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    if !wanted(old, new) {
+        return;
+    }
+    let sk = sk as *const u8;
+    // SAFETY: `sk` is the socket the tracepoint is about.
+    if let Some(key) = unsafe { socket_key(sk) } {
+        state_change(sk, key, old as u8, new as u8);
+    }
+}
+
+/// The tuple of TCP socket `sk`, read at the offsets the loader found;
+/// `None` for another protocol or when a read fails.
+///
+/// # Safety
+/// `sk` must be the address of a `struct sock`; the reads go through
+/// `bpf_probe_read_kernel`, which fails instead of faulting.
+unsafe fn socket_key(sk: *const u8) -> Option<FlowKey> {
+    // SAFETY: the loader may rewrite this global; read it through memory.
+    let offsets = unsafe { core::ptr::read_volatile(&raw const SOCK) };
+    let block = SCRATCH.get_ptr_mut(0)?.cast::<u8>();
+    // SAFETY: as the caller guarantees; `block` is this CPU's scratch value,
+    // larger than SOCK_COMMON_BLOCK, and every read from it is
+    // bounds-checked first.
+    unsafe {
+        let protocol = bpf_probe_read_kernel(sk.add(offsets.protocol as usize).cast::<u16>()).ok()?;
+        if protocol != u16::from(PROTO_TCP) {
+            return None;
+        }
+        if generated::bpf_probe_read_kernel(block.cast(), SOCK_COMMON_BLOCK as u32, sk.cast()) != 0 {
+            return None;
+        }
+        let read = |offset: u32, into: &mut [u8]| {
+            let offset = offset as usize;
+            if offset + into.len() > SOCK_COMMON_BLOCK {
+                return None;
+            }
+            core::ptr::copy_nonoverlapping(block.add(offset), into.as_mut_ptr(), into.len());
+            Some(())
+        };
+        let mut key = FlowKey { protocol: PROTO_TCP, ..FlowKey::default() };
+        let (mut family, mut port) = ([0u8; 2], [0u8; 2]);
+        read(offsets.num, &mut port)?;
+        key.local_port = u16::from_ne_bytes(port);
+        if key.local_port == 0 {
+            // A closing socket gives its port back before the state
+            // changes; the port it sent from stays.
+            key.local_port = u16::from_be(bpf_probe_read_kernel(sk.add(offsets.sport as usize).cast::<u16>()).ok()?);
+        }
+        read(offsets.dport, &mut port)?;
+        key.remote_port = u16::from_be_bytes(port);
+        read(offsets.family, &mut family)?;
+        match u16::from_ne_bytes(family) {
+            tp::AF_INET => {
+                key.family = FAMILY_IPV4;
+                read(offsets.rcv_saddr, &mut key.local_addr[..4])?;
+                read(offsets.daddr, &mut key.remote_addr[..4])?;
+            }
+            tp::AF_INET6 => {
+                key.family = FAMILY_IPV6;
+                read(offsets.v6_rcv_saddr, &mut key.local_addr)?;
+                read(offsets.v6_daddr, &mut key.remote_addr)?;
+            }
+            _ => return None,
+        }
+        Some(key)
+    }
+}
+
+/// Emits the event of socket `sk` changing from `old` to `new` (a wanted
+/// change; see [`wanted`]), `key` being its tuple.
+fn state_change(sk: *const u8, mut key: FlowKey, old: u8, new: u8) {
+    if new == tcp_state::SYN_SENT && key.local_port == 0 {
+        // connect() enters SYN_SENT before it picks the source port
+        // (unless the socket was bound): such an event names no flow,
+        // and the SYN that follows starts the flow anyway.
+        return;
+    }
     if skip_loopback() && packet::is_loopback(key.family, &key.remote_addr) {
         return;
     }
@@ -434,9 +542,8 @@ fn tcp_state_change(ctx: &TracePointContext) {
         key.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
     let mut fins = (0, 0);
-    let counters =
-        if new == tcp_state::CLOSE { final_counters(ctx, old as u8, &mut key.cgroup_id, &mut fins) } else { None };
-    emit(EVENT_TCP_STATE, old as u8, new, unsafe { bpf_ktime_get_ns() }, &key, counters.as_ref(), fins);
+    let counters = if new == tcp_state::CLOSE { final_counters(sk, old, &mut key.cgroup_id, &mut fins) } else { None };
+    emit(EVENT_TCP_STATE, old, new, unsafe { bpf_ktime_get_ns() }, &key, counters.as_ref(), fins);
 }
 
 /// The cgroup id of socket `sk` (`sk->sk_cgrp_data.cgroup->kn->id`, what
@@ -472,23 +579,17 @@ unsafe fn socket_cgroup(sk: *const u8, sk_cgroup: u32, cgroup_kn: u32, kn_id: u3
 /// `None` without them or when a read fails (the polled ones then stand).
 /// Also sets `cgroup_id` to the socket's cgroup and `fins` to the FINs it
 /// sent and received (as tcp_flags, out and in).
-fn final_counters(
-    ctx: &TracePointContext,
-    old: u8,
-    cgroup_id: &mut u64,
-    fins: &mut (u8, u8),
-) -> Option<SocketCounters> {
+fn final_counters(sk: *const u8, old: u8, cgroup_id: &mut u64, fins: &mut (u8, u8)) -> Option<SocketCounters> {
     let offsets = tcp_sock_offsets();
     if offsets.enabled == 0 {
         return None;
     }
     let block = SCRATCH.get_ptr_mut(0)?.cast::<u8>();
-    // SAFETY: `skaddr` is the socket the tracepoint is about; the kernel
+    // SAFETY: `sk` is the socket the tracepoint is about; the kernel
     // reads go through bpf_probe_read_kernel, which fails instead of
     // faulting; `block` is this CPU's scratch value of TCP_SOCK_BLOCK bytes
     // and every read from it is bounds-checked first.
     unsafe {
-        let sk = field::<u64>(ctx, tp::SKADDR) as *const u8;
         let copied = generated::bpf_probe_read_kernel(
             block.cast(),
             TCP_SOCK_BLOCK as u32,

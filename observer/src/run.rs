@@ -52,8 +52,9 @@ pub struct RunArgs {
     /// Also observe loopback traffic (127.0.0.0/8, ::1).
     #[arg(long)]
     pub include_loopback: bool,
-    /// Count TCP packet by packet instead of from each socket's own counters
-    /// (what happens anyway when the kernel has no BTF).
+    /// Count TCP packet by packet instead of from each socket's own counters,
+    /// and take TCP state changes from the tracepoint instead of the raw
+    /// tracepoint (what happens anyway when the kernel has no BTF).
     #[arg(long)]
     pub tcp_per_packet: bool,
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.

@@ -349,7 +349,9 @@ fn nothing_stays_attached_after_the_observer_stops() {
         programs
             .iter()
             .filter(|program| {
-                ["flow_ingress", "flow_egress", "tcp_state"].iter().any(|name| program["name"].as_str() == Some(name))
+                ["flow_ingress", "flow_egress", "tcp_state", "tcp_state_raw"]
+                    .iter()
+                    .any(|name| program["name"].as_str() == Some(name))
             })
             .filter_map(|program| program["id"].as_u64())
             .collect()

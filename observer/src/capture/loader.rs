@@ -2,11 +2,13 @@
 //!
 //! In: the embedded eBPF object and the capture settings. Out: a loaded
 //! [`aya::Ebpf`] whose programs are attached (cgroup_skb at the cgroup v2
-//! root in multi mode, the TCP state tracepoint), with links owned by this
-//! process so that nothing stays attached when it exits, crashes included.
-//! A failure names the kernel feature or privilege that is missing. The
-//! offsets of `struct tcp_sock`'s counters come from the running kernel's
-//! BTF; without them TCP is counted per packet, which is logged, not fatal.
+//! root in multi mode, the TCP state raw tracepoint or tracepoint), with
+//! links owned by this process so that nothing stays attached when it exits,
+//! crashes included. A failure names the kernel feature or privilege that is
+//! missing. The offsets of `struct tcp_sock`'s counters and of a socket's
+//! tuple come from the running kernel's BTF; without the first TCP is
+//! counted per packet, without the second state changes come from the
+//! tracepoint (which needs tracefs), each logged, not fatal.
 
 use std::{
     fs, io,
@@ -15,9 +17,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, TracePoint},
 };
-use observer_common::{TCP_SOCK_BLOCK, TcpSockOffsets, names};
+use observer_common::{SOCK_COMMON_BLOCK, SockOffsets, TCP_SOCK_BLOCK, TcpSockOffsets, names};
 
 use super::btf::{Btf, BtfError};
 
@@ -58,8 +60,9 @@ pub struct LoadOptions {
     pub skip_loopback: bool,
     /// Kernel log level (aya-log): 0 = off … 5 = trace.
     pub kernel_log_level: u8,
-    /// Count TCP per packet even when the kernel's BTF would allow counting
-    /// from sockets.
+    /// Count TCP per packet, and take state changes from the tracepoint,
+    /// even when the kernel's BTF would allow counting from sockets and the
+    /// raw tracepoint.
     pub tcp_per_packet: bool,
 }
 
@@ -163,28 +166,43 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
     if !is_cgroup2(&options.cgroup_root) {
         return Err(LoadError::NotCgroup2 { path: options.cgroup_root.clone() });
     }
-    ensure_tracefs()?;
-    check_tracepoint_layout()?;
     raise_memlock_limit();
     let skip_loopback = u8::from(options.skip_loopback);
     let wakeup_threshold = u64::from(options.ring_buffer_bytes / 4);
+    let btf = fs::read(VMLINUX_BTF)
+        .map_err(|error| format!("reading {VMLINUX_BTF}: {error}"))
+        .and_then(|data| Btf::parse(&data).map_err(|error| error.to_string()));
     let (tcp_sock, counting) = if options.tcp_per_packet {
         (TcpSockOffsets::default(), TcpCounting::PerPacketAsked)
     } else {
-        match std::fs::read(VMLINUX_BTF)
-            .map_err(|error| format!("reading {VMLINUX_BTF}: {error}"))
-            .and_then(|data| tcp_sock_offsets(&data).map_err(|error| error.to_string()))
+        match btf
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(|btf| tcp_sock_offsets(btf).map_err(|error| error.to_string()))
         {
             Ok(offsets) => (offsets, TcpCounting::Socket),
             Err(reason) => (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(reason)),
         }
     };
+    // `--tcp-per-packet` also takes the tracepoint: everything a kernel
+    // without BTF runs.
+    let sock = match &btf {
+        Ok(btf) if !options.tcp_per_packet => {
+            sock_offsets(btf).inspect_err(|error| tracing::info!("TCP state changes from the tracepoint: {error}")).ok()
+        }
+        _ => None,
+    };
+    if sock.is_none() {
+        ensure_tracefs()?;
+        check_tracepoint_layout()?;
+    }
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::FLOWS, options.flow_map_size)
         .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
         .override_global(names::SKIP_LOOPBACK, &skip_loopback, true)
         .override_global(names::WAKEUP_THRESHOLD, &wakeup_threshold, true)
         .override_global(names::TCP_SOCK, &tcp_sock, true)
+        .override_global(names::SOCK, &sock.unwrap_or_default(), true)
         .override_global(aya_log::LEVEL, &options.kernel_log_level, false)
         .load(OBJECT)
         .map_err(|error| {
@@ -218,39 +236,99 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
             source: Box::new(source),
         })?;
     }
-    let tracepoint: &mut TracePoint = program(&mut ebpf, names::PROG_TCP_STATE)?;
-    let feature = "tracepoint sock/inet_sock_set_state (Linux 4.16+)";
-    tracepoint.load().map_err(|source| LoadError::Program {
-        action: "loading",
-        name: names::PROG_TCP_STATE,
-        feature,
-        source: Box::new(source),
-    })?;
-    tracepoint.attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME).map_err(|source| LoadError::Program {
-        action: "attaching",
-        name: names::PROG_TCP_STATE,
-        feature,
-        source: Box::new(source),
-    })?;
+    if sock.is_some() {
+        attach_raw_tracepoint(&mut ebpf)?;
+    } else {
+        attach_tracepoint(&mut ebpf)?;
+    }
     Ok((ebpf, counting))
+}
+
+/// Attaches the raw tracepoint program (the tuple read from the socket).
+fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let name = names::PROG_TCP_STATE_RAW;
+    let feature = "raw tracepoint inet_sock_set_state (Linux 4.17+)";
+    let program: &mut RawTracePoint = program(ebpf, name)?;
+    program.load().map_err(|source| LoadError::Program {
+        action: "loading",
+        name,
+        feature,
+        source: Box::new(source),
+    })?;
+    program.attach(names::RAW_TRACEPOINT).map_err(|source| LoadError::Program {
+        action: "attaching",
+        name,
+        feature,
+        source: Box::new(source),
+    })?;
+    Ok(())
+}
+
+/// Attaches the tracepoint program (the tuple read from the record).
+fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let name = names::PROG_TCP_STATE;
+    let feature = "tracepoint sock/inet_sock_set_state (Linux 4.16+)";
+    let program: &mut TracePoint = program(ebpf, name)?;
+    program.load().map_err(|source| LoadError::Program {
+        action: "loading",
+        name,
+        feature,
+        source: Box::new(source),
+    })?;
+    program.attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME).map_err(|source| LoadError::Program {
+        action: "attaching",
+        name,
+        feature,
+        source: Box::new(source),
+    })?;
+    Ok(())
+}
+
+/// The offsets of what names a socket's connection (see [`SockOffsets`]),
+/// each checked for the size the raw tracepoint reads it with, and those
+/// of `sock_common` for lying inside the first [`SOCK_COMMON_BLOCK`] bytes.
+pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
+    let common = |member: &str, size: u32| {
+        let offset = sized_field(btf, "sock", &["__sk_common", member], size)?;
+        if (offset + size) as usize > SOCK_COMMON_BLOCK {
+            return Err(BtfError::NoMember {
+                structure: "sock".to_owned(),
+                member: format!("__sk_common.{member} within the first {SOCK_COMMON_BLOCK} bytes"),
+            });
+        }
+        Ok(offset)
+    };
+    Ok(SockOffsets {
+        daddr: common("skc_daddr", 4)?,
+        rcv_saddr: common("skc_rcv_saddr", 4)?,
+        dport: common("skc_dport", 2)?,
+        num: common("skc_num", 2)?,
+        family: common("skc_family", 2)?,
+        v6_daddr: common("skc_v6_daddr", 16)?,
+        v6_rcv_saddr: common("skc_v6_rcv_saddr", 16)?,
+        protocol: sized_field(btf, "sock", &["sk_protocol"], 2)?,
+        sport: sized_field(btf, "inet_sock", &["inet_sport"], 2)?,
+    })
+}
+
+/// The offset of member `path` of `structure`, which must be `size` bytes.
+fn sized_field(btf: &Btf, structure: &str, path: &[&str], size: u32) -> Result<u32, BtfError> {
+    let field = btf.field(structure, path)?;
+    if field.size != size {
+        return Err(BtfError::NoMember {
+            structure: structure.to_owned(),
+            member: format!("{} of {size} bytes (it has {})", path.join("."), field.size),
+        });
+    }
+    Ok(field.offset)
 }
 
 /// The offsets of the `tcp_sock` and `sock` members the kernel programs
 /// read, each checked for the size they read it with; the `tcp_sock` ones
 /// relative to a block of [`TCP_SOCK_BLOCK`] bytes inside the struct that
 /// holds them all.
-pub fn tcp_sock_offsets(vmlinux_btf: &[u8]) -> Result<TcpSockOffsets, BtfError> {
-    let btf = Btf::parse(vmlinux_btf)?;
-    let field = |structure: &str, path: &[&str], size: u32| {
-        let field = btf.field(structure, path)?;
-        if field.size != size {
-            return Err(BtfError::NoMember {
-                structure: structure.to_owned(),
-                member: format!("{} of {size} bytes (it has {})", path.join("."), field.size),
-            });
-        }
-        Ok(field.offset)
-    };
+pub fn tcp_sock_offsets(btf: &Btf) -> Result<TcpSockOffsets, BtfError> {
+    let field = |structure: &str, path: &[&str], size: u32| sized_field(btf, structure, path, size);
     let counters = [
         field("tcp_sock", &["segs_out"], 4)?,
         field("tcp_sock", &["segs_in"], 4)?,
@@ -372,15 +450,15 @@ fn check_layout(format: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn missing_btf_is_an_error_to_fall_back_on() {
-        assert!(tcp_sock_offsets(b"not btf").is_err());
+    fn running_kernel() -> Option<Btf> {
+        let data = fs::read(VMLINUX_BTF).ok()?;
+        Some(Btf::parse(&data).expect("the running kernel's BTF parses"))
     }
 
     #[test]
     fn the_running_kernels_counters_fit_one_block() {
-        let Ok(data) = fs::read(VMLINUX_BTF) else { return };
-        let offsets = tcp_sock_offsets(&data).expect("this kernel has the counters");
+        let Some(btf) = running_kernel() else { return };
+        let offsets = tcp_sock_offsets(&btf).expect("this kernel has the counters");
         assert_eq!(offsets.enabled, 1);
         let block = TCP_SOCK_BLOCK as u32;
         for (offset, size) in [
@@ -395,6 +473,32 @@ mod tests {
         }
         // Linux 5.15 and later: a close names its socket's cgroup.
         assert!(offsets.sk_cgroup != 0 && offsets.cgroup_kn != 0 && offsets.kn_id != 0, "{offsets:?}");
+    }
+
+    #[test]
+    fn the_running_kernels_socket_tuple_fits_one_block() {
+        let Some(btf) = running_kernel() else { return };
+        let offsets = sock_offsets(&btf).expect("this kernel's sock has the tuple");
+        let fields = [
+            (offsets.daddr, 4),
+            (offsets.rcv_saddr, 4),
+            (offsets.dport, 2),
+            (offsets.num, 2),
+            (offsets.family, 2),
+            (offsets.v6_daddr, 16),
+            (offsets.v6_rcv_saddr, 16),
+        ];
+        for (offset, size) in fields {
+            assert!((offset + size) as usize <= SOCK_COMMON_BLOCK, "{offsets:?}");
+        }
+        // No two fields overlap.
+        for (i, (a, a_size)) in fields.iter().enumerate() {
+            for (b, b_size) in &fields[i + 1..] {
+                assert!(a + a_size <= *b || b + b_size <= *a, "{offsets:?}");
+            }
+        }
+        assert!(offsets.protocol as usize >= SOCK_COMMON_BLOCK, "sk_protocol follows sock_common: {offsets:?}");
+        assert!(offsets.sport > offsets.protocol, "inet_sport follows struct sock: {offsets:?}");
     }
 
     const FORMAT: &str = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
