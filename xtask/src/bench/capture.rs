@@ -88,6 +88,9 @@ struct Sample {
     kernel_ns_per_packet: Option<f64>,
     /// In-kernel ns per run of the cgroup_skb programs during iperf3.
     kernel_ns_per_skb_run: Option<f64>,
+    /// The variant's eBPF programs' time during iperf3 as a share of one
+    /// core over the run's duration.
+    kernel_core_share_iperf: Option<f64>,
     /// The tool's own CPU ms (user + system) per 1,000 connections.
     cpu_ms_per_1k_conn: Option<f64>,
     /// conntrack NEW events logged per connection (both namespaces).
@@ -141,11 +144,13 @@ fn measure(args: &CaptureArgs) -> anyhow::Result<Vec<(Variant, Sample)>> {
             step(&format!("round {}/{}: {}", round + 1, args.rounds, variant.name()));
             let sample = measure_variant(variant, client, server, args)?;
             println!(
-                "    {:.0} conn/s, {:.2} Gbit/s, kernel {} ns/conn, {} ns/packet, tool CPU {} ms/1k conn",
+                "    {:.0} conn/s, {:.2} Gbit/s, kernel {} ns/conn, {} ns/packet, {}% of a core during iperf3, \
+                 tool CPU {} ms/1k conn",
                 sample.conn_per_sec,
                 sample.gbit_per_sec,
                 optional(sample.kernel_ns_per_conn, 0),
                 optional(sample.kernel_ns_per_packet, 0),
+                optional(sample.kernel_core_share_iperf.map(|share| share * 100.0), 2),
                 optional(sample.cpu_ms_per_1k_conn, 1),
             );
             samples.push((variant, sample));
@@ -331,6 +336,7 @@ fn measure_variant(variant: Variant, client: &Pod, server: &Pod, args: &CaptureA
         kernel_ns_per_conn: kernel.and_then(|kernel| kernel.ns_per_conn),
         kernel_ns_per_packet: kernel.and_then(|kernel| kernel.ns_per_packet),
         kernel_ns_per_skb_run: kernel.and_then(|kernel| kernel.ns_per_skb_run),
+        kernel_core_share_iperf: kernel.map(|kernel| kernel.core_share_iperf),
         cpu_ms_per_1k_conn,
         conntrack_events_per_conn,
     })
@@ -370,6 +376,7 @@ struct KernelTime {
     ns_per_conn: Option<f64>,
     ns_per_packet: Option<f64>,
     ns_per_skb_run: Option<f64>,
+    core_share_iperf: f64,
 }
 
 /// The in-kernel pass, after the rates were measured without accounting: the
@@ -389,6 +396,7 @@ fn kernel_pass(ids: &[u64], client: &Pod, server: &Pod, args: &CaptureArgs) -> a
         ns_per_conn,
         ns_per_packet: (packets > 0).then(|| during_iperf.all_ns as f64 / packets as f64),
         ns_per_skb_run: (during_iperf.skb_runs > 0).then(|| during_iperf.skb_ns as f64 / during_iperf.skb_runs as f64),
+        core_share_iperf: during_iperf.all_ns as f64 / Duration::from_secs(args.iperf_seconds).as_nanos() as f64,
     })
 }
 
@@ -496,7 +504,9 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
          program run two clock reads); then, for the variants with eBPF programs, the same burst and iperf3 run \
          again with it on for the in-kernel time (`run_time_ns` of every program that appeared when the variant \
          started, via bpftool), per connection and per packet on the client's link during iperf3 \
-         (both directions; each packet passes an egress and an ingress cgroup_skb run, one at each end); \
+         (both directions; each packet passes an egress and an ingress cgroup_skb run, one at each end), and as \
+         a share of one core over the iperf3 run (what the programs take from a stream that is bound by the CPU of \
+         either end is at most that); \
          both ends of each connection are on this node, so the figures cover two sockets. Tool CPU: user + system \
          time of the observer, bpftrace, or the two `conntrack -E` listeners, from /proc/PID/stat (10 ms ticks). \
          conntrack variant: `conntrack -E -e NEW,DESTROY` runs in each pod's network namespace, and conntrack is \
@@ -508,15 +518,15 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
     );
     let _ = writeln!(
         text,
-        "| variant | conn/s | vs baseline | Gbit/s | vs baseline | kernel ns/conn | kernel ns/packet | skb program ns/run | tool CPU ms per 1k conn |"
+        "| variant | conn/s | vs baseline | Gbit/s | vs baseline | kernel ns/conn | kernel ns/packet | skb program ns/run | kernel % of a core during iperf3 | tool CPU ms per 1k conn |"
     );
-    let _ = writeln!(text, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(text, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for variant in Variant::ALL {
         let rate = of(variant, |s| Some(s.conn_per_sec)).unwrap_or(f64::NAN);
         let gbit = of(variant, |s| Some(s.gbit_per_sec)).unwrap_or(f64::NAN);
         let _ = writeln!(
             text,
-            "| {} | {:.0} | {:.1}% | {:.2} | {:.1}% | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.1}% | {:.2} | {:.1}% | {} | {} | {} | {} | {} |",
             variant.name(),
             rate,
             ratio(variant, |s| s.conn_per_sec) * 100.0,
@@ -525,6 +535,7 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
             optional(of(variant, |s| s.kernel_ns_per_conn), 0),
             optional(of(variant, |s| s.kernel_ns_per_packet), 0),
             optional(of(variant, |s| s.kernel_ns_per_skb_run), 0),
+            optional(of(variant, |s| s.kernel_core_share_iperf.map(|share| share * 100.0)), 2),
             optional(of(variant, |s| s.cpu_ms_per_1k_conn), 1),
         );
     }
