@@ -220,21 +220,15 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
     {
         let program: &mut CgroupSkb = program(&mut ebpf, name)?;
         let feature = "cgroup_skb programs (Linux 4.10+)";
-        program.load().map_err(|source| LoadError::Program {
-            action: "loading",
-            name,
-            feature,
-            source: Box::new(source),
-        })?;
+        program.load().map_err(failed("loading", name, feature))?;
         // aya attaches through a bpf_link (Linux 5.7+, below our 5.8 floor), and
         // cgroup links always run in multi mode: other agents' programs on the
         // same cgroup keep running. The link rejects explicit mode flags.
-        program.attach(&cgroup, attach_type, CgroupAttachMode::Single).map_err(|source| LoadError::Program {
-            action: "attaching",
+        program.attach(&cgroup, attach_type, CgroupAttachMode::Single).map_err(failed(
+            "attaching",
             name,
-            feature: "cgroup v2 BPF attachment",
-            source: Box::new(source),
-        })?;
+            "cgroup v2 BPF attachment",
+        ))?;
     }
     if sock.is_some() {
         attach_raw_tracepoint(&mut ebpf)?;
@@ -249,18 +243,8 @@ fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let name = names::PROG_TCP_STATE_RAW;
     let feature = "raw tracepoint inet_sock_set_state (Linux 4.17+)";
     let program: &mut RawTracePoint = program(ebpf, name)?;
-    program.load().map_err(|source| LoadError::Program {
-        action: "loading",
-        name,
-        feature,
-        source: Box::new(source),
-    })?;
-    program.attach(names::RAW_TRACEPOINT).map_err(|source| LoadError::Program {
-        action: "attaching",
-        name,
-        feature,
-        source: Box::new(source),
-    })?;
+    program.load().map_err(failed("loading", name, feature))?;
+    program.attach(names::RAW_TRACEPOINT).map_err(failed("attaching", name, feature))?;
     Ok(())
 }
 
@@ -269,18 +253,8 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let name = names::PROG_TCP_STATE;
     let feature = "tracepoint sock/inet_sock_set_state (Linux 4.16+)";
     let program: &mut TracePoint = program(ebpf, name)?;
-    program.load().map_err(|source| LoadError::Program {
-        action: "loading",
-        name,
-        feature,
-        source: Box::new(source),
-    })?;
-    program.attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME).map_err(|source| LoadError::Program {
-        action: "attaching",
-        name,
-        feature,
-        source: Box::new(source),
-    })?;
+    program.load().map_err(failed("loading", name, feature))?;
+    program.attach(TRACEPOINT_CATEGORY, TRACEPOINT_NAME).map_err(failed("attaching", name, feature))?;
     Ok(())
 }
 
@@ -382,6 +356,11 @@ where
 {
     let program = ebpf.program_mut(name).ok_or(LoadError::MissingProgram { name })?;
     program.try_into().map_err(|_| LoadError::MissingProgram { name })
+}
+
+/// The error of `action` on program `name`, which needs kernel `feature`.
+fn failed(action: &'static str, name: &'static str, feature: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
+    move |source| LoadError::Program { action, name, feature, source: Box::new(source) }
 }
 
 fn is_permission(error: &EbpfError) -> bool {
