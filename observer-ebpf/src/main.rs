@@ -534,6 +534,7 @@ fn state_change(sk: *const u8, mut key: FlowKey, old: u8, new: u8) {
         // and the SYN that follows starts the flow anyway.
         return;
     }
+    unmap_ipv4(&mut key);
     if skip_loopback() && packet::is_loopback(key.family, &key.remote_addr) {
         return;
     }
@@ -544,6 +545,23 @@ fn state_change(sk: *const u8, mut key: FlowKey, old: u8, new: u8) {
     let mut fins = (0, 0);
     let counters = if new == tcp_state::CLOSE { final_counters(sk, old, &mut key.cgroup_id, &mut fins) } else { None };
     emit(EVENT_TCP_STATE, old, new, unsafe { bpf_ktime_get_ns() }, &key, counters.as_ref(), fins);
+}
+
+/// Turns the key of an IPv4 connection held by an IPv6 socket (a dual-stack
+/// listener's, or one that connected to `::ffff:a.b.c.d`) into the IPv4 key
+/// its packets have.
+#[inline(always)]
+fn unmap_ipv4(key: &mut FlowKey) {
+    const MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    if key.family != FAMILY_IPV6 || key.remote_addr[..12] != MAPPED || key.local_addr[..12] != MAPPED {
+        return;
+    }
+    key.family = FAMILY_IPV4;
+    for addr in [&mut key.local_addr, &mut key.remote_addr] {
+        let ipv4 = [addr[12], addr[13], addr[14], addr[15]];
+        *addr = [0; 16];
+        addr[..4].copy_from_slice(&ipv4);
+    }
 }
 
 /// The cgroup id of socket `sk` (`sk->sk_cgrp_data.cgroup->kn->id`, what

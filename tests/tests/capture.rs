@@ -306,6 +306,48 @@ fn ipv6_tcp_is_captured() {
     assert_ends_agree(&flows, &server_side);
 }
 
+/// A server listening on `[::]` (dual-stack, the default of many servers)
+/// holds IPv4 clients in IPv6 sockets with IPv4-mapped addresses; their
+/// packets are IPv4, and so must every state change of theirs be, or the
+/// close would name another flow.
+#[test]
+fn a_dual_stack_server_sees_ipv4_clients_as_ipv4() {
+    if !root_or_skip("a_dual_stack_server_sees_ipv4_clients_as_ipv4") {
+        return;
+    }
+    let lab = lab(2);
+    let (client, server) = (lab.pod(0), lab.pod(1));
+    let target = server.addr_v4(8080);
+    let any = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 8080);
+    let _listener = server.tcp_server(any, &TcpServerOpts { reply: 2000, ..Default::default() }).expect("server");
+    let observer = observe(&[]);
+    const K: u64 = 3;
+    let report = client
+        .tcp_client(target, &TcpClientOpts { count: K, send: 600, expect: 2000, ..Default::default() })
+        .expect("client");
+    assert_eq!(report.complete, K, "{report:?}");
+    let run = finish(observer, |records| {
+        ends(records, client.cgroup_id(), target).len() as u64 == K
+            && ends(records, server.cgroup_id(), target).len() as u64 == K
+    });
+    assert_no_loss(&run);
+    assert_one_end_per_flow(&run);
+    assert_eq!(run.health["states_unmatched"], 0, "{}", run.health);
+    let server_flows: Vec<&Value> = run
+        .records
+        .iter()
+        .filter(|record| record["event"] == "end" && u64_at(record, "/cgroup/id") == server.cgroup_id())
+        .collect();
+    assert_eq!(server_flows.len() as u64, K, "the server's flows, all IPv4: {server_flows:#?}");
+    for record in &server_flows {
+        assert_eq!((str_at(record, "/family"), str_at(record, "/state")), ("ipv4", "closed"), "{record}");
+        assert_eq!(str_at(record, "/src/ip"), client.ipv4().to_string());
+        assert_eq!((u64_at(record, "/to_dst/bytes"), u64_at(record, "/to_src/bytes")), (600, 2000), "{record}");
+        assert_handshake_and_fins(record);
+    }
+    assert_ends_agree(&ends(&run.records, client.cgroup_id(), target), &server_flows);
+}
+
 #[test]
 fn burst_of_20k_connections_is_fully_accounted_for() {
     if !root_or_skip("burst_of_20k_connections_is_fully_accounted_for") {
