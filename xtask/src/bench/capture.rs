@@ -473,18 +473,25 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
     let of = |variant: Variant, pick: fn(&Sample) -> Option<f64>| {
         median(samples.iter().filter(|(v, _)| *v == variant).filter_map(|(_, sample)| pick(sample)).collect())
     };
-    // Each round's ratio to that round's baseline, then the median of those:
-    // the machine drifts between rounds more than within one.
+    // Each round's ratio to that round's baseline, then the median of those
+    // (the machine drifts between rounds more than within one), with their
+    // range.
     let ratio = |variant: Variant, pick: fn(&Sample) -> f64| {
         let rounds = samples.chunks(Variant::ALL.len());
-        let ratios = rounds
+        let ratios: Vec<f64> = rounds
             .filter_map(|round| {
                 let base = round.iter().find(|(v, _)| *v == Variant::Baseline)?;
                 let this = round.iter().find(|(v, _)| *v == variant)?;
-                Some(pick(&this.1) / pick(&base.1))
+                Some(pick(&this.1) / pick(&base.1) * 100.0)
             })
             .collect();
-        median(ratios).unwrap_or(f64::NAN)
+        let (low, high) = ratios
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), ratio| (low.min(*ratio), high.max(*ratio)));
+        match median(ratios) {
+            Some(median) => format!("{median:.1}% ({low:.0}–{high:.0})"),
+            None => "-".to_owned(),
+        }
     };
     let mut text = String::new();
     let _ = writeln!(text, "### Capture overhead (`cargo xtask bench capture`)\n");
@@ -498,7 +505,8 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
     let _ = writeln!(
         text,
         "Two lab pods on one bridge; each round runs every variant once in rotated order; medians over {} rounds \
-         (\"vs baseline\": the median of each round's ratio to that round's baseline). \
+         (\"vs baseline\": the median of each round's ratio to that round's baseline, and in brackets the lowest and \
+         highest of those ratios). \
          Connection rate: {} short TCP connections (16 bytes each, 2 client threads). Throughput: one iperf3 stream \
          for {} s. Rates and tool CPU are measured with `kernel.bpf_stats_enabled=0` (the accounting costs every \
          program run two clock reads); then, for the variants with eBPF programs, the same burst and iperf3 run \
@@ -526,12 +534,12 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
         let gbit = of(variant, |s| Some(s.gbit_per_sec)).unwrap_or(f64::NAN);
         let _ = writeln!(
             text,
-            "| {} | {:.0} | {:.1}% | {:.2} | {:.1}% | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
             variant.name(),
             rate,
-            ratio(variant, |s| s.conn_per_sec) * 100.0,
+            ratio(variant, |s| s.conn_per_sec),
             gbit,
-            ratio(variant, |s| s.gbit_per_sec) * 100.0,
+            ratio(variant, |s| s.gbit_per_sec),
             optional(of(variant, |s| s.kernel_ns_per_conn), 0),
             optional(of(variant, |s| s.kernel_ns_per_packet), 0),
             optional(of(variant, |s| s.kernel_ns_per_skb_run), 0),
