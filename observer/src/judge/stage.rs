@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::{FlowVerdict, Judge, JudgeInput, delivery::Proof};
+use super::{Delivery, FlowVerdict, Judge, JudgeInput, VerdictKind, delivery::Proof};
 use crate::{
     anomaly::{EdgeHandle, EdgeKey, Spike, SpikeDetector},
     capture::CaptureHealth,
@@ -310,11 +310,11 @@ impl JudgeStage {
             return None;
         }
         let outcome = pair.outcomes[proof as usize].as_mut()?;
-        self.judge.count(&outcome.verdict);
+        self.judge.count(outcome.kind, outcome.intent_breach);
         if let Some(finding) = &mut outcome.finding {
             let evidence = Evidence {
                 state: Some(record.state),
-                delivery: Some(outcome.verdict.delivery),
+                delivery: Some(outcome.delivery),
                 to_dst: Some(record.to_dst),
                 to_src: Some(record.to_src),
                 ..Evidence::default()
@@ -365,7 +365,7 @@ impl JudgeStage {
         });
         if !(new_flow && pair.rate_limited) {
             let finding = finding.map(|finding| SharedFinding { finding, series, entry });
-            pair.outcomes[proof as usize] = Some(Outcome { verdict: Arc::clone(&verdict), finding });
+            pair.outcomes[proof as usize] = Some(Outcome::new(Arc::clone(&verdict), finding));
         }
         Some(verdict)
     }
@@ -479,7 +479,19 @@ struct Pair {
 /// A verdict kept for reuse, with the finding it makes.
 struct Outcome {
     verdict: Arc<FlowVerdict>,
+    /// What each reuse reads of the verdict, kept beside it: the verdict's
+    /// own fields lie on cache lines a reuse would otherwise load.
+    kind: VerdictKind,
+    intent_breach: bool,
+    delivery: Delivery,
     finding: Option<SharedFinding>,
+}
+
+impl Outcome {
+    fn new(verdict: Arc<FlowVerdict>, finding: Option<SharedFinding>) -> Self {
+        let (kind, intent_breach, delivery) = (verdict.verdict, verdict.intent.is_some(), verdict.delivery);
+        Self { verdict, kind, intent_breach, delivery, finding }
+    }
 }
 
 /// A finding shared by its repeats, with the handles of its metric series
