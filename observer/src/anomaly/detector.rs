@@ -28,7 +28,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{baseline::Ewma, lru::Lru};
+use super::{
+    baseline::Ewma,
+    lru::{Handle, Lru},
+};
 use crate::intent::{EndKind, FlowEnd};
 
 /// Settings of the spike detector.
@@ -117,6 +120,11 @@ impl EdgeKey {
         Self { source: edge_name(src), destination: edge_name(dst), port: dst.port.unwrap_or(0) }
     }
 }
+
+/// Where the detector keeps an edge's state, for a caller that observes the
+/// same edge often ([`SpikeDetector::observe_held`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EdgeHandle(Handle);
 
 /// The two signals watched per edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -241,15 +249,30 @@ impl SpikeDetector {
     /// Records `new_connections` and `bytes` on `edge` at `at`; returns a spike
     /// if the running window now leaves the baseline.
     pub fn observe(&mut self, edge: &EdgeKey, at: SystemTime, new_connections: u64, bytes: u64) -> Option<Spike> {
+        self.observe_held(&mut None, edge, at, new_connections, bytes)
+    }
+
+    /// [`SpikeDetector::observe`] through the handle `held` of `edge`'s state,
+    /// which it sets: the edge is looked up by its names only when the handle
+    /// is unset or its state was forgotten since.
+    pub(crate) fn observe_held(
+        &mut self,
+        held: &mut Option<EdgeHandle>,
+        edge: &EdgeKey,
+        at: SystemTime,
+        new_connections: u64,
+        bytes: u64,
+    ) -> Option<Spike> {
         let seconds = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let window = seconds / self.params.config.window_seconds;
-        let state = match self.edges.get_mut(edge) {
+        let state = match held.and_then(|handle| self.edges.get_mut_at(handle.0)) {
             Some(state) => state,
             None => {
-                if self.edges.insert(edge.clone(), self.params.empty(window)).is_some() {
-                    self.evicted += 1;
-                }
-                self.edges.get_mut(edge)?
+                let params = &self.params;
+                let found = self.edges.get_or_insert_with(edge, || params.empty(window))?;
+                self.evicted += u64::from(found.evicted.is_some());
+                *held = Some(EdgeHandle(found.handle));
+                found.value
             }
         };
         // A late event counts in the running window.

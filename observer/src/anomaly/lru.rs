@@ -5,7 +5,9 @@
 //! amortised O(1): entries live in slots, and the use order is a queue of
 //! (slot, stamp) where stale stamps are skipped on eviction and swept out once
 //! the queue is four times the entries held, so no linked list and no unsafe
-//! code is needed, and a lookup (once per flow record) copies no key.
+//! code is needed, and a lookup (once per flow record) copies no key. A
+//! caller that comes back to the same entry often keeps its [`Handle`] and
+//! finds it again without hashing the key.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -18,6 +20,24 @@ struct Slot<K, V> {
     key: K,
     value: V,
     stamp: u64,
+    /// The stamp of its insertion: no other entry ever has it.
+    born: u64,
+}
+
+/// Where an entry was: finds it again without its key, until it is evicted,
+/// replaced or cleared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Handle {
+    slot: usize,
+    born: u64,
+}
+
+/// An entry [`Lru::get_or_insert_with`] found or made.
+pub(crate) struct Found<'a, K, V> {
+    pub(crate) handle: Handle,
+    pub(crate) value: &'a mut V,
+    /// The entry evicted to make room for it.
+    pub(crate) evicted: Option<(K, V)>,
 }
 
 /// A bounded least-recently-used map.
@@ -76,12 +96,42 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
 
     /// The value of `key`, marked as just used.
     pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        self.sweep();
         let slot = *self.index.get(key)?;
+        self.use_slot(slot, None).map(|(_, value)| value)
+    }
+
+    /// The value a handle points to, marked as just used; `None` once its
+    /// entry is gone.
+    pub(crate) fn get_mut_at(&mut self, handle: Handle) -> Option<&mut V> {
+        self.use_slot(handle.slot, Some(handle.born)).map(|(_, value)| value)
+    }
+
+    /// Marks the entry in `slot` as just used, if it is there (and was born
+    /// at `born`, when given).
+    fn use_slot(&mut self, slot: usize, born: Option<u64>) -> Option<(Handle, &mut V)> {
+        let held = self.slots.get(slot)?.as_ref()?;
+        if born.is_some_and(|born| born != held.born) {
+            return None;
+        }
+        self.sweep();
         let stamp = self.touch(slot);
         let held = self.slots[slot].as_mut()?;
         held.stamp = stamp;
-        Some(&mut held.value)
+        Some((Handle { slot, born: held.born }, &mut held.value))
+    }
+
+    /// The value of `key` and its handle, marked as just used, after
+    /// inserting `make()` under it if it was not held; with the entry evicted
+    /// to make room.
+    pub(crate) fn get_or_insert_with(&mut self, key: &K, make: impl FnOnce() -> V) -> Option<Found<'_, K, V>> {
+        if let Some(&slot) = self.index.get(key) {
+            let (handle, value) = self.use_slot(slot, None)?;
+            return Some(Found { handle, value, evicted: None });
+        }
+        self.sweep();
+        let (slot, evicted) = self.insert_new(key.clone(), make());
+        let held = self.slots[slot].as_mut()?;
+        Some(Found { handle: Handle { slot, born: held.born }, value: &mut held.value, evicted })
     }
 
     /// Inserts or replaces `key`; returns the entry evicted to make room.
@@ -89,9 +139,15 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         self.sweep();
         if let Some(&slot) = self.index.get(&key) {
             let stamp = self.touch(slot);
-            self.slots[slot] = Some(Slot { key, value, stamp });
+            self.slots[slot] = Some(Slot { key, value, stamp, born: stamp });
             return None;
         }
+        self.insert_new(key, value).1
+    }
+
+    /// Inserts `key`, which is not held: its slot, and the entry evicted to
+    /// make room.
+    fn insert_new(&mut self, key: K, value: V) -> (usize, Option<(K, V)>) {
         let evicted = if self.index.len() >= self.cap { self.evict() } else { None };
         let slot = self.free.pop().unwrap_or_else(|| {
             self.slots.push(None);
@@ -99,8 +155,8 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         });
         let stamp = self.touch(slot);
         self.index.insert(key.clone(), slot);
-        self.slots[slot] = Some(Slot { key, value, stamp });
-        evicted
+        self.slots[slot] = Some(Slot { key, value, stamp, born: stamp });
+        (slot, evicted)
     }
 
     /// Removes the least recently used entry.
@@ -154,6 +210,25 @@ mod tests {
         assert_eq!(held, vec![("a", 10), ("e", 5)]);
         lru.clear();
         assert_eq!((lru.len(), lru.insert("f", 6)), (0, None));
+    }
+
+    #[test]
+    fn handles_find_their_entry_until_it_is_evicted_or_replaced() {
+        let mut lru = Lru::new(2);
+        let found = lru.get_or_insert_with(&"a", || 1).expect("inserted");
+        assert_eq!((*found.value, found.evicted), (1, None));
+        let a = found.handle;
+        let again = lru.get_or_insert_with(&"a", || 99).expect("found");
+        assert_eq!((again.handle, *again.value), (a, 1), "an entry held is found, not made again");
+        let b = lru.get_or_insert_with(&"b", || 2).expect("inserted").handle;
+        *lru.get_mut_at(a).expect("held") += 10;
+        // "b" is the least recently used: "c" takes its slot.
+        let evicted = lru.get_or_insert_with(&"c", || 3).expect("inserted").evicted;
+        assert_eq!(evicted, Some(("b", 2)));
+        assert_eq!(lru.get_mut_at(b), None, "the slot now holds another entry");
+        lru.insert("a", 20);
+        assert_eq!(lru.get_mut_at(a), None, "a replaced entry is a new one");
+        assert_eq!(lru.get_mut(&"a"), Some(&mut 20));
     }
 
     #[test]

@@ -10,4 +10,5 @@ mod baseline;
 mod detector;
 pub(crate) mod lru;
 
+pub(crate) use detector::EdgeHandle;
 pub use detector::{EdgeKey, Signal, Spike, SpikeConfig, SpikeDetector, SpikeStats};

@@ -23,7 +23,10 @@ use super::{
     coverage::{Coverage, CoverageTracker},
     finding::{Evidence, Finding, FindingKey},
 };
-use crate::{anomaly::lru::Lru, flow::rfc3339};
+use crate::{
+    anomaly::lru::{Handle, Lru},
+    flow::rfc3339,
+};
 
 /// Settings of the findings log.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -77,6 +80,11 @@ pub struct FindingsStats {
     /// Of those, forgotten before their latest repeat was written.
     pub evicted_unwritten: u64,
 }
+
+/// Where the log keeps a finding's entry, for a caller that records the
+/// same finding often ([`FindingsLog::record_held`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EntryHandle(Handle);
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -154,32 +162,54 @@ impl FindingsLog {
     /// rest of it built once and shared by its repeats (the judge keeps one
     /// per pair of ends); returns whether it is new (not a repeat).
     pub fn record_shared(&mut self, finding: &Arc<Finding>, evidence: Evidence, at: SystemTime) -> bool {
+        self.record_held(&mut None, finding, evidence, at)
+    }
+
+    /// [`FindingsLog::record_shared`] through the handle `held` of the
+    /// finding's entry, which it sets: the finding is looked up by its key
+    /// only when the handle is unset or its entry was forgotten since.
+    pub(crate) fn record_held(
+        &mut self,
+        held: &mut Option<EntryHandle>,
+        finding: &Arc<Finding>,
+        evidence: Evidence,
+        at: SystemTime,
+    ) -> bool {
         self.stats.recorded += 1;
-        if let Some(entry) = self.entries.get_mut(&finding.key) {
-            entry.count += 1;
-            entry.first_seen = entry.first_seen.min(at);
-            entry.last_seen = entry.last_seen.max(at);
-            // The latest occurrence names the pods and evidence.
-            entry.finding = Arc::clone(finding);
-            entry.evidence = evidence;
-            entry.dirty = true;
-            return false;
-        }
-        let key = finding.key.clone();
-        let entry = Entry {
-            finding: Arc::clone(finding),
-            evidence,
-            count: 1,
-            first_seen: at,
-            last_seen: at,
-            dirty: true,
-            written_at: None,
+        let entry = match held.and_then(|handle| self.entries.get_mut_at(handle.0)) {
+            Some(entry) => entry,
+            None => {
+                // A new entry starts at no count and takes this occurrence below.
+                let new = || Entry {
+                    finding: Arc::clone(finding),
+                    evidence: Evidence::default(),
+                    count: 0,
+                    first_seen: at,
+                    last_seen: at,
+                    dirty: true,
+                    written_at: None,
+                };
+                let Some(found) = self.entries.get_or_insert_with(&finding.key, new) else { return false };
+                if let Some((_, evicted)) = found.evicted {
+                    self.stats.evicted += 1;
+                    self.stats.evicted_unwritten += u64::from(evicted.dirty);
+                }
+                *held = Some(EntryHandle(found.handle));
+                found.value
+            }
         };
-        if let Some((_, evicted)) = self.entries.insert(key, entry) {
-            self.stats.evicted += 1;
-            self.stats.evicted_unwritten += u64::from(evicted.dirty);
+        let new = entry.count == 0;
+        entry.count += 1;
+        entry.first_seen = entry.first_seen.min(at);
+        entry.last_seen = entry.last_seen.max(at);
+        // The latest occurrence names the pods and evidence (a repeat through
+        // a handle is mostly the finding held already).
+        if !Arc::ptr_eq(&entry.finding, finding) {
+            entry.finding = Arc::clone(finding);
         }
-        true
+        entry.evidence = evidence;
+        entry.dirty = true;
+        new
     }
 
     /// Writes every finding new or repeated since the last flush, then a

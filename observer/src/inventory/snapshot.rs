@@ -7,7 +7,9 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    iter::Chain,
     net::IpAddr,
+    option, slice,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -36,6 +38,49 @@ pub(crate) struct Holding {
     pub until: Option<SystemTime>,
     /// The pod as it is (or was, at the end).
     pub endpoint: Endpoint,
+}
+
+/// The holds on one IP, oldest first. Nearly every IP has one: it sits in
+/// the map's own slot, so resolving a flow end does not follow a pointer to it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Holdings {
+    first: Option<Holding>,
+    /// The later ones; empty while `first` is `None`.
+    rest: Vec<Holding>,
+}
+
+impl Holdings {
+    /// Every hold, oldest first.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = &Holding> {
+        self.first.iter().chain(&self.rest)
+    }
+
+    /// Every hold, oldest first.
+    pub(crate) fn iter_mut(&mut self) -> Chain<option::IterMut<'_, Holding>, slice::IterMut<'_, Holding>> {
+        self.first.iter_mut().chain(&mut self.rest)
+    }
+
+    /// Adds the newest hold.
+    pub(crate) fn push(&mut self, holding: Holding) {
+        match self.first {
+            None => self.first = Some(holding),
+            Some(_) => self.rest.push(holding),
+        }
+    }
+
+    /// Keeps the holds `keep` accepts, in order.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Holding) -> bool) {
+        self.first = self.first.take().filter(|holding| keep(holding));
+        self.rest.retain(keep);
+        if self.first.is_none() && !self.rest.is_empty() {
+            self.first = Some(self.rest.remove(0));
+        }
+    }
+
+    /// Whether no hold is left.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
 }
 
 /// What a cgroup path says of the local end of a flow.
@@ -70,7 +115,7 @@ pub struct Snapshot {
     /// How far before a pod was seen with an IP a flow may still be given to it.
     pub(crate) ip_skew: Duration,
     pub(crate) pods: Arc<HashMap<String, PodRecord>>,
-    pub(crate) by_ip: Arc<FastMap<IpAddr, Vec<Holding>>>,
+    pub(crate) by_ip: Arc<FastMap<IpAddr, Holdings>>,
     pub(crate) by_uid: Arc<FastMap<String, Endpoint>>,
     pub(crate) by_container: Arc<FastMap<String, Endpoint>>,
     pub(crate) namespaces: Arc<BTreeMap<String, Arc<Namespace>>>,
@@ -203,5 +248,33 @@ impl Snapshot {
     /// Every node, by name.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values().map(Arc::as_ref)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holdings_keep_their_order_through_retain() {
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let hold = |secs: u64| Holding { since: at(secs), until: None, endpoint: Endpoint::world() };
+        let mut holdings = Holdings::default();
+        assert!(holdings.is_empty());
+        for secs in [1, 2, 3] {
+            holdings.push(hold(secs));
+        }
+        let since = |holdings: &Holdings| holdings.iter().map(|holding| holding.since).collect::<Vec<_>>();
+        assert_eq!(since(&holdings), [at(1), at(2), at(3)]);
+        assert_eq!(holdings.iter().next_back().map(|holding| holding.since), Some(at(3)));
+        holdings.retain(|holding| holding.since != at(1));
+        assert_eq!(since(&holdings), [at(2), at(3)], "the oldest left takes the first place");
+        holdings.push(hold(4));
+        holdings.retain(|holding| holding.since != at(3));
+        assert_eq!(since(&holdings), [at(2), at(4)]);
+        holdings.retain(|_| false);
+        assert!(holdings.is_empty());
+        holdings.push(hold(5));
+        assert_eq!(since(&holdings), [at(5)]);
     }
 }

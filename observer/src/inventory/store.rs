@@ -21,7 +21,7 @@ use super::{
     endpoint::Endpoint,
     manifests::Workload,
     model::{Namespace, Node, Pod, Service},
-    snapshot::{FastMap, Holding, PodRecord, Snapshot},
+    snapshot::{FastMap, Holding, Holdings, PodRecord, Snapshot},
     workload::Workloads,
 };
 
@@ -166,7 +166,7 @@ pub struct Store {
     unknown: Endpoint,
     generation: u64,
     pods: Arc<HashMap<String, PodRecord>>,
-    by_ip: Arc<FastMap<IpAddr, Vec<Holding>>>,
+    by_ip: Arc<FastMap<IpAddr, Holdings>>,
     by_uid: Arc<FastMap<String, Endpoint>>,
     by_container: Arc<FastMap<String, Endpoint>>,
     tombstones: VecDeque<Tombstone>,
@@ -439,7 +439,7 @@ impl Store {
             return;
         };
         let expired = |holding: &Holding| holding.until.is_some_and(|until| until < horizon);
-        if self.by_ip.values().flatten().any(expired) {
+        if self.by_ip.values().flat_map(Holdings::iter).any(expired) {
             let by_ip = Arc::make_mut(&mut self.by_ip);
             by_ip.retain(|_, holdings| {
                 holdings.retain(|holding| !expired(holding));
@@ -544,7 +544,7 @@ fn is_pod(endpoint: &Endpoint, uid: &str) -> bool {
     endpoint.uid.as_deref() == Some(uid)
 }
 
-fn close_holding(by_ip: &mut FastMap<IpAddr, Vec<Holding>>, ip: IpAddr, uid: &str, now: SystemTime) {
+fn close_holding(by_ip: &mut FastMap<IpAddr, Holdings>, ip: IpAddr, uid: &str, now: SystemTime) {
     if let Some(holding) = by_ip.get_mut(&ip).and_then(|holdings| {
         holdings.iter_mut().find(|holding| holding.until.is_none() && is_pod(&holding.endpoint, uid))
     }) {

@@ -265,20 +265,21 @@ impl Judge {
             src_tier: tier(&input.src),
             dst_tier: tier(&input.dst),
         };
-        self.count(&verdict);
+        self.count(verdict.verdict, verdict.intent.is_some());
         verdict
     }
 
     /// Counts a verdict given again to a flow judged alike (the stage keeps
-    /// verdicts per pair of ends), as [`Judge::flow`] counts the ones it makes.
-    pub fn count(&mut self, verdict: &FlowVerdict) {
-        match verdict.verdict {
+    /// verdicts per pair of ends), as [`Judge::flow`] counts the ones it makes:
+    /// its kind, and whether it cites an intent the flow breaks.
+    pub fn count(&mut self, verdict: VerdictKind, intent_breach: bool) {
+        match verdict {
             VerdictKind::Allowed => self.stats.allowed += 1,
             VerdictKind::DeniedAttempt => self.stats.denied_attempts += 1,
             VerdictKind::EnforcementGap => self.stats.enforcement_gaps += 1,
             VerdictKind::IntentViolation => self.stats.intent_violations += 1,
         }
-        self.stats.intent_breaches += u64::from(verdict.intent.is_some());
+        self.stats.intent_breaches += u64::from(intent_breach);
     }
 
     /// Whether an AI-tier pod lacks the isolation it needs; `None` for pods

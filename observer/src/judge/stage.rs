@@ -24,12 +24,12 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::{FlowVerdict, Judge, JudgeInput, delivery::Proof};
+use super::{Delivery, FlowVerdict, Judge, JudgeInput, VerdictKind, delivery::Proof};
 use crate::{
-    anomaly::{EdgeKey, Spike, SpikeDetector},
+    anomaly::{EdgeHandle, EdgeKey, Spike, SpikeDetector},
     capture::CaptureHealth,
     config::ObserverConfig,
-    findings::{CoverageTracker, Evidence, Finding, FindingsLog, FindingsWriter, Workload},
+    findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter, Workload},
     flow::{FlowRecord, LocalEnd},
     intent::{EndKind, FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
     inventory::{Endpoint, EndpointKind, Inventory, Snapshot},
@@ -287,8 +287,8 @@ impl JudgeStage {
             if counted {
                 let delta = record.progress.new_to_dst.bytes + record.progress.new_to_src.bytes;
                 let (now, new) = (record.time, u64::from(new_flow));
-                let spike = match key.as_ref().and_then(|key| self.pairs.get(key)) {
-                    Some(pair) => self.spikes.observe(&pair.edge, now, new, delta),
+                let spike = match key.as_ref().and_then(|key| self.pairs.get_mut(key)) {
+                    Some(pair) => self.spikes.observe_held(&mut pair.spike, &pair.edge, now, new, delta),
                     None => flow_ends(&snapshot, record)
                         .and_then(|(src, dst)| self.spikes.observe(&EdgeKey::between(&src, &dst), now, new, delta)),
                 };
@@ -310,11 +310,11 @@ impl JudgeStage {
             return None;
         }
         let outcome = pair.outcomes[proof as usize].as_mut()?;
-        self.judge.count(&outcome.verdict);
+        self.judge.count(outcome.kind, outcome.intent_breach);
         if let Some(finding) = &mut outcome.finding {
             let evidence = Evidence {
                 state: Some(record.state),
-                delivery: Some(outcome.verdict.delivery),
+                delivery: Some(outcome.delivery),
                 to_dst: Some(record.to_dst),
                 to_src: Some(record.to_src),
                 ..Evidence::default()
@@ -322,7 +322,7 @@ impl JudgeStage {
             if let Some(metrics) = &self.setup.metrics {
                 metrics.count_finding(&mut finding.series, || finding_labels(&finding.finding));
             }
-            self.findings.record_shared(&finding.finding, evidence, record.time);
+            self.findings.record_held(&mut finding.entry, &finding.finding, evidence, record.time);
         }
         Some(Arc::clone(&outcome.verdict))
     }
@@ -341,12 +341,12 @@ impl JudgeStage {
         let input = JudgeInput::from_record(record, src, dst, new_flow);
         let verdict = Arc::new(self.judge.flow(&input));
         let finding = Finding::from_flow(&verdict, &input).map(Arc::new);
-        let mut series = None;
+        let (mut series, mut entry) = (None, None);
         if let Some(finding) = &finding {
             if let Some(metrics) = &self.setup.metrics {
                 metrics.count_finding(&mut series, || finding_labels(finding));
             }
-            self.findings.record_shared(finding, finding.evidence.clone(), record.time);
+            self.findings.record_held(&mut entry, finding, finding.evidence.clone(), record.time);
         }
         let Some(key) = key else { return Some(verdict) };
         if self.pairs.len() >= MAX_PAIRS && !self.pairs.contains_key(&key) {
@@ -360,11 +360,12 @@ impl JudgeStage {
                 .filter(|_| src.kind == EndKind::Pod)
                 .is_some_and(|pod| !intents.rate_limits(pod).is_empty()),
             edge: EdgeKey::between(&src, &dst),
+            spike: None,
             outcomes: Default::default(),
         });
         if !(new_flow && pair.rate_limited) {
-            let finding = finding.map(|finding| SharedFinding { finding, series });
-            pair.outcomes[proof as usize] = Some(Outcome { verdict: Arc::clone(&verdict), finding });
+            let finding = finding.map(|finding| SharedFinding { finding, series, entry });
+            pair.outcomes[proof as usize] = Some(Outcome::new(Arc::clone(&verdict), finding));
         }
         Some(verdict)
     }
@@ -469,6 +470,8 @@ struct Pair {
     rate_limited: bool,
     /// The edge the spike detector watches.
     edge: EdgeKey,
+    /// Where the spike detector keeps the edge, once it has.
+    spike: Option<EdgeHandle>,
     /// By delivery proof.
     outcomes: [Option<Outcome>; Proof::KINDS],
 }
@@ -476,11 +479,25 @@ struct Pair {
 /// A verdict kept for reuse, with the finding it makes.
 struct Outcome {
     verdict: Arc<FlowVerdict>,
+    /// What each reuse reads of the verdict, kept beside it: the verdict's
+    /// own fields lie on cache lines a reuse would otherwise load.
+    kind: VerdictKind,
+    intent_breach: bool,
+    delivery: Delivery,
     finding: Option<SharedFinding>,
 }
 
-/// A finding shared by its repeats, and the handle of its metric series.
+impl Outcome {
+    fn new(verdict: Arc<FlowVerdict>, finding: Option<SharedFinding>) -> Self {
+        let (kind, intent_breach, delivery) = (verdict.verdict, verdict.intent.is_some(), verdict.delivery);
+        Self { verdict, kind, intent_breach, delivery, finding }
+    }
+}
+
+/// A finding shared by its repeats, with the handles of its metric series
+/// and of its entry in the findings log.
 struct SharedFinding {
     finding: Arc<Finding>,
     series: Option<Series<Counter>>,
+    entry: Option<EntryHandle>,
 }

@@ -113,7 +113,10 @@ impl Serialize for IntentCite {
 }
 
 /// The verdict of one flow, with its evidence.
+// In declaration order: `verdict`, read for every record that carries it
+// (the meter), then shares a cache line with the `Arc`'s counts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[repr(C)]
 pub struct FlowVerdict {
     /// The verdict.
     pub verdict: VerdictKind,
