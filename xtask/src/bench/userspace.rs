@@ -141,7 +141,7 @@ pub fn pipeline(args: &PipelineArgs) -> anyhow::Result<()> {
         "Pipeline (`observer/benches/pipeline.rs`): one thread drives the real stage functions of `observer run` \
          on synthetic short TCP connections between {} pod pairs of a generated cluster ({} pods, {} namespaces, \
          {} NetworkPolicies, the FlowIntents of the same manifests): each connection's {} ring-buffer events \
-         (SYN_SENT, new flow, ESTABLISHED, CLOSE with the socket's counters; 96 bytes each, decoded as capture does) and its flow-map entry go \
+         (new flow, ESTABLISHED, CLOSE with the socket's counters, cgroup and FINs; 96 bytes each, decoded as capture does) and its flow-map entry go \
          through the flow table (events, poll, flush: one `end` record), `build_record` (cgroup path from a cache), \
          `enrich` (both ends resolved to pods), the judge stage's `judge_batch` (policy and intent verdict, delivery, \
          findings, spikes) and the metrics meter (edge by workload, deltas, verdict counts), in batches of {} (one poll \
