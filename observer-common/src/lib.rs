@@ -228,19 +228,17 @@ pub struct TcpSockOffsets {
 const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 48);
 
 /// Bytes from a `struct sock`'s start that the raw tracepoint reads in one
-/// go at a TCP state change: every [`SockOffsets`] field but the protocol
-/// lies within them.
+/// go at a TCP state change: every [`SockOffsets`] field but `protocol` and
+/// `sport` lies within them.
 pub const SOCK_COMMON_BLOCK: usize = 128;
 
 /// Byte offsets in `struct sock` of what names a TCP connection, found by
-/// the loader in the running kernel's BTF. With them (`enabled` non-zero)
-/// state changes come from the raw tracepoint `inet_sock_set_state`, which
-/// hands the program the socket and both states and reads the tuple from
-/// the socket; without them (the global stays zero), from the
-/// `sock/inet_sock_set_state` tracepoint,
-/// whose record the kernel fills for every state change (about as much time
-/// again as the program itself). Every offset but `protocol` is inside the
-/// first [`SOCK_COMMON_BLOCK`] bytes.
+/// the loader in the running kernel's BTF. With them state changes come from
+/// the raw tracepoint `inet_sock_set_state`, which hands the program the
+/// socket and both states, and the program reads the tuple from the socket;
+/// without them (the global stays zero), from the `sock/inet_sock_set_state`
+/// tracepoint, whose record the kernel fills for every state change (about
+/// as much time again as the program itself).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SockOffsets {

@@ -127,6 +127,11 @@ fn tcp_sock_offsets() -> TcpSockOffsets {
     unsafe { core::ptr::read_volatile(&raw const TCP_SOCK) }
 }
 
+fn sock_offsets() -> SockOffsets {
+    // SAFETY: the loader may rewrite this global; read it through memory.
+    unsafe { core::ptr::read_volatile(&raw const SOCK) }
+}
+
 fn skip_loopback() -> bool {
     // SAFETY: the loader may rewrite this global; read it through memory.
     unsafe { core::ptr::read_volatile(&raw const SKIP_LOOPBACK) != 0 }
@@ -474,8 +479,7 @@ fn socket_state_change(ctx: &RawTracePointContext) {
 /// `sk` must be the address of a `struct sock`; the reads go through
 /// `bpf_probe_read_kernel`, which fails instead of faulting.
 unsafe fn socket_key(sk: *const u8) -> Option<FlowKey> {
-    // SAFETY: the loader may rewrite this global; read it through memory.
-    let offsets = unsafe { core::ptr::read_volatile(&raw const SOCK) };
+    let offsets = sock_offsets();
     let block = SCRATCH.get_ptr_mut(0)?.cast::<u8>();
     // SAFETY: as the caller guarantees; `block` is this CPU's scratch value,
     // larger than SOCK_COMMON_BLOCK, and every read from it is

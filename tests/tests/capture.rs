@@ -5,8 +5,8 @@
 use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 use observer_tests::{
-    BurstOpts, Endpoint, Lab, ObserverProcess, ObserverRun, TcpClientOpts, TcpServerOpts, UdpClientOpts, UdpServerOpts,
-    root_or_skip,
+    BurstOpts, Endpoint, Lab, ObserverProcess, ObserverRun, Pod, TcpClientOpts, TcpClientReport, TcpServerOpts,
+    UdpClientOpts, UdpServerOpts, root_or_skip,
 };
 use serde_json::Value;
 
@@ -99,6 +99,31 @@ fn assert_handshake_and_fins(record: &Value) {
     }
 }
 
+/// `client`'s connections to `target` as `opts` makes them, answered with
+/// `opts.expect` bytes by a server on `server` listening on `listen`, while
+/// an observer with `extra` watches: every connection completed, both ends
+/// of each reported once, nothing lost.
+fn watched_connections(
+    (client, server): (&Pod, &Pod),
+    listen: SocketAddr,
+    target: SocketAddr,
+    opts: &TcpClientOpts,
+    extra: &[&str],
+) -> (ObserverRun, TcpClientReport) {
+    let _listener =
+        server.tcp_server(listen, &TcpServerOpts { reply: opts.expect, ..Default::default() }).expect("server");
+    let observer = observe(extra);
+    let report = client.tcp_client(target, opts).expect("client");
+    assert_eq!(report.complete, opts.count, "{report:?}");
+    let run = finish(observer, |records| {
+        ends(records, client.cgroup_id(), target).len() as u64 == opts.count
+            && ends(records, server.cgroup_id(), target).len() as u64 == opts.count
+    });
+    assert_no_loss(&run);
+    assert_one_end_per_flow(&run);
+    (run, report)
+}
+
 #[test]
 fn tcp_connections_are_reported_once_each_with_their_bytes() {
     if !root_or_skip("tcp_connections_are_reported_once_each_with_their_bytes") {
@@ -122,19 +147,9 @@ fn tcp_connections_with_exact_payload(extra: &[&str]) {
     let lab = lab(2);
     let (client, server) = (lab.pod(0), lab.pod(1));
     let target = server.addr_v4(8080);
-    let _listener = server.tcp_server(target, &TcpServerOpts { reply: 5000, ..Default::default() }).expect("server");
-    let observer = observe(extra);
     const K: u64 = 5;
-    let report = client
-        .tcp_client(target, &TcpClientOpts { count: K, send: 1000, expect: 5000, ..Default::default() })
-        .expect("client");
-    assert_eq!(report.complete, K, "{report:?}");
-    let run = finish(observer, |records| {
-        ends(records, client.cgroup_id(), target).len() as u64 == K
-            && ends(records, server.cgroup_id(), target).len() as u64 == K
-    });
-    assert_no_loss(&run);
-    assert_one_end_per_flow(&run);
+    let opts = TcpClientOpts { count: K, send: 1000, expect: 5000, ..Default::default() };
+    let (run, report) = watched_connections((client, server), target, target, &opts, extra);
     assert_eq!(run.health["tcp_socket_counters"], u64::from(socket_counted), "{}", run.health);
     // Every state change found its flow (connect's SYN_SENT, before the
     // source port is picked, is not sent at all).
@@ -285,16 +300,8 @@ fn ipv6_tcp_is_captured() {
     let lab = lab(2);
     let (client, server) = (lab.pod(0), lab.pod(1));
     let target = server.addr_v6(8080).expect("pods have IPv6");
-    let _listener = server.tcp_server(target, &TcpServerOpts { reply: 3000, ..Default::default() }).expect("server");
-    let observer = observe(&[]);
-    let report = client
-        .tcp_client(target, &TcpClientOpts { count: 2, send: 700, expect: 3000, ..Default::default() })
-        .expect("client");
-    assert_eq!(report.complete, 2, "{report:?}");
-    let run = finish(observer, |records| {
-        ends(records, client.cgroup_id(), target).len() == 2 && ends(records, server.cgroup_id(), target).len() == 2
-    });
-    assert_no_loss(&run);
+    let opts = TcpClientOpts { count: 2, send: 700, expect: 3000, ..Default::default() };
+    let (run, _) = watched_connections((client, server), target, target, &opts, &[]);
     let flows = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(flows.len(), 2, "{flows:#?}");
     for flow in &flows {
@@ -319,19 +326,9 @@ fn a_dual_stack_server_sees_ipv4_clients_as_ipv4() {
     let (client, server) = (lab.pod(0), lab.pod(1));
     let target = server.addr_v4(8080);
     let any = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 8080);
-    let _listener = server.tcp_server(any, &TcpServerOpts { reply: 2000, ..Default::default() }).expect("server");
-    let observer = observe(&[]);
     const K: u64 = 3;
-    let report = client
-        .tcp_client(target, &TcpClientOpts { count: K, send: 600, expect: 2000, ..Default::default() })
-        .expect("client");
-    assert_eq!(report.complete, K, "{report:?}");
-    let run = finish(observer, |records| {
-        ends(records, client.cgroup_id(), target).len() as u64 == K
-            && ends(records, server.cgroup_id(), target).len() as u64 == K
-    });
-    assert_no_loss(&run);
-    assert_one_end_per_flow(&run);
+    let opts = TcpClientOpts { count: K, send: 600, expect: 2000, ..Default::default() };
+    let (run, _) = watched_connections((client, server), any, target, &opts, &[]);
     assert_eq!(run.health["states_unmatched"], 0, "{}", run.health);
     let server_flows: Vec<&Value> = run
         .records

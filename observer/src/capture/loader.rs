@@ -169,25 +169,23 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
     raise_memlock_limit();
     let skip_loopback = u8::from(options.skip_loopback);
     let wakeup_threshold = u64::from(options.ring_buffer_bytes / 4);
-    let btf = fs::read(VMLINUX_BTF)
-        .map_err(|error| format!("reading {VMLINUX_BTF}: {error}"))
-        .and_then(|data| Btf::parse(&data).map_err(|error| error.to_string()));
-    let (tcp_sock, counting) = if options.tcp_per_packet {
-        (TcpSockOffsets::default(), TcpCounting::PerPacketAsked)
-    } else {
-        match btf
-            .as_ref()
-            .map_err(String::clone)
-            .and_then(|btf| tcp_sock_offsets(btf).map_err(|error| error.to_string()))
-        {
+    // `--tcp-per-packet` runs everything a kernel without BTF runs: TCP
+    // counted per packet, state changes from the tracepoint.
+    let btf = (!options.tcp_per_packet).then(|| {
+        fs::read(VMLINUX_BTF)
+            .map_err(|error| format!("reading {VMLINUX_BTF}: {error}"))
+            .and_then(|data| Btf::parse(&data).map_err(|error| error.to_string()))
+    });
+    let (tcp_sock, counting) = match &btf {
+        None => (TcpSockOffsets::default(), TcpCounting::PerPacketAsked),
+        Some(Err(reason)) => (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(reason.clone())),
+        Some(Ok(btf)) => match tcp_sock_offsets(btf) {
             Ok(offsets) => (offsets, TcpCounting::Socket),
-            Err(reason) => (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(reason)),
-        }
+            Err(error) => (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(error.to_string())),
+        },
     };
-    // `--tcp-per-packet` also takes the tracepoint: everything a kernel
-    // without BTF runs.
     let sock = match &btf {
-        Ok(btf) if !options.tcp_per_packet => {
+        Some(Ok(btf)) => {
             sock_offsets(btf).inspect_err(|error| tracing::info!("TCP state changes from the tracepoint: {error}")).ok()
         }
         _ => None,
