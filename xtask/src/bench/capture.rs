@@ -17,7 +17,7 @@ use clap::Args;
 use observer_tests::{BurstOpts, BurstReport, Endpoint, Lab, ObserverProcess, Pod, Proc, TcpServerOpts};
 use serde_json::Value;
 
-use super::{build_release, cpu_ms, machine_facts, median, publish};
+use super::{build_release, cpu_ms, machine_busy_ms, machine_facts, median, publish};
 use crate::{
     command::{output, run as run_command, step},
     interrupt,
@@ -46,6 +46,10 @@ impl Default for CaptureArgs {
         Self { rounds: 5, connections: 15000, iperf_seconds: 3, no_write: false }
     }
 }
+
+/// How long after a burst its tools' CPU is still charged to it: the
+/// observer's default poll interval plus half a second.
+const SETTLE: Duration = Duration::from_millis(1500);
 
 /// The bpftrace program a user would reach for: count TCP state changes.
 const BPFTRACE_PROGRAM: &str = "tracepoint:sock:inet_sock_set_state { @[args->newstate] = count(); }";
@@ -93,6 +97,9 @@ struct Sample {
     kernel_core_share_iperf: Option<f64>,
     /// The tool's own CPU ms (user + system) per 1,000 connections.
     cpu_ms_per_1k_conn: Option<f64>,
+    /// CPU µs the whole machine was busy per connection, from the burst's
+    /// start until the tool had read what it left.
+    machine_us_per_conn: f64,
     /// conntrack NEW events logged per connection (both namespaces).
     conntrack_events_per_conn: Option<f64>,
 }
@@ -144,9 +151,10 @@ fn measure(args: &CaptureArgs) -> anyhow::Result<Vec<(Variant, Sample)>> {
             step(&format!("round {}/{}: {}", round + 1, args.rounds, variant.name()));
             let sample = measure_variant(variant, client, server, args)?;
             println!(
-                "    {:.0} conn/s, {:.2} Gbit/s, kernel {} ns/conn, {} ns/packet, {}% of a core during iperf3, \
+                "    {:.0} conn/s ({:.0} µs of machine CPU each), {:.2} Gbit/s, kernel {} ns/conn, {} ns/packet, {}% of a core during iperf3, \
                  tool CPU {} ms/1k conn",
                 sample.conn_per_sec,
+                sample.machine_us_per_conn,
                 sample.gbit_per_sec,
                 optional(sample.kernel_ns_per_conn, 0),
                 optional(sample.kernel_ns_per_packet, 0),
@@ -303,14 +311,19 @@ fn measure_variant(variant: Variant, client: &Pod, server: &Pod, args: &CaptureA
     let pids = running.pids();
     let tool_cpu = || -> anyhow::Result<u64> { pids.iter().map(|pid| cpu_ms(*pid)).sum() };
     let cpu_before = tool_cpu()?;
+    let busy_before = machine_busy_ms()?;
     let events_before = match &running {
         Running::Conntrack(conntrack) => conntrack.events().0,
         _ => 0,
     };
     let burst = burst(client, server, args)?;
-    // Let the tools read what the burst left before reading their CPU.
-    std::thread::sleep(Duration::from_millis(300));
+    // Let the tools read and report what the burst left before reading
+    // their CPU: the observer polls its flow map every second and reports a
+    // closed connection after the poll that follows its close. Every variant
+    // waits as long, so the machine's idle work weighs the same on each.
+    std::thread::sleep(SETTLE);
     let cpu_after = tool_cpu()?;
+    let busy = machine_busy_ms()?.saturating_sub(busy_before);
     let connections = burst.completed as f64;
     let conn_per_sec = connections / Duration::from_millis(burst.elapsed_ms.max(1)).as_secs_f64();
     let cpu_ms_per_1k_conn =
@@ -338,6 +351,7 @@ fn measure_variant(variant: Variant, client: &Pod, server: &Pod, args: &CaptureA
         kernel_ns_per_skb_run: kernel.and_then(|kernel| kernel.ns_per_skb_run),
         kernel_core_share_iperf: kernel.map(|kernel| kernel.core_share_iperf),
         cpu_ms_per_1k_conn,
+        machine_us_per_conn: busy as f64 * 1000.0 / connections,
         conntrack_events_per_conn,
     })
 }
@@ -515,6 +529,13 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
          (both directions; each packet passes an egress and an ingress cgroup_skb run, one at each end), and as \
          a share of one core over the iperf3 run (what the programs take from a stream that is bound by the CPU of \
          either end is at most that); \
+         machine CPU per connection: the busy time of all cores (user, nice, system, irq, softirq from /proc/stat; \
+         not idle, iowait or steal) from the start of the burst until {:.1} s after it, when every tool has read and \
+         reported what it left, divided by the connections; \"CPU-bound rate\" is the rate that cost would allow \
+         if the machine were saturated: each round's baseline µs per connection over the variant's, median and range \
+         as above. The bursts themselves leave the cores partly idle (two client threads wait on each other's \
+         round trips), which is why the measured rate swings with the scheduling more than the CPU per connection \
+         does; \
          both ends of each connection are on this node, so the figures cover two sockets. Tool CPU: user + system \
          time of the observer, bpftrace, or the two `conntrack -E` listeners, from /proc/PID/stat (10 ms ticks). \
          conntrack variant: `conntrack -E -e NEW,DESTROY` runs in each pod's network namespace, and conntrack is \
@@ -522,22 +543,27 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
          `ct state established accept` in input and output (removed afterwards); its cost includes nf_conntrack \
          tracking every connection as well as the events. DESTROY events of a closed TCP connection come only when \
          its TIME_WAIT entry expires (2 min), after the run, so each connection costs a NEW event per namespace here.\n",
-        args.rounds, args.connections, args.iperf_seconds
+        args.rounds,
+        args.connections,
+        args.iperf_seconds,
+        SETTLE.as_secs_f64(),
     );
     let _ = writeln!(
         text,
-        "| variant | conn/s | vs baseline | Gbit/s | vs baseline | kernel ns/conn | kernel ns/packet | skb program ns/run | kernel % of a core during iperf3 | tool CPU ms per 1k conn |"
+        "| variant | conn/s | vs baseline | machine CPU µs/conn | CPU-bound rate vs baseline | Gbit/s | vs baseline | kernel ns/conn | kernel ns/packet | skb program ns/run | kernel % of a core during iperf3 | tool CPU ms per 1k conn |"
     );
-    let _ = writeln!(text, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(text, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for variant in Variant::ALL {
         let rate = of(variant, |s| Some(s.conn_per_sec)).unwrap_or(f64::NAN);
         let gbit = of(variant, |s| Some(s.gbit_per_sec)).unwrap_or(f64::NAN);
         let _ = writeln!(
             text,
-            "| {} | {:.0} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {:.0} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
             variant.name(),
             rate,
             ratio(variant, |s| s.conn_per_sec),
+            of(variant, |s| Some(s.machine_us_per_conn)).unwrap_or(f64::NAN),
+            ratio(variant, |s| 1.0 / s.machine_us_per_conn),
             gbit,
             ratio(variant, |s| s.gbit_per_sec),
             optional(of(variant, |s| s.kernel_ns_per_conn), 0),
@@ -551,15 +577,19 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
         let _ = writeln!(text, "\nconntrack NEW events logged per connection (median, both namespaces): {events:.2}.");
     }
     let _ = writeln!(text, "\nEvery round, in order run:\n");
-    let _ = writeln!(text, "| round | variant | conn/s | Gbit/s | kernel ns/conn | kernel ns/packet |");
-    let _ = writeln!(text, "| ---: | --- | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        text,
+        "| round | variant | conn/s | machine CPU µs/conn | Gbit/s | kernel ns/conn | kernel ns/packet |"
+    );
+    let _ = writeln!(text, "| ---: | --- | ---: | ---: | ---: | ---: | ---: |");
     for (index, (variant, sample)) in samples.iter().enumerate() {
         let _ = writeln!(
             text,
-            "| {} | {} | {:.0} | {:.2} | {} | {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {} | {} |",
             index / Variant::ALL.len() + 1,
             variant.name(),
             sample.conn_per_sec,
+            sample.machine_us_per_conn,
             sample.gbit_per_sec,
             optional(sample.kernel_ns_per_conn, 0),
             optional(sample.kernel_ns_per_packet, 0),

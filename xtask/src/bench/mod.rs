@@ -117,6 +117,20 @@ fn cpu_ms(pid: u32) -> anyhow::Result<u64> {
     Ok(ticks * 1000 / per_second)
 }
 
+/// CPU ms the whole machine has spent busy since boot, all cores together:
+/// user, nice, system, irq and softirq time from /proc/stat (not idle,
+/// iowait, or steal, the time the hypervisor gave to others).
+fn machine_busy_ms() -> anyhow::Result<u64> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().find(|line| line.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|field| field.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = [0, 1, 2, 5, 6].iter().map(|&index| ticks.get(index).copied().unwrap_or(0)).sum::<u64>();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    Ok(busy * 1000 / per_second)
+}
+
 /// Replaces the text between `<!-- bench:NAME:begin -->` and `<!-- bench:NAME:end -->`
 /// in BENCHMARKS.md, appending the section if it is not there yet.
 fn write_section(name: &str, body: &str) -> anyhow::Result<()> {
