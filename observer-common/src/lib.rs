@@ -227,18 +227,14 @@ pub struct TcpSockOffsets {
 }
 const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 48);
 
-/// Bytes from a `struct sock`'s start that the raw tracepoint reads in one
-/// go at a TCP state change: every [`SockOffsets`] field but `protocol` and
-/// `sport` lies within them.
-pub const SOCK_COMMON_BLOCK: usize = 128;
-
 /// Byte offsets in `struct sock` of what names a TCP connection, found by
 /// the loader in the running kernel's BTF. With them state changes come from
-/// the raw tracepoint `inet_sock_set_state`, which hands the program the
-/// socket and both states, and the program reads the tuple from the socket;
-/// without them (the global stays zero), from the `sock/inet_sock_set_state`
-/// tracepoint, whose record the kernel fills for every state change (about
-/// as much time again as the program itself).
+/// the BTF tracepoint `inet_sock_set_state`, which hands the program the
+/// socket as a pointer the verifier knows the type of, and the program loads
+/// the tuple from it (plain loads, checked against BTF); without them (the
+/// global stays zero), from the `sock/inet_sock_set_state` tracepoint, whose
+/// record the kernel fills for every state change (about as much time again
+/// as the program itself).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SockOffsets {
@@ -257,13 +253,11 @@ pub struct SockOffsets {
     pub v6_daddr: u32,
     /// `__sk_common.skc_v6_rcv_saddr` (16 bytes).
     pub v6_rcv_saddr: u32,
-    /// `sk_protocol` (u16), anywhere in the socket.
-    pub protocol: u32,
-    /// `inet_sock.inet_sport` (local port, network order), anywhere in the
-    /// socket: read when `num` is zero, as it is at a close.
+    /// `inet_sock.inet_sport` (local port, network order): read when `num`
+    /// is zero, as it is at a close.
     pub sport: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 36);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 32);
 
 /// A TCP packet with no SYN, FIN or RST counts its socket into the flow map
 /// when `(segs_in + segs_out) & TCP_SAMPLE_MASK == TCP_SAMPLE_AT`: a window
@@ -418,11 +412,11 @@ pub mod names {
     /// Tracepoint program on `sock/inet_sock_set_state` (without
     /// [`super::SockOffsets`]).
     pub const PROG_TCP_STATE: &str = "tcp_state";
-    /// Raw tracepoint program on `inet_sock_set_state` (with
+    /// BTF tracepoint program on `inet_sock_set_state` (with
     /// [`super::SockOffsets`]).
-    pub const PROG_TCP_STATE_RAW: &str = "tcp_state_raw";
-    /// Name the raw tracepoint is attached by.
-    pub const RAW_TRACEPOINT: &str = "inet_sock_set_state";
+    pub const PROG_TCP_STATE_BTF: &str = "tcp_state_btf";
+    /// Name the BTF tracepoint is attached by.
+    pub const BTF_TRACEPOINT: &str = "inet_sock_set_state";
     /// Global: non-zero to skip loopback traffic.
     pub const SKIP_LOOPBACK: &str = "SKIP_LOOPBACK";
     /// Global: pending ring-buffer bytes past which a submit wakes userspace.

@@ -1,8 +1,9 @@
 //! Kernel programs of the flow observer.
 //!
 //! In: every packet a socket in the attached cgroup tree sends or receives
-//! (cgroup_skb egress and ingress) and every TCP state change
-//! (`sock/inet_sock_set_state`). Out: per-flow counters in the `FLOWS` LRU
+//! (cgroup_skb egress and ingress) and every TCP state change (the BTF
+//! tracepoint `inet_sock_set_state`, or its classic tracepoint
+//! `sock/inet_sock_set_state` without the socket offsets). Out: per-flow counters in the `FLOWS` LRU
 //! hash, an `Event` on the `EVENTS` ring buffer for each new flow and each TCP
 //! attempt, establishment and close (a close carries the socket's final
 //! counters, FINs and cgroup), the payload of every DNS packet a local socket
@@ -36,16 +37,19 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_sk_fullsock, bpf_skb_cgroup_id,
         bpf_tcp_sock, generated,
     },
-    macros::{cgroup_skb, map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, cgroup_skb, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, SkBuffContext, TracePointContext},
+    programs::{BtfTracePointContext, SkBuffContext, TracePointContext},
 };
 use aya_log_ebpf::{debug, warn};
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
 use observer_common::{
     COUNTED_SOCKET, COUNTER_SLOTS, Counter, DNS_PORT, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6,
-    FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, SOCK_COMMON_BLOCK, SockOffsets, SocketCounters,
-    TCP_SAMPLE_AT, TCP_SAMPLE_MASK, TCP_SOCK_BLOCK, TcpSockOffsets, tcp_flags, tcp_state,
+    FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, SockOffsets, SocketCounters, TCP_SAMPLE_AT,
+    TCP_SAMPLE_MASK, TCP_SOCK_BLOCK, TcpSockOffsets, tcp_flags, tcp_state,
 };
 use packet::{Direction, Parsed};
 
@@ -98,24 +102,14 @@ static TCP_SOCK: TcpSockOffsets = TcpSockOffsets {
     kn_id: 0,
 };
 
-/// Where a socket's tuple is, for the raw tracepoint; the loader fills it
-/// from BTF and attaches the raw tracepoint, or leaves it zero and attaches
+/// Where a socket's tuple is, for the BTF tracepoint; the loader fills it
+/// from BTF and attaches the BTF tracepoint, or leaves it zero and attaches
 /// the tracepoint.
 #[unsafe(no_mangle)]
-static SOCK: SockOffsets = SockOffsets {
-    daddr: 0,
-    rcv_saddr: 0,
-    dport: 0,
-    num: 0,
-    family: 0,
-    v6_daddr: 0,
-    v6_rcv_saddr: 0,
-    protocol: 0,
-    sport: 0,
-};
+static SOCK: SockOffsets =
+    SockOffsets { daddr: 0, rcv_saddr: 0, dport: 0, num: 0, family: 0, v6_daddr: 0, v6_rcv_saddr: 0, sport: 0 };
 
-/// Where a closing socket's counters (and a changing socket's tuple) are
-/// copied to be read.
+/// Where the tracepoint copies a closing socket's counters to read them.
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<[u8; TCP_SOCK_BLOCK]> = PerCpuArray::with_max_entries(1, 0);
 
@@ -155,8 +149,8 @@ pub fn tcp_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn tcp_state_raw(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcp_state_btf(ctx: BtfTracePointContext) -> i32 {
     socket_state_change(&ctx);
     0
 }
@@ -455,83 +449,97 @@ fn tcp_state_change(ctx: &TracePointContext) {
     }
     // SAFETY: as above.
     let sk = unsafe { field::<u64>(ctx, tp::SKADDR) } as *const u8;
-    state_change(sk, key, old as u8, new as u8);
+    state_change(key, old as u8, new as u8, |cgroup_id, fins| {
+        // SAFETY: `sk` is the socket the record is about.
+        let socket = unsafe { Probed::copy(sk) }?;
+        final_counters(&socket, old as u8, cgroup_id, fins)
+    });
 }
 
-/// The raw tracepoint's arguments are `inet_sock_set_state`'s own: the
-/// socket and both states. Nothing is read unless the change is wanted.
-fn socket_state_change(ctx: &RawTracePointContext) {
-    let (sk, old, new): (u64, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+/// The BTF tracepoint's arguments are `inet_sock_set_state`'s own: the
+/// socket, as a pointer the verifier knows the type of, and both states.
+/// Nothing is read unless the change is wanted, and then the fields are
+/// plain loads, which the verifier checks against the kernel's BTF (no
+/// helper call, no copy).
+fn socket_state_change(ctx: &BtfTracePointContext) {
+    let (sk, old, new): (*const c_void, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
     if !wanted(old, new) {
         return;
     }
-    let sk = sk as *const u8;
-    // SAFETY: `sk` is the socket the tracepoint is about.
-    if let Some(key) = unsafe { socket_key(sk) } {
-        state_change(sk, key, old as u8, new as u8);
+    // SAFETY: `sk` is the tracepoint's socket; the helper returns it as a
+    // `struct tcp_sock` when it is a full TCP socket, else null.
+    let tcp = unsafe { generated::bpf_skc_to_tcp_sock(sk.cast_mut()) }.cast::<u8>().cast_const();
+    if tcp.is_null() {
+        return;
     }
+    // SAFETY: `tcp` is a `struct tcp_sock` the verifier knows.
+    let Some(key) = (unsafe { socket_key(tcp) }) else { return };
+    state_change(key, old as u8, new as u8, |cgroup_id, fins| {
+        final_counters(&Direct { tcp, offsets: tcp_sock_offsets() }, old as u8, cgroup_id, fins)
+    });
 }
 
-/// The tuple of TCP socket `sk`, read at the offsets the loader found;
-/// `None` for another protocol or when a read fails.
+/// A field of the socket at `tcp`, `offset` bytes in.
 ///
 /// # Safety
-/// `sk` must be the address of a `struct sock`; the reads go through
-/// `bpf_probe_read_kernel`, which fails instead of faulting.
-unsafe fn socket_key(sk: *const u8) -> Option<FlowKey> {
+/// `tcp` must be a socket pointer the verifier knows the BTF type of (it
+/// checks that a member of that size is there) and `offset` a constant to
+/// it: the loader's globals are, being read-only.
+#[inline(always)]
+unsafe fn load<T: Copy>(tcp: *const u8, offset: u32) -> T {
+    // SAFETY: as the caller guarantees; a load through a socket that went
+    // away reads zero instead of faulting (the JIT guards BTF pointer loads).
+    unsafe { core::ptr::read_volatile(tcp.add(offset as usize).cast::<T>()) }
+}
+
+/// The tuple of TCP socket `tcp`, read at the offsets the loader found;
+/// `None` for an address family other than IPv4 and IPv6.
+///
+/// # Safety
+/// As for [`load`].
+unsafe fn socket_key(tcp: *const u8) -> Option<FlowKey> {
     let offsets = sock_offsets();
-    let block = SCRATCH.get_ptr_mut(0)?.cast::<u8>();
-    // SAFETY: as the caller guarantees; `block` is this CPU's scratch value,
-    // larger than SOCK_COMMON_BLOCK, and every read from it is
-    // bounds-checked first.
+    let mut key = FlowKey { protocol: PROTO_TCP, ..FlowKey::default() };
+    // SAFETY: as the caller guarantees.
     unsafe {
-        let protocol = bpf_probe_read_kernel(sk.add(offsets.protocol as usize).cast::<u16>()).ok()?;
-        if protocol != u16::from(PROTO_TCP) {
-            return None;
-        }
-        if generated::bpf_probe_read_kernel(block.cast(), SOCK_COMMON_BLOCK as u32, sk.cast()) != 0 {
-            return None;
-        }
-        let read = |offset: u32, into: &mut [u8]| {
-            let offset = offset as usize;
-            if offset + into.len() > SOCK_COMMON_BLOCK {
-                return None;
-            }
-            core::ptr::copy_nonoverlapping(block.add(offset), into.as_mut_ptr(), into.len());
-            Some(())
-        };
-        let mut key = FlowKey { protocol: PROTO_TCP, ..FlowKey::default() };
-        let (mut family, mut port) = ([0u8; 2], [0u8; 2]);
-        read(offsets.num, &mut port)?;
-        key.local_port = u16::from_ne_bytes(port);
+        key.local_port = load::<u16>(tcp, offsets.num);
         if key.local_port == 0 {
             // A closing socket gives its port back before the state
             // changes; the port it sent from stays.
-            key.local_port = u16::from_be(bpf_probe_read_kernel(sk.add(offsets.sport as usize).cast::<u16>()).ok()?);
+            key.local_port = u16::from_be(load::<u16>(tcp, offsets.sport));
         }
-        read(offsets.dport, &mut port)?;
-        key.remote_port = u16::from_be_bytes(port);
-        read(offsets.family, &mut family)?;
-        match u16::from_ne_bytes(family) {
+        key.remote_port = u16::from_be(load::<u16>(tcp, offsets.dport));
+        match load::<u16>(tcp, offsets.family) {
             tp::AF_INET => {
                 key.family = FAMILY_IPV4;
-                read(offsets.rcv_saddr, &mut key.local_addr[..4])?;
-                read(offsets.daddr, &mut key.remote_addr[..4])?;
+                key.local_addr[..4].copy_from_slice(&load::<u32>(tcp, offsets.rcv_saddr).to_ne_bytes());
+                key.remote_addr[..4].copy_from_slice(&load::<u32>(tcp, offsets.daddr).to_ne_bytes());
             }
             tp::AF_INET6 => {
                 key.family = FAMILY_IPV6;
-                read(offsets.v6_rcv_saddr, &mut key.local_addr)?;
-                read(offsets.v6_daddr, &mut key.remote_addr)?;
+                for word in 0..4 {
+                    let at = word * 4;
+                    let local = load::<u32>(tcp, offsets.v6_rcv_saddr + at as u32);
+                    let remote = load::<u32>(tcp, offsets.v6_daddr + at as u32);
+                    key.local_addr[at..at + 4].copy_from_slice(&local.to_ne_bytes());
+                    key.remote_addr[at..at + 4].copy_from_slice(&remote.to_ne_bytes());
+                }
             }
             _ => return None,
         }
-        Some(key)
     }
+    Some(key)
 }
 
-/// Emits the event of socket `sk` changing from `old` to `new` (a wanted
-/// change; see [`wanted`]), `key` being its tuple.
-fn state_change(sk: *const u8, mut key: FlowKey, old: u8, new: u8) {
+/// Emits the event of a socket changing from `old` to `new` (a wanted
+/// change; see [`wanted`]), `key` being its tuple; `closing` reads a
+/// closing socket's final counters, cgroup and FINs.
+fn state_change(
+    mut key: FlowKey,
+    old: u8,
+    new: u8,
+    closing: impl FnOnce(&mut u64, &mut (u8, u8)) -> Option<SocketCounters>,
+) {
     if new == tcp_state::SYN_SENT && key.local_port == 0 {
         // connect() enters SYN_SENT before it picks the source port
         // (unless the socket was bound): such an event names no flow,
@@ -547,7 +555,7 @@ fn state_change(sk: *const u8, mut key: FlowKey, old: u8, new: u8) {
         key.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
     let mut fins = (0, 0);
-    let counters = if new == tcp_state::CLOSE { final_counters(sk, old, &mut key.cgroup_id, &mut fins) } else { None };
+    let counters = if new == tcp_state::CLOSE { closing(&mut key.cgroup_id, &mut fins) } else { None };
     emit(EVENT_TCP_STATE, old, new, unsafe { bpf_ktime_get_ns() }, &key, counters.as_ref(), fins);
 }
 
@@ -568,20 +576,130 @@ fn unmap_ipv4(key: &mut FlowKey) {
     }
 }
 
-/// The cgroup id of socket `sk` (`sk->sk_cgrp_data.cgroup->kn->id`, what
-/// `bpf_skb_cgroup_id` gives its packets), or zero.
+/// A closing socket's fields at the [`TcpSockOffsets`] the loader found.
+trait ClosingSocket {
+    /// The `u32` at `offset` in the counters' block, if it is there.
+    fn block_u32(&self, offset: u32) -> Option<u32>;
+    /// The `u64` at `offset` in the counters' block, if it is there.
+    fn block_u64(&self, offset: u32) -> Option<u64>;
+    /// `sock.sk_flags`.
+    fn sk_flags(&self) -> Option<u64>;
+    /// `sk->sk_cgrp_data.cgroup->kn->id` (what `bpf_skb_cgroup_id` gives
+    /// its packets), or zero.
+    fn cgroup_id(&self) -> u64;
+}
+
+/// A closing socket read with plain loads (the BTF tracepoint's).
+struct Direct {
+    tcp: *const u8,
+    offsets: TcpSockOffsets,
+}
+
+impl ClosingSocket for Direct {
+    fn block_u32(&self, offset: u32) -> Option<u32> {
+        // SAFETY: `tcp` is the BTF tracepoint's `struct tcp_sock`; the
+        // offsets are the loader's, checked against the same BTF.
+        Some(unsafe { load(self.tcp, self.offsets.block + offset) })
+    }
+
+    fn block_u64(&self, offset: u32) -> Option<u64> {
+        // SAFETY: as above.
+        Some(unsafe { load(self.tcp, self.offsets.block + offset) })
+    }
+
+    fn sk_flags(&self) -> Option<u64> {
+        // SAFETY: as above.
+        Some(unsafe { load(self.tcp, self.offsets.sk_flags) })
+    }
+
+    fn cgroup_id(&self) -> u64 {
+        let offsets = &self.offsets;
+        if offsets.sk_cgroup == 0 {
+            return 0;
+        }
+        // SAFETY: as above; each pointer loaded is one the verifier types
+        // from BTF, and is checked for null before it is followed.
+        unsafe {
+            let cgroup = load::<u64>(self.tcp, offsets.sk_cgroup) as *const u8;
+            if cgroup.is_null() {
+                return 0;
+            }
+            let kn = load::<u64>(cgroup, offsets.cgroup_kn) as *const u8;
+            if kn.is_null() {
+                return 0;
+            }
+            load(kn, offsets.kn_id)
+        }
+    }
+}
+
+/// A closing socket read through `bpf_probe_read_kernel` (the tracepoint's,
+/// which gets the socket as a plain address): its counters' block is copied
+/// into this CPU's scratch value first.
+struct Probed {
+    sk: *const u8,
+    block: *const u8,
+    offsets: TcpSockOffsets,
+}
+
+impl Probed {
+    /// Copies the counters' block of socket `sk`; `None` without offsets or
+    /// when the copy fails.
+    ///
+    /// # Safety
+    /// `sk` must be the address of a `struct sock`.
+    unsafe fn copy(sk: *const u8) -> Option<Self> {
+        let offsets = tcp_sock_offsets();
+        if offsets.enabled == 0 {
+            return None;
+        }
+        let block = SCRATCH.get_ptr_mut(0)?.cast::<u8>();
+        // SAFETY: the read goes through bpf_probe_read_kernel, which fails
+        // instead of faulting, into this CPU's scratch value of
+        // TCP_SOCK_BLOCK bytes.
+        let copied = unsafe {
+            generated::bpf_probe_read_kernel(block.cast(), TCP_SOCK_BLOCK as u32, sk.add(offsets.block as usize).cast())
+        };
+        (copied == 0).then_some(Self { sk, block, offsets })
+    }
+
+    fn probe(&self, offset: u32) -> Option<u64> {
+        // SAFETY: bpf_probe_read_kernel fails instead of faulting.
+        unsafe { bpf_probe_read_kernel(self.sk.add(offset as usize).cast::<u64>()).ok() }
+    }
+}
+
+impl ClosingSocket for Probed {
+    fn block_u32(&self, offset: u32) -> Option<u32> {
+        let offset = offset as usize;
+        // SAFETY: bounds-checked inside the scratch block.
+        (offset <= TCP_SOCK_BLOCK - 4).then(|| unsafe { core::ptr::read_unaligned(self.block.add(offset).cast()) })
+    }
+
+    fn block_u64(&self, offset: u32) -> Option<u64> {
+        let offset = offset as usize;
+        // SAFETY: as above.
+        (offset <= TCP_SOCK_BLOCK - 8).then(|| unsafe { core::ptr::read_unaligned(self.block.add(offset).cast()) })
+    }
+
+    fn sk_flags(&self) -> Option<u64> {
+        self.probe(self.offsets.sk_flags)
+    }
+
+    fn cgroup_id(&self) -> u64 {
+        socket_cgroup(self.sk, self.offsets.sk_cgroup, self.offsets.cgroup_kn, self.offsets.kn_id)
+    }
+}
+
+/// The cgroup id of socket `sk` through `bpf_probe_read_kernel`, or zero.
 ///
 /// Not inlined: the tracepoint's stack has no room for it.
-///
-/// # Safety
-/// `sk` must be the address of a `struct sock`; the reads go through
-/// `bpf_probe_read_kernel`, which fails instead of faulting.
 #[inline(never)]
-unsafe fn socket_cgroup(sk: *const u8, sk_cgroup: u32, cgroup_kn: u32, kn_id: u32) -> u64 {
+fn socket_cgroup(sk: *const u8, sk_cgroup: u32, cgroup_kn: u32, kn_id: u32) -> u64 {
     if sk_cgroup == 0 {
         return 0;
     }
-    // SAFETY: as above.
+    // SAFETY: bpf_probe_read_kernel fails instead of faulting.
     unsafe {
         let Ok(cgroup) = bpf_probe_read_kernel(sk.add(sk_cgroup as usize).cast::<u64>()) else { return 0 };
         let cgroup = cgroup as *const u8;
@@ -597,58 +715,35 @@ unsafe fn socket_cgroup(sk: *const u8, sk_cgroup: u32, cgroup_kn: u32, kn_id: u3
     }
 }
 
-/// The closing socket's counters, read at the offsets the loader found;
-/// `None` without them or when a read fails (the polled ones then stand).
-/// Also sets `cgroup_id` to the socket's cgroup and `fins` to the FINs it
-/// sent and received (as tcp_flags, out and in).
-fn final_counters(sk: *const u8, old: u8, cgroup_id: &mut u64, fins: &mut (u8, u8)) -> Option<SocketCounters> {
+/// The closing socket's counters; `None` when a read fails (the polled ones
+/// then stand). Also sets `cgroup_id` to the socket's cgroup and `fins` to
+/// the FINs it sent and received (as tcp_flags, out and in).
+fn final_counters(
+    socket: &impl ClosingSocket,
+    old: u8,
+    cgroup_id: &mut u64,
+    fins: &mut (u8, u8),
+) -> Option<SocketCounters> {
     let offsets = tcp_sock_offsets();
-    if offsets.enabled == 0 {
-        return None;
-    }
-    let block = SCRATCH.get_ptr_mut(0)?.cast::<u8>();
-    // SAFETY: `sk` is the socket the tracepoint is about; the kernel
-    // reads go through bpf_probe_read_kernel, which fails instead of
-    // faulting; `block` is this CPU's scratch value of TCP_SOCK_BLOCK bytes
-    // and every read from it is bounds-checked first.
-    unsafe {
-        let copied = generated::bpf_probe_read_kernel(
-            block.cast(),
-            TCP_SOCK_BLOCK as u32,
-            sk.add(offsets.block as usize).cast(),
-        );
-        if copied != 0 {
-            return None;
-        }
-        let read_u32 = |offset: u32| {
-            let offset = offset as usize;
-            (offset <= TCP_SOCK_BLOCK - 4).then(|| core::ptr::read_unaligned(block.add(offset).cast::<u32>()))
-        };
-        let read_u64 = |offset: u32| {
-            let offset = offset as usize;
-            (offset <= TCP_SOCK_BLOCK - 8).then(|| core::ptr::read_unaligned(block.add(offset).cast::<u64>()))
-        };
-        let segs_out = read_u32(offsets.segs_out)?;
-        let segs_in = read_u32(offsets.segs_in)?;
-        let bytes_acked = read_u64(offsets.bytes_acked)?;
-        let bytes_received = read_u64(offsets.bytes_received)?;
-        // Our FIN counts in bytes_acked once acknowledged: it was sent when
-        // the socket left ESTABLISHED or CLOSE_WAIT by closing, and it was
-        // acknowledged when nothing written is unacknowledged.
-        let fin_sent =
-            matches!(old, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK);
-        let fin_acked = fin_sent && read_u32(offsets.snd_una)? == read_u32(offsets.write_seq)?;
-        let sk_flags = bpf_probe_read_kernel(sk.add(offsets.sk_flags as usize).cast::<u64>()).ok()?;
-        let fin_received = sk_flags & SOCK_DONE != 0;
-        *fins = (if fin_sent { tcp_flags::FIN } else { 0 }, if fin_received { tcp_flags::FIN } else { 0 });
-        *cgroup_id = socket_cgroup(sk, offsets.sk_cgroup, offsets.cgroup_kn, offsets.kn_id);
-        Some(SocketCounters {
-            packets_out: u64::from(segs_out),
-            bytes_out: bytes_acked.saturating_sub(u64::from(fin_acked)),
-            packets_in: u64::from(segs_in),
-            bytes_in: bytes_received.saturating_sub(u64::from(fin_received)),
-        })
-    }
+    let segs_out = socket.block_u32(offsets.segs_out)?;
+    let segs_in = socket.block_u32(offsets.segs_in)?;
+    let bytes_acked = socket.block_u64(offsets.bytes_acked)?;
+    let bytes_received = socket.block_u64(offsets.bytes_received)?;
+    // Our FIN counts in bytes_acked once acknowledged: it was sent when the
+    // socket left ESTABLISHED or CLOSE_WAIT by closing, and it was
+    // acknowledged when nothing written is unacknowledged.
+    let fin_sent =
+        matches!(old, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK);
+    let fin_acked = fin_sent && socket.block_u32(offsets.snd_una)? == socket.block_u32(offsets.write_seq)?;
+    let fin_received = socket.sk_flags()? & SOCK_DONE != 0;
+    *fins = (if fin_sent { tcp_flags::FIN } else { 0 }, if fin_received { tcp_flags::FIN } else { 0 });
+    *cgroup_id = socket.cgroup_id();
+    Some(SocketCounters {
+        packets_out: u64::from(segs_out),
+        bytes_out: bytes_acked.saturating_sub(u64::from(fin_acked)),
+        packets_in: u64::from(segs_in),
+        bytes_in: bytes_received.saturating_sub(u64::from(fin_received)),
+    })
 }
 
 fn emit(

@@ -392,7 +392,7 @@ fn nothing_stays_attached_after_the_observer_stops() {
         programs
             .iter()
             .filter(|program| {
-                ["flow_ingress", "flow_egress", "tcp_state", "tcp_state_raw"]
+                ["flow_ingress", "flow_egress", "tcp_state", "tcp_state_btf"]
                     .iter()
                     .any(|name| program["name"].as_str() == Some(name))
             })
@@ -404,7 +404,7 @@ fn nothing_stays_attached_after_the_observer_stops() {
     let loaded: HashSet<u64> = ours().difference(&before).copied().collect();
     assert_eq!(loaded.len(), 3, "three programs while running: {loaded:?}");
     observer.stop().expect("stops");
-    // Closing a raw tracepoint's link detaches it at once, but the kernel
+    // Closing a BTF tracepoint's link detaches it at once, but the kernel
     // frees the link, and with it the program, only after an RCU tasks-trace
     // grace period (about 300 ms here): wait for that, bounded.
     let deadline = Instant::now() + Duration::from_secs(10);

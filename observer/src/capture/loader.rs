@@ -2,13 +2,14 @@
 //!
 //! In: the embedded eBPF object and the capture settings. Out: a loaded
 //! [`aya::Ebpf`] whose programs are attached (cgroup_skb at the cgroup v2
-//! root in multi mode, the TCP state raw tracepoint or tracepoint), with
+//! root in multi mode, the TCP state BTF tracepoint or tracepoint), with
 //! links owned by this process so that nothing stays attached when it exits,
 //! crashes included. A failure names the kernel feature or privilege that is
 //! missing. The offsets of `struct tcp_sock`'s counters and of a socket's
 //! tuple come from the running kernel's BTF; without the first TCP is
-//! counted per packet, without the second state changes come from the
-//! tracepoint (which needs tracefs), each logged, not fatal.
+//! counted per packet, without the second (or before Linux 5.9) state
+//! changes come from the tracepoint (which needs tracefs), each logged, not
+//! fatal.
 
 use std::{
     fs, io,
@@ -17,11 +18,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
 };
-use observer_common::{SOCK_COMMON_BLOCK, SockOffsets, TCP_SOCK_BLOCK, TcpSockOffsets, names};
+use observer_common::{SockOffsets, TCP_SOCK_BLOCK, TcpSockOffsets, names};
 
 use super::btf::{Btf, BtfError};
+use crate::error_chain;
 
 /// The kernel programs, built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -62,7 +64,7 @@ pub struct LoadOptions {
     pub kernel_log_level: u8,
     /// Count TCP per packet, and take state changes from the tracepoint,
     /// even when the kernel's BTF would allow counting from sockets and the
-    /// raw tracepoint.
+    /// BTF tracepoint.
     pub tcp_per_packet: bool,
 }
 
@@ -190,10 +192,6 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
         }
         _ => None,
     };
-    if sock.is_none() {
-        ensure_tracefs()?;
-        check_tracepoint_layout()?;
-    }
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::FLOWS, options.flow_map_size)
         .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
@@ -228,21 +226,35 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
             "cgroup v2 BPF attachment",
         ))?;
     }
-    if sock.is_some() {
-        attach_raw_tracepoint(&mut ebpf)?;
-    } else {
+    // The BTF tracepoint also needs bpf_skc_to_tcp_sock (Linux 5.9+).
+    let btf_attached = sock.is_some()
+        && attach_btf_tracepoint(&mut ebpf)
+            .inspect_err(|error| tracing::info!("TCP state changes from the tracepoint: {}", error_chain(error)))
+            .is_ok();
+    if !btf_attached {
+        ensure_tracefs()?;
+        check_tracepoint_layout()?;
         attach_tracepoint(&mut ebpf)?;
     }
+    drop(btf);
+    // Reading the kernel BTF (ours for the offsets, aya's for relocations
+    // and the BTF tracepoint) took tens of MB of heap, all free again: give
+    // the pages back instead of holding them for the daemon's lifetime.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     Ok((ebpf, counting))
 }
 
-/// Attaches the raw tracepoint program (the tuple read from the socket).
-fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    let name = names::PROG_TCP_STATE_RAW;
-    let feature = "raw tracepoint inet_sock_set_state (Linux 4.17+)";
-    let program: &mut RawTracePoint = program(ebpf, name)?;
-    program.load().map_err(failed("loading", name, feature))?;
-    program.attach(names::RAW_TRACEPOINT).map_err(failed("attaching", name, feature))?;
+/// Attaches the BTF tracepoint program (the tuple loaded from the socket).
+fn attach_btf_tracepoint(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let name = names::PROG_TCP_STATE_BTF;
+    let feature = "BTF tracepoint inet_sock_set_state with bpf_skc_to_tcp_sock (Linux 5.9+)";
+    // aya finds the tracepoint's type in its own reading of the kernel BTF,
+    // dropped once the program is loaded.
+    let btf = aya::Btf::from_sys_fs().map_err(|error| failed("loading", name, feature)(error.into()))?;
+    let program: &mut BtfTracePoint = program(ebpf, name)?;
+    program.load(names::BTF_TRACEPOINT, &btf).map_err(failed("loading", name, feature))?;
+    program.attach().map_err(failed("attaching", name, feature))?;
     Ok(())
 }
 
@@ -257,19 +269,9 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), LoadError> {
 }
 
 /// The offsets of what names a socket's connection (see [`SockOffsets`]),
-/// each checked for the size the raw tracepoint reads it with, and those
-/// of `sock_common` for lying inside the first [`SOCK_COMMON_BLOCK`] bytes.
+/// each checked for the size the BTF tracepoint loads it with.
 pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
-    let common = |member: &str, size: u32| {
-        let offset = sized_field(btf, "sock", &["__sk_common", member], size)?;
-        if (offset + size) as usize > SOCK_COMMON_BLOCK {
-            return Err(BtfError::NoMember {
-                structure: "sock".to_owned(),
-                member: format!("__sk_common.{member} within the first {SOCK_COMMON_BLOCK} bytes"),
-            });
-        }
-        Ok(offset)
-    };
+    let common = |member: &str, size: u32| sized_field(btf, "sock", &["__sk_common", member], size);
     Ok(SockOffsets {
         daddr: common("skc_daddr", 4)?,
         rcv_saddr: common("skc_rcv_saddr", 4)?,
@@ -278,7 +280,6 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         family: common("skc_family", 2)?,
         v6_daddr: common("skc_v6_daddr", 16)?,
         v6_rcv_saddr: common("skc_v6_rcv_saddr", 16)?,
-        protocol: sized_field(btf, "sock", &["sk_protocol"], 2)?,
         sport: sized_field(btf, "inet_sock", &["inet_sport"], 2)?,
     })
 }
@@ -453,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn the_running_kernels_socket_tuple_fits_one_block() {
+    fn the_running_kernels_socket_tuple_is_found_apart() {
         let Some(btf) = running_kernel() else { return };
         let offsets = sock_offsets(&btf).expect("this kernel's sock has the tuple");
         let fields = [
@@ -465,17 +466,14 @@ mod tests {
             (offsets.v6_daddr, 16),
             (offsets.v6_rcv_saddr, 16),
         ];
-        for (offset, size) in fields {
-            assert!((offset + size) as usize <= SOCK_COMMON_BLOCK, "{offsets:?}");
-        }
         // No two fields overlap.
         for (i, (a, a_size)) in fields.iter().enumerate() {
             for (b, b_size) in &fields[i + 1..] {
                 assert!(a + a_size <= *b || b + b_size <= *a, "{offsets:?}");
             }
         }
-        assert!(offsets.protocol as usize >= SOCK_COMMON_BLOCK, "sk_protocol follows sock_common: {offsets:?}");
-        assert!(offsets.sport > offsets.protocol, "inet_sport follows struct sock: {offsets:?}");
+        let sock = btf.field("inet_sock", &["sk"]).expect("inet_sock starts with its sock");
+        assert!(offsets.sport >= sock.offset + sock.size, "inet_sport follows struct sock: {offsets:?}");
     }
 
     const FORMAT: &str = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;

@@ -458,7 +458,7 @@ fn program_ids() -> anyhow::Result<Vec<u64>> {
 /// may load programs meanwhile); none for the variants without eBPF.
 fn variant_programs(variant: Variant, existing: &[u64]) -> anyhow::Result<Vec<u64>> {
     let wanted = |program: &Value| match variant {
-        Variant::Observer => ["flow_ingress", "flow_egress", "tcp_state", "tcp_state_raw"]
+        Variant::Observer => ["flow_ingress", "flow_egress", "tcp_state", "tcp_state_btf"]
             .iter()
             .any(|name| program["name"].as_str() == Some(name)),
         Variant::Bpftrace => program["type"] == "tracepoint",
