@@ -475,7 +475,7 @@ fn socket_state_change(ctx: &BtfTracePointContext) {
     // SAFETY: `tcp` is a `struct tcp_sock` the verifier knows.
     let Some(key) = (unsafe { socket_key(tcp) }) else { return };
     state_change(key, old as u8, new as u8, |cgroup_id, fins| {
-        final_counters(&Direct { tcp, offsets: tcp_sock_offsets() }, old as u8, cgroup_id, fins)
+        final_counters(&Direct::new(tcp)?, old as u8, cgroup_id, fins)
     });
 }
 
@@ -576,8 +576,11 @@ fn unmap_ipv4(key: &mut FlowKey) {
     }
 }
 
-/// A closing socket's fields at the [`TcpSockOffsets`] the loader found.
+/// A closing socket's fields at the [`TcpSockOffsets`] the loader found
+/// (only made when it found them).
 trait ClosingSocket {
+    /// Where the fields are.
+    fn offsets(&self) -> &TcpSockOffsets;
     /// The `u32` at `offset` in the counters' block, if it is there.
     fn block_u32(&self, offset: u32) -> Option<u32>;
     /// The `u64` at `offset` in the counters' block, if it is there.
@@ -595,7 +598,19 @@ struct Direct {
     offsets: TcpSockOffsets,
 }
 
+impl Direct {
+    /// The socket `tcp`; `None` without offsets.
+    fn new(tcp: *const u8) -> Option<Self> {
+        let offsets = tcp_sock_offsets();
+        (offsets.enabled != 0).then_some(Self { tcp, offsets })
+    }
+}
+
 impl ClosingSocket for Direct {
+    fn offsets(&self) -> &TcpSockOffsets {
+        &self.offsets
+    }
+
     fn block_u32(&self, offset: u32) -> Option<u32> {
         // SAFETY: `tcp` is the BTF tracepoint's `struct tcp_sock`; the
         // offsets are the loader's, checked against the same BTF.
@@ -670,6 +685,10 @@ impl Probed {
 }
 
 impl ClosingSocket for Probed {
+    fn offsets(&self) -> &TcpSockOffsets {
+        &self.offsets
+    }
+
     fn block_u32(&self, offset: u32) -> Option<u32> {
         let offset = offset as usize;
         // SAFETY: bounds-checked inside the scratch block.
@@ -724,7 +743,7 @@ fn final_counters(
     cgroup_id: &mut u64,
     fins: &mut (u8, u8),
 ) -> Option<SocketCounters> {
-    let offsets = tcp_sock_offsets();
+    let offsets = socket.offsets();
     let segs_out = socket.block_u32(offsets.segs_out)?;
     let segs_in = socket.block_u32(offsets.segs_in)?;
     let bytes_acked = socket.block_u64(offsets.bytes_acked)?;
