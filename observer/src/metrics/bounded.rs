@@ -69,7 +69,7 @@ pub struct BoundedFamily<L, M> {
 }
 
 /// A handle to one series of a [`BoundedFamily`], for a caller that updates
-/// the same label set often (the meter, per edge). Stays valid until the
+/// the same label set often (the judge, per finding). Stays valid until the
 /// series is removed; [`BoundedFamily::update`] then looks the labels up again.
 #[derive(Clone, Debug)]
 pub struct Series<M> {
@@ -238,18 +238,8 @@ where
         update(&series.metric);
     }
 
-    /// Marks the series of `labels` used at `now` if it exists; never
-    /// creates one.
-    pub fn touch(&self, labels: &L, now: Instant) {
-        let stamp = self.stamp(now);
-        if let Some(last) = self.lock().get(labels) {
-            last.store(stamp, Ordering::Relaxed);
-        }
-    }
-
     /// Marks the series a handle holds used at `now`, if it still exists;
-    /// never creates one. A handle to the overflow series marks nothing, as
-    /// [`BoundedFamily::touch`] with its labels would not.
+    /// never creates one. A handle to the overflow series marks nothing.
     pub fn touch_series(&self, series: &Series<M>, now: Instant) {
         if series.overflow.is_some() {
             return;

@@ -2,16 +2,16 @@
 //!
 //! In: flow records (each with the traffic its connection added since its
 //! previous record, see [`Progress`]), resolved to workloads. Out: those
-//! deltas counted on the edge's series through [`Metrics::observe_edge`],
-//! and the edges of open flows kept alive so quiet long-lived connections
-//! keep their series; each flow counted once per verdict it reaches (a flow
-//! first `denied-attempt` then `enforcement-gap` counts once in each).
+//! deltas counted on the edge's cell in [`EdgeCells`], and the edges of open
+//! flows kept alive so quiet long-lived connections keep their series; each
+//! flow counted once per verdict it reaches (a flow first `denied-attempt`
+//! then `enforcement-gap` counts once in each).
 //!
 //! Edges are interned: the label set of a pair of resolved ends is built
-//! once, with handles to its series, and found again by the identity of the
-//! ends, so a record costs no label building, hashing of label strings or
-//! family lookups. Per open flow the meter keeps only its edge's slot and the
-//! verdict last counted.
+//! once, given its cell, and found again by the identity of the ends, so a
+//! record costs no label building, hashing of label strings or family
+//! lookups. A batch is counted under one lock of the cells. Per open flow the
+//! meter keeps only its edge's slot and the verdict last counted.
 
 use std::{
     collections::HashMap,
@@ -21,7 +21,10 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{EdgeLabels, EdgeSeries, EndLabels, LabelAllowlist, Metrics, Outcome, Reporter};
+use super::{
+    EdgeLabels, EndLabels, LabelAllowlist, Metrics, Outcome, Reporter,
+    edge_cells::{EdgeCells, Stamp},
+};
 use crate::{
     dns::NameLabels,
     flow::{FlowRecord, FlowState, LocalEnd, Peer, Progress, RecordEvent, Traffic},
@@ -99,7 +102,8 @@ struct EdgeId {
 /// An interned edge.
 #[derive(Debug)]
 struct EdgeSlot {
-    series: EdgeSeries,
+    /// Its cell, held while the slot is.
+    cell: u32,
     /// Open flows on the edge.
     open: u32,
     /// Whether the interning index points here.
@@ -109,27 +113,36 @@ struct EdgeSlot {
     _ends: [Option<Endpoint>; 2],
 }
 
+/// An interned edge's slot and cell.
+#[derive(Clone, Copy, Debug)]
+struct Interned {
+    slot: u32,
+    cell: u32,
+}
+
 /// Edges by what their labels follow from, in reusable slots.
 #[derive(Debug, Default)]
 struct Edges {
     slots: Vec<Option<EdgeSlot>>,
     free: Vec<u32>,
-    index: FastMap<EdgeId, u32>,
+    /// With the cell, so that counting on an edge needs no slot.
+    index: FastMap<EdgeId, Interned>,
 }
 
 impl Edges {
-    /// The slot of a record's edge, interned on first sight.
-    fn of(&mut self, record: &FlowRecord, edge_of: &EdgeOf) -> u32 {
+    /// The slot and cell of a record's edge, interned on first sight.
+    fn of(&mut self, record: &FlowRecord, edge_of: &EdgeOf, cells: &mut EdgeCells) -> Interned {
         let (id, world_name) = edge_of.id(record);
-        if let Some(slot) = self.index.get(&id) {
-            return *slot;
+        if let Some(interned) = self.index.get(&id) {
+            return *interned;
         }
         if self.index.len() >= MAX_INTERNED_EDGES {
-            self.forget_index();
+            self.forget_index(cells);
         }
-        let labels = edge_of.edge_named(record, world_name);
+        let cell = cells.intern(&edge_of.edge_named(record, world_name));
+        cells.hold(cell);
         let slot = EdgeSlot {
-            series: EdgeSeries::new(labels),
+            cell,
             open: 0,
             indexed: true,
             _ends: [record.src.endpoint.clone(), record.dst.endpoint.clone()],
@@ -144,8 +157,9 @@ impl Edges {
                 u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        self.index.insert(id, index);
-        index
+        let interned = Interned { slot: index, cell };
+        self.index.insert(id, interned);
+        interned
     }
 
     fn get_mut(&mut self, index: u32) -> Option<&mut EdgeSlot> {
@@ -153,25 +167,35 @@ impl Edges {
     }
 
     /// Drops the index; slots without open flows are freed.
-    fn forget_index(&mut self) {
+    fn forget_index(&mut self, cells: &mut EdgeCells) {
         self.index.clear();
         for index in 0..self.slots.len() {
             if let Some(slot) = &mut self.slots[index] {
                 slot.indexed = false;
             }
-            self.release(index as u32, 0);
+            self.release(index as u32, 0, cells);
         }
     }
 
-    /// Takes `count` open flows off a slot; frees it when none is left and
-    /// the index no longer points to it.
-    fn release(&mut self, index: u32, count: u32) {
+    /// Takes `count` open flows off a slot; frees it (and lets go of its
+    /// cell) when none is left and the index no longer points to it.
+    fn release(&mut self, index: u32, count: u32, cells: &mut EdgeCells) {
         let Some(slot) = self.get_mut(index) else { return };
         slot.open = slot.open.saturating_sub(count);
         if slot.open == 0 && !slot.indexed {
+            cells.release(slot.cell);
             self.slots[index as usize] = None;
             self.free.push(index);
         }
+    }
+
+    /// Lets go of every slot's cell.
+    fn release_cells(&mut self, cells: &mut EdgeCells) {
+        for slot in self.slots.iter_mut().filter_map(Option::take) {
+            cells.release(slot.cell);
+        }
+        self.index.clear();
+        self.free.clear();
     }
 }
 
@@ -211,30 +235,31 @@ impl FlowMeter {
     /// batch left capture at once.
     pub fn record_batch(&mut self, records: &[FlowRecord]) {
         let now = Instant::now();
+        let metrics = self.metrics.clone();
+        let mut cells = metrics.edge_cells();
+        let stamp = cells.stamp(now);
         for record in records {
-            self.record(record, now);
+            self.record(record, &mut cells, stamp);
         }
-        self.keep_open_edges(now);
+        self.keep_open_edges(&mut cells, now);
     }
 
-    /// Counts one record on its edge at `now`.
-    fn record(&mut self, record: &FlowRecord, now: Instant) {
-        let edge = self.edges.of(record, &self.edge_of);
+    /// Counts one record on its edge's cell at `stamp`.
+    fn record(&mut self, record: &FlowRecord, cells: &mut EdgeCells, stamp: Stamp) {
+        let Interned { slot: edge, cell } = self.edges.of(record, &self.edge_of, cells);
         let Progress { flow, first, new_to_dst, new_to_src } = record.progress;
         let open = if first { None } else { self.open.get(&flow).copied() };
         let counted = open.and_then(|open| open.verdict);
         let verdict = record.verdict.as_ref().map(|verdict| verdict.verdict);
         let ended = record.event == RecordEvent::End;
-        if let Some(slot) = self.edges.get_mut(edge) {
-            if let Some(kind) = verdict.filter(|kind| Some(*kind) != counted) {
-                self.metrics.count_verdict(&mut slot.series, kind, now);
-            }
-            let delta = FlowDelta { to_dst: new_to_dst, to_src: new_to_src, ended: ended.then(|| outcome(record)) };
-            self.metrics.observe_edge(&mut slot.series, &delta, now);
+        if let Some(kind) = verdict.filter(|kind| Some(*kind) != counted) {
+            cells.count_verdict(cell, kind, stamp);
         }
+        let delta = FlowDelta { to_dst: new_to_dst, to_src: new_to_src, ended: ended.then(|| outcome(record)) };
+        cells.count_traffic(cell, &delta, stamp);
         match open {
             Some(before) if ended || before.edge != edge => {
-                self.edges.release(before.edge, 1);
+                self.edges.release(before.edge, 1, cells);
             }
             _ => {}
         }
@@ -254,15 +279,25 @@ impl FlowMeter {
 
     /// Marks the edges of open flows used, at most every quarter of the
     /// grace period.
-    fn keep_open_edges(&mut self, now: Instant) {
+    fn keep_open_edges(&mut self, cells: &mut EdgeCells, now: Instant) {
         let period = self.metrics.config().series_grace / 4;
         if now.saturating_duration_since(self.last_keep) < period.max(Duration::from_secs(1)) {
             return;
         }
         self.last_keep = now;
+        let stamp = cells.stamp(now);
         for slot in self.edges.slots.iter().flatten().filter(|slot| slot.open > 0) {
-            self.metrics.keep_edge_series(&slot.series, now);
+            cells.keep_traffic(slot.cell, stamp);
         }
+    }
+}
+
+impl Drop for FlowMeter {
+    /// Lets go of the edges' cells, so that those whose series are all
+    /// collected can be reused.
+    fn drop(&mut self) {
+        let metrics = self.metrics.clone();
+        self.edges.release_cells(&mut metrics.edge_cells());
     }
 }
 
@@ -485,6 +520,25 @@ mod tests {
         assert!(text.contains(r#"outcome="completed"} 1"#), "{text}");
         assert!(text.contains(r#"outcome="refused"} 1"#), "{text}");
         assert!(text.contains(r#"src_kind="Pod",src_tier="",dst_namespace="",dst_workload="unknown""#), "{text}");
+    }
+
+    #[test]
+    fn collected_series_of_a_held_edge_count_again_from_zero() {
+        let metrics = Metrics::new(MetricsConfig::default());
+        let grace = metrics.config().series_grace;
+        let mut meter = FlowMeter::new(metrics.clone(), EdgeOf::new(LabelAllowlist::default()));
+        meter.record_batch(&[of_flow(record(RecordEvent::End, FlowState::Closed, 300, 100), 1, None)]);
+        assert_eq!(bytes_to_dst(&metrics).as_deref(), Some("300"));
+        // Bytes and packets both ways, and the completed flow.
+        assert_eq!(metrics.collect_garbage(Instant::now() + grace + Duration::from_secs(1)), 5);
+        let text = metrics.encode();
+        assert!(!text.contains("flow_observer_edge_bytes"), "{text}");
+        assert!(text.contains("flow_observer_series_removed_total{family=\"edge_flows\"} 1\n"), "{text}");
+        meter.record_batch(&[of_flow(record(RecordEvent::End, FlowState::Closed, 50, 0), 2, None)]);
+        assert_eq!(bytes_to_dst(&metrics).as_deref(), Some("50"));
+        let text = metrics.encode();
+        assert!(text.contains("flow_observer_series{family=\"edge_packets\"} 1\n"), "{text}");
+        assert!(!text.contains("direction=\"to_src\""), "{text}");
     }
 
     #[test]

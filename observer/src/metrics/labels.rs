@@ -8,7 +8,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 
 /// The value every label of an overflow series carries.
 pub const OVERFLOW: &str = "__overflow__";
@@ -199,28 +199,6 @@ impl Outcome {
     }
 }
 
-impl EncodeLabelValue for Outcome {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
-    }
-}
-
-/// An edge and how its flows ended.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct EdgeOutcomeLabels {
-    /// The edge.
-    #[prometheus(flatten)]
-    pub edge: EdgeLabels,
-    /// How the flow ended.
-    pub outcome: Outcome,
-}
-
-impl Overflow for EdgeOutcomeLabels {
-    fn overflow() -> Self {
-        Self { edge: EdgeLabels::overflow(), outcome: Outcome::Completed }
-    }
-}
-
 /// Direction of traffic on an edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -230,28 +208,13 @@ pub enum Direction {
     ToSrc,
 }
 
-impl EncodeLabelValue for Direction {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(match self {
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::ToDst => "to_dst",
             Self::ToSrc => "to_src",
-        })
-    }
-}
-
-/// An edge and a direction on it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct EdgeDirectionLabels {
-    /// The edge.
-    #[prometheus(flatten)]
-    pub edge: EdgeLabels,
-    /// Which way the traffic went.
-    pub direction: Direction,
-}
-
-impl Overflow for EdgeDirectionLabels {
-    fn overflow() -> Self {
-        Self { edge: EdgeLabels::overflow(), direction: Direction::ToDst }
+        }
     }
 }
 
@@ -264,12 +227,6 @@ pub struct VerdictLabels {
     /// `allowed`, `denied-attempt`, `enforcement-gap`, `intent-violation`
     /// (the verdicts of ARCHITECTURE.md).
     pub verdict: Arc<str>,
-}
-
-impl Overflow for VerdictLabels {
-    fn overflow() -> Self {
-        Self { edge: EdgeLabels::overflow(), verdict: overflow_str() }
-    }
 }
 
 /// A workload, for per-workload state (unprotected AI-tier pods).

@@ -16,12 +16,14 @@
 
 pub mod bounded;
 pub mod capture;
+pub mod edge_cells;
+pub mod edge_exposition;
 pub mod flows;
 pub mod labels;
 
 use std::{
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -33,12 +35,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{capture::CaptureHealth, judge::VerdictKind};
+use crate::capture::CaptureHealth;
 use bounded::{BoundedFamily, Series, SeriesAccounting};
+use edge_cells::{EdgeCells, VERDICTS};
 pub use flows::{FlowDelta, FlowMeter};
 pub use labels::{
-    BuildLabels, Direction, EdgeDirectionLabels, EdgeLabels, EdgeOutcomeLabels, EndLabels, FindingLabels,
-    LabelAllowlist, OVERFLOW, Outcome, Reporter, ResourceLabels, SourceLabels, VerdictLabels, WorkloadLabels,
+    BuildLabels, Direction, EdgeLabels, EndLabels, FindingLabels, LabelAllowlist, OVERFLOW, Outcome, Reporter,
+    ResourceLabels, SourceLabels, VerdictLabels, WorkloadLabels,
 };
 
 /// The prefix of every exposed name.
@@ -68,43 +71,6 @@ impl Default for MetricsConfig {
             series_grace: Duration::from_secs(600),
             label_allowlist: LabelAllowlist::default(),
         }
-    }
-}
-
-/// The series of one edge, held by the meter so that counting on the edge
-/// does not look its label sets up: built once per edge, each series fetched
-/// on its first use and again only after it was collected.
-#[derive(Debug)]
-pub struct EdgeSeries {
-    labels: EdgeLabels,
-    /// The edge with each direction: to the destination, to the source.
-    directions: [EdgeDirectionLabels; 2],
-    bytes: [Option<Series<Counter>>; 2],
-    packets: [Option<Series<Counter>>; 2],
-    /// By [`Outcome`].
-    flows: [Option<Series<Counter>>; 4],
-    /// By [`VerdictKind`].
-    verdicts: [Option<Series<Counter>>; 4],
-}
-
-impl EdgeSeries {
-    /// The series of `edge`, none fetched yet.
-    pub fn new(edge: EdgeLabels) -> Self {
-        let directions =
-            [Direction::ToDst, Direction::ToSrc].map(|direction| EdgeDirectionLabels { edge: edge.clone(), direction });
-        Self {
-            labels: edge,
-            directions,
-            bytes: Default::default(),
-            packets: Default::default(),
-            flows: Default::default(),
-            verdicts: Default::default(),
-        }
-    }
-
-    /// The edge's labels.
-    pub fn labels(&self) -> &EdgeLabels {
-        &self.labels
     }
 }
 
@@ -154,10 +120,8 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     config: MetricsConfig,
-    edge_bytes: BoundedFamily<EdgeDirectionLabels, Counter>,
-    edge_packets: BoundedFamily<EdgeDirectionLabels, Counter>,
-    edge_flows: BoundedFamily<EdgeOutcomeLabels, Counter>,
-    verdicts: BoundedFamily<VerdictLabels, Counter>,
+    /// The edge and verdict families, encoded by their collector.
+    edges: Arc<Mutex<EdgeCells>>,
     spikes: BoundedFamily<EdgeLabels, Counter>,
     findings: BoundedFamily<FindingLabels, Counter>,
     unprotected: BoundedFamily<WorkloadLabels, Gauge>,
@@ -177,14 +141,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix(PREFIX);
         let accounting = SeriesAccounting::default();
         let cap = config.max_series_per_family;
-        // The meter's and the judge's handles write the shared "last used"
-        // stamp at most this often: a series may go 1/64 of the grace early.
+        // The judge's handles write the shared "last used" stamp at most
+        // this often: a series may go 1/64 of the grace early.
         let refresh = (config.series_grace / 64).min(Duration::from_secs(1));
         let inner = Inner {
-            edge_bytes: BoundedFamily::new("edge_bytes", cap, accounting.clone()).with_stamp_refresh(refresh),
-            edge_packets: BoundedFamily::new("edge_packets", cap, accounting.clone()).with_stamp_refresh(refresh),
-            edge_flows: BoundedFamily::new("edge_flows", cap, accounting.clone()).with_stamp_refresh(refresh),
-            verdicts: BoundedFamily::new("verdicts", cap, accounting.clone()).with_stamp_refresh(refresh),
+            edges: Arc::new(Mutex::new(EdgeCells::new(cap, &accounting))),
             spikes: BoundedFamily::new("edge_spikes", cap, accounting.clone()).with_stamp_refresh(refresh),
             findings: BoundedFamily::new("findings", cap, accounting.clone()).with_stamp_refresh(refresh),
             unprotected: BoundedFamily::new("unprotected_pods", cap, accounting.clone()),
@@ -200,10 +161,10 @@ impl Metrics {
             config,
         };
         register_build(&mut registry);
-        register_edges(&mut registry, &inner);
         register_judgement(&mut registry, &inner);
         register_inventory(&mut registry, &inner);
         register_series(&mut registry, &accounting);
+        registry.register_collector(Box::new(edge_exposition::EdgeCollector::new(Arc::clone(&inner.edges))));
         registry.register_collector(Box::new(capture::CaptureCollector::new(Arc::clone(&inner.capture))));
         Self { inner: Arc::new(Inner { registry, ..inner }) }
     }
@@ -238,105 +199,33 @@ impl Metrics {
         self.inner.capture.get()
     }
 
+    /// The edge and verdict counters, locked: the meter counts a batch on
+    /// them at a time.
+    pub fn edge_cells(&self) -> MutexGuard<'_, EdgeCells> {
+        // The cells hold plain counts: a panic elsewhere cannot leave them
+        // inconsistent, so a poisoned lock is still usable.
+        self.inner.edges.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Counts traffic on an edge: bytes and packets each way, and the flow
     /// itself when `delta.ended` says how it ended.
     pub fn observe_flow(&self, edge: &EdgeLabels, delta: &FlowDelta) {
-        let now = Instant::now();
-        let inner = &self.inner;
-        for (direction, traffic) in [(Direction::ToDst, delta.to_dst), (Direction::ToSrc, delta.to_src)] {
-            if traffic.packets == 0 && traffic.bytes == 0 {
-                continue;
-            }
-            let labels = EdgeDirectionLabels { edge: edge.clone(), direction };
-            inner.edge_bytes.with(&labels, now, |counter| {
-                counter.inc_by(traffic.bytes);
-            });
-            inner.edge_packets.with(&labels, now, |counter| {
-                counter.inc_by(traffic.packets);
-            });
-        }
-        if let Some(outcome) = delta.ended {
-            inner.edge_flows.with(&EdgeOutcomeLabels { edge: edge.clone(), outcome }, now, |counter| {
-                counter.inc();
-            });
-        }
-    }
-
-    /// Counts traffic on an edge through its held series, as
-    /// [`Metrics::observe_flow`] does.
-    pub fn observe_edge(&self, edge: &mut EdgeSeries, delta: &FlowDelta, now: Instant) {
-        let inner = &self.inner;
-        for (index, traffic) in [delta.to_dst, delta.to_src].into_iter().enumerate() {
-            if traffic.packets == 0 && traffic.bytes == 0 {
-                continue;
-            }
-            let labels = &edge.directions[index];
-            inner.edge_bytes.update(
-                &mut edge.bytes[index],
-                || labels.clone(),
-                now,
-                |counter| {
-                    counter.inc_by(traffic.bytes);
-                },
-            );
-            inner.edge_packets.update(
-                &mut edge.packets[index],
-                || labels.clone(),
-                now,
-                |counter| {
-                    counter.inc_by(traffic.packets);
-                },
-            );
-        }
-        if let Some(outcome) = delta.ended {
-            let labels = || EdgeOutcomeLabels { edge: edge.labels.clone(), outcome };
-            inner.edge_flows.update(&mut edge.flows[outcome as usize], labels, now, |counter| {
-                counter.inc();
-            });
-        }
-    }
-
-    /// Counts a flow's verdict on an edge through its held series, as
-    /// [`Metrics::record_verdict`] does.
-    pub fn count_verdict(&self, edge: &mut EdgeSeries, verdict: VerdictKind, now: Instant) {
-        let labels = || VerdictLabels { edge: edge.labels.clone(), verdict: verdict.as_str().into() };
-        self.inner.verdicts.update(&mut edge.verdicts[verdict as usize], labels, now, |counter| {
-            counter.inc();
-        });
-    }
-
-    /// Keeps the traffic series of an edge with open flows from being
-    /// collected while it is quiet, through its held series.
-    pub fn keep_edge_series(&self, edge: &EdgeSeries, now: Instant) {
-        let inner = &self.inner;
-        for index in 0..2 {
-            match &edge.bytes[index] {
-                Some(series) => inner.edge_bytes.touch_series(series, now),
-                None => inner.edge_bytes.touch(&edge.directions[index], now),
-            }
-            match &edge.packets[index] {
-                Some(series) => inner.edge_packets.touch_series(series, now),
-                None => inner.edge_packets.touch(&edge.directions[index], now),
-            }
-        }
-    }
-
-    /// Keeps the traffic series of an edge with open flows from being
-    /// collected while it is quiet.
-    pub fn keep_edge(&self, edge: &EdgeLabels, now: Instant) {
-        for direction in [Direction::ToDst, Direction::ToSrc] {
-            let labels = EdgeDirectionLabels { edge: edge.clone(), direction };
-            self.inner.edge_bytes.touch(&labels, now);
-            self.inner.edge_packets.touch(&labels, now);
-        }
+        let mut cells = self.edge_cells();
+        let stamp = cells.stamp(Instant::now());
+        cells.with_edge(edge, |cells, cell| cells.count_traffic(cell, delta, stamp));
     }
 
     /// Counts a flow's verdict (`allowed`, `denied-attempt`,
-    /// `enforcement-gap`, `intent-violation`) on its edge.
+    /// `enforcement-gap`, `intent-violation`) on its edge; any other verdict
+    /// is not counted.
     pub fn record_verdict(&self, labels: &VerdictLabels) {
-        self.inner.verdicts.with(labels, Instant::now(), |counter| {
-            counter.inc();
-        });
+        let Some(verdict) = VERDICTS.into_iter().find(|verdict| verdict.as_str() == labels.verdict.as_ref()) else {
+            tracing::warn!(verdict = %labels.verdict, "not a verdict; not counted");
+            return;
+        };
+        let mut cells = self.edge_cells();
+        let stamp = cells.stamp(Instant::now());
+        cells.with_edge(&labels.edge, |cells, cell| cells.count_verdict(cell, verdict, stamp));
     }
 
     /// Counts a finding of a kind about a workload in an AI tier.
@@ -439,12 +328,9 @@ impl Metrics {
     pub fn collect_garbage(&self, now: Instant) -> usize {
         let inner = &self.inner;
         let grace = inner.config.series_grace;
-        inner.edge_bytes.collect_garbage(now, grace)
-            + inner.edge_packets.collect_garbage(now, grace)
-            + inner.edge_flows.collect_garbage(now, grace)
-            + inner.verdicts.collect_garbage(now, grace)
-            + inner.spikes.collect_garbage(now, grace)
-            + inner.findings.collect_garbage(now, grace)
+        // Its own statement, so the meter waits only for the edges' part.
+        let edges = self.edge_cells().collect_garbage(now, grace);
+        edges + inner.spikes.collect_garbage(now, grace) + inner.findings.collect_garbage(now, grace)
     }
 
     /// Collects garbage every quarter of the grace period (at most every
@@ -479,26 +365,7 @@ fn register_build(registry: &mut Registry) {
     );
 }
 
-fn register_edges(registry: &mut Registry, inner: &Inner) {
-    registry.register(
-        "edge_bytes",
-        "Transport payload bytes between two workloads (no IP or TCP/UDP headers), by direction; counted as the flow map is polled",
-        inner.edge_bytes.family(),
-    );
-    registry.register("edge_packets", "Packets between two workloads, by direction", inner.edge_packets.family());
-    registry.register(
-        "edge_flows",
-        "Flows between two workloads that ended, by outcome (completed, refused, unanswered, evicted)",
-        inner.edge_flows.family(),
-    );
-}
-
 fn register_judgement(registry: &mut Registry, inner: &Inner) {
-    registry.register(
-        "verdicts",
-        "Flows judged on an edge, by verdict (allowed, denied-attempt, enforcement-gap, intent-violation)",
-        inner.verdicts.family(),
-    );
     registry.register("edge_spikes", "Times an edge's rate left its learned baseline", inner.spikes.family());
     registry.register("findings", "Findings by kind, AI tier and workload", inner.findings.family());
     registry.register(
