@@ -238,18 +238,6 @@ where
         update(&series.metric);
     }
 
-    /// Marks the series a handle holds used at `now`, if it still exists;
-    /// never creates one. A handle to the overflow series marks nothing.
-    pub fn touch_series(&self, series: &Series<M>, now: Instant) {
-        if series.overflow.is_some() {
-            return;
-        }
-        let stamp = self.stamp(now);
-        let _ = series
-            .stamp
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| (last != REMOVED).then_some(last.max(stamp)));
-    }
-
     /// Removes the series of `labels` from the family; the caller holds the lock.
     fn remove(&self, labels: &L, stamp: &Stamp) {
         stamp.store(REMOVED, Ordering::Release);
@@ -407,7 +395,6 @@ mod tests {
         // A used handle keeps its series alive; an idle one loses it.
         let later = start + Duration::from_secs(300);
         family.update(&mut b, || workload("b"), later, inc);
-        family.touch_series(b.as_ref().expect("held"), later);
         assert_eq!(family.collect_garbage(later, Duration::from_secs(120)), 1, "a was idle");
         assert!(inner.get(&workload("a")).is_none());
         // a is counted again from zero; b finds the room a left.
