@@ -533,9 +533,8 @@ fn report(args: &CaptureArgs, machine: &str, samples: &[(Variant, Sample)]) -> S
          not idle, iowait or steal) from the start of the burst until {:.1} s after it, when every tool has read and \
          reported what it left, divided by the connections; \"CPU-bound rate\" is the rate that cost would allow \
          if the machine were saturated: each round's baseline µs per connection over the variant's, median and range \
-         as above. The bursts themselves leave the cores partly idle (two client threads wait on each other's \
-         round trips), which is why the measured rate swings with the scheduling more than the CPU per connection \
-         does; \
+         as above. The cores stay about as busy in every run, so the two columns move together: the swings \
+         between runs are in what a connection costs on this VM, not in how the burst was scheduled; \
          both ends of each connection are on this node, so the figures cover two sockets. Tool CPU: user + system \
          time of the observer, bpftrace, or the two `conntrack -E` listeners, from /proc/PID/stat (10 ms ticks). \
          conntrack variant: `conntrack -E -e NEW,DESTROY` runs in each pod's network namespace, and conntrack is \
