@@ -239,9 +239,13 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
     drop(btf);
     // Reading the kernel BTF (ours for the offsets, aya's for relocations
     // and the BTF tracepoint) took tens of MB of heap, all free again: give
-    // the pages back instead of holding them for the daemon's lifetime.
+    // the pages back instead of holding them for the daemon's lifetime
+    // (glibc's allocator; others keep their own policy).
     // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
     Ok((ebpf, counting))
 }
 
