@@ -218,17 +218,6 @@ impl Direction {
     }
 }
 
-/// An edge and the verdict one of its flows got.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct VerdictLabels {
-    /// The edge.
-    #[prometheus(flatten)]
-    pub edge: EdgeLabels,
-    /// `allowed`, `denied-attempt`, `enforcement-gap`, `intent-violation`
-    /// (the verdicts of ARCHITECTURE.md).
-    pub verdict: Arc<str>,
-}
-
 /// A workload, for per-workload state (unprotected AI-tier pods).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct WorkloadLabels {

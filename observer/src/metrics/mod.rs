@@ -37,11 +37,11 @@ use prometheus_client::{
 
 use crate::capture::CaptureHealth;
 use bounded::{BoundedFamily, Series, SeriesAccounting};
-use edge_cells::{EdgeCells, VERDICTS};
+use edge_cells::EdgeCells;
 pub use flows::{FlowDelta, FlowMeter};
 pub use labels::{
     BuildLabels, Direction, EdgeLabels, EndLabels, FindingLabels, LabelAllowlist, OVERFLOW, Outcome, Reporter,
-    ResourceLabels, SourceLabels, VerdictLabels, WorkloadLabels,
+    ResourceLabels, SourceLabels, WorkloadLabels,
 };
 
 /// The prefix of every exposed name.
@@ -207,25 +207,22 @@ impl Metrics {
         self.inner.edges.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts traffic on an edge: bytes and packets each way, and the flow
-    /// itself when `delta.ended` says how it ended.
+    /// Counts traffic on an edge by its labels: bytes and packets each way,
+    /// and the flow itself when `delta.ended` says how it ended (the meter
+    /// counts on interned cells instead).
+    #[cfg(test)]
     pub fn observe_flow(&self, edge: &EdgeLabels, delta: &FlowDelta) {
         let mut cells = self.edge_cells();
         let stamp = cells.stamp(Instant::now());
         cells.with_edge(edge, |cells, cell| cells.count_traffic(cell, delta, stamp));
     }
 
-    /// Counts a flow's verdict (`allowed`, `denied-attempt`,
-    /// `enforcement-gap`, `intent-violation`) on its edge; any other verdict
-    /// is not counted.
-    pub fn record_verdict(&self, labels: &VerdictLabels) {
-        let Some(verdict) = VERDICTS.into_iter().find(|verdict| verdict.as_str() == labels.verdict.as_ref()) else {
-            tracing::warn!(verdict = %labels.verdict, "not a verdict; not counted");
-            return;
-        };
+    /// Counts a flow's verdict on an edge by its labels.
+    #[cfg(test)]
+    pub fn record_verdict(&self, edge: &EdgeLabels, verdict: crate::judge::VerdictKind) {
         let mut cells = self.edge_cells();
         let stamp = cells.stamp(Instant::now());
-        cells.with_edge(&labels.edge, |cells, cell| cells.count_verdict(cell, verdict, stamp));
+        cells.with_edge(edge, |cells, cell| cells.count_verdict(cell, verdict, stamp));
     }
 
     /// Counts a finding of a kind about a workload in an AI tier.
@@ -574,7 +571,7 @@ mod tests {
     #[test]
     fn verdicts_findings_spikes_and_state_have_their_series() {
         let metrics = Metrics::new(MetricsConfig::default());
-        metrics.record_verdict(&VerdictLabels { edge: edge("agent", "db"), verdict: Arc::from("enforcement-gap") });
+        metrics.record_verdict(&edge("agent", "db"), crate::judge::VerdictKind::EnforcementGap);
         metrics.record_finding(&FindingLabels::new("intent-violation", "agent", "shop", "agent"));
         metrics.record_spike(&edge("agent", "db"));
         metrics.set_unprotected(&[(WorkloadLabels::new("Deployment", "ml", "vllm", "model-server"), 2)]);
@@ -628,7 +625,7 @@ mod tests {
         let mut reports = 0;
         let mut report = |node: usize, edge: EdgeLabels| {
             nodes[node].observe_flow(&edge, &delta(100, Some(Outcome::Completed)));
-            nodes[node].record_verdict(&VerdictLabels { edge, verdict: Arc::from("allowed") });
+            nodes[node].record_verdict(&edge, crate::judge::VerdictKind::Allowed);
             reports += 1;
         };
         // coredns is workload 1000, on node 0.
