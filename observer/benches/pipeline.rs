@@ -1,14 +1,17 @@
 //! Userspace pipeline throughput on one thread: records per CPU-second
 //! through decode → flow table → `build_record` → `enrich` → judge → metrics
-//! meter, the stages of `observer run` between the kernel and the flow log.
+//! meter, the stages of `observer run` between the kernel and the flow log;
+//! then, apart from that rate, the flow log's JSON of the same records, by
+//! the flow log's encoder and, as the baseline, by `serde_json`.
 //!
 //! In: a generated cluster (10,000 pods, 1,000 namespaces, 1,000
 //! NetworkPolicies) and 4,096 pod pairs making short TCP connections, in
 //! batches of 1,024 (one poll each). Out: one `pipeline-result {json}` line
 //! with the median over rounds of records and ring-buffer events per second
 //! of this thread's CPU time, the wall-clock rate, and ns of this thread's
-//! CPU time per record per stage. The kernel's own work (ring-buffer reads, map iteration and
-//! deletes) and the flow log's JSON are not in it.
+//! CPU time per record per stage and per JSON line. The kernel's own work
+//! (ring-buffer reads, map iteration and deletes) and the flow log's write
+//! are not in it.
 //!
 //! Run: `cargo bench -p observer --bench pipeline` (`cargo xtask bench
 //! pipeline` runs it and writes BENCHMARKS.md).
@@ -18,6 +21,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Connections, EVENTS_PER_CONNECTION, Pipeline, check, pod_pairs, table_stage};
+use observer::{export::encode, flow::FlowRecord};
 use observer_tests::manifests::ClusterSize;
 use serde_json::json;
 
@@ -56,7 +60,7 @@ fn main() {
     eprintln!("pipeline: cluster loaded and policies compiled in {:.1?}", setup_started.elapsed());
     let mut connections = Connections::new(pod_pairs(&size, PAIRS));
     let (mut out, mut delete) = (Vec::new(), Vec::new());
-    let mut run_batch = |pipeline: &mut Pipeline, stages: &mut Stages| -> (usize, usize, usize) {
+    let mut run_batch = |pipeline: &mut Pipeline, stages: &mut Stages| -> Vec<FlowRecord> {
         let batch = connections.batch(BATCH, true);
         // Stages are timed in this thread's CPU time, as the rate is, so a
         // busy machine does not charge its other work to them.
@@ -77,8 +81,7 @@ fn main() {
         stages.enrich += judged - enriched;
         stages.judge += metered - judged;
         stages.meter += done - metered;
-        let (pods, denied) = check(&records);
-        (records.len(), pods, denied)
+        records
     };
     // Warm-up: every pair once, so edges and series exist as in a steady state.
     let mut warm = Stages::default();
@@ -92,8 +95,9 @@ fn main() {
         let (wall_start, cpu_start) = (Instant::now(), thread_cpu());
         let mut records = 0usize;
         while wall_start.elapsed() < ROUND_TIME {
-            let (count, pods, denied) = run_batch(&mut pipeline, &mut stages);
-            records += count;
+            let batch = run_batch(&mut pipeline, &mut stages);
+            let (pods, denied) = check(&batch);
+            records += batch.len();
             pods_total += pods;
             denied_total += denied;
         }
@@ -115,6 +119,7 @@ fn main() {
         eprintln!("pipeline round {}: {result}", round + 1);
         rounds.push(result);
     }
+    let json = json_lines(|| run_batch(&mut pipeline, &mut Stages::default()));
     let pick = |path: &str| median(rounds.iter().filter_map(|round| round.pointer(path)?.as_f64()).collect());
     let records_per_cpu_s = pick("/records_per_cpu_s");
     let summary = json!({
@@ -130,10 +135,45 @@ fn main() {
             "enrich": pick("/ns_per_record/enrich"), "judge": pick("/ns_per_record/judge"),
             "meter": pick("/ns_per_record/meter"),
         },
+        "json": json,
         "both_ends_pods_fraction": pods_total as f64 / records_total.max(1) as f64,
         "not_allowed_fraction": denied_total as f64 / records_total.max(1) as f64,
         "open_flows_after": pipeline.meter.open_flows() + pipeline.table.len(),
         "rounds_detail": rounds,
     });
     println!("pipeline-result {summary}");
+}
+
+/// CPU ns per record of the flow log's JSON lines, by its encoder and by
+/// `serde_json`, taking turns on the same batches (`batches` makes them)
+/// for `ROUNDS` rounds of `ROUND_TIME` each; the medians, and the line size.
+fn json_lines(mut batches: impl FnMut() -> Vec<FlowRecord>) -> serde_json::Value {
+    let (mut lines, mut expected) = (Vec::new(), Vec::new());
+    let (mut encoder_ns, mut serde_ns) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (mut encoder_time, mut serde_time, mut records) = (Duration::ZERO, Duration::ZERO, 0usize);
+        let started = Instant::now();
+        while started.elapsed() < ROUND_TIME {
+            let batch = batches();
+            lines.clear();
+            expected.clear();
+            let before = thread_cpu();
+            encode::lines(&batch, &mut lines);
+            let between = thread_cpu();
+            for record in &batch {
+                serde_json::to_writer(&mut expected, record).expect("serializes");
+                expected.push(b'\n');
+            }
+            serde_time += thread_cpu() - between;
+            encoder_time += between - before;
+            records += batch.len();
+            assert!(lines == expected, "the encoder's lines differ from serde_json's");
+        }
+        encoder_ns.push(encoder_time.as_nanos() as f64 / records as f64);
+        serde_ns.push(serde_time.as_nanos() as f64 / records as f64);
+    }
+    let (encoder_ns, serde_ns) = (median(encoder_ns), median(serde_ns));
+    eprintln!("pipeline: flow log JSON {encoder_ns:.0} ns per record (serde_json {serde_ns:.0})");
+    json!({"encoder_ns_per_record": encoder_ns, "serde_json_ns_per_record": serde_ns,
+           "bytes_per_line": lines.len() / BATCH})
 }

@@ -17,8 +17,7 @@ use serde::{Serialize, Serializer};
 use crate::{inventory::Endpoint, judge::FlowVerdict};
 
 /// Why a record was written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordEvent {
     /// First record of a flow still going on.
     Start,
@@ -29,9 +28,19 @@ pub enum RecordEvent {
     End,
 }
 
+impl RecordEvent {
+    /// The name used in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Update => "update",
+            Self::End => "end",
+        }
+    }
+}
+
 /// Where a flow stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowState {
     /// TCP: a SYN was sent or received, no handshake yet.
     Attempted,
@@ -49,6 +58,22 @@ pub enum FlowState {
     Expired,
     /// The kernel's flow map evicted the flow before it ended (map full).
     Evicted,
+}
+
+impl FlowState {
+    /// The name used in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Attempted => "attempted",
+            Self::Established => "established",
+            Self::Refused => "refused",
+            Self::Unanswered => "unanswered",
+            Self::Closed => "closed",
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Evicted => "evicted",
+        }
+    }
 }
 
 /// One end of a flow.
@@ -115,13 +140,22 @@ pub struct Cgroup {
 }
 
 /// Which end of the flow is on this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocalEnd {
     /// The initiator.
     Src,
     /// The responder.
     Dst,
+}
+
+impl LocalEnd {
+    /// The name used in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Src => "src",
+            Self::Dst => "dst",
+        }
+    }
 }
 
 /// TCP flags seen in each direction.
@@ -137,16 +171,18 @@ pub struct TcpFlags {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlagSet(pub u8);
 
+/// The flags a [`FlagSet`] names, in the order it lists them.
+pub(crate) const FLAG_NAMES: [(u8, &str); 5] = [
+    (tcp_flags::SYN, "SYN"),
+    (tcp_flags::ACK, "ACK"),
+    (tcp_flags::PSH, "PSH"),
+    (tcp_flags::FIN, "FIN"),
+    (tcp_flags::RST, "RST"),
+];
+
 impl Serialize for FlagSet {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        const NAMES: [(u8, &str); 5] = [
-            (tcp_flags::SYN, "SYN"),
-            (tcp_flags::ACK, "ACK"),
-            (tcp_flags::PSH, "PSH"),
-            (tcp_flags::FIN, "FIN"),
-            (tcp_flags::RST, "RST"),
-        ];
-        serializer.collect_seq(NAMES.iter().filter(|(bit, _)| self.0 & bit != 0).map(|(_, name)| name))
+        serializer.collect_seq(FLAG_NAMES.iter().filter(|(bit, _)| self.0 & bit != 0).map(|(_, name)| name))
     }
 }
 
@@ -248,14 +284,36 @@ impl Serialize for Protocol {
 }
 
 /// Address family of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     /// IPv4.
     Ipv4,
     /// IPv6.
     Ipv6,
 }
+
+impl Family {
+    /// The name used in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// Serializes the enums records name by `as_str`.
+macro_rules! serialize_as_str {
+    ($($name:ty),*) => {$(
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+serialize_as_str!(RecordEvent, FlowState, LocalEnd, Family);
 
 /// The local and remote addresses of a key.
 pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
@@ -279,10 +337,10 @@ pub fn rfc3339(time: SystemTime) -> String {
 /// A time formatted as RFC 3339 in UTC with milliseconds
 /// (`2026-11-23T04:17:29.793Z`, years up to 9999), on the stack: a record
 /// has three of them.
-struct Rfc3339([u8; 24]);
+pub(crate) struct Rfc3339([u8; 24]);
 
 impl Rfc3339 {
-    fn of(time: SystemTime) -> Self {
+    pub(crate) fn of(time: SystemTime) -> Self {
         let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         let secs = since.as_secs();
         let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -304,7 +362,7 @@ impl Rfc3339 {
         Self(text)
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever written.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }

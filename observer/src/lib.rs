@@ -21,6 +21,7 @@ pub mod inventory;
 pub mod judge;
 pub mod metrics;
 pub mod policy;
+pub mod rendered;
 pub mod run;
 
 /// The error and its causes on one line, for logs: top-level messages alone

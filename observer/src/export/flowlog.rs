@@ -11,6 +11,7 @@ use tokio::{
     sync::mpsc,
 };
 
+use super::encode;
 use crate::flow::FlowRecord;
 
 /// Where the flow log goes.
@@ -59,17 +60,7 @@ pub async fn write(target: Target, mut batches: mpsc::Receiver<Vec<FlowRecord>>)
     let mut lines = Vec::with_capacity(1 << 16);
     while let Some(batch) = batches.recv().await {
         lines.clear();
-        for record in &batch {
-            let start = lines.len();
-            // Serializing plain data to a Vec cannot fail; if it did, the
-            // partial line is dropped.
-            if serde_json::to_writer(&mut lines, record).is_ok() {
-                lines.push(b'\n');
-                written += 1;
-            } else {
-                lines.truncate(start);
-            }
-        }
+        written += encode::lines(&batch, &mut lines);
         writer.write_all(&lines).await.map_err(FlowLogError::Write)?;
         writer.flush().await.map_err(FlowLogError::Write)?;
     }

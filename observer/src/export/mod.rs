@@ -1,4 +1,5 @@
 //! Export: where records leave the observer.
 
 pub mod dnslog;
+pub mod encode;
 pub mod flowlog;

@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, ops::Deref, sync::Arc};
 use serde::{Serialize, Serializer};
 
 use super::model;
+use crate::rendered::RenderedJson;
 
 /// What kind of thing is at one end of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -89,29 +90,42 @@ impl EndpointInfo {
 /// One resolved end of a flow: cheap to clone (a shared pointer), immutable,
 /// serialized as its [`EndpointInfo`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint(Arc<EndpointInfo>);
+pub struct Endpoint(Arc<Shared>);
+
+/// What an [`Endpoint`] points to.
+#[derive(Debug, PartialEq, Eq)]
+struct Shared {
+    info: EndpointInfo,
+    /// The info's JSON, for the flow log's lines that carry it.
+    json: RenderedJson,
+}
 
 impl Deref for Endpoint {
     type Target = EndpointInfo;
 
     fn deref(&self) -> &EndpointInfo {
-        &self.0
+        &self.0.info
     }
 }
 
 impl Serialize for Endpoint {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        self.0.info.serialize(serializer)
     }
 }
 
 impl From<EndpointInfo> for Endpoint {
     fn from(info: EndpointInfo) -> Self {
-        Self(Arc::new(info))
+        Self(Arc::new(Shared { info, json: RenderedJson::default() }))
     }
 }
 
 impl Endpoint {
+    /// This endpoint's JSON object, rendered once.
+    pub fn json(&self) -> Result<&str, serde_json::Error> {
+        self.0.json.get_or_render(&self.0.info)
+    }
+
     /// Whether both are the very same endpoint (not merely equal).
     pub fn same(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

@@ -25,6 +25,7 @@ use crate::{
     intent::{EndKind, FlowEnd, IntentIndex, IntentRef, IntentViolation, IsolationIntent, Tier},
     inventory::model::{Pod, Protocol},
     policy::{Endpoint, PolicyEngine, PolicyRef},
+    rendered::RenderedJson,
 };
 
 /// Settings of the judge.
@@ -264,6 +265,7 @@ impl Judge {
             dst_uid: input.dst.uid.map(str::to_owned),
             src_tier: tier(&input.src),
             dst_tier: tier(&input.dst),
+            json: RenderedJson::default(),
         };
         self.count(verdict.verdict, verdict.intent.is_some());
         verdict

@@ -11,6 +11,7 @@ use serde::{Serialize, Serializer};
 use crate::{
     intent::{IntentRef, Tier},
     policy::PolicyRef,
+    rendered::RenderedJson,
 };
 
 /// The four verdicts a flow can get.
@@ -142,4 +143,7 @@ pub struct FlowVerdict {
     /// The destination pod's AI tier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_tier: Option<Tier>,
+    /// This verdict's JSON, for the flow log's lines that carry it.
+    #[serde(skip)]
+    pub json: RenderedJson,
 }

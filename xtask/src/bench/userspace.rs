@@ -146,7 +146,7 @@ pub fn pipeline(args: &PipelineArgs) -> anyhow::Result<()> {
          `enrich` (both ends resolved to pods), the judge stage's `judge_batch` (policy and intent verdict, delivery, \
          findings, spikes) and the metrics meter (edge by workload, deltas, verdict counts), in batches of {} (one poll \
          each). Not included: the kernel's side (ring-buffer reads, map iteration and deletes are syscalls) and the \
-         flow log's JSON. Rate = records per second of this thread's CPU time (CLOCK_THREAD_CPUTIME_ID), median of {} \
+         flow log (its own task; its JSON is timed below). Rate = records per second of this thread's CPU time (CLOCK_THREAD_CPUTIME_ID), median of {} \
          rounds of {} s after a warm-up, and each stage's ns per record in the same CPU time; wall-clock rate \
          beside it (the thread had {:.0}% of a core).\n",
         number(&pipeline, "/pairs"),
@@ -183,6 +183,17 @@ pub fn pipeline(args: &PipelineArgs) -> anyhow::Result<()> {
             number(&pipeline, &format!("/ns_per_record/{stage}"))
         );
     }
+    let _ = writeln!(
+        text,
+        "| ns per record: flow log JSON line (the flow log's encoder; {:.0} bytes) | {:.0} | | |",
+        number(&pipeline, "/json/bytes_per_line"),
+        number(&pipeline, "/json/encoder_ns_per_record"),
+    );
+    let _ = writeln!(
+        text,
+        "| ns per record: the same line by `serde_json` (the baseline; byte-identical, checked every batch) | {:.0} | | |",
+        number(&pipeline, "/json/serde_json_ns_per_record"),
+    );
     let _ = writeln!(
         text,
         "\nSanity: {:.0}% of records had both ends resolved to pods, {:.0}% were judged other than `allowed`.\n",

@@ -1,0 +1,382 @@
+//! A flow record as one line of the flow log's JSON, written by hand.
+//!
+//! In: [`FlowRecord`]s. Out: for each, the very bytes `serde_json` makes of
+//! it (the record's derived `Serialize` is the schema; a test holds this
+//! encoder to it byte for byte), in a fraction of the time: keys are
+//! literals, numbers go through `itoa`, strings are copied whole when they
+//! need no escape, and what records share (an endpoint's fields, a verdict)
+//! is rendered by `serde_json` once per shared value, kept beside it (see
+//! [`crate::rendered`]), and copied after that.
+//! The flow log is the observer's largest userspace cost per record without
+//! this (see BENCHMARKS.md).
+//!
+//! Each record type is taken apart field by field without `..`, so a field
+//! added to one does not compile until it is written here too.
+
+use std::{io::Write as _, net::IpAddr};
+
+use crate::flow::{Cgroup, FLAG_NAMES, FlagSet, FlowRecord, Icmp, Peer, PeerDns, Rfc3339, TcpFlags, Traffic};
+
+/// Appends one line per record to `out`; returns how many. A record that
+/// fails to encode (which plain data cannot) is left out whole.
+pub fn lines(records: &[FlowRecord], out: &mut Vec<u8>) -> u64 {
+    let mut written = 0;
+    for record in records {
+        let start = out.len();
+        if encode(record, out).is_ok() {
+            out.push(b'\n');
+            written += 1;
+        } else {
+            out.truncate(start);
+        }
+    }
+    written
+}
+
+/// Appends `record`'s JSON (no newline) to `out`; on an error `out` may hold
+/// part of it.
+pub fn encode(record: &FlowRecord, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    let FlowRecord {
+        time,
+        event,
+        node,
+        protocol,
+        family,
+        src,
+        dst,
+        local,
+        icmp,
+        cgroup,
+        state,
+        to_dst,
+        to_src,
+        tcp_flags,
+        first_seen,
+        last_seen,
+        duration_ms,
+        verdict,
+        progress: _,
+    } = record;
+    out.extend_from_slice(b"{\"time\":");
+    string(out, Rfc3339::of(*time).as_str());
+    out.extend_from_slice(b",\"event\":");
+    string(out, event.as_str());
+    out.extend_from_slice(b",\"node\":");
+    string(out, node);
+    out.extend_from_slice(b",\"protocol\":");
+    string(out, &protocol.name());
+    out.extend_from_slice(b",\"family\":");
+    string(out, family.as_str());
+    out.extend_from_slice(b",\"src\":");
+    peer(src, out)?;
+    out.extend_from_slice(b",\"dst\":");
+    peer(dst, out)?;
+    out.extend_from_slice(b",\"local\":");
+    string(out, local.as_str());
+    if let Some(Icmp { kind, code }) = icmp {
+        out.extend_from_slice(b",\"icmp\":{\"type\":");
+        number(out, *kind);
+        out.extend_from_slice(b",\"code\":");
+        number(out, *code);
+        out.push(b'}');
+    }
+    let Cgroup { id, path } = cgroup;
+    out.extend_from_slice(b",\"cgroup\":{\"id\":");
+    number(out, *id);
+    out.extend_from_slice(b",\"path\":");
+    match path {
+        Some(path) => string(out, path),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b"},\"state\":");
+    string(out, state.as_str());
+    out.extend_from_slice(b",\"to_dst\":");
+    traffic(out, to_dst);
+    out.extend_from_slice(b",\"to_src\":");
+    traffic(out, to_src);
+    if let Some(TcpFlags { to_dst, to_src }) = tcp_flags {
+        out.extend_from_slice(b",\"tcp_flags\":{\"to_dst\":");
+        flags(out, *to_dst);
+        out.extend_from_slice(b",\"to_src\":");
+        flags(out, *to_src);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b",\"first_seen\":");
+    string(out, Rfc3339::of(*first_seen).as_str());
+    out.extend_from_slice(b",\"last_seen\":");
+    string(out, Rfc3339::of(*last_seen).as_str());
+    out.extend_from_slice(b",\"duration_ms\":");
+    number(out, *duration_ms);
+    if let Some(verdict) = verdict {
+        out.extend_from_slice(b",\"verdict\":");
+        out.extend_from_slice(verdict.json.get_or_render(&**verdict)?.as_bytes());
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn peer(peer: &Peer, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    let Peer { ip, port, endpoint, dns } = peer;
+    out.extend_from_slice(b"{\"ip\":");
+    address(out, ip);
+    if let Some(port) = port {
+        out.extend_from_slice(b",\"port\":");
+        number(out, *port);
+    }
+    if let Some(endpoint) = endpoint {
+        // Its fields sit beside the address (flattened): the object
+        // serde_json makes of it, without the braces.
+        let json = endpoint.json()?;
+        let fields = json.strip_prefix('{').and_then(|json| json.strip_suffix('}')).unwrap_or_default();
+        if !fields.is_empty() {
+            out.push(b',');
+            out.extend_from_slice(fields.as_bytes());
+        }
+    }
+    if let Some(PeerDns { names, resolved }) = dns {
+        out.extend_from_slice(b",\"dns\":{");
+        if !names.is_empty() {
+            out.extend_from_slice(b"\"names\":[");
+            for (index, name) in names.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                string(out, name);
+            }
+            out.extend_from_slice(b"],");
+        }
+        out.extend_from_slice(if *resolved { b"\"resolved\":true}" } else { b"\"resolved\":false}" });
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn traffic(out: &mut Vec<u8>, traffic: &Traffic) {
+    let Traffic { packets, bytes } = traffic;
+    out.extend_from_slice(b"{\"packets\":");
+    number(out, *packets);
+    out.extend_from_slice(b",\"bytes\":");
+    number(out, *bytes);
+    out.push(b'}');
+}
+
+fn flags(out: &mut Vec<u8>, set: FlagSet) {
+    out.push(b'[');
+    let mut first = true;
+    for (bit, name) in FLAG_NAMES {
+        if set.0 & bit != 0 {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            string(out, name);
+        }
+    }
+    out.push(b']');
+}
+
+fn number(out: &mut Vec<u8>, value: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+fn address(out: &mut Vec<u8>, ip: &IpAddr) {
+    out.push(b'"');
+    match ip {
+        IpAddr::V4(ip) => {
+            for (index, octet) in ip.octets().into_iter().enumerate() {
+                if index > 0 {
+                    out.push(b'.');
+                }
+                number(out, octet);
+            }
+        }
+        // Writing to a Vec cannot fail.
+        IpAddr::V6(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+    out.push(b'"');
+}
+
+/// A JSON string, escaped as `serde_json` escapes it.
+fn string(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    out.push(b'"');
+    // Without an early exit the scan compiles to vector compares.
+    if !bytes.iter().fold(false, |found, byte| found | needs_escape(*byte)) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    let mut start = 0;
+    for (index, byte) in bytes.iter().enumerate() {
+        if !needs_escape(*byte) {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..index]);
+        start = index + 1;
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            control => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(control >> 4)]);
+                out.push(HEX[usize::from(control & 0xf)]);
+            }
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeMap,
+        net::{Ipv4Addr, Ipv6Addr},
+        sync::Arc,
+        time::{Duration, SystemTime, UNIX_EPOCH},
+    };
+
+    use observer_common::tcp_flags;
+
+    use super::*;
+    use crate::{
+        flow::{Family, FlowState, LocalEnd, Progress, Protocol, RecordEvent},
+        inventory::{Endpoint, EndpointInfo, EndpointKind, WorkloadRef},
+        judge::{Delivery, FlowVerdict, VerdictKind},
+        rendered::RenderedJson,
+    };
+
+    /// Strings with every kind of character the encoder treats apart.
+    const AWKWARD: [&str; 4] =
+        ["plain", "quote \" and \\ backslash", "controls \u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f}", "ünïcødé ✓"];
+
+    fn pod(name: &str) -> Endpoint {
+        Endpoint::from(EndpointInfo {
+            kind: EndpointKind::Pod,
+            namespace: Some("ai".to_owned()),
+            pod: Some(name.to_owned()),
+            uid: Some("00000001-0000-4000-8000-000000000001".to_owned()),
+            service: None,
+            node: Some("node-1".to_owned()),
+            workload: Some(WorkloadRef { kind: "Deployment".to_owned(), name: "model".to_owned() }),
+            labels: BTreeMap::from([("app".to_owned(), name.to_owned()), ("tier".to_owned(), "model".to_owned())]),
+        })
+    }
+
+    fn verdict() -> Arc<FlowVerdict> {
+        Arc::new(FlowVerdict {
+            verdict: VerdictKind::EnforcementGap,
+            reason: "denied: \"egress\" isolated".to_owned(),
+            delivery: Delivery::Delivered,
+            policies: Vec::new(),
+            intent: None,
+            src_uid: Some("a".to_owned()),
+            dst_uid: None,
+            src_tier: None,
+            dst_tier: None,
+            json: RenderedJson::default(),
+        })
+    }
+
+    fn record(text: &str) -> FlowRecord {
+        let at = |millis: u64| UNIX_EPOCH + Duration::from_millis(millis);
+        FlowRecord {
+            time: at(1_790_000_000_123),
+            event: RecordEvent::End,
+            node: Arc::from(text),
+            protocol: Protocol(observer_common::PROTO_TCP),
+            family: Family::Ipv4,
+            src: Peer { ip: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10)), port: Some(40_000), endpoint: None, dns: None },
+            dst: Peer { ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)), port: Some(443), endpoint: None, dns: None },
+            local: LocalEnd::Src,
+            icmp: None,
+            cgroup: Cgroup { id: 158_941, path: Some(Arc::from(text)) },
+            state: FlowState::Closed,
+            to_dst: Traffic { packets: 6, bytes: 16 },
+            to_src: Traffic { packets: 4, bytes: u64::MAX },
+            tcp_flags: Some(TcpFlags {
+                to_dst: FlagSet(tcp_flags::SYN | tcp_flags::ACK | tcp_flags::FIN),
+                to_src: FlagSet(0),
+            }),
+            first_seen: at(1_790_000_000_000),
+            last_seen: SystemTime::UNIX_EPOCH,
+            duration_ms: 123,
+            verdict: None,
+            progress: Progress::default(),
+        }
+    }
+
+    /// Every way a record can differ, each applied to the base record; the
+    /// enriched ones twice, so their shared values are also copied as kept.
+    fn variants() -> Vec<FlowRecord> {
+        let mut records = Vec::new();
+        for text in AWKWARD {
+            let base = record(text);
+            records.push(base.clone());
+            for event in [RecordEvent::Start, RecordEvent::Update, RecordEvent::End] {
+                records.push(FlowRecord { event, ..base.clone() });
+            }
+            for state in [
+                FlowState::Attempted,
+                FlowState::Established,
+                FlowState::Refused,
+                FlowState::Unanswered,
+                FlowState::Closed,
+                FlowState::Active,
+                FlowState::Expired,
+                FlowState::Evicted,
+            ] {
+                records.push(FlowRecord { state, local: LocalEnd::Dst, ..base.clone() });
+            }
+            for protocol in [observer_common::PROTO_UDP, observer_common::PROTO_SCTP, 47] {
+                records.push(FlowRecord { protocol: Protocol(protocol), tcp_flags: None, ..base.clone() });
+            }
+            let mut icmp = FlowRecord {
+                protocol: Protocol(observer_common::PROTO_ICMPV6),
+                family: Family::Ipv6,
+                icmp: Some(Icmp { kind: 128, code: 0 }),
+                tcp_flags: None,
+                ..base.clone()
+            };
+            icmp.src = Peer { ip: IpAddr::V6(Ipv6Addr::LOCALHOST), port: None, endpoint: None, dns: None };
+            icmp.dst.ip = IpAddr::V6("2001:db8:203:113::10".parse().expect("address"));
+            icmp.dst.port = None;
+            records.push(icmp);
+            let mut enriched = FlowRecord { verdict: Some(verdict()), ..base.clone() };
+            enriched.cgroup.path = None;
+            enriched.src.endpoint = Some(pod(text));
+            enriched.dst.endpoint = Some(Endpoint::world());
+            enriched.dst.dns =
+                Some(PeerDns { names: vec![Arc::from("api.example.com"), Arc::from(text)], resolved: true });
+            records.push(enriched.clone());
+            records.push(enriched.clone());
+            enriched.dst.endpoint = Some(Endpoint::host(Some(text)));
+            enriched.dst.dns = Some(PeerDns { names: Vec::new(), resolved: false });
+            records.push(enriched);
+        }
+        records
+    }
+
+    #[test]
+    fn lines_are_the_bytes_serde_json_makes() {
+        for record in variants() {
+            let mut line = Vec::new();
+            assert_eq!(lines(std::slice::from_ref(&record), &mut line), 1);
+            let mut expected = serde_json::to_vec(&record).expect("serializes");
+            expected.push(b'\n');
+            assert_eq!(String::from_utf8_lossy(&line), String::from_utf8_lossy(&expected));
+        }
+    }
+}
