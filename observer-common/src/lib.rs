@@ -167,16 +167,12 @@ pub struct SocketCounters {
 }
 const _: () = assert!(core::mem::size_of::<SocketCounters>() == 32);
 
-/// Bytes of `struct tcp_sock` the tracepoint copies in one read at a close,
-/// from [`TcpSockOffsets::block`]: every counter it needs lies within them.
-pub const TCP_SOCK_BLOCK: usize = 512;
-
 /// Byte offsets of the `struct tcp_sock` members the kernel programs read,
-/// found by the loader in the running kernel's BTF; `enabled` zero means
-/// they could not be found and TCP is counted per packet. The counters'
-/// offsets are relative to `block` (one read of [`TCP_SOCK_BLOCK`] bytes
-/// costs less than a read per counter); `sk_flags` is from the socket's
-/// start.
+/// found by the loader in the running kernel's BTF: the socket's from its
+/// start (a `tcp_sock` begins with its `sock`), [`Self::cgroup_kn`] and
+/// [`Self::kn_id`] from their own structs'. `enabled` zero means they could
+/// not be found, or the BTF tracepoint could not be attached, and TCP is
+/// counted per packet.
 ///
 /// With it enabled, the cgroup_skb programs count TCP from the socket. These
 /// TCP packets take the full path, writing the socket's counters into the
@@ -190,7 +186,7 @@ pub const TCP_SOCK_BLOCK: usize = 512;
 /// packet returns at once: the data, the ACKs, the FINs of a connected
 /// socket, the listener's share of the handshake's last ACK and the SYN-ACK
 /// a request socket sends; the connection's socket counts them all. The
-/// tracepoint reads the final counters at TCP_CLOSE into
+/// BTF tracepoint reads the final counters at TCP_CLOSE into
 /// [`Event::counters`], with the socket's cgroup and the FINs it sent and
 /// received.
 #[repr(C)]
@@ -198,8 +194,6 @@ pub const TCP_SOCK_BLOCK: usize = 512;
 pub struct TcpSockOffsets {
     /// Non-zero: count TCP from sockets.
     pub enabled: u32,
-    /// Offset in `tcp_sock` of the block the counters are read from.
-    pub block: u32,
     /// `tcp_sock.segs_out` (u32).
     pub segs_out: u32,
     /// `tcp_sock.segs_in` (u32).
@@ -215,17 +209,16 @@ pub struct TcpSockOffsets {
     /// `sock.__sk_common.skc_flags` (unsigned long; bit 1 is `SOCK_DONE`,
     /// set when the peer's FIN was taken in order).
     pub sk_flags: u32,
-    /// `sock.sk_cgrp_data.cgroup` (`struct cgroup *`), from the socket's
-    /// start; zero when the kernel's BTF does not have it: closes then carry
-    /// no cgroup, and FINs of connected sockets take the full path (see
-    /// [`Event::key`]).
+    /// `sock.sk_cgrp_data.cgroup` (`struct cgroup *`); zero when the
+    /// kernel's BTF does not have it: closes then carry no cgroup, and FINs
+    /// of connected sockets take the full path (see [`Event::key`]).
     pub sk_cgroup: u32,
     /// `cgroup.kn` (`struct kernfs_node *`).
     pub cgroup_kn: u32,
     /// `kernfs_node.id` (u64): the cgroup id.
     pub kn_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<TcpSockOffsets>() == 44);
 
 /// Byte offsets in `struct sock` of what names a TCP connection, found by
 /// the loader in the running kernel's BTF. With them state changes come from
@@ -403,8 +396,6 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of `u64` indexed by [`super::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
-    /// Per-CPU scratch of [`super::TCP_SOCK_BLOCK`] bytes for the close read.
-    pub const SCRATCH: &str = "SCRATCH";
     /// cgroup_skb ingress program.
     pub const PROG_INGRESS: &str = "flow_ingress";
     /// cgroup_skb egress program.

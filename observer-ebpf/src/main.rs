@@ -2,16 +2,18 @@
 //!
 //! In: every packet a socket in the attached cgroup tree sends or receives
 //! (cgroup_skb egress and ingress) and every TCP state change (the BTF
-//! tracepoint `inet_sock_set_state`, or its classic tracepoint
-//! `sock/inet_sock_set_state` without the socket offsets). Out: per-flow counters in the `FLOWS` LRU
-//! hash, an `Event` on the `EVENTS` ring buffer for each new flow and each TCP
-//! attempt, establishment and close (a close carries the socket's final
-//! counters, FINs and cgroup), the payload of every DNS packet a local socket
-//! exchanges with a remote port 53 (see `dns`), and per-CPU counters of what
-//! went wrong.
+//! tracepoint `inet_sock_set_state`, or the classic tracepoint
+//! `sock/inet_sock_set_state` where the loader cannot attach that). Out:
+//! per-flow counters in the `FLOWS` LRU hash, an `Event` on the `EVENTS`
+//! ring buffer for each new flow and each TCP attempt, establishment and
+//! close (with TCP counted from sockets, a close carries the socket's final
+//! counters, FINs and cgroup), the payload of every DNS packet a local
+//! socket exchanges with a remote port 53 (see `dns`), and per-CPU counters
+//! of what went wrong.
 //!
 //! TCP is counted from the socket when the loader found `struct tcp_sock`'s
-//! layout (`TCP_SOCK`): only the handshake's SYNs, resets, FINs before the
+//! layout (`TCP_SOCK`) and attached the BTF tracepoint, which reads those
+//! final counters: only the handshake's SYNs, resets, FINs before the
 //! handshake is done, DNS packets, packets of no connected socket and
 //! packets at a sampling point touch the flow map, writing the socket's own
 //! counters; other TCP packets return after a few loads (`TcpSockOffsets`
@@ -34,8 +36,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_sk_fullsock, bpf_skb_cgroup_id,
-        bpf_tcp_sock, generated,
+        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_sk_fullsock, bpf_skb_cgroup_id, bpf_tcp_sock, generated,
     },
     macros::{btf_tracepoint, cgroup_skb, map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -49,7 +50,7 @@ use core::{
 use observer_common::{
     COUNTED_SOCKET, COUNTER_SLOTS, Counter, DNS_PORT, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6,
     FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, SockOffsets, SocketCounters, TCP_SAMPLE_AT,
-    TCP_SAMPLE_MASK, TCP_SOCK_BLOCK, TcpSockOffsets, tcp_flags, tcp_state,
+    TCP_SAMPLE_MASK, TcpSockOffsets, tcp_flags, tcp_state,
 };
 use packet::{Direction, Parsed};
 
@@ -85,11 +86,12 @@ static SKIP_LOOPBACK: u8 = 1;
 static WAKEUP_THRESHOLD: u64 = DEFAULT_RING_BYTES as u64 / 4;
 
 /// Where `struct tcp_sock`'s counters are in the running kernel; the loader
-/// fills it from BTF, or leaves `enabled` zero to count TCP per packet.
+/// fills it from BTF when it attaches the BTF tracepoint too (the only
+/// program that reads a closing socket's final counters), else leaves
+/// `enabled` zero to count TCP per packet.
 #[unsafe(no_mangle)]
 static TCP_SOCK: TcpSockOffsets = TcpSockOffsets {
     enabled: 0,
-    block: 0,
     segs_out: 0,
     segs_in: 0,
     bytes_acked: 0,
@@ -108,10 +110,6 @@ static TCP_SOCK: TcpSockOffsets = TcpSockOffsets {
 #[unsafe(no_mangle)]
 static SOCK: SockOffsets =
     SockOffsets { daddr: 0, rcv_saddr: 0, dport: 0, num: 0, family: 0, v6_daddr: 0, v6_rcv_saddr: 0, sport: 0 };
-
-/// Where the tracepoint copies a closing socket's counters to read them.
-#[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<[u8; TCP_SOCK_BLOCK]> = PerCpuArray::with_max_entries(1, 0);
 
 /// `SOCK_DONE` in `sock.sk_flags`: the peer's FIN was taken in order.
 const SOCK_DONE: u64 = 1 << 1;
@@ -382,7 +380,6 @@ unsafe fn update(
 /// Offsets in the `sock/inet_sock_set_state` record; the loader checks them
 /// against the running kernel's format file before attaching.
 mod tp {
-    pub const SKADDR: usize = 8;
     pub const OLDSTATE: usize = 16;
     pub const NEWSTATE: usize = 20;
     pub const SPORT: usize = 24;
@@ -447,13 +444,9 @@ fn tcp_state_change(ctx: &TracePointContext) {
             _ => return,
         }
     }
-    // SAFETY: as above.
-    let sk = unsafe { field::<u64>(ctx, tp::SKADDR) } as *const u8;
-    state_change(key, old as u8, new as u8, |cgroup_id, fins| {
-        // SAFETY: `sk` is the socket the record is about.
-        let socket = unsafe { Probed::copy(sk) }?;
-        final_counters(&socket, old as u8, cgroup_id, fins)
-    });
+    // The loader attaches the tracepoint only with TCP counted per packet:
+    // a close has no socket counters to bring.
+    state_change(key, old as u8, new as u8, |_, _| None);
 }
 
 /// The BTF tracepoint's arguments are `inet_sock_set_state`'s own: the
@@ -475,7 +468,8 @@ fn socket_state_change(ctx: &BtfTracePointContext) {
     // SAFETY: `tcp` is a `struct tcp_sock` the verifier knows.
     let Some(key) = (unsafe { socket_key(tcp) }) else { return };
     state_change(key, old as u8, new as u8, |cgroup_id, fins| {
-        final_counters(&Direct::new(tcp)?, old as u8, cgroup_id, fins)
+        // SAFETY: as above.
+        unsafe { final_counters(tcp, old as u8, cgroup_id, fins) }
     });
 }
 
@@ -576,193 +570,61 @@ fn unmap_ipv4(key: &mut FlowKey) {
     }
 }
 
-/// A closing socket's fields at the [`TcpSockOffsets`] the loader found
-/// (only made when it found them).
-trait ClosingSocket {
-    /// Where the fields are.
-    fn offsets(&self) -> &TcpSockOffsets;
-    /// The `u32` at `offset` in the counters' block, if it is there.
-    fn block_u32(&self, offset: u32) -> Option<u32>;
-    /// The `u64` at `offset` in the counters' block, if it is there.
-    fn block_u64(&self, offset: u32) -> Option<u64>;
-    /// `sock.sk_flags`.
-    fn sk_flags(&self) -> Option<u64>;
-    /// `sk->sk_cgrp_data.cgroup->kn->id` (what `bpf_skb_cgroup_id` gives
-    /// its packets), or zero.
-    fn cgroup_id(&self) -> u64;
-}
-
-/// A closing socket read with plain loads (the BTF tracepoint's).
-struct Direct {
-    tcp: *const u8,
-    offsets: TcpSockOffsets,
-}
-
-impl Direct {
-    /// The socket `tcp`; `None` without offsets.
-    fn new(tcp: *const u8) -> Option<Self> {
-        let offsets = tcp_sock_offsets();
-        (offsets.enabled != 0).then_some(Self { tcp, offsets })
-    }
-}
-
-impl ClosingSocket for Direct {
-    fn offsets(&self) -> &TcpSockOffsets {
-        &self.offsets
-    }
-
-    fn block_u32(&self, offset: u32) -> Option<u32> {
-        // SAFETY: `tcp` is the BTF tracepoint's `struct tcp_sock`; the
-        // offsets are the loader's, checked against the same BTF.
-        Some(unsafe { load(self.tcp, self.offsets.block + offset) })
-    }
-
-    fn block_u64(&self, offset: u32) -> Option<u64> {
-        // SAFETY: as above.
-        Some(unsafe { load(self.tcp, self.offsets.block + offset) })
-    }
-
-    fn sk_flags(&self) -> Option<u64> {
-        // SAFETY: as above.
-        Some(unsafe { load(self.tcp, self.offsets.sk_flags) })
-    }
-
-    fn cgroup_id(&self) -> u64 {
-        let offsets = &self.offsets;
-        if offsets.sk_cgroup == 0 {
-            return 0;
-        }
-        // SAFETY: as above; each pointer loaded is one the verifier types
-        // from BTF, and is checked for null before it is followed.
-        unsafe {
-            let cgroup = load::<u64>(self.tcp, offsets.sk_cgroup) as *const u8;
-            if cgroup.is_null() {
-                return 0;
-            }
-            let kn = load::<u64>(cgroup, offsets.cgroup_kn) as *const u8;
-            if kn.is_null() {
-                return 0;
-            }
-            load(kn, offsets.kn_id)
-        }
-    }
-}
-
-/// A closing socket read through `bpf_probe_read_kernel` (the tracepoint's,
-/// which gets the socket as a plain address): its counters' block is copied
-/// into this CPU's scratch value first.
-struct Probed {
-    sk: *const u8,
-    block: *const u8,
-    offsets: TcpSockOffsets,
-}
-
-impl Probed {
-    /// Copies the counters' block of socket `sk`; `None` without offsets or
-    /// when the copy fails.
-    ///
-    /// # Safety
-    /// `sk` must be the address of a `struct sock`.
-    unsafe fn copy(sk: *const u8) -> Option<Self> {
-        let offsets = tcp_sock_offsets();
-        if offsets.enabled == 0 {
-            return None;
-        }
-        let block = SCRATCH.get_ptr_mut(0)?.cast::<u8>();
-        // SAFETY: the read goes through bpf_probe_read_kernel, which fails
-        // instead of faulting, into this CPU's scratch value of
-        // TCP_SOCK_BLOCK bytes.
-        let copied = unsafe {
-            generated::bpf_probe_read_kernel(block.cast(), TCP_SOCK_BLOCK as u32, sk.add(offsets.block as usize).cast())
-        };
-        (copied == 0).then_some(Self { sk, block, offsets })
-    }
-
-    fn probe(&self, offset: u32) -> Option<u64> {
-        // SAFETY: bpf_probe_read_kernel fails instead of faulting.
-        unsafe { bpf_probe_read_kernel(self.sk.add(offset as usize).cast::<u64>()).ok() }
-    }
-}
-
-impl ClosingSocket for Probed {
-    fn offsets(&self) -> &TcpSockOffsets {
-        &self.offsets
-    }
-
-    fn block_u32(&self, offset: u32) -> Option<u32> {
-        let offset = offset as usize;
-        // SAFETY: bounds-checked inside the scratch block.
-        (offset <= TCP_SOCK_BLOCK - 4).then(|| unsafe { core::ptr::read_unaligned(self.block.add(offset).cast()) })
-    }
-
-    fn block_u64(&self, offset: u32) -> Option<u64> {
-        let offset = offset as usize;
-        // SAFETY: as above.
-        (offset <= TCP_SOCK_BLOCK - 8).then(|| unsafe { core::ptr::read_unaligned(self.block.add(offset).cast()) })
-    }
-
-    fn sk_flags(&self) -> Option<u64> {
-        self.probe(self.offsets.sk_flags)
-    }
-
-    fn cgroup_id(&self) -> u64 {
-        socket_cgroup(self.sk, self.offsets.sk_cgroup, self.offsets.cgroup_kn, self.offsets.kn_id)
-    }
-}
-
-/// The cgroup id of socket `sk` through `bpf_probe_read_kernel`, or zero.
+/// The final counters of closing socket `tcp`, loaded at the
+/// [`TcpSockOffsets`] the loader found; `None` without them (TCP counted per
+/// packet). Also sets `cgroup_id` to the socket's cgroup and `fins` to the
+/// FINs it sent and received (as tcp_flags, out and in).
 ///
-/// Not inlined: the tracepoint's stack has no room for it.
-#[inline(never)]
-fn socket_cgroup(sk: *const u8, sk_cgroup: u32, cgroup_kn: u32, kn_id: u32) -> u64 {
-    if sk_cgroup == 0 {
+/// # Safety
+/// As for [`load`].
+unsafe fn final_counters(tcp: *const u8, old: u8, cgroup_id: &mut u64, fins: &mut (u8, u8)) -> Option<SocketCounters> {
+    let offsets = tcp_sock_offsets();
+    if offsets.enabled == 0 {
+        return None;
+    }
+    // SAFETY: as the caller guarantees; the offsets are the loader's,
+    // checked against the same BTF.
+    unsafe {
+        // Our FIN counts in bytes_acked once acknowledged: it was sent when
+        // the socket left ESTABLISHED or CLOSE_WAIT by closing, and it was
+        // acknowledged when nothing written is unacknowledged.
+        let fin_sent =
+            matches!(old, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK);
+        let fin_acked = fin_sent && load::<u32>(tcp, offsets.snd_una) == load::<u32>(tcp, offsets.write_seq);
+        let fin_received = load::<u64>(tcp, offsets.sk_flags) & SOCK_DONE != 0;
+        *fins = (if fin_sent { tcp_flags::FIN } else { 0 }, if fin_received { tcp_flags::FIN } else { 0 });
+        *cgroup_id = socket_cgroup_id(tcp, &offsets);
+        Some(SocketCounters {
+            packets_out: u64::from(load::<u32>(tcp, offsets.segs_out)),
+            bytes_out: load::<u64>(tcp, offsets.bytes_acked).saturating_sub(u64::from(fin_acked)),
+            packets_in: u64::from(load::<u32>(tcp, offsets.segs_in)),
+            bytes_in: load::<u64>(tcp, offsets.bytes_received).saturating_sub(u64::from(fin_received)),
+        })
+    }
+}
+
+/// `sk->sk_cgrp_data.cgroup->kn->id` of socket `tcp` (what
+/// `bpf_skb_cgroup_id` gives its packets), or zero.
+///
+/// # Safety
+/// As for [`load`].
+unsafe fn socket_cgroup_id(tcp: *const u8, offsets: &TcpSockOffsets) -> u64 {
+    if offsets.sk_cgroup == 0 {
         return 0;
     }
-    // SAFETY: bpf_probe_read_kernel fails instead of faulting.
+    // SAFETY: as the caller guarantees; each pointer loaded is one the
+    // verifier types from BTF, and is checked for null before it is followed.
     unsafe {
-        let Ok(cgroup) = bpf_probe_read_kernel(sk.add(sk_cgroup as usize).cast::<u64>()) else { return 0 };
-        let cgroup = cgroup as *const u8;
+        let cgroup = load::<u64>(tcp, offsets.sk_cgroup) as *const u8;
         if cgroup.is_null() {
             return 0;
         }
-        let Ok(kn) = bpf_probe_read_kernel(cgroup.add(cgroup_kn as usize).cast::<u64>()) else { return 0 };
-        let kn = kn as *const u8;
+        let kn = load::<u64>(cgroup, offsets.cgroup_kn) as *const u8;
         if kn.is_null() {
             return 0;
         }
-        bpf_probe_read_kernel(kn.add(kn_id as usize).cast::<u64>()).unwrap_or(0)
+        load(kn, offsets.kn_id)
     }
-}
-
-/// The closing socket's counters; `None` when a read fails (the polled ones
-/// then stand). Also sets `cgroup_id` to the socket's cgroup and `fins` to
-/// the FINs it sent and received (as tcp_flags, out and in).
-fn final_counters(
-    socket: &impl ClosingSocket,
-    old: u8,
-    cgroup_id: &mut u64,
-    fins: &mut (u8, u8),
-) -> Option<SocketCounters> {
-    let offsets = socket.offsets();
-    let segs_out = socket.block_u32(offsets.segs_out)?;
-    let segs_in = socket.block_u32(offsets.segs_in)?;
-    let bytes_acked = socket.block_u64(offsets.bytes_acked)?;
-    let bytes_received = socket.block_u64(offsets.bytes_received)?;
-    // Our FIN counts in bytes_acked once acknowledged: it was sent when the
-    // socket left ESTABLISHED or CLOSE_WAIT by closing, and it was
-    // acknowledged when nothing written is unacknowledged.
-    let fin_sent =
-        matches!(old, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK);
-    let fin_acked = fin_sent && socket.block_u32(offsets.snd_una)? == socket.block_u32(offsets.write_seq)?;
-    let fin_received = socket.sk_flags()? & SOCK_DONE != 0;
-    *fins = (if fin_sent { tcp_flags::FIN } else { 0 }, if fin_received { tcp_flags::FIN } else { 0 });
-    *cgroup_id = socket.cgroup_id();
-    Some(SocketCounters {
-        packets_out: u64::from(segs_out),
-        bytes_out: bytes_acked.saturating_sub(u64::from(fin_acked)),
-        packets_in: u64::from(segs_in),
-        bytes_in: bytes_received.saturating_sub(u64::from(fin_received)),
-    })
 }
 
 fn emit(

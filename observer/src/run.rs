@@ -39,8 +39,8 @@ pub struct RunArgs {
     /// A UDP, SCTP or ICMP flow idle this long has ended.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// A TCP flow counted per packet (`--tcp-per-packet`, or no kernel BTF) idle this long with no close seen is
-    /// expired; connections counted from their socket end with their close.
+    /// A TCP flow counted per packet (`--tcp-per-packet`, no kernel BTF, or before Linux 5.9) idle this long with no
+    /// close seen is expired; connections counted from their socket end with their close.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub tcp_idle_timeout: Duration,
     /// Capacity of the kernel flow map (entries; about 200 bytes each).
@@ -53,8 +53,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub include_loopback: bool,
     /// Count TCP packet by packet instead of from each socket's own counters,
-    /// and take TCP state changes from the tracepoint instead of the raw
-    /// tracepoint (what happens anyway when the kernel has no BTF).
+    /// and take TCP state changes from the tracepoint instead of the BTF
+    /// tracepoint (what happens anyway without kernel BTF or before Linux 5.9).
     #[arg(long)]
     pub tcp_per_packet: bool,
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.

@@ -203,11 +203,6 @@ impl Btf {
             .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
     }
 
-    /// The size in bytes of struct `structure`.
-    pub fn struct_size(&self, structure: &str) -> Result<u32, BtfError> {
-        Ok(self.structure(structure)?.size_or_type)
-    }
-
     /// The member at `path` (each step a member name) of struct `structure`.
     pub fn field(&self, structure: &str, path: &[&str]) -> Result<Field, BtfError> {
         let missing = || BtfError::NoMember { structure: structure.to_owned(), member: path.join(".") };
@@ -326,7 +321,6 @@ mod tests {
         assert_eq!(btf.field("tcp_sock", &["bytes_acked"]), Ok(Field { offset: 1824, size: 8 }));
         assert_eq!(btf.field("sock", &["__sk_common", "skc_flags"]), Ok(Field { offset: 8, size: 8 }));
         assert_eq!(btf.field("sock", &["sk_shutdown"]), Ok(Field { offset: 32, size: 4 }));
-        assert_eq!(btf.struct_size("tcp_sock"), Ok(2304));
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //! links owned by this process so that nothing stays attached when it exits,
 //! crashes included. A failure names the kernel feature or privilege that is
 //! missing. The offsets of `struct tcp_sock`'s counters and of a socket's
-//! tuple come from the running kernel's BTF; without the first TCP is
-//! counted per packet, without the second (or before Linux 5.9) state
-//! changes come from the tracepoint (which needs tracefs), each logged, not
-//! fatal.
+//! tuple come from the running kernel's BTF; without the second (or before
+//! Linux 5.9) state changes come from the tracepoint (which needs tracefs),
+//! and without the first, or without the BTF tracepoint (the only program
+//! that reads a closing socket's final counters), TCP is counted per packet,
+//! each logged, not fatal.
 
 use std::{
     fs, io,
@@ -20,7 +21,7 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, TracePoint},
 };
-use observer_common::{SockOffsets, TCP_SOCK_BLOCK, TcpSockOffsets, names};
+use observer_common::{SockOffsets, TcpSockOffsets, names};
 
 use super::btf::{Btf, BtfError};
 use crate::error_chain;
@@ -35,8 +36,7 @@ const TRACEPOINT_CATEGORY: &str = "sock";
 const TRACEPOINT_NAME: &str = "inet_sock_set_state";
 /// Fields of `sock/inet_sock_set_state` the kernel program reads, with the
 /// offsets it was compiled for.
-const TRACEPOINT_FIELDS: [(&str, usize); 11] = [
-    ("skaddr", 8),
+const TRACEPOINT_FIELDS: [(&str, usize); 10] = [
     ("oldstate", 16),
     ("newstate", 20),
     ("sport", 24),
@@ -77,6 +77,9 @@ pub enum TcpCounting {
     PerPacketAsked,
     /// Per packet, because the kernel's BTF did not give the offsets.
     PerPacketNoBtf(String),
+    /// Per packet, because the BTF tracepoint, the only program that reads a
+    /// closing socket's final counters, could not be loaded or attached.
+    PerPacketNoBtfTracepoint(String),
 }
 
 /// Why the programs could not be loaded or attached.
@@ -169,8 +172,6 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
         return Err(LoadError::NotCgroup2 { path: options.cgroup_root.clone() });
     }
     raise_memlock_limit();
-    let skip_loopback = u8::from(options.skip_loopback);
-    let wakeup_threshold = u64::from(options.ring_buffer_bytes / 4);
     // `--tcp-per-packet` runs everything a kernel without BTF runs: TCP
     // counted per packet, state changes from the tracepoint.
     let btf = (!options.tcp_per_packet).then(|| {
@@ -178,27 +179,79 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
             .map_err(|error| format!("reading {VMLINUX_BTF}: {error}"))
             .and_then(|data| Btf::parse(&data).map_err(|error| error.to_string()))
     });
-    let (tcp_sock, counting) = match &btf {
-        None => (TcpSockOffsets::default(), TcpCounting::PerPacketAsked),
-        Some(Err(reason)) => (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(reason.clone())),
-        Some(Ok(btf)) => match tcp_sock_offsets(btf) {
-            Ok(offsets) => (offsets, TcpCounting::Socket),
-            Err(error) => (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(error.to_string())),
+    let (tcp_sock, mut counting, sock) = match &btf {
+        None => (TcpSockOffsets::default(), TcpCounting::PerPacketAsked, None),
+        Some(Err(reason)) => (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(reason.clone()), None),
+        Some(Ok(btf)) => {
+            let sock =
+                sock_offsets(btf).inspect_err(|error| tracing::info!("TCP state changes from the tracepoint: {error}"));
+            // Counted from sockets, TCP needs the BTF tracepoint (see below),
+            // which needs the tuple's offsets.
+            match (tcp_sock_offsets(btf), sock) {
+                (Ok(offsets), Ok(sock)) => (offsets, TcpCounting::Socket, Some(sock)),
+                (Ok(_), Err(error)) => {
+                    (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtfTracepoint(error.to_string()), None)
+                }
+                (Err(error), sock) => {
+                    (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(error.to_string()), sock.ok())
+                }
+            }
+        }
+    };
+    let mut ebpf = load_object(options, &tcp_sock, &sock.unwrap_or_default())?;
+    // The BTF tracepoint also needs bpf_skc_to_tcp_sock (Linux 5.9+).
+    let btf_attached = match sock {
+        None => false,
+        Some(_) => match attach_btf_tracepoint(&mut ebpf) {
+            Ok(()) => true,
+            Err(error) => {
+                let reason = error_chain(&error);
+                tracing::info!("TCP state changes from the tracepoint: {reason}");
+                if counting == TcpCounting::Socket {
+                    // Counted from sockets, a connection's packets after the
+                    // handshake leave the flow map alone and only its close
+                    // brings the final counters, which the tracepoint does
+                    // not read: start again as `--tcp-per-packet` does. The
+                    // first object goes (its links detached) before the
+                    // second loads, so the memory of two flow maps and rings
+                    // is never charged at once.
+                    drop(ebpf);
+                    ebpf = load_object(options, &TcpSockOffsets::default(), &SockOffsets::default())?;
+                    counting = TcpCounting::PerPacketNoBtfTracepoint(reason);
+                }
+                false
+            }
         },
     };
-    let sock = match &btf {
-        Some(Ok(btf)) => {
-            sock_offsets(btf).inspect_err(|error| tracing::info!("TCP state changes from the tracepoint: {error}")).ok()
-        }
-        _ => None,
+    if !btf_attached {
+        ensure_tracefs()?;
+        check_tracepoint_layout()?;
+        attach_tracepoint(&mut ebpf)?;
+    }
+    drop(btf);
+    // Reading the kernel BTF (ours for the offsets, aya's for relocations
+    // and the BTF tracepoint) took tens of MB of heap, all free again: give
+    // the pages back instead of holding them for the daemon's lifetime
+    // (glibc's allocator; others keep their own policy).
+    // SAFETY: malloc_trim has no preconditions.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
     };
+    Ok((ebpf, counting))
+}
+
+/// Loads the object with these offsets and attaches the cgroup_skb programs.
+fn load_object(options: &LoadOptions, tcp_sock: &TcpSockOffsets, sock: &SockOffsets) -> Result<Ebpf, LoadError> {
+    let skip_loopback = u8::from(options.skip_loopback);
+    let wakeup_threshold = u64::from(options.ring_buffer_bytes / 4);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::FLOWS, options.flow_map_size)
         .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
         .override_global(names::SKIP_LOOPBACK, &skip_loopback, true)
         .override_global(names::WAKEUP_THRESHOLD, &wakeup_threshold, true)
-        .override_global(names::TCP_SOCK, &tcp_sock, true)
-        .override_global(names::SOCK, &sock.unwrap_or_default(), true)
+        .override_global(names::TCP_SOCK, tcp_sock, true)
+        .override_global(names::SOCK, sock, true)
         .override_global(aya_log::LEVEL, &options.kernel_log_level, false)
         .load(OBJECT)
         .map_err(|error| {
@@ -226,27 +279,7 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
             "cgroup v2 BPF attachment",
         ))?;
     }
-    // The BTF tracepoint also needs bpf_skc_to_tcp_sock (Linux 5.9+).
-    let btf_attached = sock.is_some()
-        && attach_btf_tracepoint(&mut ebpf)
-            .inspect_err(|error| tracing::info!("TCP state changes from the tracepoint: {}", error_chain(error)))
-            .is_ok();
-    if !btf_attached {
-        ensure_tracefs()?;
-        check_tracepoint_layout()?;
-        attach_tracepoint(&mut ebpf)?;
-    }
-    drop(btf);
-    // Reading the kernel BTF (ours for the offsets, aya's for relocations
-    // and the BTF tracepoint) took tens of MB of heap, all free again: give
-    // the pages back instead of holding them for the daemon's lifetime
-    // (glibc's allocator; others keep their own policy).
-    // SAFETY: malloc_trim has no preconditions.
-    #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::malloc_trim(0)
-    };
-    Ok((ebpf, counting))
+    Ok(ebpf)
 }
 
 /// Attaches the BTF tracepoint program (the tuple loaded from the socket).
@@ -301,30 +334,9 @@ fn sized_field(btf: &Btf, structure: &str, path: &[&str], size: u32) -> Result<u
 }
 
 /// The offsets of the `tcp_sock` and `sock` members the kernel programs
-/// read, each checked for the size they read it with; the `tcp_sock` ones
-/// relative to a block of [`TCP_SOCK_BLOCK`] bytes inside the struct that
-/// holds them all.
+/// read, each checked for the size they read it with.
 pub fn tcp_sock_offsets(btf: &Btf) -> Result<TcpSockOffsets, BtfError> {
     let field = |structure: &str, path: &[&str], size: u32| sized_field(btf, structure, path, size);
-    let counters = [
-        field("tcp_sock", &["segs_out"], 4)?,
-        field("tcp_sock", &["segs_in"], 4)?,
-        field("tcp_sock", &["bytes_acked"], 8)?,
-        field("tcp_sock", &["bytes_received"], 8)?,
-        field("tcp_sock", &["snd_una"], 4)?,
-        field("tcp_sock", &["write_seq"], 4)?,
-    ];
-    let block_len = TCP_SOCK_BLOCK as u32;
-    let first = counters.iter().copied().min().unwrap_or(0);
-    // The block stays inside the struct; every counter must fit in it.
-    let block = first.min(btf.struct_size("tcp_sock")?.saturating_sub(block_len));
-    if counters.iter().any(|offset| offset - block + 8 > block_len) {
-        return Err(BtfError::NoMember {
-            structure: "tcp_sock".to_owned(),
-            member: format!("counters within {block_len} bytes of each other"),
-        });
-    }
-    let [segs_out, segs_in, bytes_acked, bytes_received, snd_una, write_seq] = counters.map(|offset| offset - block);
     // The socket's cgroup, for closes: optional (before Linux 5.15
     // `sock_cgroup_data` held the pointer in a tagged union); without it
     // FINs keep the full path, which finds connections older than the
@@ -339,13 +351,12 @@ pub fn tcp_sock_offsets(btf: &Btf) -> Result<TcpSockOffsets, BtfError> {
     let [sk_cgroup, cgroup_kn, kn_id] = cgroup().unwrap_or_default();
     Ok(TcpSockOffsets {
         enabled: 1,
-        block,
-        segs_out,
-        segs_in,
-        bytes_acked,
-        bytes_received,
-        snd_una,
-        write_seq,
+        segs_out: field("tcp_sock", &["segs_out"], 4)?,
+        segs_in: field("tcp_sock", &["segs_in"], 4)?,
+        bytes_acked: field("tcp_sock", &["bytes_acked"], 8)?,
+        bytes_received: field("tcp_sock", &["bytes_received"], 8)?,
+        snd_una: field("tcp_sock", &["snd_una"], 4)?,
+        write_seq: field("tcp_sock", &["write_seq"], 4)?,
         sk_flags: field("sock", &["__sk_common", "skc_flags"], 8)?,
         sk_cgroup,
         cgroup_kn,
@@ -437,22 +448,35 @@ mod tests {
         Some(Btf::parse(&data).expect("the running kernel's BTF parses"))
     }
 
+    /// No two of the `(offset, size)` fields overlap.
+    fn apart(fields: &[(u32, u32)]) -> bool {
+        fields
+            .iter()
+            .enumerate()
+            .all(|(i, (a, a_size))| fields[i + 1..].iter().all(|(b, b_size)| a + a_size <= *b || b + b_size <= *a))
+    }
+
     #[test]
-    fn the_running_kernels_counters_fit_one_block() {
+    fn the_running_kernels_counters_are_found_apart_in_tcp_sock() {
         let Some(btf) = running_kernel() else { return };
         let offsets = tcp_sock_offsets(&btf).expect("this kernel has the counters");
         assert_eq!(offsets.enabled, 1);
-        let block = TCP_SOCK_BLOCK as u32;
-        for (offset, size) in [
+        let counters = [
             (offsets.segs_out, 4),
             (offsets.segs_in, 4),
             (offsets.bytes_acked, 8),
             (offsets.bytes_received, 8),
             (offsets.snd_una, 4),
             (offsets.write_seq, 4),
-        ] {
-            assert!(offset + size <= block, "{offsets:?}");
-        }
+        ];
+        assert!(apart(&counters), "{offsets:?}");
+        // The BTF tracepoint loads them from the start of the socket: they
+        // follow the `inet_connection_sock` a `tcp_sock` begins with, and
+        // `skc_flags` is inside that.
+        let inet_conn = btf.field("tcp_sock", &["inet_conn"]).expect("tcp_sock starts with its inet_connection_sock");
+        let end = inet_conn.offset + inet_conn.size;
+        assert!(counters.iter().all(|(offset, _)| *offset >= end), "{offsets:?}");
+        assert!(offsets.sk_flags + 8 <= end, "{offsets:?}");
         // Linux 5.15 and later: a close names its socket's cgroup.
         assert!(offsets.sk_cgroup != 0 && offsets.cgroup_kn != 0 && offsets.kn_id != 0, "{offsets:?}");
     }
@@ -470,12 +494,7 @@ mod tests {
             (offsets.v6_daddr, 16),
             (offsets.v6_rcv_saddr, 16),
         ];
-        // No two fields overlap.
-        for (i, (a, a_size)) in fields.iter().enumerate() {
-            for (b, b_size) in &fields[i + 1..] {
-                assert!(a + a_size <= *b || b + b_size <= *a, "{offsets:?}");
-            }
-        }
+        assert!(apart(&fields), "{offsets:?}");
         let sock = btf.field("inet_sock", &["sk"]).expect("inet_sock starts with its sock");
         assert!(offsets.sport >= sock.offset + sock.size, "inet_sport follows struct sock: {offsets:?}");
     }

@@ -223,6 +223,11 @@ impl Capture {
                 %reason,
                 "cannot count TCP from sockets: counting it per packet (every TCP packet updates the flow map)"
             ),
+            TcpCounting::PerPacketNoBtfTracepoint(reason) => tracing::warn!(
+                %reason,
+                "cannot count TCP from sockets without the BTF tracepoint, the only program that reads a closing \
+                 socket's counters: counting it per packet (every TCP packet updates the flow map)"
+            ),
         }
         tracing::info!(
             cgroup_root = %config.load.cgroup_root.display(),
