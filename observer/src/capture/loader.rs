@@ -206,8 +206,10 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
             Ok(()) => true,
             Err(error) => {
                 let reason = error_chain(&error);
-                tracing::info!("TCP state changes from the tracepoint: {reason}");
-                if counting == TcpCounting::Socket {
+                if counting != TcpCounting::Socket {
+                    tracing::info!("TCP state changes from the tracepoint: {reason}");
+                } else {
+                    // (The capture stage warns of this, with the reason.)
                     // Counted from sockets, a connection's packets after the
                     // handshake leave the flow map alone and only its close
                     // brings the final counters, which the tracepoint does
