@@ -337,6 +337,7 @@ pub fn rfc3339(time: SystemTime) -> String {
 /// A time formatted as RFC 3339 in UTC with milliseconds
 /// (`2026-11-23T04:17:29.793Z`, years up to 9999), on the stack: a record
 /// has three of them.
+#[derive(Clone, Copy)]
 pub(crate) struct Rfc3339([u8; 24]);
 
 impl Rfc3339 {

@@ -182,21 +182,22 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
     let (tcp_sock, mut counting, sock) = match &btf {
         None => (TcpSockOffsets::default(), TcpCounting::PerPacketAsked, None),
         Some(Err(reason)) => (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(reason.clone()), None),
-        Some(Ok(btf)) => {
-            let sock =
-                sock_offsets(btf).inspect_err(|error| tracing::info!("TCP state changes from the tracepoint: {error}"));
-            // Counted from sockets, TCP needs the BTF tracepoint (see below),
-            // which needs the tuple's offsets.
-            match (tcp_sock_offsets(btf), sock) {
-                (Ok(offsets), Ok(sock)) => (offsets, TcpCounting::Socket, Some(sock)),
-                (Ok(_), Err(error)) => {
-                    (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtfTracepoint(error.to_string()), None)
-                }
-                (Err(error), sock) => {
-                    (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(error.to_string()), sock.ok())
-                }
+        // Counted from sockets, TCP needs the BTF tracepoint (see below),
+        // which needs the tuple's offsets. A reason TCP is counted per
+        // packet is told by the capture stage's warning; this one only when
+        // it is not that reason.
+        Some(Ok(btf)) => match (tcp_sock_offsets(btf), sock_offsets(btf)) {
+            (Ok(offsets), Ok(sock)) => (offsets, TcpCounting::Socket, Some(sock)),
+            (Ok(_), Err(error)) => {
+                (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtfTracepoint(error.to_string()), None)
             }
-        }
+            (Err(error), sock) => {
+                if let Err(error) = &sock {
+                    tracing::info!("TCP state changes from the tracepoint: {error}");
+                }
+                (TcpSockOffsets::default(), TcpCounting::PerPacketNoBtf(error.to_string()), sock.ok())
+            }
+        },
     };
     let mut ebpf = load_object(options, &tcp_sock, &sock.unwrap_or_default())?;
     // The BTF tracepoint also needs bpf_skc_to_tcp_sock (Linux 5.9+).

@@ -13,7 +13,7 @@
 //! Each record type is taken apart field by field without `..`, so a field
 //! added to one does not compile until it is written here too.
 
-use std::{io::Write as _, net::IpAddr};
+use std::{io::Write as _, net::IpAddr, time::SystemTime};
 
 use crate::flow::{Cgroup, FLAG_NAMES, FlagSet, FlowRecord, Icmp, Peer, PeerDns, Rfc3339, TcpFlags, Traffic};
 
@@ -21,9 +21,15 @@ use crate::flow::{Cgroup, FLAG_NAMES, FlagSet, FlowRecord, Icmp, Peer, PeerDns, 
 /// fails to encode (which plain data cannot) is left out whole.
 pub fn lines(records: &[FlowRecord], out: &mut Vec<u8>) -> u64 {
     let mut written = 0;
+    // The records of a batch are written at one time: format it once.
+    let mut written_at: Option<(SystemTime, Rfc3339)> = None;
     for record in records {
         let start = out.len();
-        if encode(record, out).is_ok() {
+        let time = match written_at {
+            Some((at, text)) if at == record.time => text,
+            _ => written_at.insert((record.time, Rfc3339::of(record.time))).1,
+        };
+        if encode(record, &time, out).is_ok() {
             out.push(b'\n');
             written += 1;
         } else {
@@ -33,11 +39,11 @@ pub fn lines(records: &[FlowRecord], out: &mut Vec<u8>) -> u64 {
     written
 }
 
-/// Appends `record`'s JSON (no newline) to `out`; on an error `out` may hold
-/// part of it.
-pub fn encode(record: &FlowRecord, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+/// Appends `record`'s JSON (no newline) to `out`, its `time` formatted as
+/// `time`; on an error `out` may hold part of it.
+fn encode(record: &FlowRecord, time: &Rfc3339, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
     let FlowRecord {
-        time,
+        time: _,
         event,
         node,
         protocol,
@@ -58,7 +64,7 @@ pub fn encode(record: &FlowRecord, out: &mut Vec<u8>) -> Result<(), serde_json::
         progress: _,
     } = record;
     out.extend_from_slice(b"{\"time\":");
-    string(out, Rfc3339::of(*time).as_str());
+    string(out, time.as_str());
     out.extend_from_slice(b",\"event\":");
     string(out, event.as_str());
     out.extend_from_slice(b",\"node\":");
@@ -328,6 +334,7 @@ mod tests {
             for event in [RecordEvent::Start, RecordEvent::Update, RecordEvent::End] {
                 records.push(FlowRecord { event, ..base.clone() });
             }
+            records.push(FlowRecord { time: base.time + Duration::from_millis(1), ..base.clone() });
             for state in [
                 FlowState::Attempted,
                 FlowState::Established,
@@ -371,12 +378,20 @@ mod tests {
 
     #[test]
     fn lines_are_the_bytes_serde_json_makes() {
-        for record in variants() {
+        let records = variants();
+        let mut all = Vec::new();
+        for record in &records {
             let mut line = Vec::new();
-            assert_eq!(lines(std::slice::from_ref(&record), &mut line), 1);
-            let mut expected = serde_json::to_vec(&record).expect("serializes");
+            assert_eq!(lines(std::slice::from_ref(record), &mut line), 1);
+            let mut expected = serde_json::to_vec(record).expect("serializes");
             expected.push(b'\n');
             assert_eq!(String::from_utf8_lossy(&line), String::from_utf8_lossy(&expected));
+            all.extend_from_slice(&expected);
         }
+        // In one batch, where the write time is formatted once per run of
+        // records that share it.
+        let mut batch = Vec::new();
+        assert_eq!(lines(&records, &mut batch), records.len() as u64);
+        assert_eq!(String::from_utf8_lossy(&batch), String::from_utf8_lossy(&all));
     }
 }
