@@ -21,6 +21,7 @@ mod lab;
 pub mod manifests;
 mod observer;
 mod prometheus;
+pub mod seccomp;
 mod state;
 mod traffic;
 

@@ -103,6 +103,12 @@ impl ObserverProcess {
     /// say otherwise, the HTTP endpoints listen on a free loopback port
     /// ([`ObserverProcess::metrics_addr`]), so runs never collide.
     pub fn start(args: &[&str]) -> Result<Self, ObserverError> {
+        Self::start_with(args, |_| {})
+    }
+
+    /// Like [`ObserverProcess::start`], `prepare` changing the command
+    /// first (see [`crate::seccomp`]).
+    pub fn start_with(args: &[&str], prepare: impl FnOnce(&mut Command)) -> Result<Self, ObserverError> {
         let binary = observer_binary()?;
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -114,7 +120,9 @@ impl ObserverProcess {
             path: log_path.clone(),
             source,
         })?;
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        prepare(&mut command);
+        let child = command
             .args(["--log-format", "json", "run", "--flow-log"])
             .arg(dir.join("flows.jsonl"))
             .args(args)

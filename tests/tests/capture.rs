@@ -10,7 +10,7 @@ use std::{
 
 use observer_tests::{
     BurstOpts, Endpoint, Lab, ObserverProcess, ObserverRun, Pod, TcpClientOpts, TcpClientReport, TcpServerOpts,
-    UdpClientOpts, UdpServerOpts, root_or_skip,
+    UdpClientOpts, UdpServerOpts, root_or_skip, seccomp,
 };
 use serde_json::Value;
 
@@ -105,18 +105,18 @@ fn assert_handshake_and_fins(record: &Value) {
 
 /// `client`'s connections to `target` as `opts` makes them, answered with
 /// `opts.expect` bytes by a server on `server` listening on `listen`, while
-/// an observer with `extra` watches: every connection completed, both ends
-/// of each reported once, nothing lost.
+/// the observer `start` starts watches: every connection completed, both
+/// ends of each reported once, nothing lost.
 fn watched_connections(
     (client, server): (&Pod, &Pod),
     listen: SocketAddr,
     target: SocketAddr,
     opts: &TcpClientOpts,
-    extra: &[&str],
+    start: impl FnOnce() -> ObserverProcess,
 ) -> (ObserverRun, TcpClientReport) {
     let _listener =
         server.tcp_server(listen, &TcpServerOpts { reply: opts.expect, ..Default::default() }).expect("server");
-    let observer = observe(extra);
+    let observer = start();
     let report = client.tcp_client(target, opts).expect("client");
     assert_eq!(report.complete, opts.count, "{report:?}");
     let run = finish(observer, |records| {
@@ -133,7 +133,7 @@ fn tcp_connections_are_reported_once_each_with_their_bytes() {
     if !root_or_skip("tcp_connections_are_reported_once_each_with_their_bytes") {
         return;
     }
-    tcp_connections_with_exact_payload(&[]);
+    tcp_connections_with_exact_payload(|| observe(&[]), true);
 }
 
 #[test]
@@ -141,19 +141,48 @@ fn tcp_counted_per_packet_has_the_same_payload_bytes() {
     if !root_or_skip("tcp_counted_per_packet_has_the_same_payload_bytes") {
         return;
     }
-    tcp_connections_with_exact_payload(&["--tcp-per-packet"]);
+    tcp_connections_with_exact_payload(|| observe(&["--tcp-per-packet"]), false);
+}
+
+/// Socket counting needs the BTF tracepoint, the only program that reads a
+/// closing socket's counters. A kernel that will not attach it (here: a
+/// seccomp filter refusing the one `bpf` command that attaches it) gets the
+/// object loaded again, counting TCP per packet: the same exact bytes, and
+/// a warning that says why.
+#[test]
+fn tcp_is_counted_per_packet_when_the_btf_tracepoint_cannot_attach() {
+    if !root_or_skip("tcp_is_counted_per_packet_when_the_btf_tracepoint_cannot_attach") {
+        return;
+    }
+    let start = || {
+        let args: Vec<&str> = FAST.to_vec();
+        ObserverProcess::start_with(&args, |command| {
+            seccomp::deny_bpf_command(command, seccomp::BPF_RAW_TRACEPOINT_OPEN)
+        })
+        .expect("observer starts without the BTF tracepoint")
+    };
+    let run = tcp_connections_with_exact_payload(start, false);
+    let warning = run
+        .log
+        .lines()
+        .find(|line| line.contains("cannot count TCP from sockets without the BTF tracepoint"))
+        .unwrap_or_else(|| panic!("no warning of the fallback in:\n{}", run.log));
+    assert!(
+        warning.contains("attaching tcp_state_btf failed") && warning.contains("bpf_raw_tracepoint_open"),
+        "the warning names the attach that failed: {warning}"
+    );
 }
 
 /// Five connections, 1000 bytes up and 5000 down each: exact payload bytes
-/// from both ends, counted from sockets (`extra` empty) or per packet.
-fn tcp_connections_with_exact_payload(extra: &[&str]) {
-    let socket_counted = extra.is_empty();
+/// from both ends, counted from sockets or per packet as `socket_counted`
+/// says the observer `start` starts does.
+fn tcp_connections_with_exact_payload(start: impl FnOnce() -> ObserverProcess, socket_counted: bool) -> ObserverRun {
     let lab = lab(2);
     let (client, server) = (lab.pod(0), lab.pod(1));
     let target = server.addr_v4(8080);
     const K: u64 = 5;
     let opts = TcpClientOpts { count: K, send: 1000, expect: 5000, ..Default::default() };
-    let (run, report) = watched_connections((client, server), target, target, &opts, extra);
+    let (run, report) = watched_connections((client, server), target, target, &opts, start);
     assert_eq!(run.health["tcp_socket_counters"], u64::from(socket_counted), "{}", run.health);
     // Every state change found its flow (connect's SYN_SENT, before the
     // source port is picked, is not sent at all).
@@ -188,6 +217,7 @@ fn tcp_connections_with_exact_payload(extra: &[&str]) {
         // several segments nowhere, so only the bytes must agree.
         assert_ends_agree(&client_side, &server_side);
     }
+    run
 }
 
 #[test]
@@ -305,7 +335,7 @@ fn ipv6_tcp_is_captured() {
     let (client, server) = (lab.pod(0), lab.pod(1));
     let target = server.addr_v6(8080).expect("pods have IPv6");
     let opts = TcpClientOpts { count: 2, send: 700, expect: 3000, ..Default::default() };
-    let (run, _) = watched_connections((client, server), target, target, &opts, &[]);
+    let (run, _) = watched_connections((client, server), target, target, &opts, || observe(&[]));
     let flows = ends(&run.records, client.cgroup_id(), target);
     assert_eq!(flows.len(), 2, "{flows:#?}");
     for flow in &flows {
@@ -332,7 +362,7 @@ fn a_dual_stack_server_sees_ipv4_clients_as_ipv4() {
     let any = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 8080);
     const K: u64 = 3;
     let opts = TcpClientOpts { count: K, send: 600, expect: 2000, ..Default::default() };
-    let (run, _) = watched_connections((client, server), any, target, &opts, &[]);
+    let (run, _) = watched_connections((client, server), any, target, &opts, || observe(&[]));
     assert_eq!(run.health["states_unmatched"], 0, "{}", run.health);
     let server_flows: Vec<&Value> = run
         .records
