@@ -8,17 +8,15 @@
 //! `resolved: false`: a direct-IP connection), on a bounded channel; a full
 //! channel drops the batch and counts it.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
 };
 
 use tokio::sync::mpsc;
 
 use crate::{
+    FastMap,
     dns::{DnsView, Owner},
     flow::{FlowRecord, LocalEnd, PeerDns},
     inventory::{CgroupEnd, EndpointKind, Resolver, Snapshot},
@@ -78,7 +76,7 @@ const MAX_CGROUPS: usize = 65_536;
 #[derive(Debug, Default)]
 pub struct Enricher {
     generation: Option<u64>,
-    cgroups: HashMap<u64, CgroupEnd, foldhash::fast::RandomState>,
+    cgroups: FastMap<u64, CgroupEnd>,
 }
 
 impl Enricher {

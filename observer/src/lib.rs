@@ -24,6 +24,12 @@ pub mod policy;
 pub mod rendered;
 pub mod run;
 
+/// The hash map of the per-flow lookups (flow tuples, IPs, uids, cgroup ids,
+/// the meter's handles): foldhash hashes such a key in a fraction of
+/// SipHash's time, and its per-process random seed keeps a peer that picks
+/// its addresses and ports from predicting which keys collide.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The error and its causes on one line, for logs: top-level messages alone
 /// ("failed to start watching", "BPF_MAP_LOOKUP_BATCH failed") do not say why.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -9,10 +9,9 @@
 //! caller that comes back to the same entry often keeps its [`Handle`] and
 //! finds it again without hashing the key.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    hash::Hash,
-};
+use std::{collections::VecDeque, hash::Hash};
+
+use crate::FastMap;
 
 /// One entry: its key (to unindex it on eviction), value and latest use.
 #[derive(Clone, Debug)]
@@ -45,7 +44,7 @@ pub(crate) struct Found<'a, K, V> {
 pub(crate) struct Lru<K, V> {
     // Keys are edges, findings and pods named by the cluster's own objects,
     // looked up for every flow: foldhash, not SipHash.
-    index: HashMap<K, usize, foldhash::fast::RandomState>,
+    index: FastMap<K, usize>,
     slots: Vec<Option<Slot<K, V>>>,
     free: Vec<usize>,
     order: VecDeque<(usize, u64)>,
@@ -57,7 +56,7 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
     /// An empty map holding at most `cap` entries (at least one).
     pub(crate) fn new(cap: usize) -> Self {
         Self {
-            index: HashMap::default(),
+            index: FastMap::default(),
             slots: Vec::new(),
             free: Vec::new(),
             order: VecDeque::new(),

@@ -14,17 +14,15 @@
 //! reused tuple, flows sharing a tuple, TCP states waiting for their flow)
 //! lives in side maps.
 
-use std::collections::HashMap;
-
 use observer_common::{
     COUNTED_SOCKET, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE,
     PROTO_TCP, tcp_flags, tcp_state,
 };
 
-use crate::flow::{FlowState, RecordEvent};
-
-/// The maps of the table: keys are the kernel's own, not chosen by a peer.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use crate::{
+    FastMap,
+    flow::{FlowState, RecordEvent},
+};
 
 /// Timing of the table, in nanoseconds.
 #[derive(Clone, Copy, Debug)]

@@ -14,11 +14,13 @@
 //! records even after the TTL is long gone.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::IpAddr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
+
+use crate::FastMap;
 
 /// Names kept per (owner, address).
 pub const MAX_NAMES: usize = 4;
@@ -78,7 +80,7 @@ pub struct CacheStats {
 /// The cache. Not synchronized: the DNS tracker and enrich share it behind a mutex.
 #[derive(Debug)]
 pub struct NameCache {
-    entries: HashMap<(Owner, IpAddr), Entry, foldhash::fast::RandomState>,
+    entries: FastMap<(Owner, IpAddr), Entry>,
     lru: BTreeMap<u64, (Owner, IpAddr)>,
     next_tick: u64,
     capacity: usize,
@@ -90,7 +92,7 @@ impl NameCache {
     /// A cache of at most `capacity` entries (at least 1) with `grace` past each TTL.
     pub fn new(capacity: usize, grace: Duration) -> Self {
         Self {
-            entries: HashMap::default(),
+            entries: FastMap::default(),
             lru: BTreeMap::new(),
             next_tick: 0,
             capacity: capacity.max(1),

@@ -22,7 +22,7 @@ pub mod pattern;
 mod record;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::IpAddr,
     sync::{
         Arc, Mutex, PoisonError,
@@ -40,7 +40,10 @@ pub use message::{DnsMessage, ParseError, Transport};
 pub use pattern::{FqdnPattern, FqdnRules, FqdnVerdict, PatternError};
 pub use record::{DnsLogEntry, DnsLogEvent, LoggedAnswer};
 
-use crate::flow::{Cgroup, Protocol, key_addrs};
+use crate::{
+    FastMap,
+    flow::{Cgroup, Protocol, key_addrs},
+};
 
 /// Settings of the DNS path.
 #[derive(Clone, Debug)]
@@ -282,7 +285,7 @@ pub struct DnsTracker {
     view: DnsView,
     config: DnsConfig,
     node: Arc<str>,
-    pending: HashMap<PendingKey, Pending, foldhash::fast::RandomState>,
+    pending: FastMap<PendingKey, Pending>,
     order: VecDeque<(SystemTime, u64, PendingKey)>,
     next_seq: u64,
     log: Option<mpsc::Sender<DnsLogEntry>>,
@@ -291,7 +294,7 @@ pub struct DnsTracker {
 impl DnsTracker {
     /// A tracker feeding `view`, and the DNS log when `log` is given.
     pub fn new(view: DnsView, config: DnsConfig, node: Arc<str>, log: Option<mpsc::Sender<DnsLogEntry>>) -> Self {
-        Self { view, config, node, pending: HashMap::default(), order: VecDeque::new(), next_seq: 0, log }
+        Self { view, config, node, pending: FastMap::default(), order: VecDeque::new(), next_seq: 0, log }
     }
 
     /// The view this tracker feeds.

@@ -21,11 +21,7 @@ use super::{
     endpoint::Endpoint,
     model::{Namespace, Node, Pod, Service},
 };
-
-/// The hash map of the per-flow lookups: foldhash hashes an IP or a uid in a
-/// fraction of SipHash's time, and its per-process seed still spreads keys
-/// an outsider cannot choose freely (uids are the API server's, IPs the CNI's).
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use crate::FastMap;
 
 /// One pod's hold on one IP, from when it was seen with it until it was seen
 /// without it (deleted, finished, or given another IP).

@@ -21,9 +21,10 @@ use super::{
     endpoint::Endpoint,
     manifests::Workload,
     model::{Namespace, Node, Pod, Service},
-    snapshot::{FastMap, Holding, Holdings, PodRecord, Snapshot},
+    snapshot::{Holding, Holdings, PodRecord, Snapshot},
     workload::Workloads,
 };
+use crate::FastMap;
 
 /// The kinds of object a source lists and watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

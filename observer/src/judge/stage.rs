@@ -26,6 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{Delivery, FlowVerdict, Judge, JudgeInput, VerdictKind, delivery::Proof};
 use crate::{
+    FastMap,
     anomaly::{EdgeHandle, EdgeKey, Spike, SpikeDetector},
     capture::CaptureHealth,
     config::ObserverConfig,
@@ -100,7 +101,7 @@ pub struct JudgeStage {
     coverage: CoverageTracker,
     lost_seen: u64,
     /// Verdicts and findings of pairs of ends, for the flows judged alike.
-    pairs: HashMap<PairKey, Pair, foldhash::fast::RandomState>,
+    pairs: FastMap<PairKey, Pair>,
     health: Arc<JudgeHealth>,
 }
 
@@ -131,7 +132,7 @@ impl JudgeStage {
             writer,
             coverage: CoverageTracker::new(flush, 1024),
             lost_seen: 0,
-            pairs: HashMap::default(),
+            pairs: FastMap::default(),
             health: Arc::new(JudgeHealth::default()),
             setup,
         };

@@ -14,7 +14,6 @@
 //! meter keeps only its edge's slot and the verdict last counted.
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -26,6 +25,7 @@ use super::{
     edge_cells::{EdgeCells, Stamp},
 };
 use crate::{
+    FastMap,
     dns::NameLabels,
     flow::{FlowRecord, FlowState, LocalEnd, Peer, Progress, RecordEvent, Traffic},
     inventory::{
@@ -43,9 +43,6 @@ pub const TIER_LABEL: &str = crate::intent::DEFAULT_TIER_LABEL;
 /// flows stay until those end): endpoints are rebuilt when the inventory
 /// changes, so old pairs would otherwise pile up.
 const MAX_INTERNED_EDGES: usize = 65_536;
-
-/// The maps of the meter: keys are the meter's own handles and pointers.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What one record adds to its edge.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
