@@ -66,6 +66,9 @@ pub struct ObserverRun {
     pub health: Value,
     /// Its stderr (JSON log lines).
     pub log: String,
+    /// Its `/metrics` just before it was told to stop (empty with
+    /// `--metrics-addr off`).
+    pub metrics: String,
 }
 
 /// A running `observer run`.
@@ -220,6 +223,11 @@ impl ObserverProcess {
     /// `on_line` instead of keeping parsed records (for runs of hundreds of
     /// thousands of flows); `records` of the result is empty.
     pub fn stop_streaming(mut self, mut on_line: impl FnMut(&str)) -> Result<ObserverRun, ObserverError> {
+        let metrics = self
+            .metrics_addr()
+            .and_then(|addr| crate::http_get(addr, "/metrics").ok())
+            .map(|(_, body)| body)
+            .unwrap_or_default();
         let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -253,7 +261,7 @@ impl ObserverProcess {
                 on_line(&line);
             }
         }
-        Ok(ObserverRun { records: Vec::new(), health, log })
+        Ok(ObserverRun { records: Vec::new(), health, log, metrics })
     }
 }
 

@@ -184,6 +184,8 @@ fn tcp_connections_with_exact_payload(start: impl FnOnce() -> ObserverProcess, s
     let opts = TcpClientOpts { count: K, send: 1000, expect: 5000, ..Default::default() };
     let (run, report) = watched_connections((client, server), target, target, &opts, start);
     assert_eq!(run.health["tcp_socket_counters"], u64::from(socket_counted), "{}", run.health);
+    let gauge = format!("flow_observer_tcp_socket_counters {}\n", u64::from(socket_counted));
+    assert!(run.metrics.contains(&gauge), "{gauge} missing in /metrics:\n{}", run.metrics);
     // Every state change found its flow (connect's SYN_SENT, before the
     // source port is picked, is not sent at all).
     assert_eq!(run.health["states_unmatched"], 0, "{}", run.health);

@@ -379,6 +379,19 @@ fn health_dashboard() -> Value {
                 ],
             ),
             panel(
+                "stat",
+                "Nodes counting TCP per packet",
+                "Observers that count TCP packet by packet (no kernel BTF, no BTF tracepoint, or --tcp-per-packet): \
+                 more CPU per packet; each one's log says why.",
+                [0, 5, 6, 3],
+                "short",
+                vec![series(
+                    "A",
+                    format!("count(flow_observer_tcp_socket_counters{{{job}}} == 0) or vector(0)"),
+                    "nodes",
+                )],
+            ),
+            panel(
                 "timeseries",
                 "Ring-buffer events lost and records dropped",
                 "Events the kernel could not queue, records the pipeline dropped: flows reported late or missing.",

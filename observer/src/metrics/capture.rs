@@ -96,6 +96,19 @@ impl Collector for CaptureCollector {
             "Flow records dropped because the next stage was not keeping up",
             get(&health.records_dropped),
         )?;
+        gauge(
+            e,
+            "tcp_socket_counters",
+            "1 when TCP is counted from each socket's own counters, 0 when per packet (asked for, or the kernel lacks \
+             BTF or refused the BTF tracepoint)",
+            get(&health.tcp_socket_counters),
+        )?;
+        gauge(
+            e,
+            "flow_map_batched",
+            "1 while the flow map is read and pruned with batch commands, 0 once the kernel refused them",
+            get(&health.flow_map_batched),
+        )?;
         counter(e, "capture_polls", "Completed reads of the kernel flow map", get(&health.polls))?;
         if let Some(age) = last_poll_age(health) {
             gauge(e, "capture_last_poll_age_seconds", "Seconds since the flow map was last read", age)?;
