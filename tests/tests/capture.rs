@@ -155,8 +155,7 @@ fn tcp_is_counted_per_packet_when_the_btf_tracepoint_cannot_attach() {
         return;
     }
     let start = || {
-        let args: Vec<&str> = FAST.to_vec();
-        ObserverProcess::start_with(&args, |command| {
+        ObserverProcess::start_with(&FAST, |command| {
             seccomp::deny_bpf_command(command, seccomp::BPF_RAW_TRACEPOINT_OPEN)
         })
         .expect("observer starts without the BTF tracepoint")

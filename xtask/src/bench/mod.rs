@@ -112,9 +112,14 @@ fn cpu_ms(pid: u32) -> anyhow::Result<u64> {
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
     let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(ticks_to_ms(ticks))
+}
+
+/// Clock ticks (the unit of /proc CPU times) in milliseconds.
+fn ticks_to_ms(ticks: u64) -> u64 {
     // SAFETY: sysconf has no preconditions.
     let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
-    Ok(ticks * 1000 / per_second)
+    ticks * 1000 / per_second
 }
 
 /// CPU ms the whole machine has spent busy since boot, all cores together:
@@ -126,9 +131,7 @@ fn machine_busy_ms() -> anyhow::Result<u64> {
     let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|field| field.parse().unwrap_or(0)).collect();
     // user nice system idle iowait irq softirq steal ...
     let busy = [0, 1, 2, 5, 6].iter().map(|&index| ticks.get(index).copied().unwrap_or(0)).sum::<u64>();
-    // SAFETY: sysconf has no preconditions.
-    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
-    Ok(busy * 1000 / per_second)
+    Ok(ticks_to_ms(busy))
 }
 
 /// Replaces the text between `<!-- bench:NAME:begin -->` and `<!-- bench:NAME:end -->`
