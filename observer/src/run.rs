@@ -224,7 +224,13 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                 inventory,
                 config: observer_config,
                 findings_log: args.findings_log.clone(),
-                node: if args.inventory.manifests.is_empty() { Some(node_name(&args)) } else { None },
+                // Manifests describe the whole cluster: only an explicit
+                // --node-name says which of their pods run here.
+                node: match (&args.inventory.node_name, args.inventory.manifests.is_empty()) {
+                    (Some(name), _) => Some(name.clone()),
+                    (None, true) => Some(node_name(&args)),
+                    (None, false) => None,
+                },
                 capture_health: capture.health(),
                 metrics: Some(metrics.clone()),
             };

@@ -57,6 +57,7 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
                     .as_str()
                     .expect("expr")
                     .replace("$__rate_interval", "15s")
+                    .replace("$__range", "10m")
                     .replace("$namespace", ".*");
                 queries.push((
                     dashboard["title"].as_str().unwrap_or_default().to_owned(),

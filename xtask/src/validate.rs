@@ -3,7 +3,9 @@
 //! 1. the generated files (dashboards, ConfigMaps, PrometheusRule) match
 //!    their sources;
 //! 2. `promtool test rules` on the alert rules' unit tests, and `promtool
-//!    check rules` on the PrometheusRule's embedded copy;
+//!    check rules` on the PrometheusRule's embedded copy; every alert has
+//!    a unit test where it fires and one where it stays quiet, and a
+//!    `runbook_url` to its section of `docs/runbooks.md`;
 //! 3. `kubectl kustomize deploy/` renders, and every built-in kind validates
 //!    against the Kubernetes 1.33 OpenAPI schemas with `kubernetes-validate
 //!    --strict` (unknown fields are errors);
@@ -41,6 +43,7 @@ pub fn run() -> anyhow::Result<()> {
     crate::deploy::check()?;
     step("promtool: alert rule unit tests");
     run_command(Command::new("promtool").arg("test").arg("rules").arg(deploy.join("prometheus/rules.test.yaml")))?;
+    check_alerts(&deploy, &root.join("docs/runbooks.md"))?;
     let rendered = render(&deploy)?;
     let work = root.join("target/tools/deploy-check");
     fs::create_dir_all(&work)?;
@@ -56,6 +59,56 @@ pub fn run() -> anyhow::Result<()> {
     check_objects(&objects, &work)?;
     step(&format!("deploy/: {} objects valid", objects.len()));
     Ok(())
+}
+
+/// Every alert of `prometheus/rules.yaml` has a runbook section and a
+/// promtool test case where it fires and one where it is quiet.
+fn check_alerts(deploy: &Path, runbooks: &Path) -> anyhow::Result<()> {
+    let read = |path: &Path| fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+    let rules: Value = serde_yaml::from_str(&read(&deploy.join("prometheus/rules.yaml"))?)?;
+    let tests: Value = serde_yaml::from_str(&read(&deploy.join("prometheus/rules.test.yaml"))?)?;
+    let problems = alert_problems(&rules, &tests, &read(runbooks)?);
+    if !problems.is_empty() {
+        bail!("alert rules:\n  - {}", problems.join("\n  - "));
+    }
+    step("every alert has a runbook section and fires and stays quiet in a unit test");
+    Ok(())
+}
+
+/// The problems [`check_alerts`] reports, from the rules, their tests and the
+/// runbook page.
+fn alert_problems(rules: &Value, tests: &Value, runbooks: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let cases: Vec<&Value> = tests["tests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|test| test["alert_rule_test"].as_array().into_iter().flatten())
+        .collect();
+    let alerts = rules["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+        .filter_map(|rule| rule["alert"].as_str().map(|alert| (alert, rule)));
+    for (alert, rule) in alerts {
+        let anchor = alert.to_lowercase();
+        if rule["annotations"]["runbook_url"] != format!("docs/runbooks.md#{anchor}").as_str() {
+            problems.push(format!("{alert}: runbook_url is not docs/runbooks.md#{anchor}"));
+        }
+        if !runbooks.lines().any(|line| line.trim() == format!("## {alert}")) {
+            problems.push(format!("{alert}: docs/runbooks.md has no section `## {alert}`"));
+        }
+        let mine: Vec<&&Value> = cases.iter().filter(|case| case["alertname"] == alert).collect();
+        let empty = |case: &&&Value| case["exp_alerts"].as_array().is_none_or(Vec::is_empty);
+        if !mine.iter().any(empty) {
+            problems.push(format!("{alert}: no promtool case where it stays quiet"));
+        }
+        if mine.iter().all(empty) {
+            problems.push(format!("{alert}: no promtool case where it fires"));
+        }
+    }
+    problems
 }
 
 /// `kubectl kustomize deploy/`.
@@ -270,5 +323,47 @@ fn check_daemonset(daemonset: &Value, problems: &mut Vec<String>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> (Value, Value, String) {
+        let deploy = workspace_root().join("deploy/prometheus");
+        let read = |name: &str| fs::read_to_string(deploy.join(name)).expect(name);
+        (
+            serde_yaml::from_str(&read("rules.yaml")).expect("rules"),
+            serde_yaml::from_str(&read("rules.test.yaml")).expect("tests"),
+            fs::read_to_string(workspace_root().join("docs/runbooks.md")).expect("runbooks"),
+        )
+    }
+
+    #[test]
+    fn every_shipped_alert_has_a_runbook_and_both_unit_tests() {
+        let (rules, tests, runbooks) = shipped();
+        assert_eq!(alert_problems(&rules, &tests, &runbooks), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_alert_without_runbook_or_tests_is_reported() {
+        let (mut rules, tests, runbooks) = shipped();
+        rules["groups"][0]["rules"][0]["annotations"]["runbook_url"] = Value::Null;
+        rules["groups"][0]["rules"]
+            .as_array_mut()
+            .expect("rules")
+            .push(serde_json::json!({"alert": "FlowObserverNew", "expr": "vector(1)"}));
+        let problems = alert_problems(&rules, &tests, &runbooks);
+        assert_eq!(
+            problems,
+            [
+                "FlowObserverEnforcementGap: runbook_url is not docs/runbooks.md#flowobserverenforcementgap",
+                "FlowObserverNew: runbook_url is not docs/runbooks.md#flowobservernew",
+                "FlowObserverNew: docs/runbooks.md has no section `## FlowObserverNew`",
+                "FlowObserverNew: no promtool case where it stays quiet",
+                "FlowObserverNew: no promtool case where it fires",
+            ]
+        );
     }
 }
