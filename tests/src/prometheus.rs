@@ -99,12 +99,18 @@ impl PrometheusServer {
             config.push_str(&format!("  - {name}\n"));
         }
         config.push_str("scrape_configs:\n");
-        for target in targets {
-            config.push_str(&format!(
-                "  - job_name: {}\n    static_configs:\n      - targets: ['{}']\n",
-                target.job, target.addr
-            ));
-            if !target.labels.is_empty() {
+        // One scrape config per job (Prometheus refuses two of one name),
+        // one static config per target for its labels.
+        let mut jobs: Vec<&str> = targets.iter().map(|target| target.job.as_str()).collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        for job in jobs {
+            config.push_str(&format!("  - job_name: {job}\n    static_configs:\n"));
+            for target in targets.iter().filter(|target| target.job == job) {
+                config.push_str(&format!("      - targets: ['{}']\n", target.addr));
+                if target.labels.is_empty() {
+                    continue;
+                }
                 config.push_str("        labels:\n");
                 for (key, value) in &target.labels {
                     config.push_str(&format!("          {key}: '{value}'\n"));
@@ -169,6 +175,15 @@ impl PrometheusServer {
     /// An instant query: the result vector (or scalar as a one-element list).
     pub fn query(&self, promql: &str) -> Result<Vec<Value>, PrometheusError> {
         let data = self.api(&format!("/api/v1/query?query={}", encode(promql)))?;
+        Ok(match data["resultType"].as_str() {
+            Some("vector" | "matrix") => data["result"].as_array().cloned().unwrap_or_default(),
+            _ => vec![data["result"].clone()],
+        })
+    }
+
+    /// An instant query evaluated at `time` (Unix seconds).
+    pub fn query_at(&self, promql: &str, time: f64) -> Result<Vec<Value>, PrometheusError> {
+        let data = self.api(&format!("/api/v1/query?query={}&time={time:.3}", encode(promql)))?;
         Ok(match data["resultType"].as_str() {
             Some("vector" | "matrix") => data["result"].as_array().cloned().unwrap_or_default(),
             _ => vec![data["result"].clone()],

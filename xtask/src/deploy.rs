@@ -476,7 +476,8 @@ fn governance_dashboard() -> Value {
                 "timeseries",
                 "Findings over time, by kind and tier",
                 "Findings of every kind (enforcement gaps, intent violations, unprotected pods, spikes…) \
-                 counted in the rate interval before each point, including a workload's first.",
+                 counted in the rate interval before each point, including a workload's first; a flow between \
+                 two observed pods is a finding on each end's node.",
                 [0, 9, 12, 9],
                 "short",
                 vec![series(

@@ -1,0 +1,615 @@
+//! Every dashboard panel's value, through a real Prometheus. Two observers
+//! play two nodes: `node-a` attached at the cgroup of the agent pod,
+//! `node-b` at the model server's, so the agent → model-server edge is
+//! reported by both (`reporter` `src` and `dst`), as two nodes would. Known
+//! lab traffic in two phases (the first creates every series, the second is
+//! what rate panels measure); then each panel's queries, read from
+//! `deploy/grafana/*.json` with `$__range`, `$__rate_interval` and
+//! `$namespace` substituted as Grafana would, are evaluated and their values
+//! compared with what the traffic implies: bytes and flows per edge counted
+//! once, verdicts per flow, unprotected pods summed over nodes, the node
+//! graph's fields as Grafana reads them. A panel without an expectation here
+//! fails the test. Root only; hold the kernel lock.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use observer_tests::{
+    Endpoint, INTERNET_HOST_V4, Lab, ObserverProcess, PrometheusServer, ScrapeTarget, TcpClientOpts, TcpServerOpts,
+    http_get,
+    manifests::{self, PodSpec},
+    root_or_skip,
+};
+use serde_json::{Value, json};
+
+const SCRAPE: Duration = Duration::from_millis(500);
+/// Connections from the agent to the model server, per phase.
+const CALLS: [u64; 2] = [2, 6];
+/// Connections refused by the model server's pod (nothing on port 9).
+const REFUSED: [u64; 2] = [1, 2];
+/// Connections from the agent to the internet.
+const EGRESS: [u64; 2] = [1, 3];
+/// Bytes of each call: request, reply.
+const CALL_BYTES: (u64, u64) = (1000, 5000);
+/// Bytes of each connection to the internet: request, reply.
+const EGRESS_BYTES: (u64, u64) = (2000, 100);
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// One query of a panel, as the dashboard JSON has it.
+#[derive(Debug)]
+struct Query {
+    dashboard: String,
+    panel: String,
+    transformations: Value,
+    ref_id: String,
+    expr: String,
+    targets: usize,
+}
+
+fn queries() -> Vec<Query> {
+    let mut files: Vec<PathBuf> = fs::read_dir(deploy().join("grafana"))
+        .expect("deploy/grafana")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    let mut queries = Vec::new();
+    for file in files {
+        let dashboard: Value = serde_json::from_str(&fs::read_to_string(&file).expect("read")).expect("json");
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            let targets = panel["targets"].as_array().expect("targets");
+            for target in targets {
+                queries.push(Query {
+                    dashboard: dashboard["uid"].as_str().unwrap_or_default().to_owned(),
+                    panel: panel["title"].as_str().unwrap_or_default().to_owned(),
+                    transformations: panel["transformations"].clone(),
+                    ref_id: target["refId"].as_str().unwrap_or_default().to_owned(),
+                    expr: target["expr"].as_str().unwrap_or_default().to_owned(),
+                    targets: targets.len(),
+                });
+            }
+        }
+    }
+    queries
+}
+
+/// One sample of a result: labels and value.
+type Row = (BTreeMap<String, String>, f64);
+
+fn rows(result: &[Value]) -> Vec<Row> {
+    result
+        .iter()
+        .map(|sample| {
+            let labels = sample["metric"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_default().to_owned()))
+                .collect();
+            let value = sample["value"][1].as_str().and_then(|text| text.parse().ok()).unwrap_or(f64::NAN);
+            (labels, value)
+        })
+        .collect()
+}
+
+/// Samples of the observers' own /metrics: (name, labels, value), the
+/// target's `node` label added.
+fn exposition(observers: &[(&str, SocketAddr)]) -> Vec<(String, BTreeMap<String, String>, f64)> {
+    let mut samples = Vec::new();
+    for (node, addr) in observers {
+        let (_, body) = http_get(*addr, "/metrics").expect("/metrics");
+        for line in body.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
+            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+            let mut map = BTreeMap::from([("node".to_owned(), (*node).to_owned())]);
+            for pair in labels.trim_end_matches('}').split("\",").filter(|pair| !pair.is_empty()) {
+                if let Some((key, value)) = pair.split_once("=\"") {
+                    map.insert(key.to_owned(), value.trim_end_matches('"').to_owned());
+                }
+            }
+            samples.push((name.to_owned(), map, value.parse().unwrap_or(f64::NAN)));
+        }
+    }
+    samples
+}
+
+/// The sum over the observers of `name`'s samples whose labels include `with`.
+fn exposed(samples: &[(String, BTreeMap<String, String>, f64)], name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(found, labels, _)| {
+            found == name && with.iter().all(|(key, value)| labels.get(*key).map(String::as_str) == Some(*value))
+        })
+        .map(|(_, _, value)| value)
+        .sum()
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64()
+}
+
+/// Field names of a Prometheus instant query in table format, as Grafana's
+/// data frame has them (`Time`, the labels, `Value` or `Value #<refId>` when
+/// the panel has several queries), after the panel's `calculateField` and
+/// `organize` steps (a rename sets a display name, not the name).
+fn frame_fields(query: &Query, rows: &[Row]) -> Vec<String> {
+    let mut fields = vec!["Time".to_owned()];
+    let mut labels: Vec<String> = rows.iter().flat_map(|(labels, _)| labels.keys().cloned()).collect();
+    labels.sort();
+    labels.dedup();
+    fields.extend(labels);
+    fields.push(if query.targets > 1 { format!("Value #{}", query.ref_id) } else { "Value".to_owned() });
+    for step in query.transformations.as_array().into_iter().flatten() {
+        let options = &step["options"];
+        match step["id"].as_str() {
+            Some("calculateField") if options["mode"] == "reduceRow" => {
+                if options["replaceFields"] == true {
+                    fields.retain(|field| !field.starts_with("Value"));
+                }
+                fields.push(options["alias"].as_str().unwrap_or_default().to_owned());
+            }
+            Some("organize") => {
+                fields.retain(|field| options["excludeByName"][field.as_str()] != true);
+            }
+            other => panic!("{}: transformation {other:?} is not emulated here", query.panel),
+        }
+    }
+    fields
+}
+
+/// What a panel query must return: rows matched on the listed labels, each
+/// with its value, and no other row.
+struct Expect<'a> {
+    query: &'a Query,
+    rows: Vec<Row>,
+    problems: Vec<String>,
+}
+
+impl Expect<'_> {
+    fn fail(&mut self, message: String) {
+        self.problems
+            .push(format!("{} / {} [{}]: {message}", self.query.dashboard, self.query.panel, self.query.ref_id));
+    }
+
+    fn find(&self, labels: &[(&str, &str)]) -> Vec<&Row> {
+        self.rows
+            .iter()
+            .filter(|(found, _)| labels.iter().all(|(key, value)| found.get(*key).map(String::as_str) == Some(*value)))
+            .collect()
+    }
+
+    /// Exactly these rows, each value within `tolerance` of the expected.
+    fn rows_within(&mut self, expected: &[(&[(&str, &str)], f64)], tolerance: impl Fn(f64, f64) -> bool) {
+        for (labels, value) in expected {
+            match self.find(labels).as_slice() {
+                [(_, found)] if tolerance(*found, *value) => {}
+                [(_, found)] => self.fail(format!("{labels:?} = {found}, expected {value}")),
+                found => self.fail(format!("{} rows with {labels:?}, expected 1: {:?}", found.len(), self.rows)),
+            }
+        }
+        if self.rows.len() != expected.len() {
+            self.fail(format!("{} rows, expected {}: {:?}", self.rows.len(), expected.len(), self.rows));
+        }
+    }
+
+    /// Exact values (counted from samples, no extrapolation).
+    fn exactly(&mut self, expected: &[(&[(&str, &str)], f64)]) {
+        self.rows_within(expected, |found, value| (found - value).abs() < 1e-6);
+    }
+
+    /// Rates over a window of `window` seconds: `value` events in it. Rate
+    /// extrapolates the sampled span to the window's edges, at most one
+    /// scrape each side, never below what the samples say.
+    fn per_second(&mut self, window: f64, expected: &[(&[(&str, &str)], f64)]) {
+        let slack = 2.0 * SCRAPE.as_secs_f64() * 1.1;
+        let expected: Vec<(&[(&str, &str)], f64)> =
+            expected.iter().map(|(labels, count)| (*labels, count / window)).collect();
+        self.rows_within(&expected, |found, value| {
+            found >= value * (1.0 - 1e-9) && found <= value * window / (window - slack) + 1e-9
+        });
+    }
+}
+
+#[test]
+fn every_dashboard_panel_shows_what_the_traffic_did() {
+    if !root_or_skip("every_dashboard_panel_shows_what_the_traffic_did") {
+        return;
+    }
+    let lab = Lab::builder()
+        .pods(3)
+        .ipv6(false)
+        .internet(true)
+        .traffic_bin(env!("CARGO_BIN_EXE_lab-traffic"))
+        .build()
+        .expect("lab");
+    let (agent, model, agent_b) = (lab.pod(0), lab.pod(1), lab.pod(2));
+    let dir = std::env::temp_dir().join(format!("dashboards-e2e-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("manifest dir");
+    let on_node = |mut pod: Value, node: &str| {
+        pod["spec"]["nodeName"] = json!(node);
+        pod
+    };
+    let planner = |pod, name| PodSpec {
+        pod,
+        namespace: "agents",
+        name,
+        labels: vec![("app", "planner"), ("ai.governance/tier", "agent")],
+        owner: Some(("ReplicaSet", "planner-5c8d")),
+        ports: vec![],
+    };
+    manifests::write_list(
+        &dir.join("ai.json"),
+        vec![
+            manifests::namespace("agents", &[]),
+            manifests::namespace("ml", &[]),
+            manifests::workload("Deployment", "agents", "planner", None),
+            manifests::workload("ReplicaSet", "agents", "planner-5c8d", Some(("Deployment", "planner"))),
+            // The planner has a pod on each node, neither isolated: 2 unprotected pods, 1 per node.
+            on_node(manifests::pod(&planner(agent, "planner-5c8d-q7w2x")), "node-a"),
+            on_node(manifests::pod(&planner(agent_b, "planner-5c8d-x9z4k")), "node-b"),
+            on_node(
+                manifests::pod(&PodSpec {
+                    pod: model,
+                    namespace: "ml",
+                    name: "vllm-0",
+                    labels: vec![("app", "vllm"), ("ai.governance/tier", "model-serving")],
+                    owner: Some(("StatefulSet", "vllm")),
+                    ports: vec![("http", 8080)],
+                }),
+                "node-b",
+            ),
+            // Declared, not enforced by the lab: the agent's calls are enforcement gaps.
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                   "metadata": {"name": "vllm-from-frontend", "namespace": "ml"},
+                   "spec": {"podSelector": {"matchLabels": {"app": "vllm"}},
+                            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "frontend"}}}]}]}}),
+            // Agents may not reach the internet: their egress is an intent violation.
+            json!({"apiVersion": "ai.governance/v1alpha1", "kind": "FlowIntent",
+                   "metadata": {"name": "agents-stay-inside", "namespace": "agents"},
+                   "spec": {"subject": {"tiers": ["agent"]}, "egress": {"forbid": [{"world": true}]}}}),
+        ],
+    )
+    .expect("manifests");
+    let target = model.addr_v4(8080);
+    let reply = TcpServerOpts { reply: CALL_BYTES.1, ..Default::default() };
+    let _listener = model.tcp_server(target, &reply).expect("server");
+    let internet = lab.internet().expect("internet");
+    let outside: SocketAddr = (INTERNET_HOST_V4, 443).into();
+    let _outside = internet
+        .tcp_server(outside, &TcpServerOpts { reply: EGRESS_BYTES.1, ..Default::default() })
+        .expect("internet server");
+
+    // Each observer sees the pods of its node only: attached at that pod's cgroup.
+    let manifests_arg = dir.to_string_lossy().into_owned();
+    let start = |node: &str, pod: &observer_tests::Pod| {
+        let root = pod.pod_cgroup_dir().to_string_lossy().into_owned();
+        ObserverProcess::start(&[
+            "--poll-interval",
+            "200ms",
+            "--manifests",
+            &manifests_arg,
+            "--node-name",
+            node,
+            "--cgroup-root",
+            &root,
+        ])
+        .unwrap_or_else(|error| panic!("observer {node} starts: {error}"))
+    };
+    let observer_a = start("node-a", agent);
+    let observer_b = start("node-b", model);
+    let nodes = [
+        ("node-a", observer_a.metrics_addr().expect("node-a /metrics")),
+        ("node-b", observer_b.metrics_addr().expect("node-b /metrics")),
+    ];
+    let prometheus_start = now();
+    let prometheus = PrometheusServer::start(
+        &nodes
+            .iter()
+            .map(|(node, addr)| ScrapeTarget {
+                job: "flow-observer".to_owned(),
+                addr: *addr,
+                labels: vec![("node".to_owned(), (*node).to_owned())],
+            })
+            .collect::<Vec<_>>(),
+        &[],
+        SCRAPE,
+    )
+    .expect("prometheus starts");
+    let both_up = prometheus.wait_for(Duration::from_secs(30), |p| {
+        p.query(r#"sum(up{job="flow-observer"}) == 2"#).ok().filter(|result| !result.is_empty())
+    });
+    assert!(both_up.is_some(), "prometheus never scraped both observers: {}", prometheus.log());
+    for (node, addr) in nodes {
+        let ready = prometheus
+            .wait_for(Duration::from_secs(10), |_| http_get(addr, "/readyz").ok().filter(|(status, _)| *status == 200));
+        assert!(ready.is_some(), "{node}: /readyz never answered 200");
+    }
+
+    // Until Prometheus holds what both observers expose, and they expose
+    // every flow of the traffic so far (counted at its end).
+    let families = ["edge_bytes_total", "edge_flows_total", "verdicts_total", "findings_total"];
+    let settle = |phase: usize| {
+        let calls: u64 = CALLS[..=phase].iter().sum();
+        let flows_a = calls + REFUSED[..=phase].iter().sum::<u64>() + EGRESS[..=phase].iter().sum::<u64>();
+        let settled = prometheus.wait_for(Duration::from_secs(30), |p| {
+            let samples = exposition(&nodes);
+            let counted = exposed(&samples, "flow_observer_edge_flows_total", &[("node", "node-a")]) == flows_a as f64
+                && exposed(&samples, "flow_observer_edge_flows_total", &[("node", "node-b")]) >= calls as f64;
+            let scraped = families.iter().all(|family| {
+                let name = format!("flow_observer_{family}");
+                let stored = p.query(&format!("sum({name})")).ok().map(|result| rows(&result));
+                stored.and_then(|rows| rows.first().map(|(_, value)| *value)) == Some(exposed(&samples, &name, &[]))
+            });
+            (counted && scraped).then_some(samples)
+        });
+        settled.unwrap_or_else(|| {
+            panic!("phase {phase}: the observers or Prometheus never settled: {:#?}", exposition(&nodes))
+        })
+    };
+    let traffic = |phase: usize| {
+        let calls = agent
+            .tcp_client(
+                target,
+                &TcpClientOpts { count: CALLS[phase], send: CALL_BYTES.0, expect: CALL_BYTES.1, ..Default::default() },
+            )
+            .expect("calls");
+        assert_eq!(calls.complete, CALLS[phase], "{calls:?}");
+        let refused = agent
+            .tcp_client(model.addr_v4(9), &TcpClientOpts { count: REFUSED[phase], ..Default::default() })
+            .expect("refused");
+        assert_eq!(refused.refused, REFUSED[phase], "{refused:?}");
+        let egress = agent
+            .tcp_client(
+                outside,
+                &TcpClientOpts {
+                    count: EGRESS[phase],
+                    send: EGRESS_BYTES.0,
+                    expect: EGRESS_BYTES.1,
+                    ..Default::default()
+                },
+            )
+            .expect("egress");
+        assert_eq!(egress.complete, EGRESS[phase], "{egress:?}");
+    };
+
+    traffic(0);
+    let before = settle(0);
+    // The rate window starts after the first phase's last sample.
+    std::thread::sleep(Duration::from_secs(2));
+    let phase_two = now();
+    std::thread::sleep(Duration::from_secs(1));
+    let phase_start = Instant::now();
+    traffic(1);
+    let after = settle(1);
+    // A few more scrapes of the settled counters, so that the window ends flat.
+    std::thread::sleep(Duration::from_secs(2).max(Duration::from_secs(6).saturating_sub(phase_start.elapsed())));
+    let at = now();
+    let end = exposition(&nodes);
+    let window = (at - phase_two).floor();
+    let range = (at - prometheus_start).ceil() + 60.0;
+    let sum = |phases: &[u64]| phases.iter().sum::<u64>() as f64;
+    let (calls_total, egress_total) = (sum(&CALLS), sum(&EGRESS));
+    let (calls_now, refused_now, egress_now) = (CALLS[1] as f64, REFUSED[1] as f64, EGRESS[1] as f64);
+    let call_bytes = (CALL_BYTES.0 + CALL_BYTES.1) as f64;
+    let egress_bytes = (EGRESS_BYTES.0 + EGRESS_BYTES.1) as f64;
+    let to_model = [("src_workload", "planner"), ("dst_workload", "vllm")];
+    let to_world = [("src_workload", "planner"), ("dst_workload", "direct-ip")];
+    let finding_growth = |kind: &str| {
+        exposed(&after, "flow_observer_findings_total", &[("kind", kind)])
+            - exposed(&before, "flow_observer_findings_total", &[("kind", kind)])
+    };
+
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for query in queries() {
+        let expr = query
+            .expr
+            .replace("$__rate_interval", &format!("{window}s"))
+            .replace("$__range", &format!("{range}s"))
+            .replace("$namespace", ".*");
+        let result = prometheus.query_at(&expr, at).unwrap_or_else(|error| panic!("{}: {error}", query.panel));
+        let mut expect = Expect { query: &query, rows: rows(&result), problems: Vec::new() };
+        match (query.panel.as_str(), query.ref_id.as_str()) {
+            ("Flow map", "nodes") => {
+                let planner_bytes = calls_total * call_bytes + egress_total * egress_bytes;
+                expect.exactly(&[
+                    (&[("id", "agents/planner"), ("title", "planner"), ("subtitle", "agents")], planner_bytes),
+                    (&[("id", "ml/vllm"), ("title", "vllm"), ("subtitle", "ml")], calls_total * call_bytes),
+                    (&[("id", "/direct-ip"), ("title", "direct-ip")], egress_total * egress_bytes),
+                ]);
+                let fields = frame_fields(&query, &expect.rows);
+                if fields != ["id", "subtitle", "title", "mainstat"] {
+                    expect.fail(format!("node frame fields {fields:?}"));
+                }
+            }
+            ("Flow map", "edges") => {
+                let (model_edge, world_edge) = ("agents/planner->ml/vllm", "agents/planner->/direct-ip");
+                expect.exactly(&[
+                    (
+                        &[("id", model_edge), ("source", "agents/planner"), ("target", "ml/vllm")],
+                        calls_total * call_bytes,
+                    ),
+                    (
+                        &[("id", world_edge), ("source", "agents/planner"), ("target", "/direct-ip")],
+                        egress_total * egress_bytes,
+                    ),
+                ]);
+                let fields = frame_fields(&query, &expect.rows);
+                for field in ["id", "source", "target", "mainstat"] {
+                    if !fields.iter().any(|found| found == field) {
+                        expect.fail(format!("edge frame without field {field}: {fields:?}"));
+                    }
+                }
+                if !fields.iter().any(|field| field == "source") {
+                    expect.fail("Grafana tells the edges frame by its `source` field".to_owned());
+                }
+            }
+            ("Top talkers", _) => {
+                expect.exactly(&[(&to_model, calls_total * call_bytes), (&to_world, egress_total * egress_bytes)])
+            }
+            ("Flows ending, by outcome", _) => expect.per_second(
+                window,
+                &[(&[("outcome", "completed")], calls_now + egress_now), (&[("outcome", "refused")], refused_now)],
+            ),
+            ("Refused and unanswered connections, by edge", _) => {
+                expect.per_second(window, &[(&to_model, refused_now)])
+            }
+            ("AI-tier egress, by destination kind", _) => expect.per_second(
+                window,
+                &[
+                    (&[("src_tier", "agent"), ("dst_kind", "StatefulSet")], calls_now * CALL_BYTES.0 as f64),
+                    (&[("src_tier", "agent"), ("dst_kind", "World")], egress_now * EGRESS_BYTES.0 as f64),
+                ],
+            ),
+            ("AI-tier workloads reaching the internet", _) => expect.exactly(&[(
+                &[("src_tier", "agent"), ("src_namespace", "agents"), ("src_workload", "planner")],
+                egress_total * EGRESS_BYTES.0 as f64,
+            )]),
+            ("Findings over time, by kind and tier", _) => {
+                // Findings are about the agent (the flows' source). A flow
+                // between two observed pods is a finding on each end's node;
+                // the inventory's unprotected pods were found before phase two.
+                let expected = [
+                    ("enforcement-gap", 2.0 * calls_now),
+                    ("intent-violation", egress_now),
+                    ("denied-attempt", refused_now),
+                    ("unprotected", 0.0),
+                ];
+                for (kind, count) in expected {
+                    if finding_growth(kind) != count {
+                        expect.fail(format!(
+                            "the observers exposed {} {kind} findings, expected {count}",
+                            finding_growth(kind)
+                        ));
+                    }
+                }
+                let rows: Vec<(Vec<(&str, &str)>, f64)> =
+                    expected.iter().map(|(kind, count)| (vec![("kind", *kind), ("tier", "agent")], *count)).collect();
+                let rows: Vec<(&[(&str, &str)], f64)> =
+                    rows.iter().map(|(labels, count)| (labels.as_slice(), *count)).collect();
+                expect.exactly(&rows);
+            }
+            ("Verdicts", _) => expect.per_second(
+                window,
+                &[
+                    (&[("verdict", "enforcement-gap")], calls_now),
+                    (&[("verdict", "intent-violation")], egress_now),
+                    (&[("verdict", "denied-attempt")], refused_now),
+                ],
+            ),
+            ("Enforcement gaps and intent violations", _) => expect.exactly(&[
+                (&[("verdict", "enforcement-gap"), ("src_workload", "planner"), ("dst_workload", "vllm")], calls_total),
+                (
+                    &[("verdict", "intent-violation"), ("src_workload", "planner"), ("dst_workload", "direct-ip")],
+                    egress_total,
+                ),
+            ]),
+            ("Unprotected AI-tier workloads", _) => expect.exactly(&[(
+                &[("namespace", "agents"), ("workload", "planner"), ("kind", "Deployment"), ("tier", "agent")],
+                2.0,
+            )]),
+            ("Observers up", "A") => expect.exactly(&[(&[], 2.0)]),
+            ("Observers up", "B") => expect.exactly(&[(&[], 0.0)]),
+            ("Nodes counting TCP per packet", _) => expect.exactly(&[(&[], 0.0)]),
+            ("Ring-buffer events lost and records dropped", _) | ("Flow map fill", "B") => {
+                expect.exactly(&[(&[("node", "node-a")], 0.0), (&[("node", "node-b")], 0.0)])
+            }
+            ("Flow map fill", "A") => {
+                let fill = |node| {
+                    exposed(&after, "flow_observer_flow_map_entries", &[("node", node)])
+                        / exposed(&after, "flow_observer_flow_map_capacity", &[("node", node)])
+                };
+                expect.rows_within(
+                    &[(&[("node", "node-a")], fill("node-a")), (&[("node", "node-b")], fill("node-b"))],
+                    |found, value| (found - value).abs() <= 16.0 / 131_072.0,
+                );
+            }
+            ("Flows active and started", "A") => {
+                // The gauge as the observers expose it now: the traffic is
+                // over and settled, so the last scrape saw the same.
+                let active = |node| exposed(&end, "flow_observer_flows_active", &[("node", node)]);
+                expect.exactly(&[(&[("node", "node-a")], active("node-a")), (&[("node", "node-b")], active("node-b"))])
+            }
+            ("Flows active and started", "B") => {
+                let started = |node| {
+                    exposed(&after, "flow_observer_flows_started_total", &[("node", node)])
+                        - exposed(&before, "flow_observer_flows_started_total", &[("node", node)])
+                };
+                if started("node-a") < calls_now + refused_now + egress_now {
+                    expect.fail(format!("node-a started {} flows in phase two", started("node-a")));
+                }
+                expect.per_second(
+                    window,
+                    &[(&[("node", "node-a")], started("node-a")), (&[("node", "node-b")], started("node-b"))],
+                );
+            }
+            ("Capture: seconds since the flow map was read", _) => expect
+                .rows_within(&[(&[("node", "node-a")], 0.2), (&[("node", "node-b")], 0.2)], |found, _| {
+                    (0.0..=1.0).contains(&found)
+                }),
+            ("Metric series by family, and overflow", "A") => {
+                let mut by_family: BTreeMap<String, f64> = BTreeMap::new();
+                for (name, labels, value) in &after {
+                    if name == "flow_observer_series" {
+                        *by_family.entry(labels["family"].clone()).or_default() += value;
+                    }
+                }
+                let expected: Vec<(Vec<(&str, &str)>, f64)> =
+                    by_family.iter().map(|(family, value)| (vec![("family", family.as_str())], *value)).collect();
+                let expected: Vec<(&[(&str, &str)], f64)> =
+                    expected.iter().map(|(labels, value)| (labels.as_slice(), *value)).collect();
+                expect.exactly(&expected);
+            }
+            ("Metric series by family, and overflow", "B") => {
+                let families = expect.rows.len();
+                if families < 7 || expect.rows.iter().any(|(_, value)| *value != 0.0) {
+                    expect.fail(format!("overflow: {:?}", expect.rows));
+                }
+            }
+            ("Inventory", "A") => expect.exactly(&[(&[], 1.0)]),
+            ("Inventory", "B") => expect.exactly(&[(&[], 0.0)]),
+            ("Inventory", "C") => {
+                let last = ["node-a", "node-b"]
+                    .map(|node| {
+                        exposed(&after, "flow_observer_inventory_last_update_timestamp_seconds", &[("node", node)])
+                    })
+                    .into_iter()
+                    .fold(f64::INFINITY, f64::min);
+                expect.rows_within(&[(&[], at - last)], |found, value| (found - value).abs() < 1.0);
+            }
+            ("Versions, policies and intents", "A") => {
+                let version = after
+                    .iter()
+                    .find(|(name, ..)| name == "flow_observer_build_info")
+                    .map(|(_, labels, _)| labels["version"].clone())
+                    .expect("build_info");
+                expect.exactly(&[(&[("version", version.as_str())], 2.0)])
+            }
+            ("Versions, policies and intents", "B" | "C") => {
+                expect.exactly(&[(&[("node", "node-a")], 1.0), (&[("node", "node-b")], 1.0)])
+            }
+            _ => expect.fail("no expectation in this test: add what the traffic implies".to_owned()),
+        }
+        checked += 1;
+        problems.extend(expect.problems);
+    }
+    assert!(checked > 20, "only {checked} queries found");
+    assert!(
+        problems.is_empty(),
+        "{} panel queries wrong (window {window}s, range {range}s):\n{}\nexposed:\n{:#?}",
+        problems.len(),
+        problems.join("\n"),
+        after.iter().filter(|(name, ..)| !name.ends_with("_created")).collect::<Vec<_>>()
+    );
+    let _ = observer_a.stop();
+    let _ = observer_b.stop();
+    let _ = fs::remove_dir_all(&dir);
+}
