@@ -9,7 +9,9 @@
 //! compared with what the traffic implies: bytes and flows per edge counted
 //! once, verdicts per flow, unprotected pods summed over nodes, the node
 //! graph's fields as Grafana reads them. A panel without an expectation here
-//! fails the test. Root only; hold the kernel lock.
+//! fails the test. The shipped alert rules (hold times zeroed) run on the
+//! same series: one alert per edge, unprotected pods summed over the nodes.
+//! Root only; hold the kernel lock.
 
 use std::{
     collections::BTreeMap,
@@ -41,6 +43,13 @@ const EGRESS_BYTES: (u64, u64) = (2000, 100);
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// The shipped rules with every `for:` at zero: the expressions are what is
+/// tested here, the hold times by `promtool test rules`.
+fn rules_without_hold_times() -> String {
+    let rules = fs::read_to_string(deploy().join("prometheus/rules.yaml")).expect("rules.yaml");
+    rules.lines().filter(|line| !line.trim_start().starts_with("for: ")).collect::<Vec<_>>().join("\n")
 }
 
 /// One query of a panel, as the dashboard JSON has it.
@@ -319,7 +328,7 @@ fn every_dashboard_panel_shows_what_the_traffic_did() {
                 labels: vec![("node".to_owned(), (*node).to_owned())],
             })
             .collect::<Vec<_>>(),
-        &[],
+        &[("rules.yaml", rules_without_hold_times())],
         SCRAPE,
     )
     .expect("prometheus starts");
@@ -609,6 +618,46 @@ fn every_dashboard_panel_shows_what_the_traffic_did() {
         problems.join("\n"),
         after.iter().filter(|(name, ..)| !name.ends_with("_created")).collect::<Vec<_>>()
     );
+
+    // The alerts on the same two nodes: one enforcement gap and one intent
+    // violation per edge although both nodes report the gap, the
+    // unprotected pods summed over the nodes; nothing about coverage.
+    let firing = |p: &PrometheusServer| {
+        let alerts = p.alerts().expect("alerts");
+        let firing: Vec<Value> = alerts.into_iter().filter(|alert| alert["state"] == "firing").collect();
+        Some(firing).filter(|firing| firing.len() >= 3)
+    };
+    let alerts = prometheus.wait_for(Duration::from_secs(15), firing).unwrap_or_default();
+    let named =
+        |name: &str| -> Vec<&Value> { alerts.iter().filter(|alert| alert["labels"]["alertname"] == name).collect() };
+    let gaps = named("FlowObserverEnforcementGap");
+    assert_eq!(gaps.len(), 1, "{alerts:#?}");
+    assert_eq!(
+        (gaps[0]["labels"]["src_workload"].as_str(), gaps[0]["labels"]["dst_workload"].as_str()),
+        (Some("planner"), Some("vllm"))
+    );
+    let violations = named("FlowObserverIntentViolation");
+    assert_eq!(violations.len(), 1, "{alerts:#?}");
+    assert_eq!(violations[0]["labels"]["dst_workload"], "direct-ip");
+    let unprotected = named("FlowObserverUnprotectedAITierPod");
+    assert_eq!(unprotected.len(), 1, "{alerts:#?}");
+    assert_eq!(
+        unprotected[0]["annotations"]["summary"],
+        "2 pod(s) of agent workload agents/planner are not isolated by any NetworkPolicy"
+    );
+    for quiet in [
+        "FlowObserverDown",
+        "FlowObserverAbsent",
+        "FlowObserverNotOnEveryNode",
+        "FlowObserverEventsLost",
+        "FlowObserverInventoryStale",
+        "FlowObserverEdgeSpike",
+    ] {
+        assert!(named(quiet).is_empty(), "{quiet}: {alerts:#?}");
+    }
+    for rule in prometheus.rules().expect("rules") {
+        assert_eq!(rule["health"], "ok", "rule {} failed: {}", rule["name"], rule["lastError"]);
+    }
     let _ = observer_a.stop();
     let _ = observer_b.stop();
     let _ = fs::remove_dir_all(&dir);
