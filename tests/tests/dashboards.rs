@@ -214,17 +214,24 @@ impl Expect<'_> {
         self.rows_within(expected, |found, value| (found - value).abs() < 1e-6);
     }
 
-    /// Rates over a window of `window` seconds: `value` events in it. Rate
-    /// extrapolates the sampled span to the window's edges, at most one
-    /// scrape each side, never below what the samples say.
-    fn per_second(&mut self, window: f64, expected: &[(&[(&str, &str)], f64)]) {
-        let slack = 2.0 * SCRAPE.as_secs_f64() * 1.1;
+    /// Rates over a window: `value` events in it. `rate()` extrapolates the
+    /// span its samples cover (at least `span` seconds: the targets' scrapes
+    /// in the window) to at most the window's edges, never below what the
+    /// samples say: value / window ≤ rate ≤ value / span.
+    fn per_second(&mut self, window: Window, expected: &[(&[(&str, &str)], f64)]) {
         let expected: Vec<(&[(&str, &str)], f64)> =
-            expected.iter().map(|(labels, count)| (*labels, count / window)).collect();
+            expected.iter().map(|(labels, count)| (*labels, count / window.seconds)).collect();
         self.rows_within(&expected, |found, value| {
-            found >= value * (1.0 - 1e-9) && found <= value * window / (window - slack) + 1e-9
+            found >= value * (1.0 - 1e-9) && found <= value * window.seconds / window.span + 1e-9
         });
     }
+}
+
+/// The rate window and the shortest span the scrapes in it cover.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    seconds: f64,
+    span: f64,
 }
 
 #[test]
@@ -404,6 +411,20 @@ fn every_dashboard_panel_shows_what_the_traffic_did() {
     let end = exposition(&nodes);
     let window = (at - phase_two).floor();
     let range = (at - prometheus_start).ceil() + 60.0;
+    // The samples of the counters the rate panels read, in the window.
+    let counters =
+        r#"{job="flow-observer", __name__=~"flow_observer_(edge_bytes|edge_flows|verdicts|flows_started)_total"}"#;
+    let scrapes = prometheus.query_at(&format!("{counters}[{window}s]"), at).expect("scrapes");
+    let span = scrapes
+        .iter()
+        .map(|series| {
+            let times: Vec<f64> =
+                series["values"].as_array().into_iter().flatten().filter_map(|sample| sample[0].as_f64()).collect();
+            times.last().copied().unwrap_or_default() - times.first().copied().unwrap_or_default()
+        })
+        .fold(f64::INFINITY, f64::min);
+    assert!(span > window / 2.0, "scrapes in the window: {scrapes:?}");
+    let rate_window = Window { seconds: window, span };
     let sum = |phases: &[u64]| phases.iter().sum::<u64>() as f64;
     let (calls_total, egress_total) = (sum(&CALLS), sum(&EGRESS));
     let (calls_now, refused_now, egress_now) = (CALLS[1] as f64, REFUSED[1] as f64, EGRESS[1] as f64);
@@ -465,14 +486,14 @@ fn every_dashboard_panel_shows_what_the_traffic_did() {
                 expect.exactly(&[(&to_model, calls_total * call_bytes), (&to_world, egress_total * egress_bytes)])
             }
             ("Flows ending, by outcome", _) => expect.per_second(
-                window,
+                rate_window,
                 &[(&[("outcome", "completed")], calls_now + egress_now), (&[("outcome", "refused")], refused_now)],
             ),
             ("Refused and unanswered connections, by edge", _) => {
-                expect.per_second(window, &[(&to_model, refused_now)])
+                expect.per_second(rate_window, &[(&to_model, refused_now)])
             }
             ("AI-tier egress, by destination kind", _) => expect.per_second(
-                window,
+                rate_window,
                 &[
                     (&[("src_tier", "agent"), ("dst_kind", "StatefulSet")], calls_now * CALL_BYTES.0 as f64),
                     (&[("src_tier", "agent"), ("dst_kind", "World")], egress_now * EGRESS_BYTES.0 as f64),
@@ -507,7 +528,7 @@ fn every_dashboard_panel_shows_what_the_traffic_did() {
                 expect.exactly(&rows);
             }
             ("Verdicts", _) => expect.per_second(
-                window,
+                rate_window,
                 &[
                     (&[("verdict", "enforcement-gap")], calls_now),
                     (&[("verdict", "intent-violation")], egress_now),
@@ -556,7 +577,7 @@ fn every_dashboard_panel_shows_what_the_traffic_did() {
                     expect.fail(format!("node-a started {} flows in phase two", started("node-a")));
                 }
                 expect.per_second(
-                    window,
+                    rate_window,
                     &[(&[("node", "node-a")], started("node-a")), (&[("node", "node-b")], started("node-b"))],
                 );
             }
@@ -613,7 +634,7 @@ fn every_dashboard_panel_shows_what_the_traffic_did() {
     assert!(checked > 20, "only {checked} queries found");
     assert!(
         problems.is_empty(),
-        "{} panel queries wrong (window {window}s, range {range}s):\n{}\nexposed:\n{:#?}",
+        "{} panel queries wrong (window {window}s, scrapes span {span}s, range {range}s):\n{}\nexposed:\n{:#?}",
         problems.len(),
         problems.join("\n"),
         after.iter().filter(|(name, ..)| !name.ends_with("_created")).collect::<Vec<_>>()
