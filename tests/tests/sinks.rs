@@ -201,8 +201,12 @@ fn sighup_reopens_the_flow_log_without_losing_a_record() {
     }
     let lab = lab();
     let _server = server(lab.pod(1));
-    let mut observer = ObserverProcess::start(&FAST).expect("observer starts");
-    let flow_log = observer.flow_log();
+    // Outside the harness's folder, which goes with the process.
+    let dir = Tmpfs::mount(16 << 20).expect("tmpfs");
+    let flow_log = dir.path().join("flows.jsonl");
+    let flow_log_text = flow_log.display().to_string();
+    let mut observer =
+        ObserverProcess::start(&[FAST[0], FAST[1], "--flow-log", &flow_log_text]).expect("observer starts");
     connect(&lab, 5);
     assert!(observer.wait_for_records(Duration::from_secs(30), |records| client_ends(records, &lab).len() == 5));
     let moved = PathBuf::from(format!("{}.moved", flow_log.display()));
@@ -233,9 +237,12 @@ fn the_flow_log_rotates_at_its_size_and_keeps_max_files() {
     }
     let lab = lab();
     let _server = server(lab.pod(1));
-    let args = [FAST[0], FAST[1], "--flow-log-max-size", "8KiB", "--flow-log-max-files", "3"];
+    let dir = Tmpfs::mount(16 << 20).expect("tmpfs");
+    let flow_log = dir.path().join("flows.jsonl");
+    let flow_log_text = flow_log.display().to_string();
+    let args =
+        [FAST[0], FAST[1], "--flow-log", &flow_log_text, "--flow-log-max-size", "8KiB", "--flow-log-max-files", "3"];
     let observer = ObserverProcess::start(&args).expect("observer starts");
-    let flow_log = observer.flow_log();
     let addr = observer.metrics_addr().expect("metrics address");
     let rotations = || sample(addr, "flow_observer_sink_rotations_total{sink=\"flow_log\"}").unwrap_or(0.0);
     assert!(connect_until(&lab, || rotations() >= 5.0), "fewer than 5 rotations");

@@ -68,12 +68,22 @@ pub struct ApiState {
 pub struct HttpLimits {
     /// Most HTTP connections served at a time; more wait in the kernel's
     /// accept queue until one closes.
-    #[arg(long = "metrics-max-connections", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(
+        id = "metrics_max_connections",
+        long = "metrics-max-connections",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=65_536)
+    )]
     pub max_connections: u32,
     /// An HTTP connection is closed when no complete request head arrives
     /// within this time (a new connection, or an idle keep-alive one) or
     /// when its answer is not taken within it.
-    #[arg(long = "metrics-idle-timeout", default_value = "10s", value_parser = crate::run::parse_duration)]
+    #[arg(
+        id = "metrics_idle_timeout",
+        long = "metrics-idle-timeout",
+        default_value = "10s",
+        value_parser = crate::run::parse_duration
+    )]
     pub idle_timeout: Duration,
 }
 
