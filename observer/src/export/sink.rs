@@ -157,11 +157,6 @@ impl SinkHealth {
         self.name
     }
 
-    /// Where it writes.
-    pub fn target(&self) -> &Target {
-        &self.target
-    }
-
     /// False from a failed write until a write succeeds again.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
