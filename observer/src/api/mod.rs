@@ -82,9 +82,19 @@ pub struct HttpLimits {
         id = "metrics_idle_timeout",
         long = "metrics-idle-timeout",
         default_value = "10s",
-        value_parser = crate::run::parse_duration
+        value_parser = parse_idle_timeout
     )]
     pub idle_timeout: Duration,
+}
+
+/// A duration of at most an hour: longer would let idle clients hold
+/// descriptors for good.
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    let duration = crate::run::parse_duration(text)?;
+    if duration > Duration::from_secs(3600) {
+        return Err(format!("{text:?} is longer than the most, 1h"));
+    }
+    Ok(duration)
 }
 
 impl Default for HttpLimits {
@@ -320,6 +330,14 @@ mod tests {
         assert!(raw_get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
         stop.send(true).expect("stop");
         server.await.expect("server task");
+    }
+
+    #[test]
+    fn idle_timeouts_are_bounded() {
+        assert_eq!(parse_idle_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_idle_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_idle_timeout("61m").is_err());
+        assert!(parse_idle_timeout("0s").is_err());
     }
 
     #[tokio::test]
