@@ -286,7 +286,12 @@ impl LineSink {
                     .map_err(|source| SinkError::Stdout { sink: name, source })?;
                 (File::from(fd), Rotation::OFF)
             }
-            Target::File(path) => (open_append(name, path)?, rotation),
+            Target::File(path) => {
+                let file = open_append(name, path)?;
+                // A pipe or device (`/dev/stdout`, a FIFO) is never renamed.
+                let regular = file.metadata().is_ok_and(|meta| meta.is_file());
+                (file, if regular { rotation } else { Rotation::OFF })
+            }
         };
         let size = file.metadata().map(|meta| meta.len()).unwrap_or(0);
         let reopen_seen = reopen.generation();
@@ -493,6 +498,11 @@ impl LineSink {
     /// the file itself to `<file>.1`, and starts a new file.
     fn rotate(&mut self) {
         let Some(path) = self.path().map(Path::to_owned) else { return };
+        // After a failed reopen the file written is no longer at `path`:
+        // shifting the numbered files again would only churn them.
+        if self.reopen_pending {
+            return;
+        }
         let kept = self.rotation.max_files.saturating_sub(1);
         let moved = if kept == 0 {
             std::fs::remove_file(&path)

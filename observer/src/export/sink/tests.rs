@@ -224,3 +224,13 @@ fn a_reopen_that_fails_keeps_the_old_file_and_is_retried() {
     assert_eq!(numbers(&path), vec![2]);
     assert_eq!(health.dropped(), 0);
 }
+
+#[test]
+fn a_device_is_never_rotated() {
+    let mut sink = open(Path::new("/dev/null"), Rotation { max_bytes: 4096, max_files: 2 });
+    for n in 0..10 {
+        sink.write(&lines(n * 100, 100, 50), 100);
+    }
+    assert_eq!((sink.health().rotations(), sink.health().written()), (0, 1000));
+    assert!(!rotated_path(Path::new("/dev/null"), 1).exists());
+}
