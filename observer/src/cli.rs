@@ -58,3 +58,16 @@ pub fn main() -> anyhow::Result<()> {
         Command::Policy(args) => crate::policy::check::run(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Unique argument ids across flattened option groups, valid defaults.
+        Cli::command().debug_assert();
+    }
+}

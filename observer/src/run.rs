@@ -14,7 +14,11 @@ use crate::{
     config::ObserverConfig,
     dns::{DnsConfig, DnsTracker, DnsView},
     enrich,
-    export::{dnslog, flowlog},
+    export::{
+        dnslog, flowlog,
+        logs::{Logs, RotationArgs},
+        sink::Reopen,
+    },
     intent,
     inventory::{self, Inventory, InventoryArgs, InventoryError},
     judge::stage::{IntentSource, JudgeStage, StageSetup},
@@ -27,6 +31,9 @@ pub struct RunArgs {
     /// Write the JSON flow log to this file (appended) instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub flow_log: Option<PathBuf>,
+    /// Size-based rotation of the flow, findings and DNS log files.
+    #[command(flatten)]
+    pub rotation: RotationArgs,
     /// cgroup v2 root to attach at [default: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts].
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
@@ -172,9 +179,19 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => ObserverConfig::read(path)?,
         None => ObserverConfig::default(),
     };
-    let target = args.flow_log.clone().map_or(flowlog::Target::Stdout, flowlog::Target::File);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // SIGHUP reopens the log files (after logrotate moved them) instead of
+    // ending the process; handled from before they are opened.
+    let reopen = Reopen::default();
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("handling SIGHUP")?;
+    tokio::spawn(reopen_on_hangup(hangup, reopen.clone(), shutdown_rx.clone()));
+    // Every log file is opened now: one that cannot be written stops the start.
+    let logs =
+        Logs::open(args.flow_log.as_ref(), args.findings_log.as_ref(), args.dns_log.as_ref(), &args.rotation, &reopen)?;
     let metrics = Metrics::new(args.metrics.config());
+    metrics.attach_sinks(logs.health.clone());
+    let flow_log_health = logs.flow.health();
+    let Logs { flow: flow_sink, findings: findings_writer, dns: dns_sink, .. } = logs;
     if let Some(addr) = args.metrics.metrics_addr.0 {
         let listener = api::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
@@ -183,6 +200,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(api::serve(
             listener,
             api::ApiState { metrics: metrics.clone(), stall_after },
+            args.metrics.http,
             shutdown_rx.clone(),
         ));
     }
@@ -199,11 +217,11 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     metrics.attach_capture(capture.health());
     let dns_config = DnsConfig { cache_capacity: args.dns_cache_size, grace: args.dns_grace, ..DnsConfig::default() };
     let dns = DnsView::new(&dns_config);
-    let dns_writer = match &args.dns_log {
-        Some(path) => {
+    let dns_writer = match dns_sink {
+        Some(sink) => {
             let (dns_tx, dns_rx) = mpsc::channel(DNS_LOG_CAPACITY);
             capture.set_dns(DnsTracker::new(dns.clone(), dns_config, node, Some(dns_tx)));
-            Some(tokio::spawn(dnslog::write(path.clone(), resolver.clone(), dns_rx)))
+            Some(tokio::spawn(dnslog::write(sink, resolver.clone(), dns_rx)))
         }
         None => {
             capture.set_dns(DnsTracker::new(dns.clone(), dns_config, node, None));
@@ -223,7 +241,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                 intents: intent_source(&args.inventory, shutdown_rx.clone()).await?,
                 inventory,
                 config: observer_config,
-                findings_log: args.findings_log.clone(),
+                findings_log: findings_writer,
                 // Manifests describe the whole cluster: only an explicit
                 // --node-name says which of their pods run here.
                 node: match (&args.inventory.node_name, args.inventory.manifests.is_empty()) {
@@ -237,11 +255,16 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             let stage = JudgeStage::new(setup).context("starting the judge")?;
             tokio::spawn(stage.run(enriched_rx, judged_tx))
         }
-        None => tokio::spawn(pass_through(enriched_rx, judged_tx)),
+        None => {
+            if findings_writer.is_some() {
+                tracing::warn!("no inventory, so nothing is judged: the findings log stays empty");
+            }
+            tokio::spawn(pass_through(enriched_rx, judged_tx))
+        }
     };
     let edges = flows::EdgeOf::new(metrics.allowlist().clone()).with_names(name_labels);
     let meter = tokio::spawn(flows::meter(metrics, edges, judged_rx, metered_tx));
-    let writer = tokio::spawn(flowlog::write(target, metered_rx));
+    let writer = tokio::spawn(flowlog::write(flow_sink, metered_rx));
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!(signal, "stopping"),
@@ -254,13 +277,14 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     enricher.await.context("enrich task panicked")?;
     judge.await.context("judge task panicked")?;
     meter.await.context("metering task panicked")?;
-    let written = writer.await.context("flow log task panicked")?.context("flow log")?;
+    let written = writer.await.context("flow log task panicked")?.context("flow log writer panicked")?;
     if let Some(dns_writer) = dns_writer {
-        let entries = dns_writer.await.context("DNS log task panicked")?.context("DNS log")?;
+        let entries = dns_writer.await.context("DNS log task panicked")?.context("DNS log writer panicked")?;
         tracing::info!(entries, "DNS log closed");
     }
     tracing::info!(
         records = written,
+        records_dropped = flow_log_health.dropped(),
         events_lost = health.events_lost.load(std::sync::atomic::Ordering::Relaxed),
         "flow log closed; kernel programs detached"
     );
@@ -338,6 +362,26 @@ async fn start_inventory(
     let mode = if args.manifests.is_empty() { "cluster" } else { "standalone" };
     tracing::info!(mode, "inventory started");
     Ok(Some(inventory))
+}
+
+/// Asks every log file to reopen on each SIGHUP until `shutdown`.
+async fn reopen_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    reopen: Reopen,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            received = hangup.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                reopen.request();
+                tracing::info!("SIGHUP: log files are reopened before their next write");
+            }
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 async fn shutdown_signal() -> std::io::Result<&'static str> {

@@ -23,6 +23,7 @@ mod observer;
 mod prometheus;
 pub mod seccomp;
 mod state;
+mod tmpfs;
 mod traffic;
 
 pub use cgroup::{CGROUP_ROOT_ENV, detect_root as detect_cgroup_root, id as cgroup_id};
@@ -37,6 +38,7 @@ pub use lab::{
 pub use observer::{OBSERVER_BIN_ENV, ObserverError, ObserverProcess, ObserverRun, observer_binary};
 pub use prometheus::{PrometheusError, PrometheusServer, ScrapeTarget, free_port, http_get};
 pub use state::{LabState, NETNS_DIR, STATE_DIR, all_states, cleanup_stale};
+pub use tmpfs::Tmpfs;
 pub use traffic::{
     BurstOpts, BurstReport, PingReport, ServerEvent, TRAFFIC_BIN_ENV, TcpClientOpts, TcpClientReport, TcpServerOpts,
     UdpClientOpts, UdpClientReport, UdpServerOpts, traffic_binary,

@@ -76,6 +76,7 @@ pub struct ObserverRun {
 pub struct ObserverProcess {
     child: Child,
     dir: PathBuf,
+    flow_log: PathBuf,
 }
 
 /// The observer binary: `$OBSERVER_BIN`, else `observer` next to (or one
@@ -104,7 +105,8 @@ impl ObserverProcess {
     /// Starts `observer run --flow-log <tmp> --log-format json <args>` and
     /// waits (at most 30 s) until its programs are attached. Unless `args`
     /// say otherwise, the HTTP endpoints listen on a free loopback port
-    /// ([`ObserverProcess::metrics_addr`]), so runs never collide.
+    /// ([`ObserverProcess::metrics_addr`]), so runs never collide, and the
+    /// flow log is `flows.jsonl` in a fresh folder ([`ObserverProcess::flow_log`]).
     pub fn start(args: &[&str]) -> Result<Self, ObserverError> {
         Self::start_with(args, |_| {})
     }
@@ -123,11 +125,15 @@ impl ObserverProcess {
             path: log_path.clone(),
             source,
         })?;
+        let given_flow_log = args.iter().position(|arg| *arg == "--flow-log").and_then(|at| args.get(at + 1));
+        let flow_log = given_flow_log.map_or_else(|| dir.join("flows.jsonl"), PathBuf::from);
         let mut command = Command::new(&binary);
         prepare(&mut command);
+        command.args(["--log-format", "json", "run"]);
+        if given_flow_log.is_none() {
+            command.arg("--flow-log").arg(&flow_log);
+        }
         let child = command
-            .args(["--log-format", "json", "run", "--flow-log"])
-            .arg(dir.join("flows.jsonl"))
             .args(args)
             .args(if args.iter().any(|arg| arg.starts_with("--metrics-addr")) {
                 &[][..]
@@ -139,7 +145,7 @@ impl ObserverProcess {
             .stderr(log)
             .spawn()
             .map_err(|source| ObserverError::Io { what: "starting", path: binary.clone(), source })?;
-        let mut process = Self { child, dir };
+        let mut process = Self { child, dir, flow_log };
         process.wait_attached(Duration::from_secs(30))?;
         Ok(process)
     }
@@ -156,7 +162,19 @@ impl ObserverProcess {
 
     /// The flow log written so far.
     pub fn flow_log(&self) -> PathBuf {
-        self.dir.join("flows.jsonl")
+        self.flow_log.clone()
+    }
+
+    /// Sends `signal` (`libc::SIGHUP`…) to the observer.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Its log so far (JSON lines on stderr).

@@ -4,9 +4,25 @@
 //! Out: HTTP/1.1 answers on the configured address: the OpenMetrics
 //! exposition, liveness (the process answers and capture has read the flow
 //! map recently) and readiness (programs attached, flow map read at least
-//! once, inventory synced when one is configured).
+//! once, inventory synced when one is configured, and every log file
+//! writable).
+//!
+//! The server is bounded so that idle or slow clients cannot take the
+//! process's descriptors: at most `--metrics-max-connections` connections at
+//! a time (past that, new ones wait in the kernel's accept queue, holding no
+//! descriptor of ours), a connection that sends no complete request head
+//! within `--metrics-idle-timeout` (idle keep-alive included) is closed, and
+//! so is one that does not take its answer within that time.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+mod deadline;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,7 +33,10 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, watch},
+};
 
 use crate::metrics::{CONTENT_TYPE as OPENMETRICS, Metrics, capture::last_poll_age};
 
@@ -44,46 +63,121 @@ pub struct ApiState {
     pub stall_after: Duration,
 }
 
+/// How many clients the server takes and for how long (`observer run` options).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct HttpLimits {
+    /// Most HTTP connections served at a time; more wait in the kernel's
+    /// accept queue until one closes.
+    #[arg(
+        id = "metrics_max_connections",
+        long = "metrics-max-connections",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=65_536)
+    )]
+    pub max_connections: u32,
+    /// An HTTP connection is closed when no complete request head arrives
+    /// within this time (a new connection, or an idle keep-alive one) or
+    /// when its answer is not taken within it.
+    #[arg(
+        id = "metrics_idle_timeout",
+        long = "metrics-idle-timeout",
+        default_value = "10s",
+        value_parser = parse_idle_timeout
+    )]
+    pub idle_timeout: Duration,
+}
+
+/// A duration of at most an hour: longer would let idle clients hold
+/// descriptors for good.
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    let duration = crate::run::parse_duration(text)?;
+    if duration > Duration::from_secs(3600) {
+        return Err(format!("{text:?} is longer than the most, 1h"));
+    }
+    Ok(duration)
+}
+
+impl Default for HttpLimits {
+    /// 64 connections, 10 s.
+    fn default() -> Self {
+        Self { max_connections: 64, idle_timeout: Duration::from_secs(10) }
+    }
+}
+
 /// Binds `addr`; a separate step so that a bad address fails the start.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
     TcpListener::bind(addr).await.map_err(|source| ApiError::Bind { addr, source })
 }
 
-/// Serves connections on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: ApiState, mut shutdown: watch::Receiver<bool>) {
+/// Serves connections on `listener`, within `limits`, until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, state: ApiState, limits: HttpLimits, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let mut full_since: Option<Instant> = None;
     loop {
-        tokio::select! {
+        if slots.available_permits() == 0 && full_since.is_none() {
+            full_since = Some(Instant::now());
+            tracing::warn!(
+                max = limits.max_connections,
+                "HTTP connection limit reached: new connections wait until one closes (idle ones close after {:?})",
+                limits.idle_timeout
+            );
+        }
+        // A slot first, then the connection: past the limit, clients wait in
+        // the kernel's queue and hold no descriptor of ours.
+        let slot = tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     return;
                 }
+                continue;
             }
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(%error, "accepting an HTTP connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let response = respond(&state, request.method(), request.uri().path());
-                        async move { Ok::<_, Infallible>(response) }
-                    });
-                    let connection = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), service);
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "HTTP connection ended with an error");
-                    }
-                });
-            }
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        if let Some(since) = full_since.take() {
+            tracing::info!(waited = ?since.elapsed(), "HTTP connection limit no longer reached");
         }
+        let stream = tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+                continue;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(%error, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, state, limits.idle_timeout).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Answers requests on one connection until the client closes it or is too
+/// slow: no request head within `idle` (hyper's header read timeout runs
+/// whenever the connection waits for a request), or an answer not taken
+/// within `idle` ([`deadline::WriteDeadline`]).
+async fn serve_connection(stream: tokio::net::TcpStream, state: ApiState, idle: Duration) {
+    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+        let response = respond(&state, request.method(), request.uri().path());
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let io = TokioIo::new(deadline::WriteDeadline::new(stream, idle));
+    let connection =
+        http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(idle).serve_connection(io, service);
+    if let Err(error) = pin!(connection).await {
+        tracing::debug!(%error, "HTTP connection ended with an error");
     }
 }
 
@@ -117,8 +211,27 @@ pub fn respond(state: &ApiState, method: &Method, path: &str) -> Response<Full<B
     }
 }
 
-/// Alive unless capture, once attached, has stopped reading the flow map.
+/// Alive unless capture, once attached, has stopped reading the flow map,
+/// and every log file can be written.
 fn liveness(state: &ApiState) -> Result<String, String> {
+    let failing: String = state
+        .metrics
+        .sinks()
+        .iter()
+        .filter_map(|sink| {
+            let (reason, since) = sink.failure()?;
+            Some(format!("{} failing for {}s: {reason}\n", sink.describe(), since.as_secs()))
+        })
+        .collect();
+    match capture_liveness(state) {
+        Ok(_) if !failing.is_empty() => Err(failing),
+        Ok(message) => Ok(message),
+        Err(message) => Err(message + &failing),
+    }
+}
+
+/// Alive unless capture, once attached, has stopped reading the flow map.
+fn capture_liveness(state: &ApiState) -> Result<String, String> {
     let Some(health) = state.metrics.capture_health() else {
         return Ok("ok: starting\n".to_owned());
     };
@@ -157,6 +270,7 @@ mod tests {
     use super::*;
     use crate::{
         capture::{CaptureHealth, clock::monotonic_ns},
+        export::sink::{LineSink, Reopen, Rotation, SinkName, Target},
         metrics::{InventoryState, MetricsConfig},
     };
 
@@ -207,13 +321,68 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, state, stopped));
+        let server = tokio::spawn(serve(listener, state, HttpLimits::default(), stopped));
         let response = raw_get(addr, "/metrics").await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(response.contains("application/openmetrics-text"), "{response}");
         assert!(response.contains("flow_observer_build_info{"), "{response}");
         assert!(response.trim_end().ends_with("# EOF"), "{response}");
         assert!(raw_get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        stop.send(true).expect("stop");
+        server.await.expect("server task");
+    }
+
+    #[test]
+    fn idle_timeouts_are_bounded() {
+        assert_eq!(parse_idle_timeout("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_idle_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_idle_timeout("61m").is_err());
+        assert!(parse_idle_timeout("0s").is_err());
+    }
+
+    #[tokio::test]
+    async fn liveness_names_a_failing_log_file() {
+        let state = state();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("dns.jsonl");
+        let sink = LineSink::open(SinkName::DnsLog, Target::File(path.clone()), Rotation::OFF, Reopen::default())
+            .expect("opens");
+        state.metrics.attach_sinks(vec![sink.health()]);
+        assert_eq!(get(&state, "/healthz").await.0, StatusCode::OK);
+        sink.health().fail("writing failed: No space left on device (os error 28)".to_owned());
+        let (status, body) = get(&state, "/healthz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains(&format!("dns_log {} failing", path.display())), "{body}");
+        assert!(body.contains("No space left on device"), "{body}");
+    }
+
+    /// Two slots, 500 ms: two idle clients hold both, so a third is served
+    /// only once the server has closed one of them for idleness.
+    #[tokio::test]
+    async fn idle_connections_are_capped_and_closed() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = watch::channel(false);
+        let limits = HttpLimits { max_connections: 2, idle_timeout: Duration::from_millis(500) };
+        let server = tokio::spawn(serve(listener, state(), limits, stopped));
+        let mut idle = Vec::new();
+        for _ in 0..2 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let opened = Instant::now();
+        let response = tokio::time::timeout(Duration::from_secs(10), raw_get(addr, "/healthz")).await.expect("served");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(
+            opened.elapsed() >= Duration::from_millis(400),
+            "served before a slot was free: {:?}",
+            opened.elapsed()
+        );
+        for mut stream in idle {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("closed");
+            assert!(matches!(read, Ok(0) | Err(_)), "the server closed the idle connection: {read:?}");
+        }
         stop.send(true).expect("stop");
         server.await.expect("server task");
     }

@@ -1,69 +1,32 @@
 //! The JSON flow log.
 //!
-//! In: batches of [`FlowRecord`]s. Out: one JSON object per line on stdout or
-//! appended to a file, flushed after every batch so a reader (`tail -f`, a log
-//! shipper) sees records as soon as they are made.
+//! In: batches of [`FlowRecord`]s and the opened [`LineSink`] (stdout or a
+//! file). Out: one JSON object per line, each batch written as soon as it
+//! comes, so a reader (`tail -f`, a log shipper) sees records as soon as they
+//! are made; records that cannot be written are counted by the sink.
 
-use std::path::PathBuf;
+use tokio::sync::mpsc;
 
-use tokio::{
-    io::{AsyncWrite, AsyncWriteExt, BufWriter},
-    sync::mpsc,
-};
-
-use super::encode;
+use super::{encode, sink::LineSink};
 use crate::flow::FlowRecord;
 
-/// Where the flow log goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// Standard output.
-    Stdout,
-    /// A file, created if missing and appended to.
-    File(PathBuf),
+/// Writes every batch received until the channel closes, on a blocking
+/// thread (a slow disk never stalls the runtime); returns the number of
+/// records encoded (written or counted as dropped by the sink).
+pub async fn write(sink: LineSink, batches: mpsc::Receiver<Vec<FlowRecord>>) -> Result<u64, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || write_blocking(sink, batches)).await
 }
 
-/// Why the flow log stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum FlowLogError {
-    /// The file cannot be opened.
-    #[error("cannot open flow log {path}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Writing failed (disk full, closed pipe).
-    #[error("writing the flow log failed")]
-    Write(#[source] std::io::Error),
-}
-
-/// Writes every batch received until the channel closes; returns the number
-/// of records written.
-pub async fn write(target: Target, mut batches: mpsc::Receiver<Vec<FlowRecord>>) -> Result<u64, FlowLogError> {
-    let writer: Box<dyn AsyncWrite + Unpin + Send> = match &target {
-        Target::Stdout => Box::new(tokio::io::stdout()),
-        Target::File(path) => Box::new(
-            tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await
-                .map_err(|source| FlowLogError::Open { path: path.clone(), source })?,
-        ),
-    };
-    let mut writer = BufWriter::with_capacity(1 << 16, writer);
-    let mut written = 0u64;
+fn write_blocking(mut sink: LineSink, mut batches: mpsc::Receiver<Vec<FlowRecord>>) -> u64 {
+    let mut encoded = 0u64;
     // A batch's lines are serialized together and written in one call.
     let mut lines = Vec::with_capacity(1 << 16);
-    while let Some(batch) = batches.recv().await {
+    while let Some(batch) = batches.blocking_recv() {
         lines.clear();
-        written += encode::lines(&batch, &mut lines);
-        writer.write_all(&lines).await.map_err(FlowLogError::Write)?;
-        writer.flush().await.map_err(FlowLogError::Write)?;
+        let count = encode::lines(&batch, &mut lines);
+        sink.write(&lines, count);
+        encoded += count;
     }
-    writer.flush().await.map_err(FlowLogError::Write)?;
-    Ok(written)
+    sink.close();
+    encoded
 }

@@ -3,3 +3,5 @@
 pub mod dnslog;
 pub mod encode;
 pub mod flowlog;
+pub mod logs;
+pub mod sink;

@@ -10,8 +10,7 @@
 //! counted.
 
 use std::{
-    fs::{File, OpenOptions},
-    io::{self, BufWriter, Write},
+    io::{self, Write},
     path::{Path, PathBuf},
     sync::Arc,
     time::SystemTime,
@@ -25,6 +24,7 @@ use super::{
 };
 use crate::{
     anomaly::lru::{Handle, Lru},
+    export::sink::{LineSink, Reopen, Rotation, SinkError, SinkName, Target},
     flow::rfc3339,
 };
 
@@ -55,10 +55,10 @@ pub enum FindingsError {
         path: PathBuf,
         /// Why.
         #[source]
-        source: io::Error,
+        source: SinkError,
     },
-    /// A line could not be written.
-    #[error("cannot write findings log")]
+    /// A line could not be serialized.
+    #[error("cannot serialize a findings log line")]
     Write {
         /// Why.
         #[source]
@@ -257,30 +257,45 @@ impl FindingsLog {
     }
 }
 
-/// The `--findings-log` file, appended to.
+/// The `--findings-log` file: each flush's lines written whole through a
+/// [`LineSink`] (which counts what it cannot write, and rotates and reopens
+/// the file).
 #[derive(Debug)]
 pub struct FindingsWriter {
-    out: BufWriter<File>,
+    sink: LineSink,
+    buffer: Vec<u8>,
 }
 
 impl FindingsWriter {
-    /// Opens (creating if needed) `path` for appending.
-    pub fn open(path: &Path) -> Result<Self, FindingsError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| FindingsError::Open { path: path.to_owned(), source })?;
-        Ok(Self { out: BufWriter::new(file) })
+    /// Writes into `sink`.
+    pub fn new(sink: LineSink) -> Self {
+        Self { sink, buffer: Vec::with_capacity(1 << 14) }
     }
 
-    /// Flushes `log` into the file.
+    /// Opens (creating if needed) `path` for appending, never rotated.
+    pub fn open(path: &Path) -> Result<Self, FindingsError> {
+        let target = Target::File(path.to_owned());
+        let sink = LineSink::open(SinkName::FindingsLog, target, Rotation::OFF, Reopen::default())
+            .map_err(|source| FindingsError::Open { path: path.to_owned(), source })?;
+        Ok(Self::new(sink))
+    }
+
+    /// Flushes `log` into the file; returns the lines made (written, or
+    /// counted as dropped by the sink when the file cannot take them).
     pub fn flush(
         &mut self,
         log: &mut FindingsLog,
         now: SystemTime,
         coverage: &CoverageTracker,
     ) -> Result<usize, FindingsError> {
-        log.flush(&mut self.out, now, coverage).map_err(|source| FindingsError::Write { source })
+        self.buffer.clear();
+        let lines = log.flush(&mut self.buffer, now, coverage).map_err(|source| FindingsError::Write { source })?;
+        self.sink.write(&self.buffer, lines as u64);
+        Ok(lines)
+    }
+
+    /// Finishes or cuts off a half-written line (at shutdown).
+    pub fn close(self) {
+        self.sink.close();
     }
 }

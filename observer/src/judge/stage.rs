@@ -11,7 +11,6 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -61,8 +60,8 @@ pub struct StageSetup {
     pub intents: IntentSource,
     /// The configuration file's settings.
     pub config: ObserverConfig,
-    /// Where findings are written, if anywhere.
-    pub findings_log: Option<PathBuf>,
+    /// Where findings are written, if anywhere (opened at start).
+    pub findings_log: Option<FindingsWriter>,
     /// Only pods on this node are checked for protection (`None`: every pod,
     /// as in standalone mode).
     pub node: Option<String>,
@@ -111,16 +110,13 @@ pub enum StageError {
     /// The tier configuration is invalid.
     #[error("invalid tier configuration")]
     Tiers(#[source] crate::intent::TierConfigError),
-    /// The findings log cannot be opened.
-    #[error(transparent)]
-    Findings(#[from] crate::findings::FindingsError),
 }
 
 impl JudgeStage {
     /// Compiles the current policies and intents.
-    pub fn new(setup: StageSetup) -> Result<Self, StageError> {
+    pub fn new(mut setup: StageSetup) -> Result<Self, StageError> {
         let tiers = Tiers::new(&setup.config.intents.tiers).map_err(StageError::Tiers)?;
-        let writer = setup.findings_log.as_deref().map(FindingsWriter::open).transpose()?;
+        let writer = setup.findings_log.take();
         let flush = Duration::from_secs(setup.config.findings.flush_interval_seconds.max(1));
         let judge = Judge::new(Arc::default(), Arc::default(), setup.config.judge.clone());
         let mut stage = Self {
@@ -178,6 +174,9 @@ impl JudgeStage {
             }
         }
         self.flush_findings();
+        if let Some(writer) = self.writer.take() {
+            writer.close();
+        }
     }
 
     fn intents(&self) -> Arc<LoadedIntents> {
@@ -395,7 +394,7 @@ impl JudgeStage {
             Ok(lines) => {
                 self.health.findings_written.fetch_add(lines as u64, Ordering::Relaxed);
             }
-            Err(error) => tracing::error!(%error, "findings not written; will retry"),
+            Err(error) => tracing::error!(%error, "findings not written"),
         }
     }
 }

@@ -1,29 +1,34 @@
 //! Capture's health counters as metrics, read at scrape time.
 //!
-//! In: the [`CaptureHealth`] atomics, once capture is attached. Out: the
-//! `flow_observer_flows_*`, `ringbuf_*`, `flow_map_*`, `records_*` and
-//! `capture_*` series; nothing before capture is attached.
+//! In: the [`CaptureHealth`] atomics, once capture is attached, and the flow
+//! log's drops, once it is opened. Out: the `flow_observer_flows_*`,
+//! `ringbuf_*`, `flow_map_*`, `records_*` (`records_dropped` by `stage`:
+//! `capture`, `export`) and `capture_*` series; nothing before capture is
+//! attached.
 
 use std::sync::{Arc, OnceLock, atomic::Ordering};
 
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
+use super::sinks::{Sinks, flow_log_dropped};
 use crate::capture::{CaptureHealth, clock::monotonic_ns};
 
 /// Encodes capture's counters on every scrape.
 #[derive(Debug)]
 pub struct CaptureCollector {
     health: Arc<OnceLock<Arc<CaptureHealth>>>,
+    sinks: Sinks,
 }
 
 impl CaptureCollector {
-    /// A collector of whatever capture is attached to `health` later.
-    pub fn new(health: Arc<OnceLock<Arc<CaptureHealth>>>) -> Self {
-        Self { health }
+    /// A collector of whatever capture is attached to `health` later, and
+    /// of the flow log's drops once `sinks` are attached.
+    pub fn new(health: Arc<OnceLock<Arc<CaptureHealth>>>, sinks: Sinks) -> Self {
+        Self { health, sinks }
     }
 }
 
@@ -90,12 +95,19 @@ impl Collector for CaptureCollector {
             get(&health.packets_unparsed),
         )?;
         counter(e, "records_sent", "Flow records capture handed to the next stage", get(&health.records_sent))?;
-        counter(
-            e,
+        // One family for every stage that drops records: capture (the next
+        // stage was full), export (the flow log could not be written).
+        let mut dropped = e.encode_descriptor(
             "records_dropped",
-            "Flow records dropped because the next stage was not keeping up",
-            get(&health.records_dropped),
+            "Flow records dropped, by stage: capture (the next stage was not keeping up), export (the flow log \
+             could not be written)",
+            None,
+            MetricType::Counter,
         )?;
+        ConstCounter::new(get(&health.records_dropped)).encode(dropped.encode_family(&[("stage", "capture")])?)?;
+        if let Some(export) = flow_log_dropped(&self.sinks) {
+            ConstCounter::new(export).encode(dropped.encode_family(&[("stage", "export")])?)?;
+        }
         gauge(
             e,
             "tcp_socket_counters",

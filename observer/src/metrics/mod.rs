@@ -20,6 +20,7 @@ pub mod edge_cells;
 pub mod edge_exposition;
 pub mod flows;
 pub mod labels;
+pub mod sinks;
 
 use std::{
     sync::{
@@ -133,6 +134,7 @@ struct Inner {
     policies_loaded: Gauge,
     intents_loaded: Gauge,
     capture: Arc<OnceLock<Arc<CaptureHealth>>>,
+    sinks: sinks::Sinks,
 }
 
 impl Metrics {
@@ -157,6 +159,7 @@ impl Metrics {
             policies_loaded: Gauge::default(),
             intents_loaded: Gauge::default(),
             capture: Arc::new(OnceLock::new()),
+            sinks: Arc::new(OnceLock::new()),
             registry: Registry::default(),
             config,
         };
@@ -165,7 +168,11 @@ impl Metrics {
         register_inventory(&mut registry, &inner);
         register_series(&mut registry, &accounting);
         registry.register_collector(Box::new(edge_exposition::EdgeCollector::new(Arc::clone(&inner.edges))));
-        registry.register_collector(Box::new(capture::CaptureCollector::new(Arc::clone(&inner.capture))));
+        registry.register_collector(Box::new(capture::CaptureCollector::new(
+            Arc::clone(&inner.capture),
+            Arc::clone(&inner.sinks),
+        )));
+        registry.register_collector(Box::new(sinks::SinkCollector::new(Arc::clone(&inner.sinks))));
         Self { inner: Arc::new(Inner { registry, ..inner }) }
     }
 
@@ -197,6 +204,17 @@ impl Metrics {
     /// Capture's counters, once attached.
     pub fn capture_health(&self) -> Option<&Arc<CaptureHealth>> {
         self.inner.capture.get()
+    }
+
+    /// The log files are open: their state is exported from now on and
+    /// `/healthz` fails while one cannot be written.
+    pub fn attach_sinks(&self, sinks: Vec<Arc<crate::export::sink::SinkHealth>>) {
+        let _ = self.inner.sinks.set(sinks);
+    }
+
+    /// The log files' state, once attached.
+    pub fn sinks(&self) -> &[Arc<crate::export::sink::SinkHealth>] {
+        self.inner.sinks.get().map_or(&[], Vec::as_slice)
     }
 
     /// The edge and verdict counters, locked: the meter counts a batch on
@@ -428,6 +446,9 @@ pub struct MetricsArgs {
     /// keep to labels with few values, such as `team` or `app.kubernetes.io/part-of`).
     #[arg(long = "metrics-pod-label", value_name = "KEY")]
     pub metrics_pod_labels: Vec<String>,
+    /// How many HTTP clients are served at a time and for how long.
+    #[command(flatten)]
+    pub http: crate::api::HttpLimits,
 }
 
 impl MetricsArgs {
@@ -531,6 +552,35 @@ mod tests {
             "flow_observer_flow_map_batched 0\n",
         ] {
             assert!(text.contains(line), "{line} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn log_files_and_export_drops_have_their_series() {
+        use crate::export::sink::{LineSink, Reopen, Rotation, SinkName, Target};
+        let metrics = Metrics::new(MetricsConfig::default());
+        let health = Arc::new(CaptureHealth::default());
+        health.records_dropped.store(4, Ordering::Relaxed);
+        metrics.attach_capture(health);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = |name, file: &str| {
+            LineSink::open(name, Target::File(dir.path().join(file)), Rotation::OFF, Reopen::default()).expect("opens")
+        };
+        let (mut flow, findings) = (open(SinkName::FlowLog, "flows.jsonl"), open(SinkName::FindingsLog, "f.jsonl"));
+        flow.write(b"{}\n{}\n", 2);
+        metrics.attach_sinks(vec![flow.health(), findings.health()]);
+        findings.health().fail("writing failed: Input/output error".to_owned());
+        let text = metrics.encode();
+        for expected in [
+            "flow_observer_records_dropped_total{stage=\"capture\"} 4\n",
+            "flow_observer_records_dropped_total{stage=\"export\"} 0\n",
+            "flow_observer_sink_up{sink=\"flow_log\"} 1\n",
+            "flow_observer_sink_up{sink=\"findings_log\"} 0\n",
+            "flow_observer_sink_lines_written_total{sink=\"flow_log\"} 2\n",
+            "flow_observer_sink_lines_dropped_total{sink=\"findings_log\"} 0\n",
+            "flow_observer_sink_rotations_total{sink=\"flow_log\"} 0\n",
+        ] {
+            assert!(text.contains(expected), "{expected} missing in {text}");
         }
     }
 
