@@ -291,14 +291,14 @@ impl Judge {
     /// Judges one flow.
     pub fn flow(&mut self, input: &JudgeInput<'_>) -> FlowVerdict {
         let policy = self.policy(input);
-        let verdict = self.decide(input, policy.as_ref());
+        let verdict = self.decide(input, policy);
         self.count(verdict.verdict, verdict.intent.is_some());
         verdict
     }
 
     /// Judges one flow with `policy` as the policies' outcome (the one in
     /// effect when it started, say), without counting the verdict.
-    pub(crate) fn decide(&mut self, input: &JudgeInput<'_>, policy: Option<&PolicyOutcome>) -> FlowVerdict {
+    pub(crate) fn decide(&mut self, input: &JudgeInput<'_>, policy: Option<PolicyOutcome>) -> FlowVerdict {
         let protocol = Protocol::from_number(input.protocol.0);
         let (delivery, evidence) = delivery(input);
         // Every new connection counts against the rate, whatever else it breaks.
@@ -306,7 +306,6 @@ impl Judge {
         let intent = self.intents.check_egress(&input.src, &input.dst, protocol).or(rate);
         let (verdict, mut reason, policies) = match policy {
             Some(PolicyOutcome { allowed: false, policies, reason }) => {
-                let policies = policies.clone();
                 let kind = if delivery == Delivery::Delivered {
                     VerdictKind::EnforcementGap
                 } else {
@@ -317,8 +316,8 @@ impl Judge {
                 (kind, format!("denied: {reason}; {delivered} ({evidence})"), policies)
             }
             Some(PolicyOutcome { allowed: true, policies, reason }) => match &intent {
-                Some(violation) => (VerdictKind::IntentViolation, violation.reason.clone(), policies.clone()),
-                None => (VerdictKind::Allowed, format!("allowed: {reason}"), policies.clone()),
+                Some(violation) => (VerdictKind::IntentViolation, violation.reason.clone(), policies),
+                None => (VerdictKind::Allowed, format!("allowed: {reason}"), policies),
             },
             None => {
                 let why = format!("NetworkPolicies do not apply to {} flows", input.protocol.name());

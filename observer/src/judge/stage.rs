@@ -407,8 +407,8 @@ impl JudgeStage {
         let (verdict, now) = match &outlived.last {
             Some((last, verdict, now)) if *last == proof => (Arc::clone(verdict), Arc::clone(now)),
             _ => {
-                let verdict = Arc::new(self.judge.decide(&input, flow.start.as_deref()));
-                let now = Arc::new(self.judge.decide(&input, outlived.now.as_deref()));
+                let verdict = Arc::new(self.judge.decide(&input, flow.start.as_deref().cloned()));
+                let now = Arc::new(self.judge.decide(&input, outlived.now.as_deref().cloned()));
                 outlived.last = Some((proof, Arc::clone(&verdict), Arc::clone(&now)));
                 (verdict, now)
             }
@@ -462,8 +462,9 @@ impl JudgeStage {
     ) -> Option<Arc<FlowVerdict>> {
         let (src, dst) = flow_ends(snapshot, record)?;
         let input = JudgeInput::from_record(record, src, dst, new_flow);
-        let policy = self.judge.policy(&input).map(Arc::new);
-        let verdict = Arc::new(self.judge.decide(&input, policy.as_deref()));
+        let policy = self.judge.policy(&input);
+        let verdict = Arc::new(self.judge.decide(&input, policy.clone()));
+        let policy = policy.map(Arc::new);
         self.judge.count(verdict.verdict, verdict.intent.is_some());
         let finding = Finding::from_flow(&verdict, &input).map(Arc::new);
         let (mut series, mut entry) = (None, None);
