@@ -164,7 +164,9 @@ fn subscribe() -> io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
 }
 
-/// Every address of every interface of this network namespace.
+/// Every address of every interface of this network namespace but the
+/// loopback ones: a loopback address names whatever network namespace the
+/// socket is in (a pod's own), never this node as a pod sees it.
 pub fn read_interfaces() -> io::Result<AddressSet> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list it allocated, freed below.
@@ -195,6 +197,7 @@ pub fn read_interfaces() -> io::Result<AddressSet> {
         }
         cursor = entry.ifa_next;
     }
+    addresses.retain(|address| !address.is_loopback());
     // SAFETY: `head` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(addresses)
@@ -205,9 +208,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn interfaces_hold_loopback() {
+    fn interfaces_leave_out_loopback() {
         let addresses = read_interfaces().expect("getifaddrs");
-        assert!(addresses.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addresses:?}");
+        assert!(!addresses.iter().any(IpAddr::is_loopback), "{addresses:?}");
     }
 
     /// Runs `ip` with `args` (in the calling thread's network namespace).
