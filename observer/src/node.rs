@@ -123,8 +123,13 @@ async fn changed(socket: Option<&AsyncFd<OwnedFd>>) {
                 guard.clear_ready();
                 break;
             }
-            // Lost notifications (ENOBUFS) or end of stream: read all again.
             any = true;
+            // Notifications were lost (reported once): read all again, and
+            // drain what is queued after it.
+            if read < 0 && error.raw_os_error() == Some(libc::ENOBUFS) {
+                continue;
+            }
+            // Anything else would repeat: wait for the next notification.
             guard.clear_ready();
             break;
         }
