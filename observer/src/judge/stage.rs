@@ -418,7 +418,16 @@ impl JudgeStage {
             self.record_finding(finding, record.time);
         }
         if report {
-            self.record_finding(Finding::outlived(&now, &input), record.time);
+            // One finding per edge and change of the denying policies: the
+            // log counts the connections (and their two sockets, when both
+            // ends are on this node), the metric the findings.
+            let finding = Finding::outlived(&now, &input);
+            let labels = finding_labels(&finding);
+            if self.findings.record(finding, record.time)
+                && let Some(metrics) = &self.setup.metrics
+            {
+                metrics.record_finding(&labels);
+            }
         }
         Some((verdict, now))
     }
@@ -809,6 +818,8 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
         let first = lab.judge(1, RecordEvent::Start, CLIENT, SERVER);
         assert_eq!(kind(first.verdict.as_ref()), Some(VerdictKind::Allowed));
         assert!(first.verdict_now.is_none());
+        // Another connection of the same edge, open across the change too.
+        lab.judge(4, RecordEvent::Start, CLIENT, SERVER);
         // Open across the change, to a pod the new policy does not select.
         let unaffected = lab.judge(3, RecordEvent::Start, CLIENT, OTHER);
         assert_eq!(kind(unaffected.verdict.as_ref()), Some(VerdictKind::Allowed));
@@ -826,6 +837,9 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             assert_eq!(json["verdict_now"]["verdict"], "enforcement-gap");
             assert_eq!(json["verdict_now"]["policies"][0]["resourceVersion"], "7");
         }
+        let same_edge = lab.judge(4, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(kind(same_edge.verdict.as_ref()), Some(VerdictKind::Allowed));
+        assert_eq!(kind(same_edge.verdict_now.as_ref()), Some(VerdictKind::EnforcementGap));
         let unaffected = lab.judge(3, RecordEvent::Update, CLIENT, OTHER);
         assert_eq!(kind(unaffected.verdict.as_ref()), Some(VerdictKind::Allowed));
         assert!(unaffected.verdict_now.is_none(), "its verdict did not change");
@@ -836,7 +850,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
 
         let outlived = lab.findings("outlived-policy");
         assert_eq!(outlived.len(), 1, "{outlived:?}");
-        assert_eq!(outlived[0]["count"], 1);
+        assert_eq!(outlived[0]["count"], 2, "two connections outlived it");
         assert_eq!(outlived[0]["rule"], "shop/deny-server");
         assert_eq!(outlived[0]["policies"][0]["resourceVersion"], "7");
         assert!(outlived[0]["evidence"]["flow_started"].is_string());
@@ -847,7 +861,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             exposition.lines().filter(|line| line.starts_with("flow_observer_findings_total{")).collect();
         assert_eq!(series.len(), 1, "{series:?}");
         assert!(series[0].starts_with(r#"flow_observer_findings_total{kind="outlived-policy""#), "{series:?}");
-        assert!(series[0].ends_with(" 1"), "{series:?}");
+        assert!(series[0].ends_with(" 1"), "one finding for the edge: {series:?}");
 
         // A connection opened after the change is judged by the new policies.
         let second = lab.judge(2, RecordEvent::Start, CLIENT, SERVER);
