@@ -314,22 +314,27 @@ fn sides<'a>(
 }
 
 /// The kernel map evicted `flow`'s entry (gone from a poll, or found again
-/// with another creation time): what it last held of this connection moves
+/// with a later creation time): what it last held of this connection moves
 /// into `lost`, and the flow counts from zero on whatever entry comes next.
+/// A socket's counters are totals, not counts since the entry began: they
+/// stay as the best known until a later entry (or the close) brings newer.
 fn lose(key: FlowKey, flow: &mut Tracked, bases: &mut FastMap<FlowKey, Base>, lost: &mut FastMap<FlowKey, Lost>) {
     let base = if flow.reused { bases.remove(&key) } else { None };
     let had = view(flow, base.as_ref(), None);
+    let socket = flow.stats.counted == COUNTED_SOCKET;
     let kept = lost.entry(key).or_insert(Lost {
         counters: Counters::default(),
         first_seen_ns: had.first_seen_ns,
         tcp_flags_out: 0,
         tcp_flags_in: 0,
     });
-    kept.counters = kept.counters.plus(Counters::of(&had));
     kept.tcp_flags_out |= had.tcp_flags_out;
     kept.tcp_flags_in |= had.tcp_flags_in;
     flow.reused = false;
-    flow.stats = with_counters(flow.stats, Counters::default());
+    if !socket {
+        kept.counters = kept.counters.plus(Counters::of(&had));
+        flow.stats = with_counters(flow.stats, Counters::default());
+    }
 }
 
 /// A record of `flow` (of `key`) as it stands.
@@ -676,11 +681,11 @@ impl FlowTable {
                 Phase::None if idle >= config.idle_timeout_ns => Some(FlowState::Expired),
                 // A connection counted from its socket ends with its close
                 // event, however quiet: between sampling points its packets
-                // never touch the map, so `last_seen` says nothing of it. (A
-                // close lost to a full ring buffer is counted in events_lost;
-                // the flow then ends when the kernel map evicts its entry
-                // and it has been idle that long.)
-                Phase::Established if flow.stats.counted == COUNTED_SOCKET && sides.1.is_none() => None,
+                // never touch the map, so `last_seen` says nothing of it,
+                // and its entry, idle, is the first a full map evicts. (A
+                // close lost to a full ring buffer is counted in
+                // events_lost; the flow then ends when the observer stops.)
+                Phase::Established if flow.stats.counted == COUNTED_SOCKET => None,
                 Phase::Attempted | Phase::Established if idle >= config.tcp_idle_timeout_ns => Some(FlowState::Expired),
                 _ => None,
             };
@@ -1316,6 +1321,42 @@ mod tests {
         assert_eq!((end[0].state, summary(&end[0])), (FlowState::Closed, (INITIATOR_LOCAL, [5, 17, 4, 0])));
         assert_eq!(end[0].stats.first_seen_ns, MS);
         assert_eq!(run.table.stats().flows_evicted, 0, "the socket's counters lost nothing");
+    }
+
+    #[test]
+    fn a_socket_counted_connection_whose_entry_went_keeps_its_totals_and_waits_for_its_close() {
+        let mut run = Run::new();
+        let key = key(PROTO_TCP, 7);
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        let socket = |packets: u64, first_seen_ns: u64, last_seen_ns: u64| FlowStats {
+            counted: COUNTED_SOCKET,
+            first_seen_ns,
+            ..stats(INITIATOR_LOCAL, syn_ack, syn_ack, packets, last_seen_ns)
+        };
+        run.event(new_flow_from(key, INITIATOR_LOCAL, MS));
+        run.event(state_event(key, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, MS));
+        run.poll(&[(key, socket(3, MS, 2 * MS))], 2 * MS);
+        // Quiet, so the full map evicts it first; far past the TCP idle
+        // timeout it is still open.
+        run.poll(&[], 3 * MS);
+        let quiet = config().tcp_idle_timeout_ns * 10;
+        let out = run.flush(quiet);
+        assert!(out.iter().all(|emission| emission.event != RecordEvent::End), "{out:?}");
+        // A sampling point makes a new entry with the socket's totals:
+        // totals, not counts to add to the 3 known before.
+        run.poll(&[(key, socket(10, quiet, quiet))], quiet + MS);
+        let later = quiet + config().update_interval_ns;
+        let update = run.flush(later);
+        assert_eq!(
+            (update[0].event, summary(&update[0])),
+            (RecordEvent::Update, (INITIATOR_LOCAL, [10, 600, 10, 600]))
+        );
+        assert_eq!(update[0].stats.first_seen_ns, MS);
+        let counters = SocketCounters { packets_out: 12, bytes_out: 700, packets_in: 11, bytes_in: 650 };
+        run.event(close_with_counters(key, tcp_state::FIN_WAIT2, later + MS, counters));
+        let end = run.flush(later + 500 * MS);
+        assert_eq!((end[0].state, summary(&end[0])), (FlowState::Closed, (INITIATOR_LOCAL, [12, 700, 11, 650])));
+        assert_eq!(run.table.stats().flows_evicted, 0);
     }
 
     #[test]
