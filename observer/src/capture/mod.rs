@@ -434,8 +434,8 @@ impl Capture {
             evicted = evictions - warned_at,
             total = evictions,
             capacity = self.config.load.flow_map_size,
-            "flow map full: the kernel evicted flows' entries to make room; those flows end `evicted` with the \
-             counters read before (raise --flow-map-size)"
+            "flow map full: the kernel evicted entries of live flows to make room; such a flow ends `evicted` with \
+             the counters read before, unless its socket's close brings the final ones (raise --flow-map-size)"
         );
         self.warned = (evictions, Some(std::time::Instant::now()));
     }

@@ -18,12 +18,13 @@
 //! another flow's entry, and a later packet of that flow creates a new one,
 //! counting from zero, its initiator only guessed. So a flow's initiator is
 //! the one its first new-flow event carried, never a later entry's; an entry
-//! gone from a poll, or one polled with another creation time, was evicted,
+//! gone from a poll, or one polled with a later creation time, was evicted,
 //! and the counters it had last are kept aside and added to what the flow's
-//! next entry counts. Such a flow stays one flow (one handle, one end) and
-//! ends `evicted` with the counters known (what its entries counted between
-//! the last poll and their eviction is lost), unless its socket's close
-//! brings the final counters, which lose nothing.
+//! next entry counts (a socket's counters, being totals, are not added but
+//! replaced). Such a flow stays one flow (one handle, one end) and ends
+//! `evicted` with the counters known (what its entries counted between the
+//! last poll and their eviction is lost), unless its socket's close brings
+//! the final counters, which lose nothing.
 
 use observer_common::{
     COUNTED_SOCKET, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE,
