@@ -419,7 +419,9 @@ impl Capture {
     /// the kernel (counted) and leaves by the observer's delete (counted) or
     /// by an eviction: so evictions are what was created and is neither
     /// deleted nor in the walk just read. An entry evicted during the walk
-    /// but read before may count a poll late; the count never goes down.
+    /// but read before may count a poll late; the count never goes down. (A
+    /// delete that fails entry by entry does not say how many it did before:
+    /// those would count as evicted. The failure is logged.)
     fn count_evictions(&mut self, created: u64) {
         let evictions = created.saturating_sub(self.deleted + self.snapshot.len() as u64);
         let previous = self.health.flow_map_evictions.fetch_max(evictions, Ordering::Relaxed);
