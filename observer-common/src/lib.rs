@@ -141,7 +141,12 @@ pub struct FlowStats {
     pub tcp_flags_out: u8,
     /// Union of TCP flags the local end received.
     pub tcp_flags_in: u8,
-    /// [`INITIATOR_LOCAL`] or [`INITIATOR_REMOTE`].
+    /// [`INITIATOR_LOCAL`] or [`INITIATOR_REMOTE`], decided when the entry
+    /// is created: a TCP SYN without ACK was sent by the initiator and a
+    /// SYN-ACK by the responder; another TCP packet goes by its socket's
+    /// state (SYN_SENT: local), else the end with the higher (ephemeral)
+    /// port; a UDP packet received by a connected socket is a reply (local);
+    /// anything else by who sent this first packet the kernel saw.
     pub initiator: u8,
     /// How the packet and byte counters were kept: [`COUNTED_PACKETS`] or
     /// [`COUNTED_SOCKET`].
@@ -315,8 +320,13 @@ pub struct Event {
     /// With `has_counters`: [`tcp_flags::FIN`] when the socket had received
     /// the peer's FIN in order, else zero.
     pub tcp_flags_in: u8,
+    /// For [`EVENT_NEW_FLOW`]: the new entry's [`FlowStats::initiator`]. The
+    /// first such event of a flow carries what the kernel saw first; an
+    /// entry created again after the map evicted the flow's can only go by
+    /// its packet (see [`FlowStats::initiator`]), so userspace keeps the first.
+    pub initiator: u8,
     /// Explicit padding, always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
     /// `bpf_ktime_get_ns` when the event happened.
     pub timestamp_ns: u64,
     /// The flow the event is about.

@@ -49,8 +49,8 @@ use core::{
 };
 use observer_common::{
     COUNTED_SOCKET, COUNTER_SLOTS, Counter, DNS_PORT, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FAMILY_IPV4, FAMILY_IPV6,
-    FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, SockOffsets, SocketCounters, TCP_SAMPLE_AT,
-    TCP_SAMPLE_MASK, TcpSockOffsets, tcp_flags, tcp_state,
+    FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE, PROTO_TCP, PROTO_UDP, SockOffsets, SocketCounters,
+    TCP_SAMPLE_AT, TCP_SAMPLE_MASK, TcpSockOffsets, tcp_flags, tcp_state,
 };
 use packet::{Direction, Parsed};
 
@@ -280,10 +280,10 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
         // counts it on arrival.
         return;
     }
-    let stats = new_stats(&parsed, counters.as_ref(), direction, now);
+    let stats = new_stats(&parsed, counters.as_ref(), direction, initiator(ctx, &parsed, direction), now);
     if FLOWS.insert(key, stats, u64::from(BPF_NOEXIST)).is_ok() {
         bump(Counter::FlowsCreated);
-        emit(EVENT_NEW_FLOW, 0, 0, now, &key, None, (0, 0));
+        emit_new_flow(now, &key, stats.initiator);
         return;
     }
     // Another CPU inserted the same flow first: count on its entry.
@@ -297,33 +297,70 @@ fn track_packet(ctx: &SkBuffContext, direction: Direction) {
     }
 }
 
-fn new_stats(parsed: &Parsed, counters: Option<&SocketCounters>, direction: Direction, now: u64) -> FlowStats {
-    let mut stats = FlowStats { first_seen_ns: now, last_seen_ns: now, ..FlowStats::default() };
+fn new_stats(
+    parsed: &Parsed,
+    counters: Option<&SocketCounters>,
+    direction: Direction,
+    initiator: u8,
+    now: u64,
+) -> FlowStats {
+    let mut stats = FlowStats { first_seen_ns: now, last_seen_ns: now, initiator, ..FlowStats::default() };
     match direction {
         Direction::Egress => {
             stats.packets_out = 1;
             stats.bytes_out = u64::from(parsed.len);
             stats.tcp_flags_out = parsed.tcp_flags;
-            stats.initiator = INITIATOR_LOCAL;
         }
         Direction::Ingress => {
             stats.packets_in = 1;
             stats.bytes_in = u64::from(parsed.len);
             stats.tcp_flags_in = parsed.tcp_flags;
-            stats.initiator = INITIATOR_REMOTE;
         }
     }
     if let Some(counters) = counters {
         set_counters(&mut stats, counters);
-        // A connection first seen at a packet other than its SYN began
-        // before the observer: the end with the higher (ephemeral) port is
-        // most likely the one that connected.
-        if parsed.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN {
-            let key = &parsed.key;
-            stats.initiator = if key.local_port > key.remote_port { INITIATOR_LOCAL } else { INITIATOR_REMOTE };
-        }
     }
     stats
+}
+
+/// Who initiated the flow whose entry this packet creates (see
+/// [`FlowStats::initiator`]). Only the packet that creates an entry pays
+/// for it: the flow's first packet, or one whose entry the map evicted.
+/// Then "who sent it" can be wrong (a reply re-creating an evicted entry),
+/// so the handshake's flags and the socket's state go first, and userspace
+/// keeps the initiator of a flow's first entry over any later one's.
+#[inline(always)]
+fn initiator(ctx: &SkBuffContext, parsed: &Parsed, direction: Direction) -> u8 {
+    let (sender, receiver) = match direction {
+        Direction::Egress => (INITIATOR_LOCAL, INITIATOR_REMOTE),
+        Direction::Ingress => (INITIATOR_REMOTE, INITIATOR_LOCAL),
+    };
+    // SAFETY: `ctx.skb.skb` is the program's own `__sk_buff`; `state` is a
+    // field the verifier lets a program read from any socket, full or not.
+    let state = unsafe {
+        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk;
+        if sk.is_null() { None } else { Some((*sk).state as u8) }
+    };
+    let key = &parsed.key;
+    match key.protocol {
+        PROTO_TCP => match parsed.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) {
+            tcp_flags::SYN => sender,
+            syn_ack if syn_ack == tcp_flags::SYN | tcp_flags::ACK => receiver,
+            _ => match state {
+                Some(tcp_state::SYN_SENT) => INITIATOR_LOCAL,
+                Some(tcp_state::LISTEN | tcp_state::SYN_RECV | tcp_state::NEW_SYN_RECV) => INITIATOR_REMOTE,
+                // A connection first seen after its handshake (older than
+                // the observer, or its entry evicted): the end with the
+                // higher (ephemeral) port most likely connected.
+                _ if key.local_port > key.remote_port => INITIATOR_LOCAL,
+                _ => INITIATOR_REMOTE,
+            },
+        },
+        // A connected UDP socket (connect() puts it in TCP_ESTABLISHED)
+        // receives only from its peer: what it gets are replies.
+        PROTO_UDP if direction == Direction::Ingress && state == Some(tcp_state::ESTABLISHED) => INITIATOR_LOCAL,
+        _ => sender,
+    }
 }
 
 fn set_counters(stats: &mut FlowStats, counters: &SocketCounters) {
@@ -627,6 +664,10 @@ unsafe fn socket_cgroup_id(tcp: *const u8, offsets: &TcpSockOffsets) -> u64 {
     }
 }
 
+fn emit_new_flow(now: u64, key: &FlowKey, initiator: u8) {
+    submit(Event { kind: EVENT_NEW_FLOW, timestamp_ns: now, key: *key, initiator, ..Event::default() });
+}
+
 fn emit(
     kind: u8,
     old_state: u8,
@@ -636,20 +677,27 @@ fn emit(
     counters: Option<&SocketCounters>,
     (tcp_flags_out, tcp_flags_in): (u8, u8),
 ) {
+    submit(Event {
+        kind,
+        old_state,
+        new_state,
+        has_counters: u8::from(counters.is_some()),
+        tcp_flags_out,
+        tcp_flags_in,
+        initiator: 0,
+        _pad: 0,
+        timestamp_ns: now,
+        key: *key,
+        counters: counters.copied().unwrap_or_default(),
+    });
+}
+
+/// Queues `event` on the ring buffer, or counts it lost.
+#[inline(always)]
+fn submit(event: Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
-            entry.write(Event {
-                kind,
-                old_state,
-                new_state,
-                has_counters: u8::from(counters.is_some()),
-                tcp_flags_out,
-                tcp_flags_in,
-                _pad: [0; 2],
-                timestamp_ns: now,
-                key: *key,
-                counters: counters.copied().unwrap_or_default(),
-            });
+            entry.write(event);
             entry.submit(submit_flags());
         }
         None => bump(Counter::EventsLost),

@@ -244,7 +244,16 @@ impl Connections {
                 key: tuple,
                 ..Event::default()
             };
-            push(&mut ring, Event { kind: EVENT_NEW_FLOW, timestamp_ns: at + 1, key, ..Event::default() });
+            push(
+                &mut ring,
+                Event {
+                    kind: EVENT_NEW_FLOW,
+                    timestamp_ns: at + 1,
+                    key,
+                    initiator: INITIATOR_LOCAL,
+                    ..Event::default()
+                },
+            );
             push(&mut ring, state(tcp_state::SYN_SENT, tcp_state::ESTABLISHED, at + 30_000));
             if closed {
                 // A close carries the socket's final counters, FINs and
@@ -287,7 +296,7 @@ pub fn table_stage(table: &mut FlowTable, batch: &KernelBatch, out: &mut Vec<Emi
         let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
         table.on_event(&event, out);
     }
-    table.on_poll(&batch.snapshot, batch.poll_ns, out);
+    table.on_poll(&batch.snapshot, batch.poll_ns);
     table.flush(batch.poll_ns, out, delete);
     // The daemon deletes these from the kernel map (a syscall each; kernel work).
     delete.clear();

@@ -53,6 +53,9 @@ use table::{Counters, Emission, FlowTable, TableConfig};
 const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Flow-map entries the poll buffer keeps room for however few the map holds.
 const SNAPSHOT_KEPT: usize = 1024;
+/// Least time between two warnings that the flow map is full (each says how
+/// many entries were evicted since the last).
+const MAP_FULL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Settings of the capture stage.
 #[derive(Clone, Debug)]
@@ -104,8 +107,12 @@ pub struct CaptureHealth {
     pub flows_tracked: AtomicU64,
     /// Flows that ended.
     pub flows_ended: AtomicU64,
-    /// Flows evicted from the kernel map before they ended.
+    /// Flows that ended `evicted`: the kernel map evicted an entry of theirs
+    /// and the counters it held since the last poll are lost.
     pub flows_evicted: AtomicU64,
+    /// Entries the kernel map evicted to make room (it was full): the entries
+    /// it created, less those the observer deleted and those it holds.
+    pub flow_map_evictions: AtomicU64,
     /// Flows found without a new-flow event: by polling (the event was
     /// lost), or at their close (a connection older than the observer).
     pub flows_discovered: AtomicU64,
@@ -152,6 +159,7 @@ impl CaptureHealth {
             "flows_tracked": get(&self.flows_tracked),
             "flows_ended": get(&self.flows_ended),
             "flows_evicted": get(&self.flows_evicted),
+            "flow_map_evictions": get(&self.flow_map_evictions),
             "flows_discovered": get(&self.flows_discovered),
             "tuples_reused": get(&self.tuples_reused),
             "states_unmatched": get(&self.states_unmatched),
@@ -185,6 +193,10 @@ pub struct Capture {
     config: CaptureConfig,
     health: Arc<CaptureHealth>,
     dns: Option<DnsTracker>,
+    /// Flow-map entries the observer deleted (ended flows).
+    deleted: u64,
+    /// Evictions counted at the last "flow map full" warning, and when.
+    warned: (u64, Option<std::time::Instant>),
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
@@ -248,6 +260,8 @@ impl Capture {
             config,
             health,
             dns: None,
+            deleted: 0,
+            warned: (0, None),
         })
     }
 
@@ -303,7 +317,7 @@ impl Capture {
                     // DNS answers waiting on the ring go into the name cache
                     // before the flows that follow them are handed on.
                     self.read_events(&mut out);
-                    self.poll(&mut out);
+                    self.poll();
                     self.table.flush(monotonic_ns(), &mut out, &mut delete);
                     self.finish_batch(&sink, &mut out, &mut delete);
                     if let Some(dns) = &mut self.dns {
@@ -313,7 +327,7 @@ impl Capture {
             }
         }
         self.read_events(&mut out);
-        self.poll(&mut out);
+        self.poll();
         self.table.flush(monotonic_ns(), &mut out, &mut delete);
         self.table.drain(&mut out);
         self.finish_batch(&sink, &mut out, &mut delete);
@@ -372,8 +386,11 @@ impl Capture {
         self.health.dns_records_read.fetch_add(dns_read, Ordering::Relaxed);
     }
 
-    fn poll(&mut self, out: &mut Vec<Emission>) {
+    fn poll(&mut self) {
         let taken = monotonic_ns();
+        // Read before the walk: an entry created during it may be in it but
+        // not in this count, so evictions are never overcounted.
+        let created = self.sum(Counter::FlowsCreated);
         self.snapshot.clear();
         let read = self.flows.read_all(&mut self.snapshot);
         self.health.flow_map_batched.store(u64::from(self.flows.is_batched()), Ordering::Relaxed);
@@ -382,7 +399,8 @@ impl Capture {
             return;
         }
         self.health.flow_map_entries.store(self.snapshot.len() as u64, Ordering::Relaxed);
-        self.table.on_poll(&self.snapshot, taken, out);
+        self.count_evictions(created);
+        self.table.on_poll(&self.snapshot, taken);
         // Kept for the next poll, but not at the size of a burst long gone.
         if self.snapshot.capacity() > 4 * self.snapshot.len().max(SNAPSHOT_KEPT) {
             self.snapshot.shrink_to(2 * self.snapshot.len().max(SNAPSHOT_KEPT));
@@ -392,10 +410,40 @@ impl Capture {
         self.health.last_poll_ns.store(taken, Ordering::Relaxed);
     }
 
+    /// The per-CPU kernel counter `counter`, summed.
+    fn sum(&self, counter: Counter) -> u64 {
+        self.counters.get(&(counter as u32), 0).map(|values| values.iter().copied().sum()).unwrap_or(0)
+    }
+
+    /// The LRU map evicts silently, but every entry it holds was created by
+    /// the kernel (counted) and leaves by the observer's delete (counted) or
+    /// by an eviction: so evictions are what was created and is neither
+    /// deleted nor in the walk just read. An entry evicted during the walk
+    /// but read before may count a poll late; the count never goes down. (A
+    /// delete that fails entry by entry does not say how many it did before:
+    /// those would count as evicted. The failure is logged.)
+    fn count_evictions(&mut self, created: u64) {
+        let evictions = created.saturating_sub(self.deleted + self.snapshot.len() as u64);
+        let previous = self.health.flow_map_evictions.fetch_max(evictions, Ordering::Relaxed);
+        if evictions <= previous {
+            return;
+        }
+        let (warned_at, when) = self.warned;
+        if when.is_some_and(|when| when.elapsed() < MAP_FULL_WARNING_INTERVAL) {
+            return;
+        }
+        tracing::warn!(
+            evicted = evictions - warned_at,
+            total = evictions,
+            capacity = self.config.load.flow_map_size,
+            "flow map full: the kernel evicted entries of live flows to make room; such a flow ends `evicted` with \
+             the counters read before, unless its socket's close brings the final ones (raise --flow-map-size)"
+        );
+        self.warned = (evictions, Some(std::time::Instant::now()));
+    }
+
     fn read_counters(&mut self) {
-        let sum = |counter: Counter| -> u64 {
-            self.counters.get(&(counter as u32), 0).map(|values| values.iter().copied().sum()).unwrap_or(0)
-        };
+        let sum = |counter: Counter| self.sum(counter);
         let lost = sum(Counter::EventsLost);
         let previous_lost = self.health.events_lost.swap(lost, Ordering::Relaxed);
         if lost > previous_lost {
@@ -425,8 +473,14 @@ impl Capture {
         delete: &mut Vec<FlowKey>,
     ) {
         // Keys already gone (evicted) are skipped.
-        if let Err(error) = self.flows.delete(delete) {
-            tracing::warn!(error = %error_chain(&error), "deleting ended flows from the flow map failed");
+        match self.flows.delete(delete) {
+            Ok(deleted) => self.deleted += deleted as u64,
+            Err(error) => {
+                if let map_batch::MapBatchError::Batch { done, .. } = &error {
+                    self.deleted += *done as u64;
+                }
+                tracing::warn!(error = %error_chain(&error), "deleting ended flows from the flow map failed");
+            }
         }
         self.health.flow_map_batched.store(u64::from(self.flows.is_batched()), Ordering::Relaxed);
         delete.clear();

@@ -13,6 +13,18 @@
 //! stored as 32-bit milliseconds, and rare state (the base counters of a
 //! reused tuple, flows sharing a tuple, TCP states waiting for their flow)
 //! lives in side maps.
+//!
+//! The kernel map is an LRU hash: when it is full, an insert silently evicts
+//! another flow's entry, and a later packet of that flow creates a new one,
+//! counting from zero, its initiator only guessed. So a flow's initiator is
+//! the one its first new-flow event carried, never a later entry's; an entry
+//! gone from a poll, or one polled with a later creation time, was evicted,
+//! and the counters it had last are kept aside and added to what the flow's
+//! next entry counts (a socket's counters, being totals, are not added but
+//! replaced). Such a flow stays one flow (one handle, one end) and ends
+//! `evicted` with the counters known (what its entries counted between the
+//! last poll and their eviction is lost), unless its socket's close brings
+//! the final counters, which lose nothing.
 
 use observer_common::{
     COUNTED_SOCKET, EVENT_NEW_FLOW, EVENT_TCP_STATE, Event, FlowKey, FlowStats, INITIATOR_LOCAL, INITIATOR_REMOTE,
@@ -100,7 +112,8 @@ pub struct TableStats {
     pub flows_tracked: u64,
     /// Flows that ended (any reason).
     pub flows_ended: u64,
-    /// Flows the kernel map evicted before they ended.
+    /// Flows that ended `evicted`: the kernel map evicted an entry of theirs
+    /// and no final counters made up for what it held.
     pub flows_evicted: u64,
     /// Flows found without a new-flow event: by polling (the event was lost,
     /// or was still on the ring when a burst's flow was polled: its event
@@ -231,19 +244,97 @@ struct Base {
     started_ns: u64,
 }
 
-/// The counters of a connection: the entry's minus what an earlier connection
-/// on the same tuple left in it.
-fn view(flow: &Tracked, base: Option<&Base>) -> FlowStats {
-    let Some(base) = base else { return flow.stats };
-    let counters = Counters::of(&flow.stats).since(base.counters);
+/// What the kernel entries of a flow held when the map evicted them: added
+/// to what its current entry counts.
+#[derive(Clone, Copy, Debug)]
+struct Lost {
+    /// The evicted entries' counters of this connection, as last polled.
+    counters: Counters,
+    /// When the flow's first entry was created.
+    first_seen_ns: u64,
+    /// The flags the evicted entries had seen.
+    tcp_flags_out: u8,
+    tcp_flags_in: u8,
+}
+
+impl Counters {
+    fn plus(self, other: Self) -> Self {
+        Self {
+            packets_out: self.packets_out + other.packets_out,
+            bytes_out: self.bytes_out + other.bytes_out,
+            packets_in: self.packets_in + other.packets_in,
+            bytes_in: self.bytes_in + other.bytes_in,
+        }
+    }
+}
+
+fn with_counters(stats: FlowStats, counters: Counters) -> FlowStats {
     FlowStats {
-        first_seen_ns: base.started_ns,
-        last_seen_ns: flow.stats.last_seen_ns.max(base.started_ns),
         packets_out: counters.packets_out,
         bytes_out: counters.bytes_out,
         packets_in: counters.packets_in,
         bytes_in: counters.bytes_in,
-        ..flow.stats
+        ..stats
+    }
+}
+
+/// The counters of a connection: the entry's minus what an earlier connection
+/// on the same tuple left in it, plus what its evicted entries held.
+fn view(flow: &Tracked, base: Option<&Base>, lost: Option<&Lost>) -> FlowStats {
+    let mut stats = flow.stats;
+    if let Some(base) = base {
+        stats = FlowStats {
+            first_seen_ns: base.started_ns,
+            last_seen_ns: flow.stats.last_seen_ns.max(base.started_ns),
+            ..with_counters(stats, Counters::of(&flow.stats).since(base.counters))
+        };
+    }
+    if let Some(lost) = lost {
+        stats = FlowStats {
+            first_seen_ns: lost.first_seen_ns,
+            tcp_flags_out: stats.tcp_flags_out | lost.tcp_flags_out,
+            tcp_flags_in: stats.tcp_flags_in | lost.tcp_flags_in,
+            ..with_counters(stats, Counters::of(&stats).plus(lost.counters))
+        };
+    }
+    stats
+}
+
+/// The side state of `flow` (of `key`): its reuse base and what its evicted
+/// entries held. Both maps are empty unless tuples were reused or entries
+/// evicted, and are only looked up then.
+fn sides<'a>(
+    key: &FlowKey,
+    flow: &Tracked,
+    bases: &'a FastMap<FlowKey, Base>,
+    lost: &'a FastMap<FlowKey, Lost>,
+) -> (Option<&'a Base>, Option<&'a Lost>) {
+    let base = if flow.reused { bases.get(key) } else { None };
+    let lost = if lost.is_empty() { None } else { lost.get(key) };
+    (base, lost)
+}
+
+/// The kernel map evicted `flow`'s entry (gone from a poll, or found again
+/// with a later creation time): what it last held of this connection moves
+/// into `lost`, and the flow counts from zero on whatever entry comes next.
+/// A socket's counters are totals, not counts since the entry began: they
+/// stay as the best known until a later entry (or the close) brings newer.
+fn lose(key: FlowKey, flow: &mut Tracked, bases: &mut FastMap<FlowKey, Base>, lost: &mut FastMap<FlowKey, Lost>) {
+    let base = if flow.reused { bases.remove(&key) } else { None };
+    let had = view(flow, base.as_ref(), None);
+    let socket = flow.stats.counted == COUNTED_SOCKET;
+    let kept = lost.entry(key).or_insert(Lost {
+        counters: Counters::default(),
+        first_seen_ns: had.first_seen_ns,
+        tcp_flags_out: 0,
+        tcp_flags_in: 0,
+    });
+    kept.tcp_flags_out |= had.tcp_flags_out;
+    kept.tcp_flags_in |= had.tcp_flags_in;
+    flow.reused = false;
+    if !socket {
+        kept.counters = kept.counters.plus(Counters::of(&had));
+        flow.stats = with_counters(flow.stats, Counters::default());
     }
 }
 
@@ -251,12 +342,11 @@ fn view(flow: &Tracked, base: Option<&Base>) -> FlowStats {
 fn emission(
     key: FlowKey,
     flow: &Tracked,
-    bases: &FastMap<FlowKey, Base>,
+    (base, lost): (Option<&Base>, Option<&Lost>),
     event: RecordEvent,
     state: FlowState,
 ) -> Emission {
-    let base = if flow.reused { bases.get(&key) } else { None };
-    let mut stats = view(flow, base);
+    let mut stats = view(flow, base, lost);
     if flow.phase.synchronized() {
         // A completed handshake sent and received SYN and ACK each way,
         // though its last ACK takes the kernel's fast path at both ends.
@@ -287,6 +377,8 @@ pub struct FlowTable {
     shared: FastMap<Tuple, Vec<Tracked>>,
     /// Base counters of connections that reused a kernel entry.
     bases: FastMap<FlowKey, Base>,
+    /// What the evicted kernel entries of live flows held.
+    lost: FastMap<FlowKey, Lost>,
     pending: FastMap<Tuple, Pending>,
     /// Handle of the latest connection.
     last_id: u64,
@@ -304,6 +396,7 @@ impl FlowTable {
             flows: FastMap::default(),
             shared: FastMap::default(),
             bases: FastMap::default(),
+            lost: FastMap::default(),
             pending: FastMap::default(),
             last_id: 0,
             parity: false,
@@ -338,14 +431,7 @@ impl FlowTable {
     }
 
     fn get_mut(&mut self, key: &FlowKey) -> Option<&mut Tracked> {
-        let tuple = Tuple::of(key);
-        if self.shared.is_empty() {
-            return self.flows.get_mut(&tuple).filter(|flow| flow.cgroup_id == key.cgroup_id);
-        }
-        if self.flows.get(&tuple).is_some_and(|flow| flow.cgroup_id == key.cgroup_id) {
-            return self.flows.get_mut(&tuple);
-        }
-        self.shared.get_mut(&tuple)?.iter_mut().find(|flow| flow.cgroup_id == key.cgroup_id)
+        find_mut(&mut self.flows, &mut self.shared, key)
     }
 
     fn insert(&mut self, tuple: Tuple, flow: Tracked) {
@@ -385,13 +471,22 @@ impl FlowTable {
     /// once (a flow whose tuple a new connection reused) to `out`.
     pub fn on_event(&mut self, event: &Event, out: &mut Vec<Emission>) {
         match event.kind {
-            EVENT_NEW_FLOW => self.track(event.key, None, event.timestamp_ns),
+            EVENT_NEW_FLOW => {
+                let at = event.timestamp_ns;
+                let stats = FlowStats {
+                    first_seen_ns: at,
+                    last_seen_ns: at,
+                    initiator: event.initiator,
+                    ..FlowStats::default()
+                };
+                self.track(event.key, stats, at);
+            }
             EVENT_TCP_STATE => self.on_tcp_state(event, out),
             _ => {}
         }
     }
 
-    fn track(&mut self, key: FlowKey, stats: Option<FlowStats>, now: u64) {
+    fn track(&mut self, key: FlowKey, stats: FlowStats, now: u64) {
         if self.get_mut(&key).is_some() {
             return;
         }
@@ -401,7 +496,6 @@ impl FlowTable {
         if is_tcp && let Some(pending) = self.pending.remove(&tuple) {
             phase = pending.phase;
         }
-        let stats = stats.unwrap_or(FlowStats { first_seen_ns: now, last_seen_ns: now, ..FlowStats::default() });
         self.start(key, stats, phase, now, false);
     }
 
@@ -468,7 +562,12 @@ impl FlowTable {
                 // polled (or its socket's final ones), and the new one
                 // carries on from them as its base; socket counters start
                 // again from zero instead.
-                out.push(emission(key, flow, &self.bases, RecordEvent::End, closed_state(flow)));
+                let sides = sides(&key, flow, &self.bases, &self.lost);
+                let state = end_state(flow, sides.1, closed_state(flow));
+                out.push(emission(key, flow, sides, RecordEvent::End, state));
+                self.stats.flows_evicted += u64::from(state == FlowState::Evicted);
+                // The new connection's counts start on the entry as it is.
+                self.lost.remove(&key);
                 self.stats.flows_ended += 1;
                 self.stats.flows_tracked += 1;
                 self.stats.tuples_reused += 1;
@@ -499,56 +598,60 @@ impl FlowTable {
                 if event.has_counters != 0 {
                     flow.stats = with_final_counters(flow.stats, event);
                     flow.final_counters = true;
+                    // The socket's totals include whatever evicted entries held.
+                    if let Some(lost) = self.lost.get_mut(&key) {
+                        lost.counters = Counters::default();
+                    }
                 }
             }
         }
     }
 
     /// Applies a snapshot of the kernel flow map taken starting at `taken_ns`.
-    /// Flows missing from it that existed before it was taken were evicted.
-    pub fn on_poll(&mut self, snapshot: &[(FlowKey, FlowStats)], taken_ns: u64, out: &mut Vec<Emission>) {
+    /// A flow whose entry is missing from it (and existed before it was
+    /// taken), or was created again since the last one, lost that entry to
+    /// an eviction: see the module's documentation.
+    pub fn on_poll(&mut self, snapshot: &[(FlowKey, FlowStats)], taken_ns: u64) {
         self.parity = !self.parity;
         let parity = self.parity;
         for (key, stats) in snapshot {
-            match self.get_mut(key) {
-                Some(flow) if flow.final_counters => {
-                    let last_seen_ns = flow.stats.last_seen_ns.max(stats.last_seen_ns);
-                    flow.stats = FlowStats {
-                        packets_out: flow.stats.packets_out,
-                        bytes_out: flow.stats.bytes_out,
-                        packets_in: flow.stats.packets_in,
-                        bytes_in: flow.stats.bytes_in,
-                        // The map's flags only grow; the close added its FINs.
-                        tcp_flags_out: flow.stats.tcp_flags_out | stats.tcp_flags_out,
-                        tcp_flags_in: flow.stats.tcp_flags_in | stats.tcp_flags_in,
-                        counted: flow.stats.counted,
-                        last_seen_ns,
-                        ..*stats
-                    };
-                    flow.polled = parity;
-                }
-                Some(flow) => {
-                    flow.stats = *stats;
-                    flow.polled = parity;
-                }
-                None => {
-                    self.track(*key, Some(*stats), stats.first_seen_ns);
-                    self.stats.flows_discovered += 1;
-                }
+            let Some(flow) = find_mut(&mut self.flows, &mut self.shared, key) else {
+                self.track(*key, *stats, stats.first_seen_ns);
+                self.stats.flows_discovered += 1;
+                continue;
+            };
+            flow.polled = parity;
+            // What the kernel saw first decides; an entry created again
+            // after an eviction only guessed.
+            let initiator = match flow.stats.initiator {
+                0 => stats.initiator,
+                known => known,
+            };
+            if flow.final_counters {
+                // The close's counters are final; the map adds only times
+                // and flags (its own only ever grow).
+                flow.stats.last_seen_ns = flow.stats.last_seen_ns.max(stats.last_seen_ns);
+                flow.stats.tcp_flags_out |= stats.tcp_flags_out;
+                flow.stats.tcp_flags_in |= stats.tcp_flags_in;
+                continue;
             }
+            // A later creation time: the flow's entry was evicted and a
+            // packet of it made a new one since the last poll.
+            if stats.first_seen_ns > flow.stats.first_seen_ns {
+                lose(*key, flow, &mut self.bases, &mut self.lost);
+            }
+            flow.stats = FlowStats { initiator, ..*stats };
         }
         // A flow whose close brought its final counters has nothing left in
         // the map to lose (and one tracked from its close was never there).
-        let evicted: Vec<FlowKey> = self
+        let gone: Vec<FlowKey> = self
             .iter()
             .filter(|(_, flow)| flow.polled != parity && flow.stats.first_seen_ns < taken_ns && !flow.final_counters)
             .map(|(tuple, flow)| tuple.key(flow.cgroup_id))
             .collect();
-        for key in evicted {
-            if let Some(flow) = self.remove(&key) {
-                out.push(emission(key, &flow, &self.bases, RecordEvent::End, FlowState::Evicted));
-                self.stats.flows_evicted += 1;
-                self.ended(&key);
+        for key in gone {
+            if let Some(flow) = find_mut(&mut self.flows, &mut self.shared, &key) {
+                lose(key, flow, &mut self.bases, &mut self.lost);
             }
         }
     }
@@ -567,26 +670,30 @@ impl FlowTable {
         self.pending.retain(|_, pending| now.saturating_sub(pending.at) < config.pending_timeout_ns);
         self.stats.states_unmatched += (pending_before - self.pending.len()) as u64;
         let mut ended = Vec::new();
-        let bases = &self.bases;
+        let (bases, lost) = (&self.bases, &self.lost);
         let shared = self.shared.iter_mut().flat_map(|(tuple, flows)| flows.iter_mut().map(move |flow| (tuple, flow)));
         for (tuple, flow) in self.flows.iter_mut().chain(shared) {
             let key = tuple.key(flow.cgroup_id);
+            let sides = sides(&key, flow, bases, lost);
             let idle = now.saturating_sub(flow.stats.last_seen_ns);
-            let end_state = match flow.phase {
+            let end = match flow.phase {
                 Phase::Closed { at, .. } if since_ns(now, at) >= config.close_linger_ns => Some(closed_state(flow)),
                 Phase::Closed { .. } => None,
                 Phase::None if idle >= config.idle_timeout_ns => Some(FlowState::Expired),
                 // A connection counted from its socket ends with its close
                 // event, however quiet: between sampling points its packets
-                // never touch the map, so `last_seen` says nothing of it. (A
-                // close lost to a full ring buffer is counted in events_lost;
-                // the flow then ends when the kernel map evicts its entry.)
+                // never touch the map, so `last_seen` says nothing of it,
+                // and its entry, idle, is the first a full map evicts. (A
+                // close lost to a full ring buffer is counted in
+                // events_lost; the flow then ends when the observer stops.)
                 Phase::Established if flow.stats.counted == COUNTED_SOCKET => None,
                 Phase::Attempted | Phase::Established if idle >= config.tcp_idle_timeout_ns => Some(FlowState::Expired),
                 _ => None,
             };
-            if let Some(state) = end_state {
-                out.push(emission(key, flow, bases, RecordEvent::End, state));
+            if let Some(state) = end {
+                let state = end_state(flow, sides.1, state);
+                out.push(emission(key, flow, sides, RecordEvent::End, state));
+                self.stats.flows_evicted += u64::from(state == FlowState::Evicted);
                 ended.push(key);
                 continue;
             }
@@ -599,17 +706,15 @@ impl FlowTable {
                 None => Some(RecordEvent::Start),
                 Some(reported_state) if reported_state != state => Some(RecordEvent::Update),
                 Some(_)
-                    if counters_changed(
-                        &flow.reported_counters,
-                        &view(flow, flow.reused.then(|| bases.get(&key)).flatten()),
-                    ) && since_ns(now, flow.last_report) >= config.update_interval_ns =>
+                    if counters_changed(&flow.reported_counters, &view(flow, sides.0, sides.1))
+                        && since_ns(now, flow.last_report) >= config.update_interval_ns =>
                 {
                     Some(RecordEvent::Update)
                 }
                 Some(_) => None,
             };
             if let Some(event) = event {
-                let record = emission(key, flow, bases, event, state);
+                let record = emission(key, flow, sides, event, state);
                 out.push(record);
                 flow.reported_counters = Counters::of(&record.stats);
                 flow.reported = Some(state);
@@ -627,17 +732,24 @@ impl FlowTable {
     /// Ends every flow (the observer is stopping), reporting its state as it
     /// stands.
     pub fn drain(&mut self, out: &mut Vec<Emission>) {
+        let mut evicted = 0;
         for (tuple, flow) in self.iter() {
+            let key = tuple.key(flow.cgroup_id);
+            let sides = sides(&key, flow, &self.bases, &self.lost);
             let state = match flow.phase {
                 Phase::Closed { .. } => closed_state(flow),
                 _ => live_state(flow),
             };
-            out.push(emission(tuple.key(flow.cgroup_id), flow, &self.bases, RecordEvent::End, state));
+            let state = end_state(flow, sides.1, state);
+            out.push(emission(key, flow, sides, RecordEvent::End, state));
+            evicted += u64::from(state == FlowState::Evicted);
         }
+        self.stats.flows_evicted += evicted;
         self.stats.flows_ended += self.len() as u64;
         self.flows.clear();
         self.shared.clear();
         self.bases.clear();
+        self.lost.clear();
         // State changes still waiting for their flow never found it.
         self.stats.states_unmatched += self.pending.len() as u64;
         self.pending.clear();
@@ -647,6 +759,7 @@ impl FlowTable {
     fn ended(&mut self, key: &FlowKey) {
         self.stats.flows_ended += 1;
         self.bases.remove(key);
+        self.lost.remove(key);
     }
 
     /// Counts TCP state changes that never found their flow; call after
@@ -654,6 +767,30 @@ impl FlowTable {
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
+}
+
+/// The flow `tuple_key` names among `flows` and `shared` (see
+/// [`FlowTable`]), borrowing only those two maps.
+fn find_mut<'a>(
+    flows: &'a mut FastMap<Tuple, Tracked>,
+    shared: &'a mut FastMap<Tuple, Vec<Tracked>>,
+    key: &FlowKey,
+) -> Option<&'a mut Tracked> {
+    let tuple = Tuple::of(key);
+    if shared.is_empty() {
+        return flows.get_mut(&tuple).filter(|flow| flow.cgroup_id == key.cgroup_id);
+    }
+    if flows.get(&tuple).is_some_and(|flow| flow.cgroup_id == key.cgroup_id) {
+        return flows.get_mut(&tuple);
+    }
+    shared.get_mut(&tuple)?.iter_mut().find(|flow| flow.cgroup_id == key.cgroup_id)
+}
+
+/// How a flow that ends in `state` is reported: `evicted` when an entry of
+/// its went with the counters it held since the last poll, and no socket's
+/// final counters made up for them.
+fn end_state(flow: &Tracked, lost: Option<&Lost>, state: FlowState) -> FlowState {
+    if lost.is_some() && !flow.final_counters { FlowState::Evicted } else { state }
 }
 
 fn counters_changed(before: &Counters, now: &FlowStats) -> bool {
@@ -793,7 +930,7 @@ mod tests {
             self.table.on_event(&event, &mut self.out);
         }
         fn poll(&mut self, snapshot: &[(FlowKey, FlowStats)], at: u64) {
-            self.table.on_poll(snapshot, at, &mut self.out);
+            self.table.on_poll(snapshot, at);
         }
         fn flush(&mut self, at: u64) -> Vec<Emission> {
             self.table.flush(at, &mut self.out, &mut self.delete);
@@ -1015,13 +1152,16 @@ mod tests {
             [(first, 1), (second, 5)]
         );
         assert_ne!(out[0].flow, out[1].flow);
-        // The first one's kernel entry goes: the second stays, found by its own key.
+        // The first one's kernel entry goes: the second stays, found by its
+        // own key. The first ends `evicted` when its idle time is up.
         run.poll(&[(second, stats(INITIATOR_LOCAL, 0, 0, 6, 4 * MS))], 4 * MS);
+        run.poll(&[(second, stats(INITIATOR_LOCAL, 0, 0, 7, 30_000 * MS))], 30_000 * MS);
+        run.out = run.flush(30_002 * MS);
         assert_eq!((run.out[0].key, run.out[0].state), (first, FlowState::Evicted));
         assert_eq!(run.table.len(), 1);
         run.out.clear();
-        run.poll(&[(second, stats(INITIATOR_LOCAL, 0, 0, 7, 5 * MS))], 5 * MS);
-        assert!(run.out.is_empty(), "{:?}", run.out);
+        run.poll(&[(second, stats(INITIATOR_LOCAL, 0, 0, 8, 30_003 * MS))], 30_003 * MS);
+        assert!(run.flush(30_004 * MS).is_empty());
         assert_eq!(run.table.stats().flows_evicted, 1);
     }
 
@@ -1058,8 +1198,12 @@ mod tests {
         run.event(new_flow(old, MS));
         run.event(new_flow(young, 5 * MS));
         run.poll(&[], 3 * MS);
-        assert_eq!(run.out.len(), 1);
-        assert_eq!((run.out[0].key, run.out[0].state), (old, FlowState::Evicted));
+        run.poll(&[(young, stats(INITIATOR_LOCAL, 0, 0, 1, 30_004 * MS))], 30_004 * MS);
+        // The evicted one ends when its idle time is up, as it would have.
+        let out = run.flush(30_004 * MS);
+        let ends: Vec<_> = out.iter().filter(|emission| emission.event == RecordEvent::End).collect();
+        assert_eq!(ends.len(), 1, "{out:?}");
+        assert_eq!((ends[0].key, ends[0].state), (old, FlowState::Evicted));
         assert_eq!(run.table.len(), 1);
         assert_eq!(run.table.stats().flows_evicted, 1);
     }
@@ -1098,6 +1242,153 @@ mod tests {
         let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
         run.poll(&[(key, stats(INITIATOR_REMOTE, syn_ack, syn_ack, 3, MS))], MS);
         assert_eq!(run.flush(MS)[0].state, FlowState::Established);
+    }
+
+    fn new_flow_from(key: FlowKey, initiator: u8, at: u64) -> Event {
+        Event { initiator, ..new_flow(key, at) }
+    }
+
+    /// What a record says of a flow: who initiated it and its counters.
+    fn summary(emission: &Emission) -> (u8, [u64; 4]) {
+        let stats = emission.stats;
+        (stats.initiator, [stats.packets_out, stats.bytes_out, stats.packets_in, stats.bytes_in])
+    }
+
+    #[test]
+    fn an_entry_created_again_after_an_eviction_keeps_the_first_initiator_and_adds_what_the_first_held() {
+        let mut run = Run::new();
+        let key = key(PROTO_UDP, 7);
+        // The request created the entry; polled once, then evicted, and the
+        // reply created it again: counting from zero, guessing "remote".
+        run.event(new_flow_from(key, INITIATOR_LOCAL, MS));
+        let request = FlowStats {
+            first_seen_ns: MS,
+            last_seen_ns: MS,
+            packets_out: 1,
+            bytes_out: 32,
+            ..stats(INITIATOR_LOCAL, 0, 0, 0, MS)
+        };
+        run.poll(&[(key, request)], 2 * MS);
+        let start = run.flush(2 * MS);
+        assert_eq!((start[0].event, summary(&start[0])), (RecordEvent::Start, (INITIATOR_LOCAL, [1, 32, 0, 0])));
+        run.event(new_flow_from(key, INITIATOR_REMOTE, 3 * MS));
+        let reply = FlowStats {
+            first_seen_ns: 3 * MS,
+            last_seen_ns: 3 * MS,
+            packets_in: 1,
+            bytes_in: 64,
+            ..stats(INITIATOR_REMOTE, 0, 0, 0, 3 * MS)
+        };
+        run.poll(&[(key, reply)], 4 * MS);
+        assert!(run.flush(4 * MS).is_empty(), "one flow still: no new start");
+        let end = run.flush(30_003 * MS);
+        assert_eq!(end.len(), 1, "{end:?}");
+        assert_eq!((end[0].event, end[0].state), (RecordEvent::End, FlowState::Evicted));
+        assert_eq!(summary(&end[0]), (INITIATOR_LOCAL, [1, 32, 1, 64]));
+        assert_eq!((end[0].stats.first_seen_ns, end[0].stats.last_seen_ns), (MS, 3 * MS));
+        assert_eq!((end[0].flow, end[0].reported), (start[0].flow, Some(Counters::of(&request))));
+        assert_eq!((run.table.stats().flows_evicted, run.table.stats().flows_ended), (1, 1));
+        assert_eq!(run.delete, vec![key]);
+    }
+
+    #[test]
+    fn an_entry_evicted_and_created_again_between_two_polls_is_found_by_its_creation_time() {
+        let mut run = Run::new();
+        let key = key(PROTO_UDP, 7);
+        run.event(new_flow_from(key, INITIATOR_REMOTE, MS));
+        run.poll(&[(key, FlowStats { first_seen_ns: MS, ..stats(INITIATOR_REMOTE, 0, 0, 2, MS) })], 2 * MS);
+        run.event(new_flow_from(key, INITIATOR_LOCAL, 5 * MS));
+        run.poll(&[(key, FlowStats { first_seen_ns: 5 * MS, ..stats(INITIATOR_LOCAL, 0, 0, 3, 6 * MS) })], 7 * MS);
+        let out = run.flush(8 * MS);
+        assert_eq!((out[0].event, out[0].state), (RecordEvent::Start, FlowState::Active));
+        assert_eq!(summary(&out[0]), (INITIATOR_REMOTE, [5, 300, 5, 300]));
+        let end = run.flush(31_000 * MS);
+        assert_eq!((end[0].state, summary(&end[0])), (FlowState::Evicted, (INITIATOR_REMOTE, [5, 300, 5, 300])));
+    }
+
+    #[test]
+    fn a_connection_whose_entry_went_before_any_poll_is_oriented_by_its_event_and_ends_exact_at_its_close() {
+        let mut run = Run::new();
+        let key = key(PROTO_TCP, 7);
+        // The SYN made the entry and the event; the full map evicted it
+        // before the poll; the close brought the socket's final counters.
+        run.event(new_flow_from(key, INITIATOR_LOCAL, MS));
+        run.poll(&[], 2 * MS);
+        let counters = SocketCounters { packets_out: 5, bytes_out: 17, packets_in: 4, bytes_in: 0 };
+        run.event(close_with_counters(key, tcp_state::FIN_WAIT2, 3 * MS, counters));
+        run.poll(&[], 4 * MS);
+        let end = run.flush(500 * MS);
+        assert_eq!(end.len(), 1, "{end:?}");
+        assert_eq!((end[0].state, summary(&end[0])), (FlowState::Closed, (INITIATOR_LOCAL, [5, 17, 4, 0])));
+        assert_eq!(end[0].stats.first_seen_ns, MS);
+        assert_eq!(run.table.stats().flows_evicted, 0, "the socket's counters lost nothing");
+    }
+
+    #[test]
+    fn a_socket_counted_connection_whose_entry_went_keeps_its_totals_and_waits_for_its_close() {
+        let mut run = Run::new();
+        let key = key(PROTO_TCP, 7);
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        let socket = |packets: u64, first_seen_ns: u64, last_seen_ns: u64| FlowStats {
+            counted: COUNTED_SOCKET,
+            first_seen_ns,
+            ..stats(INITIATOR_LOCAL, syn_ack, syn_ack, packets, last_seen_ns)
+        };
+        run.event(new_flow_from(key, INITIATOR_LOCAL, MS));
+        run.event(state_event(key, tcp_state::SYN_SENT, tcp_state::ESTABLISHED, MS));
+        run.poll(&[(key, socket(3, MS, 2 * MS))], 2 * MS);
+        // Quiet, so the full map evicts it first; far past the TCP idle
+        // timeout it is still open.
+        run.poll(&[], 3 * MS);
+        let quiet = config().tcp_idle_timeout_ns * 10;
+        let out = run.flush(quiet);
+        assert!(out.iter().all(|emission| emission.event != RecordEvent::End), "{out:?}");
+        // A sampling point makes a new entry with the socket's totals:
+        // totals, not counts to add to the 3 known before.
+        run.poll(&[(key, socket(10, quiet, quiet))], quiet + MS);
+        let later = quiet + config().update_interval_ns;
+        let update = run.flush(later);
+        assert_eq!(
+            (update[0].event, summary(&update[0])),
+            (RecordEvent::Update, (INITIATOR_LOCAL, [10, 600, 10, 600]))
+        );
+        assert_eq!(update[0].stats.first_seen_ns, MS);
+        let counters = SocketCounters { packets_out: 12, bytes_out: 700, packets_in: 11, bytes_in: 650 };
+        run.event(close_with_counters(key, tcp_state::FIN_WAIT2, later + MS, counters));
+        let end = run.flush(later + 500 * MS);
+        assert_eq!((end[0].state, summary(&end[0])), (FlowState::Closed, (INITIATOR_LOCAL, [12, 700, 11, 650])));
+        assert_eq!(run.table.stats().flows_evicted, 0);
+    }
+
+    #[test]
+    fn a_connection_counted_per_packet_whose_entry_went_ends_evicted_with_what_was_polled() {
+        let mut run = Run::new();
+        let key = key(PROTO_TCP, 7);
+        let syn_ack = tcp_flags::SYN | tcp_flags::ACK;
+        run.event(new_flow_from(key, INITIATOR_REMOTE, MS));
+        run.event(state_event(key, tcp_state::SYN_RECV, tcp_state::ESTABLISHED, MS));
+        let polled = FlowStats { first_seen_ns: MS, ..stats(INITIATOR_REMOTE, syn_ack, syn_ack, 3, 2 * MS) };
+        run.poll(&[(key, polled)], 2 * MS);
+        run.poll(&[], 3 * MS);
+        run.poll(&[], 4 * MS);
+        run.event(state_event(key, tcp_state::ESTABLISHED, tcp_state::CLOSE, 5 * MS));
+        let out = run.flush(500 * MS);
+        let end: Vec<_> = out.iter().filter(|emission| emission.event == RecordEvent::End).collect();
+        assert_eq!(end.len(), 1, "{out:?}");
+        assert_eq!((end[0].state, summary(end[0])), (FlowState::Evicted, (INITIATOR_REMOTE, [3, 180, 3, 180])));
+        assert_eq!(run.table.stats().flows_evicted, 1, "counted once, however many polls missed it");
+    }
+
+    #[test]
+    fn a_flow_discovered_by_a_poll_takes_the_entrys_initiator_and_an_event_after_it_changes_nothing() {
+        let mut run = Run::new();
+        let key = key(PROTO_UDP, 7);
+        run.poll(&[(key, FlowStats { first_seen_ns: MS, ..stats(INITIATOR_REMOTE, 0, 0, 1, MS) })], 2 * MS);
+        run.event(new_flow_from(key, INITIATOR_REMOTE, MS));
+        run.poll(&[(key, FlowStats { first_seen_ns: MS, ..stats(INITIATOR_REMOTE, 0, 0, 2, 3 * MS) })], 4 * MS);
+        let end = run.flush(31_000 * MS);
+        assert_eq!((end[0].state, summary(&end[0])), (FlowState::Expired, (INITIATOR_REMOTE, [2, 120, 2, 120])));
+        assert_eq!(run.table.stats().flows_evicted, 0);
     }
 
     #[test]

@@ -64,7 +64,8 @@ impl Collector for CaptureCollector {
         counter(
             e,
             "flows_evicted",
-            "Flows evicted from the kernel flow map before they ended (map full)",
+            "Flows that ended evicted: the full kernel flow map evicted an entry of theirs, and the counters it \
+             held since the last poll are lost",
             get(&health.flows_evicted),
         )?;
         counter(
@@ -82,6 +83,12 @@ impl Collector for CaptureCollector {
         )?;
         gauge(e, "flow_map_entries", "Entries in the kernel flow map at the last poll", get(&health.flow_map_entries))?;
         gauge(e, "flow_map_capacity", "Capacity of the kernel flow map", get(&health.flow_map_capacity))?;
+        counter(
+            e,
+            "flow_map_evictions",
+            "Entries the full kernel flow map evicted to make room for new flows",
+            get(&health.flow_map_evictions),
+        )?;
         counter(
             e,
             "flow_map_inserts_failed",

@@ -538,6 +538,7 @@ mod tests {
         health.events_lost.store(7, Ordering::Relaxed);
         health.flow_map_entries.store(900, Ordering::Relaxed);
         health.flow_map_capacity.store(1000, Ordering::Relaxed);
+        health.flow_map_evictions.store(5, Ordering::Relaxed);
         health.flows_active.store(3, Ordering::Relaxed);
         health.tcp_socket_counters.store(1, Ordering::Relaxed);
         let text = metrics.encode();
@@ -548,6 +549,7 @@ mod tests {
             "flow_observer_flows_active 3\n",
             "flow_observer_flows_started_total 0\n",
             "flow_observer_flow_map_inserts_failed_total 0\n",
+            "flow_observer_flow_map_evictions_total 5\n",
             "flow_observer_tcp_socket_counters 1\n",
             "flow_observer_flow_map_batched 0\n",
         ] {
@@ -720,11 +722,11 @@ mod tests {
             busiest = busiest.max(all);
         }
         assert_eq!(edge_series, 8200 * 6);
-        // Per node: build info, 17 capture series, 7 bounded families × 3
+        // Per node: build info, 18 capture series, 7 bounded families × 3
         // accounting series (series, overflow, removed), 2 loaded gauges.
-        assert_eq!(other_series, NODES * 41);
+        assert_eq!(other_series, NODES * 42);
         // Node 0 also runs coredns: its 50 workloads' 150 calls out, 150 in,
         // 50 DNS and 50 internet edges, plus 1,000 DNS edges in.
-        assert_eq!(busiest, 41 + (150 + 150 + 50 + 50 + 1000) * 6);
+        assert_eq!(busiest, 42 + (150 + 150 + 50 + 50 + 1000) * 6);
     }
 }
