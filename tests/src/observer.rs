@@ -140,6 +140,10 @@ impl ObserverProcess {
             } else {
                 &["--metrics-addr", "127.0.0.1:0"][..]
             })
+            // An error that stops the start is one line; with RUST_BACKTRACE
+            // set (as in CI) anyhow would bury it under its backtrace, past
+            // the log tail a failure shows. Panics keep their backtraces.
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
