@@ -17,9 +17,9 @@ use std::{
 
 use observer_tests::{
     BurstOpts, Endpoint, Error, INTERNET_HOST_V4, INTERNET_HOST_V6, INTERNET_ROUTER_V4, INTERNET_ROUTER_V6,
-    KUBE_DNS_IP_V4, KUBE_DNS_IP_V6, Lab, LabState, NETNS_DIR, NODE_IP_V4, NODE_IP_V6, POD_GATEWAY_V4, POD_GATEWAY_V6,
-    PROBE_REQUEST_BYTES, PingReport, Proc, Protocol, ServerEvent, Service, TcpClientOpts, TcpServerOpts, UdpClientOpts,
-    UdpServerOpts, cleanup_stale, cluster_ip_v4, cluster_ip_v6,
+    KUBE_DNS_IP_V4, KUBE_DNS_IP_V6, Lab, LabState, NETNS_DIR, NODE_IP_V4, NODE_IP_V6, ObserverProcess, POD_GATEWAY_V4,
+    POD_GATEWAY_V6, PROBE_REQUEST_BYTES, PingReport, Proc, Protocol, ServerEvent, Service, TcpClientOpts,
+    TcpServerOpts, UdpClientOpts, UdpServerOpts, cleanup_stale, cluster_ip_v4, cluster_ip_v6,
     dns::{DnsQueryOpts, Zone},
     manifests::{self, PodSpec},
     root_or_skip,
@@ -732,4 +732,34 @@ fn services_need_a_node_lab() {
     let lab = lab(1, false, false);
     assert!(lab.node().is_none() && lab.host_pod().is_none());
     assert!(matches!(lab.kube_proxy(vec![]), Err(Error::NoNode)));
+}
+
+#[test]
+fn the_observer_runs_in_the_node_namespace_and_serves_metrics_only_there() {
+    if !root_or_skip("the_observer_runs_in_the_node_namespace_and_serves_metrics_only_there") {
+        return;
+    }
+    let lab = node_lab(2, false);
+    let observer = ObserverProcess::start_in_netns(&lab.node_netns_path(), &["--poll-interval", "200ms"])
+        .expect("observer starts in the node namespace");
+    assert!(same_file(Path::new(&format!("/proc/{}/ns/net", observer.pid())), &lab.node_netns_path()));
+    let (status, body) = observer.get("/metrics").expect("scrape from inside the node namespace");
+    assert_eq!(status, 200);
+    assert!(body.contains("flow_observer_"), "{body}");
+    // Its loopback is the node's: from the test's own namespace nothing answers there.
+    let addr = observer.metrics_addr().expect("metrics address");
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        "{addr} answered outside"
+    );
+    // It still sees the pods' sockets through the cgroup hierarchy.
+    let (a, b) = (lab.pod(0), lab.pod(1));
+    let _server = b.tcp_server(b.addr_v4(8080), &TcpServerOpts { reply: 5, ..Default::default() }).expect("server");
+    assert_eq!(a.tcp_client(b.addr_v4(8080), &TcpClientOpts { expect: 5, ..quick(2000) }).expect("client").complete, 1);
+    let seen = observer.wait_for_records(Duration::from_secs(10), |records| {
+        records.iter().any(|r| r["event"] == "end" && r["cgroup"]["id"].as_u64() == Some(a.cgroup_id()))
+    });
+    assert!(seen, "no end record from pod0's cgroup:\n{}", observer.log());
+    let run = observer.stop().expect("observer stops");
+    assert!(run.metrics.contains("flow_observer_"), "the final scrape also goes through the namespace");
 }
