@@ -10,6 +10,7 @@
 mod decide;
 mod delivery;
 mod input;
+mod open;
 mod rate;
 pub mod stage;
 mod verdict;
