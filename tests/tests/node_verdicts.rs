@@ -616,9 +616,13 @@ fn a_policy_applied_mid_connection_is_outlived_policy_and_the_next_connection_a_
     let findings = cluster.findings();
     let outlived: Vec<&Value> = findings.iter().filter(|f| f["kind"] == "outlived-policy").collect();
     assert_eq!(outlived.len(), 1, "one per edge and policy change:\n{findings:#?}");
+    // Seen at both ends (both pods are on this node): one finding, counted twice, as a gap is.
+    assert_eq!(outlived[0]["count"], 2, "{}", outlived[0]);
     let gaps: Vec<&Value> = findings.iter().filter(|f| f["kind"] == "enforcement-gap").collect();
     assert_eq!(gaps.len(), 1, "only the new connection is a gap:\n{findings:#?}");
-    assert_eq!(metric_sum(&metrics, "flow_observer_findings_total", "kind=\"outlived-policy\""), 1.0, "{metrics}");
+    assert_eq!(gaps[0]["count"], 2, "{}", gaps[0]);
+    assert_eq!(metric_sum(&metrics, "flow_observer_findings_total", "kind=\"outlived-policy\""), 2.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "flow_observer_findings_total", "kind=\"enforcement-gap\""), 2.0, "{metrics}");
 }
 
 #[test]
@@ -670,10 +674,13 @@ fn a_host_network_pods_flows_are_node_traffic() {
             assert!(reason.contains("node"), "{what}: {record}");
         }
     }
-    // The host-network pod's own sockets are found by their cgroup: the pod, not just "the node".
-    for record in agent_in.iter().map(|r| &r["dst"]).chain(agent_out.iter().map(|r| &r["src"])) {
+    // The host-network pod's own sockets are found by their cgroup: the pod, not just "the node",
+    // with the node's addresses (to a pod on the bridge the route picks the bridge address).
+    for (record, ip) in
+        agent_in.iter().map(|r| (&r["dst"], NODE_IP_V4)).chain(agent_out.iter().map(|r| (&r["src"], POD_GATEWAY_V4)))
+    {
         assert_eq!((record["kind"].as_str(), record["pod"].as_str()), (Some("pod"), Some("node-agent-0")), "{record}");
-        assert_eq!(record["ip"], NODE_IP_V4.to_string(), "{record}");
+        assert_eq!(record["ip"], ip.to_string(), "{record}");
     }
 }
 
