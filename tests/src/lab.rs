@@ -271,10 +271,6 @@ impl Pod {
     pub fn cgroup_id(&self) -> u64 {
         self.cgroup_id
     }
-    /// The container cgroup directory.
-    pub fn container_cgroup_dir(&self) -> &Path {
-        &self.cgroup_dir
-    }
     /// The pod-level cgroup directory (`…/kubepods/besteffort/pod<uid>`).
     pub fn pod_cgroup_dir(&self) -> &Path {
         self.cgroup_dir.parent().unwrap_or(&self.cgroup_dir)

@@ -164,9 +164,10 @@ impl ConntrackEntry {
     }
 }
 
-/// Creates the node's network in its namespace `netns`: the primary address on [`NODE_LINK`],
-/// bridge-nf on, and (with `internet_link`) masquerade of the pod range out of it. Returns what it
-/// did for the state file (the record is saved by the caller before anything else is created).
+/// Creates the node's network in its namespace `info.netns`: the primary address on [`NODE_LINK`],
+/// bridge-nf on, and (with `internet_link`) masquerade of the pod range out of it. What it did
+/// that teardown must undo (rules, root sysctls that moved) is added to `info`, which the caller
+/// saves in the state file whether or not this succeeded.
 pub(crate) fn create(info: &mut NodeInfo, internet_link: Option<&str>) -> Result<()> {
     let mut lines = format!(
         "link add {NODE_LINK} type veth peer name {NODE_LINK}-peer\naddr add {}/32 dev {NODE_LINK}\n",
