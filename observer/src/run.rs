@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     api,
+    backends::Backends,
     capture::{Capture, CaptureConfig, CaptureHealth, loader, loader::LoadOptions, table::TableConfig},
     config::ObserverConfig,
     dns::{DnsConfig, DnsTracker, DnsView},
@@ -216,7 +217,11 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let (metered_tx, metered_rx) = mpsc::channel(STAGE_CAPACITY);
     let enrich_health = Arc::new(enrich::EnrichHealth::default());
     let name_labels = Arc::clone(dns.labels());
-    let enricher = tokio::spawn(enrich::run(resolver, Some(dns), captured_rx, enriched_tx, Arc::clone(&enrich_health)));
+    // Opened here, in the observer's own network namespace: conntrack is per
+    // namespace, and a node agent runs in the node's.
+    let backends = Backends::open(observer_config.intents.metadata_addresses.clone(), metrics.service_counters());
+    let enricher =
+        tokio::spawn(enrich::run(resolver, Some(dns), backends, captured_rx, enriched_tx, Arc::clone(&enrich_health)));
     let judge = match inventory {
         Some(inventory) => {
             let setup = StageSetup {

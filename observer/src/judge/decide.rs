@@ -106,6 +106,9 @@ fn name_policies(policies: &[Arc<PolicyRef>]) -> String {
     policies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
+/// An end as NetworkPolicies see it. A Service end never gets here: policies
+/// apply at its backends, which [`Judge::flow`] judges instead
+/// (`judge/service.rs`), so a ClusterIP is never taken for an outside address.
 fn policy_endpoint<'a>(end: &FlowEnd<'a>) -> Endpoint<'a> {
     match (end.kind, end.pod) {
         (EndKind::Pod, Some(pod)) => Endpoint::Pod { pod, ip: Some(end.ip) },
@@ -197,7 +200,7 @@ impl Judge {
         })
     }
 
-    fn rate_violation(&mut self, input: &JudgeInput<'_>) -> Option<IntentViolation> {
+    pub(super) fn rate_violation(&mut self, input: &JudgeInput<'_>) -> Option<IntentViolation> {
         let pod = input.src.pod.filter(|_| input.new_flow && input.src.kind == EndKind::Pod)?;
         for limit in self.intents.rate_limits(pod) {
             let count = self.rates.count(limit.id, &pod.uid, input.first_seen);
@@ -215,14 +218,25 @@ impl Judge {
         None
     }
 
-    /// Judges one flow.
+    /// Judges one flow. A flow whose destination is still a Service (its
+    /// backend unknown) is judged at no backend: see [`Judge::flow_to_backends`].
     pub fn flow(&mut self, input: &JudgeInput<'_>) -> FlowVerdict {
+        if input.dst.kind == EndKind::Service {
+            return self.flow_to_backends(input, &[]);
+        }
+        // Every new connection counts against the rate, whatever else it breaks.
+        let rate = self.rate_violation(input);
+        let verdict = self.decide(input, rate);
+        self.count(verdict.verdict, verdict.intent.is_some());
+        verdict
+    }
+
+    /// The verdict of one flow, given the rate limit it breaks; counts nothing.
+    pub(super) fn decide(&self, input: &JudgeInput<'_>, rate: Option<IntentViolation>) -> FlowVerdict {
         let protocol = Protocol::from_number(input.protocol.0);
         let (delivery, evidence) = delivery(input);
         let policy = self.policy_outcome(input, protocol);
-        // Every new connection counts against the rate, whatever else it breaks.
-        let rate = self.rate_violation(input);
-        let intent = self.intents.check_egress(&input.src, &input.dst, protocol).or(rate);
+        let intent = self.intents.check_egress_asked(&input.src, &input.dst, input.asked.as_ref(), protocol).or(rate);
         let (verdict, mut reason, policies) = match policy {
             Some(PolicyOutcome { allowed: false, policies, reason }) => {
                 let kind = if delivery == Delivery::Delivered {
@@ -255,7 +269,7 @@ impl Judge {
         }
         let tier =
             |end: &FlowEnd<'_>| end.pod.filter(|_| end.kind == EndKind::Pod).and_then(|pod| self.intents.tier_of(pod));
-        let verdict = FlowVerdict {
+        FlowVerdict {
             verdict,
             reason,
             delivery,
@@ -265,10 +279,10 @@ impl Judge {
             dst_uid: input.dst.uid.map(str::to_owned),
             src_tier: tier(&input.src),
             dst_tier: tier(&input.dst),
+            ambiguous: false,
+            backends: Vec::new(),
             json: RenderedJson::default(),
-        };
-        self.count(verdict.verdict, verdict.intent.is_some());
-        verdict
+        }
     }
 
     /// Counts a verdict given again to a flow judged alike (the stage keeps
