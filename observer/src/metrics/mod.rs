@@ -20,6 +20,7 @@ pub mod edge_cells;
 pub mod edge_exposition;
 pub mod flows;
 pub mod labels;
+pub mod services;
 
 use std::{
     sync::{
@@ -133,6 +134,7 @@ struct Inner {
     policies_loaded: Gauge,
     intents_loaded: Gauge,
     capture: Arc<OnceLock<Arc<CaptureHealth>>>,
+    services: services::ServiceCounters,
 }
 
 impl Metrics {
@@ -157,6 +159,7 @@ impl Metrics {
             policies_loaded: Gauge::default(),
             intents_loaded: Gauge::default(),
             capture: Arc::new(OnceLock::new()),
+            services: services::ServiceCounters::register(&mut registry),
             registry: Registry::default(),
             config,
         };
@@ -192,6 +195,11 @@ impl Metrics {
     /// `/healthz` watches its polling.
     pub fn attach_capture(&self, health: Arc<CaptureHealth>) {
         let _ = self.inner.capture.set(health);
+    }
+
+    /// The counters of Service flows resolved to their backends.
+    pub fn service_counters(&self) -> services::ServiceCounters {
+        self.inner.services.clone()
     }
 
     /// Capture's counters, once attached.
