@@ -679,10 +679,11 @@ mod tests {
         }
         assert_eq!(edge_series, 8200 * 6);
         // Per node: build info, 17 capture series, 7 bounded families × 3
-        // accounting series (series, overflow, removed), 2 loaded gauges.
-        assert_eq!(other_series, NODES * 41);
+        // accounting series (series, overflow, removed), 2 loaded gauges,
+        // 3 conntrack lookup results and 3 Service backend sources.
+        assert_eq!(other_series, NODES * 47);
         // Node 0 also runs coredns: its 50 workloads' 150 calls out, 150 in,
         // 50 DNS and 50 internet edges, plus 1,000 DNS edges in.
-        assert_eq!(busiest, 41 + (150 + 150 + 50 + 50 + 1000) * 6);
+        assert_eq!(busiest, 47 + (150 + 150 + 50 + 50 + 1000) * 6);
     }
 }
