@@ -210,6 +210,59 @@ mod tests {
         assert!(addresses.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addresses:?}");
     }
 
+    /// Runs `ip` with `args` (in the calling thread's network namespace).
+    fn ip(args: &str) {
+        let status = std::process::Command::new("ip").args(args.split(' ')).status().expect("runs ip");
+        assert!(status.success(), "ip {args}");
+    }
+
+    /// Waits up to 5 s (well under [`REREAD_INTERVAL`]) until `addresses` holds `ip`, or not, as `expected`.
+    async fn settles(addresses: &NodeAddresses, ip: IpAddr, expected: bool) {
+        for _ in 0..100 {
+            if addresses.current().contains(&ip) == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{ip} held: {}, expected {expected}", addresses.current().contains(&ip));
+    }
+
+    #[test]
+    fn address_changes_are_seen_at_once_through_netlink() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "needs root (a network namespace)");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), b"skipping: needs root\n");
+            return;
+        }
+        // A thread of its own in a network namespace of its own, gone with
+        // the thread (and the addresses added to its loopback), even on failure.
+        let thread = std::thread::spawn(|| {
+            // SAFETY: unshare affects only this thread, which nothing else uses.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "{}", io::Error::last_os_error());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                let (_stop, stop) = watch::channel(false);
+                let (addresses, task) = NodeAddresses::watch(stop).expect("reads the interfaces");
+                let task = tokio::spawn(task);
+                let (v4, v6) = (IpAddr::from([198, 18, 255, 10]), "2001:db8:198:255::10".parse().expect("ip"));
+                assert!(!addresses.current().contains(&v4));
+                ip("link set lo up");
+                ip("addr add 198.18.255.10/32 dev lo");
+                ip("addr add 2001:db8:198:255::10/128 dev lo nodad");
+                settles(&addresses, v4, true).await;
+                settles(&addresses, v6, true).await;
+                ip("addr del 198.18.255.10/32 dev lo");
+                settles(&addresses, v4, false).await;
+                assert!(addresses.current().contains(&v6));
+                task.abort();
+            });
+        });
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     #[test]
     fn a_fixed_set_is_current_and_never_changes() {
         let ip = IpAddr::from([198, 18, 0, 1]);

@@ -678,10 +678,7 @@ struct SharedFinding {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::IpAddr,
-        path::{Path, PathBuf},
-    };
+    use std::{net::IpAddr, path::PathBuf};
 
     use super::*;
     use crate::{
@@ -762,13 +759,35 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             Self { dir, stage, metrics, generations, reload: tokio::spawn(reload) }
         }
 
-        /// Applies `policy` (a new file) and waits for the stage to recompile.
-        async fn apply(&mut self, policy: &str) {
-            write_policy(&self.dir, policy);
-            tokio::time::timeout(Duration::from_secs(10), self.generations.changed())
-                .await
-                .expect("a reload within 10 s")
-                .expect("inventory alive");
+        /// Writes `policy` to `file` and waits until the inventory holds
+        /// exactly the policies `expect` (`name@resourceVersion`), then
+        /// recompiles the stage.
+        async fn apply(&mut self, file: &str, policy: &str, expect: &[&str]) {
+            std::fs::write(self.dir.join(file), policy).expect("write");
+            let held = |inventory: &Inventory| {
+                let mut held: Vec<String> = inventory
+                    .snapshot()
+                    .network_policies()
+                    .map(|policy| {
+                        let meta = &policy.metadata;
+                        format!(
+                            "{}@{}",
+                            meta.name.as_deref().unwrap_or(""),
+                            meta.resource_version.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                held.sort();
+                held
+            };
+            let mut expect: Vec<String> = expect.iter().map(|name| (*name).to_owned()).collect();
+            expect.sort();
+            while held(&self.stage.setup.inventory) != expect {
+                tokio::time::timeout(Duration::from_secs(10), self.generations.changed())
+                    .await
+                    .expect("a reload within 10 s")
+                    .expect("inventory alive");
+            }
             self.stage.rebuild();
         }
 
@@ -824,10 +843,6 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
         }
     }
 
-    fn write_policy(dir: &Path, policy: &str) {
-        std::fs::write(dir.join("policy.yaml"), policy).expect("write");
-    }
-
     fn kind(verdict: Option<&Arc<FlowVerdict>>) -> Option<VerdictKind> {
         verdict.map(|verdict| verdict.verdict)
     }
@@ -842,7 +857,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
         let unaffected = lab.judge(3, RecordEvent::Start, CLIENT, OTHER);
         assert_eq!(kind(unaffected.verdict.as_ref()), Some(VerdictKind::Allowed));
 
-        lab.apply(DENY_SERVER).await;
+        lab.apply("policy.yaml", DENY_SERVER, &["deny-server@7"]).await;
         for _ in 0..3 {
             let update = lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
             assert_eq!(kind(update.verdict.as_ref()), Some(VerdictKind::Allowed), "the verdict it started with");
@@ -887,12 +902,37 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
     }
 
     #[tokio::test]
+    async fn each_change_of_the_denying_policies_is_one_more_finding() {
+        let mut lab = Lab::new("changed-again");
+        lab.judge(1, RecordEvent::Start, CLIENT, SERVER);
+        lab.apply("policy.yaml", DENY_SERVER, &["deny-server@7"]).await;
+        lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(lab.findings("outlived-policy").len(), 1);
+        // A change that leaves the flow's verdicts as they are: no new finding.
+        let unrelated = DENY_SERVER.replace("deny-server", "deny-other").replace("app: server", "app: other");
+        lab.apply("unrelated.yaml", &unrelated, &["deny-server@7", "deny-other@7"]).await;
+        let update = lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(kind(update.verdict_now.as_ref()), Some(VerdictKind::EnforcementGap));
+        let again = lab.findings("outlived-policy");
+        assert!(again.is_empty(), "{again:?}");
+        // The denying policy edited (a new resourceVersion): one more.
+        let edited = DENY_SERVER.replace("\"7\"", "\"8\"");
+        lab.apply("policy.yaml", &edited, &["deny-server@8", "deny-other@7"]).await;
+        lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        let edited = lab.findings("outlived-policy");
+        assert_eq!(edited.len(), 1, "{edited:?}");
+        assert_eq!(edited[0]["policies"][0]["resourceVersion"], "8");
+    }
+
+    #[tokio::test]
     async fn a_flow_denied_at_its_start_keeps_its_gap_and_is_not_outlived_when_allowed_later() {
         let mut lab = Lab::new("allowed-later");
-        lab.apply(DENY_SERVER).await;
+        lab.apply("policy.yaml", DENY_SERVER, &["deny-server@7"]).await;
         let first = lab.judge(1, RecordEvent::Start, CLIENT, SERVER);
         assert_eq!(kind(first.verdict.as_ref()), Some(VerdictKind::EnforcementGap));
-        lab.apply("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: other, namespace: shop}\nspec: {podSelector: {matchLabels: {app: other}}, policyTypes: [Ingress]}\n").await;
+        let other = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: other, namespace: shop, resourceVersion: \"9\"}\nspec: {podSelector: {matchLabels: {app: other}}, policyTypes: [Ingress]}\n";
+        lab.apply("policy.yaml", other, &["other@9"]).await;
         let update = lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
         assert_eq!(kind(update.verdict.as_ref()), Some(VerdictKind::EnforcementGap));
         assert_eq!(kind(update.verdict_now.as_ref()), Some(VerdictKind::Allowed));
