@@ -806,3 +806,54 @@ fn a_normal_cluster_day_has_no_enforcement_gaps_and_no_intent_violations() {
         assert_eq!(metric_sum(&metrics, "flow_observer_findings_total", &label), 0.0, "{kind}");
     }
 }
+
+#[test]
+fn a_node_port_flow_is_judged_at_its_backend_not_as_node_traffic() {
+    if !root_or_skip("a_node_port_flow_is_judged_at_its_backend_not_as_node_traffic") {
+        return;
+    }
+    let cluster = Cluster::build("nodeport");
+    // The client may reach web pods on 8080; prometheus may send nothing at all.
+    cluster.write_policies(&[
+        policy(
+            "shop",
+            "client-egress",
+            json!({"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+            "egress": [{"to": [app("web")], "ports": [{"protocol": "TCP", "port": 8080}]}]}),
+        ),
+        policy("monitoring", "deny-egress", json!({"podSelector": {}, "policyTypes": ["Egress"]})),
+    ]);
+    let observer = cluster.observer();
+    let _servers: Vec<Proc> = (0..2).map(|i| server(cluster.web(i), cluster.web(i).addr_v4(8080), WEB_REPLY)).collect();
+    let node_port = SocketAddr::new(NODE_IP_V4.into(), 30080);
+    let (client, prometheus) = (cluster.client(), cluster.prometheus());
+    assert_eq!(connect(client, node_port, 4, WEB_REPLY).complete, 4);
+    assert_eq!(connect(prometheus, node_port, 2, WEB_REPLY).complete, 2);
+    wait_ends(&observer, client.cgroup_id(), node_port, 4);
+    wait_ends(&observer, prometheus.cgroup_id(), node_port, 2);
+    let run = observer.stop().expect("observer stops");
+
+    // A node address and a NodePort is a Service: judged where kube-proxy sent it, not as the node.
+    for (pod, expected) in [(client, "allowed"), (prometheus, "enforcement-gap")] {
+        let records = at(&run.records, pod.cgroup_id(), node_port, false);
+        assert_eq!(verdicts(&records).len(), if expected == "allowed" { 4 } else { 2 }, "{}", pretty(&records));
+        for record in &records {
+            assert_eq!(verdict(record), expected, "{record}");
+            assert_eq!(record["dst"]["service"], json!({"namespace": "shop", "name": "web"}), "{record}");
+            assert!(matches!(record["dst"]["pod"].as_str(), Some("web-0" | "web-1")), "{record}");
+            assert_eq!(record["dst"]["backend"]["via"], "conntrack", "{record}");
+            assert_eq!(record["dst"]["backend"]["port"], 8080, "{record}");
+        }
+    }
+    // At the backends the NodePort traffic arrives masqueraded from the bridge address: the node.
+    let mut at_backends = Vec::new();
+    for i in 0..2 {
+        at_backends.extend(at(&run.records, cluster.web(i).cgroup_id(), cluster.web(i).addr_v4(8080), false));
+    }
+    assert_eq!(at_backends.len(), 6, "{}", pretty(&at_backends));
+    assert!(
+        at_backends.iter().all(|r| ip_of(r, "src") == Some(POD_GATEWAY_V4.into()) && verdict(r) == "allowed"),
+        "{}",
+        pretty(&at_backends)
+    );
+}
