@@ -123,8 +123,13 @@ async fn changed(socket: Option<&AsyncFd<OwnedFd>>) {
                 guard.clear_ready();
                 break;
             }
-            // Lost notifications (ENOBUFS) or end of stream: read all again.
             any = true;
+            // Notifications were lost (reported once): read all again, and
+            // drain what is queued after it.
+            if read < 0 && error.raw_os_error() == Some(libc::ENOBUFS) {
+                continue;
+            }
+            // Anything else would repeat: wait for the next notification.
             guard.clear_ready();
             break;
         }
@@ -164,7 +169,9 @@ fn subscribe() -> io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(io::Error::from)
 }
 
-/// Every address of every interface of this network namespace.
+/// Every address of every interface of this network namespace but the
+/// loopback ones: a loopback address names whatever network namespace the
+/// socket is in (a pod's own), never this node as a pod sees it.
 pub fn read_interfaces() -> io::Result<AddressSet> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list it allocated, freed below.
@@ -195,6 +202,7 @@ pub fn read_interfaces() -> io::Result<AddressSet> {
         }
         cursor = entry.ifa_next;
     }
+    addresses.retain(|address| !address.is_loopback());
     // SAFETY: `head` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(addresses)
@@ -205,9 +213,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn interfaces_hold_loopback() {
+    fn interfaces_leave_out_loopback() {
         let addresses = read_interfaces().expect("getifaddrs");
-        assert!(addresses.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{addresses:?}");
+        assert!(!addresses.iter().any(IpAddr::is_loopback), "{addresses:?}");
     }
 
     /// Runs `ip` with `args` (in the calling thread's network namespace).

@@ -304,7 +304,7 @@ impl Judge {
         let policy = self.policy(input);
         // Every new connection counts against the rate, whatever else it breaks.
         let rate = self.rate_violation(input);
-        let verdict = self.decide(input, policy.as_ref(), rate);
+        let verdict = self.decide(input, policy, rate);
         self.count(verdict.verdict, verdict.intent.is_some());
         verdict
     }
@@ -315,7 +315,7 @@ impl Judge {
     pub(crate) fn decide(
         &self,
         input: &JudgeInput<'_>,
-        policy: Option<&PolicyOutcome>,
+        policy: Option<PolicyOutcome>,
         rate: Option<IntentViolation>,
     ) -> FlowVerdict {
         let protocol = Protocol::from_number(input.protocol.0);
@@ -323,7 +323,6 @@ impl Judge {
         let intent = self.intents.check_egress_asked(&input.src, &input.dst, input.asked.as_ref(), protocol).or(rate);
         let (verdict, mut reason, policies) = match policy {
             Some(PolicyOutcome { allowed: false, policies, reason }) => {
-                let policies = policies.clone();
                 let kind = if delivery == Delivery::Delivered {
                     VerdictKind::EnforcementGap
                 } else {
@@ -334,8 +333,8 @@ impl Judge {
                 (kind, format!("denied: {reason}; {delivered} ({evidence})"), policies)
             }
             Some(PolicyOutcome { allowed: true, policies, reason }) => match &intent {
-                Some(violation) => (VerdictKind::IntentViolation, violation.reason.clone(), policies.clone()),
-                None => (VerdictKind::Allowed, format!("allowed: {reason}"), policies.clone()),
+                Some(violation) => (VerdictKind::IntentViolation, violation.reason.clone(), policies),
+                None => (VerdictKind::Allowed, format!("allowed: {reason}"), policies),
             },
             None => {
                 let why = format!("NetworkPolicies do not apply to {} flows", input.protocol.name());

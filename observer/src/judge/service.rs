@@ -52,7 +52,7 @@ impl Judge {
             .map(|backend| {
                 let at_backend = JudgeInput { dst: *backend, asked: Some(service), ..*input };
                 let policy = self.policy(&at_backend);
-                self.decide(&at_backend, policy.as_ref(), rate.clone())
+                self.decide(&at_backend, policy, rate.clone())
             })
             .collect();
         let verdict = match verdicts.first().map(|first| first.verdict) {

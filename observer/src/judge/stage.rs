@@ -408,8 +408,8 @@ impl JudgeStage {
             Some((last, verdict, now)) if *last == proof => (Arc::clone(verdict), Arc::clone(now)),
             _ => {
                 let rate = self.judge.rate_violation(&input);
-                let verdict = Arc::new(self.judge.decide(&input, flow.start.as_deref(), rate.clone()));
-                let now = Arc::new(self.judge.decide(&input, outlived.now.as_deref(), rate));
+                let verdict = Arc::new(self.judge.decide(&input, flow.start.as_deref().cloned(), rate.clone()));
+                let now = Arc::new(self.judge.decide(&input, outlived.now.as_deref().cloned(), rate));
                 outlived.last = Some((proof, Arc::clone(&verdict), Arc::clone(&now)));
                 (verdict, now)
             }
@@ -419,7 +419,16 @@ impl JudgeStage {
             self.record_finding(finding, record.time);
         }
         if report {
-            self.record_finding(Finding::outlived(&now, &input), record.time);
+            // One finding per edge and change of the denying policies: the
+            // log counts the connections (and their two sockets, when both
+            // ends are on this node), the metric the findings.
+            let finding = Finding::outlived(&now, &input);
+            let labels = finding_labels(&finding);
+            if self.findings.record(finding, record.time)
+                && let Some(metrics) = &self.setup.metrics
+            {
+                metrics.record_finding(&labels);
+            }
         }
         Some((verdict, now))
     }
@@ -463,7 +472,7 @@ impl JudgeStage {
     ) -> Option<Arc<FlowVerdict>> {
         let (src, dst) = flow_ends(snapshot, record)?;
         let input = JudgeInput::from_record(record, src, dst, new_flow);
-        let policy = self.judge.policy(&input).map(Arc::new);
+        let policy = self.judge.policy(&input);
         let verdict = Arc::new(match dst.kind {
             // Its backend unknown: judged at each ready backend.
             EndKind::Service => {
@@ -474,11 +483,12 @@ impl JudgeStage {
             _ => {
                 // Every new connection counts against the rate, whatever else it breaks.
                 let rate = self.judge.rate_violation(&input);
-                let verdict = self.judge.decide(&input, policy.as_deref(), rate);
+                let verdict = self.judge.decide(&input, policy.clone(), rate);
                 self.judge.count(verdict.verdict, verdict.intent.is_some());
                 verdict
             }
         });
+        let policy = policy.map(Arc::new);
         let finding = Finding::from_flow(&verdict, &input).map(Arc::new);
         let (mut series, mut entry) = (None, None);
         if let Some(finding) = &finding {
@@ -853,6 +863,8 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
         let first = lab.judge(1, RecordEvent::Start, CLIENT, SERVER);
         assert_eq!(kind(first.verdict.as_ref()), Some(VerdictKind::Allowed));
         assert!(first.verdict_now.is_none());
+        // Another connection of the same edge, open across the change too.
+        lab.judge(4, RecordEvent::Start, CLIENT, SERVER);
         // Open across the change, to a pod the new policy does not select.
         let unaffected = lab.judge(3, RecordEvent::Start, CLIENT, OTHER);
         assert_eq!(kind(unaffected.verdict.as_ref()), Some(VerdictKind::Allowed));
@@ -870,6 +882,9 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             assert_eq!(json["verdict_now"]["verdict"], "enforcement-gap");
             assert_eq!(json["verdict_now"]["policies"][0]["resourceVersion"], "7");
         }
+        let same_edge = lab.judge(4, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(kind(same_edge.verdict.as_ref()), Some(VerdictKind::Allowed));
+        assert_eq!(kind(same_edge.verdict_now.as_ref()), Some(VerdictKind::EnforcementGap));
         let unaffected = lab.judge(3, RecordEvent::Update, CLIENT, OTHER);
         assert_eq!(kind(unaffected.verdict.as_ref()), Some(VerdictKind::Allowed));
         assert!(unaffected.verdict_now.is_none(), "its verdict did not change");
@@ -880,7 +895,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
 
         let outlived = lab.findings("outlived-policy");
         assert_eq!(outlived.len(), 1, "{outlived:?}");
-        assert_eq!(outlived[0]["count"], 1);
+        assert_eq!(outlived[0]["count"], 2, "two connections outlived it");
         assert_eq!(outlived[0]["rule"], "shop/deny-server");
         assert_eq!(outlived[0]["policies"][0]["resourceVersion"], "7");
         assert!(outlived[0]["evidence"]["flow_started"].is_string());
@@ -891,7 +906,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             exposition.lines().filter(|line| line.starts_with("flow_observer_findings_total{")).collect();
         assert_eq!(series.len(), 1, "{series:?}");
         assert!(series[0].starts_with(r#"flow_observer_findings_total{kind="outlived-policy""#), "{series:?}");
-        assert!(series[0].ends_with(" 1"), "{series:?}");
+        assert!(series[0].ends_with(" 1"), "one finding for the edge: {series:?}");
 
         // A connection opened after the change is judged by the new policies.
         let second = lab.judge(2, RecordEvent::Start, CLIENT, SERVER);
