@@ -196,6 +196,17 @@ impl Backends {
                 self.counters.conntrack_misses.inc();
                 None
             }
+            Err(ConntrackError::Kernel { errno: libc::EPERM }) => {
+                // Not allowed (no CAP_NET_ADMIN in this namespace): it will
+                // not be allowed on the next flow either; stop asking.
+                self.counters.conntrack_errors.inc();
+                self.conntrack = None;
+                tracing::warn!(
+                    "conntrack lookups are not permitted (no CAP_NET_ADMIN in the observer's network namespace): \
+                     Service flows are resolved from EndpointSlices only"
+                );
+                None
+            }
             Err(error) => {
                 self.counters.conntrack_errors.inc();
                 if !self.error_logged {
@@ -437,7 +448,7 @@ endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {
     fn without_conntrack_a_single_ready_backend_is_taken_from_endpointslices() {
         let (inventory, _dir) = inventory();
         let snapshot = inventory.snapshot();
-        let table = Table::default().with("198.18.0.10:40005", "198.19.0.20:80", PROTO_TCP, Err(libc::EPERM));
+        let table = Table::default().with("198.18.0.10:40005", "198.19.0.20:80", PROTO_TCP, Err(libc::EINVAL));
         let counters = ServiceCounters::default();
         let mut enricher = enricher(&table, &counters);
         // A lookup error: counted, and the Service's one ready backend (the other is not ready).
@@ -464,6 +475,23 @@ endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {
             (1, 2, 0)
         );
         assert_eq!((counters.by_endpointslices.get(), counters.unresolved.get()), (2, 1));
+        assert_eq!(table.lookups(), 3);
+    }
+
+    #[test]
+    fn a_lookup_not_permitted_stops_the_lookups() {
+        let (inventory, _dir) = inventory();
+        let snapshot = inventory.snapshot();
+        let table = Table::default().with("198.18.0.10:40010", "198.19.0.20:80", PROTO_TCP, Err(libc::EPERM));
+        let counters = ServiceCounters::default();
+        let mut enricher = enricher(&table, &counters);
+        for (port, flow) in [(40010, 1), (40011, 2), (40012, 3)] {
+            let mut web = record(&format!("198.18.0.10:{port}"), "198.19.0.20:80", PROTO_TCP, flow, RecordEvent::Start);
+            enricher.enrich(&mut web, &snapshot);
+            assert_eq!(dst(&web)["backend"]["via"], "endpointslices", "flow {flow}");
+        }
+        assert_eq!(table.lookups(), 1, "asked once, refused, never again");
+        assert_eq!((counters.conntrack_errors.get(), counters.by_endpointslices.get()), (1, 3));
     }
 
     #[test]
