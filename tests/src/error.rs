@@ -127,6 +127,9 @@ pub enum Error {
         /// Its state file.
         path: PathBuf,
     },
+    /// A node feature (Services, probes, host-network pods) was asked of a lab built without it.
+    #[error("the lab was built without its node network: use `Lab::builder().node(true)`")]
+    NoNode,
     /// The lab-traffic binary could not be found.
     #[error("lab-traffic binary not found (looked at {looked_at}): build it or set OBSERVER_LAB_TRAFFIC")]
     TrafficBinary {

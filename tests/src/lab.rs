@@ -20,6 +20,8 @@ use crate::{
     exec::{self, Proc},
     firewall::FirewallRules,
     ids::Ids,
+    kube_proxy::{KubeProxy, Service},
+    node::{self, NODE_IP_V4, NODE_IP_V6, Node, NodeInfo},
     state::{self, LabState, NETNS_DIR, TOOL_TIMEOUT},
     traffic::{
         self, BurstOpts, BurstReport, PingReport, ServerEvent, TcpClientOpts, TcpClientReport, TcpServerOpts,
@@ -223,11 +225,18 @@ pub struct Pod {
     cgroup_dir: PathBuf,
     cgroup_path: String,
     cgroup_id: u64,
+    /// A host-network pod: its processes run in the node's namespace and it has the node's addresses.
+    #[serde(default)]
+    host_network: bool,
     #[serde(skip)]
     traffic_bin: PathBuf,
 }
 
 impl Pod {
+    /// Whether this is a host-network pod (`hostNetwork: true`): the node's namespace and addresses.
+    pub fn host_network(&self) -> bool {
+        self.host_network
+    }
     /// The pod name (`pod0`, `pod1`, …).
     pub fn name(&self) -> &str {
         &self.name
@@ -369,13 +378,14 @@ pub struct LabBuilder {
     ipv6: bool,
     internet: bool,
     persistent: bool,
+    node: bool,
     traffic_bin: Option<PathBuf>,
 }
 
 impl Default for LabBuilder {
-    /// Two pods, IPv4 only, no internet, removed on drop.
+    /// Two pods, IPv4 only, no internet, no node network, removed on drop.
     fn default() -> Self {
-        Self { pods: 2, ipv6: false, internet: false, persistent: false, traffic_bin: None }
+        Self { pods: 2, ipv6: false, internet: false, persistent: false, node: false, traffic_bin: None }
     }
 }
 
@@ -393,6 +403,14 @@ impl LabBuilder {
     /// Whether to add the internet namespace behind the node's router.
     pub fn internet(mut self, on: bool) -> Self {
         self.internet = on;
+        self
+    }
+    /// Whether the node namespace gets a real node's network (see `docs/lab.md`): the primary
+    /// address 198.18.255.10 on `eth0`, bridge-nf-call-ip(6)tables, masquerade of pod traffic to the
+    /// internet, a node cgroup for its own processes ([`Lab::node`]) and a host-network pod
+    /// ([`Lab::host_pod`]); Services come with [`Lab::kube_proxy`].
+    pub fn node(mut self, on: bool) -> Self {
+        self.node = on;
         self
     }
     /// The persistent lab of `cargo xtask lab up`: fixed prefix `obslab-`, not owned by this process,
@@ -458,6 +476,39 @@ impl LabBuilder {
                     cgroup_dir: cgroup_root.join(&rel),
                     cgroup_path: format!("/{rel}"),
                     cgroup_id: 0,
+                    host_network: false,
+                    uid,
+                    container_id,
+                    traffic_bin: traffic_bin.clone(),
+                }
+            })
+            .collect();
+        let node = format!("{prefix}node");
+        let node_info = self.node.then(|| NodeInfo {
+            netns: node.clone(),
+            cgroup_dir: cgroup_root.join(format!("{prefix}node")),
+            cgroup_id: 0,
+            ipv4: NODE_IP_V4,
+            ipv6: self.ipv6.then_some(NODE_IP_V6),
+            masquerade: Vec::new(),
+            restore_sysctls: Vec::new(),
+        });
+        let host_pods: Vec<Pod> = node_info
+            .iter()
+            .map(|info| {
+                let uid = ids.uuid();
+                let container_id = ids.container_id();
+                let rel = format!("kubepods/besteffort/pod{uid}/{container_id}");
+                Pod {
+                    name: "host0".to_owned(),
+                    netns: node.clone(),
+                    ipv4: info.ipv4,
+                    ipv6: info.ipv6,
+                    mac: String::new(),
+                    cgroup_dir: cgroup_root.join(&rel),
+                    cgroup_path: format!("/{rel}"),
+                    cgroup_id: 0,
+                    host_network: true,
                     uid,
                     container_id,
                     traffic_bin: traffic_bin.clone(),
@@ -471,22 +522,34 @@ impl LabBuilder {
             cgroup_dir: cgroup_root.join(format!("{prefix}internet")),
             cgroup_id: 0,
         });
-        let node = format!("{prefix}node");
 
         let mut netns: Vec<String> = pods.iter().map(|p| p.netns.clone()).collect();
         netns.extend(internet.iter().map(|i| i.netns.clone()));
         netns.push(node.clone());
         let mut cgroups: Vec<PathBuf> = Vec::new();
-        for pod in &pods {
+        for pod in pods.iter().chain(&host_pods) {
             cgroups.push(pod.cgroup_dir.clone());
             cgroups.push(pod.pod_cgroup_dir().to_owned());
         }
         cgroups.extend(internet.iter().map(|i| i.cgroup_dir.clone()));
-        let state = LabState { prefix, owner_pid, owner_start, netns, cgroups, cgroup_root, pods, internet };
+        cgroups.extend(node_info.iter().map(|n| n.cgroup_dir.clone()));
+        let state = LabState {
+            prefix,
+            owner_pid,
+            owner_start,
+            netns,
+            cgroups,
+            cgroup_root,
+            pods,
+            internet,
+            node: node_info,
+            host_pods,
+            services: Vec::new(),
+        };
         // Recorded before anything exists, so a crash from here on is cleaned by `cleanup_stale`.
         state.save()?;
 
-        let mut lab = Lab { node, state, internet: None, keep: false };
+        let mut lab = Lab { node_netns: node, state, internet: None, node: None, keep: false };
         lab.create(self.ipv6, &besteffort, traffic_bin)?;
         Ok(lab)
     }
@@ -496,9 +559,10 @@ impl LabBuilder {
 /// namespaces (with their links), the cgroups and its state file.
 #[derive(Debug)]
 pub struct Lab {
-    node: String,
+    node_netns: String,
     state: LabState,
     internet: Option<Internet>,
+    node: Option<Node>,
     keep: bool,
 }
 
@@ -535,7 +599,39 @@ impl Lab {
 
     /// The node namespace holding the bridge (198.18.0.1) and the router to the internet.
     pub fn node_netns(&self) -> &str {
-        &self.node
+        &self.node_netns
+    }
+
+    /// The node namespace's bind mount, `/run/netns/<prefix>node` (for `setns`).
+    pub fn node_netns_path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.node_netns)
+    }
+
+    /// The node itself (its namespace, addresses, conntrack table, probes), when the lab was built
+    /// with [`LabBuilder::node`].
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    /// The host-network pod (`host0`: the node's namespace and addresses, a pod cgroup), when the
+    /// lab was built with [`LabBuilder::node`].
+    pub fn host_pod(&self) -> Option<&Pod> {
+        self.state.host_pods.first()
+    }
+
+    /// Writes `services` into the node's nat table as kube-proxy's iptables mode does, recorded in
+    /// the state file; the guard removes them when dropped. Needs [`LabBuilder::node`] (for
+    /// bridge-nf, without which replies between pods on the bridge are not un-NATed).
+    pub fn kube_proxy(&self, services: Vec<Service>) -> Result<KubeProxy> {
+        if self.node.is_none() {
+            return Err(Error::NoNode);
+        }
+        for service in &services {
+            for ip in &service.cluster_ips {
+                check_destination(*ip)?;
+            }
+        }
+        KubeProxy::start(self.node_netns_path(), self.state_path(), services)
     }
 
     /// Every network namespace of the lab.
@@ -572,9 +668,18 @@ impl Lab {
             cgroup::create(&pod.cgroup_dir)?;
             pod.cgroup_id = cgroup::id(&pod.cgroup_dir)?;
         }
+        for pod in &mut self.state.host_pods {
+            cgroup::create(pod.cgroup_dir.parent().unwrap_or(&pod.cgroup_dir))?;
+            cgroup::create(&pod.cgroup_dir)?;
+            pod.cgroup_id = cgroup::id(&pod.cgroup_dir)?;
+        }
         if let Some(inet) = &mut self.state.internet {
             cgroup::create(&inet.cgroup_dir)?;
             inet.cgroup_id = cgroup::id(&inet.cgroup_dir)?;
+        }
+        if let Some(node) = &mut self.state.node {
+            cgroup::create(&node.cgroup_dir)?;
+            node.cgroup_id = cgroup::id(&node.cgroup_dir)?;
         }
         self.state.save()?;
 
@@ -606,13 +711,22 @@ impl Lab {
                 v6(format!("addr add {INTERNET_ROUTER_V6}/64 dev inet0 nodad\n"))
             ));
         }
-        ip_batch(Some(&self.node), &node)?;
+        ip_batch(Some(&self.node_netns), &node)?;
         // A router only inside the node namespace; the root namespace is never touched.
         let mut knobs = vec![("net/ipv4/ip_forward", "1")];
         if ipv6 {
             knobs.push(("net/ipv6/conf/all/forwarding", "1"));
         }
-        set_sysctls(&self.node, &knobs)?;
+        set_sysctls(&self.node_netns, &knobs)?;
+        if let Some(mut info) = self.state.node.clone() {
+            let internet_link = self.state.internet.is_some().then_some("inet0");
+            let created = node::create(&mut info, internet_link);
+            // Whatever was done is recorded, also when a step failed, so teardown undoes it.
+            self.state.node = Some(info.clone());
+            self.state.save()?;
+            created?;
+            self.node = Some(Node { info, traffic_bin: traffic_bin.clone() });
+        }
 
         for pod in &self.state.pods {
             let mut lines = format!(
@@ -638,7 +752,7 @@ impl Lab {
             self.internet =
                 Some(Internet { info: inet.clone(), traffic_bin: traffic_bin.clone(), next_host: AtomicU8::new(11) });
         }
-        for pod in &mut self.state.pods {
+        for pod in self.state.pods.iter_mut().chain(&mut self.state.host_pods) {
             pod.traffic_bin.clone_from(&traffic_bin);
         }
         self.state.save()
@@ -657,7 +771,7 @@ impl Drop for Lab {
 }
 
 /// Runs `ip [-n netns] -batch -` with `lines`.
-fn ip_batch(netns: Option<&str>, lines: &str) -> Result<()> {
+pub(crate) fn ip_batch(netns: Option<&str>, lines: &str) -> Result<()> {
     let mut cmd = Command::new("ip");
     if let Some(ns) = netns {
         cmd.args(["-n", ns]);
@@ -667,7 +781,7 @@ fn ip_batch(netns: Option<&str>, lines: &str) -> Result<()> {
 }
 
 /// Writes `/proc/sys/<knob>` values inside the namespace `netns`.
-fn set_sysctls(netns: &str, knobs: &[(&str, &str)]) -> Result<()> {
+pub(crate) fn set_sysctls(netns: &str, knobs: &[(&str, &str)]) -> Result<()> {
     exec::in_netns(&Path::new(NETNS_DIR).join(netns), || {
         for (knob, value) in knobs {
             let path = Path::new("/proc/sys").join(knob);

@@ -17,8 +17,10 @@ mod error;
 mod exec;
 mod firewall;
 mod ids;
+pub mod kube_proxy;
 mod lab;
 pub mod manifests;
+mod node;
 mod observer;
 mod prometheus;
 pub mod seccomp;
@@ -30,11 +32,13 @@ pub use cgroup::{CGROUP_ROOT_ENV, detect_root as detect_cgroup_root, id as cgrou
 pub use error::{Error, Result};
 pub use exec::{Proc, require_root, require_tool};
 pub use firewall::FirewallRules;
+pub use kube_proxy::{KUBE_DNS_IP_V4, KUBE_DNS_IP_V6, KubeProxy, Protocol, Service, cluster_ip_v4, cluster_ip_v6};
 pub use lab::{
     Endpoint, INTERNET_HOST_V4, INTERNET_HOST_V6, INTERNET_ROUTER_V4, INTERNET_ROUTER_V6, Internet, InternetInfo, Lab,
     LabBuilder, MAX_PODS, PERSISTENT_PREFIX, POD_GATEWAY_V4, POD_GATEWAY_V6, POD_PREFIX_V4, Pod, allowed_destination,
     down_persistent, persistent_state,
 };
+pub use node::{ConntrackEntry, NODE_IP_V4, NODE_IP_V6, NODE_LINK, NODE_NAME, Node, NodeInfo, PROBE_REQUEST_BYTES};
 pub use observer::{OBSERVER_BIN_ENV, ObserverError, ObserverProcess, ObserverRun, observer_binary};
 pub use prometheus::{PrometheusError, PrometheusServer, ScrapeTarget, free_port, http_get};
 pub use state::{LabState, NETNS_DIR, STATE_DIR, all_states, cleanup_stale};

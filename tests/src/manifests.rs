@@ -4,14 +4,15 @@
 //! generated clusters at scale ([`cluster`]) for the benchmarks.
 //!
 //! In: lab pods and what they should look like (namespace, name, labels,
-//! owner), or a [`ClusterSize`]. Out: JSON objects and a `List` file the
-//! observer's `--manifests` reads.
+//! owner), the lab's Services and node, or a [`ClusterSize`]. Out: JSON
+//! objects (Pods, Services, `discovery.k8s.io/v1` EndpointSlices, the Node)
+//! and a `List` file the observer's `--manifests` reads.
 
 use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::Pod;
+use crate::{NODE_NAME, Pod, Service};
 
 /// A lab pod as the cluster should see it.
 #[derive(Debug, Clone)]
@@ -60,7 +61,11 @@ pub fn pod(spec: &PodSpec<'_>) -> Value {
             "labels": labels(&spec.labels),
             "ownerReferences": owners,
         },
-        "spec": {"nodeName": "lab-node", "containers": [{"name": "main", "image": "lab", "ports": ports}]},
+        "spec": {
+            "nodeName": NODE_NAME,
+            "hostNetwork": spec.pod.host_network(),
+            "containers": [{"name": "main", "image": "lab", "ports": ports}],
+        },
         "status": {
             "phase": "Running",
             "podIP": spec.pod.ipv4().to_string(),
@@ -90,6 +95,116 @@ pub fn workload(kind: &str, namespace: &str, name: &str, owner: Option<(&str, &s
         "apiVersion": api_version,
         "kind": kind,
         "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}"), "ownerReferences": owners},
+    })
+}
+
+/// The Service object of a lab [`Service`]: `type: NodePort` when a port has a NodePort,
+/// `clusterIP: None` when headless.
+pub fn service(service: &Service) -> Value {
+    let ips: Vec<String> = service.cluster_ips.iter().map(ToString::to_string).collect();
+    let families: Vec<&str> = service.cluster_ips.iter().map(|ip| if ip.is_ipv4() { "IPv4" } else { "IPv6" }).collect();
+    let ports: Vec<Value> = service
+        .ports
+        .iter()
+        .map(|p| {
+            let mut port = json!({"name": p.name, "protocol": p.protocol.kubernetes(), "port": p.port, "targetPort": p.target_port});
+            if let Some(node_port) = p.node_port {
+                port["nodePort"] = json!(node_port);
+            }
+            port
+        })
+        .collect();
+    let selector: Vec<(&str, &str)> = service.selector.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut spec = json!({
+        "type": if service.has_node_port() { "NodePort" } else { "ClusterIP" },
+        "selector": labels(&selector),
+        "ports": ports,
+    });
+    if service.is_headless() {
+        spec["clusterIP"] = json!("None");
+    } else {
+        spec["clusterIP"] = json!(ips[0]);
+        spec["clusterIPs"] = json!(ips);
+        spec["ipFamilies"] = json!(families);
+        spec["ipFamilyPolicy"] = json!(if ips.len() > 1 { "PreferDualStack" } else { "SingleStack" });
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service.name, "namespace": service.namespace, "uid": format!("uid-svc-{}-{}", service.namespace, service.name)},
+        "spec": spec,
+    })
+}
+
+/// The EndpointSlices of a lab [`Service`] as the EndpointSlice controller writes them: one per
+/// address family its backends have (`<name>-v4`, `<name>-v6`), labelled
+/// `kubernetes.io/service-name`, every backend ready on the lab node with a `targetRef` to its Pod.
+pub fn endpoint_slices(service: &Service) -> Vec<Value> {
+    let mut slices = Vec::new();
+    for (family, suffix) in [("IPv4", "v4"), ("IPv6", "v6")] {
+        let endpoints: Vec<Value> = service
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let ip = if family == "IPv4" { Some(b.ipv4.to_string()) } else { b.ipv6.map(|ip| ip.to_string()) }?;
+                Some(json!({
+                    "addresses": [ip],
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                    "nodeName": NODE_NAME,
+                    "targetRef": {"kind": "Pod", "namespace": service.namespace, "name": b.name, "uid": b.uid},
+                }))
+            })
+            .collect();
+        // A family without backends gets no slice, except that a Service without any backend still
+        // has its (empty) IPv4 slice, as the controller writes one.
+        if endpoints.is_empty() && !(family == "IPv4" && service.backends.is_empty()) {
+            continue;
+        }
+        let ports: Vec<Value> = service
+            .ports
+            .iter()
+            .map(|p| json!({"name": p.name, "protocol": p.protocol.kubernetes(), "port": p.target_port}))
+            .collect();
+        slices.push(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{}-{suffix}", service.name),
+                "namespace": service.namespace,
+                "labels": {
+                    "kubernetes.io/service-name": service.name,
+                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+                },
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service.name,
+                    "uid": format!("uid-svc-{}-{}", service.namespace, service.name), "controller": true}],
+            },
+            "addressType": family,
+            "endpoints": endpoints,
+            "ports": ports,
+        }));
+    }
+    slices
+}
+
+/// The Service and its EndpointSlices.
+pub fn service_objects(service: &Service) -> Vec<Value> {
+    let mut objects = vec![self::service(service)];
+    objects.extend(endpoint_slices(service));
+    objects
+}
+
+/// The lab's Node object ([`NODE_NAME`]) with its primary addresses as `InternalIP`s.
+pub fn node(node: &crate::Node) -> Value {
+    let mut addresses = vec![json!({"type": "InternalIP", "address": node.ipv4().to_string()})];
+    if let Some(v6) = node.ipv6() {
+        addresses.push(json!({"type": "InternalIP", "address": v6.to_string()}));
+    }
+    addresses.push(json!({"type": "Hostname", "address": NODE_NAME}));
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": NODE_NAME, "uid": "uid-node-lab", "labels": {"kubernetes.io/hostname": NODE_NAME}},
+        "status": {"addresses": addresses},
     })
 }
 

@@ -47,6 +47,14 @@ pub enum ObserverError {
         /// The end of its stderr.
         log_tail: String,
     },
+    /// An HTTP request to its endpoints failed.
+    #[error("GET {path} from the observer: {detail}")]
+    Http {
+        /// The request path.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// It exited badly or did not stop.
     #[error("observer {what}; its log ends with:\n{log_tail}")]
     Exit {
@@ -77,6 +85,8 @@ pub struct ObserverProcess {
     child: Child,
     dir: PathBuf,
     flow_log: PathBuf,
+    /// The network namespace it runs in, when not the caller's (its HTTP endpoints are there).
+    netns: Option<PathBuf>,
 }
 
 /// The observer binary: `$OBSERVER_BIN`, else `observer` next to (or one
@@ -111,9 +121,28 @@ impl ObserverProcess {
         Self::start_with(args, |_| {})
     }
 
+    /// Like [`ObserverProcess::start`], but the observer runs inside the
+    /// network namespace at `netns_path` (the lab node's, as a hostNetwork
+    /// DaemonSet pod runs in its node's: conntrack is per namespace). It
+    /// enters with setns(CLONE_NEWNET) before exec, which keeps the mount
+    /// namespace and so `/sys/fs/cgroup` (`ip netns exec` would remount
+    /// `/sys`). Its `/metrics` then answers only in that namespace:
+    /// [`ObserverProcess::get`] goes there.
+    pub fn start_in_netns(netns_path: &Path, args: &[&str]) -> Result<Self, ObserverError> {
+        Self::start_with_netns(args, Some(netns_path), |_| {})
+    }
+
     /// Like [`ObserverProcess::start`], `prepare` changing the command
     /// first (see [`crate::seccomp`]).
     pub fn start_with(args: &[&str], prepare: impl FnOnce(&mut Command)) -> Result<Self, ObserverError> {
+        Self::start_with_netns(args, None, prepare)
+    }
+
+    fn start_with_netns(
+        args: &[&str],
+        netns: Option<&Path>,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Self, ObserverError> {
         let binary = observer_binary()?;
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -128,6 +157,9 @@ impl ObserverProcess {
         let given_flow_log = args.iter().position(|arg| *arg == "--flow-log").and_then(|at| args.get(at + 1));
         let flow_log = given_flow_log.map_or_else(|| dir.join("flows.jsonl"), PathBuf::from);
         let mut command = Command::new(&binary);
+        if let Some(netns) = netns {
+            crate::exec::enter(&mut command, netns, None);
+        }
         prepare(&mut command);
         command.args(["--log-format", "json", "run"]);
         if given_flow_log.is_none() {
@@ -149,7 +181,7 @@ impl ObserverProcess {
             .stderr(log)
             .spawn()
             .map_err(|source| ObserverError::Io { what: "starting", path: binary.clone(), source })?;
-        let mut process = Self { child, dir, flow_log };
+        let mut process = Self { child, dir, flow_log, netns: netns.map(Path::to_owned) };
         process.wait_attached(Duration::from_secs(30))?;
         Ok(process)
     }
@@ -212,6 +244,19 @@ impl ObserverProcess {
             .and_then(|line| line.get("addr").and_then(Value::as_str).and_then(|addr| addr.parse().ok()))
     }
 
+    /// `GET path` from its HTTP endpoints (`/metrics`, `/healthz`, …),
+    /// made from inside its network namespace: status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, String), ObserverError> {
+        let http = |detail: String| ObserverError::Http { path: path.to_owned(), detail };
+        let addr = self.metrics_addr().ok_or_else(|| http("no `serving /metrics` line in its log".to_owned()))?;
+        let get = || crate::http_get(addr, path).map_err(|e| http(e.to_string()));
+        match &self.netns {
+            None => get(),
+            Some(netns) => crate::exec::in_netns(netns, || Ok(get()))
+                .unwrap_or_else(|e| Err(http(format!("entering {}: {e}", netns.display())))),
+        }
+    }
+
     /// Waits, at most `limit`, until the flow log written so far satisfies
     /// `done`; returns whether it did (the caller's assertions say why not).
     pub fn wait_for_records(&self, limit: Duration, done: impl Fn(&[Value]) -> bool) -> bool {
@@ -245,11 +290,7 @@ impl ObserverProcess {
     /// `on_line` instead of keeping parsed records (for runs of hundreds of
     /// thousands of flows); `records` of the result is empty.
     pub fn stop_streaming(mut self, mut on_line: impl FnMut(&str)) -> Result<ObserverRun, ObserverError> {
-        let metrics = self
-            .metrics_addr()
-            .and_then(|addr| crate::http_get(addr, "/metrics").ok())
-            .map(|(_, body)| body)
-            .unwrap_or_default();
+        let metrics = self.get("/metrics").map(|(_, body)| body).unwrap_or_default();
         let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };

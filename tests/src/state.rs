@@ -15,7 +15,9 @@ use crate::{
     cgroup,
     error::{Error, Result},
     exec,
+    kube_proxy::{self, Service},
     lab::{InternetInfo, Pod},
+    node::{self, NodeInfo},
 };
 
 /// Where lab state files live.
@@ -51,6 +53,15 @@ pub struct LabState {
     pub pods: Vec<Pod>,
     /// The internet namespace, if any.
     pub internet: Option<InternetInfo>,
+    /// The node's network (primary address, masquerade, sysctls to restore), if the lab has one.
+    #[serde(default)]
+    pub node: Option<NodeInfo>,
+    /// Host-network pods (in the node's namespace, with pod cgroups).
+    #[serde(default)]
+    pub host_pods: Vec<Pod>,
+    /// The Services whose kube-proxy rules are in the node's nat table.
+    #[serde(default)]
+    pub services: Vec<Service>,
 }
 
 impl LabState {
@@ -89,6 +100,18 @@ impl LabState {
         for dir in &self.cgroups {
             cgroup::kill_all(dir);
         }
+        // The rules go with the node namespace anyway; removing them first keeps the record honest
+        // should the namespace outlive this (and it restores what lives outside it).
+        if let Some(info) = &self.node {
+            let netns_path = Path::new(NETNS_DIR).join(&info.netns);
+            if !self.services.is_empty()
+                && netns_path.exists()
+                && let Err(e) = kube_proxy::remove(&netns_path, &self.services)
+            {
+                errors.push(e);
+            }
+            errors.extend(node::teardown(info));
+        }
         for name in &self.netns {
             if let Err(e) = delete_netns(name) {
                 errors.push(e);
@@ -100,6 +123,8 @@ impl LabState {
             }
         }
         remove_unused_parents();
+        // The manifests `cargo xtask lab up --node` wrote next to the state file.
+        let _ = fs::remove_file(Self::path_for(&self.prefix).with_extension("manifests"));
         let path = Self::path_for(&self.prefix);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => errors.push(Error::io("removing", path)(e)),

@@ -63,12 +63,18 @@ pub struct TcpClientOpts {
     pub expect: u64,
     /// Connect and read timeout per connection.
     pub timeout: Duration,
+    /// The local address to connect from (a node with several addresses probing from one of them);
+    /// by default the kernel picks it from the route.
+    pub bind: Option<std::net::IpAddr>,
+    /// How long each connection stays open after sending, before it half-closes (a long-lived
+    /// connection that a policy change can overtake).
+    pub hold: Duration,
 }
 
 impl Default for TcpClientOpts {
-    /// One connection, nothing sent or expected, 2 s timeout.
+    /// One connection, nothing sent or expected, 2 s timeout, source address from the route, no hold.
     fn default() -> Self {
-        Self { count: 1, send: 0, expect: 0, timeout: Duration::from_secs(2) }
+        Self { count: 1, send: 0, expect: 0, timeout: Duration::from_secs(2), bind: None, hold: Duration::ZERO }
     }
 }
 
@@ -79,12 +85,18 @@ impl TcpClientOpts {
         args.extend(["--count".into(), self.count.to_string(), "--send".into(), self.send.to_string()]);
         args.extend(["--expect".into(), self.expect.to_string()]);
         args.extend(["--timeout-ms".into(), self.timeout.as_millis().to_string()]);
+        if let Some(bind) = self.bind {
+            args.extend(["--bind".into(), bind.to_string()]);
+        }
+        if !self.hold.is_zero() {
+            args.extend(["--hold-ms".into(), self.hold.as_millis().to_string()]);
+        }
         args
     }
 
-    /// The most a run can take: every connection timing out on connect and on read.
+    /// The most a run can take: every connection timing out on connect and on read, and holding.
     pub fn bound(&self) -> Duration {
-        self.timeout * 2 * u32::try_from(self.count).unwrap_or(u32::MAX) + Duration::from_secs(10)
+        (self.timeout * 2 + self.hold) * u32::try_from(self.count).unwrap_or(u32::MAX) + Duration::from_secs(10)
     }
 }
 

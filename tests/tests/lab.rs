@@ -16,8 +16,13 @@ use std::{
 };
 
 use observer_tests::{
-    BurstOpts, Endpoint, Error, INTERNET_HOST_V4, INTERNET_HOST_V6, Lab, NETNS_DIR, PingReport, Proc, ServerEvent,
-    TcpClientOpts, TcpServerOpts, UdpClientOpts, UdpServerOpts, cleanup_stale, root_or_skip,
+    BurstOpts, Endpoint, Error, INTERNET_HOST_V4, INTERNET_HOST_V6, INTERNET_ROUTER_V4, INTERNET_ROUTER_V6,
+    KUBE_DNS_IP_V4, KUBE_DNS_IP_V6, Lab, LabState, NETNS_DIR, NODE_IP_V4, NODE_IP_V6, ObserverProcess, POD_GATEWAY_V4,
+    POD_GATEWAY_V6, PROBE_REQUEST_BYTES, PingReport, Proc, Protocol, ServerEvent, Service, TcpClientOpts,
+    TcpServerOpts, UdpClientOpts, UdpServerOpts, cleanup_stale, cluster_ip_v4, cluster_ip_v6,
+    dns::{DnsQueryOpts, Zone},
+    manifests::{self, PodSpec},
+    root_or_skip,
 };
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_lab-traffic");
@@ -429,4 +434,332 @@ fn bad_requests_fail_with_clear_errors() {
     assert_eq!(Error::NotRoot.to_string(), "the lab needs root (network namespaces, cgroups): run as root");
     let missing = Error::MissingTool { tool: "nft", package: "nftables" }.to_string();
     assert!(missing.contains("nftables"), "{missing}");
+}
+
+// ---- The lab as a node: kube-proxy Services, kube-dns, probes, host-network pod, masquerade. ----
+
+fn node_lab(pods: usize, internet: bool) -> Lab {
+    Lab::builder().pods(pods).ipv6(true).internet(internet).node(true).traffic_bin(TRAFFIC).build().expect("node lab")
+}
+
+/// A server that logs every connection.
+fn logging_server(pod: &impl Endpoint, listen: SocketAddr, reply: u64) -> Proc {
+    pod.tcp_server(listen, &TcpServerOpts { reply, log_conns: true, ..Default::default() }).expect("server")
+}
+
+/// The peers of the connections a `logging_server` served so far.
+fn peers(server: &Proc) -> Vec<IpAddr> {
+    server
+        .lines()
+        .iter()
+        .filter_map(|l| match ServerEvent::parse(l) {
+            Some(ServerEvent::Conn { peer, .. }) => peer.parse::<SocketAddr>().ok().map(|a| a.ip()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `servers` logged `n` connections between them and returns their peers.
+fn wait_all_peers(servers: &[&Proc], n: usize) -> Vec<Vec<IpAddr>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let all: Vec<Vec<IpAddr>> = servers.iter().map(|s| peers(s)).collect();
+        if all.iter().map(Vec::len).sum::<usize>() >= n || Instant::now() >= deadline {
+            return all;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (bounded) until `server` logged `n` connections and returns their peers.
+fn wait_peers(server: &Proc, n: usize) -> Vec<IpAddr> {
+    wait_all_peers(&[server], n).remove(0)
+}
+
+/// The `web` Service on pods 1 and 2 (port 80 → 8080, NodePort 30080), dual-stack.
+fn web(lab: &Lab) -> Service {
+    Service::new("shop", "web", &[cluster_ip_v4(20).into(), cluster_ip_v6(20).into()])
+        .selector("app", "web")
+        .port("http", Protocol::Tcp, 80, 8080)
+        .node_port(30080)
+        .backend(lab.pod(1), "web-0")
+        .backend(lab.pod(2), "web-1")
+}
+
+/// `iptables-save -t nat` (or ip6tables) inside the node namespace.
+fn nat_table(lab: &Lab, v6: bool) -> String {
+    let tool = if v6 { "ip6tables-save" } else { "iptables-save" };
+    let out = lab.node().expect("node").run(tool, ["-t", "nat"], Duration::from_secs(10)).expect("iptables-save");
+    assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_service_spreads_its_clients_over_every_backend_and_conntrack_shows_the_dnat() {
+    if !root_or_skip("a_service_spreads_its_clients_over_every_backend_and_conntrack_shows_the_dnat") {
+        return;
+    }
+    let lab = node_lab(3, false);
+    let (client, a, b) = (lab.pod(0), lab.pod(1), lab.pod(2));
+    let service = web(&lab);
+    let _proxy = lab.kube_proxy(vec![service.clone()]).expect("kube-proxy rules");
+    let nat = nat_table(&lab, false);
+    assert!(
+        nat.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+        "{nat}"
+    );
+    assert!(nat.contains("-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"), "{nat}");
+    assert_eq!(nat.matches("-m statistic --mode random --probability 0.50000000000").count(), 1, "{nat}");
+    let node = lab.node().expect("node");
+    assert!(!node.conntrack().expect("conntrack").iter().any(|e| e.orig_dst.port() == 80));
+
+    for v6 in [false, true] {
+        let listen = |p: &observer_tests::Pod| if v6 { p.addr_v6(8080).expect("v6") } else { p.addr_v4(8080) };
+        let servers = [logging_server(a, listen(a), 7), logging_server(b, listen(b), 7)];
+        let target = service.addr("http", v6).expect("ClusterIP");
+        const N: u64 = 40;
+        let r = client.tcp_client(target, &TcpClientOpts { count: N, send: 5, expect: 7, ..quick(2000) });
+        let r = r.expect("client");
+        assert_eq!((r.attempted, r.complete), (N, N), "{r:?}");
+        let served = wait_all_peers(&[&servers[0], &servers[1]], N as usize);
+        // Each backend got some (both empty-handed would be a 1 in 2^39 chance), all from the client's own address.
+        assert_eq!(served[0].len() + served[1].len(), N as usize, "{served:?}");
+        assert!(served.iter().all(|s| !s.is_empty()), "the statistic rule did not spread: {served:?}");
+        let client_ip: IpAddr = if v6 { client.ipv6().expect("v6").into() } else { client.ipv4().into() };
+        assert!(served.iter().flatten().all(|peer| *peer == client_ip), "{served:?}");
+
+        let dnat: Vec<_> = node.conntrack().expect("conntrack").into_iter().filter(|e| e.orig_dst == target).collect();
+        assert_eq!(dnat.len(), N as usize, "{dnat:?}");
+        let backends: HashSet<IpAddr> = [listen(a).ip(), listen(b).ip()].into();
+        for entry in &dnat {
+            assert!(entry.is_dnat() && entry.protocol == "tcp", "{entry:?}");
+            assert_eq!(entry.orig_src.ip(), client_ip, "{entry:?}");
+            assert!(backends.contains(&entry.reply_src.ip()) && entry.reply_src.port() == 8080, "{entry:?}");
+            assert_eq!(entry.reply_dst, entry.orig_src, "no SNAT between pods: {entry:?}");
+        }
+    }
+}
+
+#[test]
+fn kube_dns_answers_through_its_cluster_ip_over_udp_and_tcp() {
+    if !root_or_skip("kube_dns_answers_through_its_cluster_ip_over_udp_and_tcp") {
+        return;
+    }
+    let lab = node_lab(2, false);
+    let (client, coredns) = (lab.pod(0), lab.pod(1));
+    let web_ip: IpAddr = cluster_ip_v4(20).into();
+    let zone = Zone::default().with("web.shop.svc.cluster.local", &[web_ip], 30);
+    let _dns = coredns.dns_server(coredns.addr_v4(53), &zone).expect("DNS server");
+    let _dns6 = coredns.dns_server(coredns.addr_v6(53).expect("v6"), &zone).expect("DNS server v6");
+    let _proxy = lab.kube_proxy(vec![Service::kube_dns(coredns, "coredns-0", true)]).expect("kube-proxy");
+    for server in [SocketAddr::new(KUBE_DNS_IP_V4.into(), 53), SocketAddr::new(KUBE_DNS_IP_V6.into(), 53)] {
+        for tcp in [false, true] {
+            let opts = DnsQueryOpts { tcp, ..DnsQueryOpts::a("web.shop.svc.cluster.local") };
+            let answer = client.dns_query(server, &opts).expect("query");
+            assert_eq!(
+                (answer.rcode.as_str(), answer.addrs.as_slice()),
+                ("NOERROR", &[web_ip][..]),
+                "{server} tcp={tcp}"
+            );
+        }
+    }
+    let node = lab.node().expect("node");
+    let dns: Vec<_> = node.conntrack().expect("conntrack").into_iter().filter(|e| e.orig_dst.port() == 53).collect();
+    assert_eq!(dns.iter().filter(|e| e.protocol == "udp").count(), 2, "{dns:?}");
+    assert_eq!(dns.iter().filter(|e| e.protocol == "tcp").count(), 2, "{dns:?}");
+    assert!(dns.iter().all(|e| e.is_dnat() && e.reply_src.ip() != e.orig_dst.ip()), "{dns:?}");
+}
+
+#[test]
+fn a_node_port_reaches_its_backend_from_pods_and_from_the_node() {
+    if !root_or_skip("a_node_port_reaches_its_backend_from_pods_and_from_the_node") {
+        return;
+    }
+    let lab = node_lab(3, false);
+    let service = Service { backends: web(&lab).backends[..1].to_vec(), ..web(&lab) };
+    let _proxy = lab.kube_proxy(vec![service]).expect("kube-proxy");
+    let backend = lab.pod(1);
+    let server = logging_server(backend, backend.addr_v4(8080), 9);
+    let node = lab.node().expect("node");
+    let node_port = SocketAddr::new(NODE_IP_V4.into(), 30080);
+    let r = lab.pod(0).tcp_client(node_port, &TcpClientOpts { count: 2, send: 3, expect: 9, ..quick(2000) });
+    assert_eq!(r.expect("pod to NodePort").complete, 2);
+    let r = node.tcp_client(node_port, &TcpClientOpts { count: 1, send: 3, expect: 9, ..quick(2000) });
+    assert_eq!(r.expect("node to NodePort").complete, 1);
+    // NodePort traffic is marked and masqueraded (externalTrafficPolicy: Cluster): the backend sees
+    // the node's bridge address for all three.
+    assert_eq!(wait_peers(&server, 3), vec![IpAddr::from(POD_GATEWAY_V4); 3]);
+    let v6 = SocketAddr::new(NODE_IP_V6.into(), 30080);
+    let _server6 = logging_server(backend, backend.addr_v6(8080).expect("v6"), 9);
+    let r = lab.pod(0).tcp_client(v6, &TcpClientOpts { send: 3, expect: 9, ..quick(2000) });
+    assert_eq!(r.expect("pod to v6 NodePort").complete, 1);
+}
+
+#[test]
+fn probes_come_from_the_bridge_and_from_the_node_address() {
+    if !root_or_skip("probes_come_from_the_bridge_and_from_the_node_address") {
+        return;
+    }
+    let lab = node_lab(2, false);
+    let (pod, node) = (lab.pod(1), lab.node().expect("node"));
+    let server = logging_server(pod, pod.addr_v4(8080), 20);
+    let server6 = logging_server(pod, pod.addr_v6(8080).expect("v6"), 20);
+    for source in [IpAddr::from(POD_GATEWAY_V4), IpAddr::from(NODE_IP_V4)] {
+        let r = node.probe(source, pod.addr_v4(8080), 20).expect("probe");
+        assert_eq!((r.complete, r.bytes_sent), (1, PROBE_REQUEST_BYTES), "{r:?}");
+    }
+    for source in [IpAddr::from(POD_GATEWAY_V6), IpAddr::from(NODE_IP_V6)] {
+        let r = node.probe(source, pod.addr_v6(8080).expect("v6"), 20).expect("probe v6");
+        assert_eq!(r.complete, 1, "{r:?}");
+    }
+    assert_eq!(wait_peers(&server, 2), vec![IpAddr::from(POD_GATEWAY_V4), IpAddr::from(NODE_IP_V4)]);
+    assert_eq!(wait_peers(&server6, 2), vec![IpAddr::from(POD_GATEWAY_V6), IpAddr::from(NODE_IP_V6)]);
+    assert_eq!(
+        node.addresses(),
+        vec![IpAddr::from(POD_GATEWAY_V4), NODE_IP_V4.into(), POD_GATEWAY_V6.into(), NODE_IP_V6.into()]
+    );
+    // The probes run in the node's own cgroup, not in a pod's.
+    let out = node.run("cat", ["/proc/self/cgroup"], Duration::from_secs(5)).expect("cat");
+    let cgroup = String::from_utf8_lossy(&out.stdout);
+    assert!(cgroup.lines().any(|l| l == format!("0::/{}node", lab.prefix())), "{cgroup}");
+}
+
+#[test]
+fn the_host_network_pod_has_the_node_namespace_and_a_pod_cgroup() {
+    if !root_or_skip("the_host_network_pod_has_the_node_namespace_and_a_pod_cgroup") {
+        return;
+    }
+    let lab = node_lab(1, false);
+    let host = lab.host_pod().expect("host-network pod");
+    assert!(host.host_network());
+    assert_eq!((host.ipv4(), host.ipv6()), (NODE_IP_V4, Some(NODE_IP_V6)));
+    assert_eq!(host.netns(), lab.node_netns());
+    let sleeper = host.spawn("sleep", ["30"]).expect("spawn");
+    let cgroup = fs::read_to_string(format!("/proc/{}/cgroup", sleeper.pid())).expect("proc cgroup");
+    assert!(cgroup.lines().any(|l| l == format!("0::{}", host.cgroup_path())), "{cgroup}");
+    assert!(host.cgroup_path().starts_with("/kubepods/besteffort/pod"), "{}", host.cgroup_path());
+    let netns = format!("/proc/{}/ns/net", sleeper.pid());
+    assert!(same_file(Path::new(&netns), &lab.node_netns_path()), "not in the node's namespace");
+    // It serves on the node's address; a pod reaches it with its own address.
+    let server = logging_server(host, host.addr_v4(9100), 4);
+    let r = lab.pod(0).tcp_client(host.addr_v4(9100), &TcpClientOpts { send: 1, expect: 4, ..quick(2000) });
+    assert_eq!(r.expect("pod to host-network pod").complete, 1);
+    assert_eq!(wait_peers(&server, 1), vec![IpAddr::from(lab.pod(0).ipv4())]);
+    let pod = manifests::pod(&PodSpec {
+        pod: host,
+        namespace: "kube-system",
+        name: "node-agent-0",
+        labels: vec![],
+        owner: None,
+        ports: vec![],
+    });
+    assert_eq!(
+        (pod["spec"]["hostNetwork"].as_bool(), pod["status"]["podIP"].as_str()),
+        (Some(true), Some("198.18.255.10"))
+    );
+}
+
+#[test]
+fn pod_traffic_to_the_internet_is_masqueraded() {
+    if !root_or_skip("pod_traffic_to_the_internet_is_masqueraded") {
+        return;
+    }
+    let lab = node_lab(1, true);
+    let inet = lab.internet().expect("internet");
+    let server = logging_server(inet, SocketAddr::new(INTERNET_HOST_V4.into(), 80), 2);
+    let server6 = logging_server(inet, SocketAddr::new(INTERNET_HOST_V6.into(), 80), 2);
+    let r = lab
+        .pod(0)
+        .tcp_client(SocketAddr::new(INTERNET_HOST_V4.into(), 80), &TcpClientOpts { expect: 2, ..quick(2000) });
+    assert_eq!(r.expect("v4").complete, 1);
+    let r = lab
+        .pod(0)
+        .tcp_client(SocketAddr::new(INTERNET_HOST_V6.into(), 80), &TcpClientOpts { expect: 2, ..quick(2000) });
+    assert_eq!(r.expect("v6").complete, 1);
+    assert_eq!(wait_peers(&server, 1), vec![IpAddr::from(INTERNET_ROUTER_V4)]);
+    assert_eq!(wait_peers(&server6, 1), vec![IpAddr::from(INTERNET_ROUTER_V6)]);
+}
+
+#[test]
+fn service_rules_and_the_node_network_are_gone_after_drop() {
+    if !root_or_skip("service_rules_and_the_node_network_are_gone_after_drop") {
+        return;
+    }
+    let knobs = ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"];
+    let root_knobs = || knobs.map(|k| fs::read_to_string(Path::new("/proc/sys/net/bridge").join(k)).ok());
+    let before = root_knobs();
+    let lab = node_lab(3, true);
+    let footprint = Footprint::of(&lab);
+    // bridge-nf is on in the node namespace.
+    let out = lab.node().expect("node").run(
+        "cat",
+        knobs.map(|k| format!("/proc/sys/net/bridge/{k}")),
+        Duration::from_secs(5),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.expect("cat").stdout), "1\n1\n");
+
+    let mut proxy = lab.kube_proxy(vec![web(&lab)]).expect("kube-proxy");
+    assert_eq!(LabState::load(&lab.state_path()).expect("state").services, vec![web(&lab)]);
+    for v6 in [false, true] {
+        assert!(nat_table(&lab, v6).contains("KUBE-SVC-"), "v6={v6}");
+    }
+    // A sync to fewer backends deletes the backend chain that went away.
+    let one = Service { backends: web(&lab).backends[..1].to_vec(), ..web(&lab) };
+    proxy.sync(vec![one]).expect("sync");
+    assert_eq!(nat_table(&lab, false).matches(":KUBE-SEP-").count(), 1);
+    drop(proxy);
+    for v6 in [false, true] {
+        let nat = nat_table(&lab, v6);
+        assert!(!nat.contains("KUBE-"), "v6={v6}: {nat}");
+        // The masquerade of pod traffic stays with the lab.
+        assert!(nat.contains("-A POSTROUTING -s") && nat.contains("-o inet0 -j MASQUERADE"), "{nat}");
+    }
+    assert!(LabState::load(&lab.state_path()).expect("state").services.is_empty());
+
+    // Rules recorded in the state file and kept (as `cargo xtask lab up --node` keeps them) go on teardown.
+    lab.kube_proxy(vec![web(&lab)]).expect("kube-proxy").keep();
+    assert_eq!(LabState::load(&lab.state_path()).expect("state").services.len(), 1);
+    drop(lab);
+    footprint.assert_gone();
+    assert_eq!(root_knobs(), before, "the root namespace's bridge-nf knobs moved");
+}
+
+#[test]
+fn services_need_a_node_lab() {
+    if !root_or_skip("services_need_a_node_lab") {
+        return;
+    }
+    let lab = lab(1, false, false);
+    assert!(lab.node().is_none() && lab.host_pod().is_none());
+    assert!(matches!(lab.kube_proxy(vec![]), Err(Error::NoNode)));
+}
+
+#[test]
+fn the_observer_runs_in_the_node_namespace_and_serves_metrics_only_there() {
+    if !root_or_skip("the_observer_runs_in_the_node_namespace_and_serves_metrics_only_there") {
+        return;
+    }
+    let lab = node_lab(2, false);
+    let observer = ObserverProcess::start_in_netns(&lab.node_netns_path(), &["--poll-interval", "200ms"])
+        .expect("observer starts in the node namespace");
+    assert!(same_file(Path::new(&format!("/proc/{}/ns/net", observer.pid())), &lab.node_netns_path()));
+    let (status, body) = observer.get("/metrics").expect("scrape from inside the node namespace");
+    assert_eq!(status, 200);
+    assert!(body.contains("flow_observer_"), "{body}");
+    // Its loopback is the node's: from the test's own namespace nothing answers there.
+    let addr = observer.metrics_addr().expect("metrics address");
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        "{addr} answered outside"
+    );
+    // It still sees the pods' sockets through the cgroup hierarchy.
+    let (a, b) = (lab.pod(0), lab.pod(1));
+    let _server = b.tcp_server(b.addr_v4(8080), &TcpServerOpts { reply: 5, ..Default::default() }).expect("server");
+    assert_eq!(a.tcp_client(b.addr_v4(8080), &TcpClientOpts { expect: 5, ..quick(2000) }).expect("client").complete, 1);
+    let seen = observer.wait_for_records(Duration::from_secs(10), |records| {
+        records.iter().any(|r| r["event"] == "end" && r["cgroup"]["id"].as_u64() == Some(a.cgroup_id()))
+    });
+    assert!(seen, "no end record from pod0's cgroup:\n{}", observer.log());
+    let run = observer.stop().expect("observer stops");
+    assert!(run.metrics.contains("flow_observer_"), "the final scrape also goes through the namespace");
 }

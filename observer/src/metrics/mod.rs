@@ -20,6 +20,7 @@ pub mod edge_cells;
 pub mod edge_exposition;
 pub mod flows;
 pub mod labels;
+pub mod services;
 pub mod sinks;
 
 use std::{
@@ -135,6 +136,7 @@ struct Inner {
     intents_loaded: Gauge,
     capture: Arc<OnceLock<Arc<CaptureHealth>>>,
     sinks: sinks::Sinks,
+    services: services::ServiceCounters,
 }
 
 impl Metrics {
@@ -160,6 +162,7 @@ impl Metrics {
             intents_loaded: Gauge::default(),
             capture: Arc::new(OnceLock::new()),
             sinks: Arc::new(OnceLock::new()),
+            services: services::ServiceCounters::register(&mut registry),
             registry: Registry::default(),
             config,
         };
@@ -199,6 +202,11 @@ impl Metrics {
     /// `/healthz` watches its polling.
     pub fn attach_capture(&self, health: Arc<CaptureHealth>) {
         let _ = self.inner.capture.set(health);
+    }
+
+    /// The counters of Service flows resolved to their backends.
+    pub fn service_counters(&self) -> services::ServiceCounters {
+        self.inner.services.clone()
     }
 
     /// Capture's counters, once attached.
@@ -723,10 +731,11 @@ mod tests {
         }
         assert_eq!(edge_series, 8200 * 6);
         // Per node: build info, 18 capture series, 7 bounded families × 3
-        // accounting series (series, overflow, removed), 2 loaded gauges.
-        assert_eq!(other_series, NODES * 42);
+        // accounting series (series, overflow, removed), 2 loaded gauges,
+        // 3 conntrack lookup results and 3 Service backend sources.
+        assert_eq!(other_series, NODES * 48);
         // Node 0 also runs coredns: its 50 workloads' 150 calls out, 150 in,
         // 50 DNS and 50 internet edges, plus 1,000 DNS edges in.
-        assert_eq!(busiest, 42 + (150 + 150 + 50 + 50 + 1000) * 6);
+        assert_eq!(busiest, 48 + (150 + 150 + 50 + 50 + 1000) * 6);
     }
 }

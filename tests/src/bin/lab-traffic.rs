@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! lab-traffic tcp-server --listen ADDR:PORT [--reply BYTES] [--read BYTES] [--max-conns N] [--log-conns]
-//! lab-traffic tcp-client --connect ADDR:PORT [--count K] [--send BYTES] [--expect BYTES] [--timeout-ms MS]
+//! lab-traffic tcp-client --connect ADDR:PORT [--bind IP] [--hold-ms MS] [--count K] [--send BYTES] [--expect BYTES] [--timeout-ms MS]
 //! lab-traffic burst      --connect ADDR:PORT [--count N] [--threads T] [--send BYTES] [--timeout-ms MS]
 //! lab-traffic udp-server --listen ADDR:PORT [--reply BYTES] [--max-requests N]
 //! lab-traffic udp-client --connect ADDR:PORT [--count K] [--send BYTES] [--expect BYTES] [--timeout-ms MS]
@@ -220,9 +220,45 @@ enum Outcome {
     Done(u16, u64, u64, bool),
 }
 
-/// One connection: connect, send `send` bytes, half-close, read to EOF.
-fn one_connection(target: SocketAddr, send: u64, timeout: Duration) -> Outcome {
-    let mut stream = match TcpStream::connect_timeout(&target, timeout) {
+/// Connects to `target` from the local address `source` (port chosen by the kernel), as a prober
+/// on a node with several addresses does; the connect gives up after `timeout`.
+fn connect_from(source: IpAddr, target: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let domain = if target.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: socket(2) has no memory preconditions.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (local, local_len) = sockaddr(source);
+    // SAFETY: `local` is a valid sockaddr of `local_len` bytes.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const local).cast(), local_len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // A blocking connect gives up after SO_SNDTIMEO (with EINPROGRESS).
+    set_timeout(&fd, libc::SO_SNDTIMEO, timeout)?;
+    let (mut remote, remote_len) = sockaddr(target.ip());
+    // Both sockaddr_in and sockaddr_in6 keep the port at the same offset, in network order.
+    let port = (&raw mut remote).cast::<libc::sockaddr_in>();
+    // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+    unsafe { (*port).sin_port = target.port().to_be() };
+    // SAFETY: `remote` is a valid sockaddr of `remote_len` bytes.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const remote).cast(), remote_len) } != 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(if err.raw_os_error() == Some(libc::EINPROGRESS) { ErrorKind::TimedOut.into() } else { err });
+    }
+    Ok(TcpStream::from(fd))
+}
+
+/// One connection (from `source` when given): connect, send `send` bytes, keep the connection open
+/// for `hold`, half-close, read to EOF.
+fn one_connection(source: Option<IpAddr>, target: SocketAddr, send: u64, hold: Duration, timeout: Duration) -> Outcome {
+    let connected = match source {
+        Some(source) => connect_from(source, target, timeout),
+        None => TcpStream::connect_timeout(&target, timeout),
+    };
+    let mut stream = match connected {
         Ok(s) => s,
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Outcome::Refused,
         Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => return Outcome::TimedOut,
@@ -232,6 +268,7 @@ fn one_connection(target: SocketAddr, send: u64, timeout: Duration) -> Outcome {
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     let sent = write_n(&mut stream, send);
+    thread::sleep(hold);
     let _ = stream.shutdown(Shutdown::Write);
     let (received, timed_out) = read_n(&mut stream, None);
     Outcome::Done(port, sent, received, timed_out)
@@ -239,13 +276,16 @@ fn one_connection(target: SocketAddr, send: u64, timeout: Duration) -> Outcome {
 
 fn tcp_client(args: &Args) -> anyhow::Result<()> {
     let target = target(args, "connect")?;
+    let source: Option<IpAddr> =
+        args.0.get("bind").map(|v| v.parse().with_context(|| format!("--bind {v:?}: expected an IP"))).transpose()?;
     let (count, send, expect) = (args.num("count", 1)?, args.num("send", 0)?, args.num("expect", 0)?);
     let timeout = args.timeout(2000)?;
+    let hold = Duration::from_millis(args.num("hold-ms", 0)?);
     let start = Instant::now();
     let mut r = TcpClientReport { target: target.to_string(), ..Default::default() };
     for _ in 0..count {
         r.attempted += 1;
-        match one_connection(target, send, timeout) {
+        match one_connection(source, target, send, hold, timeout) {
             Outcome::Refused => r.refused += 1,
             Outcome::TimedOut => r.timed_out += 1,
             Outcome::Failed => r.other_errors += 1,
@@ -275,7 +315,7 @@ fn burst(args: &Args) -> anyhow::Result<()> {
         for _ in 0..threads {
             s.spawn(|| {
                 while next.fetch_add(1, Relaxed) < count {
-                    let counter = match one_connection(target, send, timeout) {
+                    let counter = match one_connection(None, target, send, Duration::ZERO, timeout) {
                         Outcome::Refused => &refused,
                         Outcome::TimedOut | Outcome::Done(_, _, _, true) => &timed_out,
                         Outcome::Failed => &failed,
@@ -511,18 +551,20 @@ fn sockaddr(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (ss, len as libc::socklen_t)
 }
 
-fn set_recv_timeout(fd: &OwnedFd, t: Duration) {
+/// Sets the socket timeout `opt` (`SO_RCVTIMEO` or `SO_SNDTIMEO`) of `fd` to `t`.
+fn set_timeout(fd: &OwnedFd, opt: libc::c_int, t: Duration) -> std::io::Result<()> {
     let tv = libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: t.subsec_micros() as libc::suseconds_t };
     // SAFETY: a valid fd and a timeval of the size passed.
-    unsafe {
+    let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
+            opt,
             (&raw const tv).cast(),
             size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 fn ping(args: &Args) -> anyhow::Result<()> {
@@ -566,7 +608,7 @@ fn ping(args: &Args) -> anyhow::Result<()> {
         report.sent += 1;
         let deadline = Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
-            set_recv_timeout(&sock.fd, left);
+            let _ = set_timeout(&sock.fd, libc::SO_RCVTIMEO, left);
             // SAFETY: valid fd and buffer of the given length.
             let n = unsafe { libc::recv(sock.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
