@@ -20,6 +20,7 @@ mod ids;
 mod lab;
 pub mod manifests;
 mod observer;
+pub mod podman;
 mod prometheus;
 pub mod seccomp;
 mod state;
@@ -35,7 +36,7 @@ pub use lab::{
     down_persistent, persistent_state,
 };
 pub use observer::{OBSERVER_BIN_ENV, ObserverError, ObserverProcess, ObserverRun, observer_binary};
-pub use prometheus::{PrometheusError, PrometheusServer, ScrapeTarget, free_port, http_get};
+pub use prometheus::{PrometheusError, PrometheusServer, ScrapeTarget, free_port, http_get, http_get_in};
 pub use state::{LabState, NETNS_DIR, STATE_DIR, all_states, cleanup_stale};
 pub use traffic::{
     BurstOpts, BurstReport, PingReport, ServerEvent, TRAFFIC_BIN_ENV, TcpClientOpts, TcpClientReport, TcpServerOpts,
