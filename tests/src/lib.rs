@@ -11,6 +11,7 @@
 
 use std::io::Write;
 
+pub mod caps;
 mod cgroup;
 pub mod dns;
 mod error;
