@@ -27,6 +27,11 @@ fn our_programs() -> HashSet<u64> {
 /// must say why it did not start.
 fn refused_start(prepare: impl FnOnce(&mut Command)) -> String {
     let before = our_programs();
+    // No backtrace after the error: the message must be in the log's tail.
+    let prepare = |command: &mut Command| {
+        command.env("RUST_BACKTRACE", "0");
+        prepare(command);
+    };
     let error =
         ObserverProcess::start_with(&["--metrics-addr", "off"], prepare).expect_err("the observer refuses to start");
     assert_eq!(our_programs().difference(&before).count(), 0, "nothing loaded");

@@ -167,8 +167,12 @@ pub fn is_cgroup2(path: &Path) -> bool {
     let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
     // SAFETY: valid NUL-terminated path and a buffer of the right type.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    // SAFETY: statfs succeeded, so the buffer is initialised.
-    rc == 0 && unsafe { stat.assume_init() }.f_type == libc::CGROUP2_SUPER_MAGIC
+    // SAFETY: the buffer was zeroed, which is a valid statfs, and statfs
+    // filled it if it succeeded.
+    let f_type = unsafe { stat.assume_init() }.f_type;
+    // glibc and musl type the field and the constant differently (i64 and
+    // u64): compare the bits.
+    rc == 0 && f_type as u64 == libc::CGROUP2_SUPER_MAGIC as u64
 }
 
 /// Loads the object and attaches every program; says how TCP is counted.
