@@ -515,6 +515,18 @@ mod tests {
         assert!(offsets.sport >= sock.offset + sock.size, "inet_sport follows struct sock: {offsets:?}");
     }
 
+    #[test]
+    fn the_cgroup2_root_is_found_under_a_hosts_cgroup_folder() {
+        let plain = tempfile::tempdir().expect("tempdir");
+        assert_eq!(cgroup2_under(plain.path()), None, "a plain folder is no cgroup v2 mount");
+        // This host: unified (at the folder) or hybrid (at unified/).
+        if let Some(found) = cgroup2_under(Path::new("/sys/fs/cgroup")) {
+            assert!(is_cgroup2(&found));
+            assert!(found == Path::new("/sys/fs/cgroup") || found == Path::new("/sys/fs/cgroup/unified"), "{found:?}");
+            assert_eq!(detect_cgroup_root(), Some(found));
+        }
+    }
+
     const FORMAT: &str = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
 \tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
 \tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
