@@ -57,6 +57,9 @@ pub fn build() -> anyhow::Result<String> {
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     fs::copy(&binary, out.join("observer")).with_context(|| format!("copying {}", binary.display()))?;
     let reference = format!("{IMAGE_NAME}:{}", provenance.version);
+    let image_id =
+        || output(Command::new("buildah").args(["images", "--quiet", "--noheading", "--no-trunc", &reference]));
+    let previous = image_id();
     step(&format!("buildah: the Dockerfile's final stage into {reference}"));
     run_command(
         Command::new("buildah")
@@ -70,6 +73,11 @@ pub fn build() -> anyhow::Result<String> {
             .args(["--timestamp", &provenance.timestamp])
             .args(["--tag", &reference, "--file", "Dockerfile", "."]),
     )?;
+    // The image this one replaced is left untagged: remove it, unless a
+    // container still uses it (then buildah refuses, which is fine).
+    if let Some(previous) = previous.filter(|previous| Some(previous) != image_id().as_ref()) {
+        let _ = crate::command::succeeds(Command::new("buildah").args(["rmi", previous.trim()]));
+    }
     Ok(reference)
 }
 
