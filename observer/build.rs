@@ -11,6 +11,12 @@ use anyhow::{Context as _, anyhow, bail};
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
     let object = out_dir.join("observer");
+    // The commit the binary is built from, for `build_info`: set by `cargo
+    // xtask image` and the Dockerfile; "unknown" otherwise rather than a
+    // revision an incremental build could leave stale.
+    println!("cargo:rerun-if-env-changed=OBSERVER_GIT_REVISION");
+    let revision = env::var("OBSERVER_GIT_REVISION").ok().filter(|value| !value.is_empty());
+    println!("cargo:rustc-env=OBSERVER_GIT_REVISION={}", revision.as_deref().unwrap_or("unknown"));
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|value| value == "1" || value.eq_ignore_ascii_case("true"));
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if skip {

@@ -36,6 +36,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Judge flows against declared NetworkPolicies.
     Policy(crate::policy::check::PolicyArgs),
+    /// Print the seccomp profile the observer's container needs, or install it for the kubelet.
+    SeccompProfile(crate::seccomp_profile::SeccompArgs),
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
@@ -56,6 +58,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Policy(args) => crate::policy::check::run(args),
+        Command::SeccompProfile(args) => Ok(crate::seccomp_profile::run(&args)?),
     }
 }
 

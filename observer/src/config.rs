@@ -74,4 +74,11 @@ mod tests {
         assert_eq!(partial.findings, FindingsConfig::default());
         assert!(serde_yaml::from_str::<ObserverConfig>("spikez: {}").is_err());
     }
+
+    #[test]
+    fn the_shipped_configmap_holds_the_defaults() {
+        let text = include_str!("../../deploy/config/observer.yaml");
+        let shipped: ObserverConfig = serde_yaml::from_str(text).expect("deploy/config/observer.yaml parses");
+        assert_eq!(shipped, ObserverConfig::default());
+    }
 }

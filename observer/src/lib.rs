@@ -26,6 +26,7 @@ pub mod node;
 pub mod policy;
 pub mod rendered;
 pub mod run;
+pub mod seccomp_profile;
 
 /// The hash map of the per-flow lookups (flow tuples, IPs, uids, cgroup ids,
 /// the meter's handles): foldhash hashes such a key in a fraction of

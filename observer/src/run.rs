@@ -36,7 +36,8 @@ pub struct RunArgs {
     /// Size-based rotation of the flow, findings and DNS log files.
     #[command(flatten)]
     pub rotation: RotationArgs,
-    /// cgroup v2 root to attach at [default: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts].
+    /// cgroup v2 root to attach at, or a host's cgroup folder whose `unified` child is the v2 root (hybrid hosts)
+    /// [default: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts].
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
     /// How often the kernel flow map is read and records are written.
@@ -136,7 +137,10 @@ fn nanos(duration: Duration) -> u64 {
 impl RunArgs {
     fn capture_config(&self) -> anyhow::Result<CaptureConfig> {
         let cgroup_root = match &self.cgroup_root {
-            Some(root) => root.clone(),
+            // A container mounts the host's /sys/fs/cgroup whole: on a
+            // hybrid host the v2 root is its `unified` child. Neither being
+            // v2 is the preflight's to report.
+            Some(root) => loader::cgroup2_under(root).unwrap_or_else(|| root.clone()),
             None => loader::detect_cgroup_root().context(
                 "no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified; mount cgroup2 or pass --cgroup-root",
             )?,

@@ -11,6 +11,7 @@
 
 use std::io::Write;
 
+pub mod caps;
 mod cgroup;
 pub mod dns;
 mod error;
@@ -22,6 +23,7 @@ mod lab;
 pub mod manifests;
 mod node;
 mod observer;
+pub mod podman;
 mod prometheus;
 pub mod seccomp;
 mod state;
@@ -40,7 +42,7 @@ pub use lab::{
 };
 pub use node::{ConntrackEntry, NODE_IP_V4, NODE_IP_V6, NODE_LINK, NODE_NAME, Node, NodeInfo, PROBE_REQUEST_BYTES};
 pub use observer::{OBSERVER_BIN_ENV, ObserverError, ObserverProcess, ObserverRun, observer_binary};
-pub use prometheus::{PrometheusError, PrometheusServer, ScrapeTarget, free_port, http_get};
+pub use prometheus::{PrometheusError, PrometheusServer, ScrapeTarget, free_port, http_get, http_get_in};
 pub use state::{LabState, NETNS_DIR, STATE_DIR, all_states, cleanup_stale};
 pub use tmpfs::Tmpfs;
 pub use traffic::{

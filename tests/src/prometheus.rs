@@ -264,3 +264,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Prometheu
     let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     Ok((status, body.to_owned()))
 }
+
+/// [`http_get`] from inside the network namespace at `netns` (the lab
+/// node's, where kubelet probes come from, or a pod's).
+pub fn http_get_in(netns: &std::path::Path, addr: SocketAddr, path: &str) -> Result<(u16, String), PrometheusError> {
+    crate::exec::in_netns(netns, || Ok(http_get(addr, path))).map_err(|error| PrometheusError::Io {
+        what: format!("GET http://{addr}{path}"),
+        source: std::io::Error::other(error.to_string()),
+    })?
+}

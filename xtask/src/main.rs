@@ -5,6 +5,7 @@ mod bench;
 mod command;
 mod demo;
 mod deploy;
+mod image;
 mod interrupt;
 mod lab;
 mod setup;
@@ -27,6 +28,8 @@ enum Task {
     Setup,
     /// Run every check and test: formatting, clippy, unit, fake API server and real-kernel tests (what CI runs).
     Test,
+    /// Build the observer's OCI image offline with buildah (static musl binary, the Dockerfile's final stage).
+    Image,
     /// Write the generated files of deploy/: Grafana dashboards (JSON and ConfigMaps), the PrometheusRule.
     Deploy,
     /// Check deploy/ offline: generated files, promtool rule tests, Kubernetes schemas, least privilege.
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run(),
         Task::Demo => demo::run(),
         Task::Deploy => deploy::run(),
+        Task::Image => image::run(),
         Task::Validate => validate::run(),
         Task::Lab(cmd) => lab::run(cmd),
         Task::Bench(cmd) => bench::run(cmd),

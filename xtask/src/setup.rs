@@ -1,26 +1,45 @@
 //! `cargo xtask setup`: installs what building and testing need, only what is
 //! missing, so running it again changes nothing.
 
-use std::{path::Path, process::Command};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
 use crate::command::{is_root, output, run as run_command, step, succeeds};
 
-/// Debian packages and a command each provides (to check without dpkg).
-const PACKAGES: [(&str, &str); 11] = [
-    ("iproute2", "ip"),
-    ("nftables", "nft"),
-    ("iptables", "iptables"),
-    ("iputils-ping", "ping"),
-    ("iperf3", "iperf3"),
-    ("bpftrace", "bpftrace"),
-    ("bpftool", "bpftool"),
-    ("prometheus", "promtool"),
-    ("conntrack", "conntrack"),
-    ("python3-pip", "pip3"),
-    ("kubectl", "kubectl"),
+/// Debian 12 packages and a shell test that passes when each is there (to
+/// check without dpkg, so a tool installed another way counts too).
+const PACKAGES: [(&str, &str); 16] = [
+    ("iproute2", "command -v ip"),
+    ("nftables", "command -v nft"),
+    ("iptables", "command -v iptables"),
+    ("iputils-ping", "command -v ping"),
+    ("iperf3", "command -v iperf3"),
+    ("bpftrace", "command -v bpftrace"),
+    ("bpftool", "command -v bpftool"),
+    ("conntrack", "command -v conntrack"),
+    ("python3-pip", "command -v pip3"),
+    // `python3 -m venv` (kubernetes-validate) needs ensurepip, which Debian splits out.
+    ("python3-venv", "python3 -c 'import ensurepip, venv'"),
+    ("curl", "command -v curl"),
+    ("ca-certificates", "test -s /etc/ssl/certs/ca-certificates.crt"),
+    // The image (`cargo xtask image`) and the DaemonSet test: buildah builds,
+    // podman runs it with runc (crun refuses hybrid cgroup hosts).
+    ("buildah", "command -v buildah"),
+    ("podman", "command -v podman"),
+    ("runc", "command -v runc"),
+    // musl-gcc, for C code in dependencies of the static (musl) release binary.
+    ("musl-tools", "command -v musl-gcc"),
 ];
+
+/// The Rust target of the image's static binary.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// kubectl from the Kubernetes release (Debian 12 has none recent enough for
+/// `kubectl kustomize` with components), checked against its published SHA-256.
+const KUBECTL_VERSION: &str = "v1.33.4";
+/// Oldest kubectl minor version whose kustomize renders `deploy/` (components).
+const KUBECTL_MIN_MINOR: u32 = 27;
 
 /// The bpf-linker release that loads the installed nightly's own LLVM.
 const BPF_LINKER_VERSION: &str = "0.9.15";
@@ -28,6 +47,8 @@ const BPF_LINKER_VERSION: &str = "0.9.15";
 /// Installs everything that is missing.
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
+    kubectl()?;
+    promtool()?;
     rust_toolchains()?;
     bpf_linker()?;
     tracefs()?;
@@ -36,13 +57,12 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn have(program: &str) -> bool {
-    succeeds(Command::new("sh").args(["-c", &format!("command -v {program}")]))
+fn passes(test: &str) -> bool {
+    succeeds(Command::new("sh").args(["-c", test]))
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> =
-        PACKAGES.iter().filter(|(_, program)| !have(program)).map(|(package, _)| *package).collect();
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(_, test)| !passes(test)).map(|(package, _)| *package).collect();
     if missing.is_empty() {
         step("Debian packages: all present");
         return Ok(());
@@ -61,6 +81,74 @@ fn debian_packages() -> anyhow::Result<()> {
     .context("apt-get install")
 }
 
+/// The client's minor version, from `kubectl version --client -o json`.
+fn kubectl_minor() -> Option<u32> {
+    let text = output(Command::new("kubectl").args(["version", "--client", "-o", "json"]))?;
+    let version: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let minor = version["clientVersion"]["minor"].as_str()?;
+    minor.trim_end_matches('+').parse().ok()
+}
+
+/// kubectl into /usr/local/bin unless one recent enough is on the PATH.
+fn kubectl() -> anyhow::Result<()> {
+    if let Some(minor) = kubectl_minor().filter(|minor| *minor >= KUBECTL_MIN_MINOR) {
+        step(&format!("kubectl 1.{minor}: present"));
+        return Ok(());
+    }
+    step(&format!("installing kubectl {KUBECTL_VERSION} from dl.k8s.io into /usr/local/bin"));
+    if !is_root() {
+        bail!("installing kubectl needs root: run `sudo cargo xtask setup`");
+    }
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => bail!("no kubectl download for {other}; install kubectl 1.{KUBECTL_MIN_MINOR}+ yourself"),
+    };
+    let url = format!("https://dl.k8s.io/release/{KUBECTL_VERSION}/bin/linux/{arch}/kubectl");
+    let download = crate::command::workspace_root().join("target/tools/kubectl");
+    fs::create_dir_all(download.parent().unwrap_or(Path::new("."))).context("creating target/tools")?;
+    run_command(Command::new("curl").args(["-fsSL", "-o"]).arg(&download).arg(&url))
+        .with_context(|| format!("downloading {url}"))?;
+    let expected = output(Command::new("curl").args(["-fsSL", &format!("{url}.sha256")]))
+        .with_context(|| format!("downloading {url}.sha256"))?;
+    let actual = output(Command::new("sha256sum").arg(&download)).context("sha256sum")?;
+    if actual.split_whitespace().next() != Some(expected.trim()) {
+        bail!("{url}: SHA-256 {actual} is not the published {expected}");
+    }
+    run_command(Command::new("install").args(["-m", "0755"]).arg(&download).arg("/usr/local/bin/kubectl"))
+}
+
+/// promtool (alert rule tests) from Debian's `prometheus` package, unpacked
+/// rather than installed: installing it would start a Prometheus server.
+fn promtool() -> anyhow::Result<()> {
+    if passes("command -v promtool") {
+        step("promtool: present");
+        return Ok(());
+    }
+    step("installing promtool from Debian's prometheus package (unpacked: no Prometheus service)");
+    if !is_root() {
+        bail!("installing promtool needs root: run `sudo cargo xtask setup`");
+    }
+    let dir = crate::command::workspace_root().join("target/tools/prometheus-deb");
+    fs::create_dir_all(&dir).context("creating target/tools/prometheus-deb")?;
+    run_command(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
+    run_command(Command::new("apt-get").args(["download", "-qq", "prometheus"]).current_dir(&dir))
+        .context("apt-get download prometheus")?;
+    let deb = fs::read_dir(&dir)?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .context("apt-get download left no .deb")?;
+    let unpacked = dir.join("root");
+    run_command(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked)).context("dpkg-deb -x")?;
+    run_command(
+        Command::new("install")
+            .args(["-m", "0755"])
+            .arg(unpacked.join("usr/bin/promtool"))
+            .arg("/usr/local/bin/promtool"),
+    )
+}
+
 fn rust_toolchains() -> anyhow::Result<()> {
     let installed = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
     if !installed.lines().any(|line| line.starts_with("nightly")) {
@@ -75,6 +163,13 @@ fn rust_toolchains() -> anyhow::Result<()> {
     } else {
         step("adding rust-src to nightly (build-std for bpfel-unknown-none)");
         run_command(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if targets.lines().any(|line| line.trim() == MUSL_TARGET) {
+        step(&format!("{MUSL_TARGET}: present"));
+    } else {
+        step(&format!("adding {MUSL_TARGET} (the image's static binary)"));
+        run_command(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
     }
     for (component, probe) in [("rustfmt", "fmt"), ("clippy", "clippy")] {
         if !succeeds(Command::new("cargo").args([probe, "--version"])) {

@@ -58,12 +58,21 @@ pub fn run() -> anyhow::Result<()> {
     crate::validate::run()?;
     step("building binaries");
     run_command(cargo().args(["build", "--workspace", "--exclude", "observer-ebpf", "--bins"]))?;
-    if !is_root() {
+    let root_user = is_root();
+    if !root_user {
         if std::env::var("CI").as_deref() == Ok("true") {
             bail!("CI=true but not running as root: the real-kernel tests need root");
         }
         step("not root: the real-kernel tests will skip themselves (run as root to include them)");
     }
+    // The DaemonSet test runs the image: build it first, into root's
+    // container storage, where the (root) test looks for it.
+    let image = if root_user {
+        step("the image, for the DaemonSet test (cargo xtask image)");
+        Some(crate::image::build()?)
+    } else {
+        None
+    };
     let mut totals = Totals::default();
     step("unit, fake API server and CLI tests");
     cargo_test(
@@ -72,10 +81,12 @@ pub fn run() -> anyhow::Result<()> {
     )?;
     step("end-to-end tests on the real kernel (one thread)");
     let observer = root.join("target/debug/observer");
-    cargo_test(
-        cargo().args(["test", "-p", "observer-tests", "--", "--test-threads=1"]).env("OBSERVER_BIN", &observer),
-        &mut totals,
-    )?;
+    let mut end_to_end = cargo();
+    end_to_end.args(["test", "-p", "observer-tests", "--", "--test-threads=1"]).env("OBSERVER_BIN", &observer);
+    if let Some(image) = &image {
+        end_to_end.env("OBSERVER_IMAGE", image);
+    }
+    cargo_test(&mut end_to_end, &mut totals)?;
     println!("test: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     if totals.failed > 0 {
         bail!("{} tests failed", totals.failed);

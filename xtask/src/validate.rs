@@ -6,9 +6,11 @@
 //!    check rules` on the PrometheusRule's embedded copy; every alert has
 //!    a unit test where it fires and one where it stays quiet, and a
 //!    `runbook_url` to its section of `docs/runbooks.md`;
-//! 3. `kubectl kustomize deploy/` renders, and every built-in kind validates
-//!    against the Kubernetes 1.33 OpenAPI schemas with `kubernetes-validate
-//!    --strict` (unknown fields are errors);
+//! 3. `kubectl kustomize deploy/` renders without the Prometheus Operator's
+//!    kinds, and with the `monitoring` component (an overlay written under
+//!    `target/`, as users add it) renders with them; every built-in kind
+//!    validates against the Kubernetes 1.33 OpenAPI schemas with
+//!    `kubernetes-validate --strict` (unknown fields are errors);
 //! 4. the custom kinds that tool has no schema for (ServiceMonitor,
 //!    PrometheusRule) and the decisions the manifests encode (least
 //!    privilege, read-only RBAC, probes on the metrics port, selectors that
@@ -44,9 +46,18 @@ pub fn run() -> anyhow::Result<()> {
     step("promtool: alert rule unit tests");
     run_command(Command::new("promtool").arg("test").arg("rules").arg(deploy.join("prometheus/rules.test.yaml")))?;
     check_alerts(&deploy, &root.join("docs/runbooks.md"))?;
-    let rendered = render(&deploy)?;
     let work = root.join("target/tools/deploy-check");
     fs::create_dir_all(&work)?;
+    let base = documents(&render(&deploy)?)?;
+    let operator_kinds: Vec<String> =
+        base.iter().filter(|object| api_group(object) == "monitoring.coreos.com").map(name).collect();
+    if !operator_kinds.is_empty() {
+        bail!(
+            "deploy/ (without the monitoring component) holds {operator_kinds:?}: it must apply without the Prometheus Operator"
+        );
+    }
+    let overlay = monitoring_overlay(&work, &deploy)?;
+    let rendered = render(&overlay)?;
     let bundle = work.join("bundle.yaml");
     fs::write(&bundle, &rendered)?;
     step(&format!("kubernetes-validate --strict against Kubernetes {KUBERNETES_VERSION}"));
@@ -57,7 +68,7 @@ pub fn run() -> anyhow::Result<()> {
     )?;
     let objects = documents(&rendered)?;
     check_objects(&objects, &work)?;
-    step(&format!("deploy/: {} objects valid", objects.len()));
+    step(&format!("deploy/: {} objects, {} with the monitoring component, valid", base.len(), objects.len()));
     Ok(())
 }
 
@@ -111,6 +122,27 @@ fn alert_problems(rules: &Value, tests: &Value, runbooks: &str) -> Vec<String> {
     problems
 }
 
+fn api_group(object: &Value) -> &str {
+    object["apiVersion"].as_str().and_then(|version| version.split_once('/')).map_or("", |(group, _)| group)
+}
+
+/// A kustomization outside `deploy/` (kustomize refuses one inside the
+/// base it includes) that adds the `monitoring` component, as
+/// docs/install.md tells users to.
+fn monitoring_overlay(work: &Path, deploy: &Path) -> anyhow::Result<PathBuf> {
+    let overlay = work.join("with-monitoring");
+    fs::create_dir_all(&overlay)?;
+    // Relative paths: kustomize resolves them from the overlay.
+    let up = "../".repeat(overlay.strip_prefix(workspace_root()).map_or(0, |relative| relative.components().count()));
+    let relative = deploy.strip_prefix(workspace_root()).context("deploy/ outside the workspace")?;
+    let text = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {up}{base}\ncomponents:\n  - {up}{base}/monitoring\n",
+        base = relative.display()
+    );
+    fs::write(overlay.join("kustomization.yaml"), text)?;
+    Ok(overlay)
+}
+
 /// `kubectl kustomize deploy/`.
 fn render(deploy: &Path) -> anyhow::Result<String> {
     step("kubectl kustomize deploy/");
@@ -160,7 +192,8 @@ fn one<'a>(objects: &'a [Value], wanted: &str) -> anyhow::Result<&'a Value> {
 /// The checks the schemas cannot make.
 fn check_objects(objects: &[Value], work: &Path) -> anyhow::Result<()> {
     let mut problems = Vec::new();
-    let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"];
+    let cluster_scoped =
+        ["Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass"];
     for object in objects {
         let namespace = object["metadata"]["namespace"].as_str();
         if !cluster_scoped.contains(&kind(object)) && namespace != Some("flow-observer") {
@@ -170,6 +203,7 @@ fn check_objects(objects: &[Value], work: &Path) -> anyhow::Result<()> {
     check_rbac(one(objects, "ClusterRole")?, &mut problems);
     let daemonset = one(objects, "DaemonSet")?;
     check_daemonset(daemonset, &mut problems);
+    check_install_path(objects, daemonset, &mut problems)?;
     let pod = &daemonset["spec"]["template"];
     let service = one(objects, "Service")?;
     if !selects(&service["spec"]["selector"], &pod["metadata"]["labels"]) {
@@ -285,20 +319,66 @@ fn check_daemonset(daemonset: &Value, problems: &mut Vec<String>) {
     {
         problems.push("DaemonSet does not tolerate every taint".to_owned());
     }
-    let allowed_paths = ["/sys/fs/cgroup", "/sys/kernel/tracing"];
-    let mut host_volumes = BTreeSet::new();
+    // Read-only: what capture reads. Writable: the observer's own folders.
+    let read_only_paths = ["/sys/fs/cgroup", "/sys/kernel/tracing"];
+    let writable_paths = ["/var/log/flow-observer", SECCOMP_DIR];
+    let mut read_only_volumes = BTreeSet::new();
     for volume in spec["volumes"].as_array().into_iter().flatten() {
         if let Some(path) = volume["hostPath"]["path"].as_str() {
-            if !allowed_paths.contains(&path) {
+            if read_only_paths.contains(&path) {
+                read_only_volumes.insert(volume["name"].as_str().unwrap_or_default().to_owned());
+            } else if !writable_paths.contains(&path) {
                 problems.push(format!("DaemonSet mounts host path {path}"));
             }
-            host_volumes.insert(volume["name"].as_str().unwrap_or_default().to_owned());
         }
+    }
+    if spec["nodeSelector"]["kubernetes.io/os"] != "linux" {
+        problems.push("DaemonSet does not select kubernetes.io/os: linux nodes".to_owned());
+    }
+    let init_containers = spec["initContainers"].as_array().cloned().unwrap_or_default();
+    for container in &init_containers {
+        if !container["securityContext"]["capabilities"]["add"].is_null() {
+            problems.push(format!("init container {} adds capabilities", container["name"]));
+        }
+        check_container_context(container, &read_only_volumes, problems);
     }
     let containers = spec["containers"].as_array().cloned().unwrap_or_default();
     for container in &containers {
-        let context = &container["securityContext"];
+        check_container_context(container, &read_only_volumes, problems);
         let who = format!("container {}", container["name"]);
+        let allowed_caps: BTreeSet<String> = ["BPF", "PERFMON", "NET_ADMIN"].map(str::to_owned).into();
+        let added = strings(&container["securityContext"]["capabilities"]["add"]);
+        if !added.is_subset(&allowed_caps) {
+            problems.push(format!("{who} adds {:?} beyond {allowed_caps:?}", added.difference(&allowed_caps)));
+        }
+        let ports = strings(&Value::Array(
+            container["ports"].as_array().into_iter().flatten().map(|port| port["name"].clone()).collect(),
+        ));
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            let get = &container[probe]["httpGet"];
+            if get["path"] != path || !get["port"].as_str().is_some_and(|port| ports.contains(port)) {
+                problems.push(format!("{who} {probe} is not GET {path} on a named container port"));
+            }
+        }
+    }
+    for container in init_containers.iter().chain(&containers) {
+        let who = format!("container {}", container["name"]);
+        for side in ["requests", "limits"] {
+            for resource in ["cpu", "memory"] {
+                if container["resources"][side][resource].is_null() {
+                    problems.push(format!("{who} has no {resource} {side}"));
+                }
+            }
+        }
+    }
+}
+
+/// Unprivileged, no escalation, read-only root, ALL dropped, host paths
+/// capture reads mounted read-only.
+fn check_container_context(container: &Value, read_only_volumes: &BTreeSet<String>, problems: &mut Vec<String>) {
+    let context = &container["securityContext"];
+    let who = format!("container {}", container["name"]);
+    {
         if context["privileged"] != false {
             problems.push(format!("{who} is not explicitly unprivileged"));
         }
@@ -311,33 +391,73 @@ fn check_daemonset(daemonset: &Value, problems: &mut Vec<String>) {
         if strings(&context["capabilities"]["drop"]) != BTreeSet::from(["ALL".to_owned()]) {
             problems.push(format!("{who} does not drop ALL capabilities"));
         }
-        let allowed_caps: BTreeSet<String> = ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"].map(str::to_owned).into();
-        let added = strings(&context["capabilities"]["add"]);
-        if !added.is_subset(&allowed_caps) {
-            problems.push(format!("{who} adds {:?} beyond {allowed_caps:?}", added.difference(&allowed_caps)));
-        }
         for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-            if host_volumes.contains(mount["name"].as_str().unwrap_or_default()) && mount["readOnly"] != true {
+            if read_only_volumes.contains(mount["name"].as_str().unwrap_or_default()) && mount["readOnly"] != true {
                 problems.push(format!("{who} mounts host volume {} writable", mount["name"]));
             }
         }
-        let ports = strings(&Value::Array(
-            container["ports"].as_array().into_iter().flatten().map(|port| port["name"].clone()).collect(),
-        ));
-        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
-            let get = &container[probe]["httpGet"];
-            if get["path"] != path || !get["port"].as_str().is_some_and(|port| ports.contains(port)) {
-                problems.push(format!("{who} {probe} is not GET {path} on a named container port"));
-            }
-        }
-        for side in ["requests", "limits"] {
-            for resource in ["cpu", "memory"] {
-                if container["resources"][side][resource].is_null() {
-                    problems.push(format!("{who} has no {resource} {side}"));
-                }
-            }
-        }
     }
+}
+
+/// The kubelet's folder of `Localhost` seccomp profiles, and ours in it.
+const SECCOMP_ROOT: &str = "/var/lib/kubelet/seccomp";
+const SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp/flow-observer";
+
+/// The pieces of the install path that must agree: the PriorityClass, the
+/// ConfigMap behind `--config`, the seccomp profile the init container
+/// installs and the observer's container names, the NetworkPolicy.
+fn check_install_path(objects: &[Value], daemonset: &Value, problems: &mut Vec<String>) -> anyhow::Result<()> {
+    let pod = &daemonset["spec"]["template"];
+    let spec = &pod["spec"];
+    let priority = one(objects, "PriorityClass")?;
+    if spec["priorityClassName"] != priority["metadata"]["name"] {
+        problems.push("the DaemonSet does not use the shipped PriorityClass".to_owned());
+    }
+    let volumes: Vec<&Value> = spec["volumes"].as_array().into_iter().flatten().collect();
+    let volume = |name: &str| volumes.iter().find(|volume| volume["name"] == name).copied();
+    let observer = &spec["containers"][0];
+    let args = strings(&observer["args"]);
+    // --config names a file in the mounted ConfigMap, which the bundle has.
+    let config_path = args.iter().find_map(|arg| arg.strip_prefix("--config=")).unwrap_or_default();
+    let config_mount = observer["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|mount| mount["mountPath"].as_str().is_some_and(|at| config_path.starts_with(&format!("{at}/"))));
+    let config_map = config_mount
+        .and_then(|mount| volume(mount["name"].as_str().unwrap_or_default()))
+        .and_then(|volume| volume["configMap"]["name"].as_str());
+    let config_key = config_path.rsplit('/').next().unwrap_or_default();
+    let found = objects.iter().any(|object| {
+        kind(object) == "ConfigMap"
+            && Some(object["metadata"]["name"].as_str().unwrap_or_default()) == config_map
+            && object["data"][config_key].is_string()
+    });
+    if !found {
+        problems.push(format!("--config={config_path} is no key of a ConfigMap mounted in the observer's container"));
+    }
+    // The profile the container runs is the one the init container writes.
+    let profile = &observer["securityContext"]["seccompProfile"];
+    let wanted = format!("{SECCOMP_ROOT}/{}", profile["localhostProfile"].as_str().unwrap_or_default());
+    let installer = &spec["initContainers"][0];
+    let install_dir =
+        strings(&installer["args"]).iter().find_map(|arg| arg.strip_prefix("--install=").map(str::to_owned));
+    let installed = installer["volumeMounts"].as_array().into_iter().flatten().find_map(|mount| {
+        let dir = install_dir.as_deref()?;
+        if mount["mountPath"] != dir {
+            return None;
+        }
+        let host = volume(mount["name"].as_str()?)?["hostPath"]["path"].as_str()?;
+        Some(format!("{host}/observer.json"))
+    });
+    if profile["type"] != "Localhost" || installed.as_deref() != Some(wanted.as_str()) {
+        problems.push(format!("the observer runs seccomp profile {wanted}, the init container installs {installed:?}"));
+    }
+    let policy = one(objects, "NetworkPolicy")?;
+    if !selects(&policy["spec"]["podSelector"]["matchLabels"], &pod["metadata"]["labels"]) {
+        problems.push("the NetworkPolicy does not select the DaemonSet's pods".to_owned());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

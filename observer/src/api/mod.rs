@@ -105,8 +105,43 @@ impl Default for HttpLimits {
 }
 
 /// Binds `addr`; a separate step so that a bad address fails the start.
+/// `[::]` listens on IPv6 and IPv4 alike (whatever `net.ipv6.bindv6only`
+/// says), and on a kernel without IPv6 falls back to `0.0.0.0`.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ApiError> {
-    TcpListener::bind(addr).await.map_err(|source| ApiError::Bind { addr, source })
+    let bind_error = |source| ApiError::Bind { addr, source };
+    if !(addr.is_ipv6() && addr.ip().is_unspecified()) {
+        return TcpListener::bind(addr).await.map_err(bind_error);
+    }
+    let socket = match tokio::net::TcpSocket::new_v6() {
+        Ok(socket) => socket,
+        Err(error) if error.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::warn!("this kernel has no IPv6: serving on {v4} instead of {addr}");
+            return TcpListener::bind(v4).await.map_err(bind_error);
+        }
+        Err(error) => return Err(bind_error(error)),
+    };
+    dual_stack(&socket).map_err(bind_error)?;
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(addr).map_err(bind_error)?;
+    socket.listen(1024).map_err(bind_error)
+}
+
+/// Clears IPV6_V6ONLY: IPv4 clients arrive as `::ffff:a.b.c.d`.
+fn dual_stack(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let off: libc::c_int = 0;
+    // SAFETY: a valid socket and an option value that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&raw const off).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Serves connections on `listener`, within `limits`, until `shutdown` turns true.
@@ -382,6 +417,21 @@ mod tests {
             let mut buf = [0u8; 64];
             let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("closed");
             assert!(matches!(read, Ok(0) | Err(_)), "the server closed the idle connection: {read:?}");
+        }
+        stop.send(true).expect("stop");
+        server.await.expect("server task");
+    }
+
+    #[tokio::test]
+    async fn the_ipv6_wildcard_serves_ipv4_and_ipv6_clients() {
+        let listener = bind("[::]:0".parse().expect("addr")).await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, state(), HttpLimits::default(), stopped));
+        for client in
+            [SocketAddr::from(([127, 0, 0, 1], port)), SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))]
+        {
+            assert!(raw_get(client, "/metrics").await.starts_with("HTTP/1.1 200"), "{client}");
         }
         stop.send(true).expect("stop");
         server.await.expect("server task");

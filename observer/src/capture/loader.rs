@@ -10,7 +10,8 @@
 //! Linux 5.9) state changes come from the tracepoint (which needs tracefs),
 //! and without the first, or without the BTF tracepoint (the only program
 //! that reads a closing socket's final counters), TCP is counted per packet,
-//! each logged, not fatal.
+//! each logged, not fatal. Before anything loads, the [`super::preflight`]
+//! names what is missing (capabilities, a seccomp filter, kernel, cgroup v2).
 
 use std::{
     fs, io,
@@ -23,7 +24,10 @@ use aya::{
 };
 use observer_common::{SockOffsets, TcpSockOffsets, names};
 
-use super::btf::{Btf, BtfError};
+use super::{
+    btf::{Btf, BtfError},
+    preflight::PreflightError,
+};
 use crate::error_chain;
 
 /// The kernel programs, built by `build.rs`.
@@ -90,9 +94,12 @@ pub enum LoadError {
         "this observer binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild it after `cargo xtask setup` installs nightly rust-src and bpf-linker"
     )]
     NoObject,
-    /// Loading needs privileges.
+    /// What loading needs is missing (capabilities, seccomp, kernel, cgroup v2).
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    /// Loading was refused although the preflight found what it needs.
     #[error(
-        "permission denied loading eBPF programs: run as root, or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_RESOURCE"
+        "permission denied loading eBPF programs although CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN are granted and bpf(2) is not filtered: an LSM (SELinux, AppArmor) may refuse it; see docs/install.md, \"Troubleshooting\""
     )]
     Permission(#[source] Box<EbpfError>),
     /// The kernel refused the object.
@@ -100,12 +107,6 @@ pub enum LoadError {
         "the kernel refused the eBPF object (needs Linux 5.8+ with BPF ring buffers, LRU hash maps, cgroup_skb and tracepoint programs)"
     )]
     Load(#[source] Box<EbpfError>),
-    /// No cgroup v2 mount.
-    #[error("{path} is not a cgroup v2 mount; mount cgroup2 there or pass --cgroup-root")]
-    NotCgroup2 {
-        /// The path checked.
-        path: PathBuf,
-    },
     /// The cgroup root cannot be opened.
     #[error("cannot open cgroup root {path}")]
     CgroupOpen {
@@ -148,7 +149,14 @@ pub enum LoadError {
 /// Finds the cgroup v2 root: `/sys/fs/cgroup` on unified hosts,
 /// `/sys/fs/cgroup/unified` on hybrid ones.
 pub fn detect_cgroup_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].into_iter().map(PathBuf::from).find(|path| is_cgroup2(path))
+    cgroup2_under(Path::new("/sys/fs/cgroup"))
+}
+
+/// The cgroup v2 mount at `mount` (a unified host's cgroup folder) or at
+/// `mount/unified` (a hybrid host's), as seen also through a container's
+/// mount of the host's `/sys/fs/cgroup`.
+pub fn cgroup2_under(mount: &Path) -> Option<PathBuf> {
+    [mount.to_owned(), mount.join("unified")].into_iter().find(|path| is_cgroup2(path))
 }
 
 /// Whether `path` is the root of a cgroup v2 mount.
@@ -159,8 +167,12 @@ pub fn is_cgroup2(path: &Path) -> bool {
     let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
     // SAFETY: valid NUL-terminated path and a buffer of the right type.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    // SAFETY: statfs succeeded, so the buffer is initialised.
-    rc == 0 && unsafe { stat.assume_init() }.f_type == libc::CGROUP2_SUPER_MAGIC
+    // SAFETY: the buffer was zeroed, which is a valid statfs, and statfs
+    // filled it if it succeeded.
+    let f_type = unsafe { stat.assume_init() }.f_type;
+    // glibc and musl type the field and the constant differently (i64 and
+    // u64): compare the bits.
+    rc == 0 && f_type as u64 == libc::CGROUP2_SUPER_MAGIC as u64
 }
 
 /// Loads the object and attaches every program; says how TCP is counted.
@@ -168,8 +180,9 @@ pub fn load(options: &LoadOptions) -> Result<(Ebpf, TcpCounting), LoadError> {
     if OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    if !is_cgroup2(&options.cgroup_root) {
-        return Err(LoadError::NotCgroup2 { path: options.cgroup_root.clone() });
+    let preflight = super::preflight::check(options)?;
+    for note in &preflight.notes {
+        tracing::warn!("{note}");
     }
     raise_memlock_limit();
     // `--tcp-per-packet` runs everything a kernel without BTF runs: TCP
@@ -500,6 +513,18 @@ mod tests {
         assert!(apart(&fields), "{offsets:?}");
         let sock = btf.field("inet_sock", &["sk"]).expect("inet_sock starts with its sock");
         assert!(offsets.sport >= sock.offset + sock.size, "inet_sport follows struct sock: {offsets:?}");
+    }
+
+    #[test]
+    fn the_cgroup2_root_is_found_under_a_hosts_cgroup_folder() {
+        let plain = tempfile::tempdir().expect("tempdir");
+        assert_eq!(cgroup2_under(plain.path()), None, "a plain folder is no cgroup v2 mount");
+        // This host: unified (at the folder) or hybrid (at unified/).
+        if let Some(found) = cgroup2_under(Path::new("/sys/fs/cgroup")) {
+            assert!(is_cgroup2(&found));
+            assert!(found == Path::new("/sys/fs/cgroup") || found == Path::new("/sys/fs/cgroup/unified"), "{found:?}");
+            assert_eq!(detect_cgroup_root(), Some(found));
+        }
     }
 
     const FORMAT: &str = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;

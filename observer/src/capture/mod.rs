@@ -13,6 +13,7 @@ pub mod cgroups;
 pub mod clock;
 pub mod loader;
 pub mod map_batch;
+pub mod preflight;
 pub mod table;
 
 use std::{

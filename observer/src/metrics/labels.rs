@@ -307,6 +307,8 @@ pub struct SourceLabels {
 pub struct BuildLabels {
     /// Crate version.
     pub version: &'static str,
+    /// The git commit it was built from (`unknown` outside `cargo xtask image` and the Dockerfile).
+    pub revision: &'static str,
     /// Target architecture.
     pub arch: &'static str,
 }

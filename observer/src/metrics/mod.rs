@@ -384,7 +384,11 @@ fn register_build(registry: &mut Registry) {
     registry.register(
         "build",
         "Version of the running observer",
-        Info::new(BuildLabels { version: env!("CARGO_PKG_VERSION"), arch: std::env::consts::ARCH }),
+        Info::new(BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: env!("OBSERVER_GIT_REVISION"),
+            arch: std::env::consts::ARCH,
+        }),
     );
 }
 
@@ -440,8 +444,8 @@ fn register_series(registry: &mut Registry, accounting: &SeriesAccounting) {
 /// Command-line options of the metrics and the HTTP endpoints.
 #[derive(Clone, Debug, clap::Args)]
 pub struct MetricsArgs {
-    /// Serve /metrics, /healthz and /readyz on this address (`off` to disable).
-    #[arg(long, default_value = "0.0.0.0:9811", value_parser = parse_addr, env = "OBSERVER_METRICS_ADDR")]
+    /// Serve /metrics, /healthz and /readyz on this address (`off` to disable); `[::]` is IPv6 and IPv4.
+    #[arg(long, default_value = "[::]:9811", value_parser = parse_addr, env = "OBSERVER_METRICS_ADDR")]
     pub metrics_addr: MetricsAddr,
     /// Most series one edge, verdict, finding or workload family holds; new
     /// label sets past it are counted in a `__overflow__` series.
@@ -477,7 +481,7 @@ fn parse_addr(text: &str) -> Result<MetricsAddr, String> {
     }
     text.parse()
         .map(|addr| MetricsAddr(Some(addr)))
-        .map_err(|_| format!("{text:?} is not an address like 0.0.0.0:9811 or 127.0.0.1:0, or off"))
+        .map_err(|_| format!("{text:?} is not an address like [::]:9811, 0.0.0.0:9811 or 127.0.0.1:0, or off"))
 }
 
 /// The address of the HTTP endpoints, or none.
@@ -533,6 +537,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("flow_observer_build_info{version=\""), "{text}");
+        let revision = concat!("revision=\"", env!("OBSERVER_GIT_REVISION"), "\"");
+        assert!(text.contains(revision), "{text}");
         // Capture's series appear only once capture is attached.
         assert!(!text.contains("flow_observer_ringbuf_events_lost_total"), "{text}");
         assert!(text.ends_with("# EOF\n"));
