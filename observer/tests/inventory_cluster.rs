@@ -232,3 +232,23 @@ async fn an_outage_turns_stale_and_recovery_syncs() {
     assert_eq!(inventory.resolver().resolve_remote(ip("198.18.0.5"), SystemTime::now()).pod.as_deref(), Some("web-1"));
     task.abort();
 }
+
+/// A watch that fails after the first sync keeps the store as it was (the
+/// deny-all policy still judges) and reports the source stale after the
+/// threshold with its errors counted. (Recovery: `an_outage_turns_stale_and_recovery_syncs`;
+/// a silent rewatch clears once no error has come for kube's longest backoff.)
+#[tokio::test]
+async fn a_failing_watch_keeps_the_last_good_state_and_says_stale() {
+    let api = seeded().await;
+    let (inventory, task) = synced(&api).await;
+    api.set_down(true);
+    eventually(Duration::from_secs(10), "stale while down", || inventory.status().stale).await;
+    let status = inventory.status();
+    assert!(status.source_errors.get("watch").is_some_and(|errors| *errors > 0), "{status:?}");
+    let snapshot = inventory.snapshot();
+    assert!(snapshot.synced());
+    let policies: Vec<_> = snapshot.network_policies().filter_map(|policy| policy.metadata.name.clone()).collect();
+    assert_eq!(policies, ["deny-all"], "the policy set in force is the last good one");
+    assert_eq!(snapshot.pods().count(), 1);
+    task.abort();
+}
