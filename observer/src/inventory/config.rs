@@ -68,7 +68,7 @@ pub struct InventoryArgs {
     #[arg(long, value_delimiter = ',', value_name = "KEY,...")]
     pub flow_label_keys: Option<Vec<String>>,
     /// Seconds between checks of the manifest files for changes (0.01 to
-    /// 3600); a changed file is read once it has not changed for one interval.
+    /// 86400); a changed file is read once it has not changed for one interval.
     #[arg(long, default_value_t = 2.0, value_name = "SECONDS", value_parser = parse_seconds)]
     pub manifest_reload_interval: f64,
     /// Seconds a failing watch, or manifests that do not read cleanly, may

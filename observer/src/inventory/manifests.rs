@@ -8,8 +8,9 @@
 //! One bad document never stops the rest from loading. Input is bounded:
 //! files are found and read by [`walk`](super::walk) (no link loops, regular
 //! files only, at most 64 MiB), a YAML document is checked by
-//! [`yaml_bounds`](super::yaml_bounds) before it is read into values, and
-//! JSON nests at most 128 deep (serde_json's limit).
+//! [`yaml_bounds`](super::yaml_bounds) before it is read into values (as is
+//! the size of a JSON document or `List` item), and JSON nests at most 128
+//! deep (serde_json's limit).
 
 use std::{
     fmt,
@@ -286,10 +287,19 @@ fn parse_json(file: &Path, text: &str, out: &mut Out<'_>) {
         #[serde(borrow, default)]
         items: Option<Vec<&'a RawValue>>,
     }
+    let too_large = |line: usize, len: usize| ManifestError {
+        origin: Origin { file: file.to_owned(), line },
+        message: yaml_bounds::BoundError::TooLarge(len).to_string(),
+        reason: "limits",
+    };
     let items = match serde_json::from_str::<Outline<'_>>(text) {
         Ok(Outline { kind: Some(kind), items: Some(items) }) if kind.ends_with("List") => items,
         // Not a list (or not an object at all): read it whole.
         Ok(_) | Err(_) => {
+            if text.len() > yaml_bounds::MAX_DOCUMENT_BYTES {
+                out.manifests.errors.push(too_large(1, text.len()));
+                return;
+            }
             match serde_json::from_str::<Value>(text) {
                 Ok(Value::Null) => {}
                 Ok(value) => add_value(value, &origin, out),
@@ -299,6 +309,10 @@ fn parse_json(file: &Path, text: &str, out: &mut Out<'_>) {
         }
     };
     for item in items {
+        if item.get().len() > yaml_bounds::MAX_DOCUMENT_BYTES {
+            out.manifests.errors.push(too_large(1, item.get().len()));
+            continue;
+        }
         match serde_json::from_str::<Value>(item.get()) {
             Ok(value) => add_value(value, &origin, out),
             Err(error) => out.manifests.errors.push(invalid(error)),
@@ -460,5 +474,27 @@ mod tests {
         let alone = parse_named("m.json", &deep);
         assert!(alone.objects.is_empty());
         assert!(alone.errors[0].message.contains("recursion limit"), "{}", alone.errors[0]);
+    }
+
+    #[test]
+    fn a_document_past_the_size_limit_is_refused_and_the_rest_loads() {
+        let big = format!("kind: ConfigMap\ndata: {{a: \"{}\"}}\n", "x".repeat(yaml_bounds::MAX_DOCUMENT_BYTES));
+        let yaml = parse(&format!("{big}---\nkind: Namespace\nmetadata: {{name: a}}\n"));
+        assert_eq!(yaml.objects.len(), 1);
+        assert!(yaml.skipped.is_empty());
+        assert_eq!((yaml.errors[0].reason, yaml.errors[0].origin.line), ("limits", 1), "{}", yaml.errors[0]);
+        let item = format!(
+            "{{\"kind\": \"ConfigMap\", \"data\": {{\"a\": \"{}\"}}}}",
+            "x".repeat(yaml_bounds::MAX_DOCUMENT_BYTES)
+        );
+        let json = parse_named(
+            "m.json",
+            &format!(
+                "{{\"kind\": \"List\", \"items\": [{item}, {{\"kind\": \"Namespace\", \"metadata\": {{\"name\": \"a\"}}}}]}}"
+            ),
+        );
+        assert_eq!(json.objects.len(), 1);
+        assert_eq!(json.errors.len(), 1);
+        assert!(json.errors[0].message.contains("limit of one document"), "{}", json.errors[0]);
     }
 }

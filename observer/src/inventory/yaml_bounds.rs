@@ -1,8 +1,8 @@
 //! Checks a YAML document's size as parsed before it is turned into values.
 //!
 //! In: the text of one YAML document. Out: `Ok` when it stays within
-//! [`MAX_DEPTH`], [`MAX_NODES`] (counting every node an alias copies, as
-//! the value would hold it) and [`MAX_ALIASES`], else the first place
+//! [`MAX_DOCUMENT_BYTES`], [`MAX_DEPTH`], [`MAX_NODES`] (counting every node
+//! an alias copies, as the value would hold it) and [`MAX_ALIASES`], else the first place
 //! where it does not, or the parser's own error. A streaming event parser
 //! does the counting, so a document is refused after reading only what
 //! exceeds a bound: a few KB of aliases that would expand to gigabytes, or a
@@ -12,6 +12,9 @@ use std::collections::HashMap;
 
 use serde_saphyr::granit_parser::{ErrorKind, Event, Parser};
 
+/// Largest document read into values (16 MiB; its values take several
+/// times that). A larger cluster dump fits as JSON, read item by item.
+pub const MAX_DOCUMENT_BYTES: usize = 16 << 20;
 /// Deepest nesting of sequences and mappings (Kubernetes objects nest about 15 deep).
 pub const MAX_DEPTH: usize = 64;
 /// Most nodes in one document, each alias counted as the nodes it copies.
@@ -22,6 +25,9 @@ pub const MAX_ALIASES: usize = 1_000;
 /// Why a document was refused before it was read into values.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BoundError {
+    /// Longer than [`MAX_DOCUMENT_BYTES`].
+    #[error("{0} bytes, more than the {MAX_DOCUMENT_BYTES}-byte limit of one document")]
+    TooLarge(usize),
     /// Nested deeper than [`MAX_DEPTH`].
     #[error("nested more than {MAX_DEPTH} levels deep")]
     TooDeep,
@@ -42,6 +48,9 @@ pub enum BoundError {
 /// The parser's own nesting limit (it refuses before emitting the events
 /// for a long run of brackets) counts as [`BoundError::TooDeep`].
 pub fn check(text: &str) -> Result<(), (usize, BoundError)> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err((1, BoundError::TooLarge(text.len())));
+    }
     let mut parser = Parser::new_from_str(text);
     // Per anchor: the nodes its value holds, aliases expanded.
     let mut anchored: HashMap<usize, u64> = HashMap::new();
