@@ -63,7 +63,7 @@ pub enum WalkError {
         reason: String,
     },
     /// A FIFO, socket or device: never opened, it could block or never end.
-    #[error("not a regular file (a FIFO, socket or device), skipped")]
+    #[error("not a regular file (a FIFO, socket or device): never opened")]
     NotRegular,
     /// Larger than [`MAX_FILE_BYTES`].
     #[error("{len} bytes, more than the {MAX_FILE_BYTES}-byte limit of a manifest file")]
