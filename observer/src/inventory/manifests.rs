@@ -241,7 +241,10 @@ fn parse_file(file: &Path, text: &str, out: &mut Out<'_>) {
             }
         }
         let value: Value = match serde_yaml::from_str::<serde_yaml::Value>(&document).map_err(|error| {
-            let at = error.location().map_or(line, |location| line + location.line() - 1);
+            // From the byte offset, not libyaml's line: it also breaks lines
+            // at a lone `\r` (and YAML 1.1's Unicode breaks), the file's lines do not.
+            let at =
+                error.location().map_or(line, |location| line + yaml_bounds::line_of(&document, location.index()) - 1);
             (at, error)
         }) {
             Ok(yaml) => match serde_json::to_value(yaml) {
@@ -496,5 +499,16 @@ mod tests {
         assert_eq!(json.objects.len(), 1);
         assert_eq!(json.errors.len(), 1);
         assert!(json.errors[0].message.contains("limit of one document"), "{}", json.errors[0]);
+    }
+
+    /// Found by the fuzz target: libyaml counts a lone `\r` as a line break,
+    /// which put the error past the file's last line.
+    #[test]
+    fn error_lines_count_the_file_s_lines() {
+        let text = "kind: Namespace\nmetadata: {name: a}\n---\nkind: Pod\r\r\r\rmetadata: {a: b c: d}\n";
+        let manifests = parse(text);
+        assert_eq!(manifests.errors.len(), 1);
+        assert_eq!(manifests.errors[0].origin.line, 4, "{}", manifests.errors[0]);
+        assert!(manifests.errors[0].origin.line <= text.lines().count());
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use serde_saphyr::granit_parser::{ErrorKind, Event, Parser};
+use serde_saphyr::granit_parser::{ErrorKind, Event, Marker, Parser};
 
 /// Largest document read into values (16 MiB; its values take several
 /// times that). A larger cluster dump fits as JSON, read item by item.
@@ -64,9 +64,9 @@ pub fn check(text: &str) -> Result<(), (usize, BoundError)> {
             } else {
                 BoundError::Invalid(error.info())
             };
-            (error.marker().line(), bound)
+            (line_of_marker(text, error.marker()), bound)
         })?;
-        let line = span.start.line();
+        let line = line_of_marker(text, &span.start);
         match event {
             Event::SequenceStart(_, anchor, _) | Event::MappingStart(_, anchor, _) => {
                 nodes += 1;
@@ -106,6 +106,21 @@ pub fn check(text: &str) -> Result<(), (usize, BoundError)> {
     Ok(())
 }
 
+/// The 1-based line of `text` holding byte `offset`, counting `\n` only,
+/// as the file's lines are counted everywhere else.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end].iter().filter(|&&byte| byte == b'\n').count() + 1
+}
+
+/// [`line_of`] for a parser position (a character index when the byte offset is unknown).
+fn line_of_marker(text: &str, marker: &Marker) -> usize {
+    let offset = marker
+        .byte_offset()
+        .unwrap_or_else(|| text.char_indices().nth(marker.index()).map_or(text.len(), |(offset, _)| offset));
+    line_of(text, offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +158,16 @@ mod tests {
         assert_eq!(check(&text), Err((1, BoundError::TooDeep)));
         let block = (0..70).map(|depth| format!("{}k:\n", "  ".repeat(depth))).collect::<String>();
         assert_eq!(check(&block).map_err(|(_, error)| error), Err(BoundError::TooDeep));
+    }
+
+    #[test]
+    fn lines_count_newlines_only() {
+        // A lone `\r` is a line break to YAML parsers, not to the file's lines.
+        let text = "a: 1\rb: 2\nc: [\r\n";
+        assert_eq!(line_of(text, text.find('c').expect("c")), 2);
+        assert_eq!(line_of(text, usize::MAX), 3);
+        let deep = format!("a: 1\r\rb:\n{}", "[".repeat(100));
+        assert_eq!(check(&deep).map_err(|(line, _)| line), Err(2));
     }
 
     #[test]
