@@ -53,10 +53,10 @@ pub struct RunArgs {
     /// close seen is expired; connections counted from their socket end with their close.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub tcp_idle_timeout: Duration,
-    /// Capacity of the kernel flow map (entries; about 200 bytes each).
-    #[arg(long, default_value_t = 131_072)]
+    /// Capacity of the kernel flow map (entries; about 200 bytes each; 16 to 4194304).
+    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub flow_map_size: u32,
-    /// Size of the kernel event ring buffer in bytes (a power of two).
+    /// Size of the kernel event ring buffer in bytes (a power of two, 4096 to 256 MiB).
     #[arg(long, default_value_t = 8 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_bytes: u32,
     /// Also observe loopback traffic (127.0.0.0/8, ::1).
@@ -73,8 +73,8 @@ pub struct RunArgs {
     /// Also write a JSON lines log of every DNS query pods send and what came of it (appended).
     #[arg(long, value_name = "FILE")]
     pub dns_log: Option<PathBuf>,
-    /// Most (pod, address) entries in the DNS name cache (least recently used evicted).
-    #[arg(long, default_value_t = 65_536)]
+    /// Most (pod, address) entries in the DNS name cache (least recently used evicted; 1 to 4194304).
+    #[arg(long, default_value_t = 65_536, value_parser = parse_cache_size)]
     pub dns_cache_size: usize,
     /// How long past its TTL a resolved name still names new connections.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
@@ -95,30 +95,54 @@ pub struct RunArgs {
     pub metrics: MetricsArgs,
 }
 
-/// Parses `500ms`, `2s`, `5m`, `1h`.
+/// Longest duration a flag takes: 30 days (timers and `poll_interval * 10`
+/// stay far from overflowing).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
+/// Parses `500ms`, `2s`, `5m`, `1h`: more than zero, at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s, 5m or 1h"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
-        "h" => Duration::from_secs(number * 3600),
+    let too_long = || format!("{text} is longer than the 30 days a duration may be");
+    let number: u64 = match number.parse() {
+        Ok(number) => number,
+        Err(error) if matches!(error.kind(), std::num::IntErrorKind::PosOverflow) => return Err(too_long()),
+        Err(_) => return Err(format!("{text:?} is not a duration like 500ms, 2s, 5m or 1h")),
+    };
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         _ => return Err(format!("{text:?} has no unit: use ms, s, m or h")),
     };
+    let duration = number.checked_mul(millis_per_unit).map(Duration::from_millis).ok_or_else(too_long)?;
     if duration.is_zero() {
         return Err("a duration must be more than zero".to_owned());
+    }
+    if duration > MAX_DURATION {
+        return Err(too_long());
     }
     Ok(duration)
 }
 
+/// Largest event ring buffer (256 MiB): beyond it the kernel's refusal
+/// would read like a missing feature.
+const MAX_RING_BYTES: u32 = 256 << 20;
+
 fn parse_ring_size(text: &str) -> Result<u32, String> {
-    let bytes: u32 = text.parse().map_err(|_| format!("{text:?} is not a number of bytes"))?;
-    if !bytes.is_power_of_two() || bytes < 4096 {
-        return Err(format!("{bytes} must be a power of two of at least 4096"));
+    let bytes: u32 = text.parse().map_err(|_| format!("{text:?} is not a number of bytes up to {MAX_RING_BYTES}"))?;
+    if !bytes.is_power_of_two() || !(4096..=MAX_RING_BYTES).contains(&bytes) {
+        return Err(format!("{bytes} must be a power of two from 4096 to {MAX_RING_BYTES}"));
     }
     Ok(bytes)
+}
+
+fn parse_cache_size(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(size) if (1..=1 << 22).contains(&size) => Ok(size),
+        _ => Err(format!("{text:?} is not a number of entries from 1 to 4194304")),
+    }
 }
 
 fn node_name(args: &RunArgs) -> String {
@@ -438,5 +462,31 @@ mod tests {
     fn ring_size_must_be_a_power_of_two() {
         assert_eq!(parse_ring_size("8388608"), Ok(8 << 20));
         assert!(parse_ring_size("5000").is_err());
+    }
+
+    #[test]
+    fn huge_values_are_refused_not_wrapped() {
+        for text in ["99999999999999999999s", "307445734561825861m", "5124095576030432h", "31d", "721h", "2592001s"] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+        assert_eq!(parse_duration("720h"), Ok(MAX_DURATION));
+        assert!(parse_duration("99999999999999999999s").is_err_and(|error| error.contains("30 days")));
+        assert!(parse_ring_size("2147483648").is_err(), "2 GiB ring");
+        assert_eq!(parse_ring_size("268435456"), Ok(MAX_RING_BYTES));
+        assert!(parse_cache_size("0").is_err());
+        assert!(parse_cache_size("18446744073709551615").is_err());
+        let parse = |args: &[&str]| {
+            #[derive(clap::Parser)]
+            struct Cli {
+                #[command(flatten)]
+                run: RunArgs,
+            }
+            <Cli as clap::Parser>::try_parse_from(std::iter::once("observer").chain(args.iter().copied()))
+                .map(|cli| cli.run)
+        };
+        assert!(parse(&["--flow-map-size", "4294967295"]).is_err());
+        assert!(parse(&["--flow-map-size", "0"]).is_err());
+        assert!(parse(&["--poll-interval", "18446744073709551615ms"]).is_err());
+        assert_eq!(parse(&["--flow-map-size", "4194304"]).expect("at the limit").flow_map_size, 4_194_304);
     }
 }

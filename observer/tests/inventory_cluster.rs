@@ -279,3 +279,23 @@ async fn endpointslices_are_listed_watched_and_give_each_service_port_its_ready_
     assert!(!api.watches(ENDPOINTSLICES).is_empty());
     task.abort();
 }
+
+/// A watch that fails after the first sync keeps the store as it was (the
+/// deny-all policy still judges) and reports the source stale after the
+/// threshold with its errors counted. (Recovery: `an_outage_turns_stale_and_recovery_syncs`;
+/// a silent rewatch clears once no error has come for kube's longest backoff.)
+#[tokio::test]
+async fn a_failing_watch_keeps_the_last_good_state_and_says_stale() {
+    let api = seeded().await;
+    let (inventory, task) = synced(&api).await;
+    api.set_down(true);
+    eventually(Duration::from_secs(10), "stale while down", || inventory.status().stale).await;
+    let status = inventory.status();
+    assert!(status.source_errors.get("watch").is_some_and(|errors| *errors > 0), "{status:?}");
+    let snapshot = inventory.snapshot();
+    assert!(snapshot.synced());
+    let policies: Vec<_> = snapshot.network_policies().filter_map(|policy| policy.metadata.name.clone()).collect();
+    assert_eq!(policies, ["deny-all"], "the policy set in force is the last good one");
+    assert_eq!(snapshot.pods().count(), 1);
+    task.abort();
+}

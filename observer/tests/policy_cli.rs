@@ -242,3 +242,131 @@ fn mode_is_required_and_exclusive() {
     assert!(!bad_end.status.success());
     assert!(stderr(&bad_end).contains("--from: expected \"namespace/pod\""), "{}", stderr(&bad_end));
 }
+
+/// A line that is not UTF-8 and a line past the length cap are each one
+/// error line; the lines around them are judged.
+#[test]
+fn flows_with_invalid_utf8_or_overlong_lines_fail_only_those_lines() {
+    let dir = fixtures();
+    let good = r#"{"src": "shop/client", "dst": "shop/web", "port": 8080}"#;
+    let mut input = Vec::new();
+    input.extend_from_slice(good.as_bytes());
+    input.extend_from_slice(b"\n{\"src\": \"shop/cli\xffent\", \"dst\": \"shop/web\", \"port\": 8080}\n");
+    input.extend_from_slice(&vec![b' '; 200_000]);
+    input.extend_from_slice(b"\n");
+    input.extend_from_slice(good.as_bytes());
+    input.extend_from_slice(b"\n");
+    let path = dir.path().join("flows.jsonl");
+    std::fs::write(&path, &input).expect("write flows");
+    let output = observer(dir.path(), &["--flows", path.to_str().expect("UTF-8 path")], None);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("2 of 4 flows could not be judged"), "{}", stderr(&output));
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[0]["allowed"], json!(true));
+    assert_eq!(lines[1], json!({"error": "line 2: not UTF-8 text (invalid byte at offset 17)"}));
+    assert_eq!(lines[2], json!({"error": "line 3: longer than 65536 bytes, skipped"}));
+    assert_eq!(lines[3]["allowed"], json!(true));
+}
+
+/// 256 MiB with no newline at all: one error line, and the process never
+/// holds the line (its peak resident memory, from the kernel, stays small).
+#[test]
+fn an_endless_line_on_stdin_is_skipped_without_being_held() {
+    use std::io::Read as _;
+    let dir = fixtures();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .args(["policy", "check", "--manifests"])
+        .arg(dir.path())
+        .args(["--flows", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("observer runs");
+    let mut input = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..256 {
+            input.write_all(&chunk).expect("write stdin");
+        }
+        input
+    });
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).expect("read stdout");
+        text
+    });
+    // All but a pipe's worth has been read; the line is still open.
+    let input = writer.join().expect("writer");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    drop(input);
+    let text = reader.join().expect("reader");
+    let exit = child.wait().expect("wait");
+    assert_eq!(text, "{\"error\":\"line 1: longer than 65536 bytes, skipped\"}\n");
+    assert_eq!(exit.code(), Some(1));
+    // Well under the 256 MiB the line would take.
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
+}
+
+/// A folder with a link loop, a self-link, a FIFO and a link to /dev/zero
+/// named like manifests: the check answers, from each file read once.
+#[test]
+fn a_hostile_manifest_folder_is_walked_without_hanging() {
+    use std::os::unix::fs::symlink;
+    let dir = fixtures();
+    symlink(dir.path(), dir.path().join("loop")).expect("loop");
+    symlink(".", dir.path().join("self")).expect("self");
+    symlink("/dev/zero", dir.path().join("zero.yaml")).expect("zero");
+    let fifo = dir.path().join("pipe.yaml");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .args(["policy", "check", "--output", "json", "--from", "shop/client", "--to", "shop/web", "--port", "8080"])
+        .arg("--manifests")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("observer runs");
+    // Not a speed test: a guard so that a hang fails instead of blocking the suite.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("policy check hung on the hostile folder");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    let errors = stderr(&output);
+    assert!(output.status.success(), "{errors}");
+    assert_eq!(json_lines(&output)[0]["allowed"], json!(true));
+    assert!(errors.contains("pipe.yaml:0: skipped: not a regular file"), "{errors}");
+    assert!(errors.contains("zero.yaml:0: skipped: not a regular file"), "{errors}");
+    // policies.yaml once: its one broken document and one invalid policy, each reported once.
+    assert_eq!(errors.matches("policies.yaml:22").count(), 1, "{errors}");
+}
+
+#[test]
+fn a_missing_manifest_path_stops_the_check() {
+    let dir = fixtures();
+    let output = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .args(["policy", "check", "--from", "shop/client", "--to", "shop/web", "--port", "8080", "--manifests"])
+        .arg(dir.path())
+        .arg(dir.path().join("typo"))
+        .output()
+        .expect("observer runs");
+    assert!(!output.status.success(), "judged without part of the policy set");
+    let errors = stderr(&output);
+    assert!(errors.contains("typo:0: no such file or folder"), "{errors}");
+    assert!(errors.contains("not judging with part of the policy set"), "{errors}");
+    assert!(output.stdout.is_empty());
+}

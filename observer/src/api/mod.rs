@@ -291,6 +291,10 @@ fn readiness(metrics: &Metrics) -> Result<String, String> {
     }
     match metrics.inventory_synced() {
         Some(false) => Err("not ready: inventory has not finished its first sync\n".to_owned()),
+        Some(true) if metrics.inventory_stale() => Err(
+            "not ready: inventory stale (its source has been failing past the threshold; the last good state stays in force)\n"
+                .to_owned(),
+        ),
         Some(true) => Ok("ready: capture attached, inventory synced\n".to_owned()),
         None => Ok("ready: capture attached\n".to_owned()),
     }
@@ -333,6 +337,14 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("inventory"), "{body}");
         state.metrics.set_inventory(&InventoryState { source: "cluster".into(), synced: true, ..Default::default() });
+        assert_eq!(get(&state, "/readyz").await.0, StatusCode::OK);
+        // A stale source makes the node not ready, and it is ready again on recovery.
+        let stale = InventoryState { source: "standalone".into(), synced: true, stale: true, ..Default::default() };
+        state.metrics.set_inventory(&stale);
+        let (status, body) = get(&state, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("stale"), "{body}");
+        state.metrics.set_inventory(&InventoryState { stale: false, ..stale });
         assert_eq!(get(&state, "/readyz").await.0, StatusCode::OK);
     }
 

@@ -102,6 +102,18 @@ pub enum LoadError {
         "permission denied loading eBPF programs although CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN are granted and bpf(2) is not filtered: an LSM (SELinux, AppArmor) may refuse it; see docs/install.md, \"Troubleshooting\""
     )]
     Permission(#[source] Box<EbpfError>),
+    /// The kernel could not create a map of the size asked for: memory
+    /// (the memory cgroup or, before Linux 5.11, RLIMIT_MEMLOCK), not a
+    /// missing feature.
+    #[error(
+        "the kernel could not create the {name} map with the size asked for ({reason}); lower --flow-map-size or --ring-buffer-bytes, or raise the memory limit"
+    )]
+    MapSize {
+        /// The map.
+        name: String,
+        /// The kernel's answer.
+        reason: std::io::Error,
+    },
     /// The kernel refused the object.
     #[error(
         "the kernel refused the eBPF object (needs Linux 5.8+ with BPF ring buffers, LRU hash maps, cgroup_skb and tracepoint programs)"
@@ -270,12 +282,14 @@ fn load_object(options: &LoadOptions, tcp_sock: &TcpSockOffsets, sock: &SockOffs
         .override_global(names::SOCK, sock, true)
         .override_global(aya_log::LEVEL, &options.kernel_log_level, false)
         .load(OBJECT)
-        .map_err(|error| {
-            if is_permission(&error) {
-                LoadError::Permission(Box::new(error))
-            } else {
-                LoadError::Load(Box::new(error))
+        .map_err(|error| match error {
+            EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error })
+                if matches!(io_error.raw_os_error(), Some(libc::ENOMEM | libc::E2BIG)) =>
+            {
+                LoadError::MapSize { name, reason: io_error }
             }
+            error if is_permission(&error) => LoadError::Permission(Box::new(error)),
+            error => LoadError::Load(Box::new(error)),
         })?;
 
     let cgroup = fs::File::open(&options.cgroup_root)

@@ -5,17 +5,26 @@
 //! documents or `List` kinds. Out: the objects the observer understands, each
 //! with the file and line it came from, plus an error per document that did not
 //! parse (file and line named) and a note per object of a kind it does not use.
-//! One bad document never stops the rest from loading.
+//! One bad document never stops the rest from loading. Input is bounded:
+//! files are found and read by [`walk`](super::walk) (no link loops, regular
+//! files only, at most 64 MiB), a YAML document is checked by
+//! [`yaml_bounds`](super::yaml_bounds) before it is read into values (as is
+//! the size of a JSON document or `List` item), and JSON nests at most 128
+//! deep (serde_json's limit).
 
 use std::{
-    fmt, fs,
+    fmt,
     path::{Path, PathBuf},
 };
 
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery, networking::v1::NetworkPolicy};
 use serde_json::{Value, value::RawValue};
 
-use super::model::OwnerRef;
+use super::{
+    model::OwnerRef,
+    walk::{self, Found, Stamp, WalkError},
+    yaml_bounds,
+};
 
 /// Where a document starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +98,27 @@ pub struct ManifestError {
     pub origin: Origin,
     /// What is wrong.
     pub message: String,
+    /// A short stable name of the kind of failure, for metrics: `missing`,
+    /// `unlistable`, `unreadable`, `too_large`, `changing` (from
+    /// [`WalkError::reason`]), `invalid` (not a valid document or object) or
+    /// `limits` (a YAML document beyond the bounds of [`yaml_bounds`]).
+    pub reason: &'static str,
+}
+
+impl ManifestError {
+    fn invalid(origin: Origin, message: String) -> Self {
+        Self { origin, message, reason: "invalid" }
+    }
+
+    fn walk(file: &Path, error: &WalkError) -> Self {
+        Self { origin: Origin { file: file.to_owned(), line: 0 }, message: error.to_string(), reason: error.reason() }
+    }
+
+    /// Whether what the path holds cannot be known at all (it is missing
+    /// or its folder cannot be listed), rather than one file or document failing.
+    pub fn hides_files(&self) -> bool {
+        matches!(self.reason, "missing" | "unlistable")
+    }
 }
 
 /// An object of a kind the observer does not use.
@@ -124,17 +154,48 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
 /// errors and skipped objects (`objects` stays empty).
 pub fn load_each(paths: &[PathBuf], each: &mut dyn FnMut(Loaded)) -> Manifests {
     let mut manifests = Manifests::default();
-    for path in paths {
-        for file in files_under(path, &mut manifests.errors) {
-            match fs::read_to_string(&file) {
-                Ok(text) => parse_file(&file, &text, &mut Out { each: &mut *each, manifests: &mut manifests }),
-                Err(error) => manifests.errors.push(ManifestError {
-                    origin: Origin { file: file.clone(), line: 0 },
-                    message: format!("cannot read: {error}"),
-                }),
-            }
+    let found = walk::walk(paths);
+    problems(&found, &mut manifests);
+    for file in &found.files {
+        read_file(file, each, &mut manifests);
+    }
+    manifests
+}
+
+/// Turns what the walk could not find or open into errors, and files that
+/// are not regular into skipped entries (a warning: they never load).
+pub(crate) fn problems(found: &walk::Walk, manifests: &mut Manifests) {
+    for (path, error) in &found.problems {
+        match error {
+            WalkError::NotRegular => manifests
+                .skipped
+                .push(Skipped { origin: Origin { file: path.clone(), line: 0 }, what: error.to_string() }),
+            _ => manifests.errors.push(ManifestError::walk(path, error)),
         }
     }
+}
+
+/// Reads and parses one found file; returns what it looked like when read,
+/// or `None` (and an error) when it could not be read.
+pub(crate) fn read_file(found: &Found, each: &mut dyn FnMut(Loaded), manifests: &mut Manifests) -> Option<Stamp> {
+    match walk::read(found) {
+        Ok((text, stamp)) => {
+            parse_file(&found.path, &text, &mut Out { each, manifests });
+            Some(stamp)
+        }
+        Err(error) => {
+            manifests.errors.push(ManifestError::walk(&found.path, &error));
+            None
+        }
+    }
+}
+
+/// Parses the text of one file named `file` (`.json` as JSON, anything
+/// else as YAML) as [`load`] does once it has read it.
+pub fn parse(file: &Path, text: &str) -> Manifests {
+    let (mut objects, mut manifests) = (Vec::new(), Manifests::default());
+    parse_file(file, text, &mut Out { each: &mut |loaded| objects.push(loaded), manifests: &mut manifests });
+    manifests.objects = objects;
     manifests
 }
 
@@ -142,46 +203,6 @@ pub fn load_each(paths: &[PathBuf], each: &mut dyn FnMut(Loaded)) -> Manifests {
 struct Out<'a> {
     each: &'a mut dyn FnMut(Loaded),
     manifests: &'a mut Manifests,
-}
-
-/// The manifest files a path names, in a stable order.
-pub fn files_under(path: &Path, errors: &mut Vec<ManifestError>) -> Vec<PathBuf> {
-    let is_manifest = |path: &Path| {
-        path.extension().and_then(|ext| ext.to_str()).is_some_and(|ext| matches!(ext, "yaml" | "yml" | "json"))
-    };
-    if !path.is_dir() {
-        if !path.exists() {
-            errors.push(ManifestError {
-                origin: Origin { file: path.to_owned(), line: 0 },
-                message: "no such file or folder".to_owned(),
-            });
-            return Vec::new();
-        }
-        return vec![path.to_owned()];
-    }
-    let mut entries = match fs::read_dir(path) {
-        Ok(entries) => entries.filter_map(Result::ok).map(|entry| entry.path()).collect::<Vec<_>>(),
-        Err(error) => {
-            errors.push(ManifestError {
-                origin: Origin { file: path.to_owned(), line: 0 },
-                message: format!("cannot list folder: {error}"),
-            });
-            return Vec::new();
-        }
-    };
-    entries.sort();
-    entries
-        .into_iter()
-        .flat_map(|entry| {
-            if entry.is_dir() {
-                files_under(&entry, errors)
-            } else if is_manifest(&entry) {
-                vec![entry]
-            } else {
-                Vec::new()
-            }
-        })
-        .collect()
 }
 
 /// Splits YAML text into documents with their 1-based first line.
@@ -209,8 +230,23 @@ fn parse_file(file: &Path, text: &str, out: &mut Out<'_>) {
     }
     for (line, document) in documents(text) {
         let origin = Origin { file: file.to_owned(), line };
+        match yaml_bounds::check(&document) {
+            // Syntax errors are left to serde_yaml, whose messages and lines the docs show.
+            Ok(()) | Err((_, yaml_bounds::BoundError::Invalid(_))) => {}
+            Err((at, error)) => {
+                out.manifests.errors.push(ManifestError {
+                    origin: Origin { file: file.to_owned(), line: line + at.max(1) - 1 },
+                    message: format!("document starting at line {line} not read: {error}"),
+                    reason: "limits",
+                });
+                continue;
+            }
+        }
         let value: Value = match serde_yaml::from_str::<serde_yaml::Value>(&document).map_err(|error| {
-            let at = error.location().map_or(line, |location| line + location.line() - 1);
+            // From the byte offset, not libyaml's line: it also breaks lines
+            // at a lone `\r` (and YAML 1.1's Unicode breaks), the file's lines do not.
+            let at =
+                error.location().map_or(line, |location| line + yaml_bounds::line_of(&document, location.index()) - 1);
             (at, error)
         }) {
             Ok(yaml) => match serde_json::to_value(yaml) {
@@ -218,16 +254,16 @@ fn parse_file(file: &Path, text: &str, out: &mut Out<'_>) {
                 Err(error) => {
                     out.manifests
                         .errors
-                        .push(ManifestError { origin, message: format!("not representable as JSON: {error}") });
+                        .push(ManifestError::invalid(origin, format!("not representable as JSON: {error}")));
                     continue;
                 }
             },
             Err((at, error)) => {
-                out.manifests.errors.push(ManifestError {
-                    origin: Origin { file: file.to_owned(), line: at },
+                out.manifests.errors.push(ManifestError::invalid(
+                    Origin { file: file.to_owned(), line: at },
                     // serde_yaml's own positions count from the document's start.
-                    message: format!("invalid YAML in the document starting at line {line}: {error}"),
-                });
+                    format!("invalid YAML in the document starting at line {line}: {error}"),
+                ));
                 continue;
             }
         };
@@ -245,9 +281,8 @@ fn parse_file(file: &Path, text: &str, out: &mut Out<'_>) {
 /// it would cost many times that, most of it left fragmented on the heap.
 fn parse_json(file: &Path, text: &str, out: &mut Out<'_>) {
     let origin = Origin { file: file.to_owned(), line: 1 };
-    let invalid = |error: serde_json::Error| ManifestError {
-        origin: Origin { file: file.to_owned(), line: error.line() },
-        message: format!("invalid JSON: {error}"),
+    let invalid = |error: serde_json::Error| {
+        ManifestError::invalid(Origin { file: file.to_owned(), line: error.line() }, format!("invalid JSON: {error}"))
     };
     /// Just enough of a document to tell a `List` from one object.
     #[derive(serde::Deserialize)]
@@ -257,10 +292,19 @@ fn parse_json(file: &Path, text: &str, out: &mut Out<'_>) {
         #[serde(borrow, default)]
         items: Option<Vec<&'a RawValue>>,
     }
+    let too_large = |line: usize, len: usize| ManifestError {
+        origin: Origin { file: file.to_owned(), line },
+        message: yaml_bounds::BoundError::TooLarge(len).to_string(),
+        reason: "limits",
+    };
     let items = match serde_json::from_str::<Outline<'_>>(text) {
         Ok(Outline { kind: Some(kind), items: Some(items) }) if kind.ends_with("List") => items,
         // Not a list (or not an object at all): read it whole.
         Ok(_) | Err(_) => {
+            if text.len() > yaml_bounds::MAX_DOCUMENT_BYTES {
+                out.manifests.errors.push(too_large(1, text.len()));
+                return;
+            }
             match serde_json::from_str::<Value>(text) {
                 Ok(Value::Null) => {}
                 Ok(value) => add_value(value, &origin, out),
@@ -270,6 +314,10 @@ fn parse_json(file: &Path, text: &str, out: &mut Out<'_>) {
         }
     };
     for item in items {
+        if item.get().len() > yaml_bounds::MAX_DOCUMENT_BYTES {
+            out.manifests.errors.push(too_large(1, item.get().len()));
+            continue;
+        }
         match serde_json::from_str::<Value>(item.get()) {
             Ok(value) => add_value(value, &origin, out),
             Err(error) => out.manifests.errors.push(invalid(error)),
@@ -299,9 +347,7 @@ fn add_value(mut value: Value, origin: &Origin, out: &mut Out<'_>) {
         kind if WORKLOAD_KINDS.contains(&kind) => Ok(Object::Workload(workload(kind, &value))),
         crate::intent::KIND => serde_json::from_value(value).map(|intent| Object::FlowIntent(Box::new(intent))),
         "" => {
-            out.manifests
-                .errors
-                .push(ManifestError { origin: origin.clone(), message: "document has no kind".to_owned() });
+            out.manifests.errors.push(ManifestError::invalid(origin.clone(), "document has no kind".to_owned()));
             return;
         }
         _ => {
@@ -312,9 +358,7 @@ fn add_value(mut value: Value, origin: &Origin, out: &mut Out<'_>) {
     };
     match typed {
         Ok(object) => (out.each)(Loaded { object, origin: origin.clone() }),
-        Err(error) => {
-            out.manifests.errors.push(ManifestError { origin: origin.clone(), message: format!("{what}: {error}") })
-        }
+        Err(error) => out.manifests.errors.push(ManifestError::invalid(origin.clone(), format!("{what}: {error}"))),
     }
 }
 
@@ -345,14 +389,7 @@ mod tests {
     use super::*;
 
     fn parse_named(name: &str, text: &str) -> Manifests {
-        let (mut objects, mut manifests) = (Vec::new(), Manifests::default());
-        parse_file(
-            Path::new(name),
-            text,
-            &mut Out { each: &mut |loaded| objects.push(loaded), manifests: &mut manifests },
-        );
-        manifests.objects = objects;
-        manifests
+        super::parse(Path::new(name), text)
     }
 
     fn parse(text: &str) -> Manifests {
@@ -401,5 +438,80 @@ mod tests {
         let manifests = parse("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers: 3\n");
         assert_eq!(manifests.objects.len(), 0);
         assert!(manifests.errors[0].message.starts_with("Pod p:"), "{}", manifests.errors[0]);
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_with_its_line_and_the_rest_loads() {
+        // 20 KB: a ConfigMap (a kind the observer ignores) whose aliases
+        // would expand to millions of nodes, between two namespaces.
+        let anchor = format!("  a: &a [{}]\n", vec!["xx"; 1000].join(","));
+        let rows = format!("  - [{}]\n", vec!["*a"; 100].join(",")).repeat(10);
+        let bomb = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\ndata:\n{anchor}  b:\n{rows}");
+        assert!(bomb.len() < 20_000, "{}", bomb.len());
+        let text =
+            format!("kind: Namespace\nmetadata: {{name: a}}\n---\n{bomb}---\nkind: Namespace\nmetadata: {{name: b}}\n");
+        let manifests = parse(&text);
+        assert_eq!(manifests.objects.len(), 2, "both namespaces load");
+        assert!(manifests.skipped.is_empty(), "the bomb is refused, not read and skipped");
+        assert_eq!(manifests.errors.len(), 1);
+        let error = &manifests.errors[0];
+        assert_eq!((error.reason, error.origin.line), ("limits", 19), "{error}");
+        assert!(error.to_string().contains("nodes once aliases are expanded"), "{error}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_in_yaml_and_json() {
+        let yaml =
+            parse(&format!("kind: Namespace\nmetadata: {{name: a}}\n---\nkind: Pod\nspec: {}\n", "[".repeat(200_000)));
+        assert_eq!(yaml.objects.len(), 1);
+        assert_eq!(yaml.errors.len(), 1);
+        assert_eq!((yaml.errors[0].reason, yaml.errors[0].origin.line), ("limits", 5), "{}", yaml.errors[0]);
+        assert!(yaml.errors[0].message.contains("nested more than 64"), "{}", yaml.errors[0]);
+        let deep = "[".repeat(200_000);
+        let json = parse_named(
+            "m.json",
+            &format!(
+                "{{\"kind\": \"List\", \"items\": [{{\"kind\": \"Namespace\", \"metadata\": {{\"name\": \"a\"}}}}, {deep}]}}"
+            ),
+        );
+        assert!(json.objects.len() <= 1);
+        assert_eq!(json.errors.len(), 1);
+        assert!(json.errors[0].message.contains("recursion limit"), "{}", json.errors[0]);
+        let alone = parse_named("m.json", &deep);
+        assert!(alone.objects.is_empty());
+        assert!(alone.errors[0].message.contains("recursion limit"), "{}", alone.errors[0]);
+    }
+
+    #[test]
+    fn a_document_past_the_size_limit_is_refused_and_the_rest_loads() {
+        let big = format!("kind: ConfigMap\ndata: {{a: \"{}\"}}\n", "x".repeat(yaml_bounds::MAX_DOCUMENT_BYTES));
+        let yaml = parse(&format!("{big}---\nkind: Namespace\nmetadata: {{name: a}}\n"));
+        assert_eq!(yaml.objects.len(), 1);
+        assert!(yaml.skipped.is_empty());
+        assert_eq!((yaml.errors[0].reason, yaml.errors[0].origin.line), ("limits", 1), "{}", yaml.errors[0]);
+        let item = format!(
+            "{{\"kind\": \"ConfigMap\", \"data\": {{\"a\": \"{}\"}}}}",
+            "x".repeat(yaml_bounds::MAX_DOCUMENT_BYTES)
+        );
+        let json = parse_named(
+            "m.json",
+            &format!(
+                "{{\"kind\": \"List\", \"items\": [{item}, {{\"kind\": \"Namespace\", \"metadata\": {{\"name\": \"a\"}}}}]}}"
+            ),
+        );
+        assert_eq!(json.objects.len(), 1);
+        assert_eq!(json.errors.len(), 1);
+        assert!(json.errors[0].message.contains("limit of one document"), "{}", json.errors[0]);
+    }
+
+    /// Found by the fuzz target: libyaml counts a lone `\r` as a line break,
+    /// which put the error past the file's last line.
+    #[test]
+    fn error_lines_count_the_file_s_lines() {
+        let text = "kind: Namespace\nmetadata: {name: a}\n---\nkind: Pod\r\r\r\rmetadata: {a: b c: d}\n";
+        let manifests = parse(text);
+        assert_eq!(manifests.errors.len(), 1);
+        assert_eq!(manifests.errors[0].origin.line, 4, "{}", manifests.errors[0]);
+        assert!(manifests.errors[0].origin.line <= text.lines().count());
     }
 }

@@ -23,8 +23,10 @@ mod snapshot;
 mod standalone;
 pub mod status;
 mod store;
+pub mod walk;
 mod workload;
 mod writer;
+pub mod yaml_bounds;
 
 use std::{future::Future, path::PathBuf, sync::Arc};
 
@@ -61,6 +63,12 @@ pub enum InventoryError {
         #[source]
         source: kube::config::KubeconfigError,
     },
+    /// A `--manifests` path does not exist at start.
+    #[error("--manifests {path}: no such file or folder")]
+    ManifestsMissing {
+        /// The path.
+        path: PathBuf,
+    },
     /// The client could not be built from the configuration.
     #[error("cannot build a Kubernetes client")]
     Client {
@@ -86,10 +94,10 @@ impl Inventory {
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let reload_interval = config.reload_interval;
         let mut writer = Writer::new("standalone", standalone::RESOURCES.to_vec(), config);
-        let seen = standalone::fingerprint(&paths);
-        standalone::load(&paths, &mut writer);
+        let mut source = standalone::Source::new(paths);
+        source.load_now(&mut writer);
         let inventory = Self { shared: writer.shared() };
-        (inventory, standalone::run(paths, writer, reload_interval, seen))
+        (inventory, standalone::run(source, writer, reload_interval))
     }
 
     /// Watches the API server through `client`; returns at once, not ready
@@ -106,6 +114,11 @@ impl Inventory {
     pub async fn from_args(args: &InventoryArgs) -> Result<(Self, BoxFuture<'static, ()>), InventoryError> {
         let config = args.config();
         if !args.manifests.is_empty() {
+            // A path that is not there at start is a typo, not an outage: an
+            // empty policy set would judge everything allowed.
+            if let Some(path) = args.manifests.iter().find(|path| !path.exists()) {
+                return Err(InventoryError::ManifestsMissing { path: path.clone() });
+            }
             let (inventory, task) = Self::standalone(args.manifests.clone(), config);
             return Ok((inventory, task.boxed()));
         }

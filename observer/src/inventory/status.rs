@@ -65,9 +65,16 @@ pub struct Status {
     pub updated_at: Option<SystemTime>,
     /// Per resource.
     pub resources: BTreeMap<Resource, ResourceStatus>,
-    /// Manifest documents that failed in the latest load, `file:line: message`.
+    /// What the manifests hold that could not be read at the latest check,
+    /// `file:line: message`; the last good version of each stays in force.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub manifest_errors: Vec<String>,
+    /// Since when the manifests have not all read cleanly (Unix seconds).
+    #[serde(serialize_with = "unix_seconds", skip_serializing_if = "Option::is_none")]
+    pub manifests_failing_since: Option<SystemTime>,
+    /// Errors of the source since start by reason (`watch`, `missing`,
+    /// `unlistable`, `unreadable`, `too_large`, `changing`, `invalid`, `limits`).
+    pub source_errors: BTreeMap<&'static str, u64>,
 }
 
 /// Error bookkeeping of one resource.

@@ -124,6 +124,27 @@ impl Item {
             Self::EndpointSlice(_) => Resource::EndpointSlices,
         }
     }
+
+    /// What identifies it within its resource, as [`Update::InitKeep`] names it.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Pod(pod) => pod.pod.uid.clone(),
+            Self::Namespace(namespace) => namespace.name.clone(),
+            Self::NetworkPolicy(policy) => {
+                let (namespace, name) = policy_key(policy);
+                format!("{namespace}/{name}")
+            }
+            Self::Service(service) => format!("{}/{}", service.namespace, service.name),
+            Self::Node(node) => node.name.clone(),
+            Self::Workload(workload) => workload_name_key(workload),
+            Self::EndpointSlice(slice) => format!("{}/{}", slice.namespace, slice.name),
+        }
+    }
+}
+
+/// The key of a workload controller in [`Item::key`]'s form.
+fn workload_name_key(workload: &Workload) -> String {
+    format!("{}/{}/{}", workload.kind, workload.namespace, workload.name)
 }
 
 /// A change from a source.
@@ -133,6 +154,10 @@ pub enum Update {
     Init(Resource),
     /// An object of the full list.
     InitApply(Item),
+    /// An object of the full list that the source could not read again (a
+    /// manifest file being rewritten or failing to parse): the one held,
+    /// named by [`Item::key`], stays as it is.
+    InitKeep(Resource, String),
     /// The full list is complete.
     InitDone(Resource),
     /// An object was added or changed.
@@ -188,6 +213,8 @@ pub struct Store {
     nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
     workloads: Workloads,
     relists: HashMap<Resource, Vec<Item>>,
+    /// Per relist in progress, the keys of objects to keep as they are.
+    kept: HashMap<Resource, HashSet<String>>,
     listed: HashSet<Resource>,
     services_dirty: bool,
     nodes_dirty: bool,
@@ -225,6 +252,7 @@ impl Store {
             nodes_by_ip: Arc::default(),
             workloads: Workloads::default(),
             relists: HashMap::new(),
+            kept: HashMap::new(),
             listed: HashSet::new(),
             services_dirty: false,
             nodes_dirty: false,
@@ -267,6 +295,10 @@ impl Store {
         match update {
             Update::Init(resource) => {
                 self.relists.insert(resource, Vec::new());
+                self.kept.remove(&resource);
+            }
+            Update::InitKeep(resource, key) => {
+                self.kept.entry(resource).or_default().insert(key);
             }
             Update::InitApply(item) => match self.relists.get_mut(&item.resource()) {
                 Some(buffer) => buffer.push(item),
@@ -275,7 +307,8 @@ impl Store {
             },
             Update::InitDone(resource) => {
                 let items = self.relists.remove(&resource).unwrap_or_default();
-                self.replace(resource, items, now);
+                let kept = self.kept.remove(&resource).unwrap_or_default();
+                self.replace(resource, items, &kept, now);
                 self.listed.insert(resource);
                 self.changed = true;
             }
@@ -284,12 +317,13 @@ impl Store {
         }
     }
 
-    /// Replaces everything of `resource` by `items` (a full list).
-    fn replace(&mut self, resource: Resource, items: Vec<Item>, now: SystemTime) {
+    /// Replaces everything of `resource` by `items` (a full list), except the
+    /// objects whose keys are `kept`.
+    fn replace(&mut self, resource: Resource, items: Vec<Item>, kept: &HashSet<String>, now: SystemTime) {
         let mut gone: HashSet<String> = match resource {
-            Resource::Pods => self.pods.keys().cloned().collect(),
-            Resource::Namespaces => self.namespaces.keys().cloned().collect(),
-            Resource::Nodes => self.nodes.keys().cloned().collect(),
+            Resource::Pods => self.pods.keys().filter(|key| !kept.contains(*key)).cloned().collect(),
+            Resource::Namespaces => self.namespaces.keys().filter(|key| !kept.contains(*key)).cloned().collect(),
+            Resource::Nodes => self.nodes.keys().filter(|key| !kept.contains(*key)).cloned().collect(),
             _ => HashSet::new(),
         };
         match resource {
@@ -321,17 +355,20 @@ impl Store {
                 self.nodes_dirty = true;
             }
             // Keyed by (namespace, name): small enough to rebuild from the list.
-            Resource::NetworkPolicies => Arc::make_mut(&mut self.policies).clear(),
+            Resource::NetworkPolicies => Arc::make_mut(&mut self.policies)
+                .retain(|(namespace, name), _| !kept.is_empty() && kept.contains(&format!("{namespace}/{name}"))),
             Resource::Services => {
-                Arc::make_mut(&mut self.services).clear();
+                Arc::make_mut(&mut self.services)
+                    .retain(|(namespace, name), _| !kept.is_empty() && kept.contains(&format!("{namespace}/{name}")));
                 self.services_dirty = true;
             }
             Resource::EndpointSlices => {
-                Arc::make_mut(&mut self.slices).clear();
+                Arc::make_mut(&mut self.slices)
+                    .retain(|(namespace, name), _| !kept.is_empty() && kept.contains(&format!("{namespace}/{name}")));
                 self.services_dirty = true;
             }
             Resource::ReplicaSets | Resource::Jobs | Resource::Controllers => {
-                self.workloads.clear_of(resource);
+                self.workloads.clear_of(resource, |workload| kept.contains(&workload_name_key(workload)));
                 self.workloads_relisted = true;
             }
         }

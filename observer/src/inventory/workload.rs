@@ -51,11 +51,12 @@ impl Workloads {
         self.by_name.values().filter(|workload| Resource::of_workload_kind(&workload.kind) == resource).count()
     }
 
-    /// Forgets every controller listed under `resource`, before a full list.
-    pub fn clear_of(&mut self, resource: Resource) {
-        let listed_elsewhere = |workload: &Workload| Resource::of_workload_kind(&workload.kind) != resource;
-        self.by_uid.retain(|_, workload| listed_elsewhere(workload));
-        self.by_name.retain(|_, workload| listed_elsewhere(workload));
+    /// Forgets every controller listed under `resource` except those `keep`
+    /// holds on to, before a full list.
+    pub fn clear_of(&mut self, resource: Resource, keep: impl Fn(&Workload) -> bool) {
+        let stays = |workload: &Workload| Resource::of_workload_kind(&workload.kind) != resource || keep(workload);
+        self.by_uid.retain(|_, workload| stays(workload));
+        self.by_name.retain(|_, workload| stays(workload));
     }
 
     fn find(&self, namespace: &str, owner: &OwnerRef) -> Option<&Workload> {

@@ -32,6 +32,10 @@ pub(crate) struct Writer {
     synced_at: Option<SystemTime>,
     updated_at: Option<SystemTime>,
     manifest_errors: Vec<String>,
+    /// Since when the manifests have not all read cleanly.
+    source_failing_since: Option<SystemTime>,
+    /// Errors by reason since start, for `inventory_source_errors_total`.
+    source_errors: BTreeMap<&'static str, u64>,
     stale: bool,
 }
 
@@ -52,6 +56,8 @@ impl Writer {
             synced_at: None,
             updated_at: None,
             manifest_errors: Vec::new(),
+            source_failing_since: None,
+            source_errors: BTreeMap::new(),
             stale: false,
         }
     }
@@ -88,13 +94,35 @@ impl Writer {
     /// Records a failed list or watch of `resource`.
     pub fn error(&mut self, resource: Resource, message: String) {
         tracing::warn!(resource = resource.name(), error = %message, "inventory source failed; retrying with backoff");
+        *self.source_errors.entry("watch").or_default() += 1;
         self.failures.entry(resource).or_default().error(message, SystemTime::now());
         self.refresh_status();
     }
 
-    /// Records the documents the latest manifest load could not read.
-    pub fn set_manifest_errors(&mut self, errors: Vec<String>) {
-        self.manifest_errors = errors;
+    /// Records what the manifests hold that could not be read at the latest
+    /// check, as `(reason, "file:line: message")`; empty once all read
+    /// cleanly. Errors not seen at the previous check are counted and logged;
+    /// the source is failing while any remain, and stale after the threshold.
+    pub fn set_manifest_errors(&mut self, errors: Vec<(&'static str, String)>) {
+        let now = SystemTime::now();
+        let before: std::collections::HashSet<&String> = self.manifest_errors.iter().collect();
+        for (reason, message) in &errors {
+            if !before.contains(message) {
+                *self.source_errors.entry(reason).or_default() += 1;
+                tracing::warn!(reason, error = %message, "manifest not loaded; what it held before stays in force");
+            }
+        }
+        match (self.source_failing_since, errors.is_empty()) {
+            (None, false) => self.source_failing_since = Some(now),
+            (Some(since), true) => {
+                let failed_for = now.duration_since(since).unwrap_or_default();
+                tracing::info!(failed_for = ?failed_for, "manifests read cleanly again");
+                self.source_failing_since = None;
+            }
+            _ => {}
+        }
+        self.manifest_errors = errors.into_iter().map(|(_, message)| message).collect();
+        self.refresh_status();
     }
 
     /// Holds the FlowIntents of the latest manifest load, for the judge; call
@@ -145,11 +173,19 @@ impl Writer {
                 (resource, status)
             })
             .collect();
-        let stale = resources.values().any(|status| status.stale);
+        let source_stale = self
+            .source_failing_since
+            .is_some_and(|since| now.duration_since(since).unwrap_or_default() >= self.config.stale_after);
+        let stale = source_stale || resources.values().any(|status| status.stale);
         if stale != self.stale {
             let failing: Vec<&str> =
                 resources.iter().filter(|(_, status)| status.stale).map(|(resource, _)| resource.name()).collect();
-            if stale {
+            if source_stale {
+                tracing::error!(
+                    errors = ?self.manifest_errors,
+                    "inventory is stale: manifests have not read cleanly for longer than the threshold; the last good state of each stays in force"
+                );
+            } else if stale {
                 tracing::error!(
                     ?failing,
                     "inventory is stale: its watches have been failing; enrichment may be out of date"
@@ -168,6 +204,8 @@ impl Writer {
             updated_at: self.updated_at,
             resources,
             manifest_errors: self.manifest_errors.clone(),
+            manifests_failing_since: self.source_failing_since,
+            source_errors: self.source_errors.clone(),
         });
     }
 }

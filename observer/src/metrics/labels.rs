@@ -302,6 +302,16 @@ pub struct SourceLabels {
     pub source: String,
 }
 
+/// An inventory source and a kind of failure.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SourceErrorLabels {
+    /// `cluster` or `standalone`.
+    pub source: String,
+    /// A fixed word: `watch`, `missing`, `unlistable`, `unreadable`,
+    /// `too_large`, `changing`, `invalid`, `limits`.
+    pub reason: &'static str,
+}
+
 /// Build information.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct BuildLabels {

@@ -26,7 +26,7 @@ pub mod sinks;
 use std::{
     sync::{
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU8, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -43,7 +43,7 @@ use edge_cells::EdgeCells;
 pub use flows::{FlowDelta, FlowMeter};
 pub use labels::{
     BuildLabels, Direction, EdgeLabels, EndLabels, FindingLabels, LabelAllowlist, OVERFLOW, Outcome, Reporter,
-    ResourceLabels, SourceLabels, WorkloadLabels,
+    ResourceLabels, SourceErrorLabels, SourceLabels, WorkloadLabels,
 };
 
 /// The prefix of every exposed name.
@@ -89,6 +89,8 @@ pub struct InventoryState {
     pub updated_at: Option<SystemTime>,
     /// Objects held per resource (`pods`, `namespaces`…).
     pub objects: Vec<(String, usize)>,
+    /// Errors of the source since start, by reason.
+    pub source_errors: Vec<(&'static str, u64)>,
 }
 
 impl From<&crate::inventory::status::Status> for InventoryState {
@@ -103,6 +105,7 @@ impl From<&crate::inventory::status::Status> for InventoryState {
                 .iter()
                 .map(|(resource, state)| (resource.name().to_owned(), state.objects))
                 .collect(),
+            source_errors: status.source_errors.iter().map(|(reason, count)| (*reason, *count)).collect(),
         }
     }
 }
@@ -131,7 +134,10 @@ struct Inner {
     inventory_stale: Family<SourceLabels, Gauge>,
     inventory_updated: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     inventory_objects: Family<ResourceLabels, Gauge>,
+    inventory_source_errors: Family<SourceErrorLabels, Counter>,
     inventory_state: AtomicU8,
+    /// The inventory is stale: `/readyz` fails.
+    inventory_stale_now: AtomicBool,
     policies_loaded: Gauge,
     intents_loaded: Gauge,
     capture: Arc<OnceLock<Arc<CaptureHealth>>>,
@@ -157,7 +163,9 @@ impl Metrics {
             inventory_stale: Family::default(),
             inventory_updated: Family::default(),
             inventory_objects: Family::default(),
+            inventory_source_errors: Family::default(),
             inventory_state: AtomicU8::new(INVENTORY_NONE),
+            inventory_stale_now: AtomicBool::new(false),
             policies_loaded: Gauge::default(),
             intents_loaded: Gauge::default(),
             capture: Arc::new(OnceLock::new()),
@@ -308,8 +316,21 @@ impl Metrics {
                 .get_or_create(&ResourceLabels { resource: resource.clone() })
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
+        for (reason, count) in &state.source_errors {
+            let counter = inner
+                .inventory_source_errors
+                .get_or_create(&SourceErrorLabels { source: state.source.clone(), reason });
+            // The status holds totals since start; the counter catches up.
+            counter.inc_by(count.saturating_sub(counter.get()));
+        }
         let value = if state.synced { INVENTORY_SYNCED } else { INVENTORY_SYNCING };
         inner.inventory_state.store(value, Ordering::Relaxed);
+        inner.inventory_stale_now.store(state.stale, Ordering::Relaxed);
+    }
+
+    /// Whether the inventory said last that it is stale.
+    pub fn inventory_stale(&self) -> bool {
+        self.inner.inventory_stale_now.load(Ordering::Relaxed)
     }
 
     /// Publishes the inventory's status every 5 seconds (staleness changes
@@ -416,7 +437,7 @@ fn register_inventory(registry: &mut Registry, inner: &Inner) {
     );
     registry.register(
         "inventory_stale",
-        "1 while an inventory watch has been failing for longer than the stale threshold",
+        "1 while an inventory watch has been failing, or manifests have not read cleanly, for longer than the stale threshold",
         inner.inventory_stale.clone(),
     );
     registry.register(
@@ -425,6 +446,11 @@ fn register_inventory(registry: &mut Registry, inner: &Inner) {
         inner.inventory_updated.clone(),
     );
     registry.register("inventory_objects", "Objects the inventory holds, by resource", inner.inventory_objects.clone());
+    registry.register(
+        "inventory_source_errors",
+        "Failures of the inventory source by reason: watch errors, manifests missing, unlistable, unreadable, too large, changing while read, invalid or beyond the parser's limits",
+        inner.inventory_source_errors.clone(),
+    );
 }
 
 fn register_series(registry: &mut Registry, accounting: &SeriesAccounting) {
@@ -652,10 +678,19 @@ mod tests {
             stale: false,
             updated_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             objects: vec![("pods".into(), 42)],
+            source_errors: vec![("watch", 3)],
+        });
+        // Totals from the status: the counter catches up, never counts twice.
+        metrics.set_inventory(&InventoryState {
+            source: "cluster".into(),
+            synced: true,
+            source_errors: vec![("watch", 5)],
+            ..InventoryState::default()
         });
         let text = metrics.encode();
         for expected in [
             r#"verdict="enforcement-gap"} 1"#,
+            r#"flow_observer_inventory_source_errors_total{source="cluster",reason="watch"} 5"#,
             r#"flow_observer_findings_total{kind="intent-violation",tier="agent",namespace="shop",workload="agent"} 1"#,
             r#"flow_observer_edge_spikes_total{src_namespace="shop""#,
             r#"flow_observer_unprotected_pods{namespace="ml",workload="vllm",kind="Deployment",tier="model-server"} 2"#,

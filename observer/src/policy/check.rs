@@ -2,8 +2,11 @@
 //!
 //! In: manifest paths, then one flow from `--from/--to/--port` or JSON lines
 //! from `--flows`. Out: a readable explanation or JSON per flow on stdout;
-//! manifests and policies that fail to load are reported on stderr with
-//! file:line and the rest are used.
+//! documents and policies that fail to parse are reported on stderr with
+//! file:line and the rest are used; a path that is missing or cannot be
+//! listed or read stops the check (a partial policy set would judge wrongly).
+//! `--flows` is read line by line, each line at most [`MAX_LINE_BYTES`], a
+//! line too long or not UTF-8 reported like any other bad line.
 
 use std::{
     collections::HashMap,
@@ -117,6 +120,63 @@ pub enum FlowError {
         /// What was given.
         value: String,
     },
+    /// The line is not UTF-8 text.
+    #[error("not UTF-8 text (invalid byte at offset {offset})")]
+    NotUtf8 {
+        /// Where in the line the first invalid byte is.
+        offset: usize,
+    },
+    /// The line is longer than [`MAX_LINE_BYTES`]; the rest of it was skipped.
+    #[error("longer than {MAX_LINE_BYTES} bytes, skipped")]
+    TooLong,
+}
+
+/// Longest `--flows` line read (64 KiB; a flow is a few hundred bytes).
+pub const MAX_LINE_BYTES: usize = 64 << 10;
+
+/// One line of `--flows`: its bytes, or how it was too long.
+enum Line {
+    Text(Vec<u8>),
+    TooLong,
+}
+
+/// Reads the next line (without its newline) into at most
+/// [`MAX_LINE_BYTES`], skipping the rest of a longer one without holding it;
+/// `None` at the end of the input.
+fn next_line(input: &mut dyn BufRead) -> io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    let mut any = false;
+    loop {
+        let chunk = match input.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        any = true;
+        let (part, used, done) = match chunk.iter().position(|&byte| byte == b'\n') {
+            Some(end) => (&chunk[..end], end + 1, true),
+            None => (chunk, chunk.len(), false),
+        };
+        if !too_long && line.len() + part.len() <= MAX_LINE_BYTES {
+            line.extend_from_slice(part);
+        } else {
+            too_long = true;
+            line = Vec::new();
+        }
+        input.consume(used);
+        if done {
+            break;
+        }
+    }
+    Ok(match (any, too_long) {
+        (false, _) => None,
+        (true, true) => Some(Line::TooLong),
+        (true, false) => Some(Line::Text(line)),
+    })
 }
 
 /// The pods, by name and by address, and the compiled policies.
@@ -133,11 +193,21 @@ enum EndSpec {
 }
 
 impl Cluster {
-    /// Loads the manifests, reporting what failed on stderr.
-    fn load(paths: &[PathBuf]) -> Self {
+    /// Loads the manifests, reporting what failed on stderr; a path that
+    /// could not be found, listed or read is an error.
+    fn load(paths: &[PathBuf]) -> anyhow::Result<Self> {
         let loaded = manifests::load(paths);
         for error in &loaded.errors {
             eprintln!("{error}");
+        }
+        for skipped in &loaded.skipped {
+            eprintln!("{}: skipped: {}", skipped.origin, skipped.what);
+        }
+        let unread = loaded.errors.iter().filter(|error| !matches!(error.reason, "invalid" | "limits")).count();
+        if unread > 0 {
+            anyhow::bail!(
+                "{unread} manifest paths or files could not be read; not judging with part of the policy set"
+            );
         }
         let mut pods = HashMap::new();
         let mut namespaces = Vec::new();
@@ -175,7 +245,7 @@ impl Cluster {
             .filter(|(_, pod)| !pod.host_network)
             .flat_map(|(key, pod)| pod.ips.iter().map(move |ip| (*ip, key.clone())))
             .collect();
-        Self { pods, pod_by_ip, engine }
+        Ok(Self { pods, pod_by_ip, engine })
     }
 
     fn endpoint(&self, field: &'static str, spec: EndSpec) -> Result<Endpoint<'_>, FlowError> {
@@ -337,7 +407,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let cluster = Cluster::load(&args.manifests);
+    let cluster = Cluster::load(&args.manifests)?;
     match (args.flows, args.from, args.to, args.port) {
         (Some(path), ..) => check_lines(&cluster, &path),
         (None, Some(from), Some(to), Some(port)) => {
@@ -365,7 +435,8 @@ fn check_one(cluster: &Cluster, flow: FlowSpec, output: OutputFormat) -> anyhow:
     io::stdout().lock().write_all(text.as_bytes()).context("cannot write to stdout")
 }
 
-fn judge_line(cluster: &Cluster, line: &str) -> Result<Verdict, FlowError> {
+fn judge_line(cluster: &Cluster, line: &[u8]) -> Result<Verdict, FlowError> {
+    let line = std::str::from_utf8(line).map_err(|error| FlowError::NotUtf8 { offset: error.valid_up_to() })?;
     let flow = parse_flow_line(line)?;
     let source = cluster.endpoint("src", flow.source)?;
     let destination = cluster.endpoint("dst", flow.destination)?;
@@ -373,24 +444,27 @@ fn judge_line(cluster: &Cluster, line: &str) -> Result<Verdict, FlowError> {
 }
 
 fn check_lines(cluster: &Cluster, path: &PathBuf) -> anyhow::Result<()> {
-    let input: Box<dyn BufRead> = if path.as_os_str() == "-" {
+    let mut input: Box<dyn BufRead> = if path.as_os_str() == "-" {
         Box::new(io::stdin().lock())
     } else {
         Box::new(BufReader::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?))
     };
     let mut out = BufWriter::new(io::stdout().lock());
     let (mut judged, mut failed) = (0_usize, 0_usize);
-    for (index, line) in input.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    let mut index = 0_usize;
+    while let Some(line) = next_line(&mut input).with_context(|| format!("cannot read {}", path.display()))? {
+        index += 1;
+        let verdict = match line {
+            Line::TooLong => Err(FlowError::TooLong),
+            Line::Text(line) if line.trim_ascii().is_empty() => continue,
+            Line::Text(line) => judge_line(cluster, &line),
+        };
         judged += 1;
-        let output = match judge_line(cluster, &line) {
+        let output = match verdict {
             Ok(verdict) => verdict_json(&verdict),
             Err(error) => {
                 failed += 1;
-                serde_json::json!({"error": format!("line {}: {error}", index + 1)})
+                serde_json::json!({"error": format!("line {index}: {error}")})
             }
         };
         writeln!(out, "{output}").context("cannot write to stdout")?;
