@@ -20,6 +20,7 @@ use crate::{
     dns::{DnsView, Owner},
     flow::{FlowRecord, LocalEnd, PeerDns},
     inventory::{CgroupEnd, EndpointKind, Resolver, Snapshot},
+    node::{AddressSet, NodeAddresses},
 };
 
 /// Counters of the enrich stage.
@@ -77,12 +78,24 @@ const MAX_CGROUPS: usize = 65_536;
 pub struct Enricher {
     generation: Option<u64>,
     cgroups: FastMap<u64, CgroupEnd>,
+    node: NodeAddresses,
+    /// The node's addresses as last taken from `node`.
+    node_addresses: Arc<AddressSet>,
 }
 
 impl Enricher {
+    /// An enricher on the node holding `node`'s addresses: a remote end at
+    /// one of them is the node itself.
+    pub fn new(node: NodeAddresses) -> Self {
+        Self { node_addresses: node.current(), node, ..Self::default() }
+    }
+
     /// Fills in both ends of `record`: the local end by its cgroup, else its
     /// IP, the remote end by its IP, both at the flow's start.
     pub fn enrich(&mut self, record: &mut FlowRecord, snapshot: &Snapshot) {
+        if let Some(addresses) = self.node.changed_set() {
+            self.node_addresses = addresses;
+        }
         if self.generation != Some(snapshot.generation()) || self.cgroups.len() >= MAX_CGROUPS {
             self.cgroups.clear();
             self.generation = Some(snapshot.generation());
@@ -105,20 +118,22 @@ impl Enricher {
             LocalEnd::Dst => (&mut record.dst, &mut record.src),
         };
         local.endpoint = Some(snapshot.resolve_local_from(cgroup, local.ip, at));
-        remote.endpoint = Some(snapshot.resolve_remote(remote.ip, at));
+        remote.endpoint = Some(snapshot.resolve_remote_here(remote.ip, at, &self.node_addresses));
     }
 }
 
-/// Runs the stage until `input` closes. Without a resolver (no inventory),
-/// ends are not resolved; without a DNS view, no names are added.
+/// Runs the stage until `input` closes, on the node holding `node`'s
+/// addresses. Without a resolver (no inventory), ends are not resolved;
+/// without a DNS view, no names are added.
 pub async fn run(
     resolver: Option<Resolver>,
+    node: NodeAddresses,
     dns: Option<DnsView>,
     mut input: mpsc::Receiver<Vec<FlowRecord>>,
     output: mpsc::Sender<Vec<FlowRecord>>,
     health: Arc<EnrichHealth>,
 ) {
-    let mut enricher = Enricher::default();
+    let mut enricher = Enricher::new(node);
     while let Some(mut batch) = input.recv().await {
         let snapshot = resolver.as_ref().map(Resolver::snapshot);
         for record in &mut batch {

@@ -232,6 +232,11 @@ pub struct FlowRecord {
     /// inventory is available; shared by the records of a flow judged alike.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Arc<FlowVerdict>>,
+    /// The judgement of the flow under the policies in effect now, when they
+    /// judge it otherwise than those it started under (`verdict`): the
+    /// connection outlived a policy change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict_now: Option<Arc<FlowVerdict>>,
     /// Where the record stands in its connection, for the stages after
     /// capture; not written to the log.
     #[serde(skip)]

@@ -20,6 +20,7 @@ pub mod intent;
 pub mod inventory;
 pub mod judge;
 pub mod metrics;
+pub mod node;
 pub mod policy;
 pub mod rendered;
 pub mod run;

@@ -19,6 +19,7 @@ use crate::{
     inventory::{self, Inventory, InventoryArgs, InventoryError},
     judge::stage::{IntentSource, JudgeStage, StageSetup},
     metrics::{Metrics, MetricsArgs, flows},
+    node::NodeAddresses,
 };
 
 /// Options of `observer run`.
@@ -216,7 +217,24 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let (metered_tx, metered_rx) = mpsc::channel(STAGE_CAPACITY);
     let enrich_health = Arc::new(enrich::EnrichHealth::default());
     let name_labels = Arc::clone(dns.labels());
-    let enricher = tokio::spawn(enrich::run(resolver, Some(dns), captured_rx, enriched_tx, Arc::clone(&enrich_health)));
+    let node_addresses = match NodeAddresses::watch(shutdown_rx.clone()) {
+        Ok((addresses, task)) => {
+            tokio::spawn(task);
+            addresses
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the node's addresses: traffic with them is judged as with the world");
+            NodeAddresses::default()
+        }
+    };
+    let enricher = tokio::spawn(enrich::run(
+        resolver,
+        node_addresses,
+        Some(dns),
+        captured_rx,
+        enriched_tx,
+        Arc::clone(&enrich_health),
+    ));
     let judge = match inventory {
         Some(inventory) => {
             let setup = StageSetup {

@@ -556,6 +556,7 @@ pub fn build_record(
         last_seen: clock.wall(stats.last_seen_ns),
         duration_ms: stats.last_seen_ns.saturating_sub(stats.first_seen_ns) / 1_000_000,
         verdict: None,
+        verdict_now: None,
         progress: Progress { flow, first: reported.is_none(), new_to_dst, new_to_src },
     }
 }

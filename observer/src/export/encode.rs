@@ -61,6 +61,7 @@ fn encode(record: &FlowRecord, time: &Rfc3339, out: &mut Vec<u8>) -> Result<(), 
         last_seen,
         duration_ms,
         verdict,
+        verdict_now,
         progress: _,
     } = record;
     out.extend_from_slice(b"{\"time\":");
@@ -115,6 +116,10 @@ fn encode(record: &FlowRecord, time: &Rfc3339, out: &mut Vec<u8>) -> Result<(), 
     number(out, *duration_ms);
     if let Some(verdict) = verdict {
         out.extend_from_slice(b",\"verdict\":");
+        out.extend_from_slice(verdict.json.get_or_render(&**verdict)?.as_bytes());
+    }
+    if let Some(verdict) = verdict_now {
+        out.extend_from_slice(b",\"verdict_now\":");
         out.extend_from_slice(verdict.json.get_or_render(&**verdict)?.as_bytes());
     }
     out.push(b'}');
@@ -320,6 +325,7 @@ mod tests {
             last_seen: SystemTime::UNIX_EPOCH,
             duration_ms: 123,
             verdict: None,
+            verdict_now: None,
             progress: Progress::default(),
         }
     }
@@ -369,6 +375,16 @@ mod tests {
                 Some(PeerDns { names: vec![Arc::from("api.example.com"), Arc::from(text)], resolved: true });
             records.push(enriched.clone());
             records.push(enriched.clone());
+            // A connection that outlived a policy change: both verdicts.
+            let now = FlowVerdict {
+                verdict: VerdictKind::Allowed,
+                reason: format!("allowed: {text}"),
+                delivery: Delivery::Unproven,
+                ..FlowVerdict::clone(&verdict())
+            };
+            let outlived = FlowRecord { verdict_now: Some(Arc::new(now)), ..enriched.clone() };
+            records.push(outlived.clone());
+            records.push(outlived);
             enriched.dst.endpoint = Some(Endpoint::host(Some(text)));
             enriched.dst.dns = Some(PeerDns { names: Vec::new(), resolved: false });
             records.push(enriched);

@@ -28,6 +28,9 @@ pub enum FindingKind {
     Unprotected,
     /// An edge whose rate left its baseline.
     Spike,
+    /// A connection allowed when it opened, still open after a policy change
+    /// that denies it: most network plugins keep established connections.
+    OutlivedPolicy,
 }
 
 /// A workload, owned.
@@ -124,6 +127,9 @@ pub struct Evidence {
     /// The spike.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spike: Option<SpikeEvidence>,
+    /// When the flow started (RFC 3339): for a connection that outlived a policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_started: Option<String>,
 }
 
 /// Which directions a pod is isolated for.
@@ -217,6 +223,45 @@ impl Finding {
                 ..Evidence::default()
             },
         })
+    }
+
+    /// The finding of a flow that started under policies allowing it and is
+    /// still open under policies that deny it (`now`, with the policies that
+    /// now deny it): one per edge and set of denying policy versions.
+    pub fn outlived(now: &FlowVerdict, input: &JudgeInput<'_>) -> Self {
+        let names: Vec<String> = now.policies.iter().map(|policy| policy.0.to_string()).collect();
+        let rule = names.join(",");
+        // Another change of the denying policies is another finding.
+        let versions: Vec<String> = now
+            .policies
+            .iter()
+            .map(|policy| format!("{}@{}", policy.0, policy.0.resource_version.as_deref().unwrap_or("")))
+            .collect();
+        let edge = EdgeKey::between(&input.src, &input.dst);
+        let started = crate::flow::rfc3339(input.first_seen);
+        Self {
+            key: FindingKey { kind: FindingKind::OutlivedPolicy, rule: versions.join(",").into(), edge },
+            kind: FindingKind::OutlivedPolicy,
+            reason: format!(
+                "a connection allowed when it started ({started}) is still open after a policy change that denies it ({rule}): {}",
+                now.reason
+            ),
+            rule,
+            source: Party::of(&input.src, now.src_tier.clone()),
+            destination: Some(Party::of(&input.dst, now.dst_tier.clone())),
+            port: input.dst.port,
+            protocol: Some(input.protocol.name().into_owned()),
+            policies: now.policies.clone(),
+            intent: None,
+            evidence: Evidence {
+                state: Some(input.state),
+                delivery: Some(now.delivery),
+                to_dst: Some(input.to_dst),
+                to_src: Some(input.to_src),
+                flow_started: Some(started),
+                ..Evidence::default()
+            },
+        }
     }
 
     /// The finding of an unprotected pod; `workload` names its workload when

@@ -21,7 +21,7 @@ use super::{
     endpoint::Endpoint,
     model::{Namespace, Node, Pod, Service},
 };
-use crate::FastMap;
+use crate::{FastMap, node::AddressSet};
 
 /// One pod's hold on one IP, from when it was seen with it until it was seen
 /// without it (deleted, finished, or given another IP).
@@ -187,6 +187,28 @@ impl Snapshot {
             .or_else(|| self.nodes_by_ip.get(&ip))
             .unwrap_or(&self.world)
             .clone()
+    }
+
+    /// [`Snapshot::resolve_remote`] seen from this node, which holds
+    /// `node_addresses` (its interfaces'): an address of this node (one of
+    /// those, or of its own Node object) is the node itself (`host`), not
+    /// `world`. A pod's address or a Service's ClusterIP stays what it is
+    /// (kube-proxy's IPVS mode binds ClusterIPs to a node interface).
+    pub fn resolve_remote_here(&self, ip: IpAddr, at: SystemTime, node_addresses: &AddressSet) -> Endpoint {
+        if !self.synced {
+            return self.unknown.clone();
+        }
+        if let Some(endpoint) = self.pod_at(ip, at).or_else(|| self.services_by_ip.get(&ip)) {
+            return endpoint.clone();
+        }
+        if node_addresses.contains(&ip) {
+            return self.host.clone();
+        }
+        match self.nodes_by_ip.get(&ip) {
+            Some(node) if node.node.is_some() && node.node == self.host.node => self.host.clone(),
+            Some(node) => node.clone(),
+            None => self.world.clone(),
+        }
     }
 
     /// The pod that held `ip` at `at`. A pod seen with the IP shortly after `at`

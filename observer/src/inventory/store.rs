@@ -580,7 +580,12 @@ mod tests {
 
     /// A store with every required resource listed at `t(0)` from `items`.
     fn synced(items: Vec<Item>) -> Store {
-        let mut store = Store::new(&InventoryConfig::default());
+        synced_with(&InventoryConfig::default(), items)
+    }
+
+    /// [`synced`] with `config`.
+    fn synced_with(config: &InventoryConfig, items: Vec<Item>) -> Store {
+        let mut store = Store::new(config);
         let mut by_resource: HashMap<Resource, Vec<Item>> = HashMap::new();
         for item in items {
             by_resource.entry(item.resource()).or_default().push(item);
@@ -705,6 +710,36 @@ mod tests {
         assert_eq!(remote("10.96.0.10"), EndpointKind::Service);
         assert_eq!(remote("192.0.2.1"), EndpointKind::Node);
         assert_eq!(remote("203.0.113.9"), EndpointKind::World);
+    }
+
+    #[test]
+    fn this_nodes_own_addresses_resolve_to_the_node_itself() {
+        let config = InventoryConfig { node_name: Some("node-1".to_owned()), ..InventoryConfig::default() };
+        let mut store = synced_with(
+            &config,
+            vec![
+                pod_item(pod("web").ip("198.18.0.5").build()),
+                Item::Service(service("shop", "web", "10.96.0.10")),
+                Item::Node(node("node-1", "192.0.2.1")),
+                Item::Node(node("node-2", "192.0.2.2")),
+            ],
+        );
+        let snapshot = store.snapshot(t(1));
+        // The interfaces: the bridge's gateway, a ClusterIP bound by IPVS, and
+        // an address a pod holds (no interface of the node has it, but a
+        // pod's address wins if one did).
+        let here: crate::node::AddressSet = ["198.18.0.1", "10.96.0.10", "198.18.0.5"].map(ip).into_iter().collect();
+        let remote = |address| {
+            let endpoint = snapshot.resolve_remote_here(ip(address), t(1), &here);
+            (endpoint.kind, endpoint.node.clone())
+        };
+        let node = |name: &str| Some(name.to_owned());
+        assert_eq!(remote("198.18.0.1"), (EndpointKind::Host, node("node-1")), "the bridge's gateway");
+        assert_eq!(remote("192.0.2.1"), (EndpointKind::Host, node("node-1")), "its own Node object's address");
+        assert_eq!(remote("192.0.2.2"), (EndpointKind::Node, node("node-2")), "another node");
+        assert_eq!(remote("10.96.0.10").0, EndpointKind::Service);
+        assert_eq!(remote("198.18.0.5").0, EndpointKind::Pod);
+        assert_eq!(remote("203.0.113.9").0, EndpointKind::World);
     }
 
     #[test]

@@ -85,11 +85,17 @@ pub struct Unprotected {
     pub reason: String,
 }
 
-/// The policy side of a verdict.
-struct PolicyOutcome {
-    allowed: bool,
-    policies: Vec<PolicyCite>,
-    reason: String,
+/// The policy side of a verdict: what the policies in effect say of a
+/// flow's ends, port and protocol, whatever its evidence. The judge stage
+/// keeps the one a flow started under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PolicyOutcome {
+    /// Whether the policies allow the flow.
+    pub(crate) allowed: bool,
+    /// The policies that allowed it, or those isolating the side that denied it.
+    pub(crate) policies: Vec<PolicyCite>,
+    /// Why, in words.
+    pub(crate) reason: String,
 }
 
 /// Judges flows and pods against the current policies and intents.
@@ -100,6 +106,9 @@ pub struct Judge {
     config: JudgeConfig,
     rates: RateTracker,
     stats: JudgeStats,
+    /// This node's name: a pod of another node is not on this node. `None`
+    /// (standalone mode): every pod is.
+    node: Option<Arc<str>>,
 }
 
 fn name_policies(policies: &[Arc<PolicyRef>]) -> String {
@@ -113,11 +122,72 @@ fn policy_endpoint<'a>(end: &FlowEnd<'a>) -> Endpoint<'a> {
     }
 }
 
+/// Whether `end` is this node for NetworkPolicy: a process outside any pod
+/// (or an address of the node, which enrichment resolves to it), or a
+/// host-network pod, found by its cgroup and so on this node.
+fn is_this_node(end: &FlowEnd<'_>) -> bool {
+    end.kind == EndKind::Host || (end.kind == EndKind::Pod && end.pod.is_some_and(|pod| pod.host_network))
+}
+
 impl Judge {
     /// A judge of the given policies and intents.
     pub fn new(policy: Arc<PolicyEngine>, intents: Arc<IntentIndex>, config: JudgeConfig) -> Self {
         let rates = RateTracker::new(config.max_rate_trackers);
-        Self { policy, intents, config, rates, stats: JudgeStats::default() }
+        Self { policy, intents, config, rates, stats: JudgeStats::default(), node: None }
+    }
+
+    /// The judge of the node named `node`, whose own traffic with its pods
+    /// is always allowed; `None` (standalone mode) takes every pod to be on
+    /// this node.
+    #[must_use]
+    pub fn on_node(mut self, node: Option<&str>) -> Self {
+        self.node = node.map(Arc::from);
+        self
+    }
+
+    /// Whether `pod` runs on this node.
+    fn here(&self, pod: &Pod) -> bool {
+        match (&self.node, &pod.node_name) {
+            (Some(node), Some(name)) => **node == **name,
+            _ => true,
+        }
+    }
+
+    /// The policy outcome of traffic with this node: NetworkPolicy always
+    /// allows traffic between a pod and the node it runs on (a pod cannot
+    /// block its node: kubelet's probes come from there), in both
+    /// directions, whatever policies select the pod, and a host-network pod
+    /// is the node. `None` when neither end is this node, or the other end is
+    /// a pod of another node (judged by `ipBlock`, as any address).
+    fn node_outcome(&self, input: &JudgeInput<'_>) -> Option<PolicyOutcome> {
+        let (src, dst) = (is_this_node(&input.src), is_this_node(&input.dst));
+        let (node, other) = match (src, dst) {
+            (false, false) => return None,
+            (true, true) => {
+                let reason = "both ends are this node (host network or the node itself): NetworkPolicies do not apply";
+                return Some(PolicyOutcome { allowed: true, policies: Vec::new(), reason: reason.to_owned() });
+            }
+            (true, false) => (&input.src, &input.dst),
+            (false, true) => (&input.dst, &input.src),
+        };
+        let pod = other.pod.filter(|pod| other.kind == EndKind::Pod && self.here(pod))?;
+        let name = match (&self.node, node.pod) {
+            (_, Some(host)) if host.host_network => {
+                format!("its node (host-network pod {}/{})", host.namespace, host.name)
+            }
+            (Some(node), _) => format!("its own node {node}"),
+            (None, _) => "its own node".to_owned(),
+        };
+        let reason =
+            format!("traffic between {}/{} and {name} is always allowed by NetworkPolicy", pod.namespace, pod.name);
+        Some(PolicyOutcome { allowed: true, policies: Vec::new(), reason })
+    }
+
+    /// What the policies in effect say of a flow; `None` for protocols they
+    /// do not apply to.
+    pub(crate) fn policy(&self, input: &JudgeInput<'_>) -> Option<PolicyOutcome> {
+        let protocol = Protocol::from_number(input.protocol.0);
+        self.policy_outcome(input, protocol)
     }
 
     /// Judges against new policies and intents from now on. Rate counts start
@@ -142,6 +212,9 @@ impl Judge {
 
     fn policy_outcome(&self, input: &JudgeInput<'_>, protocol: Option<Protocol>) -> Option<PolicyOutcome> {
         let (protocol, port) = (protocol?, input.dst.port?);
+        if let Some(outcome) = self.node_outcome(input) {
+            return Some(outcome);
+        }
         let verdict = self.policy.verdict(policy_endpoint(&input.src), policy_endpoint(&input.dst), port, protocol);
         if verdict.allowed {
             let mut policies: Vec<Arc<PolicyRef>> = verdict.egress.policies.clone();
@@ -217,14 +290,23 @@ impl Judge {
 
     /// Judges one flow.
     pub fn flow(&mut self, input: &JudgeInput<'_>) -> FlowVerdict {
+        let policy = self.policy(input);
+        let verdict = self.decide(input, policy.as_ref());
+        self.count(verdict.verdict, verdict.intent.is_some());
+        verdict
+    }
+
+    /// Judges one flow with `policy` as the policies' outcome (the one in
+    /// effect when it started, say), without counting the verdict.
+    pub(crate) fn decide(&mut self, input: &JudgeInput<'_>, policy: Option<&PolicyOutcome>) -> FlowVerdict {
         let protocol = Protocol::from_number(input.protocol.0);
         let (delivery, evidence) = delivery(input);
-        let policy = self.policy_outcome(input, protocol);
         // Every new connection counts against the rate, whatever else it breaks.
         let rate = self.rate_violation(input);
         let intent = self.intents.check_egress(&input.src, &input.dst, protocol).or(rate);
         let (verdict, mut reason, policies) = match policy {
             Some(PolicyOutcome { allowed: false, policies, reason }) => {
+                let policies = policies.clone();
                 let kind = if delivery == Delivery::Delivered {
                     VerdictKind::EnforcementGap
                 } else {
@@ -235,8 +317,8 @@ impl Judge {
                 (kind, format!("denied: {reason}; {delivered} ({evidence})"), policies)
             }
             Some(PolicyOutcome { allowed: true, policies, reason }) => match &intent {
-                Some(violation) => (VerdictKind::IntentViolation, violation.reason.clone(), policies),
-                None => (VerdictKind::Allowed, format!("allowed: {reason}"), policies),
+                Some(violation) => (VerdictKind::IntentViolation, violation.reason.clone(), policies.clone()),
+                None => (VerdictKind::Allowed, format!("allowed: {reason}"), policies.clone()),
             },
             None => {
                 let why = format!("NetworkPolicies do not apply to {} flows", input.protocol.name());
@@ -255,7 +337,7 @@ impl Judge {
         }
         let tier =
             |end: &FlowEnd<'_>| end.pod.filter(|_| end.kind == EndKind::Pod).and_then(|pod| self.intents.tier_of(pod));
-        let verdict = FlowVerdict {
+        FlowVerdict {
             verdict,
             reason,
             delivery,
@@ -266,9 +348,7 @@ impl Judge {
             src_tier: tier(&input.src),
             dst_tier: tier(&input.dst),
             json: RenderedJson::default(),
-        };
-        self.count(verdict.verdict, verdict.intent.is_some());
-        verdict
+        }
     }
 
     /// Counts a verdict given again to a flow judged alike (the stage keeps

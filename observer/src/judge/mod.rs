@@ -5,11 +5,14 @@
 //! [`crate::intent::IntentIndex`]. Out: a [`FlowVerdict`] per flow
 //! (`allowed`, `denied-attempt`, `enforcement-gap`, `intent-violation`, with
 //! the deciding policies and intent rule and their versions), and per AI-tier
-//! pod whether it is [`Unprotected`].
+//! pod whether it is [`Unprotected`]. The stage keeps the policy outcome each
+//! open flow started under, so a flow keeps its verdict across policy changes
+//! (`verdict_now` and `outlived-policy` say when the new policies differ).
 
 mod decide;
 mod delivery;
 mod input;
+mod open;
 mod rate;
 pub mod stage;
 mod verdict;

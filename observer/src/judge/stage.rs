@@ -7,6 +7,17 @@
 //! that break policy or intent, unprotected AI-tier pods, spikes)
 //! deduplicated and written to the findings log with the coverage they were
 //! observed under.
+//!
+//! A flow keeps the verdict of the policies in effect when its first record
+//! was judged: after a policy change, each open flow is checked once, at its
+//! next record, against the new policies (lazily: the record brings the ends
+//! and evidence a re-judgement needs, so nothing is kept per flow but the
+//! outcome it started under, and a flow with no further record costs
+//! nothing). When they decide it otherwise, its records carry `verdict_now`
+//! beside the verdict it keeps, and a connection the new policies deny is an
+//! `outlived-policy` finding, not an enforcement gap. A flow whose first
+//! record the judge never saw (it started before the observer) is judged
+//! under the policies in effect at its first record judged.
 
 use std::{
     collections::HashMap,
@@ -24,14 +35,18 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::{Delivery, FlowVerdict, Judge, JudgeInput, VerdictKind, delivery::Proof};
+use super::{
+    Delivery, FlowVerdict, Judge, JudgeInput, VerdictKind,
+    delivery::Proof,
+    open::{OpenFlows, Outlived, Policy, same_decision},
+};
 use crate::{
     FastMap,
     anomaly::{EdgeHandle, EdgeKey, Spike, SpikeDetector},
     capture::CaptureHealth,
     config::ObserverConfig,
     findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter, Workload},
-    flow::{FlowRecord, LocalEnd},
+    flow::{FlowRecord, LocalEnd, RecordEvent},
     intent::{EndKind, FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
     inventory::{Endpoint, EndpointKind, Inventory, Snapshot},
     metrics::{FindingLabels, Metrics, WorkloadLabels, bounded::Series, flows::EdgeOf},
@@ -87,6 +102,11 @@ pub struct JudgeHealth {
     pub invalid: AtomicU64,
     /// Findings written.
     pub findings_written: AtomicU64,
+    /// Open flows whose starting verdict is kept.
+    pub open_flows: AtomicU64,
+    /// New flows judged record by record with the current policies because
+    /// too many flows were open.
+    pub flows_untracked: AtomicU64,
 }
 
 /// The running stage.
@@ -102,6 +122,10 @@ pub struct JudgeStage {
     lost_seen: u64,
     /// Verdicts and findings of pairs of ends, for the flows judged alike.
     pairs: FastMap<PairKey, Pair>,
+    /// Counts up with every recompilation of policies and intents.
+    generation: u64,
+    /// Open flows, with the policy outcome each started under.
+    open: OpenFlows,
     health: Arc<JudgeHealth>,
 }
 
@@ -122,7 +146,8 @@ impl JudgeStage {
         let tiers = Tiers::new(&setup.config.intents.tiers).map_err(StageError::Tiers)?;
         let writer = setup.findings_log.as_deref().map(FindingsWriter::open).transpose()?;
         let flush = Duration::from_secs(setup.config.findings.flush_interval_seconds.max(1));
-        let judge = Judge::new(Arc::default(), Arc::default(), setup.config.judge.clone());
+        let judge =
+            Judge::new(Arc::default(), Arc::default(), setup.config.judge.clone()).on_node(setup.node.as_deref());
         let mut stage = Self {
             tiers,
             judge,
@@ -133,6 +158,8 @@ impl JudgeStage {
             coverage: CoverageTracker::new(flush, 1024),
             lost_seen: 0,
             pairs: FastMap::default(),
+            generation: 0,
+            open: OpenFlows::default(),
             health: Arc::new(JudgeHealth::default()),
             setup,
         };
@@ -228,6 +255,7 @@ impl JudgeStage {
         self.judge.update(Arc::new(engine), Arc::new(index));
         self.snapshot = snapshot;
         self.pairs.clear();
+        self.generation += 1;
         self.check_protection();
     }
 
@@ -281,10 +309,37 @@ impl JudgeStage {
             let new_flow = record.progress.first && counted;
             let proof = Proof::of(record.local, dst_end.kind == EndpointKind::Pod, record.state, record.to_src);
             let key = PairKey::of(record);
-            let reused = key.as_ref().and_then(|key| self.reuse(key, proof, new_flow, record));
-            let Some(verdict) = reused.or_else(|| self.judge_anew(&snapshot, record, key, proof, new_flow)) else {
-                continue;
+            let id = record.progress.flow;
+            let open = match self.open.get_mut(id).filter(|_| id != 0) {
+                None => None,
+                Some(flow) => Some(flow.generation == self.generation && flow.outlived.is_none()),
             };
+            // A flow last checked under other policies, or one they outlived.
+            let outlived = match open {
+                Some(false) => self.recheck(&snapshot, record, proof),
+                _ => None,
+            };
+            let verdict = match outlived {
+                Some((verdict, now)) => {
+                    record.verdict_now = Some(now);
+                    verdict
+                }
+                None => {
+                    let reused = key.as_ref().and_then(|key| self.reuse(key, proof, new_flow, record));
+                    let Some(verdict) = reused.or_else(|| self.judge_anew(&snapshot, record, key, proof, new_flow))
+                    else {
+                        continue;
+                    };
+                    if open.is_none() && id != 0 && record.event != RecordEvent::End {
+                        self.track(&snapshot, record, key.as_ref());
+                    }
+                    verdict
+                }
+            };
+            if record.event == RecordEvent::End && id != 0 {
+                self.open.remove(id);
+                self.health.open_flows.store(self.open.len() as u64, Ordering::Relaxed);
+            }
             if counted {
                 let delta = record.progress.new_to_dst.bytes + record.progress.new_to_src.bytes;
                 let (now, new) = (record.time, u64::from(new_flow));
@@ -299,6 +354,73 @@ impl JudgeStage {
             }
             record.verdict = Some(verdict);
         }
+    }
+
+    /// Starts keeping the policy outcome of a flow judged for the first time.
+    fn track(&mut self, snapshot: &Snapshot, record: &FlowRecord, key: Option<&PairKey>) {
+        let policy = match key.and_then(|key| self.pairs.get(key)) {
+            Some(pair) => pair.policy.clone(),
+            None => {
+                let Some((src, dst)) = flow_ends(snapshot, record) else { return };
+                self.judge.policy(&JudgeInput::from_record(record, src, dst, false)).map(Arc::new)
+            }
+        };
+        if !self.open.insert(record.progress.flow, self.generation, policy, record.time) {
+            self.health.flows_untracked.store(self.open.untracked(), Ordering::Relaxed);
+        }
+        self.health.open_flows.store(self.open.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Judges a record of an open flow that was last checked under other
+    /// policies than the current ones, or that the current ones judge
+    /// otherwise than those it started under. `None` when they decide it
+    /// alike (it is then judged as any other flow); else the verdict it
+    /// keeps and its verdict now, the first time the current policies deny
+    /// it with an `outlived-policy` finding.
+    fn recheck(
+        &mut self,
+        snapshot: &Snapshot,
+        record: &FlowRecord,
+        proof: Proof,
+    ) -> Option<(Arc<FlowVerdict>, Arc<FlowVerdict>)> {
+        let (src, dst) = flow_ends(snapshot, record)?;
+        let input = JudgeInput::from_record(record, src, dst, false);
+        let flow = self.open.get_mut(record.progress.flow)?;
+        flow.seen = record.time;
+        let mut report = false;
+        if flow.generation != self.generation {
+            flow.generation = self.generation;
+            let now: Policy = self.judge.policy(&input).map(Arc::new);
+            if same_decision(&flow.start, &now) {
+                // The verdict holds: the flow is judged as the new ones would.
+                flow.start = now;
+                flow.outlived = None;
+                return None;
+            }
+            let changed = flow.outlived.as_ref().is_none_or(|outlived| outlived.now != now);
+            report = changed && now.as_ref().is_some_and(|outcome| !outcome.allowed);
+            if changed {
+                flow.outlived = Some(Box::new(Outlived { now, last: None }));
+            }
+        }
+        let outlived = flow.outlived.as_mut()?;
+        let (verdict, now) = match &outlived.last {
+            Some((last, verdict, now)) if *last == proof => (Arc::clone(verdict), Arc::clone(now)),
+            _ => {
+                let verdict = Arc::new(self.judge.decide(&input, flow.start.as_deref()));
+                let now = Arc::new(self.judge.decide(&input, outlived.now.as_deref()));
+                outlived.last = Some((proof, Arc::clone(&verdict), Arc::clone(&now)));
+                (verdict, now)
+            }
+        };
+        self.judge.count(verdict.verdict, verdict.intent.is_some());
+        if let Some(finding) = Finding::from_flow(&verdict, &input) {
+            self.record_finding(finding, record.time);
+        }
+        if report {
+            self.record_finding(Finding::outlived(&now, &input), record.time);
+        }
+        Some((verdict, now))
     }
 
     /// The verdict a flow judged alike before got, counted and its finding
@@ -340,7 +462,9 @@ impl JudgeStage {
     ) -> Option<Arc<FlowVerdict>> {
         let (src, dst) = flow_ends(snapshot, record)?;
         let input = JudgeInput::from_record(record, src, dst, new_flow);
-        let verdict = Arc::new(self.judge.flow(&input));
+        let policy = self.judge.policy(&input).map(Arc::new);
+        let verdict = Arc::new(self.judge.decide(&input, policy.as_deref()));
+        self.judge.count(verdict.verdict, verdict.intent.is_some());
         let finding = Finding::from_flow(&verdict, &input).map(Arc::new);
         let (mut series, mut entry) = (None, None);
         if let Some(finding) = &finding {
@@ -362,8 +486,10 @@ impl JudgeStage {
                 .is_some_and(|pod| !intents.rate_limits(pod).is_empty()),
             edge: EdgeKey::between(&src, &dst),
             spike: None,
+            policy: None,
             outcomes: Default::default(),
         });
+        pair.policy = policy;
         if !(new_flow && pair.rate_limited) {
             let finding = finding.map(|finding| SharedFinding { finding, series, entry });
             pair.outcomes[proof as usize] = Some(Outcome::new(Arc::clone(&verdict), finding));
@@ -473,6 +599,8 @@ struct Pair {
     edge: EdgeKey,
     /// Where the spike detector keeps the edge, once it has.
     spike: Option<EdgeHandle>,
+    /// What the policies say of these ends, whatever the evidence.
+    policy: Policy,
     /// By delivery proof.
     outcomes: [Option<Outcome>; Proof::KINDS],
 }
@@ -501,4 +629,272 @@ struct SharedFinding {
     finding: Arc<Finding>,
     series: Option<Series<Counter>>,
     entry: Option<EntryHandle>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, path::PathBuf};
+
+    use super::*;
+    use crate::{
+        flow::{Cgroup, Family, FlowState, Peer, Progress, Protocol, Traffic},
+        inventory::InventoryConfig,
+        metrics::MetricsConfig,
+    };
+
+    const PODS: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, uid: 00000000-0000-4000-8000-00000000000a, labels: {app: client}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 198.18.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: shop, uid: 00000000-0000-4000-8000-00000000000b, labels: {app: server}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 198.18.0.11}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: shop, uid: 00000000-0000-4000-8000-00000000000c, labels: {app: other}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 198.18.0.12}
+";
+
+    /// Denies every ingress of the server.
+    const DENY_SERVER: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-server, namespace: shop, resourceVersion: \"7\"}
+spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
+";
+
+    const CLIENT: &str = "198.18.0.10";
+    const SERVER: &str = "198.18.0.11";
+    const OTHER: &str = "198.18.0.12";
+
+    struct Lab {
+        dir: PathBuf,
+        stage: JudgeStage,
+        metrics: Metrics,
+        generations: watch::Receiver<u64>,
+        reload: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            self.reload.abort();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    impl Lab {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("observer-stage-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            std::fs::write(dir.join("pods.yaml"), PODS).expect("write");
+            let config = InventoryConfig { reload_interval: Duration::from_millis(20), ..InventoryConfig::default() };
+            let (inventory, reload) = Inventory::standalone(vec![dir.clone()], config);
+            let generations = inventory.subscribe();
+            let metrics = Metrics::new(MetricsConfig::default());
+            let setup = StageSetup {
+                inventory,
+                intents: IntentSource::Inventory,
+                config: ObserverConfig::default(),
+                findings_log: None,
+                node: None,
+                capture_health: Arc::new(CaptureHealth::default()),
+                metrics: Some(metrics.clone()),
+            };
+            let stage = JudgeStage::new(setup).expect("stage");
+            Self { dir, stage, metrics, generations, reload: tokio::spawn(reload) }
+        }
+
+        /// Writes `policy` to `file` and waits until the inventory holds
+        /// exactly the policies `expect` (`name@resourceVersion`), then
+        /// recompiles the stage.
+        async fn apply(&mut self, file: &str, policy: &str, expect: &[&str]) {
+            std::fs::write(self.dir.join(file), policy).expect("write");
+            let held = |inventory: &Inventory| {
+                let mut held: Vec<String> = inventory
+                    .snapshot()
+                    .network_policies()
+                    .map(|policy| {
+                        let meta = &policy.metadata;
+                        format!(
+                            "{}@{}",
+                            meta.name.as_deref().unwrap_or(""),
+                            meta.resource_version.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                held.sort();
+                held
+            };
+            let mut expect: Vec<String> = expect.iter().map(|name| (*name).to_owned()).collect();
+            expect.sort();
+            while held(&self.stage.setup.inventory) != expect {
+                tokio::time::timeout(Duration::from_secs(10), self.generations.changed())
+                    .await
+                    .expect("a reload within 10 s")
+                    .expect("inventory alive");
+            }
+            self.stage.rebuild();
+        }
+
+        /// Judges one record of flow `flow` from `src` to `dst` port 8080.
+        fn judge(&mut self, flow: u64, event: RecordEvent, src: &str, dst: &str) -> FlowRecord {
+            let snapshot = Arc::clone(&self.stage.snapshot);
+            let at = SystemTime::now();
+            let peer = |ip: &str, port: u16| {
+                let ip: IpAddr = ip.parse().expect("ip");
+                Peer { ip, port: Some(port), endpoint: Some(snapshot.resolve_remote(ip, at)), dns: None }
+            };
+            let mut record = FlowRecord {
+                time: at,
+                event,
+                node: Arc::from("node-1"),
+                protocol: Protocol(observer_common::PROTO_TCP),
+                family: Family::Ipv4,
+                src: peer(src, 40_000),
+                dst: peer(dst, 8080),
+                local: LocalEnd::Src,
+                icmp: None,
+                cgroup: Cgroup { id: 7, path: None },
+                state: if event == RecordEvent::End { FlowState::Closed } else { FlowState::Established },
+                to_dst: Traffic { packets: 5, bytes: 500 },
+                to_src: Traffic { packets: 5, bytes: 500 },
+                tcp_flags: None,
+                first_seen: at,
+                last_seen: at,
+                duration_ms: 0,
+                verdict: None,
+                verdict_now: None,
+                progress: Progress {
+                    flow,
+                    first: event == RecordEvent::Start,
+                    new_to_dst: Traffic::default(),
+                    new_to_src: Traffic::default(),
+                },
+            };
+            self.stage.judge_batch(std::slice::from_mut(&mut record));
+            record
+        }
+
+        /// The findings of `kind` written now, with their counts.
+        fn findings(&mut self, kind: &str) -> Vec<serde_json::Value> {
+            let mut out = Vec::new();
+            self.stage.findings.flush(&mut out, SystemTime::now(), &self.stage.coverage).expect("flush");
+            String::from_utf8(out)
+                .expect("utf-8")
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("json"))
+                .filter(|line| line["kind"] == kind)
+                .collect()
+        }
+    }
+
+    fn kind(verdict: Option<&Arc<FlowVerdict>>) -> Option<VerdictKind> {
+        verdict.map(|verdict| verdict.verdict)
+    }
+
+    #[tokio::test]
+    async fn a_flow_keeps_the_verdict_it_started_with_and_outlives_a_policy_once() {
+        let mut lab = Lab::new("outlived");
+        let first = lab.judge(1, RecordEvent::Start, CLIENT, SERVER);
+        assert_eq!(kind(first.verdict.as_ref()), Some(VerdictKind::Allowed));
+        assert!(first.verdict_now.is_none());
+        // Open across the change, to a pod the new policy does not select.
+        let unaffected = lab.judge(3, RecordEvent::Start, CLIENT, OTHER);
+        assert_eq!(kind(unaffected.verdict.as_ref()), Some(VerdictKind::Allowed));
+
+        lab.apply("policy.yaml", DENY_SERVER, &["deny-server@7"]).await;
+        for _ in 0..3 {
+            let update = lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+            assert_eq!(kind(update.verdict.as_ref()), Some(VerdictKind::Allowed), "the verdict it started with");
+            let now = update.verdict_now.as_ref().expect("verdict_now");
+            assert_eq!(now.verdict, VerdictKind::EnforcementGap, "{}", now.reason);
+            assert_eq!(now.policies.len(), 1);
+            assert_eq!(now.policies[0].0.name, "deny-server");
+            let json = serde_json::to_value(&update).expect("json");
+            assert_eq!(json["verdict"]["verdict"], "allowed");
+            assert_eq!(json["verdict_now"]["verdict"], "enforcement-gap");
+            assert_eq!(json["verdict_now"]["policies"][0]["resourceVersion"], "7");
+        }
+        let unaffected = lab.judge(3, RecordEvent::Update, CLIENT, OTHER);
+        assert_eq!(kind(unaffected.verdict.as_ref()), Some(VerdictKind::Allowed));
+        assert!(unaffected.verdict_now.is_none(), "its verdict did not change");
+        let end = lab.judge(1, RecordEvent::End, CLIENT, SERVER);
+        assert_eq!(kind(end.verdict.as_ref()), Some(VerdictKind::Allowed));
+        assert_eq!(kind(end.verdict_now.as_ref()), Some(VerdictKind::EnforcementGap));
+        assert!(lab.stage.open.get_mut(1).is_none(), "forgotten at its end record");
+
+        let outlived = lab.findings("outlived-policy");
+        assert_eq!(outlived.len(), 1, "{outlived:?}");
+        assert_eq!(outlived[0]["count"], 1);
+        assert_eq!(outlived[0]["rule"], "shop/deny-server");
+        assert_eq!(outlived[0]["policies"][0]["resourceVersion"], "7");
+        assert!(outlived[0]["evidence"]["flow_started"].is_string());
+        assert!(lab.findings("enforcement-gap").is_empty(), "an outlived connection is no enforcement gap");
+        assert_eq!(lab.stage.judge.stats().enforcement_gaps, 0);
+        let exposition = lab.metrics.encode();
+        let series: Vec<&str> =
+            exposition.lines().filter(|line| line.starts_with("flow_observer_findings_total{")).collect();
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert!(series[0].starts_with(r#"flow_observer_findings_total{kind="outlived-policy""#), "{series:?}");
+        assert!(series[0].ends_with(" 1"), "{series:?}");
+
+        // A connection opened after the change is judged by the new policies.
+        let second = lab.judge(2, RecordEvent::Start, CLIENT, SERVER);
+        assert_eq!(kind(second.verdict.as_ref()), Some(VerdictKind::EnforcementGap));
+        assert!(second.verdict_now.is_none());
+        assert_eq!(lab.findings("enforcement-gap").len(), 1);
+        assert_eq!(lab.stage.judge.stats().enforcement_gaps, 1);
+    }
+
+    #[tokio::test]
+    async fn each_change_of_the_denying_policies_is_one_more_finding() {
+        let mut lab = Lab::new("changed-again");
+        lab.judge(1, RecordEvent::Start, CLIENT, SERVER);
+        lab.apply("policy.yaml", DENY_SERVER, &["deny-server@7"]).await;
+        lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(lab.findings("outlived-policy").len(), 1);
+        // A change that leaves the flow's verdicts as they are: no new finding.
+        let unrelated = DENY_SERVER.replace("deny-server", "deny-other").replace("app: server", "app: other");
+        lab.apply("unrelated.yaml", &unrelated, &["deny-server@7", "deny-other@7"]).await;
+        let update = lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(kind(update.verdict_now.as_ref()), Some(VerdictKind::EnforcementGap));
+        let again = lab.findings("outlived-policy");
+        assert!(again.is_empty(), "{again:?}");
+        // The denying policy edited (a new resourceVersion): one more.
+        let edited = DENY_SERVER.replace("\"7\"", "\"8\"");
+        lab.apply("policy.yaml", &edited, &["deny-server@8", "deny-other@7"]).await;
+        lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        let edited = lab.findings("outlived-policy");
+        assert_eq!(edited.len(), 1, "{edited:?}");
+        assert_eq!(edited[0]["policies"][0]["resourceVersion"], "8");
+    }
+
+    #[tokio::test]
+    async fn a_flow_denied_at_its_start_keeps_its_gap_and_is_not_outlived_when_allowed_later() {
+        let mut lab = Lab::new("allowed-later");
+        lab.apply("policy.yaml", DENY_SERVER, &["deny-server@7"]).await;
+        let first = lab.judge(1, RecordEvent::Start, CLIENT, SERVER);
+        assert_eq!(kind(first.verdict.as_ref()), Some(VerdictKind::EnforcementGap));
+        let other = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: other, namespace: shop, resourceVersion: \"9\"}\nspec: {podSelector: {matchLabels: {app: other}}, policyTypes: [Ingress]}\n";
+        lab.apply("policy.yaml", other, &["other@9"]).await;
+        let update = lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(kind(update.verdict.as_ref()), Some(VerdictKind::EnforcementGap));
+        assert_eq!(kind(update.verdict_now.as_ref()), Some(VerdictKind::Allowed));
+        assert!(lab.findings("outlived-policy").is_empty(), "only a connection the new policies deny outlived them");
+        // A flow the observer first sees mid-way is judged by the policies then.
+        let unseen_start = lab.judge(9, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(kind(unseen_start.verdict.as_ref()), Some(VerdictKind::Allowed));
+        assert!(unseen_start.verdict_now.is_none());
+    }
 }

@@ -473,6 +473,7 @@ mod tests {
             last_seen: SystemTime::now(),
             duration_ms: 0,
             verdict: None,
+            verdict_now: None,
             progress: Progress::default(),
         }
     }

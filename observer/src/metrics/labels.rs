@@ -252,8 +252,8 @@ impl Overflow for WorkloadLabels {
 /// A finding: what kind, about which workload, in which tier.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct FindingLabels {
-    /// `enforcement-gap`, `intent-violation`, `unprotected`, `spike`, or a
-    /// kind added later.
+    /// `enforcement-gap`, `intent-violation`, `unprotected`, `spike`,
+    /// `outlived-policy`, or a kind added later.
     pub kind: Arc<str>,
     /// AI tier of the workload the finding is about.
     pub tier: Arc<str>,
