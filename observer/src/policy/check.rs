@@ -35,6 +35,9 @@ pub struct PolicyArgs {
 pub enum PolicyCommand {
     /// Judge flows against the NetworkPolicies in manifest files.
     Check(CheckArgs),
+    /// Replay recorded flow logs against a proposed policy change: what
+    /// would break, what would be newly allowed.
+    Simulate(crate::governance::simulate::SimulateArgs),
 }
 
 /// How to print a single verdict.
@@ -329,6 +332,12 @@ fn explain(
 pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
     match args.command {
         PolicyCommand::Check(args) => check(args),
+        PolicyCommand::Simulate(args) => {
+            if !crate::governance::simulate::run(&args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

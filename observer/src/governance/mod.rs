@@ -1,0 +1,12 @@
+//! The governance loop, offline: recorded flow logs replayed against policies.
+//!
+//! In: flow logs written by `observer run` (any number, any nodes, gzip or
+//! plain, streamed) and the inventory from manifests. Out: `observer policy
+//! simulate` (what a policy change would break or newly allow). The reader
+//! and edge table are shared by every offline command.
+
+pub mod edges;
+pub mod output;
+pub mod reader;
+pub mod replay;
+pub mod simulate;
