@@ -36,6 +36,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Judge flows against declared NetworkPolicies.
     Policy(crate::policy::check::PolicyArgs),
+    /// Write the evidence record of each NetworkPolicy and AI-tier workload
+    /// from recorded flow logs.
+    Report(crate::governance::report::ReportArgs),
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
@@ -56,5 +59,6 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Policy(args) => crate::policy::check::run(args),
+        Command::Report(args) => crate::governance::report::run(&args),
     }
 }

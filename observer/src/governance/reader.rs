@@ -172,7 +172,7 @@ pub struct LinePolicy<'a> {
     #[serde(borrow)]
     pub name: Cow<'a, str>,
     /// Its resourceVersion when judged.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, rename = "resourceVersion")]
     pub resource_version: Option<Cow<'a, str>>,
 }
 

@@ -44,6 +44,13 @@ pub struct PolicySet {
     engine: Arc<PolicyEngine>,
 }
 
+impl PolicySet {
+    /// The compiled engine.
+    pub fn engine(&self) -> &PolicyEngine {
+        &self.engine
+    }
+}
+
 /// An edge's verdict.
 #[derive(Clone, Debug)]
 pub struct Judged {
@@ -167,7 +174,8 @@ impl Cluster {
         Some(Judged { verdict: judge.flow(&input) })
     }
 
-    fn end_pod<'a>(&'a self, edges: &Edges, end: &EndKey) -> (Option<&'a Pod>, IpAddr) {
+    /// The pod (when the end is one) and address of an edge's end.
+    pub fn end_pod<'a>(&'a self, edges: &Edges, end: &EndKey) -> (Option<&'a Pod>, IpAddr) {
         match end {
             EndKey::Pod(id) => {
                 let ip = edges.pod(*id).map_or(IpAddr::from([0, 0, 0, 0]), |seen| seen.ip);
