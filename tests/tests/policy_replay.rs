@@ -317,6 +317,30 @@ fn simulate_names_what_a_policy_change_breaks_and_allows() {
     );
     assert!(output.stdout.is_empty(), "nothing simulated");
 
+    // The evidence record of the same traffic: which rule allowed what, and the gap.
+    let mut report_args = vec!["report", "--manifests", &recorded.manifests, "--format", "json", "--flows"];
+    report_args.extend(recorded.logs.iter().map(String::as_str));
+    let output = observer(&report_args);
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let report = json_of(&output);
+    let policy = |name: &str| {
+        report["policies"].as_array().expect("policies").iter().find(|p| p["name"] == name).cloned().expect(name)
+    };
+    let (api, db) = (policy("api-ingress"), policy("db-ingress"));
+    assert_eq!(
+        api["selected"],
+        json!([{"namespace": "shop", "pod": "api-5c8d-b", "workload": {"kind": "Deployment", "name": "api"}}])
+    );
+    assert_eq!((api["rules"][0]["flows"].clone(), api["rules"][0]["unused"].clone()), (json!(3), json!(false)));
+    assert_eq!((db["rules"][0]["flows"].clone(), db["allowed"]["flows"].clone()), (json!(2), json!(2)));
+    assert_eq!(
+        (db["enforcement_gaps"]["flows"].clone(), db["enforcement_gaps"]["edges"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(report["coverage"]["flows"], 7);
+    assert_eq!(report["coverage"]["complete"], true, "{:#}", report["coverage"]);
+    assert_eq!(report["coverage"]["nodes"].as_object().map(|nodes| nodes.len()), Some(2));
+
     // An empty input says so.
     let empty = recorded.dir.join("empty.jsonl");
     std::fs::write(&empty, "").expect("empty");
