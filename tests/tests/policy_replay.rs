@@ -341,6 +341,38 @@ fn simulate_names_what_a_policy_change_breaks_and_allows() {
     assert_eq!(report["coverage"]["complete"], true, "{:#}", report["coverage"]);
     assert_eq!(report["coverage"]["nodes"].as_object().map(|nodes| nodes.len()), Some(2));
 
+    // Advice from the same traffic: one policy per workload; added to the
+    // current policies it breaks nothing recorded and allows nothing new
+    // (web -> db, the gap, stays denied), and it names the gap it refused.
+    let advice = recorded.dir.join("advice");
+    let advice_arg = advice.display().to_string();
+    let mut advise_args =
+        vec!["policy", "advise", "--manifests", &recorded.manifests, "--output-dir", &advice_arg, "--flows"];
+    advise_args.extend(recorded.logs.iter().map(String::as_str));
+    let output = observer(&advise_args);
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not allowed by the advice (it happened, but is not allowed now): shop/web-7d9f-a (Deployment/web) -> shop/db-0 (StatefulSet/db) 5432/tcp: enforcement-gap (1 flows)"),
+        "{stderr}"
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&advice)
+        .expect("advice dir")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, vec!["shop.api.yaml", "shop.db.yaml", "shop.web.yaml"]);
+    let web = std::fs::read_to_string(advice.join("shop.web.yaml")).expect("web advice");
+    assert!(web.contains("cidr: 203.0.113.10/32"), "{web}");
+    let mut replay = vec!["policy", "simulate", "--manifests", &recorded.manifests, "--proposed", &advice_arg];
+    replay.extend(["--output", "json", "--fail-on-break", "--flows"]);
+    replay.extend(recorded.logs.iter().map(String::as_str));
+    let output = observer(&replay);
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let simulation = json_of(&output);
+    assert_eq!((simulation["would_break"].clone(), simulation["newly_allowed"].clone()), (json!([]), json!([])));
+    assert_eq!((simulation["edges"].clone(), simulation["unchanged"].clone()), (json!(4), json!(4)));
+
     // An empty input says so.
     let empty = recorded.dir.join("empty.jsonl");
     std::fs::write(&empty, "").expect("empty");

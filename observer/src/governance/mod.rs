@@ -6,6 +6,7 @@
 //! `observer report` (the evidence record per policy and AI-tier workload). The reader
 //! and edge table are shared by every offline command.
 
+pub mod advise;
 pub mod edges;
 pub mod output;
 pub mod reader;

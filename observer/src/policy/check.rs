@@ -38,6 +38,8 @@ pub enum PolicyCommand {
     /// Replay recorded flow logs against a proposed policy change: what
     /// would break, what would be newly allowed.
     Simulate(crate::governance::simulate::SimulateArgs),
+    /// Least-privilege NetworkPolicies from recorded flow logs, verified by replay.
+    Advise(crate::governance::advise::AdviseArgs),
 }
 
 /// How to print a single verdict.
@@ -332,6 +334,7 @@ fn explain(
 pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
     match args.command {
         PolicyCommand::Check(args) => check(args),
+        PolicyCommand::Advise(args) => crate::governance::advise::run(&args),
         PolicyCommand::Simulate(args) => {
             if !crate::governance::simulate::run(&args)? {
                 std::process::exit(1);
