@@ -13,15 +13,24 @@
 //! (ring-buffer reads, map iteration and deletes) and the flow log's write
 //! are not in it.
 //!
+//! With the argument `services`, every other pod pair talks through a
+//! Service in front of its server (two ready backends each): half the
+//! connections go to a ClusterIP, and the enrich stage asks this network
+//! namespace's real conntrack table for each (when it can be opened: root),
+//! then falls back to the EndpointSlices, and the judge weighs both
+//! backends. The line is then `pipeline-services-result {json}`, with the
+//! lookup counts.
+//!
 //! Run: `cargo bench -p observer --bench pipeline` (`cargo xtask bench
-//! pipeline` runs it and writes BENCHMARKS.md).
+//! pipeline` runs it and writes BENCHMARKS.md); `cargo bench -p observer
+//! --bench pipeline -- services` for the Services variant.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{Connections, EVENTS_PER_CONNECTION, Pipeline, check, pod_pairs, table_stage};
-use observer::{export::encode, flow::FlowRecord};
+use observer::{backends::Backends, export::encode, flow::FlowRecord, metrics::services::ServiceCounters};
 use observer_tests::manifests::ClusterSize;
 use serde_json::json;
 
@@ -55,10 +64,18 @@ struct Stages {
 
 fn main() {
     let size = ClusterSize::BENCH;
+    let services = std::env::args().any(|arg| arg == "services");
     let setup_started = Instant::now();
-    let mut pipeline = Pipeline::new(&size);
+    let pairs = pod_pairs(&size, PAIRS);
+    let counters = ServiceCounters::default();
+    let (mut pipeline, mut connections) = if services {
+        let servers: Vec<usize> = pairs.iter().step_by(2).map(|(_, server)| *server).collect();
+        let backends = Backends::open(Vec::new(), counters.clone());
+        (Pipeline::with_services(&size, &servers, backends), Connections::through_services(pairs))
+    } else {
+        (Pipeline::new(&size), Connections::new(pairs))
+    };
     eprintln!("pipeline: cluster loaded and policies compiled in {:.1?}", setup_started.elapsed());
-    let mut connections = Connections::new(pod_pairs(&size, PAIRS));
     let (mut out, mut delete) = (Vec::new(), Vec::new());
     let mut run_batch = |pipeline: &mut Pipeline, stages: &mut Stages| -> Vec<FlowRecord> {
         let batch = connections.batch(BATCH, true);
@@ -90,6 +107,8 @@ fn main() {
     }
     let mut rounds = Vec::new();
     let (mut records_total, mut pods_total, mut denied_total) = (0usize, 0usize, 0usize);
+    let lookups_before =
+        counters.conntrack_hits.get() + counters.conntrack_misses.get() + counters.conntrack_errors.get();
     for round in 0..ROUNDS {
         let mut stages = Stages::default();
         let (wall_start, cpu_start) = (Instant::now(), thread_cpu());
@@ -119,6 +138,8 @@ fn main() {
         eprintln!("pipeline round {}: {result}", round + 1);
         rounds.push(result);
     }
+    let lookups = counters.conntrack_hits.get() + counters.conntrack_misses.get() + counters.conntrack_errors.get()
+        - lookups_before;
     let json = json_lines(|| run_batch(&mut pipeline, &mut Stages::default()));
     let pick = |path: &str| median(rounds.iter().filter_map(|round| round.pointer(path)?.as_f64()).collect());
     let records_per_cpu_s = pick("/records_per_cpu_s");
@@ -141,7 +162,18 @@ fn main() {
         "open_flows_after": pipeline.meter.open_flows() + pipeline.table.len(),
         "rounds_detail": rounds,
     });
-    println!("pipeline-result {summary}");
+    if services {
+        let mut summary = summary;
+        summary["service_flows_fraction"] = json!(0.5);
+        summary["conntrack_lookups_per_record"] = json!(lookups as f64 / records_total.max(1) as f64);
+        summary["conntrack"] = json!({"hits": counters.conntrack_hits.get(), "misses": counters.conntrack_misses.get(),
+            "errors": counters.conntrack_errors.get()});
+        summary["backends_by"] = json!({"conntrack": counters.by_conntrack.get(),
+            "endpointslices": counters.by_endpointslices.get(), "unknown": counters.unresolved.get()});
+        println!("pipeline-services-result {summary}");
+    } else {
+        println!("pipeline-result {summary}");
+    }
 }
 
 /// CPU ns per record of the flow log's JSON lines, by its encoder and by

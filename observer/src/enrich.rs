@@ -5,7 +5,8 @@
 //! workload and configured labels (or service, node, `world`, `host`) filled
 //! in from the inventory as it was when the flow started, and for egress to
 //! the world the names the source pod had resolved for the destination (or
-//! `resolved: false`: a direct-IP connection), on a bounded channel; a full
+//! `resolved: false`: a direct-IP connection), and for a flow to a Service
+//! the backend it reached ([`crate::backends`]), on a bounded channel; a full
 //! channel drops the batch and counts it.
 
 use std::sync::{
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     FastMap,
+    backends::Backends,
     dns::{DnsView, Owner},
     flow::{FlowRecord, LocalEnd, PeerDns},
     inventory::{CgroupEnd, EndpointKind, Resolver, Snapshot},
@@ -81,6 +83,7 @@ pub struct Enricher {
     node: NodeAddresses,
     /// The node's addresses as last taken from `node`.
     node_addresses: Arc<AddressSet>,
+    backends: Backends,
 }
 
 impl Enricher {
@@ -90,8 +93,20 @@ impl Enricher {
         Self { node_addresses: node.current(), node, ..Self::default() }
     }
 
+    /// An enricher that resolves Service flows with `backends`.
+    pub fn with_backends(backends: Backends) -> Self {
+        Self { backends, ..Self::default() }
+    }
+
+    /// An enricher on the node holding `node`'s addresses that resolves
+    /// Service flows with `backends`.
+    pub fn on_node(node: NodeAddresses, backends: Backends) -> Self {
+        Self { backends, ..Self::new(node) }
+    }
+
     /// Fills in both ends of `record`: the local end by its cgroup, else its
-    /// IP, the remote end by its IP, both at the flow's start.
+    /// IP, the remote end by its IP, both at the flow's start; a Service
+    /// destination then by the backend it reached.
     pub fn enrich(&mut self, record: &mut FlowRecord, snapshot: &Snapshot) {
         if let Some(addresses) = self.node.changed_set() {
             self.node_addresses = addresses;
@@ -119,21 +134,24 @@ impl Enricher {
         };
         local.endpoint = Some(snapshot.resolve_local_from(cgroup, local.ip, at));
         remote.endpoint = Some(snapshot.resolve_remote_here(remote.ip, at, &self.node_addresses));
+        self.backends.resolve(record, snapshot);
     }
 }
 
 /// Runs the stage until `input` closes, on the node holding `node`'s
 /// addresses. Without a resolver (no inventory), ends are not resolved;
-/// without a DNS view, no names are added.
+/// without a DNS view, no names are added; Service flows are resolved with
+/// `backends`.
 pub async fn run(
     resolver: Option<Resolver>,
     node: NodeAddresses,
     dns: Option<DnsView>,
+    backends: Backends,
     mut input: mpsc::Receiver<Vec<FlowRecord>>,
     output: mpsc::Sender<Vec<FlowRecord>>,
     health: Arc<EnrichHealth>,
 ) {
-    let mut enricher = Enricher::new(node);
+    let mut enricher = Enricher::on_node(node, backends);
     while let Some(mut batch) = input.recv().await {
         let snapshot = resolver.as_ref().map(Resolver::snapshot);
         for record in &mut batch {

@@ -88,11 +88,54 @@ pub struct Peer {
     /// its fields sit beside `ip` and `port`.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
+    /// Where a flow to a Service (or a redirected address) was really sent:
+    /// set on the destination when the node's conntrack table or the
+    /// Service's EndpointSlices name the backend; `endpoint` is then that
+    /// backend, and `ip` and `port` stay what the socket saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
     /// The names the local pod resolved for this address: set on the
     /// remote end of egress flows to the world (and of any flow whose remote
     /// address the pod resolved).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<PeerDns>,
+}
+
+/// The backend a flow to a Service was sent to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    /// The backend's address.
+    pub ip: IpAddr,
+    /// The port it took the flow on.
+    pub port: u16,
+    /// Who said so.
+    pub via: BackendSource,
+    /// The destination as the socket's address resolves (the Service, or
+    /// what a redirected address is): what the pod asked for, which intents
+    /// match besides the backend.
+    #[serde(skip)]
+    pub asked: Endpoint,
+}
+
+/// Where a [`Backend`] was learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendSource {
+    /// The node's conntrack table: the DNAT of this very connection.
+    Conntrack,
+    /// The Service's EndpointSlices, which list only this ready backend.
+    #[serde(rename = "endpointslices")]
+    EndpointSlices,
+}
+
+impl BackendSource {
+    /// The name used in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Conntrack => "conntrack",
+            Self::EndpointSlices => "endpointslices",
+        }
+    }
 }
 
 /// What DNS says about the remote end of a flow.

@@ -8,9 +8,11 @@
 
 pub mod anomaly;
 pub mod api;
+pub mod backends;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod conntrack;
 pub mod dns;
 pub mod enrich;
 pub mod export;

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     api,
+    backends::Backends,
     capture::{Capture, CaptureConfig, CaptureHealth, loader, loader::LoadOptions, table::TableConfig},
     config::ObserverConfig,
     dns::{DnsConfig, DnsTracker, DnsView},
@@ -227,10 +228,14 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             NodeAddresses::default()
         }
     };
+    // Opened here, in the observer's own network namespace: conntrack is per
+    // namespace, and a node agent runs in the node's.
+    let backends = Backends::open(observer_config.intents.metadata_addresses.clone(), metrics.service_counters());
     let enricher = tokio::spawn(enrich::run(
         resolver,
         node_addresses,
         Some(dns),
+        backends,
         captured_rx,
         enriched_tx,
         Arc::clone(&enrich_health),

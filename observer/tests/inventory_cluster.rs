@@ -9,8 +9,8 @@ use std::{
 };
 
 use inventory_support::{
-    FakeApi, JOBS, NAMESPACES, NODES, PODS, POLICIES, REPLICASETS, SERVICES, controller, deny_all, eventually,
-    namespace, node, pod, service,
+    ENDPOINTSLICES, FakeApi, JOBS, NAMESPACES, NODES, PODS, POLICIES, REPLICASETS, SERVICES, controller, deny_all,
+    endpoint_slice, eventually, namespace, node, pod, service, service_port,
 };
 use observer::inventory::{Endpoint, EndpointKind, Inventory, InventoryConfig, Resolver, Resource};
 
@@ -61,7 +61,7 @@ async fn syncs_then_follows_adds_relabels_and_deletes_within_a_second() {
         (EndpointKind::Pod, Some("web-1"), Some("shop"))
     );
     assert_eq!(web.labels.get("app").map(String::as_str), Some("web"));
-    assert_eq!(remote(&resolver, "10.96.0.10").service.as_deref(), Some("web"));
+    assert_eq!(remote(&resolver, "10.96.0.10").service.clone().map(|service| service.name).as_deref(), Some("web"));
     assert_eq!(remote(&resolver, "10.0.0.1").kind, EndpointKind::Node);
     assert_eq!(remote(&resolver, "203.0.113.7").kind, EndpointKind::World);
 
@@ -230,5 +230,52 @@ async fn an_outage_turns_stale_and_recovery_syncs() {
     tokio::time::timeout(Duration::from_secs(15), inventory.ready()).await.expect("synced after recovery");
     eventually(Duration::from_secs(2), "no longer stale", || !inventory.status().stale).await;
     assert_eq!(inventory.resolver().resolve_remote(ip("198.18.0.5"), SystemTime::now()).pod.as_deref(), Some("web-1"));
+    task.abort();
+}
+
+/// The ready backends the fake API server's EndpointSlices list for
+/// `cluster_ip`:`port` (TCP), as text.
+fn backends(inventory: &Inventory, cluster_ip: &str, port: u16) -> Option<Vec<String>> {
+    let snapshot = inventory.snapshot();
+    snapshot
+        .service_backends(ip(cluster_ip), port, 6)
+        .map(|service| service.backends.iter().map(ToString::to_string).collect())
+}
+
+#[tokio::test]
+async fn endpointslices_are_listed_watched_and_give_each_service_port_its_ready_backends() {
+    let api = seeded().await;
+    api.apply(SERVICES, service_port("shop", "api", "10.96.0.20", "http", 80));
+    api.apply(
+        ENDPOINTSLICES,
+        endpoint_slice("shop", "api", "api-a", ("http", 8080), &[("198.18.0.7", true), ("198.18.0.8", false)]),
+    );
+    let (inventory, task) = synced(&api).await;
+    eventually(Duration::from_secs(2), "the listed slice is indexed", || {
+        backends(&inventory, "10.96.0.20", 80) == Some(vec!["198.18.0.7:8080".to_owned()])
+    })
+    .await;
+    // A second slice of the same Service, then the not-ready endpoint turning ready.
+    api.apply(ENDPOINTSLICES, endpoint_slice("shop", "api", "api-b", ("http", 8080), &[("198.18.0.9", true)]));
+    api.apply(
+        ENDPOINTSLICES,
+        endpoint_slice("shop", "api", "api-a", ("http", 8080), &[("198.18.0.7", true), ("198.18.0.8", true)]),
+    );
+    eventually(Duration::from_secs(2), "watched slices are indexed", || {
+        backends(&inventory, "10.96.0.20", 80)
+            == Some(vec!["198.18.0.7:8080".to_owned(), "198.18.0.8:8080".to_owned(), "198.18.0.9:8080".to_owned()])
+    })
+    .await;
+    assert_eq!(backends(&inventory, "10.96.0.20", 81), None, "no such Service port");
+    api.delete(ENDPOINTSLICES, endpoint_slice("shop", "api", "api-a", ("http", 8080), &[]));
+    eventually(Duration::from_secs(2), "a deleted slice's backends go", || {
+        backends(&inventory, "10.96.0.20", 80) == Some(vec!["198.18.0.9:8080".to_owned()])
+    })
+    .await;
+    let status = inventory.status();
+    assert_eq!(status.resources[&Resource::EndpointSlices].objects, 1);
+    assert!(!status.stale, "{status:?}");
+    assert_eq!(api.lists(ENDPOINTSLICES), 1, "listed once, then watched");
+    assert!(!api.watches(ENDPOINTSLICES).is_empty());
     task.abort();
 }

@@ -245,23 +245,37 @@ fn check_rbac(role: &Value, problems: &mut Vec<String>) {
         }
         resources.extend(strings(&rule["resources"]));
     }
-    let expected: BTreeSet<String> =
-        ["pods", "namespaces", "services", "nodes", "networkpolicies", "replicasets", "jobs", "flowintents"]
-            .map(str::to_owned)
-            .into();
+    let expected: BTreeSet<String> = [
+        "pods",
+        "namespaces",
+        "services",
+        "nodes",
+        "networkpolicies",
+        "endpointslices",
+        "replicasets",
+        "jobs",
+        "flowintents",
+    ]
+    .map(str::to_owned)
+    .into();
     if resources != expected {
         problems.push(format!("ClusterRole covers {resources:?}, expected {expected:?}"));
     }
 }
 
-/// Least privilege: capabilities, not privileged; read-only root and host
-/// paths; only the host paths capture needs; probes and resources set.
+/// Least privilege: capabilities, not privileged; no host PID or IPC (the
+/// host network only, for conntrack); read-only root and host paths; only
+/// the host paths capture needs; probes and resources set.
 fn check_daemonset(daemonset: &Value, problems: &mut Vec<String>) {
     let spec = &daemonset["spec"]["template"]["spec"];
-    for field in ["hostNetwork", "hostPID", "hostIPC"] {
+    for field in ["hostPID", "hostIPC"] {
         if spec[field] == true {
             problems.push(format!("DaemonSet sets {field}"));
         }
+    }
+    // The node's network namespace, for its conntrack table (Service flows).
+    if spec["hostNetwork"] != true {
+        problems.push("DaemonSet does not set hostNetwork: the node's conntrack table is out of reach".to_owned());
     }
     if !spec["tolerations"]
         .as_array()

@@ -12,6 +12,7 @@
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use observer::{
+    backends::Backends,
     capture::{
         CaptureHealth, build_record,
         clock::{Clock, monotonic_ns},
@@ -68,6 +69,47 @@ pub fn pod_pairs(size: &ClusterSize, pairs: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// The ClusterIP a bench gives the Service in front of pod `index`:
+/// 198.19.0.10 onwards, beside the pods' 198.18.0.0/16.
+pub fn service_ip(index: usize) -> std::net::Ipv4Addr {
+    let offset = u32::try_from(index).unwrap_or(0) + 10;
+    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 19, 0, 0)) + offset)
+}
+
+/// The port of every bench Service (its backends take it on 8080).
+pub const SERVICE_PORT: u16 = 80;
+
+/// A `List` of a Service `svc-<i>` (ClusterIP [`service_ip`], port 80) per
+/// server pod `i`, in the pod's namespace, and its EndpointSlice with two
+/// ready backends on 8080: the server and the next pod. Without a conntrack
+/// entry a flow to it is judged at both (`docs/policy.md`, "Services").
+pub fn service_manifests(size: &ClusterSize, servers: &[usize]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = servers
+        .iter()
+        .flat_map(|&server| {
+            let namespace = format!("ns-{}", server % size.namespaces.max(1));
+            let name = format!("svc-{server}");
+            let backends = [server, (server + 1) % size.pods].map(|pod| {
+                serde_json::json!({
+                "addresses": [cluster_pod_ip(pod).to_string()], "conditions": {"ready": true}})
+            });
+            [
+                serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"clusterIP": service_ip(server).to_string(),
+                             "ports": [{"name": "http", "port": SERVICE_PORT, "protocol": "TCP"}]}}),
+                serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": format!("{name}-x"), "namespace": namespace,
+                                 "labels": {"kubernetes.io/service-name": name}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                    "endpoints": backends}),
+            ]
+        })
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
 /// The cgroup id a bench gives pod `index`'s container.
 fn cgroup_id(index: usize) -> u64 {
     1_000_000 + index as u64
@@ -99,14 +141,22 @@ pub struct Pipeline {
 impl Pipeline {
     /// Loads a cluster of `size` into a standalone inventory and builds every stage.
     pub fn new(size: &ClusterSize) -> Self {
+        Self::with_services(size, &[], Backends::default())
+    }
+
+    /// [`Pipeline::new`] plus a Service in front of each of `servers` (see
+    /// [`service_manifests`]), resolved by the enrich stage with `backends`.
+    pub fn with_services(size: &ClusterSize, servers: &[usize], backends: Backends) -> Self {
         let dir = std::env::temp_dir().join(format!("observer-bench-pipeline-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("cluster.json");
         std::fs::write(&file, cluster(size).to_string()).expect("write manifests");
+        std::fs::write(dir.join("services.json"), service_manifests(size, servers).to_string())
+            .expect("write services");
         let metrics = Metrics::new(MetricsConfig::default());
         let mut config = InventoryConfig::default();
         config.label_keys.push(TIER_LABEL.to_owned());
-        let (inventory, reload) = Inventory::standalone(vec![file.clone()], config);
+        let (inventory, reload) = Inventory::standalone(vec![dir.clone()], config);
         // Never run: the files do not change during a bench.
         drop(reload);
         assert_eq!(inventory.snapshot().pod_count(), size.pods);
@@ -135,7 +185,7 @@ impl Pipeline {
             node: Arc::from("node-0"),
             cgroup_paths,
             resolver: inventory.resolver(),
-            enricher: Enricher::default(),
+            enricher: Enricher::with_backends(backends),
             judge,
             meter: FlowMeter::new(metrics.clone(), EdgeOf::new(metrics.allowlist().clone())),
             metrics,
@@ -193,16 +243,26 @@ pub struct Connections {
     next: usize,
     port: u16,
     now: u64,
+    /// Whether every other pair's connections go to the server's Service.
+    services: bool,
 }
 
 impl Connections {
     /// Connections cycling over `pairs`.
     pub fn new(pairs: Vec<(usize, usize)>) -> Self {
-        Self { pairs, next: 0, port: 10_000, now: monotonic_ns() }
+        Self { pairs, next: 0, port: 10_000, now: monotonic_ns(), services: false }
+    }
+
+    /// Connections cycling over `pairs`, those of every other pair (the
+    /// even positions) to the server's Service ([`service_ip`]:80) instead
+    /// of the server itself.
+    pub fn through_services(pairs: Vec<(usize, usize)>) -> Self {
+        Self { services: true, ..Self::new(pairs) }
     }
 
     fn key(&mut self) -> FlowKey {
-        let (client, server) = self.pairs[self.next % self.pairs.len()];
+        let position = self.next % self.pairs.len();
+        let (client, server) = self.pairs[position];
         self.next += 1;
         if self.next.is_multiple_of(self.pairs.len()) {
             self.port = if self.port >= 65_000 { 10_000 } else { self.port + 1 };
@@ -217,6 +277,10 @@ impl Connections {
         };
         key.local_addr[..4].copy_from_slice(&cluster_pod_ip(client).octets());
         key.remote_addr[..4].copy_from_slice(&cluster_pod_ip(server).octets());
+        if self.services && position.is_multiple_of(2) {
+            key.remote_addr[..4].copy_from_slice(&service_ip(server).octets());
+            key.remote_port = SERVICE_PORT;
+        }
         key
     }
 

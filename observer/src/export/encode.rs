@@ -15,7 +15,7 @@
 
 use std::{io::Write as _, net::IpAddr, time::SystemTime};
 
-use crate::flow::{Cgroup, FLAG_NAMES, FlagSet, FlowRecord, Icmp, Peer, PeerDns, Rfc3339, TcpFlags, Traffic};
+use crate::flow::{Backend, Cgroup, FLAG_NAMES, FlagSet, FlowRecord, Icmp, Peer, PeerDns, Rfc3339, TcpFlags, Traffic};
 
 /// Appends one line per record to `out`; returns how many. A record that
 /// fails to encode (which plain data cannot) is left out whole.
@@ -127,7 +127,7 @@ fn encode(record: &FlowRecord, time: &Rfc3339, out: &mut Vec<u8>) -> Result<(), 
 }
 
 fn peer(peer: &Peer, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    let Peer { ip, port, endpoint, dns } = peer;
+    let Peer { ip, port, endpoint, backend, dns } = peer;
     out.extend_from_slice(b"{\"ip\":");
     address(out, ip);
     if let Some(port) = port {
@@ -143,6 +143,15 @@ fn peer(peer: &Peer, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
             out.push(b',');
             out.extend_from_slice(fields.as_bytes());
         }
+    }
+    if let Some(Backend { ip, port, via, .. }) = backend {
+        out.extend_from_slice(b",\"backend\":{\"ip\":");
+        address(out, ip);
+        out.extend_from_slice(b",\"port\":");
+        number(out, *port);
+        out.extend_from_slice(b",\"via\":\"");
+        out.extend_from_slice(via.as_str().as_bytes());
+        out.extend_from_slice(b"\"}");
     }
     if let Some(PeerDns { names, resolved }) = dns {
         out.extend_from_slice(b",\"dns\":{");
@@ -263,8 +272,9 @@ mod tests {
 
     use super::*;
     use crate::{
+        flow::BackendSource,
         flow::{Family, FlowState, LocalEnd, Progress, Protocol, RecordEvent},
-        inventory::{Endpoint, EndpointInfo, EndpointKind, WorkloadRef},
+        inventory::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
         judge::{Delivery, FlowVerdict, VerdictKind},
         rendered::RenderedJson,
     };
@@ -293,6 +303,8 @@ mod tests {
             delivery: Delivery::Delivered,
             policies: Vec::new(),
             intent: None,
+            ambiguous: false,
+            backends: Vec::new(),
             src_uid: Some("a".to_owned()),
             dst_uid: None,
             src_tier: None,
@@ -309,8 +321,20 @@ mod tests {
             node: Arc::from(text),
             protocol: Protocol(observer_common::PROTO_TCP),
             family: Family::Ipv4,
-            src: Peer { ip: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10)), port: Some(40_000), endpoint: None, dns: None },
-            dst: Peer { ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)), port: Some(443), endpoint: None, dns: None },
+            src: Peer {
+                ip: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10)),
+                port: Some(40_000),
+                endpoint: None,
+                backend: None,
+                dns: None,
+            },
+            dst: Peer {
+                ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+                port: Some(443),
+                endpoint: None,
+                backend: None,
+                dns: None,
+            },
             local: LocalEnd::Src,
             icmp: None,
             cgroup: Cgroup { id: 158_941, path: Some(Arc::from(text)) },
@@ -363,7 +387,8 @@ mod tests {
                 tcp_flags: None,
                 ..base.clone()
             };
-            icmp.src = Peer { ip: IpAddr::V6(Ipv6Addr::LOCALHOST), port: None, endpoint: None, dns: None };
+            icmp.src =
+                Peer { ip: IpAddr::V6(Ipv6Addr::LOCALHOST), port: None, endpoint: None, backend: None, dns: None };
             icmp.dst.ip = IpAddr::V6("2001:db8:203:113::10".parse().expect("address"));
             icmp.dst.port = None;
             records.push(icmp);
@@ -387,7 +412,23 @@ mod tests {
             records.push(outlived);
             enriched.dst.endpoint = Some(Endpoint::host(Some(text)));
             enriched.dst.dns = Some(PeerDns { names: Vec::new(), resolved: false });
-            records.push(enriched);
+            records.push(enriched.clone());
+            // A Service flow judged at its backend, both ways it is learned.
+            let service = Endpoint::from(EndpointInfo {
+                kind: EndpointKind::Service,
+                namespace: Some(text.to_owned()),
+                service: Some(ServiceRef { namespace: text.to_owned(), name: text.to_owned() }),
+                ..(*Endpoint::world()).clone()
+            });
+            enriched.dst.dns = None;
+            enriched.dst.endpoint = Some(pod(text).behind(&service));
+            for (ip, via) in [
+                (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 53)), BackendSource::Conntrack),
+                (IpAddr::V6("2001:db8::53".parse().expect("address")), BackendSource::EndpointSlices),
+            ] {
+                enriched.dst.backend = Some(Backend { ip, port: 5353, via, asked: service.clone() });
+                records.push(enriched.clone());
+            }
         }
         records
     }

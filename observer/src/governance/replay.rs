@@ -169,6 +169,8 @@ impl Cluster {
             first_seen: std::time::UNIX_EPOCH + std::time::Duration::from_millis(stats.first_ms),
             // Rates are not replayed: an edge is judged once, not per connection.
             new_flow: false,
+            // The Service address asked for is not kept per edge: the backend is judged.
+            asked: None,
         };
         let judge = judges.judges.get_mut(usize::from(stats.node))?;
         Some(Judged { verdict: judge.flow(&input) })

@@ -137,7 +137,7 @@ impl<'a> FlowEnd<'a> {
             namespace: endpoint.namespace.as_deref(),
             pod_name: endpoint.pod.as_deref(),
             uid: endpoint.uid.as_deref(),
-            service: endpoint.service.as_deref(),
+            service: endpoint.service.as_ref().map(|service| service.name.as_str()),
             workload: endpoint
                 .workload
                 .as_ref()

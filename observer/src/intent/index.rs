@@ -203,6 +203,22 @@ impl IntentIndex {
         dst: &FlowEnd<'_>,
         protocol: Option<Protocol>,
     ) -> Option<IntentViolation> {
+        self.check_egress_asked(src, dst, None, protocol)
+    }
+
+    /// [`IntentIndex::check_egress`] of a flow that `src` sent to `asked` (a
+    /// Service's ClusterIP, a redirected address) and that reached `dst` (its
+    /// backend): a peer matches when it matches either, so a `forbid` of the
+    /// address the pod connected to holds however the node rewrote it, and a
+    /// tier or selector matches the pod behind a Service. `onlyThrough`
+    /// judges where the flow went (`dst`).
+    pub fn check_egress_asked(
+        &self,
+        src: &FlowEnd<'_>,
+        dst: &FlowEnd<'_>,
+        asked: Option<&FlowEnd<'_>>,
+        protocol: Option<Protocol>,
+    ) -> Option<IntentViolation> {
         let pod = src.pod.filter(|_| src.kind == EndKind::Pod)?;
         if self.intents.is_empty() {
             return None;
@@ -215,15 +231,20 @@ impl IntentIndex {
                 "{} -> {}: {what} (FlowIntent {} {rule})",
                 // The source port is ephemeral: leaving it out keeps reasons of repeats alike.
                 describe(&FlowEnd { port: None, ..*src }),
-                describe(dst),
+                match asked {
+                    Some(asked) => format!("{} (sent to {})", describe(asked), describe(dst)),
+                    None => describe(dst),
+                },
                 intent.meta
             ),
             rule: rule.into(),
         };
         for (_, intent) in self.applying(pod, tier.as_ref(), &context) {
-            if let Some((index, peer)) =
-                intent.forbid.iter().enumerate().find(|(_, peer)| peer.matches(dst, protocol, &context))
-            {
+            let matches = |peer: &super::compile::Peer| {
+                peer.matches(dst, protocol, &context)
+                    || asked.is_some_and(|asked| peer.matches(asked, protocol, &context))
+            };
+            if let Some((index, peer)) = intent.forbid.iter().enumerate().find(|(_, peer)| matches(peer)) {
                 return Some(violation(
                     intent,
                     format!("spec.egress.forbid[{index}]"),
@@ -242,7 +263,7 @@ impl IntentIndex {
             }
             if let Some(allow) = &intent.allow
                 && dst.kind != EndKind::Unknown
-                && !allow.iter().any(|peer| peer.matches(dst, protocol, &context))
+                && !allow.iter().any(matches)
             {
                 let what = if dst.names == Some(&[])
                     && allow.iter().any(|peer| matches!(peer.kind, super::compile::PeerKind::Fqdn(_)))

@@ -2,7 +2,7 @@
 //!
 //! In: a kube [`Client`]. Out: the [`Writer`] gets every watch event of Pods
 //! (cluster-wide: a remote end can be anywhere), Namespaces, NetworkPolicies,
-//! Services and Nodes, plus ReplicaSet and Job metadata for workload names,
+//! Services, EndpointSlices and Nodes, plus ReplicaSet and Job metadata for workload names,
 //! each trimmed on arrival so no full object is kept. kube's watcher lists,
 //! watches, rewatches dropped connections from the last resourceVersion and
 //! relists after `410 Gone`; its errors are retried with the default backoff
@@ -14,7 +14,9 @@ use futures::{
     StreamExt,
     stream::{self, BoxStream},
 };
-use k8s_openapi::api::{apps::v1::ReplicaSet, batch::v1::Job, core::v1 as core, networking::v1::NetworkPolicy};
+use k8s_openapi::api::{
+    apps::v1::ReplicaSet, batch::v1::Job, core::v1 as core, discovery::v1 as discovery, networking::v1::NetworkPolicy,
+};
 use kube::{
     Api, Client,
     runtime::{
@@ -31,11 +33,12 @@ use super::{
 use crate::error_chain;
 
 /// Every resource the cluster source watches.
-pub(crate) const RESOURCES: [Resource; 7] = [
+pub(crate) const RESOURCES: [Resource; 8] = [
     Resource::Pods,
     Resource::Namespaces,
     Resource::NetworkPolicies,
     Resource::Services,
+    Resource::EndpointSlices,
     Resource::Nodes,
     Resource::ReplicaSets,
     Resource::Jobs,
@@ -94,6 +97,7 @@ pub(crate) async fn run(client: Client, mut writer: Writer) {
         watch::<core::Namespace>(&client, Resource::Namespaces, |namespace| convert::namespace(&namespace)),
         watch::<NetworkPolicy>(&client, Resource::NetworkPolicies, convert::network_policy),
         watch::<core::Service>(&client, Resource::Services, |service| convert::service(&service)),
+        watch::<discovery::EndpointSlice>(&client, Resource::EndpointSlices, |slice| convert::endpoint_slice(&slice)),
         watch::<core::Node>(&client, Resource::Nodes, |node| convert::node(&node)),
         watch_metadata::<ReplicaSet>(&client, Resource::ReplicaSets, "ReplicaSet"),
         watch_metadata::<Job>(&client, Resource::Jobs, "Job"),

@@ -5,13 +5,13 @@
 //! objects never stay in memory.
 
 use k8s_openapi::{
-    api::{core::v1 as core, networking::v1::NetworkPolicy},
+    api::{core::v1 as core, discovery::v1 as discovery, networking::v1::NetworkPolicy},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use super::{
     manifests::Workload,
-    model::{Namespace, Node, OwnerRef, Pod, Service},
+    model::{EndpointSlice, Namespace, Node, OwnerRef, Pod, Service},
     store::{Item, PodItem},
 };
 
@@ -33,6 +33,11 @@ pub fn namespace(namespace: &core::Namespace) -> Item {
 /// A Service.
 pub fn service(service: &core::Service) -> Item {
     Item::Service(Service::from(service))
+}
+
+/// An EndpointSlice: its Service, ports and ready addresses only.
+pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Item {
+    Item::EndpointSlice(EndpointSlice::from(slice))
 }
 
 /// A node.

@@ -40,6 +40,16 @@ pub struct WorkloadRef {
     pub name: String,
 }
 
+/// A Service named at one end of a flow: the Service itself (kind
+/// `service`), or the Service a pod was reached through.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ServiceRef {
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
+}
+
 /// The fields of an [`Endpoint`]; absent ones are left out of the JSON.
 // In declaration order: `kind`, read for every record by the judge and the
 // meter, then shares a cache line with the `Arc`'s counts, which enrichment
@@ -58,9 +68,10 @@ pub struct EndpointInfo {
     /// Pod uid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
-    /// Service name.
+    /// The Service: this end itself, or the one the flow was sent to before
+    /// it reached this backend.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
+    pub service: Option<ServiceRef>,
     /// Node name: the node itself, the local host, or the node a pod runs on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -161,7 +172,7 @@ impl Endpoint {
     pub fn service(service: &model::Service) -> Self {
         EndpointInfo {
             namespace: Some(service.namespace.clone()),
-            service: Some(service.name.clone()),
+            service: Some(ServiceRef { namespace: service.namespace.clone(), name: service.name.clone() }),
             ..EndpointInfo::bare(EndpointKind::Service)
         }
         .into()
@@ -184,6 +195,15 @@ impl Endpoint {
             ..EndpointInfo::bare(EndpointKind::Pod)
         }
         .into()
+    }
+
+    /// This end (a backend: a pod, a node, an address) as reached through
+    /// the Service `service` names; `self` when `service` names none.
+    pub fn behind(&self, service: &Endpoint) -> Self {
+        match &service.service {
+            Some(named) => EndpointInfo { service: Some(named.clone()), ..self.0.info.clone() }.into(),
+            None => self.clone(),
+        }
     }
 
     /// A pod that a cgroup path names but the inventory does not hold (yet).

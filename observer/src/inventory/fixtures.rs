@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::model::{Node, OwnerRef, Pod, Service};
+use super::model::{ContainerPort, EndpointSlice, Node, OwnerRef, Pod, Protocol, Service, ServicePort};
 
 /// Starts a pod named `name` in namespace `default` with uid `uid-<name>`.
 pub fn pod(name: &str) -> PodBuilder {
@@ -89,6 +89,19 @@ pub fn service(namespace: &str, name: &str, ip: &str) -> Service {
         name: name.to_owned(),
         cluster_ips: vec![ip.parse().unwrap_or_else(|error| panic!("{ip}: {error}"))],
         selector: Default::default(),
+        ports: vec![ServicePort { name: None, port: 80, protocol: Protocol::Tcp, node_port: None }],
+    }
+}
+
+/// The EndpointSlice of Service `namespace/service` with its single port
+/// (unnamed, TCP) at `port` on the ready addresses `ready`.
+pub fn slice(namespace: &str, service: &str, port: u16, ready: &[&str]) -> EndpointSlice {
+    EndpointSlice {
+        namespace: namespace.to_owned(),
+        name: format!("{service}-{}", ready.len()),
+        service: Some(service.to_owned()),
+        ports: vec![ContainerPort { name: None, port, protocol: Protocol::Tcp }],
+        ready: ready.iter().map(|ip| ip.parse().unwrap_or_else(|error| panic!("{ip}: {error}"))).collect(),
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{core::v1 as core, networking::v1::NetworkPolicy};
+use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery, networking::v1::NetworkPolicy};
 use serde_json::{Value, value::RawValue};
 
 use super::model::OwnerRef;
@@ -61,6 +61,8 @@ pub enum Object {
     Service(Box<core::Service>),
     /// A Node.
     Node(Box<core::Node>),
+    /// An EndpointSlice (`discovery.k8s.io/v1`).
+    EndpointSlice(Box<discovery::EndpointSlice>),
     /// A workload controller.
     Workload(Workload),
     /// An AI-tier FlowIntent.
@@ -293,6 +295,7 @@ fn add_value(mut value: Value, origin: &Origin, out: &mut Out<'_>) {
         "NetworkPolicy" => serde_json::from_value(value).map(|policy| Object::NetworkPolicy(Box::new(policy))),
         "Service" => serde_json::from_value(value).map(|service| Object::Service(Box::new(service))),
         "Node" => serde_json::from_value(value).map(|node| Object::Node(Box::new(node))),
+        "EndpointSlice" => serde_json::from_value(value).map(|slice| Object::EndpointSlice(Box::new(slice))),
         kind if WORKLOAD_KINDS.contains(&kind) => Ok(Object::Workload(workload(kind, &value))),
         crate::intent::KIND => serde_json::from_value(value).map(|intent| Object::FlowIntent(Box::new(intent))),
         "" => {

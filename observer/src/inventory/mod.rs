@@ -1,4 +1,5 @@
-//! Cluster inventory: Pods, Namespaces, NetworkPolicies, Services and Nodes,
+//! Cluster inventory: Pods, Namespaces, NetworkPolicies, Services,
+//! EndpointSlices and Nodes,
 //! from the API server or from manifest files, behind one interface.
 //!
 //! In: a kube client ([`Inventory::cluster`]) or manifest paths
@@ -17,6 +18,7 @@ pub(crate) mod fixtures;
 pub mod manifests;
 pub mod model;
 mod resolver;
+pub mod services;
 mod snapshot;
 mod standalone;
 pub mod status;
@@ -31,8 +33,9 @@ use tokio::sync::watch;
 
 pub use self::{
     config::{DEFAULT_LABEL_KEYS, InventoryArgs, InventoryConfig},
-    endpoint::{Endpoint, EndpointInfo, EndpointKind, WorkloadRef},
+    endpoint::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
     resolver::Resolver,
+    services::ServiceBackends,
     snapshot::{CgroupEnd, Snapshot},
     status::{ResourceStatus, Status},
     store::Resource,

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 
 /// Labels of an object, sorted by key.
 pub type Labels = BTreeMap<String, String>;
@@ -129,6 +129,39 @@ pub struct Service {
     pub cluster_ips: Vec<IpAddr>,
     /// `spec.selector`.
     pub selector: Labels,
+    /// `spec.ports`, those with a valid port and protocol.
+    pub ports: Vec<ServicePort>,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// `name`: what EndpointSlice ports are matched by (absent for a
+    /// Service's single unnamed port).
+    pub name: Option<String>,
+    /// `port`, on the ClusterIP.
+    pub port: u16,
+    /// `protocol`.
+    pub protocol: Protocol,
+    /// `nodePort`, on every node address, if any.
+    pub node_port: Option<u16>,
+}
+
+/// What Service resolution needs of an EndpointSlice
+/// (`discovery.k8s.io/v1`): its Service, ports and ready addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSlice {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// The `kubernetes.io/service-name` label: the Service it belongs to.
+    pub service: Option<String>,
+    /// `ports`, those with a number and a known protocol.
+    pub ports: Vec<ContainerPort>,
+    /// Addresses of the endpoints that are ready (a missing condition counts
+    /// as ready, as the API says); the others take no traffic.
+    pub ready: Vec<IpAddr>,
 }
 
 /// What enrichment needs of a Node.
@@ -230,6 +263,52 @@ impl From<&core::Service> for Service {
             // "None" (headless) does not parse and is dropped.
             cluster_ips: parse_ips(ips),
             selector: spec.and_then(|spec| spec.selector.clone()).unwrap_or_default(),
+            ports: spec
+                .and_then(|spec| spec.ports.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|port| {
+                    Some(ServicePort {
+                        name: port.name.clone().filter(|name| !name.is_empty()),
+                        port: u16::try_from(port.port).ok()?,
+                        protocol: Protocol::from_k8s(port.protocol.as_deref())?,
+                        node_port: port.node_port.and_then(|port| u16::try_from(port).ok()).filter(|port| *port != 0),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The label that names an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+impl From<&discovery::EndpointSlice> for EndpointSlice {
+    fn from(slice: &discovery::EndpointSlice) -> Self {
+        let meta = &slice.metadata;
+        let ready = slice
+            .endpoints
+            .iter()
+            .filter(|endpoint| endpoint.conditions.as_ref().and_then(|conditions| conditions.ready).unwrap_or(true))
+            .flat_map(|endpoint| endpoint.addresses.iter().map(String::as_str));
+        Self {
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+            name: meta.name.clone().unwrap_or_default(),
+            service: meta.labels.as_ref().and_then(|labels| labels.get(SERVICE_NAME_LABEL)).cloned(),
+            ports: slice
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|port| {
+                    Some(ContainerPort {
+                        name: port.name.clone().filter(|name| !name.is_empty()),
+                        port: u16::try_from(port.port?).ok()?,
+                        protocol: Protocol::from_k8s(port.protocol.as_deref())?,
+                    })
+                })
+                .collect(),
+            // FQDN slices hold names, not addresses: they do not parse and are dropped.
+            ready: parse_ips(ready),
         }
     }
 }
@@ -267,6 +346,44 @@ mod tests {
         assert_eq!(pod.owner.as_ref().map(|owner| owner.kind.as_str()), Some("ReplicaSet"));
         assert_eq!(pod.container_ports[0].name.as_deref(), Some("http"));
         assert_eq!(pod.container_ports[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn service_ports_and_ready_slice_addresses() {
+        let service: core::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "dns", "namespace": "kube-system"},
+            "spec": {"clusterIPs": ["198.19.0.10", "2001:db8:198:19::a"], "type": "NodePort", "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+                {"name": "dns-tcp", "port": 53}, {"name": "odd", "port": 70000}]}
+        }))
+        .expect("valid service");
+        let service = Service::from(&service);
+        assert_eq!(service.cluster_ips.len(), 2);
+        assert_eq!(
+            service.ports,
+            vec![
+                ServicePort { name: Some("dns".to_owned()), port: 53, protocol: Protocol::Udp, node_port: Some(30053) },
+                ServicePort { name: Some("dns-tcp".to_owned()), port: 53, protocol: Protocol::Tcp, node_port: None },
+            ]
+        );
+        let slice: discovery::EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "dns-x1", "namespace": "kube-system", "labels": {"kubernetes.io/service-name": "dns"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}],
+            "endpoints": [
+                {"addresses": ["198.18.0.53"], "conditions": {"ready": true}},
+                {"addresses": ["198.18.0.54"]},
+                {"addresses": ["198.18.0.55"], "conditions": {"ready": false}}]
+        }))
+        .expect("valid slice");
+        let slice = EndpointSlice::from(&slice);
+        assert_eq!(slice.service.as_deref(), Some("dns"));
+        assert_eq!(
+            slice.ports,
+            vec![ContainerPort { name: Some("dns".to_owned()), port: 5353, protocol: Protocol::Udp }]
+        );
+        let ready: Vec<IpAddr> = ["198.18.0.53", "198.18.0.54"].iter().map(|ip| ip.parse().expect("ip")).collect();
+        assert_eq!(slice.ready, ready, "the endpoint not ready is left out");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::{
     cgroup,
     endpoint::Endpoint,
     model::{Namespace, Node, Pod, Service},
+    services::{ServiceBackends, ServiceIndex},
 };
 use crate::{FastMap, node::AddressSet};
 
@@ -118,6 +119,7 @@ pub struct Snapshot {
     pub(crate) policies: Arc<BTreeMap<(String, String), Arc<NetworkPolicy>>>,
     pub(crate) services: Arc<BTreeMap<(String, String), Arc<Service>>>,
     pub(crate) services_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
+    pub(crate) service_index: Arc<ServiceIndex>,
     pub(crate) nodes: Arc<BTreeMap<String, Arc<Node>>>,
     pub(crate) nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
     pub(crate) host: Endpoint,
@@ -209,6 +211,16 @@ impl Snapshot {
             Some(node) => node.clone(),
             None => self.world.clone(),
         }
+    }
+
+    /// The Service port a flow to `ip`:`port` over `protocol` (IANA number)
+    /// reaches, by ClusterIP or by a node address and NodePort, with its
+    /// ready backends; `None` when it reaches no Service.
+    pub fn service_backends(&self, ip: IpAddr, port: u16, protocol: u8) -> Option<&Arc<ServiceBackends>> {
+        if !self.synced {
+            return None;
+        }
+        self.service_index.port(ip, port, protocol, self.nodes_by_ip.contains_key(&ip))
     }
 
     /// The pod that held `ip` at `at`. A pod seen with the IP shortly after `at`

@@ -24,11 +24,12 @@ use super::{
 };
 
 /// Every resource manifests can hold.
-pub(crate) const RESOURCES: [Resource; 8] = [
+pub(crate) const RESOURCES: [Resource; 9] = [
     Resource::Pods,
     Resource::Namespaces,
     Resource::NetworkPolicies,
     Resource::Services,
+    Resource::EndpointSlices,
     Resource::Nodes,
     Resource::ReplicaSets,
     Resource::Jobs,
@@ -73,6 +74,7 @@ pub(crate) fn load(paths: &[PathBuf], writer: &mut Writer) {
             }
             Object::NetworkPolicy(policy) => convert::network_policy(*policy),
             Object::Service(service) => convert::service(&service),
+            Object::EndpointSlice(slice) => convert::endpoint_slice(&slice),
             Object::Node(node) => convert::node(&node),
             Object::Workload(workload) => Item::Workload(workload),
             // Held for the judge, which compiles them (`Inventory::intents`).

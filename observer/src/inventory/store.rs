@@ -20,7 +20,8 @@ use super::{
     config::InventoryConfig,
     endpoint::Endpoint,
     manifests::Workload,
-    model::{Namespace, Node, Pod, Service},
+    model::{EndpointSlice, Namespace, Node, Pod, Service},
+    services::ServiceIndex,
     snapshot::{Holding, Holdings, PodRecord, Snapshot},
     workload::Workloads,
 };
@@ -46,6 +47,8 @@ pub enum Resource {
     Jobs,
     /// Other workload controllers, read from manifests only.
     Controllers,
+    /// EndpointSlices (the ready backends of Services).
+    EndpointSlices,
 }
 
 impl Resource {
@@ -66,6 +69,7 @@ impl Resource {
             Self::ReplicaSets => "replicasets",
             Self::Jobs => "jobs",
             Self::Controllers => "controllers",
+            Self::EndpointSlices => "endpointslices",
         }
     }
 
@@ -103,6 +107,8 @@ pub enum Item {
     Node(Node),
     /// A workload controller.
     Workload(Workload),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
 }
 
 impl Item {
@@ -115,6 +121,7 @@ impl Item {
             Self::Service(_) => Resource::Services,
             Self::Node(_) => Resource::Nodes,
             Self::Workload(workload) => Resource::of_workload_kind(&workload.kind),
+            Self::EndpointSlice(_) => Resource::EndpointSlices,
         }
     }
 }
@@ -175,6 +182,8 @@ pub struct Store {
     policies: Arc<BTreeMap<(String, String), Arc<NetworkPolicy>>>,
     services: Arc<BTreeMap<(String, String), Arc<Service>>>,
     services_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
+    slices: Arc<BTreeMap<(String, String), Arc<EndpointSlice>>>,
+    service_index: Arc<ServiceIndex>,
     nodes: Arc<BTreeMap<String, Arc<Node>>>,
     nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
     workloads: Workloads,
@@ -210,6 +219,8 @@ impl Store {
             policies: Arc::default(),
             services: Arc::default(),
             services_by_ip: Arc::default(),
+            slices: Arc::default(),
+            service_index: Arc::default(),
             nodes: Arc::default(),
             nodes_by_ip: Arc::default(),
             workloads: Workloads::default(),
@@ -247,6 +258,7 @@ impl Store {
             Resource::Services => self.services.len(),
             Resource::Nodes => self.nodes.len(),
             Resource::ReplicaSets | Resource::Jobs | Resource::Controllers => self.workloads.count_of(resource),
+            Resource::EndpointSlices => self.slices.len(),
         }
     }
 
@@ -314,6 +326,10 @@ impl Store {
                 Arc::make_mut(&mut self.services).clear();
                 self.services_dirty = true;
             }
+            Resource::EndpointSlices => {
+                Arc::make_mut(&mut self.slices).clear();
+                self.services_dirty = true;
+            }
             Resource::ReplicaSets | Resource::Jobs | Resource::Controllers => {
                 self.workloads.clear_of(resource);
                 self.workloads_relisted = true;
@@ -350,6 +366,11 @@ impl Store {
                 self.owners_changed.insert(workload_key(&workload));
                 self.workloads.insert(workload);
             }
+            Item::EndpointSlice(slice) => {
+                let key = (slice.namespace.clone(), slice.name.clone());
+                Arc::make_mut(&mut self.slices).insert(key, Arc::new(slice));
+                self.services_dirty = true;
+            }
         }
     }
 
@@ -374,6 +395,10 @@ impl Store {
             Item::Workload(workload) => {
                 self.owners_changed.insert(workload_key(&workload));
                 self.workloads.remove(&workload);
+            }
+            Item::EndpointSlice(slice) => {
+                Arc::make_mut(&mut self.slices).remove(&(slice.namespace, slice.name));
+                self.services_dirty = true;
             }
         }
     }
@@ -498,6 +523,7 @@ impl Store {
                     })
                     .collect(),
             );
+            self.service_index = Arc::new(ServiceIndex::build(&self.services, &self.slices, &self.services_by_ip));
             self.services_dirty = false;
         }
         if self.nodes_dirty {
@@ -528,6 +554,7 @@ impl Store {
             policies: Arc::clone(&self.policies),
             services: Arc::clone(&self.services),
             services_by_ip: Arc::clone(&self.services_by_ip),
+            service_index: Arc::clone(&self.service_index),
             nodes: Arc::clone(&self.nodes),
             nodes_by_ip: Arc::clone(&self.nodes_by_ip),
             host: self.host.clone(),
@@ -601,7 +628,8 @@ mod tests {
     }
 
     fn name(endpoint: &Endpoint) -> (EndpointKind, Option<&str>) {
-        let name = endpoint.pod.as_deref().or(endpoint.service.as_deref()).or(endpoint.node.as_deref());
+        let service = endpoint.service.as_ref().map(|service| service.name.as_str());
+        let name = endpoint.pod.as_deref().or(service).or(endpoint.node.as_deref());
         (endpoint.kind, name)
     }
 

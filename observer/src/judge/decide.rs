@@ -115,6 +115,9 @@ fn name_policies(policies: &[Arc<PolicyRef>]) -> String {
     policies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
+/// An end as NetworkPolicies see it. A Service end never gets here: policies
+/// apply at its backends, which [`Judge::flow`] judges instead
+/// (`judge/service.rs`), so a ClusterIP is never taken for an outside address.
 fn policy_endpoint<'a>(end: &FlowEnd<'a>) -> Endpoint<'a> {
     match (end.kind, end.pod) {
         (EndKind::Pod, Some(pod)) => Endpoint::Pod { pod, ip: Some(end.ip) },
@@ -270,7 +273,7 @@ impl Judge {
         })
     }
 
-    fn rate_violation(&mut self, input: &JudgeInput<'_>) -> Option<IntentViolation> {
+    pub(super) fn rate_violation(&mut self, input: &JudgeInput<'_>) -> Option<IntentViolation> {
         let pod = input.src.pod.filter(|_| input.new_flow && input.src.kind == EndKind::Pod)?;
         for limit in self.intents.rate_limits(pod) {
             let count = self.rates.count(limit.id, &pod.uid, input.first_seen);
@@ -288,8 +291,12 @@ impl Judge {
         None
     }
 
-    /// Judges one flow.
+    /// Judges one flow. A flow whose destination is still a Service (its
+    /// backend unknown) is judged at no backend: see [`Judge::flow_to_backends`].
     pub fn flow(&mut self, input: &JudgeInput<'_>) -> FlowVerdict {
+        if input.dst.kind == EndKind::Service {
+            return self.flow_to_backends(input, &[]);
+        }
         let policy = self.policy(input);
         let verdict = self.decide(input, policy.as_ref());
         self.count(verdict.verdict, verdict.intent.is_some());
@@ -297,13 +304,30 @@ impl Judge {
     }
 
     /// Judges one flow with `policy` as the policies' outcome (the one in
-    /// effect when it started, say), without counting the verdict.
+    /// effect when it started, say), without counting the verdict; the flow
+    /// counts against intent rate limits.
     pub(crate) fn decide(&mut self, input: &JudgeInput<'_>, policy: Option<&PolicyOutcome>) -> FlowVerdict {
-        let protocol = Protocol::from_number(input.protocol.0);
-        let (delivery, evidence) = delivery(input);
         // Every new connection counts against the rate, whatever else it breaks.
         let rate = self.rate_violation(input);
-        let intent = self.intents.check_egress(&input.src, &input.dst, protocol).or(rate);
+        self.decide_with(input, policy, rate)
+    }
+
+    /// The verdict of one flow under the current policies, given the rate
+    /// limit it breaks; counts nothing.
+    pub(super) fn decide_rated(&self, input: &JudgeInput<'_>, rate: Option<IntentViolation>) -> FlowVerdict {
+        let policy = self.policy(input);
+        self.decide_with(input, policy.as_ref(), rate)
+    }
+
+    fn decide_with(
+        &self,
+        input: &JudgeInput<'_>,
+        policy: Option<&PolicyOutcome>,
+        rate: Option<IntentViolation>,
+    ) -> FlowVerdict {
+        let protocol = Protocol::from_number(input.protocol.0);
+        let (delivery, evidence) = delivery(input);
+        let intent = self.intents.check_egress_asked(&input.src, &input.dst, input.asked.as_ref(), protocol).or(rate);
         let (verdict, mut reason, policies) = match policy {
             Some(PolicyOutcome { allowed: false, policies, reason }) => {
                 let policies = policies.clone();
@@ -347,6 +371,8 @@ impl Judge {
             dst_uid: input.dst.uid.map(str::to_owned),
             src_tier: tier(&input.src),
             dst_tier: tier(&input.dst),
+            ambiguous: false,
+            backends: Vec::new(),
             json: RenderedJson::default(),
         }
     }

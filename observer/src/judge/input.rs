@@ -35,12 +35,23 @@ pub struct JudgeInput<'a> {
     /// Whether this is the first time this flow is judged: new connections are
     /// counted against intent rate limits only then.
     pub new_flow: bool,
+    /// The destination the source asked for (a Service's ClusterIP, a
+    /// redirected address), when `dst` is the backend it was sent to
+    /// instead: intents match either.
+    pub asked: Option<FlowEnd<'a>>,
 }
 
 impl<'a> JudgeInput<'a> {
     /// The input for a flow record whose ends enrichment resolved; the ends'
-    /// addresses and ports should be the record's.
-    pub fn from_record(record: &FlowRecord, src: FlowEnd<'a>, dst: FlowEnd<'a>, new_flow: bool) -> Self {
+    /// addresses and ports should be the record's (`dst`'s its backend's,
+    /// when it has one).
+    pub fn from_record(record: &'a FlowRecord, src: FlowEnd<'a>, dst: FlowEnd<'a>, new_flow: bool) -> Self {
+        // What the socket saw, when enrichment put the backend at `dst`.
+        let asked = record
+            .dst
+            .backend
+            .as_ref()
+            .map(|backend| FlowEnd::from_endpoint(&backend.asked, None, record.dst.ip, record.dst.port));
         Self {
             src,
             dst,
@@ -51,6 +62,7 @@ impl<'a> JudgeInput<'a> {
             local: record.local,
             first_seen: record.first_seen,
             new_flow,
+            asked,
         }
     }
 }

@@ -14,9 +14,10 @@ mod delivery;
 mod input;
 mod open;
 mod rate;
+mod service;
 pub mod stage;
 mod verdict;
 
 pub use decide::{Judge, JudgeConfig, JudgeStats, Unprotected};
 pub use input::JudgeInput;
-pub use verdict::{Delivery, FlowVerdict, IntentCite, PolicyCite, VerdictKind};
+pub use verdict::{BackendVerdict, Delivery, FlowVerdict, IntentCite, PolicyCite, VerdictKind};

@@ -21,7 +21,7 @@
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{
         Arc,
@@ -463,8 +463,19 @@ impl JudgeStage {
         let (src, dst) = flow_ends(snapshot, record)?;
         let input = JudgeInput::from_record(record, src, dst, new_flow);
         let policy = self.judge.policy(&input).map(Arc::new);
-        let verdict = Arc::new(self.judge.decide(&input, policy.as_deref()));
-        self.judge.count(verdict.verdict, verdict.intent.is_some());
+        let verdict = Arc::new(match dst.kind {
+            // Its backend unknown: judged at each ready backend (and counted there).
+            EndKind::Service => {
+                let backends = service_backends(snapshot, record);
+                let ends = backend_ends(snapshot, &backends);
+                self.judge.flow_to_backends(&input, &ends)
+            }
+            _ => {
+                let verdict = self.judge.decide(&input, policy.as_deref());
+                self.judge.count(verdict.verdict, verdict.intent.is_some());
+                verdict
+            }
+        });
         let finding = Finding::from_flow(&verdict, &input).map(Arc::new);
         let (mut series, mut entry) = (None, None);
         if let Some(finding) = &finding {
@@ -539,16 +550,44 @@ fn finding_labels(finding: &Finding) -> FindingLabels {
 }
 
 /// Both ends of a record as the judge sees them, with their pods from
-/// `snapshot`; `None` unless enrichment resolved both.
+/// `snapshot`; `None` unless enrichment resolved both. A destination that
+/// enrichment resolved to a Service's backend is that backend, at its own
+/// address and port.
 fn flow_ends<'a>(snapshot: &'a Snapshot, record: &'a FlowRecord) -> Option<(FlowEnd<'a>, FlowEnd<'a>)> {
     let (Some(src_end), Some(dst_end)) = (&record.src.endpoint, &record.dst.endpoint) else { return None };
     let src_pod = src_end.uid.as_deref().and_then(|uid| snapshot.pod(uid));
     let dst_pod = dst_end.uid.as_deref().and_then(|uid| snapshot.pod(uid));
     let src = FlowEnd::from_endpoint(src_end, src_pod, record.src.ip, record.src.port);
+    let (dst_ip, dst_port) = match &record.dst.backend {
+        Some(backend) => (backend.ip, Some(backend.port)),
+        None => (record.dst.ip, record.dst.port),
+    };
     // The names the source pod resolved for the destination, for `fqdn` peers.
-    let dst =
-        FlowEnd::from_endpoint(dst_end, dst_pod, record.dst.ip, record.dst.port).with_dns(record.dst.dns.as_ref());
+    let dst = FlowEnd::from_endpoint(dst_end, dst_pod, dst_ip, dst_port).with_dns(record.dst.dns.as_ref());
     Some((src, dst))
+}
+
+/// The ready backends of the Service a record's destination is, with the
+/// endpoint each resolves to at the flow's start.
+fn service_backends(snapshot: &Snapshot, record: &FlowRecord) -> Vec<(Endpoint, SocketAddr)> {
+    let Some(port) = record.dst.port else { return Vec::new() };
+    let Some(service) = snapshot.service_backends(record.dst.ip, port, record.protocol.0) else { return Vec::new() };
+    service
+        .backends
+        .iter()
+        .map(|backend| (snapshot.resolve_remote(backend.ip(), record.first_seen), *backend))
+        .collect()
+}
+
+/// The backends as ends to judge, with their pods from `snapshot`.
+fn backend_ends<'a>(snapshot: &'a Snapshot, backends: &'a [(Endpoint, SocketAddr)]) -> Vec<FlowEnd<'a>> {
+    backends
+        .iter()
+        .map(|(endpoint, at)| {
+            let pod = endpoint.uid.as_deref().and_then(|uid| snapshot.pod(uid));
+            FlowEnd::from_endpoint(endpoint, pod, at.ip(), Some(at.port()))
+        })
+        .collect()
 }
 
 /// Pairs of ends whose verdicts are kept at most; past it they are forgotten
@@ -568,6 +607,8 @@ struct PairKey {
     dst_ip: IpAddr,
     dst_port: Option<u16>,
     protocol: u8,
+    /// Where a Service flow went, when enrichment knows.
+    backend: Option<SocketAddr>,
 }
 
 impl PairKey {
@@ -583,6 +624,7 @@ impl PairKey {
             dst_ip: record.dst.ip,
             dst_port: record.dst.port,
             protocol: record.protocol.0,
+            backend: record.dst.backend.as_ref().map(|backend| SocketAddr::new(backend.ip, backend.port)),
         })
     }
 }
@@ -752,7 +794,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             let at = SystemTime::now();
             let peer = |ip: &str, port: u16| {
                 let ip: IpAddr = ip.parse().expect("ip");
-                Peer { ip, port: Some(port), endpoint: Some(snapshot.resolve_remote(ip, at)), dns: None }
+                Peer { ip, port: Some(port), endpoint: Some(snapshot.resolve_remote(ip, at)), dns: None, backend: None }
             };
             let mut record = FlowRecord {
                 time: at,

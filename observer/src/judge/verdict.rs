@@ -113,6 +113,24 @@ impl Serialize for IntentCite {
     }
 }
 
+/// What one possible backend of a Service flow would be judged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackendVerdict {
+    /// The backend pod's namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The backend pod's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Its address and port, for a backend that is no pod the inventory holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::IpAddr>,
+    /// The verdict the flow would get had it reached this backend.
+    pub verdict: VerdictKind,
+    /// The policies that decided it.
+    pub policies: Vec<PolicyCite>,
+}
+
 /// The verdict of one flow, with its evidence.
 // In declaration order: `verdict`, read for every record that carries it
 // (the meter), then shares a cache line with the `Arc`'s counts.
@@ -143,6 +161,14 @@ pub struct FlowVerdict {
     /// The destination pod's AI tier.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_tier: Option<Tier>,
+    /// A flow to a Service whose backend is not known, and whose possible
+    /// backends are not all judged alike (or none is known): `verdict` is the
+    /// mildest of theirs, never a guessed `enforcement-gap`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ambiguous: bool,
+    /// Each possible backend's verdict, when `ambiguous`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendVerdict>,
     /// This verdict's JSON, for the flow log's lines that carry it.
     #[serde(skip)]
     pub json: RenderedJson,

@@ -324,7 +324,11 @@ pub fn end_labels(endpoint: &Endpoint, allowlist: &LabelAllowlist) -> EndLabels 
             let tier = endpoint.labels.get(TIER_LABEL).map_or("", String::as_str);
             EndLabels::new(kind, namespace, name).tier(tier).extra(allowlist.pick(&endpoint.labels))
         }
-        EndpointKind::Service => EndLabels::new("Service", namespace, endpoint.service.as_deref().unwrap_or("unknown")),
+        EndpointKind::Service => EndLabels::new(
+            "Service",
+            namespace,
+            endpoint.service.as_ref().map_or("unknown", |service| service.name.as_str()),
+        ),
         EndpointKind::Node => EndLabels::new("Node", "", endpoint.node.as_deref().unwrap_or("unknown")),
         EndpointKind::World => EndLabels::world(),
         EndpointKind::Host => EndLabels::host(),
@@ -460,8 +464,20 @@ mod tests {
             node: Arc::from("node-1"),
             protocol: Protocol(observer_common::PROTO_TCP),
             family: Family::Ipv4,
-            src: Peer { ip: "198.18.0.10".parse().expect("ip"), port: Some(40000), endpoint: None, dns: None },
-            dst: Peer { ip: "198.18.0.11".parse().expect("ip"), port: Some(8080), endpoint: None, dns: None },
+            src: Peer {
+                ip: "198.18.0.10".parse().expect("ip"),
+                port: Some(40000),
+                endpoint: None,
+                backend: None,
+                dns: None,
+            },
+            dst: Peer {
+                ip: "198.18.0.11".parse().expect("ip"),
+                port: Some(8080),
+                endpoint: None,
+                backend: None,
+                dns: None,
+            },
             local: LocalEnd::Src,
             icmp: None,
             cgroup: Cgroup { id: 7, path: Some(Arc::from("/kubepods/besteffort/podabc/123")) },

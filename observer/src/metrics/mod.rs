@@ -20,6 +20,7 @@ pub mod edge_cells;
 pub mod edge_exposition;
 pub mod flows;
 pub mod labels;
+pub mod services;
 
 use std::{
     sync::{
@@ -133,6 +134,7 @@ struct Inner {
     policies_loaded: Gauge,
     intents_loaded: Gauge,
     capture: Arc<OnceLock<Arc<CaptureHealth>>>,
+    services: services::ServiceCounters,
 }
 
 impl Metrics {
@@ -157,6 +159,7 @@ impl Metrics {
             policies_loaded: Gauge::default(),
             intents_loaded: Gauge::default(),
             capture: Arc::new(OnceLock::new()),
+            services: services::ServiceCounters::register(&mut registry),
             registry: Registry::default(),
             config,
         };
@@ -192,6 +195,11 @@ impl Metrics {
     /// `/healthz` watches its polling.
     pub fn attach_capture(&self, health: Arc<CaptureHealth>) {
         let _ = self.inner.capture.set(health);
+    }
+
+    /// The counters of Service flows resolved to their backends.
+    pub fn service_counters(&self) -> services::ServiceCounters {
+        self.inner.services.clone()
     }
 
     /// Capture's counters, once attached.
@@ -671,10 +679,11 @@ mod tests {
         }
         assert_eq!(edge_series, 8200 * 6);
         // Per node: build info, 17 capture series, 7 bounded families × 3
-        // accounting series (series, overflow, removed), 2 loaded gauges.
-        assert_eq!(other_series, NODES * 41);
+        // accounting series (series, overflow, removed), 2 loaded gauges,
+        // 3 conntrack lookup results and 3 Service backend sources.
+        assert_eq!(other_series, NODES * 47);
         // Node 0 also runs coredns: its 50 workloads' 150 calls out, 150 in,
         // 50 DNS and 50 internet edges, plus 1,000 DNS edges in.
-        assert_eq!(busiest, 41 + (150 + 150 + 50 + 50 + 1000) * 6);
+        assert_eq!(busiest, 47 + (150 + 150 + 50 + 50 + 1000) * 6);
     }
 }

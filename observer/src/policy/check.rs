@@ -159,7 +159,11 @@ impl Cluster {
                     policies.push((**policy).clone());
                     policy_origins.push(&object.origin);
                 }
-                Object::Service(_) | Object::Node(_) | Object::Workload(_) | Object::FlowIntent(_) => {}
+                Object::Service(_)
+                | Object::EndpointSlice(_)
+                | Object::Node(_)
+                | Object::Workload(_)
+                | Object::FlowIntent(_) => {}
             }
         }
         let (engine, errors) = PolicyEngine::compile(&policies, &namespaces);

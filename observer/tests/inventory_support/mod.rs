@@ -42,7 +42,12 @@ pub const POLICIES: Kind = Kind {
 };
 pub const REPLICASETS: Kind = Kind { path: "/apis/apps/v1/replicasets", kind: "ReplicaSet", api_version: "apps/v1" };
 pub const JOBS: Kind = Kind { path: "/apis/batch/v1/jobs", kind: "Job", api_version: "batch/v1" };
-const KINDS: [Kind; 7] = [PODS, NAMESPACES, SERVICES, NODES, POLICIES, REPLICASETS, JOBS];
+pub const ENDPOINTSLICES: Kind = Kind {
+    path: "/apis/discovery.k8s.io/v1/endpointslices",
+    kind: "EndpointSlice",
+    api_version: "discovery.k8s.io/v1",
+};
+const KINDS: [Kind; 8] = [PODS, NAMESPACES, SERVICES, NODES, POLICIES, REPLICASETS, JOBS, ENDPOINTSLICES];
 
 /// One request the server got.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -390,6 +395,32 @@ pub fn namespace(name: &str) -> Value {
 pub fn service(namespace: &str, name: &str, cluster_ip: &str) -> Value {
     json!({"metadata": {"name": name, "namespace": namespace, "uid": format!("uid-svc-{name}")},
         "spec": {"clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "selector": {"app": name}}})
+}
+
+/// A ClusterIP service with one named TCP port.
+pub fn service_port(namespace: &str, name: &str, cluster_ip: &str, port_name: &str, port: u16) -> Value {
+    let mut object = service(namespace, name, cluster_ip);
+    object["spec"]["ports"] = json!([{"name": port_name, "port": port, "protocol": "TCP"}]);
+    object
+}
+
+/// An EndpointSlice `name` of Service `namespace/service`: port `port_name`
+/// at `port`, one endpoint per address, ready or not.
+pub fn endpoint_slice(
+    namespace: &str,
+    service: &str,
+    name: &str,
+    (port_name, port): (&str, u16),
+    endpoints: &[(&str, bool)],
+) -> Value {
+    let endpoints: Vec<Value> =
+        endpoints.iter().map(|(ip, ready)| json!({"addresses": [ip], "conditions": {"ready": ready}})).collect();
+    json!({"metadata": {"name": name, "namespace": namespace, "uid": format!("uid-eps-{name}"),
+            "labels": {"kubernetes.io/service-name": service},
+            "managedFields": [{"manager": "kube-controller-manager", "operation": "Update"}]},
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints})
 }
 
 /// A node with one InternalIP.

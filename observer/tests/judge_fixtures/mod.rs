@@ -127,6 +127,7 @@ pub fn flow<'a>(src: FlowEnd<'a>, dst: FlowEnd<'a>) -> FlowBuilder<'a> {
         local: LocalEnd::Src,
         first_seen: time(0),
         new_flow: true,
+        asked: None,
     })
 }
 
@@ -148,6 +149,13 @@ impl<'a> FlowBuilder<'a> {
 
     pub fn at_receiver(mut self) -> Self {
         self.0.local = LocalEnd::Dst;
+        self
+    }
+
+    /// The source asked for `asked` (a Service, a redirected address) and
+    /// was sent to the builder's `dst`.
+    pub fn asked(mut self, asked: FlowEnd<'a>) -> Self {
+        self.0.asked = Some(asked);
         self
     }
 
