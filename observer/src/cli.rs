@@ -38,6 +38,9 @@ pub enum Command {
     Policy(crate::policy::check::PolicyArgs),
     /// Print the seccomp profile the observer's container needs, or install it for the kubelet.
     SeccompProfile(crate::seccomp_profile::SeccompArgs),
+    /// Write the evidence record of each NetworkPolicy and AI-tier workload
+    /// from recorded flow logs.
+    Report(crate::governance::report::ReportArgs),
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
@@ -59,6 +62,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(*args),
         Command::Policy(args) => crate::policy::check::run(args),
         Command::SeccompProfile(args) => Ok(crate::seccomp_profile::run(&args)?),
+        Command::Report(args) => crate::governance::report::run(&args),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod enrich;
 pub mod export;
 pub mod findings;
 pub mod flow;
+pub mod governance;
 pub mod intent;
 pub mod inventory;
 pub mod judge;

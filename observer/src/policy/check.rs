@@ -38,6 +38,11 @@ pub struct PolicyArgs {
 pub enum PolicyCommand {
     /// Judge flows against the NetworkPolicies in manifest files.
     Check(CheckArgs),
+    /// Replay recorded flow logs against a proposed policy change: what
+    /// would break, what would be newly allowed.
+    Simulate(crate::governance::simulate::SimulateArgs),
+    /// Least-privilege NetworkPolicies from recorded flow logs, verified by replay.
+    Advise(crate::governance::advise::AdviseArgs),
 }
 
 /// How to print a single verdict.
@@ -403,6 +408,13 @@ fn explain(
 pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
     match args.command {
         PolicyCommand::Check(args) => check(args),
+        PolicyCommand::Advise(args) => crate::governance::advise::run(&args),
+        PolicyCommand::Simulate(args) => {
+            if !crate::governance::simulate::run(&args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,174 @@
+//! Offline governance throughput: records per second per core for `observer
+//! policy simulate` and `observer report` on a generated flow log, and the
+//! memory they hold, which grows with edges, not records.
+//!
+//! In: a generated cluster (10,000 pods, 1,000 NetworkPolicies, as the other
+//! benches) and a flow log over its pods: each flow between two pods is one
+//! `end` record from each end's node (so every flow is also deduplicated),
+//! over a fixed set of edges (each pod talking to 4 peers). Out: one
+//! `governance-result {json}` line per run size: records, edges, CPU
+//! seconds (this process, one thread), records/s per core for each command,
+//! and the peak live heap, for a log and for one four times longer with the
+//! same edges.
+//!
+//! Run: `AYA_BUILD_SKIP=1 cargo bench -p observer --bench governance`
+//! (`GOVERNANCE_BENCH_RECORDS`, default 2,000,000, sets the larger log).
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
+
+use observer::governance::{
+    report::{ReportArgs, ReportFormat, report},
+    simulate::{Format, SimulateArgs, simulate},
+};
+use observer_tests::manifests::{ClusterSize, cluster, cluster_pod_ip, cluster_uid};
+use serde_json::json;
+
+/// Counts live and peak heap bytes.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+        PEAK.fetch_max(live, Ordering::Relaxed);
+        // SAFETY: same layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: same pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const PEERS: usize = 4;
+
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// One end of a record as the daemon writes it.
+fn end(size: &ClusterSize, index: usize, port: u16) -> serde_json::Value {
+    let app = format!("app-{}", index % size.replicasets);
+    json!({"ip": cluster_pod_ip(index).to_string(), "port": port, "kind": "pod",
+        "namespace": format!("ns-{}", index % size.namespaces), "pod": format!("{app}-7d9f8c6b5-{index:05}"),
+        "uid": cluster_uid(1, index), "node": format!("node-{}", index % size.nodes),
+        "workload": {"kind": "Deployment", "name": app},
+        "labels": {"app": app, "app.kubernetes.io/component": "server", "app.kubernetes.io/name": app}})
+}
+
+fn write_log(path: &Path, size: &ClusterSize, records: usize) -> usize {
+    let mut out = BufWriter::new(std::fs::File::create(path).expect("log"));
+    let edges = size.pods * PEERS;
+    for flow in 0..records / 2 {
+        let edge = flow % edges;
+        let (src, dst) = (edge / PEERS, (edge / PEERS + 1 + (edge % PEERS) * 997) % size.pods);
+        let sport = 10_000 + (flow / edges % 50_000) as u16;
+        let ms = 1_700_000_000_000_u64 + flow as u64;
+        let at = observer::flow::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+        for (local, node) in [("src", src), ("dst", dst)] {
+            let record = json!({"time": at, "event": "end", "node": format!("node-{}", node % size.nodes),
+                "protocol": "tcp", "family": "ipv4", "src": end(size, src, sport), "dst": end(size, dst, 8080),
+                "local": local, "cgroup": {"id": 4242, "path": "/kubepods/x"}, "state": "closed",
+                "to_dst": {"packets": 6, "bytes": 420}, "to_src": {"packets": 5, "bytes": 1337},
+                "tcp_flags": {"to_dst": ["SYN", "ACK", "FIN"], "to_src": ["SYN", "ACK", "FIN"]},
+                "first_seen": at, "last_seen": at, "duration_ms": 3,
+                "verdict": {"verdict": "allowed", "reason": "allowed: egress allowed by ns-1/allow-1", "delivery": "delivered",
+                    "policies": [{"namespace": "ns-1", "name": "allow-1", "resourceVersion": "7"}]}});
+            serde_json::to_writer(&mut out, &record).expect("record");
+            out.write_all(b"\n").expect("newline");
+        }
+    }
+    out.flush().expect("flush");
+    edges
+}
+
+fn main() {
+    let size = ClusterSize::BENCH;
+    let dir = std::env::temp_dir().join(format!("governance-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let manifests = dir.join("cluster.json");
+    std::fs::write(&manifests, serde_json::to_vec(&cluster(&size)).expect("cluster")).expect("manifests");
+    let proposed = dir.join("proposed.json");
+    std::fs::write(
+        &proposed,
+        serde_json::to_vec(&json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "allow-1", "namespace": "ns-1"},
+            "spec": {"podSelector": {"matchLabels": {"app": "app-1"}}, "policyTypes": ["Ingress"]}}))
+        .expect("json"),
+    )
+    .expect("proposed");
+    let large: usize =
+        std::env::var("GOVERNANCE_BENCH_RECORDS").ok().and_then(|text| text.parse().ok()).unwrap_or(2_000_000);
+    for records in [large / 4, large] {
+        let log = dir.join(format!("flows-{records}.jsonl"));
+        let edges = write_log(&log, &size, records).min(records / 2);
+        let bytes = std::fs::metadata(&log).map(|meta| meta.len()).unwrap_or(0);
+        let flows: Vec<PathBuf> = vec![log.clone()];
+        let base = LIVE.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        let (cpu, wall) = (cpu_seconds(), Instant::now());
+        let simulation = simulate(&SimulateArgs {
+            manifests: vec![manifests.clone()],
+            proposed: vec![proposed.clone()],
+            remove: Vec::new(),
+            flows: flows.clone(),
+            output: Format::Json,
+            fail_on_break: false,
+            config: None,
+        })
+        .expect("simulate");
+        let (simulate_cpu, simulate_wall) = (cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
+        let simulate_peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+        assert_eq!(simulation.input.records, records as u64);
+        assert_eq!(simulation.flows, (records / 2) as u64, "each flow once, from both ends");
+        assert_eq!(simulation.edges, edges as u64);
+        drop(simulation);
+        let base = LIVE.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        let (cpu, wall) = (cpu_seconds(), Instant::now());
+        let made = report(&ReportArgs {
+            manifests: vec![manifests.clone()],
+            flows,
+            findings: Vec::new(),
+            format: ReportFormat::Json,
+            output: None,
+            config: None,
+        })
+        .expect("report");
+        let (report_cpu, report_wall) = (cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
+        let report_peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+        assert_eq!(made.coverage.flows, (records / 2) as u64);
+        drop(made);
+        let result = json!({
+            "records": records, "log_bytes": bytes, "pods": size.pods, "edges": edges,
+            "simulate": {"cpu_s": simulate_cpu, "wall_s": simulate_wall, "records_per_s_per_core": records as f64 / simulate_cpu,
+                         "peak_heap_bytes": simulate_peak},
+            "report": {"cpu_s": report_cpu, "wall_s": report_wall, "records_per_s_per_core": records as f64 / report_cpu,
+                       "peak_heap_bytes": report_peak},
+        });
+        println!("governance-result {result}");
+        std::fs::remove_file(&log).expect("remove log");
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}

@@ -1,0 +1,533 @@
+//! Recorded flows folded into edges, for the offline commands.
+//!
+//! In: [`FlowLine`]s from any number of nodes' flow logs, in each node's
+//! order. Out: [`Edges`]: per distinct (source, destination, port,
+//! protocol) the flows counted once (a flow seen from both ends, or in
+//! several records, is one flow), first/last seen, the strongest delivery
+//! evidence and the names DNS gave the destination; per pod the identity
+//! and labels its records carried. Memory grows with edges, pods and flows
+//! open at once, never with records.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    hash::BuildHasher,
+    net::IpAddr,
+    sync::Arc,
+};
+
+use super::reader::{FlowLine, LineService, LineTraffic, ReadReport, parse_time_ms};
+use crate::{
+    FastMap,
+    flow::{FlowState, LocalEnd, Traffic},
+    inventory::EndpointKind,
+};
+
+/// Most DNS names kept per edge.
+const MAX_NAMES: usize = 8;
+
+/// Most flows kept open at once (started, not yet ended); past it a flow's
+/// later records may count it again, which the summary says.
+const MAX_OPEN: usize = 4 << 20;
+
+/// A pod as its records named it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSeen {
+    /// Its uid.
+    pub uid: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its workload (`kind`, `name`).
+    pub workload: Option<(String, String)>,
+    /// The labels the records carried (only the keys the daemon copies).
+    pub labels: BTreeMap<String, String>,
+    /// The node it ran on.
+    pub node: Option<String>,
+    /// An address it had.
+    pub ip: IpAddr,
+}
+
+/// One end of an edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EndKey {
+    /// A pod, by its index in [`Edges::pods`].
+    Pod(u32),
+    /// Anything else, by its address (what it is, in [`EdgeStats::kinds`]:
+    /// the two ends' nodes may call it differently).
+    Address(IpAddr),
+}
+
+/// [`EndpointKind`] with an order, for keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EndpointKindKey {
+    /// A pod the records did not identify.
+    Pod,
+    /// A Service by ClusterIP.
+    Service,
+    /// A node.
+    Node,
+    /// Outside the cluster.
+    World,
+    /// The observing node itself.
+    Host,
+    /// Not resolved.
+    Unknown,
+}
+
+impl EndpointKindKey {
+    fn of(kind: Option<&str>) -> Self {
+        match kind {
+            Some("pod") => Self::Pod,
+            Some("service") => Self::Service,
+            Some("node") => Self::Node,
+            Some("world") => Self::World,
+            Some("host") => Self::Host,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// As the inventory names it.
+    pub fn kind(self) -> EndpointKind {
+        match self {
+            Self::Pod => EndpointKind::Pod,
+            Self::Service => EndpointKind::Service,
+            Self::Node => EndpointKind::Node,
+            Self::World => EndpointKind::World,
+            Self::Host => EndpointKind::Host,
+            Self::Unknown => EndpointKind::Unknown,
+        }
+    }
+
+    /// The name records use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Service => "service",
+            Self::Node => "node",
+            Self::World => "world",
+            Self::Host => "host",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// What makes an edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EdgeKey {
+    /// The initiator.
+    pub src: EndKey,
+    /// The responder.
+    pub dst: EndKey,
+    /// The destination port (none for ICMP).
+    pub port: Option<u16>,
+    /// IANA protocol number.
+    pub protocol: u8,
+}
+
+/// The evidence an edge is judged with: that of its most delivered record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EdgeEvidence {
+    /// The end that observed it.
+    pub local: LocalEnd,
+    /// Its state.
+    pub state: FlowState,
+    /// Traffic each way.
+    pub to_dst: Traffic,
+    /// Traffic back.
+    pub to_src: Traffic,
+    rank: u8,
+}
+
+impl EdgeEvidence {
+    fn of(local: LocalEnd, state: FlowState, to_dst: LineTraffic, to_src: LineTraffic) -> Self {
+        // Seen at the receiving socket, then answered, then anything.
+        let rank = match (local, state) {
+            (LocalEnd::Dst, _) => 3,
+            (_, FlowState::Established | FlowState::Closed) => 2,
+            _ if to_src.packets > 0 => 2,
+            _ => 1,
+        };
+        let traffic = |t: LineTraffic| Traffic { packets: t.packets, bytes: t.bytes };
+        Self { local, state, to_dst: traffic(to_dst), to_src: traffic(to_src), rank }
+    }
+}
+
+/// A policy a record's verdict cited, with the version it cited.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CitedPolicy {
+    /// `namespace/name`.
+    pub policy: String,
+    /// Its resourceVersion then.
+    pub resource_version: Option<String>,
+}
+
+/// What is known of one edge.
+#[derive(Clone, Debug)]
+pub struct EdgeStats {
+    /// Flows counted from the source's node.
+    pub flows_src: u64,
+    /// Flows counted from the destination's node.
+    pub flows_dst: u64,
+    /// Records.
+    pub records: u64,
+    /// First packet of its first flow (ms since the epoch).
+    pub first_ms: u64,
+    /// Latest packet (ms since the epoch).
+    pub last_ms: u64,
+    /// What it is judged with.
+    pub evidence: EdgeEvidence,
+    /// The node of the record that gave the evidence.
+    pub node: u16,
+    /// Names the source resolved for the destination.
+    pub names: Vec<Arc<str>>,
+    /// Whether the source resolved the destination's address at all.
+    pub resolved: bool,
+    /// The Service the destination was reached through.
+    pub service: Option<(Arc<str>, Arc<str>)>,
+    /// What the source and destination are, as the initiator's node saw
+    /// them when it recorded the edge (else as the responder's did).
+    pub kinds: (EndpointKindKey, EndpointKindKey),
+    kinds_from_src: bool,
+    /// Verdicts the records carried, with how many records each.
+    pub recorded: BTreeMap<Arc<str>, u64>,
+    /// Policies the records' verdicts cited.
+    pub cited: BTreeSet<CitedPolicy>,
+}
+
+impl EdgeStats {
+    /// Flows, each counted once: the larger of the counts from each end (an
+    /// end's node may have lost records, or not run an observer).
+    pub fn flows(&self) -> u64 {
+        self.flows_src.max(self.flows_dst)
+    }
+}
+
+/// Every edge of the input.
+#[derive(Debug, Default)]
+pub struct Edges {
+    /// Pods, by [`EndKey::Pod`] index.
+    pub pods: Vec<PodSeen>,
+    pod_ids: FastMap<String, u32>,
+    /// Edges.
+    pub edges: FastMap<EdgeKey, EdgeStats>,
+    /// Nodes that wrote records, by index.
+    pub nodes: Vec<String>,
+    node_ids: FastMap<String, u16>,
+    names: FastMap<Arc<str>, ()>,
+    open: FastMap<u64, ()>,
+    /// Flows whose later records may have been counted again because too
+    /// many were open at once.
+    pub open_overflow: u64,
+    /// First and last time in the records (ms).
+    pub span: Option<(u64, u64)>,
+    /// Records per node.
+    pub records_by_node: BTreeMap<String, u64>,
+}
+
+impl Edges {
+    /// Folds one record in; a record it cannot use is a problem in `report`.
+    pub fn add(&mut self, line: &FlowLine<'_>, file: &str, number: u64, report: &mut ReadReport) {
+        use super::reader::ProblemKind::Unusable;
+        let (Some(state), Some(protocol)) = (line.flow_state(), line.protocol_number()) else {
+            report.problem(
+                Unusable,
+                file,
+                number,
+                format!("unknown state {:?} or protocol {:?}", line.state, line.protocol),
+            );
+            return;
+        };
+        let (Some(first_ms), Some(last_ms)) = (parse_time_ms(&line.first_seen), parse_time_ms(&line.last_seen)) else {
+            report.problem(Unusable, file, number, format!("first_seen/last_seen not RFC 3339: {:?}", line.first_seen));
+            return;
+        };
+        let node = self.node(&line.node);
+        let (src, src_kind) = self.end(&line.src);
+        let (dst, dst_kind) = self.end(&line.dst);
+        let key = EdgeKey { src, dst, port: line.dst.port, protocol };
+        let local = line.local_end();
+        let evidence = EdgeEvidence::of(local, state, line.to_dst, line.to_src);
+        let new_flow = self.count_flow(line, local, first_ms);
+        let stats = self.edges.entry(key).or_insert_with(|| EdgeStats {
+            flows_src: 0,
+            flows_dst: 0,
+            records: 0,
+            first_ms,
+            last_ms,
+            evidence,
+            node,
+            names: Vec::new(),
+            resolved: false,
+            service: None,
+            kinds: (src_kind, dst_kind),
+            kinds_from_src: local == LocalEnd::Src,
+            recorded: BTreeMap::new(),
+            cited: BTreeSet::new(),
+        });
+        stats.records += 1;
+        if local == LocalEnd::Src && !stats.kinds_from_src {
+            stats.kinds = (src_kind, dst_kind);
+            stats.kinds_from_src = true;
+        }
+        if new_flow {
+            match local {
+                LocalEnd::Src => stats.flows_src += 1,
+                LocalEnd::Dst => stats.flows_dst += 1,
+            }
+        }
+        stats.first_ms = stats.first_ms.min(first_ms);
+        stats.last_ms = stats.last_ms.max(last_ms);
+        if evidence.rank > stats.evidence.rank {
+            stats.evidence = evidence;
+            stats.node = node;
+        }
+        if let Some(dns) = &line.dst.dns {
+            stats.resolved |= !dns.names.is_empty();
+            for name in &dns.names {
+                if stats.names.len() < MAX_NAMES && !stats.names.iter().any(|known| **known == **name) {
+                    let name = intern(&mut self.names, name);
+                    stats.names.push(name);
+                    stats.names.sort();
+                }
+            }
+        }
+        if stats.service.is_none()
+            && let Some(service) = &line.dst.service
+        {
+            let (namespace, name) = match service {
+                LineService::Object { namespace, name } => (namespace.as_ref(), name.as_ref()),
+                LineService::Name(name) => (line.dst.namespace.as_deref().unwrap_or_default(), name.as_ref()),
+            };
+            stats.service = Some((intern(&mut self.names, namespace), intern(&mut self.names, name)));
+        }
+        if let Some(verdict) = &line.verdict {
+            let kind = intern(&mut self.names, &verdict.verdict);
+            *stats.recorded.entry(kind).or_default() += 1;
+            for policy in &verdict.policies {
+                if stats.cited.len() < 16 {
+                    stats.cited.insert(CitedPolicy {
+                        policy: format!("{}/{}", policy.namespace, policy.name),
+                        resource_version: policy.resource_version.as_deref().map(str::to_owned),
+                    });
+                }
+            }
+        }
+        let span = self.span.get_or_insert((first_ms, last_ms));
+        span.0 = span.0.min(first_ms);
+        span.1 = span.1.max(last_ms);
+        *self.records_by_node.entry(line.node.to_string()).or_default() += 1;
+    }
+
+    /// Whether this record is the first its node wrote of its flow: a
+    /// `start`, or the first `update` or `end` of a flow whose start is not
+    /// in the input.
+    fn count_flow(&mut self, line: &FlowLine<'_>, local: LocalEnd, first_ms: u64) -> bool {
+        let id = foldhash::fast::FixedState::with_seed(0x5eed).hash_one((
+            &*line.node,
+            local == LocalEnd::Src,
+            line.src.ip,
+            line.src.port,
+            line.dst.ip,
+            line.dst.port,
+            &*line.protocol,
+            first_ms,
+        ));
+        match &*line.event {
+            "end" => self.open.remove(&id).is_none(),
+            _ => {
+                if self.open.len() >= MAX_OPEN {
+                    self.open_overflow += 1;
+                    return !matches!(&*line.event, "update");
+                }
+                self.open.insert(id, ()).is_none()
+            }
+        }
+    }
+
+    fn node(&mut self, name: &str) -> u16 {
+        if let Some(id) = self.node_ids.get(name) {
+            return *id;
+        }
+        let id = u16::try_from(self.nodes.len()).unwrap_or(u16::MAX);
+        self.nodes.push(name.to_owned());
+        self.node_ids.insert(name.to_owned(), id);
+        id
+    }
+
+    fn end(&mut self, peer: &super::reader::LinePeer<'_>) -> (EndKey, EndpointKindKey) {
+        let kind = EndpointKindKey::of(peer.kind.as_deref());
+        let (Some(uid), Some(namespace), Some(name)) = (&peer.uid, &peer.namespace, &peer.pod) else {
+            return (EndKey::Address(peer.ip), kind);
+        };
+        if kind != EndpointKindKey::Pod {
+            return (EndKey::Address(peer.ip), kind);
+        }
+        if let Some(id) = self.pod_ids.get(uid.as_ref()) {
+            return (EndKey::Pod(*id), kind);
+        }
+        let id = u32::try_from(self.pods.len()).unwrap_or(u32::MAX);
+        self.pods.push(PodSeen {
+            uid: uid.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            workload: peer.workload.as_ref().map(|w| (w.kind.to_string(), w.name.to_string())),
+            labels: peer.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            node: peer.node.as_deref().map(str::to_owned),
+            ip: peer.ip,
+        });
+        self.pod_ids.insert(uid.to_string(), id);
+        (EndKey::Pod(id), kind)
+    }
+
+    /// The pod behind an index.
+    pub fn pod(&self, id: u32) -> Option<&PodSeen> {
+        self.pods.get(id as usize)
+    }
+
+    /// Flows in every edge.
+    pub fn flows(&self) -> u64 {
+        self.edges.values().map(EdgeStats::flows).sum()
+    }
+
+    /// Edges sorted by key, for deterministic output.
+    pub fn sorted(&self) -> Vec<(&EdgeKey, &EdgeStats)> {
+        let mut edges: Vec<_> = self.edges.iter().collect();
+        edges.sort_by_cached_key(|(key, _)| self.order(key));
+        edges
+    }
+
+    /// A key sorting edges by names, not by the order pods were first seen.
+    fn order(&self, key: &EdgeKey) -> (String, String, Option<u16>, u8) {
+        let end = |end: &EndKey| match end {
+            EndKey::Pod(id) => self.pod(*id).map(|pod| format!("0/{}/{}", pod.namespace, pod.name)).unwrap_or_default(),
+            EndKey::Address(ip) => format!("1/{ip}"),
+        };
+        (end(&key.src), end(&key.dst), key.port, key.protocol)
+    }
+}
+
+fn intern(names: &mut FastMap<Arc<str>, ()>, name: &str) -> Arc<str> {
+    if let Some((known, ())) = names.get_key_value(name) {
+        return Arc::clone(known);
+    }
+    let name: Arc<str> = Arc::from(name);
+    names.insert(Arc::clone(&name), ());
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+    use crate::governance::reader;
+
+    fn line(node: &str, event: &str, local: &str, sport: u16, first: &str) -> String {
+        format!(
+            r#"{{"time":"2026-01-01T00:00:09.000Z","event":"{event}","node":"{node}","protocol":"tcp","family":"ipv4","src":{{"ip":"198.18.0.10","port":{sport},"kind":"pod","namespace":"shop","pod":"web-1","uid":"u-web","workload":{{"kind":"Deployment","name":"web"}},"labels":{{"app":"web"}}}},"dst":{{"ip":"198.18.0.11","port":8080,"kind":"pod","namespace":"shop","pod":"api-1","uid":"u-api","labels":{{"app":"api"}}}},"local":"{local}","cgroup":{{"id":1,"path":null}},"state":"closed","to_dst":{{"packets":3,"bytes":10}},"to_src":{{"packets":3,"bytes":20}},"first_seen":"{first}","last_seen":"2026-01-01T00:00:08.000Z","duration_ms":1}}"#
+        )
+    }
+
+    fn fold(files: &[Vec<String>]) -> (Edges, ReadReport, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut paths = Vec::new();
+        for (index, lines) in files.iter().enumerate() {
+            let path = dir.path().join(format!("{index}.jsonl"));
+            std::fs::write(&path, lines.join("\n") + "\n").expect("write");
+            paths.push(path);
+        }
+        let mut edges = Edges::default();
+        let report = reader::read(&paths, &mut |line, file, number, report| edges.add(line, file, number, report));
+        (edges, report, dir)
+    }
+
+    #[test]
+    fn a_flow_counts_once_across_its_records_and_both_ends() {
+        let t1 = "2026-01-01T00:00:01.000Z";
+        let t2 = "2026-01-01T00:00:02.000Z";
+        let (edges, report, _dir) = fold(&[
+            vec![
+                line("a", "start", "src", 1000, t1),
+                line("a", "update", "src", 1000, t1),
+                line("a", "end", "src", 1000, t1),
+            ],
+            // The other end's node: one flow with all its records, one whose start was lost.
+            vec![
+                line("b", "start", "dst", 1000, t1),
+                line("b", "end", "dst", 1000, t1),
+                line("b", "update", "dst", 1001, t2),
+                line("b", "end", "dst", 1001, t2),
+            ],
+        ]);
+        assert_eq!(report.records, 7);
+        assert_eq!(edges.edges.len(), 1);
+        let stats = edges.edges.values().next().expect("edge");
+        assert_eq!((stats.flows_src, stats.flows_dst, stats.flows()), (1, 2, 2));
+        assert_eq!(stats.records, 7);
+        assert_eq!((stats.first_ms, stats.last_ms), (1000 + 1_767_225_600_000, 8000 + 1_767_225_600_000));
+        assert_eq!(stats.evidence.local, LocalEnd::Dst, "the receiving socket's record is the strongest evidence");
+        assert_eq!(edges.nodes, vec!["a".to_owned(), "b".to_owned()]);
+        assert_eq!(edges.pods.len(), 2);
+        assert_eq!(edges.pods[0].labels.get("app").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn bad_lines_are_counted_with_file_and_line_and_the_rest_used() {
+        let t1 = "2026-01-01T00:00:01.000Z";
+        let (edges, report, dir) = fold(&[vec![
+            "{not json".to_owned(),
+            r#"{"kind":"spike","count":3}"#.to_owned(),
+            String::new(),
+            line("a", "end", "src", 1000, t1),
+            line("a", "end", "src", 1001, "yesterday"),
+        ]]);
+        assert_eq!(report.records, 2);
+        assert_eq!(report.lines, 5);
+        assert_eq!(edges.flows(), 1);
+        let file = dir.path().join("0.jsonl").display().to_string();
+        let seen: Vec<(ProblemKindName, String, u64)> =
+            report.problems.iter().map(|p| (p.kind.as_str(), p.file.clone(), p.line)).collect();
+        assert_eq!(
+            seen,
+            vec![("malformed", file.clone(), 1), ("other-schema", file.clone(), 2), ("unusable", file, 5)]
+        );
+    }
+
+    type ProblemKindName = &'static str;
+
+    #[test]
+    fn gzip_is_read_and_a_truncated_one_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text: String =
+            (0..200).map(|port| line("a", "end", "src", 2000 + port, "2026-01-01T00:00:01.000Z") + "\n").collect();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(text.as_bytes()).expect("gzip");
+        let gz = encoder.finish().expect("gzip");
+        let (whole, cut) = (dir.path().join("whole.gz"), dir.path().join("cut.jsonl.gz"));
+        std::fs::write(&whole, &gz).expect("write");
+        std::fs::write(&cut, &gz[..gz.len() * 2 / 3]).expect("write");
+        let mut edges = Edges::default();
+        let report = reader::read(&[whole], &mut |line, file, number, report| edges.add(line, file, number, report));
+        assert_eq!((report.records, edges.flows()), (200, 200));
+        let mut edges = Edges::default();
+        let report = reader::read(std::slice::from_ref(&cut), &mut |line, file, number, report| {
+            edges.add(line, file, number, report)
+        });
+        assert_eq!(report.counts.get("truncated"), Some(&1));
+        assert!(report.records < 200, "{}", report.records);
+        assert_eq!(report.problems[0].file, cut.display().to_string());
+        assert_eq!(report.problems[0].line, report.lines + 1);
+    }
+
+    #[test]
+    fn an_empty_input_says_so() {
+        let (_, report, _dir) = fold(&[vec![]]);
+        let mut out = Vec::new();
+        report.describe(&mut out).expect("describe");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "flow logs: no flow records in the input (1 files, 1 lines)\n"
+        );
+    }
+}

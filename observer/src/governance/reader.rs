@@ -1,0 +1,507 @@
+//! Streams flow logs written by `observer run` for the offline commands.
+//!
+//! In: any number of flow-log files (plain or gzip, by their magic bytes) or
+//! `-` for stdin. Out: each record as a borrowed [`FlowLine`], handed to a
+//! callback as soon as it is read (nothing is kept per record), and a
+//! [`ReadReport`] that counts what could not be used (malformed lines,
+//! records of another schema, truncated gzip, unreadable files) with the
+//! file:line of the first ones.
+
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    fmt,
+    fs::File,
+    io::{self, BufRead, BufReader, Read},
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use flate2::read::MultiGzDecoder;
+use serde::Deserialize;
+
+use crate::flow::{FlowState, LocalEnd};
+
+/// Longest line read; a longer one is counted as malformed and skipped.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Problems kept with their file:line; past it they are only counted.
+const MAX_PROBLEMS: usize = 50;
+
+/// One flow-log line, borrowed from the read buffer: the fields the offline
+/// commands use (unknown fields are ignored, as the schema asks).
+#[derive(Debug, Deserialize)]
+pub struct FlowLine<'a> {
+    /// `start`, `update` or `end`.
+    #[serde(borrow)]
+    pub event: Cow<'a, str>,
+    /// The node that wrote it.
+    #[serde(borrow)]
+    pub node: Cow<'a, str>,
+    /// `tcp`, `udp`, ...
+    #[serde(borrow)]
+    pub protocol: Cow<'a, str>,
+    /// The initiator.
+    #[serde(borrow)]
+    pub src: LinePeer<'a>,
+    /// The responder.
+    #[serde(borrow)]
+    pub dst: LinePeer<'a>,
+    /// `src` or `dst`: which end the node observed.
+    #[serde(borrow)]
+    pub local: Cow<'a, str>,
+    /// Where the flow stood.
+    #[serde(borrow)]
+    pub state: Cow<'a, str>,
+    /// Traffic from src to dst.
+    pub to_dst: LineTraffic,
+    /// Traffic from dst to src.
+    pub to_src: LineTraffic,
+    /// First packet (RFC 3339).
+    #[serde(borrow)]
+    pub first_seen: Cow<'a, str>,
+    /// Latest packet (RFC 3339).
+    #[serde(borrow)]
+    pub last_seen: Cow<'a, str>,
+    /// The daemon's verdict, when it had an inventory.
+    #[serde(default, borrow)]
+    pub verdict: Option<LineVerdict<'a>>,
+}
+
+/// One end of a [`FlowLine`].
+#[derive(Debug, Deserialize)]
+pub struct LinePeer<'a> {
+    /// Address.
+    pub ip: IpAddr,
+    /// Port; absent for ICMP.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `pod`, `service`, `node`, `world`, `host`, `unknown`.
+    #[serde(default, borrow)]
+    pub kind: Option<Cow<'a, str>>,
+    /// Namespace of the pod or Service.
+    #[serde(default, borrow)]
+    pub namespace: Option<Cow<'a, str>>,
+    /// Pod name.
+    #[serde(default, borrow)]
+    pub pod: Option<Cow<'a, str>>,
+    /// Pod uid.
+    #[serde(default, borrow)]
+    pub uid: Option<Cow<'a, str>>,
+    /// Node name.
+    #[serde(default, borrow)]
+    pub node: Option<Cow<'a, str>>,
+    /// The pod's workload.
+    #[serde(default, borrow)]
+    pub workload: Option<LineWorkload<'a>>,
+    /// The pod's labels the daemon was configured to copy.
+    #[serde(default, borrow)]
+    pub labels: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    /// The Service: its name (before Services were judged at their
+    /// backends) or `{namespace, name}`.
+    #[serde(default, borrow)]
+    pub service: Option<LineService<'a>>,
+    /// What DNS said of this end.
+    #[serde(default, borrow)]
+    pub dns: Option<LineDns<'a>>,
+}
+
+/// A pod's workload in a [`FlowLine`].
+#[derive(Debug, Deserialize)]
+pub struct LineWorkload<'a> {
+    /// `Deployment`, ... or `Pod`.
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    /// Its name.
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+}
+
+/// A Service named by a [`FlowLine`] end, in either of the schema's shapes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum LineService<'a> {
+    /// `{"namespace": ..., "name": ...}`.
+    Object {
+        /// Its namespace.
+        #[serde(borrow)]
+        namespace: Cow<'a, str>,
+        /// Its name.
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+    },
+    /// The name alone (the end's `namespace` is the Service's).
+    Name(#[serde(borrow)] Cow<'a, str>),
+}
+
+/// DNS names of a [`FlowLine`] end.
+#[derive(Debug, Deserialize)]
+pub struct LineDns<'a> {
+    /// Names the local pod had resolved to the address.
+    #[serde(default, borrow)]
+    pub names: Vec<Cow<'a, str>>,
+}
+
+/// Packets and bytes one way.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+pub struct LineTraffic {
+    /// Packets.
+    pub packets: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+/// The verdict a record carries.
+#[derive(Debug, Deserialize)]
+pub struct LineVerdict<'a> {
+    /// `allowed`, `denied-attempt`, `enforcement-gap`, `intent-violation`.
+    #[serde(borrow)]
+    pub verdict: Cow<'a, str>,
+    /// The policies it cites.
+    #[serde(default, borrow)]
+    pub policies: Vec<LinePolicy<'a>>,
+}
+
+/// A policy cited by a record's verdict.
+#[derive(Debug, Deserialize)]
+pub struct LinePolicy<'a> {
+    /// Its namespace.
+    #[serde(borrow)]
+    pub namespace: Cow<'a, str>,
+    /// Its name.
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    /// Its resourceVersion when judged.
+    #[serde(default, borrow, rename = "resourceVersion")]
+    pub resource_version: Option<Cow<'a, str>>,
+}
+
+impl FlowLine<'_> {
+    /// The end the node observed.
+    pub fn local_end(&self) -> LocalEnd {
+        if self.local == "dst" { LocalEnd::Dst } else { LocalEnd::Src }
+    }
+
+    /// The flow's state; `None` for a name this build does not know.
+    pub fn flow_state(&self) -> Option<FlowState> {
+        Some(match &*self.state {
+            "attempted" => FlowState::Attempted,
+            "established" => FlowState::Established,
+            "refused" => FlowState::Refused,
+            "unanswered" => FlowState::Unanswered,
+            "closed" => FlowState::Closed,
+            "active" => FlowState::Active,
+            "expired" => FlowState::Expired,
+            "evicted" => FlowState::Evicted,
+            _ => return None,
+        })
+    }
+
+    /// The IANA number of the protocol; `None` for a name this build does not know.
+    pub fn protocol_number(&self) -> Option<u8> {
+        use observer_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+        Some(match &*self.protocol {
+            "tcp" => PROTO_TCP,
+            "udp" => PROTO_UDP,
+            "sctp" => PROTO_SCTP,
+            "icmp" => PROTO_ICMP,
+            "icmpv6" => PROTO_ICMPV6,
+            other => other.strip_prefix("ip-")?.parse().ok()?,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 UTC time as the flow
+/// log writes it (`2026-11-23T04:17:29.793Z`; fractions of any length, `Z`
+/// or `+00:00`); `None` for anything else.
+pub fn parse_time_ms(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    let digits = |from: usize, len: usize| -> Option<u64> {
+        let slice = bytes.get(from..from + len)?;
+        slice.iter().try_fold(0_u64, |acc, b| b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0')))
+    };
+    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || bytes[10] != b'T' || bytes[13] != b':' {
+        return None;
+    }
+    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
+    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0;
+    if bytes.get(at) == Some(&b'.') {
+        at += 1;
+        let start = at;
+        while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        let fraction = &text[start..at];
+        millis = fraction.get(..3).map_or_else(|| format!("{fraction:0<3}"), str::to_owned).parse().ok()?;
+    }
+    if !matches!(&text[at..], "Z" | "+00:00") {
+        return None;
+    }
+    let days = days_from_civil(year, month, day)?;
+    Some(((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
+    let year = if month <= 2 { year.checked_sub(1)? } else { year };
+    let era = year / 400;
+    let yoe = year - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).checked_sub(719_468)
+}
+
+/// What went wrong with one input line or file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// Not JSON, not UTF-8, or longer than [`MAX_LINE`].
+    Malformed,
+    /// JSON, but not a flow record of this schema (a field missing or of
+    /// another type, or a findings or DNS log line).
+    OtherSchema,
+    /// A gzip file that ends before its end (the rest of it is lost).
+    Truncated,
+    /// A file that cannot be opened or read.
+    Unreadable,
+    /// A record the command could not use (its own reason).
+    Unusable,
+}
+
+impl ProblemKind {
+    /// Its name in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::OtherSchema => "other-schema",
+            Self::Truncated => "truncated",
+            Self::Unreadable => "unreadable",
+            Self::Unusable => "unusable",
+        }
+    }
+}
+
+/// One problem, where it was.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// What kind.
+    pub kind: ProblemKind,
+    /// The file (`-` for stdin).
+    pub file: String,
+    /// 1-based line (0: the file as a whole).
+    pub line: u64,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}: {}", self.file, self.line, self.kind.as_str(), self.message)
+    }
+}
+
+/// What reading the inputs gave.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReadReport {
+    /// Files (and stdin) read.
+    pub files: u64,
+    /// Lines read (blank ones included).
+    pub lines: u64,
+    /// Records handed on.
+    pub records: u64,
+    /// Problems by kind.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// The first problems with their file:line.
+    pub problems: Vec<Problem>,
+}
+
+impl ReadReport {
+    /// Counts a problem and keeps the first ones.
+    pub fn problem(&mut self, kind: ProblemKind, file: &str, line: u64, message: String) {
+        *self.counts.entry(kind.as_str()).or_default() += 1;
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(Problem { kind, file: file.to_owned(), line, message });
+        }
+    }
+
+    /// Problems of every kind.
+    pub fn problem_count(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// Writes the problems and, when nothing was read, that the input was
+    /// empty, to `out` (stderr for the commands).
+    pub fn describe(&self, out: &mut dyn io::Write) -> io::Result<()> {
+        for problem in &self.problems {
+            writeln!(out, "{problem}")?;
+        }
+        let total = self.problem_count();
+        if total > self.problems.len() as u64 {
+            writeln!(out, "... and {} more problems", total - self.problems.len() as u64)?;
+        }
+        if total > 0 {
+            let counts: Vec<String> = self.counts.iter().map(|(kind, count)| format!("{count} {kind}")).collect();
+            writeln!(out, "flow logs: {} records used; left out: {}", self.records, counts.join(", "))?;
+        }
+        if self.records == 0 {
+            writeln!(out, "flow logs: no flow records in the input ({} files, {} lines)", self.files, self.lines)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where records are read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Standard input.
+    Stdin,
+    /// A file.
+    File(PathBuf),
+}
+
+impl Input {
+    /// `-` is stdin, anything else a file.
+    pub fn of(path: &Path) -> Self {
+        if path == Path::new("-") { Self::Stdin } else { Self::File(path.to_owned()) }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Stdin => "-".to_owned(),
+            Self::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// Reads every input in order, handing each record to `each` (the file
+/// name and line are given for the commands' own problems); problems are
+/// counted in the report and the rest is used.
+pub fn read(inputs: &[PathBuf], each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &mut ReadReport)) -> ReadReport {
+    let mut report = ReadReport::default();
+    for path in inputs {
+        let input = Input::of(path);
+        let name = input.name();
+        let opened: io::Result<Box<dyn Read>> = match &input {
+            Input::Stdin => Ok(Box::new(io::stdin().lock())),
+            Input::File(path) => File::open(path).map(|file| Box::new(file) as Box<dyn Read>),
+        };
+        let raw = match opened {
+            Ok(raw) => raw,
+            Err(error) => {
+                report.problem(ProblemKind::Unreadable, &name, 0, format!("cannot open: {error}"));
+                continue;
+            }
+        };
+        report.files += 1;
+        let mut buffered = BufReader::with_capacity(1 << 16, raw);
+        let gzip = match buffered.fill_buf() {
+            Ok(head) => head.starts_with(&[0x1f, 0x8b]),
+            Err(error) => {
+                report.problem(ProblemKind::Unreadable, &name, 0, format!("cannot read: {error}"));
+                continue;
+            }
+        };
+        if gzip {
+            let decoded = BufReader::with_capacity(1 << 16, MultiGzDecoder::new(buffered));
+            read_lines(decoded, &name, true, &mut report, each);
+        } else {
+            read_lines(buffered, &name, false, &mut report, each);
+        }
+    }
+    report
+}
+
+fn read_lines(
+    mut reader: impl BufRead,
+    name: &str,
+    gzip: bool,
+    report: &mut ReadReport,
+    each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &mut ReadReport),
+) {
+    let mut line = Vec::with_capacity(4096);
+    let mut number = 0_u64;
+    loop {
+        line.clear();
+        let read = (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line);
+        match read {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) => {
+                let kind = if gzip && error.kind() == io::ErrorKind::UnexpectedEof {
+                    ProblemKind::Truncated
+                } else {
+                    ProblemKind::Unreadable
+                };
+                let what = if kind == ProblemKind::Truncated { "gzip stream ends early" } else { "read failed" };
+                report.problem(kind, name, number + 1, format!("{what}: {error}; the rest of the file is lost"));
+                return;
+            }
+        }
+        number += 1;
+        report.lines += 1;
+        if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
+            report.problem(ProblemKind::Malformed, name, number, format!("line longer than {MAX_LINE} bytes"));
+            if skip_line(&mut reader).is_err() {
+                return;
+            }
+            continue;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<FlowLine<'_>>(text) {
+            Ok(record) => {
+                report.records += 1;
+                each(&record, name, number, report);
+            }
+            Err(error) => {
+                // JSON of another shape is another schema; anything else is not JSON.
+                let kind = match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+                    Ok(_) => ProblemKind::OtherSchema,
+                    Err(_) => ProblemKind::Malformed,
+                };
+                report.problem(kind, name, number, error.to_string());
+            }
+        }
+    }
+}
+
+/// Reads up to the end of an overlong line.
+fn skip_line(reader: &mut impl BufRead) -> io::Result<()> {
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        if let Some(at) = buffer.iter().position(|b| *b == b'\n') {
+            reader.consume(at + 1);
+            return Ok(());
+        }
+        let len = buffer.len();
+        reader.consume(len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_the_flow_log_writes_them() {
+        assert_eq!(parse_time_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(parse_time_ms("2024-02-29T12:34:56.789Z"), Some(1_709_210_096_789));
+        assert_eq!(parse_time_ms("2024-02-29T12:34:56Z"), Some(1_709_210_096_000));
+        assert_eq!(parse_time_ms("2024-02-29T12:34:56.7+00:00"), Some(1_709_210_096_700));
+        assert_eq!(parse_time_ms("2024-02-29 12:34:56Z"), None);
+        assert_eq!(parse_time_ms("2024-13-29T12:34:56Z"), None);
+        assert_eq!(parse_time_ms("2024-02-29T12:34:56.789+02:00"), None);
+    }
+}
