@@ -28,11 +28,12 @@ use super::{
 };
 
 /// Every resource manifests can hold.
-pub(crate) const RESOURCES: [Resource; 8] = [
+pub(crate) const RESOURCES: [Resource; 9] = [
     Resource::Pods,
     Resource::Namespaces,
     Resource::NetworkPolicies,
     Resource::Services,
+    Resource::EndpointSlices,
     Resource::Nodes,
     Resource::ReplicaSets,
     Resource::Jobs,
