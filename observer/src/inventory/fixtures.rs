@@ -94,5 +94,9 @@ pub fn service(namespace: &str, name: &str, ip: &str) -> Service {
 
 /// A node with one address.
 pub fn node(name: &str, ip: &str) -> Node {
-    Node { name: name.to_owned(), ips: vec![ip.parse().unwrap_or_else(|error| panic!("{ip}: {error}"))] }
+    Node {
+        name: name.to_owned(),
+        ips: vec![ip.parse().unwrap_or_else(|error| panic!("{ip}: {error}"))],
+        labels: crate::inventory::model::Labels::new(),
+    }
 }
