@@ -65,6 +65,8 @@ pub enum Object {
     Workload(Workload),
     /// An AI-tier FlowIntent.
     FlowIntent(Box<crate::intent::FlowIntent>),
+    /// A ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`).
+    ClusterNetworkPolicy(Box<crate::policy::cnp::ClusterNetworkPolicy>),
 }
 
 /// Kinds read as [`Object::Workload`].
@@ -295,6 +297,9 @@ fn add_value(mut value: Value, origin: &Origin, out: &mut Out<'_>) {
         "Node" => serde_json::from_value(value).map(|node| Object::Node(Box::new(node))),
         kind if WORKLOAD_KINDS.contains(&kind) => Ok(Object::Workload(workload(kind, &value))),
         crate::intent::KIND => serde_json::from_value(value).map(|intent| Object::FlowIntent(Box::new(intent))),
+        crate::policy::cnp::api::KIND => {
+            serde_json::from_value(value).map(|policy| Object::ClusterNetworkPolicy(Box::new(policy)))
+        }
         "" => {
             out.manifests
                 .errors

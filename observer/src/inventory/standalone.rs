@@ -81,6 +81,12 @@ pub(crate) fn load(paths: &[PathBuf], writer: &mut Writer) {
                 intents.origins.push(loaded.origin);
                 return;
             }
+            // Likewise: the judge compiles them with the NetworkPolicies.
+            Object::ClusterNetworkPolicy(policy) => {
+                intents.cluster_policies.push(*policy);
+                intents.cluster_origins.push(loaded.origin);
+                return;
+            }
         };
         items.entry(item.resource()).or_default().push(item);
     });

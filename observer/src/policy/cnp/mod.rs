@@ -9,6 +9,8 @@
 pub mod api;
 mod compile;
 mod eval;
+pub mod explain;
+pub mod source;
 
 pub use api::ClusterNetworkPolicy;
 pub use compile::{CnpError, CnpProblem};
