@@ -245,10 +245,19 @@ fn check_rbac(role: &Value, problems: &mut Vec<String>) {
         }
         resources.extend(strings(&rule["resources"]));
     }
-    let expected: BTreeSet<String> =
-        ["pods", "namespaces", "services", "nodes", "networkpolicies", "replicasets", "jobs", "flowintents"]
-            .map(str::to_owned)
-            .into();
+    let expected: BTreeSet<String> = [
+        "pods",
+        "namespaces",
+        "services",
+        "nodes",
+        "networkpolicies",
+        "replicasets",
+        "jobs",
+        "flowintents",
+        "clusternetworkpolicies",
+    ]
+    .map(str::to_owned)
+    .into();
     if resources != expected {
         problems.push(format!("ClusterRole covers {resources:?}, expected {expected:?}"));
     }
