@@ -1,4 +1,5 @@
-//! Verdict throughput at cluster scale: 10,000 pods, 1,000 policies, 100 namespaces.
+//! Verdict throughput at cluster scale: 10,000 pods, 1,000 policies, 100 namespaces;
+//! then the same with 100 ClusterNetworkPolicies (50 Admin, 50 Baseline) on top.
 //!
 //! `verdict_indexed_*` is the daemon's path (the engine indexes the inventory's
 //! pods when it is compiled); `verdict_*` judges the same flows from the pods'
@@ -12,7 +13,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use observer::{
     inventory::model::{ContainerPort, Labels, Namespace, Pod, Protocol},
-    policy::{Endpoint, PolicyEngine},
+    policy::{Endpoint, PolicyEngine, cnp::ClusterNetworkPolicy},
 };
 use serde_json::json;
 
@@ -129,6 +130,43 @@ fn policies() -> Vec<NetworkPolicy> {
     policies
 }
 
+/// 100 ClusterNetworkPolicies: 50 Admin, 50 Baseline, subjects by team
+/// namespaces or by app in prod namespaces; ingress Pass within the team and
+/// Deny from dev back-ends on a port range, egress Deny to metadata and
+/// private ranges and Accept to the next team on 8080.
+fn cluster_policies() -> Vec<ClusterNetworkPolicy> {
+    (0..100)
+        .map(|index| {
+            let subject = if index % 2 == 0 {
+                json!({"namespaces": {"matchLabels": {"team": format!("t{}", index % 10)}}})
+            } else {
+                json!({"pods": {"namespaceSelector": {"matchLabels": {"env": "prod"}},
+                    "podSelector": {"matchLabels": {"app": format!("a{}", index % 10)}}}})
+            };
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("cnp-{index}"), "resourceVersion": "1"},
+                "spec": {
+                    "tier": if index < 50 { "Admin" } else { "Baseline" },
+                    "priority": (index % 50) * 10,
+                    "subject": subject,
+                    "ingress": [
+                        {"action": "Pass", "from": [{"namespaces": {"matchLabels": {"team": format!("t{}", index % 10)}}}]},
+                        {"action": "Deny", "from": [{"pods": {"namespaceSelector": {"matchLabels": {"env": "dev"}},
+                            "podSelector": {"matchLabels": {"tier": "back"}}}}],
+                         "protocols": [{"tcp": {"destinationPort": {"range": {"start": 9000, "end": 9100}}}}]},
+                    ],
+                    "egress": [
+                        {"action": "Deny", "to": [{"networks": ["169.254.169.254/32", "10.0.0.0/8"]}]},
+                        {"action": "Accept", "to": [{"namespaces": {"matchLabels": {"team": format!("t{}", (index + 1) % 10)}}}],
+                         "protocols": [{"tcp": {"destinationPort": {"number": 8080}}}]},
+                    ],
+                },
+            }))
+            .expect("valid ClusterNetworkPolicy")
+        })
+        .collect()
+}
+
 /// A small deterministic generator, so every run judges the same flows.
 struct Lcg(u64);
 
@@ -182,12 +220,28 @@ fn bench(c: &mut Criterion) {
         assert_eq!(engine.verdict(flow.0, flow.1, flow.2, flow.3), indexed.verdict(flow.0, flow.1, flow.2, flow.3));
     }
     println!("{allowed} of {FLOWS} benchmark flows allowed");
+    let (cluster, errors) = indexed.clone().with_cluster_policies(&cluster_policies(), &[]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(cluster.cluster_len(), 100);
+    let decided = flows
+        .iter()
+        .filter(|flow| {
+            let verdict = cluster.verdict(flow.0, flow.1, flow.2, flow.3);
+            !verdict.egress.cluster.is_empty() || !verdict.ingress.cluster.is_empty()
+        })
+        .count();
+    let allowed_cluster = flows.iter().filter(|flow| cluster.verdict(flow.0, flow.1, flow.2, flow.3).allowed).count();
+    assert!(decided > 0 && allowed_cluster > 0 && allowed_cluster < FLOWS, "{decided} {allowed_cluster}");
+    println!(
+        "with 100 ClusterNetworkPolicies: {decided} of {FLOWS} flows matched a CNP rule, {allowed_cluster} allowed"
+    );
 
     let mut group = c.benchmark_group("policy");
     group.throughput(Throughput::Elements(FLOWS as u64));
     for (name, engine) in [
         ("verdict_indexed_10k_pods_1k_policies_100_namespaces", &indexed),
         ("verdict_10k_pods_1k_policies_100_namespaces", &engine),
+        ("verdict_indexed_10k_pods_1k_policies_100_cnps", &cluster),
     ] {
         group.bench_function(name, |bencher| {
             bencher.iter(|| {

@@ -208,7 +208,7 @@ fn pod_of<'a>(endpoint: &Endpoint<'a>) -> Option<&'a Pod> {
 }
 
 fn open() -> SideVerdict {
-    SideVerdict { isolated: false, allowed: true, policies: Vec::new() }
+    SideVerdict { isolated: false, allowed: true, policies: Vec::new(), ..SideVerdict::default() }
 }
 
 fn verdict_of(engine: &PolicyEngine, flow: &(Endpoint<'_>, Endpoint<'_>, u16, Protocol)) -> Verdict {

@@ -37,7 +37,7 @@ fn compiled(world: &World, policies: &[k8s_openapi::api::networking::v1::Network
 }
 
 fn open() -> SideVerdict {
-    SideVerdict { isolated: false, allowed: true, policies: Vec::new() }
+    SideVerdict { isolated: false, allowed: true, policies: Vec::new(), ..SideVerdict::default() }
 }
 
 #[test]

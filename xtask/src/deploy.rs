@@ -684,7 +684,7 @@ fn health_dashboard() -> Value {
                 "short",
                 vec![
                     table("A", format!("count by (version, arch) (flow_observer_build_info{{{job}}})")),
-                    table("B", format!("max by (node) (flow_observer_policies_loaded{{{job}}})")),
+                    table("B", format!("sum by (node) (flow_observer_policies_loaded{{{job}}})")),
                     table("C", format!("max by (node) (flow_observer_intents_loaded{{{job}}})")),
                 ],
             ),

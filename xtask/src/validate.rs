@@ -289,6 +289,7 @@ fn check_rbac(role: &Value, problems: &mut Vec<String>) {
         "replicasets",
         "jobs",
         "flowintents",
+        "clusternetworkpolicies",
     ]
     .map(str::to_owned)
     .into();

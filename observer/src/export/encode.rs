@@ -275,7 +275,8 @@ mod tests {
         flow::BackendSource,
         flow::{Family, FlowState, LocalEnd, Progress, Protocol, RecordEvent},
         inventory::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
-        judge::{Delivery, FlowVerdict, VerdictKind},
+        judge::{Delivery, FlowVerdict, PolicyCite, VerdictKind},
+        policy::{ClusterRank, PolicyRef, Tier},
         rendered::RenderedJson,
     };
 
@@ -311,6 +312,26 @@ mod tests {
             dst_tier: None,
             json: RenderedJson::default(),
         })
+    }
+
+    fn cites(text: &str) -> Vec<PolicyCite> {
+        let network = PolicyRef {
+            namespace: text.to_owned(),
+            name: "allow-web".to_owned(),
+            uid: None,
+            resource_version: Some("12".to_owned()),
+            generation: Some(2),
+            cluster: None,
+        };
+        let cluster = PolicyRef {
+            namespace: String::new(),
+            name: text.to_owned(),
+            uid: Some("u".to_owned()),
+            resource_version: None,
+            generation: None,
+            cluster: Some(ClusterRank { tier: Tier::Admin, priority: 1000 }),
+        };
+        vec![PolicyCite(Arc::new(network)), PolicyCite(Arc::new(cluster))]
     }
 
     fn record(text: &str) -> FlowRecord {
@@ -410,6 +431,9 @@ mod tests {
             let outlived = FlowRecord { verdict_now: Some(Arc::new(now)), ..enriched.clone() };
             records.push(outlived.clone());
             records.push(outlived);
+            // Verdicts citing a NetworkPolicy and a ClusterNetworkPolicy with its tier.
+            let cited = FlowVerdict { policies: cites(text), ..FlowVerdict::clone(&verdict()) };
+            records.push(FlowRecord { verdict: Some(Arc::new(cited)), ..enriched.clone() });
             enriched.dst.endpoint = Some(Endpoint::host(Some(text)));
             enriched.dst.dns = Some(PeerDns { names: Vec::new(), resolved: false });
             records.push(enriched.clone());

@@ -12,7 +12,10 @@ use kube::{
 };
 
 use super::{compile::IntentError, resource::FlowIntent};
-use crate::inventory::manifests::{Manifests, Object, Origin};
+use crate::{
+    inventory::manifests::{Manifests, Object, Origin},
+    policy::cnp::ClusterNetworkPolicy,
+};
 
 /// The FlowIntents of a set of manifests, in file and document order.
 #[derive(Clone, Debug, Default)]
@@ -21,6 +24,11 @@ pub struct LoadedIntents {
     pub intents: Vec<FlowIntent>,
     /// Where each came from, by the same position.
     pub origins: Vec<Origin>,
+    /// The ClusterNetworkPolicies of the same manifests: like intents, the
+    /// judge compiles them itself (with the NetworkPolicies).
+    pub cluster_policies: Vec<ClusterNetworkPolicy>,
+    /// Where each came from, by the same position.
+    pub cluster_origins: Vec<Origin>,
 }
 
 impl LoadedIntents {
@@ -28,9 +36,16 @@ impl LoadedIntents {
     pub fn from_manifests(manifests: &Manifests) -> Self {
         let mut loaded = Self::default();
         for object in &manifests.objects {
-            if let Object::FlowIntent(intent) = &object.object {
-                loaded.intents.push((**intent).clone());
-                loaded.origins.push(object.origin.clone());
+            match &object.object {
+                Object::FlowIntent(intent) => {
+                    loaded.intents.push((**intent).clone());
+                    loaded.origins.push(object.origin.clone());
+                }
+                Object::ClusterNetworkPolicy(policy) => {
+                    loaded.cluster_policies.push((**policy).clone());
+                    loaded.cluster_origins.push(object.origin.clone());
+                }
+                _ => {}
             }
         }
         loaded

@@ -107,5 +107,9 @@ pub fn slice(namespace: &str, service: &str, port: u16, ready: &[&str]) -> Endpo
 
 /// A node with one address.
 pub fn node(name: &str, ip: &str) -> Node {
-    Node { name: name.to_owned(), ips: vec![ip.parse().unwrap_or_else(|error| panic!("{ip}: {error}"))] }
+    Node {
+        name: name.to_owned(),
+        ips: vec![ip.parse().unwrap_or_else(|error| panic!("{ip}: {error}"))],
+        labels: crate::inventory::model::Labels::new(),
+    }
 }

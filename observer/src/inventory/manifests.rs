@@ -76,6 +76,8 @@ pub enum Object {
     Workload(Workload),
     /// An AI-tier FlowIntent.
     FlowIntent(Box<crate::intent::FlowIntent>),
+    /// A ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`).
+    ClusterNetworkPolicy(Box<crate::policy::cnp::ClusterNetworkPolicy>),
 }
 
 /// Kinds read as [`Object::Workload`].
@@ -346,6 +348,9 @@ fn add_value(mut value: Value, origin: &Origin, out: &mut Out<'_>) {
         "EndpointSlice" => serde_json::from_value(value).map(|slice| Object::EndpointSlice(Box::new(slice))),
         kind if WORKLOAD_KINDS.contains(&kind) => Ok(Object::Workload(workload(kind, &value))),
         crate::intent::KIND => serde_json::from_value(value).map(|intent| Object::FlowIntent(Box::new(intent))),
+        crate::policy::cnp::api::KIND => {
+            serde_json::from_value(value).map(|policy| Object::ClusterNetworkPolicy(Box::new(policy)))
+        }
         "" => {
             out.manifests.errors.push(ManifestError::invalid(origin.clone(), "document has no kind".to_owned()));
             return;

@@ -171,6 +171,8 @@ pub struct Node {
     pub name: String,
     /// `status.addresses` of type InternalIP or ExternalIP.
     pub ips: Vec<IpAddr>,
+    /// `metadata.labels`: what ClusterNetworkPolicy nodes peers select.
+    pub labels: Labels,
 }
 
 fn labels_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Labels {
@@ -318,6 +320,7 @@ impl From<&core::Node> for Node {
         let addresses = node.status.as_ref().and_then(|status| status.addresses.as_ref()).into_iter().flatten();
         Self {
             name: node.metadata.name.clone().unwrap_or_default(),
+            labels: labels_of(&node.metadata),
             ips: parse_ips(
                 addresses
                     .filter(|address| address.type_ == "InternalIP" || address.type_ == "ExternalIP")

@@ -19,7 +19,10 @@ use std::{
 use k8s_openapi::api::core::v1 as core;
 
 use super::{
-    super::intent::{FlowIntent, LoadedIntents},
+    super::{
+        intent::{FlowIntent, LoadedIntents},
+        policy::cnp::ClusterNetworkPolicy,
+    },
     convert,
     manifests::{self, ManifestError, Manifests, Object, Origin},
     store::{Item, Resource, Update},
@@ -49,6 +52,9 @@ struct FileRecord {
     keys: Vec<(Resource, String)>,
     /// Its FlowIntents, for the judge.
     intents: Vec<(FlowIntent, Origin)>,
+    /// Its ClusterNetworkPolicies, which the judge compiles with the
+    /// NetworkPolicies.
+    cluster_policies: Vec<(ClusterNetworkPolicy, Origin)>,
     /// Namespaces its pods are in, and namespaces it declares.
     used: BTreeSet<String>,
     declared: BTreeSet<String>,
@@ -169,6 +175,10 @@ impl Source {
                         fresh.intents.push((*intent, loaded.origin));
                         return;
                     }
+                    Object::ClusterNetworkPolicy(policy) => {
+                        fresh.cluster_policies.push((*policy, loaded.origin));
+                        return;
+                    }
                 };
                 read_items.push(item);
             },
@@ -237,6 +247,10 @@ impl Source {
         for (intent, origin) in self.files.values().flat_map(|record| &record.intents) {
             intents.intents.push(intent.clone());
             intents.origins.push(origin.clone());
+        }
+        for (policy, origin) in self.files.values().flat_map(|record| &record.cluster_policies) {
+            intents.cluster_policies.push(policy.clone());
+            intents.cluster_origins.push(origin.clone());
         }
         writer.set_intents(intents);
         writer.publish();

@@ -222,7 +222,11 @@ impl Judge {
         if let Some(outcome) = self.node_outcome(input) {
             return Some(outcome);
         }
-        let verdict = self.policy.verdict(policy_endpoint(&input.src), policy_endpoint(&input.dst), port, protocol);
+        let (src, dst) = (policy_endpoint(&input.src), policy_endpoint(&input.dst));
+        let verdict = self.policy.verdict_named(src, dst, port, protocol, input.dst.names);
+        if super::cluster::involved(&verdict) {
+            return Some(super::cluster::outcome(&self.policy, input, &verdict));
+        }
         if verdict.allowed {
             let mut policies: Vec<Arc<PolicyRef>> = verdict.egress.policies.clone();
             policies.extend(

@@ -9,6 +9,7 @@
 //! open flow started under, so a flow keeps its verdict across policy changes
 //! (`verdict_now` and `outlived-policy` say when the new policies differ).
 
+mod cluster;
 mod decide;
 mod delivery;
 mod input;

@@ -49,7 +49,7 @@ use crate::{
     intent::{EndKind, FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
     inventory::{Endpoint, EndpointKind, Inventory, Snapshot},
     metrics::{FindingLabels, Metrics, WorkloadLabels, bounded::Series, flows::EdgeOf},
-    policy::PolicyEngine,
+    policy::{PolicyEngine, cnp::ClusterNetworkPolicy},
 };
 
 /// Where FlowIntents come from.
@@ -58,10 +58,13 @@ pub enum IntentSource {
     /// The standalone inventory's manifests: the FlowIntents it loaded with
     /// everything else ([`Inventory::intents`]), current with each reload.
     Inventory,
-    /// A watch of the cluster's FlowIntents; `changed` is notified on every change.
+    /// A watch of the cluster's FlowIntents and ClusterNetworkPolicies;
+    /// `changed` is notified on every change of either.
     Cluster {
         /// The reflector store.
         store: reflector::Store<FlowIntent>,
+        /// The ClusterNetworkPolicies' reflector store.
+        cluster_policies: reflector::Store<ClusterNetworkPolicy>,
         /// Notified when the store changes.
         changed: Arc<Notify>,
     },
@@ -209,9 +212,11 @@ impl JudgeStage {
     fn intents(&self) -> Arc<LoadedIntents> {
         match &self.setup.intents {
             IntentSource::Inventory => self.setup.inventory.intents(),
-            IntentSource::Cluster { store, .. } => Arc::new(LoadedIntents {
+            IntentSource::Cluster { store, cluster_policies, .. } => Arc::new(LoadedIntents {
                 intents: store.state().iter().map(|intent| (**intent).clone()).collect(),
                 origins: Vec::new(),
+                cluster_policies: cluster_policies.state().iter().map(|policy| (**policy).clone()).collect(),
+                cluster_origins: Vec::new(),
             }),
         }
     }
@@ -222,13 +227,21 @@ impl JudgeStage {
         let snapshot = self.setup.inventory.snapshot();
         let namespaces: Vec<_> = snapshot.namespaces().cloned().collect();
         let policies: Vec<_> = snapshot.network_policies().cloned().collect();
-        let (mut engine, policy_errors) = PolicyEngine::compile(&policies, &namespaces);
+        let (engine, policy_errors) = PolicyEngine::compile(&policies, &namespaces);
+        let loaded = self.intents();
+        let nodes: Vec<_> = snapshot.nodes().cloned().collect();
+        let (mut engine, cluster_errors) = engine.with_cluster_policies(&loaded.cluster_policies, &nodes);
         // Records are judged with pods of this same snapshot (`self.snapshot`).
         engine.index_pods(snapshot.pods_shared().cloned());
         for error in &policy_errors {
             tracing::warn!(%error, "NetworkPolicy left out");
         }
-        let loaded = self.intents();
+        for error in &cluster_errors {
+            match loaded.cluster_origins.get(error.index) {
+                Some(origin) => tracing::warn!(%origin, %error, "ClusterNetworkPolicy left out"),
+                None => tracing::warn!(%error, "ClusterNetworkPolicy left out"),
+            }
+        }
         let (index, intent_errors) =
             IntentIndex::compile(&loaded.intents, &namespaces, self.tiers.clone(), &self.setup.config.intents);
         for error in &intent_errors {
@@ -238,17 +251,20 @@ impl JudgeStage {
             }
         }
         if let Some(metrics) = &self.setup.metrics {
-            metrics.set_policies_loaded(engine.len());
+            metrics.set_policies_loaded("NetworkPolicy", engine.len());
+            metrics.set_policies_loaded("ClusterNetworkPolicy", engine.cluster_len());
             metrics.set_intents_loaded(index.len());
         }
         self.health.policies.store(engine.len() as u64, Ordering::Relaxed);
         self.health.intents.store(index.len() as u64, Ordering::Relaxed);
-        self.health.invalid.store((policy_errors.len() + intent_errors.len()) as u64, Ordering::Relaxed);
+        let invalid = policy_errors.len() + cluster_errors.len() + intent_errors.len();
+        self.health.invalid.store(invalid as u64, Ordering::Relaxed);
         tracing::info!(
             generation = snapshot.generation(),
             policies = engine.len(),
+            cluster_policies = engine.cluster_len(),
             intents = index.len(),
-            invalid = policy_errors.len() + intent_errors.len(),
+            invalid,
             "policies and intents compiled"
         );
         self.judge.update(Arc::new(engine), Arc::new(index));

@@ -52,7 +52,9 @@ pub enum Delivery {
     Unproven,
 }
 
-/// A policy named in a verdict, as `{namespace, name, resourceVersion, generation}`.
+/// A policy named in a verdict: a NetworkPolicy as `{namespace, name,
+/// resourceVersion, generation}`, a ClusterNetworkPolicy as `{kind, name,
+/// tier, priority, resourceVersion, generation}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyCite(pub Arc<PolicyRef>);
 
@@ -61,17 +63,29 @@ impl Serialize for PolicyCite {
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
         struct View<'a> {
-            namespace: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            kind: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            namespace: Option<&'a str>,
             name: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tier: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            priority: Option<u16>,
             #[serde(skip_serializing_if = "Option::is_none")]
             resource_version: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             generation: Option<i64>,
         }
         let policy = &self.0;
+        let cluster = policy.cluster;
         View {
-            namespace: &policy.namespace,
+            kind: cluster.map(|_| "ClusterNetworkPolicy"),
+            // ClusterNetworkPolicies are cluster-scoped: no namespace.
+            namespace: cluster.is_none().then_some(policy.namespace.as_str()),
             name: &policy.name,
+            tier: cluster.map(|rank| rank.tier.as_str()),
+            priority: cluster.map(|rank| rank.priority),
             resource_version: policy.resource_version.as_deref(),
             generation: policy.generation,
         }

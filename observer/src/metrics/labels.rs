@@ -295,6 +295,13 @@ pub struct ResourceLabels {
     pub resource: String,
 }
 
+/// A kind of policy (`NetworkPolicy`, `ClusterNetworkPolicy`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The kind.
+    pub kind: String,
+}
+
 /// The inventory source.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct SourceLabels {

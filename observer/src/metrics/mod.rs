@@ -42,8 +42,8 @@ use bounded::{BoundedFamily, Series, SeriesAccounting};
 use edge_cells::EdgeCells;
 pub use flows::{FlowDelta, FlowMeter};
 pub use labels::{
-    BuildLabels, Direction, EdgeLabels, EndLabels, FindingLabels, LabelAllowlist, OVERFLOW, Outcome, Reporter,
-    ResourceLabels, SourceErrorLabels, SourceLabels, WorkloadLabels,
+    BuildLabels, Direction, EdgeLabels, EndLabels, FindingLabels, KindLabels, LabelAllowlist, OVERFLOW, Outcome,
+    Reporter, ResourceLabels, SourceErrorLabels, SourceLabels, WorkloadLabels,
 };
 
 /// The prefix of every exposed name.
@@ -138,7 +138,7 @@ struct Inner {
     inventory_state: AtomicU8,
     /// The inventory is stale: `/readyz` fails.
     inventory_stale_now: AtomicBool,
-    policies_loaded: Gauge,
+    policies_loaded: Family<KindLabels, Gauge>,
     intents_loaded: Gauge,
     capture: Arc<OnceLock<Arc<CaptureHealth>>>,
     sinks: sinks::Sinks,
@@ -166,7 +166,7 @@ impl Metrics {
             inventory_source_errors: Family::default(),
             inventory_state: AtomicU8::new(INVENTORY_NONE),
             inventory_stale_now: AtomicBool::new(false),
-            policies_loaded: Gauge::default(),
+            policies_loaded: Family::default(),
             intents_loaded: Gauge::default(),
             capture: Arc::new(OnceLock::new()),
             sinks: Arc::new(OnceLock::new()),
@@ -358,9 +358,10 @@ impl Metrics {
         }
     }
 
-    /// NetworkPolicies compiled into the engine.
-    pub fn set_policies_loaded(&self, count: usize) {
-        self.inner.policies_loaded.set(i64::try_from(count).unwrap_or(i64::MAX));
+    /// Policies of `kind` (`NetworkPolicy`, `ClusterNetworkPolicy`) compiled into the engine.
+    pub fn set_policies_loaded(&self, kind: &str, count: usize) {
+        let labels = KindLabels { kind: kind.to_owned() };
+        self.inner.policies_loaded.get_or_create(&labels).set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// FlowIntents loaded.
@@ -423,7 +424,7 @@ fn register_judgement(registry: &mut Registry, inner: &Inner) {
     );
     registry.register(
         "policies_loaded",
-        "NetworkPolicies compiled into the policy engine",
+        "Policies compiled into the policy engine, by kind (NetworkPolicy, ClusterNetworkPolicy)",
         inner.policies_loaded.clone(),
     );
     registry.register("intents_loaded", "FlowIntents loaded", inner.intents_loaded.clone());
@@ -670,7 +671,8 @@ mod tests {
         metrics.record_finding(&FindingLabels::new("intent-violation", "agent", "shop", "agent"));
         metrics.record_spike(&edge("agent", "db"));
         metrics.set_unprotected(&[(WorkloadLabels::new("Deployment", "ml", "vllm", "model-server"), 2)]);
-        metrics.set_policies_loaded(12);
+        metrics.set_policies_loaded("NetworkPolicy", 12);
+        metrics.set_policies_loaded("ClusterNetworkPolicy", 2);
         metrics.set_intents_loaded(3);
         metrics.set_inventory(&InventoryState {
             source: "cluster".into(),
@@ -694,7 +696,8 @@ mod tests {
             r#"flow_observer_findings_total{kind="intent-violation",tier="agent",namespace="shop",workload="agent"} 1"#,
             r#"flow_observer_edge_spikes_total{src_namespace="shop""#,
             r#"flow_observer_unprotected_pods{namespace="ml",workload="vllm",kind="Deployment",tier="model-server"} 2"#,
-            "flow_observer_policies_loaded 12\n",
+            "flow_observer_policies_loaded{kind=\"NetworkPolicy\"} 12\n",
+            "flow_observer_policies_loaded{kind=\"ClusterNetworkPolicy\"} 2\n",
             "flow_observer_intents_loaded 3\n",
             r#"flow_observer_inventory_synced{source="cluster"} 1"#,
             r#"flow_observer_inventory_stale{source="cluster"} 0"#,
@@ -721,7 +724,7 @@ mod tests {
                 let health = Arc::new(CaptureHealth::default());
                 health.last_poll_ns.store(crate::capture::clock::monotonic_ns(), Ordering::Relaxed);
                 metrics.attach_capture(health);
-                metrics.set_policies_loaded(0);
+                metrics.set_policies_loaded("NetworkPolicy", 0);
                 metrics
             })
             .collect();

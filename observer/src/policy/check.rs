@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::{Endpoint, PolicyEngine, SideVerdict, Verdict};
 use crate::inventory::{
     manifests::{self, Object, Origin},
-    model::{Namespace, Pod, Protocol},
+    model::{Namespace, Node, Pod, Protocol},
 };
 
 /// `observer policy`.
@@ -36,7 +36,7 @@ pub struct PolicyArgs {
 /// Subcommands of `observer policy`.
 #[derive(Debug, clap::Subcommand)]
 pub enum PolicyCommand {
-    /// Judge flows against the NetworkPolicies in manifest files.
+    /// Judge flows against the NetworkPolicies and ClusterNetworkPolicies in manifest files.
     Check(CheckArgs),
     /// Replay recorded flow logs against a proposed policy change: what
     /// would break, what would be newly allowed.
@@ -59,7 +59,7 @@ pub enum OutputFormat {
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["from", "flows"])))]
 pub struct CheckArgs {
     /// Manifest files or folders (YAML or JSON, multi-document) holding
-    /// NetworkPolicies, Namespaces and Pods.
+    /// NetworkPolicies, ClusterNetworkPolicies, Namespaces, Nodes and Pods.
     #[arg(long, required = true, num_args = 1..)]
     pub manifests: Vec<PathBuf>,
     /// Source: `namespace/pod` or an IP address.
@@ -218,6 +218,9 @@ impl Cluster {
         let mut namespaces = Vec::new();
         let mut policies = Vec::new();
         let mut policy_origins: Vec<&Origin> = Vec::new();
+        let mut cluster_policies = Vec::new();
+        let mut cluster_origins: Vec<&Origin> = Vec::new();
+        let mut nodes = Vec::new();
         for object in &loaded.objects {
             match &object.object {
                 Object::Pod(pod) => {
@@ -229,16 +232,24 @@ impl Cluster {
                     policies.push((**policy).clone());
                     policy_origins.push(&object.origin);
                 }
-                Object::Service(_)
-                | Object::EndpointSlice(_)
-                | Object::Node(_)
-                | Object::Workload(_)
-                | Object::FlowIntent(_) => {}
+                Object::ClusterNetworkPolicy(policy) => {
+                    cluster_policies.push((**policy).clone());
+                    cluster_origins.push(&object.origin);
+                }
+                Object::Node(node) => nodes.push(Node::from(&**node)),
+                Object::Service(_) | Object::EndpointSlice(_) | Object::Workload(_) | Object::FlowIntent(_) => {}
             }
         }
         let (engine, errors) = PolicyEngine::compile(&policies, &namespaces);
         for error in errors {
             match policy_origins.get(error.index) {
+                Some(origin) => eprintln!("{origin}: {error}"),
+                None => eprintln!("{error}"),
+            }
+        }
+        let (engine, errors) = engine.with_cluster_policies(&cluster_policies, &nodes);
+        for error in errors {
+            match cluster_origins.get(error.index) {
                 Some(origin) => eprintln!("{origin}: {error}"),
                 None => eprintln!("{error}"),
             }
@@ -334,21 +345,34 @@ fn parse_flow_line(line: &str) -> Result<FlowSpec, FlowError> {
     Ok(FlowSpec { source, destination, port, protocol })
 }
 
-/// A side as `--flows` prints it: policies as `namespace/name`.
+/// A side as `--flows` prints it: policies as `namespace/name`; the
+/// ClusterNetworkPolicy rules that matched, when any, as `cluster`, and why
+/// the side cannot be judged, when it cannot, as `undecidable`.
 fn side_json(side: &SideVerdict) -> Value {
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "isolated": side.isolated,
         "allowed": side.allowed,
         "policies": side.policies.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    })
+    });
+    if !side.cluster.is_empty() {
+        json["cluster"] = side.cluster.iter().map(ToString::to_string).collect();
+    }
+    if let Some(why) = &side.undecidable {
+        json["undecidable"] = Value::from(why.as_str());
+    }
+    json
 }
 
 fn verdict_json(verdict: &Verdict) -> Value {
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "allowed": verdict.allowed,
         "egress": side_json(&verdict.egress),
         "ingress": side_json(&verdict.ingress),
-    })
+    });
+    if verdict.undecidable().is_some() {
+        json["undecidable"] = Value::Bool(true);
+    }
+    json
 }
 
 fn describe(endpoint: &Endpoint<'_>) -> String {
@@ -363,9 +387,17 @@ fn has_side(endpoint: &Endpoint<'_>) -> bool {
     matches!(endpoint, Endpoint::Pod { pod, .. } if !pod.host_network)
 }
 
-fn explain_side(direction: &str, endpoint: &Endpoint<'_>, side: &SideVerdict) -> String {
+fn explain_side(engine: &PolicyEngine, direction: &str, endpoint: &Endpoint<'_>, side: &SideVerdict) -> String {
     let who = describe(endpoint);
-    let judgement = if !has_side(endpoint) {
+    let judgement = if let Endpoint::Pod { pod, .. } = endpoint
+        && has_side(endpoint)
+        && (!side.cluster.is_empty() || side.undecidable.is_some() || engine.cluster_len() > 0)
+    {
+        // With ClusterNetworkPolicies, the whole chain through the tiers.
+        let isolation = engine.isolating(pod);
+        let isolating = if direction == "egress" { isolation.egress } else { isolation.ingress };
+        super::cnp::explain::chain(side, &isolating)
+    } else if !has_side(endpoint) {
         "outside the pod network, no policy applies".to_owned()
     } else if !side.isolated {
         format!("not isolated for {direction}, allowed")
@@ -387,6 +419,7 @@ fn protocol_name(protocol: Protocol) -> &'static str {
 }
 
 fn explain(
+    engine: &PolicyEngine,
     source: &Endpoint<'_>,
     destination: &Endpoint<'_>,
     port: u16,
@@ -398,9 +431,13 @@ fn explain(
         describe(source),
         describe(destination),
         protocol_name(protocol),
-        if verdict.allowed { "ALLOWED" } else { "DENIED" },
-        explain_side("egress", source, &verdict.egress),
-        explain_side("ingress", destination, &verdict.ingress),
+        match (verdict.undecidable(), verdict.allowed) {
+            (Some(_), _) => "UNDECIDABLE",
+            (None, true) => "ALLOWED",
+            (None, false) => "DENIED",
+        },
+        explain_side(engine, "egress", source, &verdict.egress),
+        explain_side(engine, "ingress", destination, &verdict.ingress),
     )
 }
 
@@ -442,7 +479,7 @@ fn check_one(cluster: &Cluster, flow: FlowSpec, output: OutputFormat) -> anyhow:
     let verdict = cluster.engine.verdict(source, destination, port, protocol);
     let text = match output {
         OutputFormat::Json => format!("{}\n", verdict_json(&verdict)),
-        OutputFormat::Text => explain(&source, &destination, port, protocol, &verdict),
+        OutputFormat::Text => explain(&cluster.engine, &source, &destination, port, protocol, &verdict),
     };
     io::stdout().lock().write_all(text.as_bytes()).context("cannot write to stdout")
 }

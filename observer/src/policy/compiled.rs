@@ -40,7 +40,7 @@ pub(crate) enum Addresses<'a> {
 }
 
 impl Addresses<'_> {
-    fn any(self, mut test: impl FnMut(IpAddr) -> bool) -> bool {
+    pub(crate) fn any(self, mut test: impl FnMut(IpAddr) -> bool) -> bool {
         match self {
             Self::One(ip) => test(ip),
             Self::Any(ips) => ips.iter().any(|ip| test(*ip)),

@@ -18,6 +18,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::{
+    cnp::{self, ClusterNetworkPolicy, ClusterPolicies, CnpError, NodeAddresses, PodKey, SideFlow, TierEnd},
     compiled::{
         Addresses, CompiledPolicy, DestinationPorts, Flow, Interner, NAMESPACE_NAME_LABEL, NamedPort, NamespaceTable,
         NsId, NsKey, OtherEnd, PodLabels, Rule,
@@ -25,9 +26,9 @@ use super::{
     error::PolicyError,
     fasthash::{AddressBuildHasher, FxBuildHasher, label_hash},
     selector::{Selector, same},
-    verdict::{PolicyRef, SideVerdict, Verdict},
+    verdict::{Action, PolicyRef, SideVerdict, Tier, Verdict},
 };
-use crate::inventory::model::{Labels, Namespace, Pod, Protocol};
+use crate::inventory::model::{Labels, Namespace, Node, Pod, Protocol};
 
 /// One end of a flow.
 #[derive(Clone, Copy, Debug)]
@@ -129,6 +130,10 @@ pub struct PolicyEngine {
     /// The peer selectors of `interner`, indexed by a label they require.
     peer_selectors: Selection,
     pods: PodIndex,
+    /// Labels of each namespace, by id: what ClusterNetworkPolicies compile against.
+    namespace_labels: Vec<Labels>,
+    /// ClusterNetworkPolicies, by tier in evaluation order.
+    cluster: ClusterPolicies,
 }
 
 /// Where an indexed pod stands.
@@ -299,7 +304,26 @@ impl PolicyEngine {
         for (id, selector) in engine.interner.selectors.iter().enumerate() {
             engine.peer_selectors.add(id as u32, selector);
         }
+        engine.namespace_labels = labels;
         (engine, errors)
+    }
+
+    /// Adds ClusterNetworkPolicies (replacing any earlier ones), with the
+    /// nodes their nodes peers select. Policies that fail the CRD's
+    /// validation are left out and reported; the rest are judged with.
+    /// Their namespace selectors see the namespaces given to [`Self::compile`].
+    #[must_use]
+    pub fn with_cluster_policies(mut self, policies: &[ClusterNetworkPolicy], nodes: &[Node]) -> (Self, Vec<CnpError>) {
+        let nodes =
+            nodes.iter().map(|node| NodeAddresses { labels: node.labels.clone(), ips: node.ips.clone() }).collect();
+        let (cluster, errors) = cnp::compile_all(policies, &self.namespace_labels, nodes);
+        self.cluster = cluster;
+        (self, errors)
+    }
+
+    /// How many ClusterNetworkPolicies compiled.
+    pub fn cluster_len(&self) -> usize {
+        self.cluster.len()
     }
 
     /// Indexes `pods` (replacing any earlier index), so that verdicts and
@@ -388,9 +412,59 @@ impl PolicyEngine {
     /// Judges a flow from `source` to `destination` on `port`/`protocol`: the
     /// source's egress side and the destination's ingress side must both allow it.
     pub fn verdict(&self, source: Endpoint<'_>, destination: Endpoint<'_>, port: u16, protocol: Protocol) -> Verdict {
+        self.verdict_named(source, destination, port, protocol, None)
+    }
+
+    /// [`Self::verdict`], with the DNS names the source resolved for the
+    /// destination (what ClusterNetworkPolicy `domainNames` peers match), when
+    /// known. Each side is decided in tier order: Admin ClusterNetworkPolicies
+    /// by priority (Accept or Deny decide, Pass hands over), then
+    /// NetworkPolicies when one isolates the side, else Baseline
+    /// ClusterNetworkPolicies, else allowed.
+    pub fn verdict_named<'a>(
+        &'a self,
+        source: Endpoint<'a>,
+        destination: Endpoint<'a>,
+        port: u16,
+        protocol: Protocol,
+        names: Option<&'a [Arc<str>]>,
+    ) -> Verdict {
         let source = self.resolve(source);
         let destination = self.resolve(destination);
         let destination_ports = destination.container_ports(&self.pods);
+        if self.cluster.len() > 0 {
+            let declared = destination.pod.map_or(&[][..], |end| end.pod.container_ports.as_slice());
+            let peer = |other: &Resolved<'a>| {
+                other.pod.map(|end| PodKey { labels: &end.pod.labels, namespace: end.namespace })
+            };
+            let egress = self.tiered_side(
+                &source,
+                Direction::Egress,
+                Flow { other: destination.as_other(&self.pods), port, protocol, destination_ports },
+                &SideFlow {
+                    peer: peer(&destination),
+                    addresses: destination.addresses,
+                    names,
+                    port,
+                    protocol,
+                    destination_ports: declared,
+                },
+            );
+            let ingress = self.tiered_side(
+                &destination,
+                Direction::Ingress,
+                Flow { other: source.as_other(&self.pods), port, protocol, destination_ports },
+                &SideFlow {
+                    peer: peer(&source),
+                    addresses: source.addresses,
+                    names: None,
+                    port,
+                    protocol,
+                    destination_ports: declared,
+                },
+            );
+            return Verdict { allowed: egress.allowed && ingress.allowed, egress, ingress };
+        }
         let egress = self.side(
             &source,
             Direction::Egress,
@@ -470,6 +544,52 @@ impl PolicyEngine {
         .unwrap_or_default()
     }
 
+    /// One side decided through the tiers: Admin, NetworkPolicy, Baseline, default allow.
+    fn tiered_side(
+        &self,
+        end: &Resolved<'_>,
+        direction: Direction,
+        flow: Flow<'_>,
+        side_flow: &SideFlow<'_>,
+    ) -> SideVerdict {
+        let Some(selectable) = end.pod else { return SideVerdict::open() };
+        let subject = PodKey { labels: &selectable.pod.labels, namespace: selectable.namespace };
+        let direction_of = match direction {
+            Direction::Ingress => cnp::Direction::Ingress,
+            Direction::Egress => cnp::Direction::Egress,
+        };
+        let (mut steps, mut unsure) = (Vec::new(), None);
+        let decided = |action| SideVerdict { allowed: action == Action::Accept, ..SideVerdict::default() };
+        let mut verdict =
+            match self.cluster.evaluate(Tier::Admin, direction_of, subject, side_flow, &mut steps, &mut unsure) {
+                TierEnd::Decided(action) => decided(action),
+                TierEnd::Passed | TierEnd::NoMatch => {
+                    let network = self.side(end, direction, flow);
+                    if network.isolated {
+                        network
+                    } else {
+                        match self.cluster.evaluate(
+                            Tier::Baseline,
+                            direction_of,
+                            subject,
+                            side_flow,
+                            &mut steps,
+                            &mut unsure,
+                        ) {
+                            TierEnd::Decided(action) => decided(action),
+                            TierEnd::Passed | TierEnd::NoMatch => network,
+                        }
+                    }
+                }
+            };
+        verdict.cluster = steps;
+        // A domainNames rule only accepts: it can change only a denial.
+        if !verdict.allowed {
+            verdict.undecidable = unsure;
+        }
+        verdict
+    }
+
     fn side(&self, end: &Resolved<'_>, direction: Direction, flow: Flow<'_>) -> SideVerdict {
         let Some(Selectable { pod, namespace: NsKey::Known(namespace), entry }) = end.pod else {
             return SideVerdict::open();
@@ -483,7 +603,12 @@ impl PolicyEngine {
                 .map(|id| self.policies[*id as usize].meta.clone())
                 .collect();
             let isolated = !selecting.is_empty();
-            return SideVerdict { isolated, allowed: !isolated || !policies.is_empty(), policies };
+            return SideVerdict {
+                isolated,
+                allowed: !isolated || !policies.is_empty(),
+                policies,
+                ..SideVerdict::default()
+            };
         }
         let bucket = &self.buckets[namespace as usize];
         let candidates = match direction {
@@ -505,7 +630,7 @@ impl PolicyEngine {
         // Candidates come by label; explanations list policies in compile order.
         allowing.sort_unstable();
         let policies: Vec<_> = allowing.iter().map(|id| self.policies[*id as usize].meta.clone()).collect();
-        SideVerdict { isolated, allowed: !isolated || !policies.is_empty(), policies }
+        SideVerdict { isolated, allowed: !isolated || !policies.is_empty(), policies, ..SideVerdict::default() }
     }
 }
 
@@ -517,6 +642,7 @@ fn policy_ref(policy: &NetworkPolicy) -> PolicyRef {
         uid: meta.uid.clone(),
         resource_version: meta.resource_version.clone(),
         generation: meta.generation,
+        cluster: None,
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod check;
 mod cidr;
+pub mod cnp;
 mod compiled;
 mod engine;
 mod error;
@@ -21,4 +22,4 @@ pub(crate) use cidr::Cidr;
 pub use engine::{Endpoint, Isolation, PolicyEngine};
 pub use error::{PolicyError, Problem};
 pub(crate) use selector::Selector;
-pub use verdict::{PolicyRef, SideVerdict, Verdict};
+pub use verdict::{Action, ClusterRank, ClusterStep, PolicyRef, SideVerdict, Tier, Verdict};

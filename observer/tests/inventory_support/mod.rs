@@ -47,7 +47,13 @@ pub const ENDPOINTSLICES: Kind = Kind {
     kind: "EndpointSlice",
     api_version: "discovery.k8s.io/v1",
 };
-const KINDS: [Kind; 8] = [PODS, NAMESPACES, SERVICES, NODES, POLICIES, REPLICASETS, JOBS, ENDPOINTSLICES];
+pub const CLUSTER_POLICIES: Kind = Kind {
+    path: "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies",
+    kind: "ClusterNetworkPolicy",
+    api_version: "policy.networking.k8s.io/v1alpha2",
+};
+const KINDS: [Kind; 9] =
+    [PODS, NAMESPACES, SERVICES, NODES, POLICIES, REPLICASETS, JOBS, ENDPOINTSLICES, CLUSTER_POLICIES];
 
 /// One request the server got.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +80,8 @@ struct Collection {
 struct State {
     resource_version: u64,
     collections: HashMap<Kind, Collection>,
+    /// Kinds served as `404 Not Found`, as for a CRD that is not installed.
+    absent: Vec<Kind>,
     down: bool,
     seen: Vec<Seen>,
 }
@@ -250,6 +258,16 @@ impl FakeApi {
         }
     }
 
+    /// While absent, `kind` is `404 Not Found`, as a CRD not installed, and its watches close.
+    pub fn set_absent(&self, kind: Kind, absent: bool) {
+        let mut state = self.lock();
+        state.absent.retain(|other| *other != kind);
+        if absent {
+            state.absent.push(kind);
+            state.collections.get_mut(&kind).expect("known kind").watchers.clear();
+        }
+    }
+
     /// The requests served so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.lock().seen.clone()
@@ -288,7 +306,7 @@ fn handle(state: &Mutex<State>, request: &Request<hyper::body::Incoming>) -> Res
         .filter_map(|pair| pair.split_once('='))
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .collect();
-    let Some(kind) = KINDS.into_iter().find(|kind| kind.path == path) else {
+    let Some(kind) = KINDS.into_iter().find(|kind| kind.path == path && !state.absent.contains(kind)) else {
         return full(StatusCode::NOT_FOUND, status_object(404, "NotFound", &format!("no {path} here")));
     };
     let current = state.resource_version;

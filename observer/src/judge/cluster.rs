@@ -1,0 +1,48 @@
+//! The policy outcome of a flow that ClusterNetworkPolicies took part in.
+//!
+//! In: the engine's tiered [`Verdict`] and the flow's ends. Out: a
+//! [`PolicyOutcome`] whose reason gives each side's chain (Admin rules,
+//! NetworkPolicies, Baseline rules) and whose cites name every policy of it,
+//! ClusterNetworkPolicies with their tier. A flow that a `domainNames` rule
+//! would decide without a DNS name to match is not judged a denial: its
+//! reason says `undecidable` and why.
+
+use super::{decide::PolicyOutcome, input::JudgeInput, verdict::PolicyCite};
+use crate::{
+    intent::FlowEnd,
+    policy::{PolicyEngine, SideVerdict, Verdict, cnp::explain},
+};
+
+/// Whether ClusterNetworkPolicies took part in `verdict`.
+pub(super) fn involved(verdict: &Verdict) -> bool {
+    !verdict.egress.cluster.is_empty() || !verdict.ingress.cluster.is_empty() || verdict.undecidable().is_some()
+}
+
+/// The outcome of a verdict ClusterNetworkPolicies took part in.
+pub(super) fn outcome(engine: &PolicyEngine, input: &JudgeInput<'_>, verdict: &Verdict) -> PolicyOutcome {
+    let mut reasons = Vec::new();
+    let mut cites = Vec::new();
+    let mut side = |direction: &str, end: &FlowEnd<'_>, side: &SideVerdict| {
+        let Some(pod) = end.pod.filter(|pod| !pod.host_network) else { return };
+        // A denied flow cites only what denied it; an allowed one everything.
+        if !verdict.allowed && side.allowed && side.undecidable.is_none() {
+            return;
+        }
+        let isolation = engine.isolating(pod);
+        let isolating = if direction == "egress" { isolation.egress } else { isolation.ingress };
+        reasons.push(format!("{direction} of {}/{}: {}", pod.namespace, pod.name, explain::chain(side, &isolating)));
+        for policy in explain::cited(side, &isolating) {
+            if !cites.iter().any(|cite: &PolicyCite| cite.0 == policy) {
+                cites.push(PolicyCite(policy));
+            }
+        }
+    };
+    side("egress", &input.src, &verdict.egress);
+    side("ingress", &input.dst, &verdict.ingress);
+    let reason = reasons.join("; ");
+    match verdict.undecidable() {
+        // Never guessed as a denial: the judge reports it as allowed, saying why.
+        Some(_) => PolicyOutcome { allowed: true, policies: cites, reason: format!("undecidable: {reason}") },
+        None => PolicyOutcome { allowed: verdict.allowed, policies: cites, reason },
+    }
+}
