@@ -590,8 +590,18 @@ fn a_policy_applied_mid_connection_is_outlived_policy_and_the_next_connection_a_
     assert_eq!(connect(client, target, 1, WEB_REPLY).complete, 1);
     wait_ends(&observer, client.cgroup_id(), target, 2);
     wait_ends(&observer, web.cgroup_id(), target, 2);
-    std::thread::sleep(Duration::from_millis(1500)); // a findings flush
-    let metrics = observer.get("/metrics").expect("metrics from inside the node namespace").1;
+    // Findings are counted when the judge flushes them: scrape until both kinds show, then judge
+    // the exact counts of that scrape.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = observer.get("/metrics").expect("metrics from inside the node namespace").1;
+        let flushed = metric_sum(&metrics, "flow_observer_findings_total", "kind=\"outlived-policy\"") >= 1.0
+            && metric_sum(&metrics, "flow_observer_findings_total", "kind=\"enforcement-gap\"") >= 2.0;
+        if flushed || Instant::now() >= deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let run = observer.stop().expect("observer stops");
 
     for cgroup in [client.cgroup_id(), web.cgroup_id()] {
