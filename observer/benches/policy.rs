@@ -223,6 +223,14 @@ fn bench(c: &mut Criterion) {
     let (cluster, errors) = indexed.clone().with_cluster_policies(&cluster_policies(), &[]);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(cluster.cluster_len(), 100);
+    // The per-pod subject index changes the work, not the verdicts.
+    let (unindexed_cluster, _) = engine.clone().with_cluster_policies(&cluster_policies(), &[]);
+    for flow in &flows {
+        assert_eq!(
+            cluster.verdict(flow.0, flow.1, flow.2, flow.3),
+            unindexed_cluster.verdict(flow.0, flow.1, flow.2, flow.3)
+        );
+    }
     let decided = flows
         .iter()
         .filter(|flow| {

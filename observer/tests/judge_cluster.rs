@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use judge_fixtures::{documents, flow, intents, ip, namespace, pod, policies};
 use observer::{
+    findings::Finding,
     flow::FlowState,
     intent::{EndKind, FlowEnd},
     judge::{Judge, JudgeConfig, VerdictKind},
@@ -131,12 +132,99 @@ fn domain_names_are_judged_with_dns_names_and_undecidable_without() {
     let verdict = judge.flow(&flow(FlowEnd::pod(&agent, agent.ips[0], None), elsewhere).build());
     assert_eq!(verdict.verdict, VerdictKind::EnforcementGap, "{}", verdict.reason);
     let unnamed = FlowEnd::address(EndKind::World, ip("203.0.113.7"), Some(443));
-    let verdict = judge.flow(&flow(FlowEnd::pod(&agent, agent.ips[0], None), unnamed).build());
-    assert_eq!(verdict.verdict, VerdictKind::Allowed, "never guessed as a gap: {}", verdict.reason);
+    let before = judge.stats();
+    let input = flow(FlowEnd::pod(&agent, agent.ips[0], None), unnamed).build();
+    let verdict = judge.flow(&input);
+    assert_eq!(verdict.verdict, VerdictKind::Undecidable, "never guessed as a gap: {}", verdict.reason);
+    assert_eq!(verdict.delivery, observer::judge::Delivery::Delivered, "delivered, and still no gap");
     assert!(
-        verdict.reason.starts_with("allowed: undecidable: egress of ai/agent: cnp/no-metadata@5 rule 3"),
+        verdict.reason.starts_with("undecidable: egress of ai/agent: cnp/no-metadata@5 rule 3"),
         "{}",
         verdict.reason
     );
     assert!(verdict.reason.contains("rule 1 (Admin, priority 1) accepts by domainNames"), "{}", verdict.reason);
+    assert_eq!(serde_json::to_value(&verdict).expect("serializes")["verdict"], "undecidable");
+    assert!(Finding::from_flow(&verdict, &input).is_none(), "no finding: nothing is known to be broken");
+    let refused = flow(FlowEnd::pod(&agent, agent.ips[0], None), unnamed).state(FlowState::Refused).build();
+    let verdict = judge.flow(&refused);
+    assert_eq!(verdict.verdict, VerdictKind::Undecidable, "no denied-attempt either: {}", verdict.reason);
+    let after = judge.stats();
+    assert_eq!(after.undecidable - before.undecidable, 2);
+    assert_eq!(
+        (after.allowed, after.denied_attempts, after.enforcement_gaps),
+        (before.allowed, before.denied_attempts, before.enforcement_gaps)
+    );
+}
+
+/// Rules that restrict nothing for `ai` pods: an Accept, a Pass, and a Deny for another namespace.
+const LOOSE: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: loose, resourceVersion: "1"}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  ingress:
+    - {action: Accept, from: [{namespaces: {}}]}
+  egress:
+    - {action: Pass, to: [{namespaces: {}}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: dev-only, resourceVersion: "1"}
+spec:
+  tier: Baseline
+  priority: 1
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: dev}}}
+  ingress:
+    - {action: Deny, from: [{namespaces: {}}]}
+"#;
+
+const EGRESS_GUARD: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: egress-guard, resourceVersion: "2"}
+spec:
+  tier: Baseline
+  priority: 3
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {ai.governance/tier: training}}}}
+  egress:
+    - {action: Deny, to: [{networks: [0.0.0.0/0]}]}
+"#;
+
+fn judge_with(cluster_yaml: &str, config: JudgeConfig) -> Judge {
+    let namespaces = [namespace("ai", &[])];
+    let cluster: Vec<ClusterNetworkPolicy> = documents(cluster_yaml);
+    let (engine, errors) = policies("", &namespaces).with_cluster_policies(&cluster, &[]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (index, errors) = intents("", &namespaces);
+    assert!(errors.is_empty());
+    Judge::new(Arc::new(engine), Arc::new(index), config)
+}
+
+#[test]
+fn cluster_network_policy_deny_rules_protect_ai_tier_pods_and_accept_or_pass_rules_do_not() {
+    let trainer = pod("train-0").tier("training").build();
+    // Admin Deny egress and Baseline Deny ingress rules select every pod: isolated both ways.
+    assert_eq!(judge().unprotected(&trainer), None);
+    // Accept and Pass restrict nothing; a Deny for another namespace's pods does not select it.
+    let loose = judge_with(LOOSE, JudgeConfig::default()).unprotected(&trainer).expect("unprotected");
+    assert_eq!((loose.ingress_isolated, loose.egress_isolated), (false, false));
+    assert_eq!(
+        loose.reason,
+        "ai/train-0 (tier training) is not isolated by any NetworkPolicy nor ClusterNetworkPolicy Deny rule"
+    );
+    // A Deny egress rule selecting it isolates egress: only the ingress the judge requires is missing.
+    let both = JudgeConfig {
+        required_isolation: observer::intent::IsolationIntent { ingress: true, egress: true },
+        ..JudgeConfig::default()
+    };
+    let guarded = judge_with(EGRESS_GUARD, both.clone()).unprotected(&trainer).expect("unprotected");
+    assert_eq!((guarded.ingress_isolated, guarded.egress_isolated), (false, true));
+    assert_eq!(guarded.reason, "ai/train-0 (tier training) is not isolated for ingress");
+    // A pod of another tier is no subject of that guard.
+    let agent = pod("agent-0").tier("agent").build();
+    let unguarded = judge_with(EGRESS_GUARD, both).unprotected(&agent).expect("unprotected");
+    assert_eq!((unguarded.ingress_isolated, unguarded.egress_isolated), (false, false));
 }

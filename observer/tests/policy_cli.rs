@@ -370,3 +370,56 @@ fn a_missing_manifest_path_stops_the_check() {
     assert!(errors.contains("not judging with part of the policy set"), "{errors}");
     assert!(output.stdout.is_empty());
 }
+
+/// ClusterNetworkPolicies beside the NetworkPolicies of [`POLICIES`].
+const CLUSTER_POLICIES: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: pass-shop, resourceVersion: "3"}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {team: shop}}}
+  ingress:
+  - {name: to-owners, action: Pass, from: [{namespaces: {matchLabels: {team: shop}}}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: egress-guard, resourceVersion: "4"}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {matchLabels: {team: shop}}}
+  egress:
+  - {action: Accept, to: [{domainNames: [api.example.com]}]}
+  - {action: Deny, to: [{networks: [203.0.113.0/24]}]}
+"#;
+
+#[test]
+fn cluster_network_policies_show_the_whole_chain_and_undecidable_is_its_own_outcome() {
+    let dir = fixtures();
+    std::fs::write(dir.path().join("cluster.yaml"), CLUSTER_POLICIES).expect("write fixture");
+    let allowed = observer(dir.path(), &["--from", "shop/client", "--to", "shop/web", "--port", "8080"], None);
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+    assert_eq!(
+        stdout(&allowed),
+        "shop/client -> shop/web 8080/TCP: ALLOWED\n\
+         \x20 egress of shop/client: no policy decides: allowed by default\n\
+         \x20 ingress of shop/web: passed by cnp/pass-shop@3 rule 0 (\"to-owners\") (Admin, priority 10): Pass, then allowed by networkpolicy shop/web-ingress\n"
+    );
+    // No DNS name is known for an address typed in: the domainNames Accept can neither be
+    // matched nor ruled out, and the Deny after it would decide.
+    let args = ["--from", "shop/client", "--to", "203.0.113.9", "--port", "443"];
+    let unsure = observer(dir.path(), &args, None);
+    assert!(unsure.status.success(), "{}", stderr(&unsure));
+    assert_eq!(
+        stdout(&unsure),
+        "shop/client -> 203.0.113.9 443/TCP: UNDECIDABLE\n\
+         \x20 egress of shop/client: cnp/egress-guard@4 rule 1 (Admin, priority 5): Deny; undecidable: cnp/egress-guard@4 rule 0 (Admin, priority 5) accepts by domainNames, and the flow's destination has no DNS name the observer saw resolved\n\
+         \x20 ingress of 203.0.113.9: outside the pod network, no policy applies\n"
+    );
+    let json = json_lines(&observer(dir.path(), &[&args[..], &["--output", "json"]].concat(), None));
+    assert_eq!(json.len(), 1);
+    assert_eq!((&json[0]["allowed"], &json[0]["undecidable"]), (&Value::Null, &json!(true)), "{}", json[0]);
+    assert_eq!(json[0]["egress"]["cluster"], json!(["cnp/egress-guard@4 rule 1 (Admin, priority 5): Deny"]));
+}

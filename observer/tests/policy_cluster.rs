@@ -355,6 +355,19 @@ proptest! {
         };
         let verdict = tcp(&engine(&networks, &cluster), &gateway(), &model(), 9000);
         prop_assert_eq!(verdict.allowed, expected(&policies, network));
+        // The pod index (built after the policies, or before them and redone)
+        // walks only the policies selecting each pod, with the same verdict.
+        let (model, gateway) = (Arc::new(model()), Arc::new(gateway()));
+        let mut after = engine(&networks, &cluster);
+        after.index_pods([Arc::clone(&model), Arc::clone(&gateway)]);
+        prop_assert_eq!(&tcp(&after, &gateway, &model, 9000), &verdict);
+        let (mut before, errors) = PolicyEngine::compile(&networks, &namespaces());
+        prop_assert!(errors.is_empty());
+        before.index_pods([Arc::clone(&model), Arc::clone(&gateway)]);
+        let (before, errors) = before.with_cluster_policies(&cluster, &[]);
+        prop_assert!(errors.is_empty());
+        prop_assert_eq!(before.indexed_pods(), 2);
+        prop_assert_eq!(&tcp(&before, &gateway, &model, 9000), &verdict);
         // Every step before the last is a Pass, and at most one per tier.
         let chain = &verdict.ingress.cluster;
         prop_assert!(chain.len() <= 2);

@@ -188,10 +188,12 @@ fn intent_rule(intent: &IntentCite) -> String {
 }
 
 impl Finding {
-    /// The finding a flow verdict makes; `None` for an allowed flow.
+    /// The finding a flow verdict makes; `None` for an allowed flow and for
+    /// an undecidable one (the policies neither allow nor deny it, so there
+    /// is nothing to act on; its verdict and the `verdicts` metric say so).
     pub fn from_flow(verdict: &FlowVerdict, input: &JudgeInput<'_>) -> Option<Self> {
         let kind = match verdict.verdict {
-            VerdictKind::Allowed => return None,
+            VerdictKind::Allowed | VerdictKind::Undecidable => return None,
             VerdictKind::DeniedAttempt => FindingKind::DeniedAttempt,
             VerdictKind::EnforcementGap => FindingKind::EnforcementGap,
             VerdictKind::IntentViolation => FindingKind::IntentViolation,

@@ -451,6 +451,8 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
                     VerdictKind::Allowed | VerdictKind::IntentViolation => &mut report.allowed,
                     VerdictKind::DeniedAttempt => &mut report.denied_attempts,
                     VerdictKind::EnforcementGap => &mut report.enforcement_gaps,
+                    // Neither allowed nor denied by it: no usage either way.
+                    VerdictKind::Undecidable => continue,
                 };
                 usage.add(stats);
             }

@@ -4,10 +4,14 @@
 //! [`PolicyOutcome`] whose reason gives each side's chain (Admin rules,
 //! NetworkPolicies, Baseline rules) and whose cites name every policy of it,
 //! ClusterNetworkPolicies with their tier. A flow that a `domainNames` rule
-//! would decide without a DNS name to match is not judged a denial: its
-//! reason says `undecidable` and why.
+//! would decide without a DNS name to match is neither allowed nor denied:
+//! its decision is [`Decision::Undecidable`] and its reason says why.
 
-use super::{decide::PolicyOutcome, input::JudgeInput, verdict::PolicyCite};
+use super::{
+    decide::{Decision, PolicyOutcome},
+    input::JudgeInput,
+    verdict::PolicyCite,
+};
 use crate::{
     intent::FlowEnd,
     policy::{PolicyEngine, SideVerdict, Verdict, cnp::explain},
@@ -40,9 +44,15 @@ pub(super) fn outcome(engine: &PolicyEngine, input: &JudgeInput<'_>, verdict: &V
     side("egress", &input.src, &verdict.egress);
     side("ingress", &input.dst, &verdict.ingress);
     let reason = reasons.join("; ");
-    match verdict.undecidable() {
-        // Never guessed as a denial: the judge reports it as allowed, saying why.
-        Some(_) => PolicyOutcome { allowed: true, policies: cites, reason: format!("undecidable: {reason}") },
-        None => PolicyOutcome { allowed: verdict.allowed, policies: cites, reason },
-    }
+    let decision = match (verdict.undecidable(), verdict.allowed) {
+        // Never guessed: neither a denial nor an allowance.
+        (Some(_), _) => Decision::Undecidable,
+        (None, true) => Decision::Allowed,
+        (None, false) => Decision::Denied,
+    };
+    let reason = match decision {
+        Decision::Undecidable => format!("undecidable: {reason}"),
+        Decision::Allowed | Decision::Denied => reason,
+    };
+    PolicyOutcome { decision, policies: cites, reason }
 }

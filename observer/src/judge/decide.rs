@@ -6,7 +6,10 @@
 //!
 //! Precedence, from strongest: `enforcement-gap` (policies deny, delivered),
 //! `denied-attempt` (policies deny, not delivered), `intent-violation`
-//! (policies allow, an intent forbids), `allowed`. When policies deny a flow
+//! (policies allow, an intent forbids), `allowed`. A flow the policies can
+//! neither allow nor deny (a ClusterNetworkPolicy `domainNames` rule and no
+//! DNS name for the destination) is `undecidable`, or `intent-violation`
+//! when an intent forbids it: never guessed a gap or an attempt. When policies deny a flow
 //! that also breaks an intent, the policy verdict is reported because it says
 //! more: a gap is a broken control that lets every such flow through, the
 //! intent breach being one of its consequences; a denied attempt means the
@@ -58,6 +61,8 @@ pub struct JudgeStats {
     pub enforcement_gaps: u64,
     /// Flows judged `intent-violation`.
     pub intent_violations: u64,
+    /// Flows judged `undecidable`.
+    pub undecidable: u64,
     /// Flows that broke an intent, whatever their verdict.
     pub intent_breaches: u64,
     /// Rate trackers forgotten because the cap was reached.
@@ -75,9 +80,11 @@ pub struct Unprotected {
     pub uid: String,
     /// Its tier.
     pub tier: Tier,
-    /// Whether an Ingress policy selects it.
+    /// Whether an Ingress NetworkPolicy selects it, or a ClusterNetworkPolicy
+    /// with a `Deny` ingress rule.
     pub ingress_isolated: bool,
-    /// Whether an Egress policy selects it.
+    /// Whether an Egress NetworkPolicy selects it, or a ClusterNetworkPolicy
+    /// with a `Deny` egress rule.
     pub egress_isolated: bool,
     /// The intents that require the isolation it lacks (empty: the judge's own rule).
     pub required_by: Vec<Arc<IntentRef>>,
@@ -85,13 +92,25 @@ pub struct Unprotected {
     pub reason: String,
 }
 
+/// What the policies say of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// They allow it.
+    Allowed,
+    /// They deny it.
+    Denied,
+    /// They cannot be applied to what the observer saw (a `domainNames`
+    /// rule and no DNS name): neither allowed nor denied.
+    Undecidable,
+}
+
 /// The policy side of a verdict: what the policies in effect say of a
 /// flow's ends, port and protocol, whatever its evidence. The judge stage
 /// keeps the one a flow started under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PolicyOutcome {
-    /// Whether the policies allow the flow.
-    pub(crate) allowed: bool,
+    /// Whether the policies allow the flow, deny it, or cannot tell.
+    pub(crate) decision: Decision,
     /// The policies that allowed it, or those isolating the side that denied it.
     pub(crate) policies: Vec<PolicyCite>,
     /// Why, in words.
@@ -168,7 +187,11 @@ impl Judge {
             (false, false) => return None,
             (true, true) => {
                 let reason = "both ends are this node (host network or the node itself): NetworkPolicies do not apply";
-                return Some(PolicyOutcome { allowed: true, policies: Vec::new(), reason: reason.to_owned() });
+                return Some(PolicyOutcome {
+                    decision: Decision::Allowed,
+                    policies: Vec::new(),
+                    reason: reason.to_owned(),
+                });
             }
             (true, false) => (&input.src, &input.dst),
             (false, true) => (&input.dst, &input.src),
@@ -183,7 +206,7 @@ impl Judge {
         };
         let reason =
             format!("traffic between {}/{} and {name} is always allowed by NetworkPolicy", pod.namespace, pod.name);
-        Some(PolicyOutcome { allowed: true, policies: Vec::new(), reason })
+        Some(PolicyOutcome { decision: Decision::Allowed, policies: Vec::new(), reason })
     }
 
     /// What the policies in effect say of a flow; `None` for protocols they
@@ -243,7 +266,7 @@ impl Judge {
                 ),
             };
             return Some(PolicyOutcome {
-                allowed: true,
+                decision: Decision::Allowed,
                 policies: policies.into_iter().map(PolicyCite).collect(),
                 reason,
             });
@@ -275,7 +298,7 @@ impl Judge {
             policies.extend(isolating.into_iter().filter(|policy| !policies.contains(policy)).collect::<Vec<_>>());
         }
         Some(PolicyOutcome {
-            allowed: false,
+            decision: Decision::Denied,
             policies: policies.into_iter().map(PolicyCite).collect(),
             reason: reasons.join("; "),
         })
@@ -326,7 +349,7 @@ impl Judge {
         let (delivery, evidence) = delivery(input);
         let intent = self.intents.check_egress_asked(&input.src, &input.dst, input.asked.as_ref(), protocol).or(rate);
         let (verdict, mut reason, policies) = match policy {
-            Some(PolicyOutcome { allowed: false, policies, reason }) => {
+            Some(PolicyOutcome { decision: Decision::Denied, policies, reason }) => {
                 let kind = if delivery == Delivery::Delivered {
                     VerdictKind::EnforcementGap
                 } else {
@@ -336,9 +359,19 @@ impl Judge {
                     if delivery == Delivery::Delivered { "but it was delivered" } else { "and it was not delivered" };
                 (kind, format!("denied: {reason}; {delivered} ({evidence})"), policies)
             }
-            Some(PolicyOutcome { allowed: true, policies, reason }) => match &intent {
+            Some(PolicyOutcome { decision: Decision::Allowed, policies, reason }) => match &intent {
                 Some(violation) => (VerdictKind::IntentViolation, violation.reason.clone(), policies),
                 None => (VerdictKind::Allowed, format!("allowed: {reason}"), policies),
+            },
+            // Not known to be allowed: an intent that forbids it decides;
+            // else it stays undecidable, whatever its delivery.
+            Some(PolicyOutcome { decision: Decision::Undecidable, policies, reason }) => match &intent {
+                Some(violation) => (
+                    VerdictKind::IntentViolation,
+                    format!("{}; the policies cannot decide it: {reason}", violation.reason),
+                    policies,
+                ),
+                None => (VerdictKind::Undecidable, reason, policies),
             },
             None => {
                 let why = format!("NetworkPolicies do not apply to {} flows", input.protocol.name());
@@ -382,19 +415,27 @@ impl Judge {
             VerdictKind::DeniedAttempt => self.stats.denied_attempts += 1,
             VerdictKind::EnforcementGap => self.stats.enforcement_gaps += 1,
             VerdictKind::IntentViolation => self.stats.intent_violations += 1,
+            VerdictKind::Undecidable => self.stats.undecidable += 1,
         }
         self.stats.intent_breaches += u64::from(intent_breach);
     }
 
     /// Whether an AI-tier pod lacks the isolation it needs; `None` for pods
-    /// with no tier, finished pods, and pods isolated as required.
+    /// with no tier, finished pods, and pods isolated as required. A
+    /// direction is isolated when a NetworkPolicy isolates the pod for it,
+    /// or a ClusterNetworkPolicy (either tier) whose subject selects the pod
+    /// has a `Deny` rule for it: a guardrail namespace owners cannot lift
+    /// (Admin) or that holds until they isolate the pod themselves
+    /// (Baseline). Rules that only Accept or Pass restrict nothing.
     pub fn unprotected(&self, pod: &Pod) -> Option<Unprotected> {
         if matches!(pod.phase.as_deref(), Some("Succeeded" | "Failed")) {
             return None;
         }
         let tier = self.intents.tier_of(pod)?;
         let isolation = self.policy.isolating(pod);
-        let (ingress, egress) = (!isolation.ingress.is_empty(), !isolation.egress.is_empty());
+        let guards = self.policy.guarding(pod);
+        let ingress = !isolation.ingress.is_empty() || !guards.ingress.is_empty();
+        let egress = !isolation.egress.is_empty() || !guards.egress.is_empty();
         let requirements = self.intents.required_isolation(pod);
         let mut required = self.config.required_isolation;
         for requirement in &requirements {
@@ -419,6 +460,9 @@ impl Judge {
             (true, true) => reason.push_str("is not isolated for ingress nor egress"),
             (true, false) => reason.push_str("is not isolated for ingress"),
             (false, true) => reason.push_str("is not isolated for egress"),
+            (false, false) if self.policy.cluster_len() > 0 => {
+                reason.push_str("is not isolated by any NetworkPolicy nor ClusterNetworkPolicy Deny rule");
+            }
             (false, false) => reason.push_str("is not isolated by any NetworkPolicy"),
         }
         if !required_by.is_empty() {

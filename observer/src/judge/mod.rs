@@ -3,7 +3,8 @@
 //! In: a [`JudgeInput`] per flow (both ends resolved, state and counters),
 //! the compiled [`crate::policy::PolicyEngine`] and
 //! [`crate::intent::IntentIndex`]. Out: a [`FlowVerdict`] per flow
-//! (`allowed`, `denied-attempt`, `enforcement-gap`, `intent-violation`, with
+//! (`allowed`, `denied-attempt`, `enforcement-gap`, `intent-violation`,
+//! `undecidable`, with
 //! the deciding policies and intent rule and their versions), and per AI-tier
 //! pod whether it is [`Unprotected`]. The stage keeps the policy outcome each
 //! open flow started under, so a flow keeps its verdict across policy changes

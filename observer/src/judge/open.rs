@@ -109,12 +109,12 @@ impl OpenFlows {
 
 /// Whether two policy outcomes decide a flow alike (the versions cited may differ).
 pub(crate) fn same_decision(a: &Policy, b: &Policy) -> bool {
-    a.as_ref().map(|outcome| outcome.allowed) == b.as_ref().map(|outcome| outcome.allowed)
+    a.as_ref().map(|outcome| outcome.decision) == b.as_ref().map(|outcome| outcome.decision)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::decide::Decision, *};
 
     #[test]
     fn a_full_map_sweeps_stale_flows_then_refuses_new_ones() {
@@ -143,7 +143,8 @@ mod tests {
     #[test]
     fn outcomes_decide_alike_by_allowing_or_not() {
         let outcome = |allowed: bool, reason: &str| {
-            Some(Arc::new(PolicyOutcome { allowed, policies: Vec::new(), reason: reason.to_owned() }))
+            let decision = if allowed { Decision::Allowed } else { Decision::Denied };
+            Some(Arc::new(PolicyOutcome { decision, policies: Vec::new(), reason: reason.to_owned() }))
         };
         assert!(same_decision(&outcome(true, "a"), &outcome(true, "b")), "other versions, same decision");
         assert!(!same_decision(&outcome(true, "a"), &outcome(false, "a")));

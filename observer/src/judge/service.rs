@@ -25,9 +25,11 @@ use crate::{intent::FlowEnd, inventory::model::Protocol, rendered::RenderedJson}
 fn gravity(verdict: VerdictKind) -> u8 {
     match verdict {
         VerdictKind::Allowed => 0,
-        VerdictKind::IntentViolation => 1,
-        VerdictKind::DeniedAttempt => 2,
-        VerdictKind::EnforcementGap => 3,
+        // It may be allowed: milder than anything known to break a rule.
+        VerdictKind::Undecidable => 1,
+        VerdictKind::IntentViolation => 2,
+        VerdictKind::DeniedAttempt => 3,
+        VerdictKind::EnforcementGap => 4,
     }
 }
 

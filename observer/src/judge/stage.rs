@@ -36,6 +36,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{
     Delivery, FlowVerdict, Judge, JudgeInput, VerdictKind,
+    decide::Decision,
     delivery::Proof,
     open::{OpenFlows, Outlived, Policy, same_decision},
 };
@@ -413,7 +414,7 @@ impl JudgeStage {
                 return None;
             }
             let changed = flow.outlived.as_ref().is_none_or(|outlived| outlived.now != now);
-            report = changed && now.as_ref().is_some_and(|outcome| !outcome.allowed);
+            report = changed && now.as_ref().is_some_and(|outcome| outcome.decision == Decision::Denied);
             if changed {
                 flow.outlived = Some(Box::new(Outlived { now, last: None }));
             }

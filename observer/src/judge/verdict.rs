@@ -14,7 +14,7 @@ use crate::{
     rendered::RenderedJson,
 };
 
-/// The four verdicts a flow can get.
+/// The five verdicts a flow can get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VerdictKind {
@@ -26,6 +26,12 @@ pub enum VerdictKind {
     EnforcementGap,
     /// Policies allow it but an intent forbids it.
     IntentViolation,
+    /// Policies can neither allow nor deny it from what the observer saw: a
+    /// ClusterNetworkPolicy `domainNames` rule would accept it where the
+    /// rest of the chain denies it, and no DNS name is known for its
+    /// destination. Never guessed as allowed or denied, so it is no
+    /// `enforcement-gap` and no `denied-attempt`.
+    Undecidable,
 }
 
 impl VerdictKind {
@@ -36,6 +42,7 @@ impl VerdictKind {
             Self::DeniedAttempt => "denied-attempt",
             Self::EnforcementGap => "enforcement-gap",
             Self::IntentViolation => "intent-violation",
+            Self::Undecidable => "undecidable",
         }
     }
 }

@@ -40,8 +40,13 @@ pub type Stamp = u64;
 pub const OUTCOMES: [Outcome; 4] = [Outcome::Completed, Outcome::Refused, Outcome::Unanswered, Outcome::Evicted];
 
 /// The verdicts, in the order of their series in a cell.
-pub const VERDICTS: [VerdictKind; 4] =
-    [VerdictKind::Allowed, VerdictKind::DeniedAttempt, VerdictKind::EnforcementGap, VerdictKind::IntentViolation];
+pub const VERDICTS: [VerdictKind; 5] = [
+    VerdictKind::Allowed,
+    VerdictKind::DeniedAttempt,
+    VerdictKind::EnforcementGap,
+    VerdictKind::IntentViolation,
+    VerdictKind::Undecidable,
+];
 
 /// What a series of a cell counts, and where its bits sit in [`Cell::live`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +77,7 @@ impl Kind {
         match self {
             Self::Traffic => 0b11,
             Self::Flows => 0b1111 << 2,
-            Self::Verdicts => 0b1111 << 6,
+            Self::Verdicts => 0b1_1111 << 6,
         }
     }
 
@@ -109,7 +114,8 @@ pub struct TrafficTally {
 }
 
 /// The series of one edge. Aligned so that the traffic sits in the first
-/// cache line, the outcomes in the second, the verdicts in the third.
+/// cache line, the outcomes in the second, the verdicts from the third (the
+/// fifth, `undecidable`, rarely counted, in the fourth).
 #[derive(Clone, Debug, Default)]
 #[repr(C, align(64))]
 pub struct Cell {
@@ -125,7 +131,7 @@ pub struct Cell {
     /// By [`OUTCOMES`].
     pub flows: [Tally; 4],
     /// By [`VERDICTS`].
-    pub verdicts: [Tally; 4],
+    pub verdicts: [Tally; 5],
 }
 
 impl Cell {
@@ -162,7 +168,11 @@ impl Cell {
     fn collect(&mut self, now: Stamp, grace: u64) -> [usize; 3] {
         let mut removed = [0; 3];
         for (count, kind) in removed.iter_mut().zip(Kind::ALL) {
-            let series = if kind == Kind::Traffic { 2 } else { 4 };
+            let series = match kind {
+                Kind::Traffic => 2,
+                Kind::Flows => OUTCOMES.len(),
+                Kind::Verdicts => VERDICTS.len(),
+            };
             for index in 0..series {
                 if self.holds(kind, index) && now.saturating_sub(self.used(kind, index)) >= grace {
                     self.live &= !kind.bit(index);
@@ -465,7 +475,7 @@ mod tests {
         for (index, verdict) in VERDICTS.into_iter().enumerate() {
             assert_eq!(verdict as usize, index);
         }
-        assert_eq!(std::mem::size_of::<Cell>(), 192, "traffic, outcomes and verdicts in a cache line each");
+        assert_eq!(std::mem::size_of::<Cell>(), 256, "traffic, outcomes and verdicts each from a cache line");
     }
 
     #[test]

@@ -26,7 +26,7 @@ const PACKETS_HELP: &str = "Packets between two workloads, by direction.";
 const FLOWS_HELP: &str =
     "Flows between two workloads that ended, by outcome (completed, refused, unanswered, evicted).";
 const VERDICTS_HELP: &str =
-    "Flows judged on an edge, by verdict (allowed, denied-attempt, enforcement-gap, intent-violation).";
+    "Flows judged on an edge, by verdict (allowed, denied-attempt, enforcement-gap, intent-violation, undecidable).";
 
 /// Encodes the edge families on every scrape.
 #[derive(Debug)]

@@ -370,6 +370,8 @@ fn verdict_json(verdict: &Verdict) -> Value {
         "ingress": side_json(&verdict.ingress),
     });
     if verdict.undecidable().is_some() {
+        // Neither allowed nor denied: its own outcome, never read as a denial.
+        json["allowed"] = Value::Null;
         json["undecidable"] = Value::Bool(true);
     }
     json

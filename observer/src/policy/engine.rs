@@ -62,6 +62,17 @@ pub struct Isolation {
     pub egress: Vec<Arc<PolicyRef>>,
 }
 
+/// The ClusterNetworkPolicies guarding a pod, per direction: those whose
+/// subject selects it and that have a `Deny` rule for the direction, in
+/// evaluation order (Admin by priority, then Baseline).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Guardrails {
+    /// With a `Deny` ingress rule.
+    pub ingress: Vec<Arc<PolicyRef>>,
+    /// With a `Deny` egress rule.
+    pub egress: Vec<Arc<PolicyRef>>,
+}
+
 /// Policies that require one `key=value` of the pods they select.
 #[derive(Clone, Debug)]
 struct LabelPolicies {
@@ -161,6 +172,22 @@ struct PodEntry {
     /// Its ports named by policies, in [`PodIndex::ports`].
     ports_start: u32,
     ports: u32,
+    /// Where its ClusterNetworkPolicies start in [`PodIndex::cluster`], and
+    /// how many there are per [`cluster_slot`]: the positions, in each
+    /// tier's evaluation order, of the policies whose subject selects it
+    /// and that have rules for the direction.
+    cluster_start: u32,
+    cluster: [u32; 4],
+}
+
+/// The slot of a tier and direction in [`PodEntry::cluster`].
+fn cluster_slot(tier: Tier, direction: Direction) -> usize {
+    match (tier, direction) {
+        (Tier::Admin, Direction::Ingress) => 0,
+        (Tier::Admin, Direction::Egress) => 1,
+        (Tier::Baseline, Direction::Ingress) => 2,
+        (Tier::Baseline, Direction::Egress) => 3,
+    }
 }
 
 /// Per-pod records, by the pod's address. The index holds the pods' `Arc`s,
@@ -171,6 +198,8 @@ struct PodIndex {
     entries: HashMap<usize, PodEntry, AddressBuildHasher>,
     ids: Vec<u32>,
     ports: Vec<NamedPort>,
+    /// ClusterNetworkPolicy positions, per pod (see [`PodEntry::cluster`]).
+    cluster: Vec<u32>,
     pods: Vec<Arc<Pod>>,
 }
 
@@ -208,6 +237,13 @@ impl PodIndex {
         let start = entry.ports_start as usize;
         &self.ports[start..start + entry.ports as usize]
     }
+
+    /// The ClusterNetworkPolicies of `tier` selecting the pod with rules for `direction`.
+    fn cluster(&self, entry: &PodEntry, tier: Tier, direction: Direction) -> &[u32] {
+        let slot = cluster_slot(tier, direction);
+        let start = entry.cluster_start as usize + entry.cluster[..slot].iter().sum::<u32>() as usize;
+        &self.cluster[start..start + entry.cluster[slot] as usize]
+    }
 }
 
 /// The two directions a policy can isolate.
@@ -215,6 +251,15 @@ impl PodIndex {
 enum Direction {
     Ingress,
     Egress,
+}
+
+impl Direction {
+    fn of_cluster(self) -> cnp::Direction {
+        match self {
+            Self::Ingress => cnp::Direction::Ingress,
+            Self::Egress => cnp::Direction::Egress,
+        }
+    }
 }
 
 /// A pod that policies can select, as the engine sees it.
@@ -318,6 +363,11 @@ impl PolicyEngine {
             nodes.iter().map(|node| NodeAddresses { labels: node.labels.clone(), ips: node.ips.clone() }).collect();
         let (cluster, errors) = cnp::compile_all(policies, &self.namespace_labels, nodes);
         self.cluster = cluster;
+        // The pod index lists the policies selecting each pod: redo it for these.
+        if !self.pods.pods.is_empty() {
+            let pods = std::mem::take(&mut self.pods.pods);
+            self.index_pods(pods);
+        }
         (self, errors)
     }
 
@@ -383,7 +433,24 @@ impl PolicyEngine {
             }
         }
         let ports = index.ports.len() as u32 - ports_start;
-        PodEntry { placement, start, ingress, egress, matched, ports_start, ports }
+        let cluster_start = index.cluster.len() as u32;
+        let mut cluster = [0; 4];
+        let namespace = match placement {
+            Placement::HostNetwork => None,
+            Placement::Known(id) => Some(NsKey::Known(id)),
+            Placement::Unknown => Some(NsKey::Unknown(&pod.namespace)),
+        };
+        // Host-network pods are no subject of any ClusterNetworkPolicy.
+        if let Some(namespace) = namespace.filter(|_| self.cluster.len() > 0) {
+            let subject = PodKey { labels: &pod.labels, namespace };
+            for tier in [Tier::Admin, Tier::Baseline] {
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    cluster[cluster_slot(tier, direction)] =
+                        self.cluster.push_selecting(tier, direction.of_cluster(), subject, &mut index.cluster);
+                }
+            }
+        }
+        PodEntry { placement, start, ingress, egress, matched, ports_start, ports, cluster_start, cluster }
     }
 
     /// Appends the policies of `selection` selecting a pod with `labels`, in
@@ -506,6 +573,24 @@ impl PolicyEngine {
         Isolation { ingress: selecting(&bucket.ingress), egress: selecting(&bucket.egress) }
     }
 
+    /// The ClusterNetworkPolicies that guard `pod` (see [`Guardrails`]):
+    /// with the NetworkPolicies [`isolating`](Self::isolating) it, what
+    /// tells an unprotected pod. A host-network pod is no subject: none.
+    pub fn guarding(&self, pod: &Pod) -> Guardrails {
+        if pod.host_network || self.cluster.len() == 0 {
+            return Guardrails::default();
+        }
+        let namespace = match self.namespace_ids.get(pod.namespace.as_str()) {
+            Some(id) => NsKey::Known(*id),
+            None => NsKey::Unknown(&pod.namespace),
+        };
+        let subject = PodKey { labels: &pod.labels, namespace };
+        Guardrails {
+            ingress: self.cluster.guarding(cnp::Direction::Ingress, subject),
+            egress: self.cluster.guarding(cnp::Direction::Egress, subject),
+        }
+    }
+
     fn resolve<'a>(&'a self, endpoint: Endpoint<'a>) -> Resolved<'a> {
         let (pod, ip) = match endpoint {
             Endpoint::Pod { pod, ip } => (pod, ip),
@@ -554,34 +639,40 @@ impl PolicyEngine {
     ) -> SideVerdict {
         let Some(selectable) = end.pod else { return SideVerdict::open() };
         let subject = PodKey { labels: &selectable.pod.labels, namespace: selectable.namespace };
-        let direction_of = match direction {
-            Direction::Ingress => cnp::Direction::Ingress,
-            Direction::Egress => cnp::Direction::Egress,
-        };
+        let direction_of = direction.of_cluster();
+        let selecting = |tier| selectable.entry.map(|entry| self.pods.cluster(entry, tier, direction));
         let (mut steps, mut unsure) = (Vec::new(), None);
         let decided = |action| SideVerdict { allowed: action == Action::Accept, ..SideVerdict::default() };
-        let mut verdict =
-            match self.cluster.evaluate(Tier::Admin, direction_of, subject, side_flow, &mut steps, &mut unsure) {
-                TierEnd::Decided(action) => decided(action),
-                TierEnd::Passed | TierEnd::NoMatch => {
-                    let network = self.side(end, direction, flow);
-                    if network.isolated {
-                        network
-                    } else {
-                        match self.cluster.evaluate(
-                            Tier::Baseline,
-                            direction_of,
-                            subject,
-                            side_flow,
-                            &mut steps,
-                            &mut unsure,
-                        ) {
-                            TierEnd::Decided(action) => decided(action),
-                            TierEnd::Passed | TierEnd::NoMatch => network,
-                        }
+        let mut verdict = match self.cluster.evaluate(
+            Tier::Admin,
+            direction_of,
+            subject,
+            selecting(Tier::Admin),
+            side_flow,
+            &mut steps,
+            &mut unsure,
+        ) {
+            TierEnd::Decided(action) => decided(action),
+            TierEnd::Passed | TierEnd::NoMatch => {
+                let network = self.side(end, direction, flow);
+                if network.isolated {
+                    network
+                } else {
+                    match self.cluster.evaluate(
+                        Tier::Baseline,
+                        direction_of,
+                        subject,
+                        selecting(Tier::Baseline),
+                        side_flow,
+                        &mut steps,
+                        &mut unsure,
+                    ) {
+                        TierEnd::Decided(action) => decided(action),
+                        TierEnd::Passed | TierEnd::NoMatch => network,
                     }
                 }
-            };
+            }
+        };
         verdict.cluster = steps;
         // A domainNames rule only accepts: it can change only a denial.
         if !verdict.allowed {

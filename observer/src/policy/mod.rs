@@ -19,7 +19,7 @@ mod verdict;
 pub use cidr::CidrError;
 // The intent rules match peers the way NetworkPolicies do.
 pub(crate) use cidr::Cidr;
-pub use engine::{Endpoint, Isolation, PolicyEngine};
+pub use engine::{Endpoint, Guardrails, Isolation, PolicyEngine};
 pub use error::{PolicyError, Problem};
 pub(crate) use selector::Selector;
 pub use verdict::{Action, ClusterRank, ClusterStep, PolicyRef, SideVerdict, Tier, Verdict};

@@ -15,7 +15,7 @@ use crate::{
     inventory::model::{ContainerPort, Labels, Protocol},
     policy::{
         compiled::{Addresses, NsKey},
-        verdict::{Action, ClusterStep, Tier},
+        verdict::{Action, ClusterStep, PolicyRef, Tier},
     },
 };
 
@@ -72,6 +72,16 @@ enum Match {
     NeedsName,
 }
 
+/// One tier walked for one side.
+struct Walk<'p, 'f> {
+    policies: &'p [CompiledCnp],
+    direction: Direction,
+    /// The subject to test each policy's against; `None` when the walked
+    /// policies are known to select it (the pod index listed them).
+    subject: Option<PodKey<'f>>,
+    flow: &'f SideFlow<'f>,
+}
+
 /// A node's labels and addresses, for nodes peers.
 #[derive(Clone, Debug)]
 pub(crate) struct NodeAddresses {
@@ -103,36 +113,98 @@ impl ClusterPolicies {
         self.admin.len() + self.baseline.len()
     }
 
+    /// Appends the positions (in `tier`'s evaluation order) of the policies
+    /// whose subject selects `subject` and that have rules for `direction`:
+    /// what [`Self::evaluate`] walks for an indexed pod. Returns how many.
+    pub(crate) fn push_selecting(
+        &self,
+        tier: Tier,
+        direction: Direction,
+        subject: PodKey<'_>,
+        positions: &mut Vec<u32>,
+    ) -> u32 {
+        let start = positions.len();
+        for (position, policy) in self.tier(tier).iter().enumerate() {
+            if !rules(policy, direction).is_empty() && policy.subject.contains(subject.labels, subject.namespace) {
+                positions.push(position as u32);
+            }
+        }
+        (positions.len() - start) as u32
+    }
+
+    /// The policies of both tiers, in evaluation order, whose subject
+    /// selects `subject` and that have a `Deny` rule for `direction`: the
+    /// guardrails that protect the pod in that direction.
+    pub(crate) fn guarding(&self, direction: Direction, subject: PodKey<'_>) -> Vec<Arc<PolicyRef>> {
+        self.admin
+            .iter()
+            .chain(&self.baseline)
+            .filter(|policy| rules(policy, direction).iter().any(|rule| rule.action == Action::Deny))
+            .filter(|policy| policy.subject.contains(subject.labels, subject.namespace))
+            .map(|policy| Arc::clone(&policy.meta))
+            .collect()
+    }
+
+    fn tier(&self, tier: Tier) -> &[CompiledCnp] {
+        match tier {
+            Tier::Admin => &self.admin,
+            Tier::Baseline => &self.baseline,
+        }
+    }
+
     /// Evaluates `tier` for the side whose subject is `subject`, appending
-    /// the matching rules to `steps`. A domainNames rule that cannot be
-    /// matched for want of a name is skipped, and its description put in
-    /// `unsure` (the first one only): the side is undecidable if that
-    /// rule's Accept would have changed the outcome.
+    /// the matching rules to `steps`. `selecting`, when the pod is indexed,
+    /// lists the policies whose subject selects it ([`Self::push_selecting`]):
+    /// only those are walked, and their subjects are not tested again.
+    /// A domainNames rule that cannot be matched for want of a name is
+    /// skipped, and its description put in `unsure` (the first one only):
+    /// the side is undecidable if that rule's Accept would have changed the
+    /// outcome.
+    #[expect(clippy::too_many_arguments, reason = "one side of one flow, as the engine resolved it")]
     pub(crate) fn evaluate(
         &self,
         tier: Tier,
         direction: Direction,
         subject: PodKey<'_>,
+        selecting: Option<&[u32]>,
         flow: &SideFlow<'_>,
         steps: &mut Vec<ClusterStep>,
         unsure: &mut Option<String>,
     ) -> TierEnd {
-        let policies = match tier {
-            Tier::Admin => &self.admin,
-            Tier::Baseline => &self.baseline,
-        };
-        for (position, policy) in policies.iter().enumerate() {
-            let Some((rule, action)) = self.first_match(policy, direction, subject, flow, unsure) else { continue };
-            let tied_with = policies[position + 1..]
-                .iter()
+        let policies = self.tier(tier);
+        match selecting {
+            Some(positions) => {
+                let walk = Walk { policies, direction, subject: None, flow };
+                self.walk(&walk, positions.iter().map(|position| *position as usize), steps, unsure)
+            }
+            None => {
+                let walk = Walk { policies, direction, subject: Some(subject), flow };
+                self.walk(&walk, 0..policies.len(), steps, unsure)
+            }
+        }
+    }
+
+    /// Walks the policies at `positions` (in evaluation order) until one's rule matches.
+    fn walk(
+        &self,
+        walk: &Walk<'_, '_>,
+        mut positions: impl Iterator<Item = usize> + Clone,
+        steps: &mut Vec<ClusterStep>,
+        unsure: &mut Option<String>,
+    ) -> TierEnd {
+        while let Some(position) = positions.next() {
+            let policy = &walk.policies[position];
+            let Some((rule, action)) = self.first_match(policy, walk, unsure) else { continue };
+            let tied_with = positions
+                .clone()
+                .map(|other| &walk.policies[other])
                 .take_while(|other| other.rank.priority == policy.rank.priority)
                 .find(|other| {
                     let mut ignored = None;
-                    self.first_match(other, direction, subject, flow, &mut ignored)
-                        .is_some_and(|(_, other_action)| other_action != action)
+                    self.first_match(other, walk, &mut ignored).is_some_and(|(_, other_action)| other_action != action)
                 })
                 .map(|other| Arc::clone(&other.meta));
-            let rules = rules(policy, direction);
+            let rules = rules(policy, walk.direction);
             steps.push(ClusterStep {
                 policy: Arc::clone(&policy.meta),
                 rule: rule as u32,
@@ -152,16 +224,14 @@ impl ClusterPolicies {
     fn first_match(
         &self,
         policy: &CompiledCnp,
-        direction: Direction,
-        subject: PodKey<'_>,
-        flow: &SideFlow<'_>,
+        walk: &Walk<'_, '_>,
         unsure: &mut Option<String>,
     ) -> Option<(usize, Action)> {
-        if !policy.subject.contains(subject.labels, subject.namespace) {
+        if walk.subject.is_some_and(|subject| !policy.subject.contains(subject.labels, subject.namespace)) {
             return None;
         }
-        for (index, rule) in rules(policy, direction).iter().enumerate() {
-            match self.rule_matches(rule, flow) {
+        for (index, rule) in rules(policy, walk.direction).iter().enumerate() {
+            match self.rule_matches(rule, walk.flow) {
                 Match::Yes => return Some((index, rule.action)),
                 Match::No => {}
                 Match::NeedsName => {
