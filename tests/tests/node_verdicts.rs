@@ -1,4 +1,4 @@
-//! Issue 18 end to end: verdicts on a lab built like a real node (kube-proxy Services with
+//! Issues 18 and 25 end to end: verdicts on a lab built like a real node (kube-proxy Services with
 //! conntrack DNAT, kube-dns behind its ClusterIP, probes from the node, a host-network pod,
 //! policies that change while a connection is open), with the observer inside the node's network
 //! namespace as a hostNetwork DaemonSet pod runs. Exact assertions on the flow log, the findings
@@ -867,4 +867,190 @@ fn a_node_port_flow_is_judged_at_its_backend_not_as_node_traffic() {
         "{}",
         pretty(&at_backends)
     );
+}
+
+fn cluster_policy(name: &str, tier: &str, priority: u32, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["tier"] = json!(tier);
+    spec["priority"] = json!(priority);
+    json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+           "metadata": {"name": name, "resourceVersion": "1"}, "spec": spec})
+}
+
+/// Issue 25: ClusterNetworkPolicies judged on the node. An Admin `Deny` the lab does not enforce
+/// is an `enforcement-gap` citing the ClusterNetworkPolicy rule, directly and through a Service
+/// (judged at the backend kube-proxy DNATed it to, on the backend's port); a Baseline `Deny`
+/// is overridden by a NetworkPolicy that allows, and decides where no NetworkPolicy isolates.
+#[test]
+fn cluster_network_policies_admin_deny_is_a_gap_and_a_baseline_deny_yields_to_a_networkpolicy() {
+    if !root_or_skip("cluster_network_policies_admin_deny_is_a_gap_and_a_baseline_deny_yields_to_a_networkpolicy") {
+        return;
+    }
+    let cluster = Cluster::build("cnp");
+    let web_pods = json!({"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}});
+    let clients = json!({"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "client"}}});
+    cluster.write_policies(&[
+        // No agent reaches a model server's 8080, whatever the namespace owners allow.
+        cluster_policy(
+            "guard-web",
+            "Admin",
+            10,
+            json!({"subject": {"pods": web_pods}, "ingress": [{"name": "no-agents", "action": "Deny",
+                "from": [{"pods": clients}], "protocols": [{"tcp": {"destinationPort": {"number": 8080}}}]}]}),
+        ),
+        // Nothing enters shop unless a NetworkPolicy there says otherwise.
+        cluster_policy(
+            "baseline-deny",
+            "Baseline",
+            100,
+            json!({"subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}}},
+                   "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}),
+        ),
+        policy(
+            "shop",
+            "db-from-client",
+            json!({"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+                   "ingress": [{"from": [app("client")], "ports": [{"protocol": "TCP", "port": 5432}]}]}),
+        ),
+    ]);
+    let observer = cluster.observer();
+    let (client, prometheus, db, web) = (cluster.client(), cluster.prometheus(), cluster.db(), cluster.web(0));
+    let mut servers: Vec<Proc> =
+        (0..2).map(|i| server(cluster.web(i), cluster.web(i).addr_v4(8080), WEB_REPLY)).collect();
+    servers.push(server(db, db.addr_v4(5432), 20));
+    let service = cluster.web.addr("http", false).expect("ClusterIP");
+    // The lab enforces nothing: every connection is delivered.
+    assert_eq!(connect(client, web.addr_v4(8080), 3, WEB_REPLY).complete, 3);
+    assert_eq!(connect(client, service, 4, WEB_REPLY).complete, 4);
+    assert_eq!(connect(client, db.addr_v4(5432), 2, 20).complete, 2);
+    assert_eq!(connect(prometheus, web.addr_v4(8080), 1, WEB_REPLY).complete, 1);
+    wait_ends(&observer, client.cgroup_id(), web.addr_v4(8080), 3);
+    wait_ends(&observer, client.cgroup_id(), service, 4);
+    wait_ends(&observer, client.cgroup_id(), db.addr_v4(5432), 2);
+    wait_ends(&observer, prometheus.cgroup_id(), web.addr_v4(8080), 1);
+    wait_ends(&observer, db.cgroup_id(), db.addr_v4(5432), 2);
+    observer.wait_for_records(Duration::from_secs(20), |records| {
+        (0..2)
+            .map(|i| at(records, cluster.web(i).cgroup_id(), cluster.web(i).addr_v4(8080), false).len())
+            .sum::<usize>()
+            >= 8
+    });
+    // Verdicts are counted as records are metered, findings when the judge flushes them: scrape
+    // until every flow's verdict shows, then judge the exact counts of that scrape.
+    // Of flows into shop (the test's own scrapes of the observer are node traffic).
+    let verdicts_total = |metrics: &str, verdict: &str| {
+        let label = format!("verdict=\"{verdict}\"");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("flow_observer_verdicts_total") && l.contains(&label))
+            .filter(|l| l.contains("dst_namespace=\"shop\""))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum::<f64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = observer.get("/metrics").expect("metrics from inside the node namespace").1;
+        let counted = verdicts_total(&metrics, "enforcement-gap") >= 16.0 && verdicts_total(&metrics, "allowed") >= 4.0;
+        let flushed = metric_sum(&metrics, "flow_observer_findings_total", "kind=\"enforcement-gap\"") >= 16.0;
+        if (counted && flushed) || Instant::now() >= deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let run = observer.stop().expect("observer stops");
+
+    let guard = json!([{"kind": "ClusterNetworkPolicy", "name": "guard-web", "tier": "Admin", "priority": 10,
+                        "resourceVersion": "1"}]);
+    let guard_rule = "cnp/guard-web@1 rule 0 (\"no-agents\") (Admin, priority 10): Deny";
+    // The Admin Deny, straight to the pod: a gap at the client's socket.
+    let records = at(&run.records, client.cgroup_id(), web.addr_v4(8080), false);
+    assert_eq!(verdicts(&records), vec!["enforcement-gap"; 3], "{}", pretty(&records));
+    for record in &records {
+        assert_eq!(record["verdict"]["policies"], guard, "{record}");
+        let reason = record["verdict"]["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(&format!("ingress of shop/web-0: {guard_rule}")), "{record}");
+    }
+    // Through the Service: judged at the backend, on its port 8080 (the ClusterIP's is 80).
+    let records = at(&run.records, client.cgroup_id(), service, false);
+    assert_eq!(verdicts(&records), vec!["enforcement-gap"; 4], "{}", pretty(&records));
+    let mut by_backend = [0_usize; 2];
+    for record in &records {
+        match record["dst"]["pod"].as_str() {
+            Some("web-0") => by_backend[0] += 1,
+            Some("web-1") => by_backend[1] += 1,
+            _ => {}
+        }
+        assert_eq!(record["dst"]["service"], json!({"namespace": "shop", "name": "web"}), "{record}");
+        assert!(matches!(record["dst"]["pod"].as_str(), Some("web-0" | "web-1")), "{record}");
+        assert_eq!(record["dst"]["backend"]["via"], "conntrack", "{record}");
+        assert_eq!(record["dst"]["backend"]["port"], 8080, "{record}");
+        assert_eq!(record["verdict"]["policies"], guard, "{record}");
+        assert!(record["verdict"]["reason"].as_str().unwrap_or("").contains(guard_rule), "{record}");
+    }
+    assert_eq!(by_backend.iter().sum::<usize>(), 4, "every Service connection at a web backend");
+    // At the web pods' sockets, where the direct and the Service connections both arrive from the
+    // client's address: gaps too, the direct ones at web-0.
+    for (i, service_calls) in by_backend.into_iter().enumerate() {
+        let pod = cluster.web(i);
+        let records: Vec<Value> = at(&run.records, pod.cgroup_id(), pod.addr_v4(8080), false)
+            .into_iter()
+            .filter(|r| ip_of(r, "src") == Some(client.ipv4().into()))
+            .collect();
+        let expected = service_calls + if i == 0 { 3 } else { 0 };
+        assert_eq!(verdicts(&records), vec!["enforcement-gap"; expected], "web-{i}:\n{}", pretty(&records));
+        for record in &records {
+            assert_eq!(record["verdict"]["policies"], guard, "{record}");
+            let reason = record["verdict"]["reason"].as_str().unwrap_or("");
+            assert!(reason.contains(&format!("ingress of shop/web-{i}: {guard_rule}")), "{record}");
+        }
+    }
+    // The Baseline Deny yields to the NetworkPolicy isolating db-0, which allows the client.
+    for cgroup in [client.cgroup_id(), db.cgroup_id()] {
+        let records = at(&run.records, cgroup, db.addr_v4(5432), false);
+        assert_eq!(verdicts(&records), vec!["allowed"; 2], "{}", pretty(&records));
+        for record in &records {
+            assert_eq!(
+                record["verdict"]["policies"],
+                json!([{"namespace": "shop", "name": "db-from-client", "resourceVersion": "1"}]),
+                "{record}"
+            );
+        }
+    }
+    // Where no NetworkPolicy isolates (web-0) and no Admin rule decides (prometheus is no
+    // agent), the Baseline Deny does.
+    let baseline = json!([{"kind": "ClusterNetworkPolicy", "name": "baseline-deny", "tier": "Baseline",
+                           "priority": 100, "resourceVersion": "1"}]);
+    for cgroup in [prometheus.cgroup_id(), web.cgroup_id()] {
+        let records: Vec<Value> = at(&run.records, cgroup, web.addr_v4(8080), false)
+            .into_iter()
+            .filter(|r| ip_of(r, "src") == Some(prometheus.ipv4().into()))
+            .collect();
+        assert_eq!(verdicts(&records), vec!["enforcement-gap"], "{}", pretty(&records));
+        assert_eq!(records[0]["verdict"]["policies"], baseline, "{}", records[0]);
+        let reason = records[0]["verdict"]["reason"].as_str().unwrap_or("");
+        assert!(
+            reason.contains("ingress of shop/web-0: cnp/baseline-deny@1 rule 0 (Baseline, priority 100): Deny"),
+            "{reason}"
+        );
+    }
+    // Exact counts, each flow at both its sockets: gaps 3 + 4 + 1 at the clients and as many at
+    // the web pods; 2 allowed at the client and 2 at db-0.
+    assert_eq!(verdicts_total(&metrics, "enforcement-gap"), 16.0, "{metrics}");
+    assert_eq!(verdicts_total(&metrics, "allowed"), 4.0, "{metrics}");
+    for verdict in ["denied-attempt", "intent-violation", "undecidable"] {
+        assert_eq!(verdicts_total(&metrics, verdict), 0.0, "{verdict}: {metrics}");
+    }
+    assert_eq!(metric_sum(&metrics, "flow_observer_findings_total", "kind=\"enforcement-gap\""), 16.0, "{metrics}");
+    let findings = cluster.findings();
+    let mut gaps: Vec<(String, u64)> = findings
+        .iter()
+        .filter(|f| f["kind"] == "enforcement-gap")
+        .map(|f| (f["rule"].as_str().unwrap_or("").to_owned(), f["count"].as_u64().unwrap_or(0)))
+        .collect();
+    gaps.sort();
+    let guard_count: u64 = gaps.iter().filter(|(rule, _)| rule == "cnp/guard-web").map(|(_, count)| count).sum();
+    let baseline_count: u64 = gaps.iter().filter(|(rule, _)| rule == "cnp/baseline-deny").map(|(_, count)| count).sum();
+    assert_eq!((guard_count, baseline_count), (14, 2), "{findings:#?}");
+    assert_eq!(gaps.iter().map(|(_, count)| count).sum::<u64>(), 16, "{findings:#?}");
+    drop(servers);
 }
