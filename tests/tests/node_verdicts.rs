@@ -1041,6 +1041,10 @@ fn cluster_network_policies_admin_deny_is_a_gap_and_a_baseline_deny_yields_to_a_
         assert_eq!(verdicts_total(&metrics, verdict), 0.0, "{verdict}: {metrics}");
     }
     assert_eq!(metric_sum(&metrics, "flow_observer_findings_total", "kind=\"enforcement-gap\""), 16.0, "{metrics}");
+    for (kind, loaded) in [("ClusterNetworkPolicy", 2.0), ("NetworkPolicy", 1.0)] {
+        let label = format!("kind=\"{kind}\"");
+        assert_eq!(metric_sum(&metrics, "flow_observer_policies_loaded", &label), loaded, "{kind}: {metrics}");
+    }
     let findings = cluster.findings();
     let mut gaps: Vec<(String, u64)> = findings
         .iter()
