@@ -24,7 +24,7 @@ use super::{
     edges::{EdgeKey, EdgeStats, Edges, EndKey, EndpointKindKey},
     output::EdgeOut,
     reader,
-    replay::Cluster,
+    replay::{Cluster, Source},
 };
 use crate::{config::ObserverConfig, flow::Protocol, judge::VerdictKind};
 
@@ -38,8 +38,12 @@ pub const STABLE_KEYS: [&str; 5] =
 #[derive(Debug, clap::Args)]
 pub struct AdviseArgs {
     /// The cluster: manifest files or folders.
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
+    /// Read the cluster from the API server of this kubeconfig instead
+    /// (listed once, as `observer run` reads it).
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
     /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
     #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
     pub flows: Vec<PathBuf>,
@@ -176,12 +180,12 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
         Some(path) => ObserverConfig::read(path)?,
         None => ObserverConfig::default(),
     };
-    let mut cluster = Cluster::load(&args.manifests, config)?;
+    let mut cluster = Cluster::load(Source::of(&args.manifests, args.kubeconfig.as_deref()), config)?;
     let mut edges = Edges::default();
     let input = reader::read(&args.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
     input.describe(&mut io::stderr().lock()).ok();
     cluster.adopt_gone(&edges);
-    let (current, _) = cluster.compile(&cluster.policies());
+    let (current, _, _) = cluster.compile(&cluster.policies(), cluster.cluster_policies());
     let mut judges = cluster.judges(&current, &edges);
     let mut allowed: Vec<(&EdgeKey, &EdgeStats)> = Vec::new();
     let mut advised = Advised::default();
@@ -309,7 +313,8 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
     }
     // Verify: every recorded allowed flow stays allowed under the advice alone.
     let advice: Vec<NetworkPolicy> = advised.policies.iter().map(|advice| advice.policy.clone()).collect();
-    let (set, errors) = cluster.compile(&advice);
+    // The advice alone: NetworkPolicies must allow it whatever the ClusterNetworkPolicies say.
+    let (set, errors, _) = cluster.compile(&advice, &[]);
     for error in errors {
         advised.unverified.push(format!("advised policy refused: {error}"));
     }

@@ -221,8 +221,8 @@ pub struct Edges {
     pub open_overflow: u64,
     /// First and last time in the records (ms).
     pub span: Option<(u64, u64)>,
-    /// Records per node.
-    pub records_by_node: BTreeMap<String, u64>,
+    /// Records per node, by index.
+    node_records: Vec<u64>,
 }
 
 impl Edges {
@@ -305,7 +305,12 @@ impl Edges {
             let kind = intern(&mut self.names, &verdict.verdict);
             *stats.recorded.entry(kind).or_default() += 1;
             for policy in &verdict.policies {
-                if stats.cited.len() < 16 {
+                // Compared in place: most records cite what the edge's earlier ones did.
+                let known = stats.cited.iter().any(|cited| {
+                    cited.resource_version.as_deref() == policy.resource_version.as_deref()
+                        && cited.policy.split_once('/') == Some((&*policy.namespace, &*policy.name))
+                });
+                if !known && stats.cited.len() < 16 {
                     stats.cited.insert(CitedPolicy {
                         policy: format!("{}/{}", policy.namespace, policy.name),
                         resource_version: policy.resource_version.as_deref().map(str::to_owned),
@@ -316,7 +321,9 @@ impl Edges {
         let span = self.span.get_or_insert((first_ms, last_ms));
         span.0 = span.0.min(first_ms);
         span.1 = span.1.max(last_ms);
-        *self.records_by_node.entry(line.node.to_string()).or_default() += 1;
+        if let Some(count) = self.node_records.get_mut(usize::from(node)) {
+            *count += 1;
+        }
     }
 
     /// Whether this record is the first its node wrote of its flow: a
@@ -351,6 +358,7 @@ impl Edges {
         }
         let id = u16::try_from(self.nodes.len()).unwrap_or(u16::MAX);
         self.nodes.push(name.to_owned());
+        self.node_records.push(0);
         self.node_ids.insert(name.to_owned(), id);
         id
     }
@@ -372,12 +380,17 @@ impl Edges {
             namespace: namespace.to_string(),
             name: name.to_string(),
             workload: peer.workload.as_ref().map(|w| (w.kind.to_string(), w.name.to_string())),
-            labels: peer.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: peer.labels.to_map(),
             node: peer.node.as_deref().map(str::to_owned),
             ip: peer.ip,
         });
         self.pod_ids.insert(uid.to_string(), id);
         (EndKey::Pod(id), kind)
+    }
+
+    /// Records per node.
+    pub fn records_by_node(&self) -> BTreeMap<String, u64> {
+        self.nodes.iter().cloned().zip(self.node_records.iter().copied()).collect()
     }
 
     /// The pod behind an index.

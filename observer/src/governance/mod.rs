@@ -12,4 +12,5 @@ pub mod output;
 pub mod reader;
 pub mod replay;
 pub mod report;
+mod scan;
 pub mod simulate;

@@ -24,11 +24,10 @@ use super::{
     edges::{EdgeKey, EdgeStats, Edges, EndKey},
     output::{EndOut, WorkloadOut, time},
     reader::{self, ReadReport},
-    replay::{Cluster, Judged, PolicySet},
+    replay::{Cluster, Judged, PolicySet, Source},
 };
 use crate::{
     config::ObserverConfig,
-    inventory::manifests::{self, Object},
     judge::VerdictKind,
     policy::{Endpoint, PolicyRef},
 };
@@ -40,8 +39,12 @@ pub const OWNER_ANNOTATION: &str = "ai.governance/owner";
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// The cluster: manifest files or folders.
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
+    /// Read the cluster from the API server of this kubeconfig instead
+    /// (listed once, as `observer run` reads it).
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
     /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
     #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
     pub flows: Vec<PathBuf>,
@@ -338,32 +341,19 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
         Some(path) => ObserverConfig::read(path)?,
         None => ObserverConfig::default(),
     };
-    let mut cluster = Cluster::load(&args.manifests, config)?;
+    let mut cluster = Cluster::load(Source::of(&args.manifests, args.kubeconfig.as_deref()), config)?;
     let mut edges = Edges::default();
     let input = reader::read(&args.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
     cluster.adopt_gone(&edges);
     let mut policies = cluster.policies();
     policies.sort_by_key(|policy| (policy.metadata.namespace.clone(), policy.metadata.name.clone()));
-    let (set, _) = cluster.compile(&policies);
-    let (rules_set, _) = cluster.compile(&single_rules(&policies));
+    let (set, _, _) = cluster.compile(&policies, cluster.cluster_policies());
+    let (rules_set, _, _) = cluster.compile(&single_rules(&policies), &[]);
     let mut judges = cluster.judges(&set, &edges);
 
     // The inventory keeps no annotations (it strips what judging does not
-    // need): the owner annotation is read from the manifests themselves.
-    let annotations: BTreeMap<(String, String), BTreeMap<String, String>> = manifests::load(&args.manifests)
-        .objects
-        .into_iter()
-        .filter_map(|loaded| match loaded.object {
-            Object::NetworkPolicy(policy) => {
-                let key = (
-                    policy.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-                    policy.metadata.name.clone().unwrap_or_default(),
-                );
-                policy.metadata.annotations.map(|annotations| (key, annotations))
-            }
-            _ => None,
-        })
-        .collect();
+    // need): the source read them apart.
+    let annotations = cluster.annotations();
     let mut reports: BTreeMap<(String, String), PolicyReport> = BTreeMap::new();
     let mut rule_usage: BTreeMap<(String, String), Usage> = BTreeMap::new();
     for policy in &policies {
@@ -527,7 +517,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
     let coverage = Coverage {
         from: edges.span.map(|(from, _)| time(from)),
         to: edges.span.map(|(_, to)| time(to)),
-        nodes: edges.records_by_node.clone(),
+        nodes: edges.records_by_node(),
         flows: judged.iter().map(|(_, stats, _)| stats.flows()).sum(),
         edges: judged.len() as u64,
         input,
