@@ -7,7 +7,10 @@ mod inventory_support;
 
 use std::path::{Path, PathBuf};
 
-use inventory_support::{CLUSTER_POLICIES, FakeApi, NAMESPACES, NODES, PODS, POLICIES, namespace, node, pod};
+use inventory_support::{
+    CLUSTER_POLICIES, ENDPOINTSLICES, FakeApi, NAMESPACES, NODES, PODS, POLICIES, SERVICES, endpoint_slice, namespace,
+    node, pod, service_port,
+};
 use observer::governance::{
     report::{ReportArgs, ReportFormat, report},
     simulate::{Format, SimulateArgs, simulate},
@@ -52,6 +55,9 @@ async fn cluster() -> FakeApi {
     api.apply(NODES, node("node-1", "10.0.0.1"));
     api.apply(PODS, pod("web-1").ns("shop").uid("uid-web").ip("198.18.0.10").label("app", "web").json());
     api.apply(PODS, pod("api-1").ns("shop").uid("uid-api").ip("198.18.0.11").label("app", "api").json());
+    api.apply(PODS, pod("web-2").ns("shop").uid("uid-web2").ip("198.18.0.12").label("app", "web").json());
+    api.apply(SERVICES, service_port("shop", "api", "10.96.0.10", "http", 80));
+    api.apply(ENDPOINTSLICES, endpoint_slice("shop", "api", "api-x1", ("http", 8080), &[("198.18.0.11", true)]));
     api.apply(
         POLICIES,
         json!({"metadata": {"name": "api-ingress", "namespace": "shop", "uid": "uid-np-api",
@@ -115,7 +121,7 @@ async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
     assert_eq!((policy.owner.as_deref(), policy.owner_source.as_str()), (Some("team-api"), "annotation"));
     assert_eq!(
         (policy.uid.as_deref(), policy.resource_version.as_deref()),
-        (Some("uid-np-api"), Some("6")),
+        (Some("uid-np-api"), Some("9")),
         "the fake server numbers its objects"
     );
     assert_eq!(policy.selected.iter().map(|pod| pod.pod.as_str()).collect::<Vec<_>>(), ["api-1"]);
@@ -124,4 +130,86 @@ async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
     // Listed once: one list per resource, and no more once the command is done.
     let lists = api.lists(POLICIES);
     assert_eq!(lists, 4, "two syncs of the inventory's watch and two lists for annotations");
+}
+
+/// A flow of web-2 to the Service `shop/api` at 10.96.0.10:80, sent to
+/// api-1:8080: as web-2's node records it (the backend named) and as
+/// api-1's node does (the pod's own address).
+fn service_flow() -> [String; 2] {
+    let web2 = json!({"ip": "198.18.0.12", "port": 41_000, "kind": "pod", "namespace": "shop", "pod": "web-2",
+        "uid": "uid-web2", "labels": {"app": "web"}});
+    let api = |ip: &str, port: u16| {
+        json!({"ip": ip, "port": port, "kind": "pod", "namespace": "shop", "pod": "api-1",
+        "uid": "uid-api", "labels": {"app": "api"}})
+    };
+    let mut asked = api("10.96.0.10", 80);
+    asked["service"] = json!({"namespace": "shop", "name": "api"});
+    asked["backend"] = json!({"ip": "198.18.0.11", "port": 8080, "via": "conntrack"});
+    let line = |node: &str, local: &str, dst: serde_json::Value| {
+        json!({"event": "end", "node": node, "protocol": "tcp", "src": web2, "dst": dst, "local": local,
+            "state": "closed", "to_dst": {"packets": 4, "bytes": 300}, "to_src": {"packets": 3, "bytes": 900},
+            "first_seen": "2026-01-01T00:00:03.000Z", "last_seen": "2026-01-01T00:00:04.000Z"})
+        .to_string()
+    };
+    [line("node-1", "src", asked), line("node-2", "dst", api("198.18.0.11", 8080))]
+}
+
+/// web-1 to the Service's address, its backend unknown to the daemon.
+fn unresolved_service_flow() -> String {
+    let mut text: serde_json::Value = serde_json::from_str(&record(WEB, "10.96.0.10", None, 80)).expect("json");
+    text["dst"]["kind"] = json!("service");
+    text["dst"]["namespace"] = json!("shop");
+    text["dst"]["service"] = json!({"namespace": "shop", "name": "api"});
+    text.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_flows_are_judged_at_their_backend_and_shown_with_the_address_asked() {
+    let api = cluster().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = kubeconfig(dir.path(), &api.url());
+    let flows = dir.path().join("flows.jsonl");
+    let [via_service, at_backend] = service_flow();
+    std::fs::write(
+        &flows,
+        [record(WEB, API.2, Some(API), 8080), via_service, at_backend, unresolved_service_flow()].join("\n"),
+    )
+    .expect("flows");
+    let proposed = dir.path().join("proposed.yaml");
+    std::fs::write(
+        &proposed,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-ingress, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 9090}]\n",
+    )
+    .expect("proposed");
+    let args = SimulateArgs {
+        manifests: Vec::new(),
+        kubeconfig: Some(config),
+        proposed: vec![proposed],
+        remove: Vec::new(),
+        flows: vec![flows],
+        output: Format::Json,
+        fail_on_break: false,
+        config: None,
+    };
+    let simulation = tokio::task::spawn_blocking(move || simulate(&args)).await.expect("join").expect("simulate");
+    // The Service flow seen from both ends is one flow of one edge, at the backend's port.
+    assert_eq!((simulation.flows, simulation.edges, simulation.unchanged), (3, 3, 0));
+    let broken: Vec<String> = simulation.would_break.iter().map(|change| change.edge.describe()).collect();
+    assert_eq!(
+        broken,
+        [
+            "shop/web-1 -> shop/api-1 8080/tcp",
+            "shop/web-1 -> service 10.96.0.10 80/tcp (via Service shop/api)",
+            "shop/web-2 -> shop/api-1 8080/tcp (via Service shop/api at 10.96.0.10:80)",
+        ]
+    );
+    for change in &simulation.would_break {
+        assert_eq!((change.before.verdict, change.after.verdict), ("allowed", "enforcement-gap"));
+        assert_eq!(change.after.policies, vec!["shop/api-ingress".to_owned()]);
+        assert_eq!(change.edge.flows, 1);
+    }
+    let json = serde_json::to_value(&simulation.would_break[2].edge).expect("json");
+    assert_eq!(json["asked"], json!({"ip": "10.96.0.10", "port": 80}));
+    assert_eq!(json["service"], json!({"namespace": "shop", "name": "api"}));
+    assert_eq!(json["port"], json!(8080));
 }

@@ -185,6 +185,9 @@ pub struct EdgeStats {
     pub resolved: bool,
     /// The Service the destination was reached through.
     pub service: Option<(Arc<str>, Arc<str>)>,
+    /// The address and port the source asked for, when the destination is
+    /// the backend a Service sent the flow to.
+    pub asked: Option<(IpAddr, Option<u16>)>,
     /// What the source and destination are, as the initiator's node saw
     /// them when it recorded the edge (else as the responder's did).
     pub kinds: (EndpointKindKey, EndpointKindKey),
@@ -245,7 +248,11 @@ impl Edges {
         let node = self.node(&line.node);
         let (src, src_kind) = self.end(&line.src);
         let (dst, dst_kind) = self.end(&line.dst);
-        let key = EdgeKey { src, dst, port: line.dst.port, protocol };
+        // A Service flow sent to a backend is judged at the backend, on the
+        // port the backend took it on, as the daemon judges it (and as the
+        // backend's own node records it, so both ends' records meet).
+        let port = line.dst.backend.map_or(line.dst.port, |backend| Some(backend.port));
+        let key = EdgeKey { src, dst, port, protocol };
         let local = line.local_end();
         let evidence = EdgeEvidence::of(local, state, line.to_dst, line.to_src);
         let new_flow = self.count_flow(line, local, first_ms);
@@ -260,6 +267,7 @@ impl Edges {
             names: Vec::new(),
             resolved: false,
             service: None,
+            asked: None,
             kinds: (src_kind, dst_kind),
             kinds_from_src: local == LocalEnd::Src,
             recorded: BTreeMap::new(),
@@ -291,6 +299,9 @@ impl Edges {
                     stats.names.sort();
                 }
             }
+        }
+        if stats.asked.is_none() && line.dst.backend.is_some() {
+            stats.asked = Some((line.dst.ip, line.dst.port));
         }
         if stats.service.is_none()
             && let Some(service) = &line.dst.service
@@ -382,7 +393,8 @@ impl Edges {
             workload: peer.workload.as_ref().map(|w| (w.kind.to_string(), w.name.to_string())),
             labels: peer.labels.to_map(),
             node: peer.node.as_deref().map(str::to_owned),
-            ip: peer.ip,
+            // A Service's backend: the pod's own address, not the one asked for.
+            ip: peer.backend.map_or(peer.ip, |backend| backend.ip),
         });
         self.pod_ids.insert(uid.to_string(), id);
         (EndKey::Pod(id), kind)

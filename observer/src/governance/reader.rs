@@ -105,6 +105,19 @@ pub struct LinePeer<'a> {
     /// What DNS said of this end.
     #[serde(default, borrow)]
     pub dns: Option<LineDns<'a>>,
+    /// Where a flow to a Service was sent (the destination's pod fields are
+    /// then the backend's, `ip` and `port` what the socket asked for).
+    #[serde(default)]
+    pub backend: Option<LineBackend>,
+}
+
+/// The backend of a Service flow in a [`FlowLine`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct LineBackend {
+    /// The backend's address.
+    pub ip: IpAddr,
+    /// The port it took the flow on.
+    pub port: u16,
 }
 
 /// A pod's workload in a [`FlowLine`].

@@ -344,6 +344,24 @@ impl Cluster {
         let dst = FlowEnd::from_endpoint(&dst_info, dst_pod, dst_ip, key.port);
         let dst = if stats.names.is_empty() && !stats.resolved { dst } else { dst.with_names(&stats.names) };
         let evidence = stats.evidence;
+        // What the source asked for when `dst` is a Service's backend: intents match either.
+        let asked_info = stats.asked.map(|_| EndpointInfo {
+            kind: crate::inventory::EndpointKind::Service,
+            namespace: stats.service.as_ref().map(|(namespace, _)| namespace.to_string()),
+            pod: None,
+            uid: None,
+            service: stats.service.as_ref().map(|(namespace, name)| crate::inventory::ServiceRef {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            }),
+            node: None,
+            workload: None,
+            labels: Default::default(),
+        });
+        let asked = match (&asked_info, stats.asked) {
+            (Some(info), Some((ip, port))) => Some(FlowEnd::from_endpoint(info, None, ip, port)),
+            _ => None,
+        };
         let input = JudgeInput {
             src,
             dst,
@@ -355,10 +373,33 @@ impl Cluster {
             first_seen: std::time::UNIX_EPOCH + std::time::Duration::from_millis(stats.first_ms),
             // Rates are not replayed: an edge is judged once, not per connection.
             new_flow: false,
-            // The Service address asked for is not kept per edge: the backend is judged.
-            asked: None,
+            asked,
         };
         let judge = judges.judges.get_mut(usize::from(stats.node))?;
+        if let (EndKey::Address(ip), EndpointKindKey::Service, Some(port)) = (key.dst, stats.kinds.1, key.port) {
+            // A Service flow whose backend the daemon did not know: judged at
+            // each ready backend the EndpointSlices list, as the daemon does.
+            let first_seen = input.first_seen;
+            let backends: Vec<_> = self
+                .snapshot
+                .service_backends(ip, port, key.protocol)
+                .map(|service| {
+                    service
+                        .backends
+                        .iter()
+                        .map(|backend| (self.snapshot.resolve_remote(backend.ip(), first_seen), *backend))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let ends: Vec<FlowEnd<'_>> = backends
+                .iter()
+                .map(|(endpoint, at)| {
+                    let pod = endpoint.uid.as_deref().and_then(|uid| self.snapshot.pod(uid));
+                    FlowEnd::from_endpoint(endpoint, pod, at.ip(), Some(at.port()))
+                })
+                .collect();
+            return Some(Judged { verdict: judge.flow_to_backends(&input, &ends) });
+        }
         Some(Judged { verdict: judge.flow(&input) })
     }
 

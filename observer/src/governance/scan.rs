@@ -14,7 +14,8 @@
 use std::{borrow::Cow, net::IpAddr};
 
 use super::reader::{
-    FlowLine, LineDns, LinePeer, LinePolicy, LineService, LineTraffic, LineVerdict, LineWorkload, RawLabels,
+    FlowLine, LineBackend, LineDns, LinePeer, LinePolicy, LineService, LineTraffic, LineVerdict, LineWorkload,
+    RawLabels,
 };
 
 /// Deeper input goes to serde_json (whose limit is 128).
@@ -367,6 +368,7 @@ impl<'a> Scan<'a> {
             labels: RawLabels::default(),
             service: None,
             dns: None,
+            backend: None,
         };
         self.object(|scan, key| {
             let text = |scan: &mut Self| scan.optional(Self::string);
@@ -415,11 +417,34 @@ impl<'a> Scan<'a> {
                     once(&mut seen, 10)?;
                     peer.dns = scan.optional(Self::dns)?;
                 }
+                "backend" => {
+                    once(&mut seen, 11)?;
+                    peer.backend = scan.optional(Self::backend)?;
+                }
                 _ => scan.skip(2)?,
             }
             Some(())
         })?;
         (seen & 1 == 1).then_some(peer)
+    }
+
+    fn backend(&mut self) -> Option<LineBackend> {
+        let (mut seen, mut ip, mut port) = (0, None, None);
+        self.object(|scan, key| {
+            match key {
+                "ip" => {
+                    once(&mut seen, 0)?;
+                    ip = Some(scan.string()?.parse().ok()?);
+                }
+                "port" => {
+                    once(&mut seen, 1)?;
+                    port = Some(u16::try_from(scan.unsigned()?).ok()?);
+                }
+                _ => scan.skip(3)?,
+            }
+            Some(())
+        })?;
+        Some(LineBackend { ip: ip?, port: port? })
     }
 
     fn workload(&mut self) -> Option<LineWorkload<'a>> {
@@ -536,7 +561,7 @@ mod tests {
     use super::*;
 
     /// A line as the daemon writes it (fields the reader does not keep included).
-    const DAEMON: &str = r#"{"time":"2026-01-01T00:00:09.000Z","event":"end","node":"node-a","protocol":"tcp","family":"ipv4","src":{"ip":"198.18.0.10","port":40000,"kind":"pod","namespace":"shop","pod":"web-1","uid":"u-web","node":"node-a","workload":{"kind":"Deployment","name":"web"},"labels":{"app":"web","app.kubernetes.io/name":"web"}},"dst":{"ip":"198.18.0.11","port":8080,"kind":"pod","namespace":"shop","pod":"api-1","uid":"u-api","labels":{"app":"api"},"service":{"namespace":"shop","name":"api"},"dns":{"names":["api.shop.svc.cluster.local"],"source":"answer"}},"local":"src","cgroup":{"id":1,"path":null},"state":"closed","to_dst":{"packets":3,"bytes":10},"to_src":{"packets":3,"bytes":20},"tcp_flags":{"to_dst":["SYN","ACK"],"to_src":["SYN","ACK"]},"first_seen":"2026-01-01T00:00:01.000Z","last_seen":"2026-01-01T00:00:08.000Z","duration_ms":1.5e3,"verdict":{"verdict":"allowed","reason":"allowed by shop/api","delivery":"delivered","policies":[{"namespace":"shop","name":"api","resourceVersion":"7","tier":null}]}}"#;
+    const DAEMON: &str = r#"{"time":"2026-01-01T00:00:09.000Z","event":"end","node":"node-a","protocol":"tcp","family":"ipv4","src":{"ip":"198.18.0.10","port":40000,"kind":"pod","namespace":"shop","pod":"web-1","uid":"u-web","node":"node-a","workload":{"kind":"Deployment","name":"web"},"labels":{"app":"web","app.kubernetes.io/name":"web"}},"dst":{"ip":"198.18.0.11","port":8080,"kind":"pod","namespace":"shop","pod":"api-1","uid":"u-api","labels":{"app":"api"},"service":{"namespace":"shop","name":"api"},"backend":{"ip":"198.18.0.12","port":9090,"via":"conntrack"},"dns":{"names":["api.shop.svc.cluster.local"],"source":"answer"}},"local":"src","cgroup":{"id":1,"path":null},"state":"closed","to_dst":{"packets":3,"bytes":10},"to_src":{"packets":3,"bytes":20},"tcp_flags":{"to_dst":["SYN","ACK"],"to_src":["SYN","ACK"]},"first_seen":"2026-01-01T00:00:01.000Z","last_seen":"2026-01-01T00:00:08.000Z","duration_ms":1.5e3,"verdict":{"verdict":"allowed","reason":"allowed by shop/api","delivery":"delivered","policies":[{"namespace":"shop","name":"api","resourceVersion":"7","tier":null}]}}"#;
 
     fn serde(text: &str) -> Option<FlowLine<'_>> {
         serde_json::from_str::<FlowLine<'_>>(text).ok()
