@@ -19,6 +19,7 @@ fn advice_on_the_fixture_keeps_allowed_flows_and_refuses_the_gap() {
         kubeconfig: None,
         flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],
         output_dir: None,
+        guardrails: false,
         namespace: Vec::new(),
         config: None,
     };
@@ -93,6 +94,7 @@ proptest! {
             kubeconfig: None,
             flows: vec![dir.path().join("flows.jsonl")],
             output_dir: None,
+            guardrails: false,
             namespace: Vec::new(),
             config: None,
         };
@@ -120,6 +122,7 @@ proptest! {
             kubeconfig: None,
             flows: vec![advice_dir.path().join("probe.jsonl")],
             output_dir: None,
+            guardrails: false,
             namespace: Vec::new(),
             config: None,
         };

@@ -127,6 +127,19 @@ async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
     assert_eq!(policy.selected.iter().map(|pod| pod.pod.as_str()).collect::<Vec<_>>(), ["api-1"]);
     assert_eq!(policy.rules.iter().map(|rule| (rule.flows, rule.unused)).collect::<Vec<_>>(), [(1, false), (0, true)]);
     assert_eq!((made.coverage.flows, made.coverage.edges), (2, 2));
+    // The guardrail and its rule's usage: the one flow to 203.0.113.0/24.
+    assert_eq!(made.cluster_policies.len(), 1);
+    let guardrail = &made.cluster_policies[0];
+    assert_eq!((guardrail.name.as_str(), guardrail.tier.as_str(), guardrail.priority), ("no-world", "Admin", Some(10)));
+    let rules: Vec<_> = guardrail
+        .rules
+        .iter()
+        .map(|rule| (rule.direction, rule.index, rule.action.as_str(), rule.flows, rule.unused))
+        .collect();
+    assert_eq!(rules, [("egress", 0, "Deny", 1, false)]);
+    assert_eq!(guardrail.rules[0].usage.first_seen.as_deref(), Some("2026-01-01T00:00:01.000Z"));
+    let md = observer::governance::report::markdown(&made);
+    assert!(md.contains("### cnp/no-world\n\n- Tier: Admin, priority: 10;"), "{md}");
     // Listed once: one list per resource, and no more once the command is done.
     let lists = api.lists(POLICIES);
     assert_eq!(lists, 4, "two syncs of the inventory's watch and two lists for annotations");

@@ -8,6 +8,7 @@
 
 pub mod advise;
 pub mod edges;
+pub mod guardrail;
 pub mod output;
 pub mod reader;
 pub mod replay;

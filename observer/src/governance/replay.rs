@@ -105,6 +105,7 @@ pub struct Cluster {
     snapshot: Arc<Snapshot>,
     intents: Arc<IntentIndex>,
     cluster_policies: Vec<ClusterNetworkPolicy>,
+    declared_intents: Vec<crate::intent::FlowIntent>,
     annotations: Annotations,
     config: ObserverConfig,
     /// Pods of the records the manifests do not hold, built from the records.
@@ -250,6 +251,7 @@ impl Cluster {
             snapshot,
             intents: Arc::new(intents),
             cluster_policies: loaded.cluster_policies.clone(),
+            declared_intents: loaded.intents.clone(),
             annotations,
             config,
             gone: HashMap::new(),
@@ -259,6 +261,16 @@ impl Cluster {
     /// The annotations of the cluster's NetworkPolicies.
     pub fn annotations(&self) -> &Annotations {
         &self.annotations
+    }
+
+    /// The FlowIntents the cluster declares, as declared.
+    pub fn declared_intents(&self) -> &[crate::intent::FlowIntent] {
+        &self.declared_intents
+    }
+
+    /// The daemon's configuration the cluster is judged with.
+    pub fn config(&self) -> &ObserverConfig {
+        &self.config
     }
 
     /// The ClusterNetworkPolicies the cluster declares.

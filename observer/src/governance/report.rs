@@ -29,7 +29,7 @@ use super::{
 use crate::{
     config::ObserverConfig,
     judge::VerdictKind,
-    policy::{Endpoint, PolicyRef},
+    policy::{Endpoint, PolicyRef, cnp::ClusterNetworkPolicy},
 };
 
 /// The annotation naming who owns a policy or workload.
@@ -244,11 +244,63 @@ pub struct Coverage {
     pub notes: Vec<String>,
 }
 
+/// One rule of a ClusterNetworkPolicy and the flows it matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterRuleOut {
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    /// Its position in the policy's list.
+    pub index: usize,
+    /// Its `name`, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `Accept`, `Deny` or `Pass`.
+    pub action: String,
+    /// `from`/`to` as declared.
+    pub peers: Value,
+    /// `protocols` as declared (absent: every port).
+    pub protocols: Value,
+    /// Recorded flows it matched (a `Pass` included).
+    pub flows: u64,
+    /// Their edges, first and last seen.
+    pub usage: Usage,
+    /// No recorded flow matched it: a candidate to tighten, or a guardrail
+    /// nothing tested.
+    pub unused: bool,
+}
+
+/// The evidence record of one ClusterNetworkPolicy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterPolicyReport {
+    /// Its name (cluster-scoped).
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: Option<String>,
+    /// `metadata.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `metadata.creationTimestamp`.
+    pub created: Option<String>,
+    /// Who owns it (as for NetworkPolicies).
+    pub owner: Option<String>,
+    /// Where the owner came from: `annotation`, `label:<key>`, or `none`.
+    pub owner_source: String,
+    /// `Admin` or `Baseline`.
+    pub tier: String,
+    /// `spec.priority`.
+    pub priority: Option<i64>,
+    /// `spec.subject` as declared.
+    pub subject: Value,
+    /// Each rule and the flows it matched.
+    pub rules: Vec<ClusterRuleOut>,
+}
+
 /// The report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Report {
     /// One per NetworkPolicy, sorted by namespace and name.
     pub policies: Vec<PolicyReport>,
+    /// One per ClusterNetworkPolicy, sorted by tier, priority and name.
+    pub cluster_policies: Vec<ClusterPolicyReport>,
     /// One per AI-tier workload, sorted.
     pub workloads: Vec<WorkloadReport>,
     /// What it covers.
@@ -275,8 +327,10 @@ pub enum ReportError {
     },
 }
 
-fn owner(policy: &NetworkPolicy, annotations: Option<&BTreeMap<String, String>>) -> (Option<String>, String) {
-    let meta = &policy.metadata;
+fn owner(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> (Option<String>, String) {
     if let Some(owner) = annotations.and_then(|a| a.get(OWNER_ANNOTATION)) {
         return (Some(owner.clone()), "annotation".to_owned());
     }
@@ -360,7 +414,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
         let meta = &policy.metadata;
         let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_owned());
         let name = meta.name.clone().unwrap_or_default();
-        let (owner, owner_source) = owner(policy, annotations.get(&(namespace.clone(), name.clone())));
+        let (owner, owner_source) = owner(meta, annotations.get(&(namespace.clone(), name.clone())));
         let spec = policy.spec.clone().unwrap_or_default();
         let rule = |direction: &'static str, index: usize, peers: Value, ports: Value| RuleOut {
             direction,
@@ -432,6 +486,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
         }
     }
     let mut versions: BTreeMap<(String, String), BTreeMap<Option<String>, u64>> = BTreeMap::new();
+    let mut cluster_usage: BTreeMap<(String, &'static str, u32), Usage> = BTreeMap::new();
     let mut judged: Vec<(&EdgeKey, &EdgeStats, Judged)> = Vec::new();
     for (key, stats) in edges.sorted() {
         let Some(verdict) = cluster.judge(&mut judges, &edges, key, stats) else { continue };
@@ -449,6 +504,9 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
             for name in rule_hits(&cluster, &rules_set, &edges, key) {
                 rule_usage.entry(name).or_default().add(stats);
             }
+        }
+        for step in cluster_hits(&cluster, &set, &edges, key) {
+            cluster_usage.entry(step).or_default().add(stats);
         }
         for cited in &stats.cited {
             if let Some((namespace, name)) = cited.policy.split_once('/') {
@@ -479,6 +537,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
         }
     }
 
+    let cluster_policies = cluster_reports(cluster.cluster_policies(), &cluster_usage);
     let findings = read_findings(&args.findings)?;
     let workloads = workloads(&cluster, &edges, &set, &judged, &pods, &findings.by_uid);
     let gone_pods: Vec<String> = {
@@ -526,7 +585,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
         complete: notes.is_empty(),
         notes,
     };
-    Ok(Report { policies: reports.into_values().collect(), workloads, coverage })
+    Ok(Report { policies: reports.into_values().collect(), cluster_policies, workloads, coverage })
 }
 
 /// The single-rule policies (`namespace`, `name#direction[i]`) that let an edge through.
@@ -540,6 +599,85 @@ fn rule_hits(cluster: &Cluster, rules: &PolicySet, edges: &Edges, key: &EdgeKey)
     };
     let verdict = rules.engine().verdict(endpoint(&key.src), endpoint(&key.dst), port, protocol);
     verdict.egress.policies.iter().chain(&verdict.ingress.policies).map(|policy| key_of(policy)).collect()
+}
+
+/// The ClusterNetworkPolicy rules (name, direction, index) that matched an
+/// edge on either side, `Pass` included, in the engine's evaluation.
+fn cluster_hits(cluster: &Cluster, set: &PolicySet, edges: &Edges, key: &EdgeKey) -> Vec<(String, &'static str, u32)> {
+    let (Some(port), Some(protocol)) = (key.port, crate::inventory::model::Protocol::from_number(key.protocol)) else {
+        return Vec::new();
+    };
+    let endpoint = |end: &EndKey| match cluster.end_pod(edges, end) {
+        (Some(pod), ip) => Endpoint::Pod { pod, ip: Some(ip) },
+        (None, ip) => Endpoint::External(ip),
+    };
+    let verdict = set.engine().verdict(endpoint(&key.src), endpoint(&key.dst), port, protocol);
+    let egress = verdict.egress.cluster.iter().map(|step| (step.policy.name.clone(), "egress", step.rule));
+    let ingress = verdict.ingress.cluster.iter().map(|step| (step.policy.name.clone(), "ingress", step.rule));
+    egress.chain(ingress).collect()
+}
+
+/// One report per ClusterNetworkPolicy, its rules' usage from `usage`.
+fn cluster_reports(
+    policies: &[ClusterNetworkPolicy],
+    usage: &BTreeMap<(String, &'static str, u32), Usage>,
+) -> Vec<ClusterPolicyReport> {
+    let mut reports: Vec<ClusterPolicyReport> = policies
+        .iter()
+        .map(|policy| {
+            let name = policy.metadata.name.clone().unwrap_or_default();
+            let (owner, owner_source) = owner(&policy.metadata, policy.metadata.annotations.as_ref());
+            let rule = |direction: &'static str,
+                        index: usize,
+                        rule_name: &Option<String>,
+                        action: &str,
+                        peers: Value,
+                        protocols: Value| {
+                let used = u32::try_from(index)
+                    .ok()
+                    .and_then(|at| usage.get(&(name.clone(), direction, at)))
+                    .cloned()
+                    .unwrap_or_default();
+                ClusterRuleOut {
+                    direction,
+                    index,
+                    name: rule_name.clone(),
+                    action: action.to_owned(),
+                    peers,
+                    protocols,
+                    flows: used.flows,
+                    unused: used.flows == 0,
+                    usage: used,
+                }
+            };
+            let mut rules = Vec::new();
+            for (index, r) in policy.spec.ingress.iter().flatten().enumerate() {
+                let peers = serde_json::to_value(&r.from).unwrap_or_default();
+                let protocols = serde_json::to_value(&r.protocols).unwrap_or_default();
+                rules.push(rule("ingress", index, &r.name, &r.action, peers, protocols));
+            }
+            for (index, r) in policy.spec.egress.iter().flatten().enumerate() {
+                let peers = serde_json::to_value(&r.to).unwrap_or_default();
+                let protocols = serde_json::to_value(&r.protocols).unwrap_or_default();
+                rules.push(rule("egress", index, &r.name, &r.action, peers, protocols));
+            }
+            ClusterPolicyReport {
+                uid: policy.metadata.uid.clone(),
+                resource_version: policy.metadata.resource_version.clone(),
+                created: policy.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+                owner,
+                owner_source,
+                tier: policy.spec.tier.clone(),
+                priority: policy.spec.priority,
+                subject: serde_json::to_value(&policy.spec.subject).unwrap_or_default(),
+                rules,
+                name,
+            }
+        })
+        .collect();
+    // Evaluation order: Admin before Baseline, lower priority first.
+    reports.sort_by(|a, b| (a.tier != "Admin", a.priority, &a.name).cmp(&(b.tier != "Admin", b.priority, &b.name)));
+    reports
 }
 
 struct Findings {
@@ -734,6 +872,43 @@ pub fn markdown(report: &Report) -> String {
                 rule.index,
                 rule.peers,
                 rule.ports,
+                rule.usage.first_seen.as_deref().unwrap_or("-"),
+                rule.usage.last_seen.as_deref().unwrap_or("-")
+            );
+        }
+        md.push('\n');
+    }
+    if !report.cluster_policies.is_empty() {
+        let _ = writeln!(md, "## ClusterNetworkPolicies\n");
+    }
+    for policy in &report.cluster_policies {
+        let _ = writeln!(md, "### cnp/{}\n", policy.name);
+        let _ = writeln!(
+            md,
+            "- Tier: {}, priority: {}; uid: `{}`, resourceVersion: `{}`, created: {}",
+            policy.tier,
+            policy.priority.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            policy.uid.as_deref().unwrap_or("-"),
+            policy.resource_version.as_deref().unwrap_or("-"),
+            policy.created.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(md, "- Owner: {} ({})", policy.owner.as_deref().unwrap_or("unknown"), policy.owner_source);
+        let _ = writeln!(md, "- Subject: `{}`", policy.subject);
+        let _ = writeln!(
+            md,
+            "\n| Rule | Action | Peers | Protocols | Flows | First seen | Last seen |\n|---|---|---|---|---|---|---|"
+        );
+        for rule in &policy.rules {
+            let flows = if rule.unused { "**unused**".to_owned() } else { rule.flows.to_string() };
+            let _ = writeln!(
+                md,
+                "| {}[{}]{} | {} | `{}` | `{}` | {flows} | {} | {} |",
+                rule.direction,
+                rule.index,
+                rule.name.as_deref().map_or_else(String::new, |name| format!(" {name}")),
+                rule.action,
+                rule.peers,
+                rule.protocols,
                 rule.usage.first_seen.as_deref().unwrap_or("-"),
                 rule.usage.last_seen.as_deref().unwrap_or("-")
             );
