@@ -3,16 +3,20 @@
 //! memory they hold, which grows with edges, not records.
 //!
 //! In: a generated cluster (10,000 pods, 1,000 NetworkPolicies, as the other
-//! benches) and a flow log over its pods: each flow between two pods is one
-//! `end` record from each end's node (so every flow is also deduplicated),
-//! over a fixed set of edges (each pod talking to 4 peers). Out: one
+//! benches) and a flow log over its pods, generated into a named pipe while
+//! the command reads it (10 million records are 12 GB: never stored): each
+//! flow between two pods is one `end` record from each end's node (so every
+//! flow is also deduplicated), over a fixed set of edges (each pod talking
+//! to 4 peers). Out: one
 //! `governance-result {json}` line per run size: records, edges, CPU
 //! seconds (this process, one thread), records/s per core for each command,
 //! and the peak live heap, for a log and for one four times longer with the
 //! same edges.
 //!
 //! Run: `AYA_BUILD_SKIP=1 cargo bench -p observer --bench governance`
-//! (`GOVERNANCE_BENCH_RECORDS`, default 2,000,000, sets the larger log).
+//! (`GOVERNANCE_BENCH_RECORDS`, default 10,000,000, sets the larger log; the
+//! smaller is a quarter of it). CPU time is the reading thread's alone (the
+//! generator runs on another thread).
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -67,40 +71,121 @@ fn cpu_seconds() -> f64 {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// One end of a record as the daemon writes it.
-fn end(size: &ClusterSize, index: usize, port: u16) -> serde_json::Value {
+/// One end of a record as the daemon writes it, split around its port.
+fn end(size: &ClusterSize, index: usize) -> (String, String) {
     let app = format!("app-{}", index % size.replicasets);
-    json!({"ip": cluster_pod_ip(index).to_string(), "port": port, "kind": "pod",
+    let text = json!({"ip": cluster_pod_ip(index).to_string(), "port": 0, "kind": "pod",
         "namespace": format!("ns-{}", index % size.namespaces), "pod": format!("{app}-7d9f8c6b5-{index:05}"),
         "uid": cluster_uid(1, index), "node": format!("node-{}", index % size.nodes),
         "workload": {"kind": "Deployment", "name": app},
         "labels": {"app": app, "app.kubernetes.io/component": "server", "app.kubernetes.io/name": app}})
+    .to_string();
+    let (before, after) = text.split_once("\"port\":0").expect("port");
+    (format!("{before}\"port\":"), after.to_owned())
 }
 
-fn write_log(path: &Path, size: &ClusterSize, records: usize) -> usize {
-    let mut out = BufWriter::new(std::fs::File::create(path).expect("log"));
-    let edges = size.pods * PEERS;
-    for flow in 0..records / 2 {
-        let edge = flow % edges;
-        let (src, dst) = (edge / PEERS, (edge / PEERS + 1 + (edge % PEERS) * 997) % size.pods);
-        let sport = 10_000 + (flow / edges % 50_000) as u16;
-        let ms = 1_700_000_000_000_u64 + flow as u64;
-        let at = observer::flow::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
-        for (local, node) in [("src", src), ("dst", dst)] {
-            let record = json!({"time": at, "event": "end", "node": format!("node-{}", node % size.nodes),
-                "protocol": "tcp", "family": "ipv4", "src": end(size, src, sport), "dst": end(size, dst, 8080),
-                "local": local, "cgroup": {"id": 4242, "path": "/kubepods/x"}, "state": "closed",
-                "to_dst": {"packets": 6, "bytes": 420}, "to_src": {"packets": 5, "bytes": 1337},
-                "tcp_flags": {"to_dst": ["SYN", "ACK", "FIN"], "to_src": ["SYN", "ACK", "FIN"]},
-                "first_seen": at, "last_seen": at, "duration_ms": 3,
-                "verdict": {"verdict": "allowed", "reason": "allowed: egress allowed by ns-1/allow-1", "delivery": "delivered",
-                    "policies": [{"namespace": "ns-1", "name": "allow-1", "resourceVersion": "7"}]}});
-            serde_json::to_writer(&mut out, &record).expect("record");
-            out.write_all(b"\n").expect("newline");
-        }
+/// Writes `records` flow-log lines to `out`: each flow between two pods is
+/// one `end` record from each end's node, over `pods * PEERS` edges. The
+/// lines are assembled from per-pod pieces made before, so the generator
+/// allocates nothing while it writes.
+struct Generator {
+    ends: Vec<(String, String)>,
+    nodes: usize,
+}
+
+impl Generator {
+    fn new(size: &ClusterSize) -> Self {
+        Self { ends: (0..size.pods).map(|index| end(size, index)).collect(), nodes: size.nodes }
     }
-    out.flush().expect("flush");
-    edges
+
+    fn write(&self, out: &mut impl Write, records: usize) -> std::io::Result<()> {
+        let pods = self.ends.len();
+        let edges = pods * PEERS;
+        let mut line = Vec::with_capacity(4096);
+        let mut number = itoa::Buffer::new();
+        for flow in 0..records / 2 {
+            let edge = flow % edges;
+            let (src, dst) = (edge / PEERS, (edge / PEERS + 1 + (edge % PEERS) * 997) % pods);
+            let sport = 10_000 + (flow / edges % 50_000) as u16;
+            let ms = 1_700_000_000_000_u64 + flow as u64;
+            let at = observer::flow::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+            for (local, node) in [("src", src), ("dst", dst)] {
+                line.clear();
+                line.extend_from_slice(b"{\"time\":\"");
+                line.extend_from_slice(at.as_bytes());
+                line.extend_from_slice(b"\",\"event\":\"end\",\"node\":\"node-");
+                line.extend_from_slice(number.format(node % self.nodes).as_bytes());
+                line.extend_from_slice(b"\",\"protocol\":\"tcp\",\"family\":\"ipv4\",\"src\":");
+                line.extend_from_slice(self.ends[src].0.as_bytes());
+                line.extend_from_slice(number.format(sport).as_bytes());
+                line.extend_from_slice(self.ends[src].1.as_bytes());
+                line.extend_from_slice(b",\"dst\":");
+                line.extend_from_slice(self.ends[dst].0.as_bytes());
+                line.extend_from_slice(b"8080");
+                line.extend_from_slice(self.ends[dst].1.as_bytes());
+                line.extend_from_slice(b",\"local\":\"");
+                line.extend_from_slice(local.as_bytes());
+                line.extend_from_slice(
+                    b"\",\"cgroup\":{\"id\":4242,\"path\":\"/kubepods/x\"},\"state\":\"closed\",\"to_dst\":{\"packets\":6,\"bytes\":420},\"to_src\":{\"packets\":5,\"bytes\":1337},\"tcp_flags\":{\"to_dst\":[\"SYN\",\"ACK\",\"FIN\"],\"to_src\":[\"SYN\",\"ACK\",\"FIN\"]},\"first_seen\":\"",
+                );
+                line.extend_from_slice(at.as_bytes());
+                line.extend_from_slice(b"\",\"last_seen\":\"");
+                line.extend_from_slice(at.as_bytes());
+                line.extend_from_slice(
+                    b"\",\"duration_ms\":3,\"verdict\":{\"verdict\":\"allowed\",\"reason\":\"allowed: egress allowed by ns-1/allow-1\",\"delivery\":\"delivered\",\"policies\":[{\"namespace\":\"ns-1\",\"name\":\"allow-1\",\"resourceVersion\":\"7\"}]}}\n",
+                );
+                out.write_all(&line)?;
+            }
+        }
+        out.flush()
+    }
+}
+
+/// A named pipe that a thread fills with `records` generated lines, so a
+/// log of any size is read without being stored.
+struct Fifo {
+    path: PathBuf,
+    writer: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Fifo {
+    fn new(dir: &Path, name: &str, generator: &std::sync::Arc<Generator>, records: usize) -> Self {
+        let path = dir.join(name);
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+        let generator = std::sync::Arc::clone(generator);
+        let target = path.clone();
+        let writer = std::thread::spawn(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(&target).expect("open fifo");
+            let mut counting = Tally(BufWriter::with_capacity(1 << 20, file), 0);
+            generator.write(&mut counting, records).expect("generate");
+            counting.1
+        });
+        Self { path, writer: Some(writer) }
+    }
+
+    /// Bytes written, once the reader has read them all.
+    fn finish(mut self) -> u64 {
+        let bytes = self.writer.take().map(|writer| writer.join().expect("generator")).unwrap_or(0);
+        std::fs::remove_file(&self.path).expect("remove fifo");
+        bytes
+    }
+}
+
+/// Counts bytes on their way to the pipe.
+struct Tally<W>(W, u64);
+
+impl<W: Write> Write for Tally<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.0.write(buf)?;
+        self.1 += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 fn main() {
@@ -119,20 +204,20 @@ fn main() {
     )
     .expect("proposed");
     let large: usize =
-        std::env::var("GOVERNANCE_BENCH_RECORDS").ok().and_then(|text| text.parse().ok()).unwrap_or(2_000_000);
+        std::env::var("GOVERNANCE_BENCH_RECORDS").ok().and_then(|text| text.parse().ok()).unwrap_or(10_000_000);
+    let generator = std::sync::Arc::new(Generator::new(&size));
     for records in [large / 4, large] {
-        let log = dir.join(format!("flows-{records}.jsonl"));
-        let edges = write_log(&log, &size, records).min(records / 2);
-        let bytes = std::fs::metadata(&log).map(|meta| meta.len()).unwrap_or(0);
-        let flows: Vec<PathBuf> = vec![log.clone()];
+        let edges = (size.pods * PEERS).min(records / 2);
+        let fifo = Fifo::new(&dir, "simulate.jsonl", &generator, records);
         let base = LIVE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
         let (cpu, wall) = (cpu_seconds(), Instant::now());
         let simulation = simulate(&SimulateArgs {
             manifests: vec![manifests.clone()],
+            kubeconfig: None,
             proposed: vec![proposed.clone()],
             remove: Vec::new(),
-            flows: flows.clone(),
+            flows: vec![fifo.path.clone()],
             output: Format::Json,
             fail_on_break: false,
             config: None,
@@ -140,16 +225,19 @@ fn main() {
         .expect("simulate");
         let (simulate_cpu, simulate_wall) = (cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
         let simulate_peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+        let bytes = fifo.finish();
         assert_eq!(simulation.input.records, records as u64);
         assert_eq!(simulation.flows, (records / 2) as u64, "each flow once, from both ends");
         assert_eq!(simulation.edges, edges as u64);
         drop(simulation);
+        let fifo = Fifo::new(&dir, "report.jsonl", &generator, records);
         let base = LIVE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
         let (cpu, wall) = (cpu_seconds(), Instant::now());
         let made = report(&ReportArgs {
             manifests: vec![manifests.clone()],
-            flows,
+            kubeconfig: None,
+            flows: vec![fifo.path.clone()],
             findings: Vec::new(),
             format: ReportFormat::Json,
             output: None,
@@ -158,6 +246,7 @@ fn main() {
         .expect("report");
         let (report_cpu, report_wall) = (cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
         let report_peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+        fifo.finish();
         assert_eq!(made.coverage.flows, (records / 2) as u64);
         drop(made);
         let result = json!({
@@ -168,7 +257,6 @@ fn main() {
                        "peak_heap_bytes": report_peak},
         });
         println!("governance-result {result}");
-        std::fs::remove_file(&log).expect("remove log");
     }
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

@@ -16,8 +16,10 @@ fn fixture(name: &str) -> PathBuf {
 fn advice_on_the_fixture_keeps_allowed_flows_and_refuses_the_gap() {
     let args = AdviseArgs {
         manifests: vec![fixture("cluster.yaml")],
+        kubeconfig: None,
         flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],
         output_dir: None,
+        guardrails: false,
         namespace: Vec::new(),
         config: None,
     };
@@ -89,8 +91,10 @@ proptest! {
         }
         let args = AdviseArgs {
             manifests: vec![dir.path().join("cluster.yaml")],
+            kubeconfig: None,
             flows: vec![dir.path().join("flows.jsonl")],
             output_dir: None,
+            guardrails: false,
             namespace: Vec::new(),
             config: None,
         };
@@ -115,8 +119,10 @@ proptest! {
         std::fs::write(advice_dir.path().join("probe.jsonl"), record(src, dst, port, 40_000) + "\n").expect("probe");
         let probe_args = AdviseArgs {
             manifests: vec![advice_dir.path().join("cluster.yaml")],
+            kubeconfig: None,
             flows: vec![advice_dir.path().join("probe.jsonl")],
             output_dir: None,
+            guardrails: false,
             namespace: Vec::new(),
             config: None,
         };

@@ -14,6 +14,7 @@ fn fixture(name: &str) -> PathBuf {
 fn args() -> ReportArgs {
     ReportArgs {
         manifests: vec![fixture("cluster.yaml")],
+        kubeconfig: None,
         flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],
         findings: vec![fixture("findings.jsonl")],
         format: ReportFormat::Json,

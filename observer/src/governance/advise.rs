@@ -24,7 +24,7 @@ use super::{
     edges::{EdgeKey, EdgeStats, Edges, EndKey, EndpointKindKey},
     output::EdgeOut,
     reader,
-    replay::Cluster,
+    replay::{Cluster, Source},
 };
 use crate::{config::ObserverConfig, flow::Protocol, judge::VerdictKind};
 
@@ -38,14 +38,23 @@ pub const STABLE_KEYS: [&str; 5] =
 #[derive(Debug, clap::Args)]
 pub struct AdviseArgs {
     /// The cluster: manifest files or folders.
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
+    /// Read the cluster from the API server of this kubeconfig instead
+    /// (listed once, as `observer run` reads it).
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
     /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
     #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
     pub flows: Vec<PathBuf>,
     /// Write one file per workload here (`<namespace>.<workload>.yaml`) instead of stdout.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+    /// Also write, per FlowIntent with `egress.forbid`, an Admin-tier
+    /// ClusterNetworkPolicy denying its forbidden peers (a guardrail
+    /// namespace owners cannot override).
+    #[arg(long)]
+    pub guardrails: bool,
     /// Only workloads of these namespaces.
     #[arg(long, num_args = 1.., value_name = "NS")]
     pub namespace: Vec<String>,
@@ -78,6 +87,8 @@ pub struct Advised {
     pub refused: Vec<String>,
     /// Recorded allowed edges the advice would not allow (must be empty).
     pub unverified: Vec<String>,
+    /// Admin-tier guardrails for FlowIntents' forbidden peers (`--guardrails`).
+    pub guardrails: Vec<super::guardrail::Guardrail>,
 }
 
 /// Why advise cannot run.
@@ -176,12 +187,12 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
         Some(path) => ObserverConfig::read(path)?,
         None => ObserverConfig::default(),
     };
-    let mut cluster = Cluster::load(&args.manifests, config)?;
+    let mut cluster = Cluster::load(Source::of(&args.manifests, args.kubeconfig.as_deref()), config)?;
     let mut edges = Edges::default();
     let input = reader::read(&args.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
     input.describe(&mut io::stderr().lock()).ok();
     cluster.adopt_gone(&edges);
-    let (current, _) = cluster.compile(&cluster.policies());
+    let (current, _, _) = cluster.compile(&cluster.policies(), cluster.cluster_policies());
     let mut judges = cluster.judges(&current, &edges);
     let mut allowed: Vec<(&EdgeKey, &EdgeStats)> = Vec::new();
     let mut advised = Advised::default();
@@ -309,7 +320,8 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
     }
     // Verify: every recorded allowed flow stays allowed under the advice alone.
     let advice: Vec<NetworkPolicy> = advised.policies.iter().map(|advice| advice.policy.clone()).collect();
-    let (set, errors) = cluster.compile(&advice);
+    // The advice alone: NetworkPolicies must allow it whatever the ClusterNetworkPolicies say.
+    let (set, errors, _) = cluster.compile(&advice, &[]);
     for error in errors {
         advised.unverified.push(format!("advised policy refused: {error}"));
     }
@@ -329,6 +341,16 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
             advised.unverified.push(format!("{} ({} {})", edge.describe(), Protocol(key.protocol).name(), edge.flows));
         }
     }
+    if args.guardrails {
+        let label_key = &cluster.config().intents.tiers.label_key;
+        advised.guardrails = super::guardrail::guardrails(cluster.declared_intents(), label_key);
+        // Validated as the API server would (the CRD's schema and CEL rules).
+        let cnps: Vec<_> = advised.guardrails.iter().map(|guardrail| guardrail.policy.clone()).collect();
+        let (_, _, errors) = cluster.compile(&[], &cnps);
+        for error in errors {
+            advised.unverified.push(format!("guardrail refused: {error}"));
+        }
+    }
     Ok(advised)
 }
 
@@ -342,21 +364,36 @@ pub fn run(args: &AdviseArgs) -> anyhow::Result<()> {
     for refused in &advised.refused {
         writeln!(err, "not allowed by the advice (it happened, but is not allowed now): {refused}")?;
     }
+    for guardrail in &advised.guardrails {
+        for note in &guardrail.left_out {
+            writeln!(err, "guardrail for FlowIntent {}: not expressible, left out: {note}", guardrail.intent)?;
+        }
+    }
+    let guardrails = advised.guardrails.iter().map(|guardrail| {
+        let (namespace, name) = guardrail.intent.split_once('/').unwrap_or(("default", &guardrail.intent));
+        (format!("guardrail.{namespace}.{name}.yaml"), &guardrail.yaml)
+    });
+    let documents: Vec<(String, &String)> = advised
+        .policies
+        .iter()
+        .map(|advice| (format!("{}.{}.yaml", advice.workload.0, advice.workload.2.to_lowercase()), &advice.yaml))
+        .chain(guardrails)
+        .collect();
     match &args.output_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|source| AdviseError::Write { path: dir.clone(), source })?;
-            for advice in &advised.policies {
-                let path = dir.join(format!("{}.{}.yaml", advice.workload.0, advice.workload.2.to_lowercase()));
-                std::fs::write(&path, &advice.yaml).map_err(|source| AdviseError::Write { path, source })?;
+            for (file, yaml) in documents {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml).map_err(|source| AdviseError::Write { path, source })?;
             }
         }
         None => {
             let mut out = io::stdout().lock();
-            for (index, advice) in advised.policies.iter().enumerate() {
+            for (index, (_, yaml)) in documents.iter().enumerate() {
                 if index > 0 {
                     writeln!(out, "---")?;
                 }
-                out.write_all(advice.yaml.as_bytes())?;
+                out.write_all(yaml.as_bytes())?;
             }
         }
     }

@@ -185,6 +185,9 @@ pub struct EdgeStats {
     pub resolved: bool,
     /// The Service the destination was reached through.
     pub service: Option<(Arc<str>, Arc<str>)>,
+    /// The address and port the source asked for, when the destination is
+    /// the backend a Service sent the flow to.
+    pub asked: Option<(IpAddr, Option<u16>)>,
     /// What the source and destination are, as the initiator's node saw
     /// them when it recorded the edge (else as the responder's did).
     pub kinds: (EndpointKindKey, EndpointKindKey),
@@ -221,8 +224,8 @@ pub struct Edges {
     pub open_overflow: u64,
     /// First and last time in the records (ms).
     pub span: Option<(u64, u64)>,
-    /// Records per node.
-    pub records_by_node: BTreeMap<String, u64>,
+    /// Records per node, by index.
+    node_records: Vec<u64>,
 }
 
 impl Edges {
@@ -245,7 +248,11 @@ impl Edges {
         let node = self.node(&line.node);
         let (src, src_kind) = self.end(&line.src);
         let (dst, dst_kind) = self.end(&line.dst);
-        let key = EdgeKey { src, dst, port: line.dst.port, protocol };
+        // A Service flow sent to a backend is judged at the backend, on the
+        // port the backend took it on, as the daemon judges it (and as the
+        // backend's own node records it, so both ends' records meet).
+        let port = line.dst.backend.map_or(line.dst.port, |backend| Some(backend.port));
+        let key = EdgeKey { src, dst, port, protocol };
         let local = line.local_end();
         let evidence = EdgeEvidence::of(local, state, line.to_dst, line.to_src);
         let new_flow = self.count_flow(line, local, first_ms);
@@ -260,6 +267,7 @@ impl Edges {
             names: Vec::new(),
             resolved: false,
             service: None,
+            asked: None,
             kinds: (src_kind, dst_kind),
             kinds_from_src: local == LocalEnd::Src,
             recorded: BTreeMap::new(),
@@ -292,6 +300,9 @@ impl Edges {
                 }
             }
         }
+        if stats.asked.is_none() && line.dst.backend.is_some() {
+            stats.asked = Some((line.dst.ip, line.dst.port));
+        }
         if stats.service.is_none()
             && let Some(service) = &line.dst.service
         {
@@ -305,7 +316,12 @@ impl Edges {
             let kind = intern(&mut self.names, &verdict.verdict);
             *stats.recorded.entry(kind).or_default() += 1;
             for policy in &verdict.policies {
-                if stats.cited.len() < 16 {
+                // Compared in place: most records cite what the edge's earlier ones did.
+                let known = stats.cited.iter().any(|cited| {
+                    cited.resource_version.as_deref() == policy.resource_version.as_deref()
+                        && cited.policy.split_once('/') == Some((&*policy.namespace, &*policy.name))
+                });
+                if !known && stats.cited.len() < 16 {
                     stats.cited.insert(CitedPolicy {
                         policy: format!("{}/{}", policy.namespace, policy.name),
                         resource_version: policy.resource_version.as_deref().map(str::to_owned),
@@ -316,7 +332,9 @@ impl Edges {
         let span = self.span.get_or_insert((first_ms, last_ms));
         span.0 = span.0.min(first_ms);
         span.1 = span.1.max(last_ms);
-        *self.records_by_node.entry(line.node.to_string()).or_default() += 1;
+        if let Some(count) = self.node_records.get_mut(usize::from(node)) {
+            *count += 1;
+        }
     }
 
     /// Whether this record is the first its node wrote of its flow: a
@@ -351,6 +369,7 @@ impl Edges {
         }
         let id = u16::try_from(self.nodes.len()).unwrap_or(u16::MAX);
         self.nodes.push(name.to_owned());
+        self.node_records.push(0);
         self.node_ids.insert(name.to_owned(), id);
         id
     }
@@ -372,12 +391,18 @@ impl Edges {
             namespace: namespace.to_string(),
             name: name.to_string(),
             workload: peer.workload.as_ref().map(|w| (w.kind.to_string(), w.name.to_string())),
-            labels: peer.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: peer.labels.to_map(),
             node: peer.node.as_deref().map(str::to_owned),
-            ip: peer.ip,
+            // A Service's backend: the pod's own address, not the one asked for.
+            ip: peer.backend.map_or(peer.ip, |backend| backend.ip),
         });
         self.pod_ids.insert(uid.to_string(), id);
         (EndKey::Pod(id), kind)
+    }
+
+    /// Records per node.
+    pub fn records_by_node(&self) -> BTreeMap<String, u64> {
+        self.nodes.iter().cloned().zip(self.node_records.iter().copied()).collect()
     }
 
     /// The pod behind an index.

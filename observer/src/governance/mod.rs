@@ -8,8 +8,10 @@
 
 pub mod advise;
 pub mod edges;
+pub mod guardrail;
 pub mod output;
 pub mod reader;
 pub mod replay;
 pub mod report;
+mod scan;
 pub mod simulate;

@@ -75,6 +75,16 @@ pub struct ServiceOut {
     pub name: String,
 }
 
+/// The address a Service flow asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AskedOut {
+    /// The Service's address.
+    pub ip: String,
+    /// The Service's port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
 /// An edge, as the commands print it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EdgeOut {
@@ -90,6 +100,10 @@ pub struct EdgeOut {
     /// The Service the destination was reached through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceOut>,
+    /// The address the source asked for, when `dst` is the backend a
+    /// Service sent it to (`port` is then the backend's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asked: Option<AskedOut>,
     /// Flows, each counted once.
     pub flows: u64,
     /// First packet of the first flow.
@@ -116,6 +130,7 @@ impl EdgeOut {
                 .service
                 .as_ref()
                 .map(|(namespace, name)| ServiceOut { namespace: namespace.to_string(), name: name.to_string() }),
+            asked: stats.asked.map(|(ip, port)| AskedOut { ip: ip.to_string(), port }),
             flows: stats.flows(),
             first_seen: time(stats.first_ms),
             last_seen: time(stats.last_ms),
@@ -133,8 +148,19 @@ impl EdgeOut {
                 let _ = write!(text, " {}", self.protocol);
             }
         }
-        if let Some(service) = &self.service {
-            let _ = write!(text, " (via Service {}/{})", service.namespace, service.name);
+        match (&self.service, &self.asked) {
+            (Some(service), Some(asked)) => {
+                let port = asked.port.map_or_else(String::new, |port| format!(":{port}"));
+                let _ = write!(text, " (via Service {}/{} at {}{port})", service.namespace, service.name, asked.ip);
+            }
+            (Some(service), None) => {
+                let _ = write!(text, " (via Service {}/{})", service.namespace, service.name);
+            }
+            (None, Some(asked)) => {
+                let port = asked.port.map_or_else(String::new, |port| format!(":{port}"));
+                let _ = write!(text, " (asked for {}{port})", asked.ip);
+            }
+            (None, None) => {}
         }
         text
     }

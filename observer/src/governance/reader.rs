@@ -30,7 +30,7 @@ const MAX_PROBLEMS: usize = 50;
 
 /// One flow-log line, borrowed from the read buffer: the fields the offline
 /// commands use (unknown fields are ignored, as the schema asks).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 pub struct FlowLine<'a> {
     /// `start`, `update` or `end`.
     #[serde(borrow)]
@@ -69,7 +69,7 @@ pub struct FlowLine<'a> {
 }
 
 /// One end of a [`FlowLine`].
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 pub struct LinePeer<'a> {
     /// Address.
     pub ip: IpAddr,
@@ -94,9 +94,10 @@ pub struct LinePeer<'a> {
     /// The pod's workload.
     #[serde(default, borrow)]
     pub workload: Option<LineWorkload<'a>>,
-    /// The pod's labels the daemon was configured to copy.
+    /// The pod's labels the daemon was configured to copy, as their JSON
+    /// text (made into a map only for a pod seen the first time).
     #[serde(default, borrow)]
-    pub labels: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    pub labels: RawLabels<'a>,
     /// The Service: its name (before Services were judged at their
     /// backends) or `{namespace, name}`.
     #[serde(default, borrow)]
@@ -104,10 +105,23 @@ pub struct LinePeer<'a> {
     /// What DNS said of this end.
     #[serde(default, borrow)]
     pub dns: Option<LineDns<'a>>,
+    /// Where a flow to a Service was sent (the destination's pod fields are
+    /// then the backend's, `ip` and `port` what the socket asked for).
+    #[serde(default)]
+    pub backend: Option<LineBackend>,
+}
+
+/// The backend of a Service flow in a [`FlowLine`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct LineBackend {
+    /// The backend's address.
+    pub ip: IpAddr,
+    /// The port it took the flow on.
+    pub port: u16,
 }
 
 /// A pod's workload in a [`FlowLine`].
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 pub struct LineWorkload<'a> {
     /// `Deployment`, ... or `Pod`.
     #[serde(borrow)]
@@ -118,7 +132,7 @@ pub struct LineWorkload<'a> {
 }
 
 /// A Service named by a [`FlowLine`] end, in either of the schema's shapes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum LineService<'a> {
     /// `{"namespace": ..., "name": ...}`.
@@ -135,15 +149,44 @@ pub enum LineService<'a> {
 }
 
 /// DNS names of a [`FlowLine`] end.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 pub struct LineDns<'a> {
     /// Names the local pod had resolved to the address.
     #[serde(default, borrow)]
     pub names: Vec<Cow<'a, str>>,
 }
 
+/// A JSON object of strings, kept as its text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawLabels<'a>(&'a str);
+
+impl<'a> RawLabels<'a> {
+    /// Labels from their JSON text (already checked to be an object of strings).
+    pub(super) fn new(text: &'a str) -> Self {
+        Self(text)
+    }
+
+    /// The labels as a map (the last of a repeated key wins, as in serde_json).
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        if self.0.is_empty() {
+            return BTreeMap::new();
+        }
+        serde_json::from_str(self.0).unwrap_or_default()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawLabels<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <&'a serde_json::value::RawValue>::deserialize(deserializer)?;
+        // Checked here so that a record with labels of another shape is of
+        // another schema, as when they were read into a map.
+        serde_json::from_str::<BTreeMap<Cow<'_, str>, Cow<'_, str>>>(raw.get()).map_err(serde::de::Error::custom)?;
+        Ok(Self(raw.get()))
+    }
+}
+
 /// Packets and bytes one way.
-#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct LineTraffic {
     /// Packets.
     pub packets: u64,
@@ -152,7 +195,7 @@ pub struct LineTraffic {
 }
 
 /// The verdict a record carries.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 pub struct LineVerdict<'a> {
     /// `allowed`, `denied-attempt`, `enforcement-gap`, `intent-violation`.
     #[serde(borrow)]
@@ -163,7 +206,7 @@ pub struct LineVerdict<'a> {
 }
 
 /// A policy cited by a record's verdict.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 pub struct LinePolicy<'a> {
     /// Its namespace.
     #[serde(borrow)]
@@ -457,7 +500,12 @@ fn read_lines(
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        match serde_json::from_slice::<FlowLine<'_>>(text) {
+        // The scanner reads daemon-written lines; serde_json has the last word on the rest.
+        let parsed = match super::scan::line(text) {
+            Some(record) => Ok(record),
+            None => serde_json::from_slice::<FlowLine<'_>>(text),
+        };
+        match parsed {
             Ok(record) => {
                 report.records += 1;
                 each(&record, name, number, report);

@@ -1,14 +1,22 @@
 //! Recorded edges judged again, offline, by the daemon's own judge.
 //!
 //! In: the inventory of manifest files (the daemon's standalone inventory:
-//! pods, namespaces, workloads, policies, FlowIntents), a set of
-//! NetworkPolicies to judge with, and the [`Edges`] of recorded flows. Out:
+//! pods, namespaces, workloads, policies, FlowIntents), or of a cluster
+//! (the daemon's cluster source, synced once, and FlowIntents and
+//! ClusterNetworkPolicies listed once), a set of NetworkPolicies and
+//! ClusterNetworkPolicies to judge with, and the [`Edges`] of recorded flows. Out:
 //! a [`Judged`] verdict per edge, exactly as [`crate::judge::Judge`] gives
 //! it on the node that recorded it. Pods the manifests no longer hold are
 //! judged as their records describe them (identity and the labels the
 //! daemon copied), and say so.
 
-use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
@@ -17,10 +25,20 @@ use crate::{
     config::ObserverConfig,
     flow::Protocol as FlowProtocol,
     intent::{FlowEnd, IntentIndex, LoadedIntents, Tiers},
-    inventory::{EndpointInfo, Inventory, InventoryConfig, Snapshot, WorkloadRef, model::Pod},
+    inventory::{
+        EndpointInfo, Inventory, InventoryConfig, InventoryError, Snapshot, WorkloadRef,
+        manifests::{self, Object},
+        model::Pod,
+    },
     judge::{FlowVerdict, Judge, JudgeInput, VerdictKind},
-    policy::{PolicyEngine, PolicyError},
+    policy::{
+        PolicyEngine, PolicyError,
+        cnp::{CnpError, api::ClusterNetworkPolicy},
+    },
 };
+
+/// How long the cluster's inventory may take to list.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the inventory or a policy set cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -28,15 +46,158 @@ pub enum ReplayError {
     /// The tier configuration is invalid.
     #[error("invalid tier configuration")]
     Tiers(#[source] crate::intent::TierConfigError),
+    /// A `--manifests` path does not exist.
+    #[error("--manifests {path}: no such file or folder")]
+    ManifestsMissing {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The runtime for the cluster's client cannot start.
+    #[error("cannot start the runtime to read the cluster")]
+    Runtime(#[source] std::io::Error),
+    /// No client for the kubeconfig.
+    #[error(transparent)]
+    Client(#[from] InventoryError),
+    /// The cluster's inventory did not list in time.
+    #[error("the cluster's inventory did not list within {seconds} s: {failing}")]
+    NotSynced {
+        /// The time allowed.
+        seconds: u64,
+        /// The resources not listed, with their latest error.
+        failing: String,
+    },
+    /// A resource other than the inventory's cannot be listed.
+    #[error("cannot list {what} from the cluster")]
+    List {
+        /// The resource.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
 }
 
-/// The cluster as the manifests describe it.
+/// Where the inventory comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// Manifest files or folders, read as `observer run --manifests` does.
+    Manifests(&'a [PathBuf]),
+    /// The cluster of a kubeconfig, read as `observer run` does, once.
+    Cluster(&'a Path),
+}
+
+impl<'a> Source<'a> {
+    /// The source the flags give: the cluster when a kubeconfig is given.
+    pub fn of(manifests: &'a [PathBuf], kubeconfig: Option<&'a Path>) -> Self {
+        match kubeconfig {
+            Some(path) => Self::Cluster(path),
+            None => Self::Manifests(manifests),
+        }
+    }
+}
+
+/// NetworkPolicy annotations by (namespace, name): the inventory strips
+/// them, the report reads the owner from them.
+pub type Annotations = BTreeMap<(String, String), BTreeMap<String, String>>;
+
+/// The cluster as the manifests, or the API server, describe it.
 pub struct Cluster {
     snapshot: Arc<Snapshot>,
     intents: Arc<IntentIndex>,
+    cluster_policies: Vec<ClusterNetworkPolicy>,
+    declared_intents: Vec<crate::intent::FlowIntent>,
+    annotations: Annotations,
     config: ObserverConfig,
     /// Pods of the records the manifests do not hold, built from the records.
     gone: HashMap<u32, Arc<Pod>>,
+}
+
+/// What a source gave.
+struct Loaded {
+    snapshot: Arc<Snapshot>,
+    intents: Arc<LoadedIntents>,
+    annotations: Annotations,
+}
+
+fn from_manifests(paths: &[PathBuf]) -> Result<Loaded, ReplayError> {
+    // A path that is not there is a typo: an empty policy set would judge everything allowed.
+    if let Some(path) = paths.iter().find(|path| !path.exists()) {
+        return Err(ReplayError::ManifestsMissing { path: path.clone() });
+    }
+    let (inventory, _reload) = Inventory::standalone(paths.to_vec(), InventoryConfig::default());
+    let annotations = manifests::load(paths)
+        .objects
+        .into_iter()
+        .filter_map(|loaded| match loaded.object {
+            Object::NetworkPolicy(policy) => annotations_of(&policy),
+            _ => None,
+        })
+        .collect();
+    Ok(Loaded { snapshot: inventory.snapshot(), intents: inventory.intents(), annotations })
+}
+
+fn annotations_of(policy: &NetworkPolicy) -> Option<((String, String), BTreeMap<String, String>)> {
+    let key = (
+        policy.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+        policy.metadata.name.clone().unwrap_or_default(),
+    );
+    policy.metadata.annotations.clone().map(|annotations| (key, annotations))
+}
+
+/// Lists `K` once; a resource the API server does not serve (its CRD is not
+/// installed) is empty, and said so.
+async fn list_once<K>(client: &kube::Client, what: &'static str) -> Result<Vec<K>, ReplayError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match kube::Api::<K>::all(client.clone()).list(&Default::default()).await {
+        Ok(list) => Ok(list.items),
+        Err(kube::Error::Api(status)) if status.is_not_found() => {
+            tracing::warn!("the cluster does not serve {what} (CRD not installed): judging without them");
+            Ok(Vec::new())
+        }
+        Err(source) => Err(ReplayError::List { what, source }),
+    }
+}
+
+/// The daemon's cluster source, run until its first full sync (every list
+/// done), then stopped: the commands read a moment of the cluster, they do
+/// not follow it.
+fn from_cluster(kubeconfig: &Path) -> Result<Loaded, ReplayError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ReplayError::Runtime)?;
+    runtime.block_on(async {
+        let client = crate::inventory::client(Some(kubeconfig.to_owned())).await?;
+        let (inventory, task) = Inventory::cluster(client.clone(), InventoryConfig::default());
+        let synced = tokio::time::timeout(SYNC_TIMEOUT, async {
+            tokio::select! {
+                () = task => {}
+                () = inventory.ready() => {}
+            }
+        })
+        .await;
+        if synced.is_err() || !inventory.snapshot().synced() {
+            let failing: Vec<String> = inventory
+                .status()
+                .resources
+                .iter()
+                .filter(|(_, status)| !status.listed)
+                .map(|(resource, status)| {
+                    format!("{resource:?} ({})", status.last_error.as_deref().unwrap_or("no answer"))
+                })
+                .collect();
+            return Err(ReplayError::NotSynced { seconds: SYNC_TIMEOUT.as_secs(), failing: failing.join(", ") });
+        }
+        let intents = list_once::<crate::intent::FlowIntent>(&client, "FlowIntents").await?;
+        let cluster_policies = list_once::<ClusterNetworkPolicy>(&client, "ClusterNetworkPolicies").await?;
+        let policies = kube::Api::<NetworkPolicy>::all(client.clone())
+            .list(&Default::default())
+            .await
+            .map_err(|source| ReplayError::List { what: "NetworkPolicies", source })?;
+        let annotations = policies.items.iter().filter_map(annotations_of).collect();
+        let intents = LoadedIntents { intents, cluster_policies, ..LoadedIntents::default() };
+        Ok(Loaded { snapshot: inventory.snapshot(), intents: Arc::new(intents), annotations })
+    })
 }
 
 /// A compiled set of policies to judge with.
@@ -72,19 +233,49 @@ impl Judged {
 }
 
 impl Cluster {
-    /// Loads the manifests with the daemon's standalone inventory; what
-    /// fails to load is logged and left out, as the daemon does.
-    pub fn load(manifests: &[PathBuf], config: ObserverConfig) -> Result<Self, ReplayError> {
-        let (inventory, _reload) = Inventory::standalone(manifests.to_vec(), InventoryConfig::default());
-        let snapshot = inventory.snapshot();
+    /// Loads the inventory with the daemon's own sources (manifests, or the
+    /// cluster listed once); what fails to load is logged and left out, as
+    /// the daemon does.
+    pub fn load(source: Source<'_>, config: ObserverConfig) -> Result<Self, ReplayError> {
+        let Loaded { snapshot, intents: loaded, annotations } = match source {
+            Source::Manifests(paths) => from_manifests(paths)?,
+            Source::Cluster(kubeconfig) => from_cluster(kubeconfig)?,
+        };
         let tiers = Tiers::new(&config.intents.tiers).map_err(ReplayError::Tiers)?;
         let namespaces: Vec<_> = snapshot.namespaces().cloned().collect();
-        let loaded: Arc<LoadedIntents> = inventory.intents();
         let (intents, errors) = IntentIndex::compile(&loaded.intents, &namespaces, tiers, &config.intents);
         for error in &errors {
             tracing::warn!(%error, "FlowIntent left out");
         }
-        Ok(Self { snapshot, intents: Arc::new(intents), config, gone: HashMap::new() })
+        Ok(Self {
+            snapshot,
+            intents: Arc::new(intents),
+            cluster_policies: loaded.cluster_policies.clone(),
+            declared_intents: loaded.intents.clone(),
+            annotations,
+            config,
+            gone: HashMap::new(),
+        })
+    }
+
+    /// The annotations of the cluster's NetworkPolicies.
+    pub fn annotations(&self) -> &Annotations {
+        &self.annotations
+    }
+
+    /// The FlowIntents the cluster declares, as declared.
+    pub fn declared_intents(&self) -> &[crate::intent::FlowIntent] {
+        &self.declared_intents
+    }
+
+    /// The daemon's configuration the cluster is judged with.
+    pub fn config(&self) -> &ObserverConfig {
+        &self.config
+    }
+
+    /// The ClusterNetworkPolicies the cluster declares.
+    pub fn cluster_policies(&self) -> &[ClusterNetworkPolicy] {
+        &self.cluster_policies
     }
 
     /// The inventory.
@@ -102,13 +293,20 @@ impl Cluster {
         self.snapshot.network_policies().cloned().collect()
     }
 
-    /// Compiles `policies` against the manifests' namespaces and pods; the
-    /// refused ones come back as errors (by position in `policies`).
-    pub fn compile(&self, policies: &[NetworkPolicy]) -> (PolicySet, Vec<PolicyError>) {
+    /// Compiles `policies` and `cluster_policies` against the inventory's
+    /// namespaces, nodes and pods, as the daemon's judge does; the refused
+    /// ones come back as errors (by position in their slice).
+    pub fn compile(
+        &self,
+        policies: &[NetworkPolicy],
+        cluster_policies: &[ClusterNetworkPolicy],
+    ) -> (PolicySet, Vec<PolicyError>, Vec<CnpError>) {
         let namespaces: Vec<_> = self.snapshot.namespaces().cloned().collect();
-        let (mut engine, errors) = PolicyEngine::compile(policies, &namespaces);
+        let nodes: Vec<_> = self.snapshot.nodes().cloned().collect();
+        let (engine, errors) = PolicyEngine::compile(policies, &namespaces);
+        let (mut engine, cluster_errors) = engine.with_cluster_policies(cluster_policies, &nodes);
         engine.index_pods(self.snapshot.pods_shared().cloned().chain(self.gone.values().cloned()));
-        (PolicySet { engine: Arc::new(engine) }, errors)
+        (PolicySet { engine: Arc::new(engine) }, errors, cluster_errors)
     }
 
     /// Takes note of the recorded pods the manifests do not hold (by uid):
@@ -158,6 +356,24 @@ impl Cluster {
         let dst = FlowEnd::from_endpoint(&dst_info, dst_pod, dst_ip, key.port);
         let dst = if stats.names.is_empty() && !stats.resolved { dst } else { dst.with_names(&stats.names) };
         let evidence = stats.evidence;
+        // What the source asked for when `dst` is a Service's backend: intents match either.
+        let asked_info = stats.asked.map(|_| EndpointInfo {
+            kind: crate::inventory::EndpointKind::Service,
+            namespace: stats.service.as_ref().map(|(namespace, _)| namespace.to_string()),
+            pod: None,
+            uid: None,
+            service: stats.service.as_ref().map(|(namespace, name)| crate::inventory::ServiceRef {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            }),
+            node: None,
+            workload: None,
+            labels: Default::default(),
+        });
+        let asked = match (&asked_info, stats.asked) {
+            (Some(info), Some((ip, port))) => Some(FlowEnd::from_endpoint(info, None, ip, port)),
+            _ => None,
+        };
         let input = JudgeInput {
             src,
             dst,
@@ -169,10 +385,33 @@ impl Cluster {
             first_seen: std::time::UNIX_EPOCH + std::time::Duration::from_millis(stats.first_ms),
             // Rates are not replayed: an edge is judged once, not per connection.
             new_flow: false,
-            // The Service address asked for is not kept per edge: the backend is judged.
-            asked: None,
+            asked,
         };
         let judge = judges.judges.get_mut(usize::from(stats.node))?;
+        if let (EndKey::Address(ip), EndpointKindKey::Service, Some(port)) = (key.dst, stats.kinds.1, key.port) {
+            // A Service flow whose backend the daemon did not know: judged at
+            // each ready backend the EndpointSlices list, as the daemon does.
+            let first_seen = input.first_seen;
+            let backends: Vec<_> = self
+                .snapshot
+                .service_backends(ip, port, key.protocol)
+                .map(|service| {
+                    service
+                        .backends
+                        .iter()
+                        .map(|backend| (self.snapshot.resolve_remote(backend.ip(), first_seen), *backend))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let ends: Vec<FlowEnd<'_>> = backends
+                .iter()
+                .map(|(endpoint, at)| {
+                    let pod = endpoint.uid.as_deref().and_then(|uid| self.snapshot.pod(uid));
+                    FlowEnd::from_endpoint(endpoint, pod, at.ip(), Some(at.port()))
+                })
+                .collect();
+            return Some(Judged { verdict: judge.flow_to_backends(&input, &ends) });
+        }
         Some(Judged { verdict: judge.flow(&input) })
     }
 

@@ -24,13 +24,12 @@ use super::{
     edges::{EdgeKey, EdgeStats, Edges, EndKey},
     output::{EndOut, WorkloadOut, time},
     reader::{self, ReadReport},
-    replay::{Cluster, Judged, PolicySet},
+    replay::{Cluster, Judged, PolicySet, Source},
 };
 use crate::{
     config::ObserverConfig,
-    inventory::manifests::{self, Object},
     judge::VerdictKind,
-    policy::{Endpoint, PolicyRef},
+    policy::{Endpoint, PolicyRef, cnp::ClusterNetworkPolicy},
 };
 
 /// The annotation naming who owns a policy or workload.
@@ -40,8 +39,12 @@ pub const OWNER_ANNOTATION: &str = "ai.governance/owner";
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// The cluster: manifest files or folders.
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
+    /// Read the cluster from the API server of this kubeconfig instead
+    /// (listed once, as `observer run` reads it).
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
     /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
     #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
     pub flows: Vec<PathBuf>,
@@ -241,11 +244,63 @@ pub struct Coverage {
     pub notes: Vec<String>,
 }
 
+/// One rule of a ClusterNetworkPolicy and the flows it matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterRuleOut {
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    /// Its position in the policy's list.
+    pub index: usize,
+    /// Its `name`, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `Accept`, `Deny` or `Pass`.
+    pub action: String,
+    /// `from`/`to` as declared.
+    pub peers: Value,
+    /// `protocols` as declared (absent: every port).
+    pub protocols: Value,
+    /// Recorded flows it matched (a `Pass` included).
+    pub flows: u64,
+    /// Their edges, first and last seen.
+    pub usage: Usage,
+    /// No recorded flow matched it: a candidate to tighten, or a guardrail
+    /// nothing tested.
+    pub unused: bool,
+}
+
+/// The evidence record of one ClusterNetworkPolicy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterPolicyReport {
+    /// Its name (cluster-scoped).
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: Option<String>,
+    /// `metadata.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `metadata.creationTimestamp`.
+    pub created: Option<String>,
+    /// Who owns it (as for NetworkPolicies).
+    pub owner: Option<String>,
+    /// Where the owner came from: `annotation`, `label:<key>`, or `none`.
+    pub owner_source: String,
+    /// `Admin` or `Baseline`.
+    pub tier: String,
+    /// `spec.priority`.
+    pub priority: Option<i64>,
+    /// `spec.subject` as declared.
+    pub subject: Value,
+    /// Each rule and the flows it matched.
+    pub rules: Vec<ClusterRuleOut>,
+}
+
 /// The report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Report {
     /// One per NetworkPolicy, sorted by namespace and name.
     pub policies: Vec<PolicyReport>,
+    /// One per ClusterNetworkPolicy, sorted by tier, priority and name.
+    pub cluster_policies: Vec<ClusterPolicyReport>,
     /// One per AI-tier workload, sorted.
     pub workloads: Vec<WorkloadReport>,
     /// What it covers.
@@ -272,8 +327,10 @@ pub enum ReportError {
     },
 }
 
-fn owner(policy: &NetworkPolicy, annotations: Option<&BTreeMap<String, String>>) -> (Option<String>, String) {
-    let meta = &policy.metadata;
+fn owner(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> (Option<String>, String) {
     if let Some(owner) = annotations.and_then(|a| a.get(OWNER_ANNOTATION)) {
         return (Some(owner.clone()), "annotation".to_owned());
     }
@@ -338,39 +395,26 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
         Some(path) => ObserverConfig::read(path)?,
         None => ObserverConfig::default(),
     };
-    let mut cluster = Cluster::load(&args.manifests, config)?;
+    let mut cluster = Cluster::load(Source::of(&args.manifests, args.kubeconfig.as_deref()), config)?;
     let mut edges = Edges::default();
     let input = reader::read(&args.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
     cluster.adopt_gone(&edges);
     let mut policies = cluster.policies();
     policies.sort_by_key(|policy| (policy.metadata.namespace.clone(), policy.metadata.name.clone()));
-    let (set, _) = cluster.compile(&policies);
-    let (rules_set, _) = cluster.compile(&single_rules(&policies));
+    let (set, _, _) = cluster.compile(&policies, cluster.cluster_policies());
+    let (rules_set, _, _) = cluster.compile(&single_rules(&policies), &[]);
     let mut judges = cluster.judges(&set, &edges);
 
     // The inventory keeps no annotations (it strips what judging does not
-    // need): the owner annotation is read from the manifests themselves.
-    let annotations: BTreeMap<(String, String), BTreeMap<String, String>> = manifests::load(&args.manifests)
-        .objects
-        .into_iter()
-        .filter_map(|loaded| match loaded.object {
-            Object::NetworkPolicy(policy) => {
-                let key = (
-                    policy.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-                    policy.metadata.name.clone().unwrap_or_default(),
-                );
-                policy.metadata.annotations.map(|annotations| (key, annotations))
-            }
-            _ => None,
-        })
-        .collect();
+    // need): the source read them apart.
+    let annotations = cluster.annotations();
     let mut reports: BTreeMap<(String, String), PolicyReport> = BTreeMap::new();
     let mut rule_usage: BTreeMap<(String, String), Usage> = BTreeMap::new();
     for policy in &policies {
         let meta = &policy.metadata;
         let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_owned());
         let name = meta.name.clone().unwrap_or_default();
-        let (owner, owner_source) = owner(policy, annotations.get(&(namespace.clone(), name.clone())));
+        let (owner, owner_source) = owner(meta, annotations.get(&(namespace.clone(), name.clone())));
         let spec = policy.spec.clone().unwrap_or_default();
         let rule = |direction: &'static str, index: usize, peers: Value, ports: Value| RuleOut {
             direction,
@@ -442,6 +486,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
         }
     }
     let mut versions: BTreeMap<(String, String), BTreeMap<Option<String>, u64>> = BTreeMap::new();
+    let mut cluster_usage: BTreeMap<(String, &'static str, u32), Usage> = BTreeMap::new();
     let mut judged: Vec<(&EdgeKey, &EdgeStats, Judged)> = Vec::new();
     for (key, stats) in edges.sorted() {
         let Some(verdict) = cluster.judge(&mut judges, &edges, key, stats) else { continue };
@@ -461,6 +506,9 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
             for name in rule_hits(&cluster, &rules_set, &edges, key) {
                 rule_usage.entry(name).or_default().add(stats);
             }
+        }
+        for step in cluster_hits(&cluster, &set, &edges, key) {
+            cluster_usage.entry(step).or_default().add(stats);
         }
         for cited in &stats.cited {
             if let Some((namespace, name)) = cited.policy.split_once('/') {
@@ -491,6 +539,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
         }
     }
 
+    let cluster_policies = cluster_reports(cluster.cluster_policies(), &cluster_usage);
     let findings = read_findings(&args.findings)?;
     let workloads = workloads(&cluster, &edges, &set, &judged, &pods, &findings.by_uid);
     let gone_pods: Vec<String> = {
@@ -529,7 +578,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
     let coverage = Coverage {
         from: edges.span.map(|(from, _)| time(from)),
         to: edges.span.map(|(_, to)| time(to)),
-        nodes: edges.records_by_node.clone(),
+        nodes: edges.records_by_node(),
         flows: judged.iter().map(|(_, stats, _)| stats.flows()).sum(),
         edges: judged.len() as u64,
         input,
@@ -538,7 +587,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
         complete: notes.is_empty(),
         notes,
     };
-    Ok(Report { policies: reports.into_values().collect(), workloads, coverage })
+    Ok(Report { policies: reports.into_values().collect(), cluster_policies, workloads, coverage })
 }
 
 /// The single-rule policies (`namespace`, `name#direction[i]`) that let an edge through.
@@ -552,6 +601,85 @@ fn rule_hits(cluster: &Cluster, rules: &PolicySet, edges: &Edges, key: &EdgeKey)
     };
     let verdict = rules.engine().verdict(endpoint(&key.src), endpoint(&key.dst), port, protocol);
     verdict.egress.policies.iter().chain(&verdict.ingress.policies).map(|policy| key_of(policy)).collect()
+}
+
+/// The ClusterNetworkPolicy rules (name, direction, index) that matched an
+/// edge on either side, `Pass` included, in the engine's evaluation.
+fn cluster_hits(cluster: &Cluster, set: &PolicySet, edges: &Edges, key: &EdgeKey) -> Vec<(String, &'static str, u32)> {
+    let (Some(port), Some(protocol)) = (key.port, crate::inventory::model::Protocol::from_number(key.protocol)) else {
+        return Vec::new();
+    };
+    let endpoint = |end: &EndKey| match cluster.end_pod(edges, end) {
+        (Some(pod), ip) => Endpoint::Pod { pod, ip: Some(ip) },
+        (None, ip) => Endpoint::External(ip),
+    };
+    let verdict = set.engine().verdict(endpoint(&key.src), endpoint(&key.dst), port, protocol);
+    let egress = verdict.egress.cluster.iter().map(|step| (step.policy.name.clone(), "egress", step.rule));
+    let ingress = verdict.ingress.cluster.iter().map(|step| (step.policy.name.clone(), "ingress", step.rule));
+    egress.chain(ingress).collect()
+}
+
+/// One report per ClusterNetworkPolicy, its rules' usage from `usage`.
+fn cluster_reports(
+    policies: &[ClusterNetworkPolicy],
+    usage: &BTreeMap<(String, &'static str, u32), Usage>,
+) -> Vec<ClusterPolicyReport> {
+    let mut reports: Vec<ClusterPolicyReport> = policies
+        .iter()
+        .map(|policy| {
+            let name = policy.metadata.name.clone().unwrap_or_default();
+            let (owner, owner_source) = owner(&policy.metadata, policy.metadata.annotations.as_ref());
+            let rule = |direction: &'static str,
+                        index: usize,
+                        rule_name: &Option<String>,
+                        action: &str,
+                        peers: Value,
+                        protocols: Value| {
+                let used = u32::try_from(index)
+                    .ok()
+                    .and_then(|at| usage.get(&(name.clone(), direction, at)))
+                    .cloned()
+                    .unwrap_or_default();
+                ClusterRuleOut {
+                    direction,
+                    index,
+                    name: rule_name.clone(),
+                    action: action.to_owned(),
+                    peers,
+                    protocols,
+                    flows: used.flows,
+                    unused: used.flows == 0,
+                    usage: used,
+                }
+            };
+            let mut rules = Vec::new();
+            for (index, r) in policy.spec.ingress.iter().flatten().enumerate() {
+                let peers = serde_json::to_value(&r.from).unwrap_or_default();
+                let protocols = serde_json::to_value(&r.protocols).unwrap_or_default();
+                rules.push(rule("ingress", index, &r.name, &r.action, peers, protocols));
+            }
+            for (index, r) in policy.spec.egress.iter().flatten().enumerate() {
+                let peers = serde_json::to_value(&r.to).unwrap_or_default();
+                let protocols = serde_json::to_value(&r.protocols).unwrap_or_default();
+                rules.push(rule("egress", index, &r.name, &r.action, peers, protocols));
+            }
+            ClusterPolicyReport {
+                uid: policy.metadata.uid.clone(),
+                resource_version: policy.metadata.resource_version.clone(),
+                created: policy.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+                owner,
+                owner_source,
+                tier: policy.spec.tier.clone(),
+                priority: policy.spec.priority,
+                subject: serde_json::to_value(&policy.spec.subject).unwrap_or_default(),
+                rules,
+                name,
+            }
+        })
+        .collect();
+    // Evaluation order: Admin before Baseline, lower priority first.
+    reports.sort_by(|a, b| (a.tier != "Admin", a.priority, &a.name).cmp(&(b.tier != "Admin", b.priority, &b.name)));
+    reports
 }
 
 struct Findings {
@@ -746,6 +874,43 @@ pub fn markdown(report: &Report) -> String {
                 rule.index,
                 rule.peers,
                 rule.ports,
+                rule.usage.first_seen.as_deref().unwrap_or("-"),
+                rule.usage.last_seen.as_deref().unwrap_or("-")
+            );
+        }
+        md.push('\n');
+    }
+    if !report.cluster_policies.is_empty() {
+        let _ = writeln!(md, "## ClusterNetworkPolicies\n");
+    }
+    for policy in &report.cluster_policies {
+        let _ = writeln!(md, "### cnp/{}\n", policy.name);
+        let _ = writeln!(
+            md,
+            "- Tier: {}, priority: {}; uid: `{}`, resourceVersion: `{}`, created: {}",
+            policy.tier,
+            policy.priority.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            policy.uid.as_deref().unwrap_or("-"),
+            policy.resource_version.as_deref().unwrap_or("-"),
+            policy.created.as_deref().unwrap_or("-")
+        );
+        let _ = writeln!(md, "- Owner: {} ({})", policy.owner.as_deref().unwrap_or("unknown"), policy.owner_source);
+        let _ = writeln!(md, "- Subject: `{}`", policy.subject);
+        let _ = writeln!(
+            md,
+            "\n| Rule | Action | Peers | Protocols | Flows | First seen | Last seen |\n|---|---|---|---|---|---|---|"
+        );
+        for rule in &policy.rules {
+            let flows = if rule.unused { "**unused**".to_owned() } else { rule.flows.to_string() };
+            let _ = writeln!(
+                md,
+                "| {}[{}]{} | {} | `{}` | `{}` | {flows} | {} | {} |",
+                rule.direction,
+                rule.index,
+                rule.name.as_deref().map_or_else(String::new, |name| format!(" {name}")),
+                rule.action,
+                rule.peers,
+                rule.protocols,
                 rule.usage.first_seen.as_deref().unwrap_or("-"),
                 rule.usage.last_seen.as_deref().unwrap_or("-")
             );

@@ -1,8 +1,9 @@
-//! `observer policy simulate`: what a NetworkPolicy change would do to the
-//! traffic that was recorded.
+//! `observer policy simulate`: what a NetworkPolicy or ClusterNetworkPolicy
+//! change would do to the traffic that was recorded.
 //!
-//! In: the current manifests, proposed NetworkPolicies (added, or replacing
-//! those of the same namespace/name), policies to remove, and flow logs.
+//! In: the current manifests (or cluster), proposed NetworkPolicies and
+//! ClusterNetworkPolicies (added, or replacing those of the same
+//! namespace/name, or name), policies to remove, and flow logs.
 //! Out: every recorded edge judged before and after by the daemon's judge;
 //! the edges whose verdict changes, as `would_break` (the policies allowed
 //! it, now deny it) and `newly_allowed`, with counts, as text or JSON on
@@ -15,6 +16,8 @@ use std::{
     path::PathBuf,
 };
 
+use crate::policy::cnp::ClusterNetworkPolicy;
+
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Serialize;
 
@@ -22,7 +25,7 @@ use super::{
     edges::Edges,
     output::{EdgeOut, SideOut},
     reader::{self, ReadReport},
-    replay::Cluster,
+    replay::{Cluster, Source},
 };
 use crate::{
     config::ObserverConfig,
@@ -34,15 +37,21 @@ use crate::{
 #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["proposed", "remove"])))]
 pub struct SimulateArgs {
     /// The cluster as it is: manifest files or folders (Pods, Namespaces,
-    /// workloads, NetworkPolicies, Services, FlowIntents).
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    /// workloads, NetworkPolicies, ClusterNetworkPolicies, Services, FlowIntents).
+    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
-    /// Proposed NetworkPolicies (files or folders): added, or replacing the
-    /// current one of the same namespace/name.
+    /// Read the cluster as it is from the API server of this kubeconfig
+    /// instead (listed once, as `observer run` reads it).
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Proposed NetworkPolicies and ClusterNetworkPolicies (files or
+    /// folders): added, or replacing the current one of the same
+    /// namespace/name (NetworkPolicy) or name (ClusterNetworkPolicy).
     #[arg(long, num_args = 1.., value_name = "PATH")]
     pub proposed: Vec<PathBuf>,
-    /// Current NetworkPolicies to remove.
-    #[arg(long, num_args = 1.., value_name = "NAMESPACE/NAME")]
+    /// Current policies to remove: `NAMESPACE/NAME` for a NetworkPolicy,
+    /// `NAME` for a ClusterNetworkPolicy (cluster-scoped).
+    #[arg(long, num_args = 1.., value_name = "NAMESPACE/NAME|NAME")]
     pub remove: Vec<String>,
     /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
     #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
@@ -76,7 +85,7 @@ pub enum SimulateError {
         /// Each problem.
         problems: Vec<String>,
     },
-    /// `--remove` names a policy the manifests do not hold, or is not `namespace/name`.
+    /// `--remove` names a policy the manifests do not hold.
     #[error("--remove {name}: {why}")]
     Remove {
         /// What was given.
@@ -124,36 +133,56 @@ pub struct Simulation {
     pub input: ReadReport,
 }
 
-/// Loads the proposal: every document a valid NetworkPolicy, or an error
-/// naming each one that is not.
-fn proposal(cluster: &Cluster, paths: &[PathBuf]) -> Result<Vec<NetworkPolicy>, SimulateError> {
+/// A proposed policy set: NetworkPolicies and ClusterNetworkPolicies.
+#[derive(Clone, Debug, Default)]
+pub struct Policies {
+    /// NetworkPolicies.
+    pub network: Vec<NetworkPolicy>,
+    /// ClusterNetworkPolicies.
+    pub cluster: Vec<ClusterNetworkPolicy>,
+}
+
+/// Loads the proposal: every document a valid NetworkPolicy or
+/// ClusterNetworkPolicy, or an error naming each one that is not, with its
+/// file:line.
+fn proposal(cluster: &Cluster, paths: &[PathBuf]) -> Result<Policies, SimulateError> {
     let loaded = manifests::load(paths);
     let mut problems: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
     for skipped in &loaded.skipped {
-        problems.push(format!("{}: {} is not a NetworkPolicy", skipped.origin, skipped.what));
+        problems.push(format!("{}: {} is not a NetworkPolicy or ClusterNetworkPolicy", skipped.origin, skipped.what));
     }
-    let mut policies = Vec::new();
-    let mut origins = Vec::new();
+    let mut proposed = Policies::default();
+    let (mut origins, mut cluster_origins) = (Vec::new(), Vec::new());
     for object in &loaded.objects {
         match &object.object {
             Object::NetworkPolicy(policy) => {
-                policies.push((**policy).clone());
+                proposed.network.push((**policy).clone());
                 origins.push(&object.origin);
             }
-            _ => problems.push(format!("{}: not a NetworkPolicy", object.origin)),
+            Object::ClusterNetworkPolicy(policy) => {
+                proposed.cluster.push((**policy).clone());
+                cluster_origins.push(&object.origin);
+            }
+            _ => problems.push(format!("{}: not a NetworkPolicy or ClusterNetworkPolicy", object.origin)),
         }
     }
-    let (_, errors) = cluster.compile(&policies);
+    let (_, errors, cluster_errors) = cluster.compile(&proposed.network, &proposed.cluster);
     for error in errors {
         match origins.get(error.index) {
             Some(origin) => problems.push(format!("{origin}: {error}")),
             None => problems.push(error.to_string()),
         }
     }
-    if policies.is_empty() && problems.is_empty() && !paths.is_empty() {
-        problems.push(format!("{}: no NetworkPolicy found", paths[0].display()));
+    for error in cluster_errors {
+        match cluster_origins.get(error.index) {
+            Some(origin) => problems.push(format!("{origin}: {error}")),
+            None => problems.push(error.to_string()),
+        }
     }
-    if problems.is_empty() { Ok(policies) } else { Err(SimulateError::Proposal { problems }) }
+    if proposed.network.is_empty() && proposed.cluster.is_empty() && problems.is_empty() && !paths.is_empty() {
+        problems.push(format!("{}: no NetworkPolicy or ClusterNetworkPolicy found", paths[0].display()));
+    }
+    if problems.is_empty() { Ok(proposed) } else { Err(SimulateError::Proposal { problems }) }
 }
 
 fn key(policy: &NetworkPolicy) -> (String, String) {
@@ -163,32 +192,66 @@ fn key(policy: &NetworkPolicy) -> (String, String) {
     )
 }
 
+fn cluster_key(policy: &ClusterNetworkPolicy) -> String {
+    policy.metadata.name.clone().unwrap_or_default()
+}
+
 /// The policies after the change: the current ones minus those removed or
 /// replaced, plus the proposed ones.
-fn apply(
-    current: &[NetworkPolicy],
-    proposed: &[NetworkPolicy],
-    remove: &[String],
-) -> Result<Vec<NetworkPolicy>, SimulateError> {
+fn apply(current: &Policies, proposed: &Policies, remove: &[String]) -> Result<Policies, SimulateError> {
     let mut removed = BTreeSet::new();
+    let mut removed_cluster = BTreeSet::new();
     for name in remove {
-        let Some((namespace, policy)) = name.split_once('/').filter(|(ns, n)| !ns.is_empty() && !n.is_empty()) else {
-            return Err(SimulateError::Remove { name: name.clone(), why: "expected namespace/name" });
-        };
-        let wanted = (namespace.to_owned(), policy.to_owned());
-        if !current.iter().any(|policy| key(policy) == wanted) {
-            return Err(SimulateError::Remove { name: name.clone(), why: "no such NetworkPolicy in --manifests" });
+        match name.split_once('/') {
+            Some((namespace, policy)) if !namespace.is_empty() && !policy.is_empty() && !policy.contains('/') => {
+                let wanted = (namespace.to_owned(), policy.to_owned());
+                if !current.network.iter().any(|policy| key(policy) == wanted) {
+                    return Err(SimulateError::Remove {
+                        name: name.clone(),
+                        why: "no such NetworkPolicy in the current policies",
+                    });
+                }
+                removed.insert(wanted);
+            }
+            Some(_) => {
+                return Err(SimulateError::Remove {
+                    name: name.clone(),
+                    why: "expected NAMESPACE/NAME (NetworkPolicy) or NAME (ClusterNetworkPolicy)",
+                });
+            }
+            None if name.is_empty() => {
+                return Err(SimulateError::Remove { name: name.clone(), why: "empty name" });
+            }
+            None => {
+                if !current.cluster.iter().any(|policy| cluster_key(policy) == *name) {
+                    return Err(SimulateError::Remove {
+                        name: name.clone(),
+                        why: "no such ClusterNetworkPolicy in the current policies",
+                    });
+                }
+                removed_cluster.insert(name.clone());
+            }
         }
-        removed.insert(wanted);
     }
-    let replaced: BTreeSet<_> = proposed.iter().map(key).collect();
-    let mut after: Vec<NetworkPolicy> = current
+    let replaced: BTreeSet<_> = proposed.network.iter().map(key).collect();
+    let replaced_cluster: BTreeSet<_> = proposed.cluster.iter().map(cluster_key).collect();
+    let mut network: Vec<NetworkPolicy> = current
+        .network
         .iter()
         .filter(|policy| !removed.contains(&key(policy)) && !replaced.contains(&key(policy)))
         .cloned()
         .collect();
-    after.extend(proposed.iter().cloned());
-    Ok(after)
+    network.extend(proposed.network.iter().cloned());
+    let mut cluster: Vec<ClusterNetworkPolicy> = current
+        .cluster
+        .iter()
+        .filter(|policy| {
+            !removed_cluster.contains(&cluster_key(policy)) && !replaced_cluster.contains(&cluster_key(policy))
+        })
+        .cloned()
+        .collect();
+    cluster.extend(proposed.cluster.iter().cloned());
+    Ok(Policies { network, cluster })
 }
 
 /// Runs the simulation.
@@ -197,15 +260,15 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, SimulateError> {
         Some(path) => ObserverConfig::read(path)?,
         None => ObserverConfig::default(),
     };
-    let mut cluster = Cluster::load(&args.manifests, config)?;
+    let mut cluster = Cluster::load(Source::of(&args.manifests, args.kubeconfig.as_deref()), config)?;
     let proposed = proposal(&cluster, &args.proposed)?;
-    let current = cluster.policies();
+    let current = Policies { network: cluster.policies(), cluster: cluster.cluster_policies().to_vec() };
     let after = apply(&current, &proposed, &args.remove)?;
     let mut edges = Edges::default();
     let input = reader::read(&args.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
     cluster.adopt_gone(&edges);
-    let (before_set, _) = cluster.compile(&current);
-    let (after_set, _) = cluster.compile(&after);
+    let (before_set, _, _) = cluster.compile(&current.network, &current.cluster);
+    let (after_set, _, _) = cluster.compile(&after.network, &after.cluster);
     let mut before_judges = cluster.judges(&before_set, &edges);
     let mut after_judges = cluster.judges(&after_set, &edges);
     let mut simulation = Simulation {

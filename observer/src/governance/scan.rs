@@ -1,0 +1,646 @@
+//! The fast path of the flow-log reader: one line's bytes in, a borrowed
+//! [`FlowLine`] out, or `None` when this scanner cannot read it.
+//!
+//! serde_json's derive reads about 200,000 daemon-written lines a second
+//! per core; the offline commands need a million. This scanner reads the
+//! fields [`FlowLine`] keeps and validates everything else as JSON without
+//! building it (strings skipped eight bytes at a time), borrowing every
+//! string that has no escape. It is exact or silent: whatever it accepts,
+//! serde_json's derive of [`FlowLine`] accepts with the same value (a
+//! property test checks it), and whatever it does not read (an error, a
+//! duplicate field, a shape it does not know) goes to that derive, which
+//! has the last word and the error message.
+
+use std::{borrow::Cow, net::IpAddr};
+
+use super::reader::{
+    FlowLine, LineBackend, LineDns, LinePeer, LinePolicy, LineService, LineTraffic, LineVerdict, LineWorkload,
+    RawLabels,
+};
+
+/// Deeper input goes to serde_json (whose limit is 128).
+const MAX_DEPTH: u32 = 100;
+
+/// Reads one line, or `None` (the caller asks serde_json).
+pub fn line(bytes: &[u8]) -> Option<FlowLine<'_>> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut scan = Scan { text, bytes, at: 0 };
+    let line = scan.flow_line()?;
+    scan.ws();
+    (scan.at == bytes.len()).then_some(line)
+}
+
+struct Scan<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any of eight bytes is `"`, `\` or a control character.
+fn special(word: u64) -> bool {
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    (zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | below_space) != 0
+}
+
+/// Sets bit `bit` of `seen`; `None` when it was set (a duplicate field,
+/// which serde's derive refuses).
+fn once(seen: &mut u32, bit: u32) -> Option<()> {
+    let mask = 1 << bit;
+    if *seen & mask != 0 {
+        return None;
+    }
+    *seen |= mask;
+    Some(())
+}
+
+impl<'a> Scan<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.bytes.get(self.at).copied()
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    fn literal(&mut self, word: &str) -> Option<()> {
+        self.ws();
+        self.bytes.get(self.at..self.at + word.len()).filter(|found| *found == word.as_bytes())?;
+        self.at += word.len();
+        Some(())
+    }
+
+    /// `null` (consumed) or not (nothing consumed).
+    fn null(&mut self) -> Option<bool> {
+        if self.peek()? == b'n' {
+            self.literal("null")?;
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    /// A string, borrowed when it has no escape.
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        let (raw, escaped) = self.string_span()?;
+        if escaped {
+            // Rare: serde_json unescapes (and refuses lone surrogates).
+            return serde_json::from_str::<String>(raw).ok().map(Cow::Owned);
+        }
+        Some(Cow::Borrowed(&raw[1..raw.len() - 1]))
+    }
+
+    /// The string's text with its quotes, and whether it has an escape.
+    fn string_span(&mut self) -> Option<(&'a str, bool)> {
+        self.eat(b'"')?;
+        let start = self.at - 1;
+        let mut escaped = false;
+        loop {
+            while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
+                let word = u64::from_le_bytes(chunk.try_into().ok()?);
+                if special(word) {
+                    break;
+                }
+                self.at += 8;
+            }
+            match *self.bytes.get(self.at)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    self.at += 1;
+                    match *self.bytes.get(self.at)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 1,
+                        b'u' => {
+                            let hex = self.bytes.get(self.at + 1..self.at + 5)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            self.at += 5;
+                        }
+                        _ => return None,
+                    }
+                }
+                0..=0x1f => return None,
+                _ => self.at += 1,
+            }
+        }
+        self.at += 1;
+        let raw = self.text.get(start..self.at)?;
+        if escaped && raw.contains("\\u") {
+            // Surrogate pairs are serde_json's to judge.
+            serde_json::from_str::<serde::de::IgnoredAny>(raw).ok()?;
+        }
+        Some((raw, escaped))
+    }
+
+    /// An unsigned integer as serde_json reads one for `u64` (no sign, no
+    /// fraction, no exponent, no leading zero, no overflow).
+    fn unsigned(&mut self) -> Option<u64> {
+        self.ws();
+        let start = self.at;
+        let mut value: u64 = 0;
+        while let Some(digit) = self.bytes.get(self.at).filter(|b| b.is_ascii_digit()) {
+            value = value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+            self.at += 1;
+        }
+        let len = self.at - start;
+        if len == 0 || (len > 1 && self.bytes[start] == b'0') {
+            return None;
+        }
+        if matches!(self.bytes.get(self.at), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        Some(value)
+    }
+
+    /// Any number, validated by JSON's grammar.
+    fn number(&mut self) -> Option<()> {
+        self.ws();
+        if self.bytes.get(self.at) == Some(&b'-') {
+            self.at += 1;
+        }
+        let digits = |scan: &mut Self| {
+            let start = scan.at;
+            while scan.bytes.get(scan.at).is_some_and(u8::is_ascii_digit) {
+                scan.at += 1;
+            }
+            scan.at - start
+        };
+        let start = self.at;
+        let whole = digits(self);
+        if whole == 0 || (whole > 1 && self.bytes[start] == b'0') {
+            return None;
+        }
+        if self.bytes.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        if matches!(self.bytes.get(self.at), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.bytes.get(self.at), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    /// Any value, validated and skipped.
+    fn skip(&mut self, depth: u32) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string_span().map(drop),
+            b'{' => self.object(|scan, _| scan.skip(depth + 1)),
+            b'[' => self.array(|scan| scan.skip(depth + 1)),
+            b't' => self.literal("true"),
+            b'f' => self.literal("false"),
+            b'n' => self.literal("null"),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    /// An object, each member's value handed to `member` with its key.
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &str) -> Option<()>) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            member(self, &key)?;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(b'[')?;
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(());
+        }
+        loop {
+            item(self)?;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn optional<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.null()? { Some(None) } else { read(self).map(Some) }
+    }
+
+    fn flow_line(&mut self) -> Option<FlowLine<'a>> {
+        let mut seen = 0_u32;
+        let (mut event, mut node, mut protocol, mut local, mut state) = (None, None, None, None, None);
+        let (mut first_seen, mut last_seen, mut src, mut dst) = (None, None, None, None);
+        let (mut to_dst, mut to_src, mut verdict) = (None, None, None);
+        self.object(|scan, key| {
+            match key {
+                "event" => {
+                    once(&mut seen, 0)?;
+                    event = Some(scan.string()?);
+                }
+                "node" => {
+                    once(&mut seen, 1)?;
+                    node = Some(scan.string()?);
+                }
+                "protocol" => {
+                    once(&mut seen, 2)?;
+                    protocol = Some(scan.string()?);
+                }
+                "src" => {
+                    once(&mut seen, 3)?;
+                    src = Some(scan.peer()?);
+                }
+                "dst" => {
+                    once(&mut seen, 4)?;
+                    dst = Some(scan.peer()?);
+                }
+                "local" => {
+                    once(&mut seen, 5)?;
+                    local = Some(scan.string()?);
+                }
+                "state" => {
+                    once(&mut seen, 6)?;
+                    state = Some(scan.string()?);
+                }
+                "to_dst" => {
+                    once(&mut seen, 7)?;
+                    to_dst = Some(scan.traffic()?);
+                }
+                "to_src" => {
+                    once(&mut seen, 8)?;
+                    to_src = Some(scan.traffic()?);
+                }
+                "first_seen" => {
+                    once(&mut seen, 9)?;
+                    first_seen = Some(scan.string()?);
+                }
+                "last_seen" => {
+                    once(&mut seen, 10)?;
+                    last_seen = Some(scan.string()?);
+                }
+                "verdict" => {
+                    once(&mut seen, 11)?;
+                    verdict = scan.optional(Self::verdict)?;
+                }
+                _ => scan.skip(1)?,
+            }
+            Some(())
+        })?;
+        Some(FlowLine {
+            event: event?,
+            node: node?,
+            protocol: protocol?,
+            src: src?,
+            dst: dst?,
+            local: local?,
+            state: state?,
+            to_dst: to_dst?,
+            to_src: to_src?,
+            first_seen: first_seen?,
+            last_seen: last_seen?,
+            verdict,
+        })
+    }
+
+    fn traffic(&mut self) -> Option<LineTraffic> {
+        let (mut seen, mut packets, mut bytes) = (0, None, None);
+        self.object(|scan, key| {
+            match key {
+                "packets" => {
+                    once(&mut seen, 0)?;
+                    packets = Some(scan.unsigned()?);
+                }
+                "bytes" => {
+                    once(&mut seen, 1)?;
+                    bytes = Some(scan.unsigned()?);
+                }
+                _ => scan.skip(2)?,
+            }
+            Some(())
+        })?;
+        Some(LineTraffic { packets: packets?, bytes: bytes? })
+    }
+
+    fn peer(&mut self) -> Option<LinePeer<'a>> {
+        let mut seen = 0_u32;
+        let mut peer = LinePeer {
+            ip: IpAddr::from([0, 0, 0, 0]),
+            port: None,
+            kind: None,
+            namespace: None,
+            pod: None,
+            uid: None,
+            node: None,
+            workload: None,
+            labels: RawLabels::default(),
+            service: None,
+            dns: None,
+            backend: None,
+        };
+        self.object(|scan, key| {
+            let text = |scan: &mut Self| scan.optional(Self::string);
+            match key {
+                "ip" => {
+                    once(&mut seen, 0)?;
+                    peer.ip = scan.string()?.parse().ok()?;
+                }
+                "port" => {
+                    once(&mut seen, 1)?;
+                    peer.port = scan.optional(|scan| u16::try_from(scan.unsigned()?).ok())?;
+                }
+                "kind" => {
+                    once(&mut seen, 2)?;
+                    peer.kind = text(scan)?;
+                }
+                "namespace" => {
+                    once(&mut seen, 3)?;
+                    peer.namespace = text(scan)?;
+                }
+                "pod" => {
+                    once(&mut seen, 4)?;
+                    peer.pod = text(scan)?;
+                }
+                "uid" => {
+                    once(&mut seen, 5)?;
+                    peer.uid = text(scan)?;
+                }
+                "node" => {
+                    once(&mut seen, 6)?;
+                    peer.node = text(scan)?;
+                }
+                "workload" => {
+                    once(&mut seen, 7)?;
+                    peer.workload = scan.optional(Self::workload)?;
+                }
+                "labels" => {
+                    once(&mut seen, 8)?;
+                    peer.labels = scan.labels()?;
+                }
+                "service" => {
+                    once(&mut seen, 9)?;
+                    peer.service = scan.optional(Self::service)?;
+                }
+                "dns" => {
+                    once(&mut seen, 10)?;
+                    peer.dns = scan.optional(Self::dns)?;
+                }
+                "backend" => {
+                    once(&mut seen, 11)?;
+                    peer.backend = scan.optional(Self::backend)?;
+                }
+                _ => scan.skip(2)?,
+            }
+            Some(())
+        })?;
+        (seen & 1 == 1).then_some(peer)
+    }
+
+    fn backend(&mut self) -> Option<LineBackend> {
+        let (mut seen, mut ip, mut port) = (0, None, None);
+        self.object(|scan, key| {
+            match key {
+                "ip" => {
+                    once(&mut seen, 0)?;
+                    ip = Some(scan.string()?.parse().ok()?);
+                }
+                "port" => {
+                    once(&mut seen, 1)?;
+                    port = Some(u16::try_from(scan.unsigned()?).ok()?);
+                }
+                _ => scan.skip(3)?,
+            }
+            Some(())
+        })?;
+        Some(LineBackend { ip: ip?, port: port? })
+    }
+
+    fn workload(&mut self) -> Option<LineWorkload<'a>> {
+        let (mut seen, mut kind, mut name) = (0, None, None);
+        self.object(|scan, key| {
+            match key {
+                "kind" => {
+                    once(&mut seen, 0)?;
+                    kind = Some(scan.string()?);
+                }
+                "name" => {
+                    once(&mut seen, 1)?;
+                    name = Some(scan.string()?);
+                }
+                _ => scan.skip(3)?,
+            }
+            Some(())
+        })?;
+        Some(LineWorkload { kind: kind?, name: name? })
+    }
+
+    /// An object of strings, kept as its text.
+    fn labels(&mut self) -> Option<RawLabels<'a>> {
+        self.ws();
+        let start = self.at;
+        self.object(|scan, _| scan.string_span().map(drop))?;
+        Some(RawLabels::new(self.text.get(start..self.at)?))
+    }
+
+    fn service(&mut self) -> Option<LineService<'a>> {
+        if self.peek()? == b'"' {
+            return self.string().map(LineService::Name);
+        }
+        let (mut seen, mut namespace, mut name) = (0, None, None);
+        self.object(|scan, key| {
+            match key {
+                "namespace" => {
+                    once(&mut seen, 0)?;
+                    namespace = Some(scan.string()?);
+                }
+                "name" => {
+                    once(&mut seen, 1)?;
+                    name = Some(scan.string()?);
+                }
+                _ => scan.skip(3)?,
+            }
+            Some(())
+        })?;
+        Some(LineService::Object { namespace: namespace?, name: name? })
+    }
+
+    fn dns(&mut self) -> Option<LineDns<'a>> {
+        let (mut seen, mut names) = (0, Vec::new());
+        self.object(|scan, key| {
+            match key {
+                "names" => {
+                    once(&mut seen, 0)?;
+                    scan.array(|scan| scan.string().map(|name| names.push(name)))?;
+                }
+                _ => scan.skip(3)?,
+            }
+            Some(())
+        })?;
+        Some(LineDns { names })
+    }
+
+    fn verdict(&mut self) -> Option<LineVerdict<'a>> {
+        let (mut seen, mut verdict, mut policies) = (0, None, Vec::new());
+        self.object(|scan, key| {
+            match key {
+                "verdict" => {
+                    once(&mut seen, 0)?;
+                    verdict = Some(scan.string()?);
+                }
+                "policies" => {
+                    once(&mut seen, 1)?;
+                    scan.array(|scan| scan.policy().map(|policy| policies.push(policy)))?;
+                }
+                _ => scan.skip(2)?,
+            }
+            Some(())
+        })?;
+        Some(LineVerdict { verdict: verdict?, policies })
+    }
+
+    fn policy(&mut self) -> Option<LinePolicy<'a>> {
+        let (mut seen, mut namespace, mut name, mut resource_version) = (0, None, None, None);
+        self.object(|scan, key| {
+            match key {
+                "namespace" => {
+                    once(&mut seen, 0)?;
+                    namespace = Some(scan.string()?);
+                }
+                "name" => {
+                    once(&mut seen, 1)?;
+                    name = Some(scan.string()?);
+                }
+                "resourceVersion" => {
+                    once(&mut seen, 2)?;
+                    resource_version = scan.optional(Self::string)?;
+                }
+                _ => scan.skip(4)?,
+            }
+            Some(())
+        })?;
+        Some(LinePolicy { namespace: namespace?, name: name?, resource_version })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A line as the daemon writes it (fields the reader does not keep included).
+    const DAEMON: &str = r#"{"time":"2026-01-01T00:00:09.000Z","event":"end","node":"node-a","protocol":"tcp","family":"ipv4","src":{"ip":"198.18.0.10","port":40000,"kind":"pod","namespace":"shop","pod":"web-1","uid":"u-web","node":"node-a","workload":{"kind":"Deployment","name":"web"},"labels":{"app":"web","app.kubernetes.io/name":"web"}},"dst":{"ip":"198.18.0.11","port":8080,"kind":"pod","namespace":"shop","pod":"api-1","uid":"u-api","labels":{"app":"api"},"service":{"namespace":"shop","name":"api"},"backend":{"ip":"198.18.0.12","port":9090,"via":"conntrack"},"dns":{"names":["api.shop.svc.cluster.local"],"source":"answer"}},"local":"src","cgroup":{"id":1,"path":null},"state":"closed","to_dst":{"packets":3,"bytes":10},"to_src":{"packets":3,"bytes":20},"tcp_flags":{"to_dst":["SYN","ACK"],"to_src":["SYN","ACK"]},"first_seen":"2026-01-01T00:00:01.000Z","last_seen":"2026-01-01T00:00:08.000Z","duration_ms":1.5e3,"verdict":{"verdict":"allowed","reason":"allowed by shop/api","delivery":"delivered","policies":[{"namespace":"shop","name":"api","resourceVersion":"7","tier":null}]}}"#;
+
+    fn serde(text: &str) -> Option<FlowLine<'_>> {
+        serde_json::from_str::<FlowLine<'_>>(text).ok()
+    }
+
+    #[test]
+    fn a_daemon_line_is_read_as_serde_reads_it() {
+        let fast = line(DAEMON.as_bytes()).expect("the scanner reads daemon lines");
+        assert_eq!(Some(&fast), serde(DAEMON).as_ref());
+        assert_eq!(fast.src.labels.to_map().get("app.kubernetes.io/name").map(String::as_str), Some("web"));
+        assert!(matches!(fast.event, Cow::Borrowed("end")), "unescaped strings are borrowed");
+        assert_eq!(fast.verdict.as_ref().map(|v| v.policies.len()), Some(1));
+    }
+
+    #[test]
+    fn escapes_nulls_and_old_shapes_read_as_serde_reads_them() {
+        for (from, to) in [
+            (r#""pod":"web-1""#, r#""pod":"w\u0065b-\"1\"""#),
+            (r#""service":{"namespace":"shop","name":"api"}"#, r#""service":"api""#),
+            (r#""service":{"namespace":"shop","name":"api"}"#, r#""service":null"#),
+            (r#""port":40000"#, r#""port":null"#),
+            (r#""verdict":{"verdict""#, r#""verdict":null,"v":{"verdict""#),
+            (r#""labels":{"app":"api"}"#, r#""labels":{}"#),
+            (r#""event":"end""#, " \"event\" :\t\"end\" "),
+        ] {
+            let text = DAEMON.replacen(from, to, 1);
+            assert_ne!(text, DAEMON, "{from}");
+            let fast = line(text.as_bytes()).unwrap_or_else(|| panic!("scanner refused {to}"));
+            assert_eq!(Some(fast), serde(&text), "{to}");
+        }
+    }
+
+    #[test]
+    fn what_serde_refuses_the_scanner_refuses() {
+        for (from, to) in [
+            (r#""port":40000"#, r#""port":65536"#),
+            (r#""port":40000"#, r#""port":4e4"#),
+            (r#""port":40000"#, r#""port":040000"#),
+            (r#""event":"end""#, r#""event":"end","event":"start""#),
+            (r#""labels":{"app":"api"}"#, r#""labels":null"#),
+            (r#""labels":{"app":"api"}"#, r#""labels":{"app":1}"#),
+            (r#""ip":"198.18.0.11""#, r#""ip":"198.18.0.300""#),
+            (r#""pod":"web-1""#, "\"pod\":\"web\u{1}\""),
+            (r#""pod":"web-1""#, r#""pod":"\ud800""#),
+            (r#""pod":"web-1""#, "\"pod\":\"web\t1\""),
+            (r#""duration_ms":1.5e3"#, r#""duration_ms":1.e3"#),
+            (r#""packets":3"#, r#""packets":-3"#),
+            (r#""names":["#, r#""names":null,"x":["#),
+        ] {
+            let text = DAEMON.replacen(from, to, 1);
+            assert_ne!(text, DAEMON, "{from}");
+            assert_eq!(serde(&text), None, "serde reads {to}");
+            assert_eq!(line(text.as_bytes()), None, "the scanner reads {to}");
+        }
+        assert_eq!(line(format!("{DAEMON} x").as_bytes()), None, "trailing characters");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Whatever the scanner reads from a damaged line, serde reads the same.
+        #[test]
+        fn the_scanner_never_reads_what_serde_would_not(
+            edits in proptest::collection::vec((0..DAEMON.len(), 0_u8..4, proptest::sample::select(
+                vec![b'"', b'\\', b'{', b'}', b'[', b']', b':', b',', b'0', b'9', b'-', b'.', b'e', b'n', b' ', b'a', 0x01, 0xc3])), 1..4),
+        ) {
+            let mut bytes = DAEMON.as_bytes().to_vec();
+            for (at, op, byte) in edits {
+                let at = at.min(bytes.len().saturating_sub(1));
+                match op {
+                    0 => { bytes.remove(at); }
+                    1 => bytes.insert(at, byte),
+                    _ => bytes[at] = byte,
+                }
+            }
+            if let Some(fast) = line(&bytes) {
+                let slow = serde_json::from_slice::<FlowLine<'_>>(&bytes);
+                prop_assert_eq!(Some(fast), slow.ok());
+            }
+        }
+    }
+}
