@@ -114,6 +114,7 @@ impl ObserverConfig {
         )?;
         within("spikes.max_idle_windows", spikes.max_idle_windows, 1..=1_000_000, "1 to 1000000")?;
         within("spikes.max_edges", spikes.max_edges, 1..=1 << 20, "1 to 1048576")?;
+        within("spikes.after_rollout_seconds", spikes.after_rollout_seconds, 0..=7 * 86_400, "0 to 604800 (a week)")?;
         within("findings.max_findings", self.findings.max_findings, 1..=1 << 20, "1 to 1048576")?;
         within("findings.flush_interval_seconds", self.findings.flush_interval_seconds, 1..=3_600, "1 to 3600")?;
         within("judge.max_rate_trackers", self.judge.max_rate_trackers, 1..=1 << 22, "1 to 4194304")?;
