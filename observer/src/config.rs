@@ -114,6 +114,7 @@ impl ObserverConfig {
         )?;
         within("spikes.max_idle_windows", spikes.max_idle_windows, 1..=1_000_000, "1 to 1000000")?;
         within("spikes.max_edges", spikes.max_edges, 1..=1 << 20, "1 to 1048576")?;
+        within("spikes.after_rollout_seconds", spikes.after_rollout_seconds, 0..=7 * 86_400, "0 to 604800 (a week)")?;
         within("findings.max_findings", self.findings.max_findings, 1..=1 << 20, "1 to 1048576")?;
         within("findings.flush_interval_seconds", self.findings.flush_interval_seconds, 1..=3_600, "1 to 3600")?;
         within("judge.max_rate_trackers", self.judge.max_rate_trackers, 1..=1 << 22, "1 to 4194304")?;
@@ -165,6 +166,7 @@ mod tests {
             ("spikes: {max_idle_windows: 0}", "spikes.max_idle_windows"),
             ("spikes: {max_edges: 0}", "spikes.max_edges"),
             ("spikes: {max_edges: 18446744073709551615}", "spikes.max_edges"),
+            ("spikes: {after_rollout_seconds: 604801}", "spikes.after_rollout_seconds"),
             ("findings: {max_findings: 1000000000000}", "findings.max_findings"),
             ("findings: {flush_interval_seconds: 0}", "findings.flush_interval_seconds"),
             ("judge: {max_rate_trackers: 1000000000000}", "judge.max_rate_trackers"),
@@ -180,5 +182,8 @@ mod tests {
         assert_eq!(read_text("{}").expect("defaults"), ObserverConfig::default());
         let edges = read_text("spikes: {seasonal_buckets: 168, max_edges: 1048576}").expect("at the limits");
         assert_eq!(edges.spikes.seasonal_buckets, 168);
+        let rollouts = read_text("spikes: {after_rollout_seconds: 0}").expect("turned off");
+        assert_eq!(rollouts.spikes.after_rollout_seconds, 0);
+        assert_eq!(ObserverConfig::default().spikes.after_rollout_seconds, 900);
     }
 }

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use observer::anomaly::{EdgeKey, Signal, SpikeConfig, SpikeDetector};
+use observer::anomaly::{Baseline, EdgeKey, Signal, SpikeConfig, SpikeDetector};
 
 mod anomaly_support;
 
@@ -171,4 +171,96 @@ fn edges_are_capped_and_evictions_counted() {
     }
     let stats = detector.stats();
     assert_eq!((stats.edges, stats.evicted), (100, 150));
+}
+
+/// A detector without the seasonal baseline, so that the recent ones decide alone.
+fn plain() -> SpikeDetector {
+    SpikeDetector::new(SpikeConfig { seasonal_buckets: 0, ..SpikeConfig::default() })
+}
+
+/// Feeds window `start + i` its `(version, connections)`, in one event at the
+/// window's start (bytes at 2 KiB per connection); returns the spikes by window.
+fn run_versions(detector: &mut SpikeDetector, start: u64, series: &[(u64, u64)]) -> Vec<(u64, Baseline, f64)> {
+    let edge = edge();
+    let mut flagged = Vec::new();
+    for (offset, (version, connections)) in series.iter().enumerate() {
+        let index = start + offset as u64;
+        if let Some(spike) = detector.observe_version(&edge, *version, at(index, 0), *connections, connections * 2048) {
+            assert_eq!(spike.signal, Signal::NewConnections);
+            assert_eq!(spike.observed, *connections);
+            flagged.push((index, spike.baseline, spike.expected));
+        }
+    }
+    flagged
+}
+
+/// `count` windows of `connections` on `version`.
+fn windows(version: u64, connections: u64, count: usize) -> Vec<(u64, u64)> {
+    vec![(version, connections); count]
+}
+
+/// The spikes' windows and baselines, with what each expected rounded to a connection.
+fn rounded(flagged: &[(u64, Baseline, f64)]) -> Vec<(u64, Baseline, u64)> {
+    flagged.iter().map(|(index, baseline, expected)| (*index, *baseline, expected.round() as u64)).collect()
+}
+
+#[test]
+fn a_new_version_is_measured_against_the_old_ones_baseline_until_its_own_is_warm() {
+    let mut detector = plain();
+    assert_eq!(run_versions(&mut detector, 0, &windows(1, 40, 100)), vec![]);
+    // Version 2 at the old rate for five windows, then ten times it: its own
+    // baseline (five windows) is not warm, the old one's is the measure.
+    let mut series = windows(2, 40, 5);
+    series.push((2, 400));
+    let flagged = run_versions(&mut detector, 100, &series);
+    assert_eq!(rounded(&flagged), vec![(105, Baseline::PreviousRevision, 40)]);
+    assert!((flagged[0].2 - 40.0).abs() < 1e-3, "the old version's flat 40: {flagged:?}");
+}
+
+#[test]
+fn a_new_versions_lasting_step_is_flagged_once_then_it_is_measured_against_itself() {
+    let mut detector = plain();
+    assert_eq!(run_versions(&mut detector, 0, &windows(1, 40, 100)), vec![]);
+    // Version 2 sends ten times as much from its first window, for 40
+    // windows (past the cooldown and its warm-up), then ten times that.
+    let mut series = windows(2, 400, 40);
+    series.push((2, 4000));
+    let flagged = run_versions(&mut detector, 100, &series);
+    assert_eq!(rounded(&flagged), vec![(100, Baseline::PreviousRevision, 40), (140, Baseline::Own, 400)]);
+    assert_eq!(detector.stats().spikes, 2);
+}
+
+#[test]
+fn a_version_that_never_warmed_up_leaves_the_one_before_as_the_measure() {
+    let mut detector = plain();
+    run_versions(&mut detector, 0, &windows(1, 40, 100));
+    // Version 2 for five windows at 2.5 times (under the minimum ratio of 3),
+    // then version 3: measured against version 1, the last warm one.
+    let mut series = windows(2, 100, 5);
+    series.push((3, 400));
+    assert_eq!(rounded(&run_versions(&mut detector, 100, &series)), vec![(105, Baseline::PreviousRevision, 40)]);
+}
+
+#[test]
+fn a_rollback_before_the_new_version_warmed_up_takes_the_old_baseline_back() {
+    let mut detector = plain();
+    run_versions(&mut detector, 0, &windows(1, 40, 100));
+    // Version 2 for five windows at twice the rate, then back to version 1,
+    // whose own warm baseline measures it again at once.
+    let mut series = windows(2, 80, 5);
+    series.extend(windows(1, 40, 2));
+    series.push((1, 400));
+    assert_eq!(rounded(&run_versions(&mut detector, 100, &series)), vec![(107, Baseline::Own, 40)]);
+}
+
+#[test]
+fn without_versions_an_edge_still_warms_up_before_it_can_spike() {
+    let mut detector = plain();
+    // A first version at once, nothing before it to measure against.
+    let mut series = windows(7, 40, 14);
+    series.push((7, 400));
+    assert_eq!(run_versions(&mut detector, 0, &series), vec![], "fourteen windows closed: not warm");
+    // Warm now; the step of window 14 moved the mean a tenth of the way to
+    // it on the log scale: exp(ln 41 + 0.1·(ln 401 − ln 41)) − 1 ≈ 50.5.
+    assert_eq!(rounded(&run_versions(&mut detector, 15, &[(7, 4000)])), vec![(15, Baseline::Own, 51)]);
 }

@@ -299,3 +299,78 @@ async fn a_failing_watch_keeps_the_last_good_state_and_says_stale() {
     assert_eq!(snapshot.pods().count(), 1);
     task.abort();
 }
+
+/// The current revision of `key` with its images, and its latest rollout as
+/// `(from, to, images)`.
+type RevisionState = (Option<String>, Vec<String>, Option<(String, String, Vec<String>)>);
+
+fn revision_state(inventory: &Inventory, key: &str) -> Option<RevisionState> {
+    let snapshot = inventory.snapshot();
+    let revisions = snapshot.workload_revisions(key)?;
+    let rollout =
+        revisions.latest_rollout().map(|rollout| (rollout.from.clone(), rollout.to.clone(), rollout.images.clone()));
+    Some((revisions.current().map(str::to_owned), revisions.images().to_vec(), rollout))
+}
+
+#[tokio::test]
+async fn a_new_revisions_pods_are_a_rollout_with_from_to_images_and_time() {
+    let api = seeded().await;
+    api.apply(REPLICASETS, controller("shop", "model-7d9f", Some(("Deployment", "model"))));
+    let model = |name: &str, ip: &str, hash: &str, image: &str| {
+        let mut pod = pod(name)
+            .ns("shop")
+            .ip(ip)
+            .owner("ReplicaSet", &format!("model-{hash}"))
+            .label("pod-template-hash", hash)
+            .json();
+        pod["spec"]["containers"] = serde_json::json!([{"name": "main", "image": image},
+            {"name": "proxy", "image": "registry.example/proxy:2"}]);
+        pod
+    };
+    api.apply(PODS, model("model-7d9f-a", "198.18.0.20", "7d9f", "registry.example/model:1"));
+    api.apply(
+        PODS,
+        pod("db-0")
+            .ns("shop")
+            .ip("198.18.0.30")
+            .owner("StatefulSet", "db")
+            .label("controller-revision-hash", "db-6b4")
+            .json(),
+    );
+    let (inventory, task) = synced(&api).await;
+    let v1 = vec!["registry.example/model:1".to_owned(), "registry.example/proxy:2".to_owned()];
+    eventually(Duration::from_secs(2), "the first revision", || {
+        revision_state(&inventory, "shop/Deployment/model") == Some((Some("7d9f".to_owned()), v1.clone(), None))
+    })
+    .await;
+    assert_eq!(
+        revision_state(&inventory, "shop/StatefulSet/db"),
+        Some((Some("db-6b4".to_owned()), vec!["registry.example/app:1".to_owned()], None)),
+        "a StatefulSet's controller-revision-hash"
+    );
+    assert_eq!(revision_state(&inventory, "shop/Pod/web-1"), None, "a bare pod has no revision");
+    assert_eq!(inventory.snapshot().rollouts_seen(), 0, "the first list is no rollout");
+
+    // The Deployment rolls out: a new ReplicaSet's pod comes, then the old pod goes.
+    let before = SystemTime::now();
+    api.apply(REPLICASETS, controller("shop", "model-5c8d", Some(("Deployment", "model"))));
+    api.apply(PODS, model("model-5c8d-b", "198.18.0.21", "5c8d", "registry.example/model:2"));
+    let v2 = vec!["registry.example/model:2".to_owned(), "registry.example/proxy:2".to_owned()];
+    let rolled = (Some("5c8d".to_owned()), v2.clone(), Some(("7d9f".to_owned(), "5c8d".to_owned(), v2.clone())));
+    eventually(Duration::from_secs(2), "the rollout", || {
+        revision_state(&inventory, "shop/Deployment/model").as_ref() == Some(&rolled)
+    })
+    .await;
+    api.delete(PODS, model("model-7d9f-a", "198.18.0.20", "7d9f", "registry.example/model:1"));
+    eventually(Duration::from_secs(2), "the old pod gone", || {
+        remote(&inventory.resolver(), "198.18.0.20").kind == EndpointKind::World
+    })
+    .await;
+    let snapshot = inventory.snapshot();
+    assert_eq!(snapshot.rollouts_seen(), 1, "one rollout, whatever else changed");
+    let rollout =
+        snapshot.workload_revisions("shop/Deployment/model").and_then(|r| r.latest_rollout()).expect("rollout");
+    assert!(rollout.at >= before && rollout.at <= SystemTime::now(), "seen when it came: {:?}", rollout.at);
+    assert_eq!(revision_state(&inventory, "shop/Deployment/model"), Some(rolled));
+    task.abort();
+}

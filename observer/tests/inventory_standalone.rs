@@ -200,3 +200,53 @@ async fn flow_intents_come_with_each_load_and_reload() {
     assert_eq!(inventory.snapshot().pod_count(), 1);
     task.abort();
 }
+
+/// `web-1` of the Deployment `web` at revision `hash`, running `image`.
+fn web_at(hash: &str, image: &str) -> String {
+    web("web")
+        .replace("pod-template-hash: 7d9", &format!("pod-template-hash: {hash}"))
+        .replace("name: web-7d9", &format!("name: web-{hash}"))
+        .replace(
+            "    image: i\n",
+            &format!("    image: {image}\n  - name: proxy\n    image: registry.example/proxy:2\n"),
+        )
+}
+
+#[tokio::test]
+async fn a_pod_relabelled_to_a_new_template_hash_is_a_rollout_of_its_workload() {
+    let dir = TempDir::new("standalone-rollout");
+    dir.write("web.yaml", &web_at("7d9", "registry.example/web:1"));
+    let (inventory, reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let task = tokio::spawn(reload);
+    let snapshot = inventory.snapshot();
+    let first = snapshot.workload_revisions("shop/Deployment/web").expect("revisions");
+    assert_eq!(first.current(), Some("7d9"));
+    assert_eq!(first.images(), ["registry.example/web:1", "registry.example/proxy:2"]);
+    assert!(first.latest_rollout().is_none(), "the first load is no rollout");
+
+    let before = SystemTime::now();
+    dir.write("web.yaml", &web_at("5c8", "registry.example/web:2"));
+    eventually("the rollout", || inventory.snapshot().rollouts_seen() == 1).await;
+    let snapshot = inventory.snapshot();
+    let revisions = snapshot.workload_revisions("shop/Deployment/web").expect("revisions");
+    assert_eq!(revisions.current(), Some("5c8"));
+    let rollout = revisions.latest_rollout().expect("a rollout");
+    assert_eq!(
+        (rollout.from.as_str(), rollout.to.as_str(), rollout.images.as_slice()),
+        ("7d9", "5c8", ["registry.example/web:2".to_owned(), "registry.example/proxy:2".to_owned()].as_slice())
+    );
+    assert_eq!(
+        (rollout.namespace.as_str(), rollout.workload.kind.as_str(), rollout.workload.name.as_str()),
+        ("shop", "Deployment", "web")
+    );
+    assert!(rollout.at >= before, "{:?}", rollout.at);
+    // Another change of the pod (a label) is no rollout.
+    dir.write("web.yaml", &web_at("5c8", "registry.example/web:2").replace("app: web", "app: storefront"));
+    eventually("relabel reloaded", || {
+        inventory.resolver().resolve_remote(ip("198.18.0.5"), SystemTime::now()).labels.get("app").map(String::as_str)
+            == Some("storefront")
+    })
+    .await;
+    assert_eq!(inventory.snapshot().rollouts_seen(), 1);
+    task.abort();
+}

@@ -179,6 +179,8 @@ fn unprotected_pods_and_spikes_become_findings() {
         (Some("spike"), Some("spike:new-connections"))
     );
     assert_eq!(written[1]["evidence"]["spike"]["observed"], 600);
+    assert_eq!(written[1]["evidence"]["spike"]["baseline"], "own", "one version: its own baseline");
+    assert!(written[1]["evidence"].get("after_rollout").is_none(), "no rollout: no after_rollout");
 }
 
 #[test]

@@ -20,6 +20,18 @@
 //! other, so a lasting step becomes the new normal instead of firing forever.
 //! Idle windows count as zero, up to `max_idle_windows` of them.
 //!
+//! The recent baseline is kept per version of the edge (the revisions its
+//! source and destination workloads run, see `rollout.rs`): when a version
+//! comes that the edge has not learned, a new baseline starts for it, and
+//! until that one has warmed up (`warmup_windows`) the running window is
+//! compared with the last warm baseline of the version before (and with what
+//! the new one has done so far, once it has closed a window), so a new model
+//! version is held to the old one's traffic in its first minutes and to its
+//! own after. The older baseline is dropped once the new one is warm
+//! (a rollback to it before then takes it back), so an edge holds at most two.
+//! The seasonal baseline describes the edge's time of day, not a version,
+//! and is kept across versions.
+//!
 //! Each event is O(1); edges are capped (least recently seen forgotten, counted).
 
 use std::{
@@ -65,6 +77,10 @@ pub struct SpikeConfig {
     pub max_idle_windows: u32,
     /// Most edges tracked; the least recently seen are forgotten. Default: 16384.
     pub max_edges: usize,
+    /// A spike this many seconds or fewer after its source or destination
+    /// workload changed revision names that rollout in its finding
+    /// (`evidence.after_rollout`); 0 never does. Default: 900 (15 minutes).
+    pub after_rollout_seconds: u64,
 }
 
 impl Default for SpikeConfig {
@@ -82,6 +98,7 @@ impl Default for SpikeConfig {
             seasonal_period_seconds: 86_400,
             max_idle_windows: 60,
             max_edges: 16_384,
+            after_rollout_seconds: 900,
         }
     }
 }
@@ -148,6 +165,17 @@ impl Signal {
 
 const SIGNALS: [Signal; 2] = [Signal::NewConnections, Signal::Bytes];
 
+/// Which baseline a spike was measured against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Baseline {
+    /// The edge's own, learned from the versions of its ends running now.
+    Own,
+    /// The one learned before the latest version came, which has not warmed
+    /// up yet.
+    PreviousRevision,
+}
+
 /// An edge whose rate left its baseline.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Spike {
@@ -169,6 +197,8 @@ pub struct Spike {
     pub seasonal_expected: Option<f64>,
     /// How far above the recent baseline, in its standard deviations (on the log scale).
     pub score: f64,
+    /// Which recent baseline it was measured against.
+    pub baseline: Baseline,
 }
 
 /// Baselines and the running window of one edge.
@@ -178,13 +208,25 @@ struct EdgeState {
     window: u64,
     /// Counts of the running window.
     counts: [u64; 2],
+    /// The version of the edge's ends that `recent` learns.
+    version: u64,
     recent: [Ewma; 2],
+    /// Windows `recent` has learned (saturating).
+    closed: u32,
+    /// The last warm baseline of an earlier version, while `recent` warms up.
+    previous: Option<Box<Previous>>,
     /// Per time-of-day bucket; empty when seasonality is off.
     seasonal: Box<[[Ewma; 2]]>,
-    /// Windows closed so far (saturating).
-    closed: u32,
     /// First window that may spike again.
     quiet_until: u64,
+}
+
+/// A warm recent baseline of a version the edge ran before.
+#[derive(Clone, Debug)]
+struct Previous {
+    version: u64,
+    recent: [Ewma; 2],
+    closed: u32,
 }
 
 /// Counts of what the detector did, for metrics.
@@ -249,16 +291,32 @@ impl SpikeDetector {
     /// Records `new_connections` and `bytes` on `edge` at `at`; returns a spike
     /// if the running window now leaves the baseline.
     pub fn observe(&mut self, edge: &EdgeKey, at: SystemTime, new_connections: u64, bytes: u64) -> Option<Spike> {
-        self.observe_held(&mut None, edge, at, new_connections, bytes)
+        self.observe_held(&mut None, edge, 0, at, new_connections, bytes)
     }
 
-    /// [`SpikeDetector::observe`] through the handle `held` of `edge`'s state,
-    /// which it sets: the edge is looked up by its names only when the handle
-    /// is unset or its state was forgotten since.
+    /// [`SpikeDetector::observe`] on an edge whose ends run `version` (any
+    /// number that changes when the revision of either end's workload does,
+    /// see [`edge_version`](super::edge_version)): each version learns its
+    /// own baseline, measured against the previous one's until warm.
+    pub fn observe_version(
+        &mut self,
+        edge: &EdgeKey,
+        version: u64,
+        at: SystemTime,
+        new_connections: u64,
+        bytes: u64,
+    ) -> Option<Spike> {
+        self.observe_held(&mut None, edge, version, at, new_connections, bytes)
+    }
+
+    /// [`SpikeDetector::observe_version`] through the handle `held` of
+    /// `edge`'s state, which it sets: the edge is looked up by its names only
+    /// when the handle is unset or its state was forgotten since.
     pub(crate) fn observe_held(
         &mut self,
         held: &mut Option<EdgeHandle>,
         edge: &EdgeKey,
+        version: u64,
         at: SystemTime,
         new_connections: u64,
         bytes: u64,
@@ -269,7 +327,7 @@ impl SpikeDetector {
             Some(state) => state,
             None => {
                 let params = &self.params;
-                let found = self.edges.get_or_insert_with(edge, || params.empty(window))?;
+                let found = self.edges.get_or_insert_with(edge, || params.empty(window, version))?;
                 self.evicted += u64::from(found.evicted.is_some());
                 *held = Some(EdgeHandle(found.handle));
                 found.value
@@ -278,6 +336,10 @@ impl SpikeDetector {
         // A late event counts in the running window.
         if window > state.window {
             self.params.advance(state, window);
+        }
+        // The windows closed before the new version came were the old one's.
+        if version != state.version {
+            self.params.switch(state, version);
         }
         state.counts[0] = state.counts[0].saturating_add(new_connections);
         state.counts[1] = state.counts[1].saturating_add(bytes);
@@ -288,16 +350,48 @@ impl SpikeDetector {
 }
 
 impl Params {
-    fn empty(&self, window: u64) -> EdgeState {
+    fn empty(&self, window: u64, version: u64) -> EdgeState {
         let buckets = self.config.seasonal_buckets as usize;
         EdgeState {
             window,
             counts: [0, 0],
+            version,
             recent: [Ewma::default(); 2],
-            seasonal: vec![[Ewma::default(); 2]; buckets].into_boxed_slice(),
             closed: 0,
+            previous: None,
+            seasonal: vec![[Ewma::default(); 2]; buckets].into_boxed_slice(),
             quiet_until: 0,
         }
+    }
+
+    fn warm(&self, closed: u32) -> bool {
+        closed >= self.config.warmup_windows
+    }
+
+    /// The edge's ends now run `version`: its baseline starts anew (or is
+    /// the one kept of that version, on a rollback), and the one it had is
+    /// kept to measure against while the new one warms up, if it was warm.
+    fn switch(&self, state: &mut EdgeState, version: u64) {
+        let outgoing = self
+            .warm(state.closed)
+            .then(|| Box::new(Previous { version: state.version, recent: state.recent, closed: state.closed }));
+        let returning = state.previous.take_if(|previous| previous.version == version);
+        match returning {
+            Some(returning) => {
+                state.recent = returning.recent;
+                state.closed = returning.closed;
+                state.previous = outgoing;
+            }
+            None => {
+                state.recent = [Ewma::default(); 2];
+                state.closed = 0;
+                // A version that never warmed up leaves the one before it in place.
+                if outgoing.is_some() {
+                    state.previous = outgoing;
+                }
+            }
+        }
+        state.version = version;
     }
 
     fn bucket(&self, window: u64) -> usize {
@@ -320,6 +414,10 @@ impl Params {
             }
         }
         state.closed = state.closed.saturating_add(1);
+        if state.previous.is_some() && self.warm(state.closed) {
+            // The new version is measured against itself from now on.
+            state.previous = None;
+        }
     }
 
     /// Closes the running window and the idle ones up to `window`.
@@ -334,9 +432,14 @@ impl Params {
     }
 
     fn check(&self, edge: &EdgeKey, state: &mut EdgeState) -> Option<Spike> {
-        if state.closed < self.config.warmup_windows || state.window < state.quiet_until {
+        if state.window < state.quiet_until {
             return None;
         }
+        let (recents, baseline) = if self.warm(state.closed) {
+            (&state.recent, Baseline::Own)
+        } else {
+            (&state.previous.as_ref()?.recent, Baseline::PreviousRevision)
+        };
         let minimum = [self.config.min_connections, self.config.min_bytes];
         let bucket = self.bucket(state.window);
         for (index, signal) in SIGNALS.iter().enumerate() {
@@ -345,8 +448,18 @@ impl Params {
                 continue;
             }
             let value = (observed as f64).ln_1p();
-            let recent = &state.recent[index];
+            let recent = &recents[index];
             if !recent.exceeded_by(value, self.config.sensitivity, self.min_gap) {
+                continue;
+            }
+            // Measured against the version before, a window must also rise
+            // above what the new version has done so far: its lasting step is
+            // reported once, not again when the cooldown ends before it warms up.
+            let own = &state.recent[index];
+            if baseline == Baseline::PreviousRevision
+                && state.closed > 0
+                && !own.exceeded_by(value, self.config.sensitivity, self.min_gap)
+            {
                 continue;
             }
             // The seasonal bucket takes part once it has seen a whole period's
@@ -376,8 +489,48 @@ impl Params {
                 seasonal_expected: seasonal.map(|stats| stats.mean().exp_m1()),
                 // A flat baseline has no spread: report the gap over a tiny one.
                 score: gap / deviation.max(1e-3),
+                baseline,
             });
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state<'a>(detector: &'a mut SpikeDetector, edge: &EdgeKey) -> &'a EdgeState {
+        detector.edges.get_mut(edge).expect("tracked")
+    }
+
+    #[test]
+    fn an_old_versions_baseline_is_dropped_once_the_new_one_is_warm() {
+        let config = SpikeConfig { seasonal_buckets: 0, warmup_windows: 3, ..SpikeConfig::default() };
+        let mut detector = SpikeDetector::new(config);
+        let edge =
+            EdgeKey { source: "ai/Deployment/agent".into(), destination: "ai/Deployment/model".into(), port: 80 };
+        let at = |window: u64| UNIX_EPOCH + Duration::from_secs(600 + window * 60);
+        for window in 0..5 {
+            detector.observe_version(&edge, 1, at(window), 40, 0);
+        }
+        assert!(state(&mut detector, &edge).previous.is_none(), "one version: one baseline");
+        // Three versions in a row, none warm: only the last warm one (1) is kept.
+        for (window, version) in [(5, 2), (6, 3), (7, 4)] {
+            detector.observe_version(&edge, version, at(window), 40, 0);
+            let held = state(&mut detector, &edge);
+            assert_eq!(held.previous.as_ref().map(|previous| previous.version), Some(1), "at version {version}");
+            assert_eq!((held.version, held.closed), (version, 0));
+        }
+        // Version 4 closes its third window: warm, and version 1's baseline goes.
+        for window in 8..=9 {
+            detector.observe_version(&edge, 4, at(window), 40, 0);
+            assert!(state(&mut detector, &edge).previous.is_some(), "window {window}: still warming up");
+        }
+        detector.observe_version(&edge, 4, at(10), 40, 0);
+        let held = state(&mut detector, &edge);
+        assert_eq!((held.closed, held.previous.is_none()), (3, true));
+        // A memory bound that does not depend on versions: the state's size.
+        assert!(std::mem::size_of::<EdgeState>() <= 96, "{}", std::mem::size_of::<EdgeState>());
     }
 }

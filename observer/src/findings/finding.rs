@@ -8,7 +8,7 @@
 use std::{net::IpAddr, sync::Arc};
 
 use crate::{
-    anomaly::{EdgeKey, Signal, Spike},
+    anomaly::{AfterRollout, Baseline, EdgeKey, Signal, Spike},
     flow::{FlowState, Traffic},
     intent::{EndKind, FlowEnd, Tier},
     judge::{Delivery, FlowVerdict, IntentCite, JudgeInput, PolicyCite, Unprotected, VerdictKind},
@@ -104,6 +104,9 @@ pub struct SpikeEvidence {
     pub score: f64,
     /// Window length in seconds.
     pub window_seconds: u64,
+    /// Which recent baseline: `own`, or `previous-revision` while the
+    /// revisions running now have not warmed up their own.
+    pub baseline: Baseline,
 }
 
 /// What was observed, as of the latest occurrence.
@@ -130,6 +133,10 @@ pub struct Evidence {
     /// When the flow started (RFC 3339): for a connection that outlived a policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow_started: Option<String>,
+    /// The rollout of the source or destination workload a spike followed
+    /// within `spikes.after_rollout_seconds`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_rollout: Option<AfterRollout>,
 }
 
 /// Which directions a pod is isolated for.
@@ -337,6 +344,7 @@ impl Finding {
                     seasonal_expected: spike.seasonal_expected,
                     score: spike.score,
                     window_seconds: spike.window_seconds,
+                    baseline: spike.baseline,
                 }),
                 ..Evidence::default()
             },

@@ -22,7 +22,9 @@ const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 pub fn pod(pod: &core::Pod) -> Item {
     let mirror_uid =
         pod.metadata.annotations.as_ref().and_then(|annotations| annotations.get(MIRROR_ANNOTATION)).cloned();
-    Item::Pod(Box::new(PodItem { pod: Pod::from(pod), mirror_uid }))
+    let images =
+        pod.spec.iter().flat_map(|spec| &spec.containers).filter_map(|container| container.image.clone()).collect();
+    Item::Pod(Box::new(PodItem { pod: Pod::from(pod), mirror_uid, images }))
 }
 
 /// A namespace.

@@ -5,7 +5,8 @@
 //! In: a kube client ([`Inventory::cluster`]) or manifest paths
 //! ([`Inventory::standalone`]). Out: a [`Resolver`] that says who is at each
 //! end of a flow ([`Endpoint`]), [`Snapshot`]s with the object lists the policy
-//! engine reads, and a [`Status`] for health and metrics. Both sources feed
+//! engine reads (with each workload's revision and latest [`Rollout`]), and a
+//! [`Status`] for health and metrics. Both sources feed
 //! the same store, so everything downstream is the same in both modes.
 
 pub mod cgroup;
@@ -18,6 +19,7 @@ pub(crate) mod fixtures;
 pub mod manifests;
 pub mod model;
 mod resolver;
+pub mod revision;
 pub mod services;
 mod snapshot;
 mod standalone;
@@ -37,6 +39,7 @@ pub use self::{
     config::{DEFAULT_LABEL_KEYS, InventoryArgs, InventoryConfig},
     endpoint::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
     resolver::Resolver,
+    revision::{Rollout, WorkloadRevisions},
     services::ServiceBackends,
     snapshot::{CgroupEnd, Snapshot},
     status::{ResourceStatus, Status},

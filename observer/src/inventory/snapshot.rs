@@ -20,6 +20,7 @@ use super::{
     cgroup,
     endpoint::Endpoint,
     model::{Namespace, Node, Pod, Service},
+    revision::WorkloadRevisions,
     services::{ServiceBackends, ServiceIndex},
 };
 use crate::{FastMap, node::AddressSet};
@@ -122,6 +123,10 @@ pub struct Snapshot {
     pub(crate) service_index: Arc<ServiceIndex>,
     pub(crate) nodes: Arc<BTreeMap<String, Arc<Node>>>,
     pub(crate) nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
+    /// Per workload (`namespace/Kind/name`), its revisions.
+    pub(crate) revisions: Arc<FastMap<Arc<str>, WorkloadRevisions>>,
+    /// Rollouts seen since start.
+    pub(crate) rollouts: u64,
     pub(crate) host: Endpoint,
     pub(crate) world: Endpoint,
     pub(crate) unknown: Endpoint,
@@ -278,6 +283,19 @@ impl Snapshot {
     /// Every node, by name.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values().map(Arc::as_ref)
+    }
+
+    /// The revisions of the workload `key` names (`namespace/Kind/name`, see
+    /// [`workload_key`](super::revision::workload_key)): the one it runs and
+    /// its latest rollout; `None` for a workload with no revision label on
+    /// its pods.
+    pub fn workload_revisions(&self, key: &str) -> Option<&WorkloadRevisions> {
+        self.revisions.get(key)
+    }
+
+    /// Workload rollouts the inventory has seen since start.
+    pub fn rollouts_seen(&self) -> u64 {
+        self.rollouts
     }
 }
 

@@ -21,6 +21,7 @@ use super::{
     endpoint::Endpoint,
     manifests::Workload,
     model::{EndpointSlice, Namespace, Node, Pod, Service},
+    revision::{PodRevision, Revisions},
     services::ServiceIndex,
     snapshot::{Holding, Holdings, PodRecord, Snapshot},
     workload::Workloads,
@@ -90,6 +91,9 @@ pub struct PodItem {
     pub pod: Pod,
     /// `metadata.annotations["kubernetes.io/config.mirror"]` of a static pod's mirror.
     pub mirror_uid: Option<String>,
+    /// `spec.containers[].image`, in order: kept only per workload revision
+    /// (see [`WorkloadRevisions`](super::revision::WorkloadRevisions)), not per pod.
+    pub images: Vec<String>,
 }
 
 /// One object from a source, already trimmed to what the observer keeps.
@@ -212,6 +216,8 @@ pub struct Store {
     nodes: Arc<BTreeMap<String, Arc<Node>>>,
     nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
     workloads: Workloads,
+    /// Which revision each workload runs, and its latest rollout.
+    revisions: Revisions,
     relists: HashMap<Resource, Vec<Item>>,
     /// Per relist in progress, the keys of objects to keep as they are.
     kept: HashMap<Resource, HashSet<String>>,
@@ -251,6 +257,7 @@ impl Store {
             nodes: Arc::default(),
             nodes_by_ip: Arc::default(),
             workloads: Workloads::default(),
+            revisions: Revisions::default(),
             relists: HashMap::new(),
             kept: HashMap::new(),
             listed: HashSet::new(),
@@ -381,8 +388,8 @@ impl Store {
         self.changed = true;
         match item {
             Item::Pod(pod) => {
-                let PodItem { pod, mirror_uid } = *pod;
-                self.upsert_pod(Arc::new(pod), mirror_uid, now);
+                let PodItem { pod, mirror_uid, images } = *pod;
+                self.upsert_pod(Arc::new(pod), mirror_uid, Some(&images), now);
             }
             Item::Namespace(namespace) => {
                 Arc::make_mut(&mut self.namespaces).insert(namespace.name.clone(), Arc::new(namespace));
@@ -440,9 +447,20 @@ impl Store {
         }
     }
 
-    fn upsert_pod(&mut self, pod: Arc<Pod>, mirror_uid: Option<String>, now: SystemTime) {
+    /// Adds or replaces a pod; `images` are its containers' when the pod
+    /// itself came from the source (`None` when only its workload is looked
+    /// up again).
+    fn upsert_pod(&mut self, pod: Arc<Pod>, mirror_uid: Option<String>, images: Option<&[String]>, now: SystemTime) {
         let endpoint = Endpoint::pod(&pod, self.workloads.top_of(&pod), &self.label_keys);
         let old = self.pods.get(&pod.uid).cloned();
+        self.revisions.change(
+            old.as_ref().and_then(revision_of).as_ref(),
+            PodRevision::of(&pod.namespace, &pod.labels, endpoint.workload.as_ref()).as_ref(),
+            images,
+            old.is_some(),
+            self.listed.contains(&Resource::Pods),
+            now,
+        );
         let old_ips: Vec<IpAddr> =
             old.as_ref().filter(|old| holds_ips(&old.pod)).map(|old| old.pod.ips.clone()).unwrap_or_default();
         let new_ips: &[IpAddr] = if holds_ips(&pod) { &pod.ips } else { &[] };
@@ -482,6 +500,8 @@ impl Store {
         let Some(record) = Arc::make_mut(&mut self.pods).remove(uid) else {
             return;
         };
+        let listed = self.listed.contains(&Resource::Pods);
+        self.revisions.change(revision_of(&record).as_ref(), None, None, true, listed, now);
         let by_ip = Arc::make_mut(&mut self.by_ip);
         for ip in &record.pod.ips {
             close_holding(by_ip, *ip, uid, now);
@@ -545,7 +565,7 @@ impl Store {
                 .cloned()
                 .collect();
             for record in records {
-                self.upsert_pod(record.pod, record.mirror_uid, now);
+                self.upsert_pod(record.pod, record.mirror_uid, None, now);
             }
             self.owners_changed.clear();
             self.workloads_relisted = false;
@@ -576,6 +596,7 @@ impl Store {
             self.nodes_dirty = false;
         }
         self.prune(now);
+        self.revisions.prune(now);
         self.generation += 1;
         self.changed = false;
         Snapshot {
@@ -594,6 +615,8 @@ impl Store {
             service_index: Arc::clone(&self.service_index),
             nodes: Arc::clone(&self.nodes),
             nodes_by_ip: Arc::clone(&self.nodes_by_ip),
+            revisions: self.revisions.shared(),
+            rollouts: self.revisions.rollouts(),
             host: self.host.clone(),
             world: self.world.clone(),
             unknown: self.unknown.clone(),
@@ -603,6 +626,11 @@ impl Store {
 
 fn workload_key(workload: &Workload) -> (String, String, String) {
     (workload.namespace.clone(), workload.kind.clone(), workload.name.clone())
+}
+
+/// Where a held pod counts among its workload's revisions.
+fn revision_of(record: &PodRecord) -> Option<PodRevision> {
+    PodRevision::of(&record.pod.namespace, &record.pod.labels, record.endpoint.workload.as_ref())
 }
 
 fn is_pod(endpoint: &Endpoint, uid: &str) -> bool {
@@ -639,7 +667,7 @@ mod tests {
     }
 
     fn pod_item(pod: Pod) -> Item {
-        Item::Pod(Box::new(PodItem { pod, mirror_uid: None }))
+        Item::Pod(Box::new(PodItem { pod, mirror_uid: None, images: Vec::new() }))
     }
 
     /// A store with every required resource listed at `t(0)` from `items`.
@@ -755,7 +783,11 @@ mod tests {
 
     #[test]
     fn a_static_pod_is_found_by_the_uid_kubelet_gave_its_cgroup() {
-        let mirror = PodItem { pod: pod("etcd").uid("api-server-uid").build(), mirror_uid: Some(UID_B.to_owned()) };
+        let mirror = PodItem {
+            pod: pod("etcd").uid("api-server-uid").build(),
+            mirror_uid: Some(UID_B.to_owned()),
+            images: Vec::new(),
+        };
         let mut store = synced(vec![Item::Pod(Box::new(mirror))]);
         let snapshot = store.snapshot(t(1));
         let cgroup = format!("/kubepods/pod{UID_B}/abc");

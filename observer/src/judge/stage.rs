@@ -42,7 +42,7 @@ use super::{
 };
 use crate::{
     FastMap,
-    anomaly::{EdgeHandle, EdgeKey, Spike, SpikeDetector},
+    anomaly::{self, EdgeHandle, EdgeKey, Spike, SpikeDetector},
     capture::CaptureHealth,
     config::ObserverConfig,
     findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter, Workload},
@@ -252,6 +252,7 @@ impl JudgeStage {
             }
         }
         if let Some(metrics) = &self.setup.metrics {
+            metrics.set_rollouts(snapshot.rollouts_seen());
             metrics.set_policies_loaded("NetworkPolicy", engine.len());
             metrics.set_policies_loaded("ClusterNetworkPolicy", engine.cluster_len());
             metrics.set_intents_loaded(index.len());
@@ -360,9 +361,12 @@ impl JudgeStage {
                 let delta = record.progress.new_to_dst.bytes + record.progress.new_to_src.bytes;
                 let (now, new) = (record.time, u64::from(new_flow));
                 let spike = match key.as_ref().and_then(|key| self.pairs.get_mut(key)) {
-                    Some(pair) => self.spikes.observe_held(&mut pair.spike, &pair.edge, now, new, delta),
-                    None => flow_ends(&snapshot, record)
-                        .and_then(|(src, dst)| self.spikes.observe(&EdgeKey::between(&src, &dst), now, new, delta)),
+                    Some(pair) => self.spikes.observe_held(&mut pair.spike, &pair.edge, pair.version, now, new, delta),
+                    None => flow_ends(&snapshot, record).and_then(|(src, dst)| {
+                        let edge = EdgeKey::between(&src, &dst);
+                        let version = anomaly::edge_version(&snapshot, &edge);
+                        self.spikes.observe_version(&edge, version, now, new, delta)
+                    }),
                 };
                 if let Some(spike) = spike {
                     self.report_spike(&snapshot, record, &spike, &verdict);
@@ -518,16 +522,20 @@ impl JudgeStage {
             self.pairs.clear();
         }
         let intents = self.judge.intents();
-        let pair = self.pairs.entry(key).or_insert_with(|| Pair {
-            _ends: [&record.src, &record.dst].map(|peer| peer.endpoint.clone()),
-            rate_limited: src
-                .pod
-                .filter(|_| src.kind == EndKind::Pod)
-                .is_some_and(|pod| !intents.rate_limits(pod).is_empty()),
-            edge: EdgeKey::between(&src, &dst),
-            spike: None,
-            policy: None,
-            outcomes: Default::default(),
+        let pair = self.pairs.entry(key).or_insert_with(|| {
+            let edge = EdgeKey::between(&src, &dst);
+            Pair {
+                _ends: [&record.src, &record.dst].map(|peer| peer.endpoint.clone()),
+                rate_limited: src
+                    .pod
+                    .filter(|_| src.kind == EndKind::Pod)
+                    .is_some_and(|pod| !intents.rate_limits(pod).is_empty()),
+                version: anomaly::edge_version(snapshot, &edge),
+                edge,
+                spike: None,
+                policy: None,
+                outcomes: Default::default(),
+            }
         });
         pair.policy = policy;
         if !(new_flow && pair.rate_limited) {
@@ -540,7 +548,9 @@ impl JudgeStage {
     /// Records the finding of a spike a record set off.
     fn report_spike(&mut self, snapshot: &Snapshot, record: &FlowRecord, spike: &Spike, verdict: &FlowVerdict) {
         let Some((src, dst)) = flow_ends(snapshot, record) else { return };
-        let finding = Finding::spike(spike, &src, &dst, (verdict.src_tier.clone(), verdict.dst_tier.clone()));
+        let mut finding = Finding::spike(spike, &src, &dst, (verdict.src_tier.clone(), verdict.dst_tier.clone()));
+        let within = Duration::from_secs(self.setup.config.spikes.after_rollout_seconds);
+        finding.evidence.after_rollout = anomaly::after_rollout(snapshot, &spike.edge, record.time, within);
         if let Some(metrics) = &self.setup.metrics {
             metrics.record_spike(&EdgeOf::new(metrics.allowlist().clone()).edge(record));
         }
@@ -668,6 +678,9 @@ struct Pair {
     rate_limited: bool,
     /// The edge the spike detector watches.
     edge: EdgeKey,
+    /// The version of its ends (the revisions their workloads run), which
+    /// the spike detector keeps baselines by.
+    version: u64,
     /// Where the spike detector keeps the edge, once it has.
     spike: Option<EdgeHandle>,
     /// What the policies say of these ends, whatever the evidence.

@@ -140,6 +140,7 @@ struct Inner {
     inventory_stale_now: AtomicBool,
     policies_loaded: Family<KindLabels, Gauge>,
     intents_loaded: Gauge,
+    rollouts: Counter,
     capture: Arc<OnceLock<Arc<CaptureHealth>>>,
     sinks: sinks::Sinks,
     services: services::ServiceCounters,
@@ -168,6 +169,7 @@ impl Metrics {
             inventory_stale_now: AtomicBool::new(false),
             policies_loaded: Family::default(),
             intents_loaded: Gauge::default(),
+            rollouts: Counter::default(),
             capture: Arc::new(OnceLock::new()),
             sinks: Arc::new(OnceLock::new()),
             services: services::ServiceCounters::register(&mut registry),
@@ -364,6 +366,13 @@ impl Metrics {
         self.inner.policies_loaded.get_or_create(&labels).set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// Workload rollouts the inventory has seen since start (a total: the
+    /// counter catches up).
+    pub fn set_rollouts(&self, total: u64) {
+        let counter = &self.inner.rollouts;
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
+
     /// FlowIntents loaded.
     pub fn set_intents_loaded(&self, count: usize) {
         self.inner.intents_loaded.set(i64::try_from(count).unwrap_or(i64::MAX));
@@ -428,6 +437,11 @@ fn register_judgement(registry: &mut Registry, inner: &Inner) {
         inner.policies_loaded.clone(),
     );
     registry.register("intents_loaded", "FlowIntents loaded", inner.intents_loaded.clone());
+    registry.register(
+        "workload_rollouts",
+        "Workload revision changes the inventory has seen (a new pod-template-hash or controller-revision-hash)",
+        inner.rollouts.clone(),
+    );
 }
 
 fn register_inventory(registry: &mut Registry, inner: &Inner) {
@@ -776,10 +790,11 @@ mod tests {
         assert_eq!(edge_series, 8200 * 6);
         // Per node: build info, 18 capture series, 7 bounded families × 3
         // accounting series (series, overflow, removed), 2 loaded gauges,
-        // 3 conntrack lookup results and 3 Service backend sources.
-        assert_eq!(other_series, NODES * 48);
+        // the rollouts counter, 3 conntrack lookup results and 3 Service
+        // backend sources.
+        assert_eq!(other_series, NODES * 49);
         // Node 0 also runs coredns: its 50 workloads' 150 calls out, 150 in,
         // 50 DNS and 50 internet edges, plus 1,000 DNS edges in.
-        assert_eq!(busiest, 48 + (150 + 150 + 50 + 50 + 1000) * 6);
+        assert_eq!(busiest, 49 + (150 + 150 + 50 + 50 + 1000) * 6);
     }
 }
