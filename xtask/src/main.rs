@@ -2,6 +2,7 @@
 //! tests need, `test` is what CI runs, `demo` shows the observer on lab traffic.
 
 mod bench;
+mod binaries;
 mod command;
 mod demo;
 mod deploy;

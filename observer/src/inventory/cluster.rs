@@ -27,7 +27,8 @@ use kube::{
 
 use super::{
     convert,
-    store::{Item, Resource, Update},
+    resource::Resource,
+    store::{Item, Update},
     writer::Writer,
 };
 use crate::error_chain;

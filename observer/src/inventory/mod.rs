@@ -18,6 +18,7 @@ pub(crate) mod fixtures;
 pub mod manifests;
 pub mod model;
 mod resolver;
+mod resource;
 pub mod services;
 mod snapshot;
 mod standalone;
@@ -37,10 +38,10 @@ pub use self::{
     config::{DEFAULT_LABEL_KEYS, InventoryArgs, InventoryConfig},
     endpoint::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
     resolver::Resolver,
+    resource::Resource,
     services::ServiceBackends,
     snapshot::{CgroupEnd, Snapshot},
     status::{ResourceStatus, Status},
-    store::Resource,
 };
 use self::{resolver::Shared, writer::Writer};
 

@@ -25,7 +25,8 @@ use super::{
     },
     convert,
     manifests::{self, ManifestError, Manifests, Object, Origin},
-    store::{Item, Resource, Update},
+    resource::Resource,
+    store::{Item, Update},
     walk::{self, Found, Stamp},
     writer::Writer,
 };

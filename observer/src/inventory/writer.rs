@@ -14,8 +14,9 @@ use std::{
 use super::{
     config::InventoryConfig,
     resolver::Shared,
+    resource::Resource,
     status::{Failures, Status},
-    store::{Resource, Store, Update},
+    store::{Store, Update},
 };
 
 /// The single owner of the inventory's state.
