@@ -25,12 +25,18 @@ pub enum Resource {
     Controllers,
     /// EndpointSlices (the ready backends of Services).
     EndpointSlices,
+    /// FlowIntents (`ai.governance`), for the judge; the CRD may be absent.
+    FlowIntents,
+    /// ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`), for the
+    /// judge; the CRD may be absent.
+    ClusterNetworkPolicies,
 }
 
 impl Resource {
     /// Resources whose first full list makes the inventory ready. ReplicaSets
     /// and Jobs only sharpen workload names, so a node without the right to
-    /// list them still becomes ready.
+    /// list them still becomes ready; FlowIntents and ClusterNetworkPolicies
+    /// are custom resources whose CRDs a cluster may not have.
     pub const REQUIRED: [Resource; 5] =
         [Resource::Pods, Resource::Namespaces, Resource::NetworkPolicies, Resource::Services, Resource::Nodes];
 
@@ -46,6 +52,8 @@ impl Resource {
             Self::Jobs => "jobs",
             Self::Controllers => "controllers",
             Self::EndpointSlices => "endpointslices",
+            Self::FlowIntents => "flowintents",
+            Self::ClusterNetworkPolicies => "clusternetworkpolicies",
         }
     }
 

@@ -19,10 +19,16 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use super::{
     cgroup,
     endpoint::Endpoint,
+    manifests::Declared,
     model::{Namespace, Node, Pod, Service},
     services::{ServiceBackends, ServiceIndex},
 };
-use crate::{FastMap, node::AddressSet};
+use crate::{
+    FastMap,
+    intent::{FlowIntent, LoadedIntents},
+    node::AddressSet,
+    policy::cnp::ClusterNetworkPolicy,
+};
 
 /// One pod's hold on one IP, from when it was seen with it until it was seen
 /// without it (deleted, finished, or given another IP).
@@ -93,6 +99,12 @@ pub enum CgroupEnd {
     NotAPod,
 }
 
+/// FlowIntents by namespace and name.
+pub(crate) type Intents = BTreeMap<(String, String), Arc<Declared<FlowIntent>>>;
+
+/// ClusterNetworkPolicies by name.
+pub(crate) type ClusterPolicies = BTreeMap<String, Arc<Declared<ClusterNetworkPolicy>>>;
+
 /// A pod and its prebuilt endpoint.
 #[derive(Clone, Debug)]
 pub(crate) struct PodRecord {
@@ -122,6 +134,8 @@ pub struct Snapshot {
     pub(crate) service_index: Arc<ServiceIndex>,
     pub(crate) nodes: Arc<BTreeMap<String, Arc<Node>>>,
     pub(crate) nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
+    pub(crate) intents: Arc<Intents>,
+    pub(crate) cluster_policies: Arc<ClusterPolicies>,
     pub(crate) host: Endpoint,
     pub(crate) world: Endpoint,
     pub(crate) unknown: Endpoint,
@@ -278,6 +292,22 @@ impl Snapshot {
     /// Every node, by name.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values().map(Arc::as_ref)
+    }
+
+    /// The FlowIntents and ClusterNetworkPolicies of this moment, in
+    /// namespace and name order, for the judge to compile: from manifests
+    /// with the document each was read from, from the API server without.
+    pub fn intents(&self) -> LoadedIntents {
+        let mut loaded = LoadedIntents::default();
+        for declared in self.intents.values() {
+            loaded.intents.push(declared.object.clone());
+            loaded.origins.extend(declared.origin.clone());
+        }
+        for declared in self.cluster_policies.values() {
+            loaded.cluster_policies.push(declared.object.clone());
+            loaded.cluster_origins.extend(declared.origin.clone());
+        }
+        loaded
     }
 }
 

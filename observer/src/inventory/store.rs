@@ -19,14 +19,14 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use super::{
     config::InventoryConfig,
     endpoint::Endpoint,
-    manifests::Workload,
+    manifests::{Declared, Workload},
     model::{EndpointSlice, Namespace, Node, Pod, Service},
     resource::Resource,
     services::ServiceIndex,
-    snapshot::{Holding, Holdings, PodRecord, Snapshot},
+    snapshot::{ClusterPolicies, Holding, Holdings, Intents, PodRecord, Snapshot},
     workload::Workloads,
 };
-use crate::FastMap;
+use crate::{FastMap, intent::FlowIntent, policy::cnp::ClusterNetworkPolicy};
 
 /// A pod as a source hands it over.
 #[derive(Clone, Debug)]
@@ -54,6 +54,10 @@ pub enum Item {
     Workload(Workload),
     /// An EndpointSlice.
     EndpointSlice(EndpointSlice),
+    /// A FlowIntent, without managed fields and annotations.
+    FlowIntent(Box<Declared<FlowIntent>>),
+    /// A ClusterNetworkPolicy, without managed fields and annotations.
+    ClusterNetworkPolicy(Box<Declared<ClusterNetworkPolicy>>),
 }
 
 impl Item {
@@ -67,6 +71,8 @@ impl Item {
             Self::Node(_) => Resource::Nodes,
             Self::Workload(workload) => Resource::of_workload_kind(&workload.kind),
             Self::EndpointSlice(_) => Resource::EndpointSlices,
+            Self::FlowIntent(_) => Resource::FlowIntents,
+            Self::ClusterNetworkPolicy(_) => Resource::ClusterNetworkPolicies,
         }
     }
 
@@ -83,6 +89,11 @@ impl Item {
             Self::Node(node) => node.name.clone(),
             Self::Workload(workload) => workload_name_key(workload),
             Self::EndpointSlice(slice) => format!("{}/{}", slice.namespace, slice.name),
+            Self::FlowIntent(intent) => {
+                let (namespace, name) = intent_key(&intent.object);
+                format!("{namespace}/{name}")
+            }
+            Self::ClusterNetworkPolicy(policy) => cluster_policy_key(&policy.object),
         }
     }
 }
@@ -116,6 +127,17 @@ fn policy_key(policy: &NetworkPolicy) -> (String, String) {
         policy.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
         policy.metadata.name.clone().unwrap_or_default(),
     )
+}
+
+fn intent_key(intent: &FlowIntent) -> (String, String) {
+    (
+        intent.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+        intent.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn cluster_policy_key(policy: &ClusterNetworkPolicy) -> String {
+    policy.metadata.name.clone().unwrap_or_default()
 }
 
 /// Whether the pod holds its IPs: host-network pods share the node's, and
@@ -156,6 +178,8 @@ pub struct Store {
     service_index: Arc<ServiceIndex>,
     nodes: Arc<BTreeMap<String, Arc<Node>>>,
     nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
+    intents: Arc<Intents>,
+    cluster_policies: Arc<ClusterPolicies>,
     workloads: Workloads,
     relists: HashMap<Resource, Vec<Item>>,
     /// Per relist in progress, the keys of objects to keep as they are.
@@ -195,6 +219,8 @@ impl Store {
             service_index: Arc::default(),
             nodes: Arc::default(),
             nodes_by_ip: Arc::default(),
+            intents: Arc::default(),
+            cluster_policies: Arc::default(),
             workloads: Workloads::default(),
             relists: HashMap::new(),
             kept: HashMap::new(),
@@ -232,6 +258,8 @@ impl Store {
             Resource::Nodes => self.nodes.len(),
             Resource::ReplicaSets | Resource::Jobs | Resource::Controllers => self.workloads.count_of(resource),
             Resource::EndpointSlices => self.slices.len(),
+            Resource::FlowIntents => self.intents.len(),
+            Resource::ClusterNetworkPolicies => self.cluster_policies.len(),
         }
     }
 
@@ -316,6 +344,11 @@ impl Store {
                 self.workloads.clear_of(resource, |workload| kept.contains(&workload_name_key(workload)));
                 self.workloads_relisted = true;
             }
+            Resource::FlowIntents => Arc::make_mut(&mut self.intents)
+                .retain(|(namespace, name), _| kept.contains(&format!("{namespace}/{name}"))),
+            Resource::ClusterNetworkPolicies => {
+                Arc::make_mut(&mut self.cluster_policies).retain(|name, _| kept.contains(name));
+            }
         }
         for item in items {
             self.upsert(item, now);
@@ -353,6 +386,12 @@ impl Store {
                 Arc::make_mut(&mut self.slices).insert(key, Arc::new(slice));
                 self.services_dirty = true;
             }
+            Item::FlowIntent(intent) => {
+                Arc::make_mut(&mut self.intents).insert(intent_key(&intent.object), Arc::from(intent));
+            }
+            Item::ClusterNetworkPolicy(policy) => {
+                Arc::make_mut(&mut self.cluster_policies).insert(cluster_policy_key(&policy.object), Arc::from(policy));
+            }
         }
     }
 
@@ -381,6 +420,12 @@ impl Store {
             Item::EndpointSlice(slice) => {
                 Arc::make_mut(&mut self.slices).remove(&(slice.namespace, slice.name));
                 self.services_dirty = true;
+            }
+            Item::FlowIntent(intent) => {
+                Arc::make_mut(&mut self.intents).remove(&intent_key(&intent.object));
+            }
+            Item::ClusterNetworkPolicy(policy) => {
+                Arc::make_mut(&mut self.cluster_policies).remove(&cluster_policy_key(&policy.object));
             }
         }
     }
@@ -539,6 +584,8 @@ impl Store {
             service_index: Arc::clone(&self.service_index),
             nodes: Arc::clone(&self.nodes),
             nodes_by_ip: Arc::clone(&self.nodes_by_ip),
+            intents: Arc::clone(&self.intents),
+            cluster_policies: Arc::clone(&self.cluster_policies),
             host: self.host.clone(),
             world: self.world.clone(),
             unknown: self.unknown.clone(),

@@ -126,12 +126,6 @@ impl Writer {
         self.refresh_status();
     }
 
-    /// Holds the FlowIntents of the latest manifest load, for the judge; call
-    /// before publishing the snapshot of the same load.
-    pub fn set_intents(&mut self, intents: crate::intent::LoadedIntents) {
-        self.shared.set_intents(intents);
-    }
-
     /// Publishes pending changes and refreshes the status; run every publish interval.
     pub fn tick(&mut self) {
         self.publish_if_changed();
