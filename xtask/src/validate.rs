@@ -1,7 +1,7 @@
 //! Offline checks of `deploy/`, run by `cargo xtask test`:
 //!
-//! 1. the generated files (dashboards, ConfigMaps, PrometheusRule) match
-//!    their sources;
+//! 1. the generated files (dashboards, ConfigMaps, PrometheusRule, the
+//!    FlowIntent CRD) match their sources;
 //! 2. `promtool test rules` on the alert rules' unit tests, and `promtool
 //!    check rules` on the PrometheusRule's embedded copy; every alert has
 //!    a unit test where it fires and one where it stays quiet, and a

@@ -19,6 +19,6 @@ pub use index::{IntentConfig, IntentIndex, IntentViolation, IsolationRequirement
 pub use load::LoadedIntents;
 pub use resource::{
     EgressIntent, FlowIntent, FlowIntentSpec, GROUP, IntentPeer, IntentPort, IsolationIntent, KIND, PLURAL, Subject,
-    VERSION,
+    VERSION, crd_yaml,
 };
 pub use tier::{DEFAULT_TIER_LABEL, InvalidTier, KNOWN_TIERS, Tier, TierConfig, TierConfigError, TierSelector, Tiers};
