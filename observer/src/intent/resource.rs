@@ -5,7 +5,8 @@
 //! manifest files or the API server. Out: typed objects that the compiler
 //! validates. Unknown fields in `spec` are refused, so a misspelt rule is an
 //! error rather than a rule silently not checked. The CRD with its OpenAPI
-//! schema is `deploy/crds/flowintent.yaml`.
+//! schema, `deploy/crds/flowintent.yaml`, is generated from these types
+//! ([`crd_yaml`]).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use schemars::JsonSchema;
