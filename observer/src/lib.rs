@@ -4,7 +4,7 @@
 //! Stages, in the order a flow passes them: [`capture`] → [`enrich`]
 //! ([`inventory`]) → judge ([`judge`]: [`policy`], [`intent`], and spikes from
 //! [`anomaly`]) → [`export`] and [`findings`], with [`metrics`] and the HTTP
-//! [`api`] beside them. See `ARCHITECTURE.md` in the shared docs.
+//! [`api`] beside them. See `docs/architecture.md`.
 
 pub mod anomaly;
 pub mod api;

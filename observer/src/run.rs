@@ -20,9 +20,8 @@ use crate::{
         logs::{Logs, RotationArgs},
         sink::Reopen,
     },
-    intent,
-    inventory::{self, Inventory, InventoryArgs, InventoryError},
-    judge::stage::{IntentSource, JudgeStage, StageSetup},
+    inventory::{Inventory, InventoryArgs, InventoryError},
+    judge::stage::{JudgeStage, StageSetup},
     metrics::{Metrics, MetricsArgs, flows},
     node::NodeAddresses,
 };
@@ -289,7 +288,6 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let judge = match inventory {
         Some(inventory) => {
             let setup = StageSetup {
-                intents: intent_source(&args.inventory, shutdown_rx.clone()).await?,
                 inventory,
                 config: observer_config,
                 findings_log: findings_writer,
@@ -352,61 +350,6 @@ async fn pass_through(
             return;
         }
     }
-}
-
-/// FlowIntents and ClusterNetworkPolicies from the manifests in standalone
-/// mode, else watches of the cluster's. A cluster without the
-/// ClusterNetworkPolicy CRD is said so once; the watch keeps retrying, so
-/// installing the CRD later is picked up.
-async fn intent_source(args: &InventoryArgs, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<IntentSource> {
-    if !args.manifests.is_empty() {
-        return Ok(IntentSource::Inventory);
-    }
-    let client = inventory::client(args.kubeconfig.clone()).await.context("connecting to watch FlowIntents")?;
-    let (store, stream) = intent::watch(client.clone());
-    let mut cnp_shutdown = shutdown.clone();
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let notify = Arc::clone(&changed);
-    tokio::spawn(async move {
-        use futures::StreamExt as _;
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                item = stream.next() => match item {
-                    Some(Ok(_)) => notify.notify_one(),
-                    Some(Err(error)) => tracing::warn!(%error, "FlowIntent watch failed; retrying with backoff"),
-                    None => return,
-                },
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-        }
-    });
-    let (cluster_policies, cnp_stream) = crate::policy::cnp::source::watch(client.clone());
-    let notify = Arc::clone(&changed);
-    tokio::spawn(async move {
-        use futures::StreamExt as _;
-        let mut stream = std::pin::pin!(cnp_stream);
-        let mut said_absent = false;
-        loop {
-            tokio::select! {
-                item = stream.next() => match item {
-                    Some(Ok(_)) => notify.notify_one(),
-                    Some(Err(error)) if crate::policy::cnp::source::crd_absent(&error) => {
-                        if !said_absent {
-                            said_absent = true;
-                            tracing::warn!(
-                                "the ClusterNetworkPolicy CRD (policy.networking.k8s.io/v1alpha2) is not installed: judging without ClusterNetworkPolicies"
-                            );
-                        }
-                    }
-                    Some(Err(error)) => tracing::warn!(%error, "ClusterNetworkPolicy watch failed; retrying with backoff"),
-                    None => return,
-                },
-                _ = cnp_shutdown.wait_for(|stop| *stop) => return,
-            }
-        }
-    });
-    Ok(IntentSource::Cluster { store, cluster_policies, changed })
 }
 
 /// Batches a stage may queue for the next one before dropping.

@@ -220,9 +220,13 @@ fn repo_path(path: &str) -> PathBuf {
 
 #[test]
 fn crd_matches_the_resource_and_examples_are_valid() {
-    let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&fs::read_to_string(repo_path("deploy/crds/flowintent.yaml")).expect("CRD file"))
-            .expect("a CustomResourceDefinition");
+    let text = fs::read_to_string(repo_path("deploy/crds/flowintent.yaml")).expect("CRD file");
+    assert_eq!(
+        text,
+        observer::intent::crd_yaml().expect("renders"),
+        "deploy/crds/flowintent.yaml is not what the Rust type generates: run `cargo xtask deploy`"
+    );
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("a CustomResourceDefinition");
     assert_eq!(crd.spec.group, GROUP);
     assert_eq!(crd.spec.names.kind, KIND);
     assert_eq!(crd.spec.names.plural, PLURAL);
@@ -249,6 +253,32 @@ fn crd_matches_the_resource_and_examples_are_valid() {
         assert!(peer.get(field).is_some(), "schema lacks peer.{field}");
     }
     assert!(!schema.to_string().contains("$ref"), "structural schemas may not use $ref");
+    // What the hand-written CRD validated stays validated.
+    let version = &crd.spec.versions[0];
+    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["fi".to_owned()][..]));
+    let columns: Vec<(&str, &str)> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|column| (column.name.as_str(), column.json_path.as_str()))
+        .collect();
+    assert_eq!(columns, [("Tiers", ".spec.subject.tiers"), ("Age", ".metadata.creationTimestamp")]);
+    let root = &schema["openAPIV3Schema"];
+    assert_eq!(root["required"], serde_json::json!(["spec"]));
+    assert_eq!(
+        root["properties"]["spec"]["anyOf"],
+        serde_json::json!([{"required": ["egress"]}, {"required": ["isolation"]}, {"required": ["maxNewConnectionsPerMinute"]}])
+    );
+    assert_eq!(spec["maxNewConnectionsPerMinute"]["minimum"], 1.0);
+    assert_eq!(spec["subject"]["properties"]["tiers"]["items"]["maxLength"], 63);
+    assert_eq!(peer["fqdn"]["maxLength"], 253);
+    assert!(peer["fqdn"]["pattern"].is_string());
+    assert_eq!(peer["world"]["enum"], serde_json::json!([true]));
+    assert_eq!(peer["ports"]["items"]["properties"]["port"]["maximum"], 65535.0);
+    assert_eq!(peer["ports"]["items"]["properties"]["protocol"]["enum"], serde_json::json!(["TCP", "UDP", "SCTP"]));
+    let operator = &peer["podSelector"]["properties"]["matchExpressions"]["items"]["properties"]["operator"];
+    assert_eq!(operator["enum"], serde_json::json!(["In", "NotIn", "Exists", "DoesNotExist"]));
+    assert_eq!(peer["podSelector"]["x-kubernetes-map-type"], "atomic");
 
     let loaded = manifests::load(&[repo_path("deploy/examples/intents")]);
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);

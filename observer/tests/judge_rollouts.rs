@@ -18,7 +18,7 @@ use observer::{
     findings::FindingsWriter,
     flow::{FlowRecord, FlowState, RecordEvent},
     inventory::{Inventory, InventoryConfig},
-    judge::stage::{IntentSource, JudgeStage, StageSetup},
+    judge::stage::{JudgeStage, StageSetup},
     metrics::{Metrics, MetricsConfig, services::ServiceCounters},
 };
 use observer_common::{FAMILY_IPV4, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP};
@@ -95,7 +95,6 @@ async fn a_spike_after_a_rollout_names_it_and_is_measured_against_the_old_revisi
     let metrics = Metrics::new(MetricsConfig::default());
     let stage = JudgeStage::new(StageSetup {
         inventory: inventory.clone(),
-        intents: IntentSource::Inventory,
         config: observer_config,
         findings_log: Some(FindingsWriter::open(&findings).expect("findings log")),
         node: None,

@@ -21,7 +21,7 @@ use observer::{
     inventory::{Inventory, InventoryConfig},
     judge::{
         VerdictKind,
-        stage::{IntentSource, JudgeStage, StageSetup},
+        stage::{JudgeStage, StageSetup},
     },
     metrics::services::ServiceCounters,
 };
@@ -145,7 +145,6 @@ fn service_flows_are_judged_at_their_backends_through_the_stages() {
         Enricher::with_backends(Backends::new(Some(Box::new(table)), Vec::new(), ServiceCounters::default()));
     let mut stage = JudgeStage::new(StageSetup {
         inventory: inventory.clone(),
-        intents: IntentSource::Inventory,
         config: ObserverConfig::default(),
         findings_log: None,
         node: None,

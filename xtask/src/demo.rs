@@ -22,7 +22,8 @@ use observer_tests::{
 use serde_json::{Value, json};
 
 use crate::{
-    command::{Profile, build_lab_binaries, step},
+    binaries::{Profile, build_lab_binaries},
+    command::step,
     interrupt,
 };
 

@@ -2,6 +2,7 @@
 //! tests need, `test` is what CI runs, `demo` shows the observer on lab traffic.
 
 mod bench;
+mod binaries;
 mod command;
 mod demo;
 mod deploy;
@@ -30,7 +31,7 @@ enum Task {
     Test,
     /// Build the observer's OCI image offline with buildah (static musl binary, the Dockerfile's final stage).
     Image,
-    /// Write the generated files of deploy/: Grafana dashboards (JSON and ConfigMaps), the PrometheusRule.
+    /// Write the generated files of deploy/: Grafana dashboards (JSON and ConfigMaps), the PrometheusRule, the FlowIntent CRD.
     Deploy,
     /// Check deploy/ offline: generated files, promtool rule tests, Kubernetes schemas, least privilege.
     Validate,

@@ -1,11 +1,15 @@
 //! `cargo xtask setup`: installs what building and testing need, only what is
 //! missing, so running it again changes nothing.
 
-use std::{fs, path::Path, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
-use crate::command::{is_root, output, run as run_command, step, succeeds};
+use crate::command::{is_root, output, run as run_command, step, succeeds, workspace_root};
 
 /// Debian 12 packages and a shell test that passes when each is there (to
 /// check without dpkg, so a tool installed another way counts too).
@@ -40,6 +44,14 @@ pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 const KUBECTL_VERSION: &str = "v1.33.4";
 /// Oldest kubectl minor version whose kustomize renders `deploy/` (components).
 const KUBECTL_MIN_MINOR: u32 = 27;
+
+/// The kubernetes-validate release installed here, for `cargo xtask validate`.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// The venv holding kubernetes-validate.
+pub fn venv() -> PathBuf {
+    workspace_root().join("target/tools/venv")
+}
 
 /// The bpf-linker release that loads the installed nightly's own LLVM.
 const BPF_LINKER_VERSION: &str = "0.9.15";
@@ -105,7 +117,7 @@ fn kubectl() -> anyhow::Result<()> {
         other => bail!("no kubectl download for {other}; install kubectl 1.{KUBECTL_MIN_MINOR}+ yourself"),
     };
     let url = format!("https://dl.k8s.io/release/{KUBECTL_VERSION}/bin/linux/{arch}/kubectl");
-    let download = crate::command::workspace_root().join("target/tools/kubectl");
+    let download = workspace_root().join("target/tools/kubectl");
     fs::create_dir_all(download.parent().unwrap_or(Path::new("."))).context("creating target/tools")?;
     run_command(Command::new("curl").args(["-fsSL", "-o"]).arg(&download).arg(&url))
         .with_context(|| format!("downloading {url}"))?;
@@ -129,7 +141,7 @@ fn promtool() -> anyhow::Result<()> {
     if !is_root() {
         bail!("installing promtool needs root: run `sudo cargo xtask setup`");
     }
-    let dir = crate::command::workspace_root().join("target/tools/prometheus-deb");
+    let dir = workspace_root().join("target/tools/prometheus-deb");
     fs::create_dir_all(&dir).context("creating target/tools/prometheus-deb")?;
     run_command(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
     run_command(Command::new("apt-get").args(["download", "-qq", "prometheus"]).current_dir(&dir))
@@ -206,8 +218,8 @@ fn tracefs() -> anyhow::Result<()> {
 /// kubernetes-validate (PyPI) in a venv under target/, for the offline
 /// manifest validation of `cargo xtask test`.
 fn kubernetes_validate() -> anyhow::Result<()> {
-    let version = crate::validate::KUBERNETES_VALIDATE_VERSION;
-    let venv = crate::validate::venv();
+    let version = KUBERNETES_VALIDATE_VERSION;
+    let venv = venv();
     let tool = venv.join("bin/kubernetes-validate");
     if output(Command::new(&tool).arg("--version")).is_some_and(|text| text.trim() == version) {
         step(&format!("kubernetes-validate {version}: present"));

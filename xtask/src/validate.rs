@@ -1,7 +1,7 @@
 //! Offline checks of `deploy/`, run by `cargo xtask test`:
 //!
-//! 1. the generated files (dashboards, ConfigMaps, PrometheusRule) match
-//!    their sources;
+//! 1. the generated files (dashboards, ConfigMaps, PrometheusRule, the
+//!    FlowIntent CRD) match their sources;
 //! 2. `promtool test rules` on the alert rules' unit tests, and `promtool
 //!    check rules` on the PrometheusRule's embedded copy; every alert has
 //!    a unit test where it fires and one where it stays quiet, and a
@@ -26,18 +26,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::command::{output, run as run_command, step, workspace_root};
+use crate::{
+    command::{output, run as run_command, step, workspace_root},
+    setup::venv,
+};
 
 /// Kubernetes version whose schemas the manifests are validated against.
 pub const KUBERNETES_VERSION: &str = "1.33.0";
-/// The kubernetes-validate release installed by `cargo xtask setup`.
-pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
-
-/// The venv holding kubernetes-validate.
-pub fn venv() -> PathBuf {
-    workspace_root().join("target/tools/venv")
-}
-
 /// Runs every check.
 pub fn run() -> anyhow::Result<()> {
     let root = workspace_root();

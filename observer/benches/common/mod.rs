@@ -22,7 +22,7 @@ use observer::{
     enrich::Enricher,
     flow::FlowRecord,
     inventory::{EndpointKind, Inventory, InventoryConfig, Resolver},
-    judge::stage::{IntentSource, JudgeStage, StageSetup},
+    judge::stage::{JudgeStage, StageSetup},
     metrics::{
         Metrics, MetricsConfig,
         flows::{EdgeOf, FlowMeter, TIER_LABEL},
@@ -162,7 +162,6 @@ impl Pipeline {
         assert_eq!(inventory.snapshot().pod_count(), size.pods);
         let judge = JudgeStage::new(StageSetup {
             inventory: inventory.clone(),
-            intents: IntentSource::Inventory,
             config: ObserverConfig::default(),
             findings_log: None,
             node: None,

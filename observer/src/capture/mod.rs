@@ -11,6 +11,7 @@
 pub mod btf;
 pub mod cgroups;
 pub mod clock;
+pub mod load_options;
 pub mod loader;
 pub mod map_batch;
 pub mod preflight;

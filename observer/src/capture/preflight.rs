@@ -9,7 +9,7 @@
 
 use std::{fmt, path::Path};
 
-use super::loader::{LoadOptions, is_cgroup2};
+use super::load_options::{LoadOptions, is_cgroup2};
 
 /// The oldest kernel the programs load on (BPF ring buffers, CAP_BPF).
 pub const MIN_KERNEL: (u32, u32) = (5, 8);

@@ -1,15 +1,10 @@
-//! Where FlowIntents come from: manifest files, or the API server.
+//! The FlowIntents and ClusterNetworkPolicies the judge compiles, as one
+//! value.
 //!
-//! In: loaded manifests (standalone mode) or a kube client (in a cluster).
-//! Out: the FlowIntents with the file and line each came from, so an invalid
-//! one is reported where it was written; or a reflector store kept current by
-//! a watch, whose snapshot is compiled the same way.
-
-use futures::Stream;
-use kube::{
-    Api, Client,
-    runtime::{WatchStreamExt, reflector, watcher},
-};
+//! In: loaded manifests, or an inventory snapshot (which holds them in both
+//! modes: read from manifests, or watched on the API server). Out: the
+//! objects, with the file and line each came from when a manifest declared
+//! it, so an invalid one is reported where it was written.
 
 use super::{compile::IntentError, resource::FlowIntent};
 use crate::{
@@ -22,12 +17,14 @@ use crate::{
 pub struct LoadedIntents {
     /// The intents, to compile.
     pub intents: Vec<FlowIntent>,
-    /// Where each came from, by the same position.
+    /// Where each came from, by the same position (empty when they came
+    /// from the API server).
     pub origins: Vec<Origin>,
     /// The ClusterNetworkPolicies of the same manifests: like intents, the
     /// judge compiles them itself (with the NetworkPolicies).
     pub cluster_policies: Vec<ClusterNetworkPolicy>,
-    /// Where each came from, by the same position.
+    /// Where each came from, by the same position (empty when they came
+    /// from the API server).
     pub cluster_origins: Vec<Origin>,
 }
 
@@ -53,20 +50,6 @@ impl LoadedIntents {
 
     /// The file and line of the intent an error is about.
     pub fn origin(&self, error: &IntentError) -> Option<&Origin> {
-        self.origins.get(error.index)
+        (self.origins.len() == self.intents.len()).then(|| self.origins.get(error.index)).flatten()
     }
-}
-
-/// Watches every FlowIntent in the cluster: returns the store to read
-/// snapshots from (`store.state()`) and the stream that keeps it current, to
-/// be polled for as long as the store is used; it yields every changed intent.
-pub fn watch(
-    client: Client,
-) -> (reflector::Store<FlowIntent>, impl Stream<Item = Result<FlowIntent, watcher::Error>> + Send) {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(Api::<FlowIntent>::all(client), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
-    (reader, stream)
 }

@@ -16,9 +16,9 @@ mod tier;
 pub use compile::{IntentError, IntentProblem, IntentRef};
 pub use end::{EndKind, FlowEnd, WorkloadName};
 pub use index::{IntentConfig, IntentIndex, IntentViolation, IsolationRequirement, RateLimit};
-pub use load::{LoadedIntents, watch};
+pub use load::LoadedIntents;
 pub use resource::{
     EgressIntent, FlowIntent, FlowIntentSpec, GROUP, IntentPeer, IntentPort, IsolationIntent, KIND, PLURAL, Subject,
-    VERSION,
+    VERSION, crd_yaml,
 };
 pub use tier::{DEFAULT_TIER_LABEL, InvalidTier, KNOWN_TIERS, Tier, TierConfig, TierConfigError, TierSelector, Tiers};

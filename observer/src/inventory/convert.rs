@@ -1,7 +1,7 @@
 //! Trims Kubernetes objects to the items the store keeps.
 //!
-//! In: k8s-openapi objects (from a watch event or a manifest) and workload
-//! metadata. Out: store [`Item`]s. Runs on every watch event, so the full
+//! In: k8s-openapi objects, FlowIntents and ClusterNetworkPolicies (from a
+//! watch event or a manifest) and workload metadata. Out: store [`Item`]s. Runs on every watch event, so the full
 //! objects never stay in memory.
 
 use k8s_openapi::{
@@ -10,10 +10,11 @@ use k8s_openapi::{
 };
 
 use super::{
-    manifests::Workload,
+    manifests::{Declared, Origin, Workload},
     model::{EndpointSlice, Namespace, Node, OwnerRef, Pod, Service},
     store::{Item, PodItem},
 };
+use crate::{intent::FlowIntent, policy::cnp::ClusterNetworkPolicy};
 
 /// Annotation on a static pod's mirror naming the static pod's own uid.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -54,6 +55,23 @@ pub fn network_policy(mut policy: NetworkPolicy) -> Item {
     policy.metadata.managed_fields = None;
     policy.metadata.annotations = None;
     Item::NetworkPolicy(Box::new(policy))
+}
+
+/// A FlowIntent declared in `origin` (`None`: the API server's), trimmed as
+/// a NetworkPolicy is: the judge reads its name, namespace, resourceVersion
+/// and spec only.
+pub fn flow_intent(mut intent: FlowIntent, origin: Option<Origin>) -> Item {
+    intent.metadata.managed_fields = None;
+    intent.metadata.annotations = None;
+    Item::FlowIntent(Box::new(Declared { object: intent, origin }))
+}
+
+/// A ClusterNetworkPolicy declared in `origin` (`None`: the API server's),
+/// trimmed as a NetworkPolicy is.
+pub fn cluster_network_policy(mut policy: ClusterNetworkPolicy, origin: Option<Origin>) -> Item {
+    policy.metadata.managed_fields = None;
+    policy.metadata.annotations = None;
+    Item::ClusterNetworkPolicy(Box::new(Declared { object: policy, origin }))
 }
 
 /// A workload controller of `kind` from its metadata.

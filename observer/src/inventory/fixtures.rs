@@ -121,7 +121,7 @@ pub struct TestStore(super::store::Store);
 impl TestStore {
     /// Every required resource listed at `at`, with `pods` running `images`.
     pub fn listed(pods: Vec<(Pod, &[&str])>, at: std::time::SystemTime) -> Self {
-        use super::store::{Resource, Update};
+        use super::{resource::Resource, store::Update};
         let mut store = super::store::Store::new(&super::InventoryConfig::default());
         for resource in Resource::REQUIRED {
             store.apply(Update::Init(resource), at);

@@ -83,6 +83,18 @@ pub enum Object {
 /// Kinds read as [`Object::Workload`].
 const WORKLOAD_KINDS: [&str; 6] = ["ReplicaSet", "Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"];
 
+/// An object the judge compiles itself (a FlowIntent, a
+/// ClusterNetworkPolicy), as the inventory holds it: with the document it
+/// was read from when a manifest declared it, so a refused one is reported
+/// where it was written.
+#[derive(Clone, Debug)]
+pub struct Declared<T> {
+    /// The object.
+    pub object: T,
+    /// Its document; `None` for an object of the API server.
+    pub origin: Option<Origin>,
+}
+
 /// One loaded object and where it came from.
 #[derive(Clone, Debug)]
 pub struct Loaded {

@@ -1,6 +1,6 @@
 //! Cluster inventory: Pods, Namespaces, NetworkPolicies, Services,
-//! EndpointSlices and Nodes,
-//! from the API server or from manifest files, behind one interface.
+//! EndpointSlices, Nodes, FlowIntents and ClusterNetworkPolicies, from the
+//! API server or from manifest files, behind one interface.
 //!
 //! In: a kube client ([`Inventory::cluster`]) or manifest paths
 //! ([`Inventory::standalone`]). Out: a [`Resolver`] that says who is at each
@@ -20,6 +20,7 @@ pub mod manifests;
 pub mod model;
 mod resolver;
 pub mod revision;
+mod resource;
 pub mod services;
 mod snapshot;
 mod standalone;
@@ -40,10 +41,10 @@ pub use self::{
     endpoint::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
     resolver::Resolver,
     revision::{Rollout, WorkloadRevisions},
+    resource::Resource,
     services::ServiceBackends,
     snapshot::{CgroupEnd, Snapshot},
     status::{ResourceStatus, Status},
-    store::Resource,
 };
 use self::{resolver::Shared, writer::Writer};
 
@@ -135,11 +136,10 @@ impl Inventory {
         Resolver { shared: Arc::clone(&self.shared) }
     }
 
-    /// The FlowIntents the manifests of the latest load declare (standalone
-    /// mode; empty in a cluster, where FlowIntents are watched separately).
-    /// Replaced before each new snapshot is published.
+    /// The FlowIntents and ClusterNetworkPolicies of the latest snapshot
+    /// (see [`Snapshot::intents`]), in both modes.
     pub fn intents(&self) -> Arc<crate::intent::LoadedIntents> {
-        self.shared.intents()
+        Arc::new(self.shared.snapshot().intents())
     }
 
     /// The latest snapshot: object lists for the policy engine.

@@ -14,17 +14,12 @@ use std::{
 use tokio::sync::watch;
 
 use super::{endpoint::Endpoint, snapshot::Snapshot, status::Status};
-use crate::intent::LoadedIntents;
 
 /// What the inventory's writer and its readers share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     current: RwLock<Arc<Snapshot>>,
     status: Mutex<Status>,
-    /// The FlowIntents of the manifests (standalone mode; empty in a cluster,
-    /// where the judge watches them itself). Set before the snapshot of the
-    /// same load is published, so a generation change covers both.
-    intents: RwLock<Arc<LoadedIntents>>,
     generation: watch::Sender<u64>,
 }
 
@@ -34,7 +29,6 @@ impl Shared {
         Self {
             current: RwLock::new(Arc::new(snapshot)),
             status: Mutex::new(status),
-            intents: RwLock::default(),
             generation: watch::Sender::new(generation),
         }
     }
@@ -49,15 +43,6 @@ impl Shared {
         let generation = snapshot.generation();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snapshot);
         self.generation.send_replace(generation);
-    }
-
-    /// The FlowIntents of the latest manifest load.
-    pub fn intents(&self) -> Arc<LoadedIntents> {
-        Arc::clone(&self.intents.read().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    pub fn set_intents(&self, intents: LoadedIntents) {
-        *self.intents.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(intents);
     }
 
     pub fn status(&self) -> Status {

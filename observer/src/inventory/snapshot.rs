@@ -19,11 +19,17 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use super::{
     cgroup,
     endpoint::Endpoint,
+    manifests::Declared,
     model::{Namespace, Node, Pod, Service},
     revision::WorkloadRevisions,
     services::{ServiceBackends, ServiceIndex},
 };
-use crate::{FastMap, node::AddressSet};
+use crate::{
+    FastMap,
+    intent::{FlowIntent, LoadedIntents},
+    node::AddressSet,
+    policy::cnp::ClusterNetworkPolicy,
+};
 
 /// One pod's hold on one IP, from when it was seen with it until it was seen
 /// without it (deleted, finished, or given another IP).
@@ -94,6 +100,12 @@ pub enum CgroupEnd {
     NotAPod,
 }
 
+/// FlowIntents by namespace and name.
+pub(crate) type Intents = BTreeMap<(String, String), Arc<Declared<FlowIntent>>>;
+
+/// ClusterNetworkPolicies by name.
+pub(crate) type ClusterPolicies = BTreeMap<String, Arc<Declared<ClusterNetworkPolicy>>>;
+
 /// A pod and its prebuilt endpoint.
 #[derive(Clone, Debug)]
 pub(crate) struct PodRecord {
@@ -127,6 +139,8 @@ pub struct Snapshot {
     pub(crate) revisions: Arc<FastMap<Arc<str>, WorkloadRevisions>>,
     /// Rollouts seen since start.
     pub(crate) rollouts: u64,
+    pub(crate) intents: Arc<Intents>,
+    pub(crate) cluster_policies: Arc<ClusterPolicies>,
     pub(crate) host: Endpoint,
     pub(crate) world: Endpoint,
     pub(crate) unknown: Endpoint,
@@ -296,6 +310,22 @@ impl Snapshot {
     /// Workload rollouts the inventory has seen since start.
     pub fn rollouts_seen(&self) -> u64 {
         self.rollouts
+    }
+
+    /// The FlowIntents and ClusterNetworkPolicies of this moment, in
+    /// namespace and name order, for the judge to compile: from manifests
+    /// with the document each was read from, from the API server without.
+    pub fn intents(&self) -> LoadedIntents {
+        let mut loaded = LoadedIntents::default();
+        for declared in self.intents.values() {
+            loaded.intents.push(declared.object.clone());
+            loaded.origins.extend(declared.origin.clone());
+        }
+        for declared in self.cluster_policies.values() {
+            loaded.cluster_policies.push(declared.object.clone());
+            loaded.cluster_origins.extend(declared.origin.clone());
+        }
+        loaded
     }
 }
 

@@ -19,19 +19,16 @@ use std::{
 use k8s_openapi::api::core::v1 as core;
 
 use super::{
-    super::{
-        intent::{FlowIntent, LoadedIntents},
-        policy::cnp::ClusterNetworkPolicy,
-    },
     convert,
-    manifests::{self, ManifestError, Manifests, Object, Origin},
-    store::{Item, Resource, Update},
+    manifests::{self, ManifestError, Manifests, Object},
+    resource::Resource,
+    store::{Item, Update},
     walk::{self, Found, Stamp},
     writer::Writer,
 };
 
 /// Every resource manifests can hold.
-pub(crate) const RESOURCES: [Resource; 9] = [
+pub(crate) const RESOURCES: [Resource; 11] = [
     Resource::Pods,
     Resource::Namespaces,
     Resource::NetworkPolicies,
@@ -41,6 +38,8 @@ pub(crate) const RESOURCES: [Resource; 9] = [
     Resource::ReplicaSets,
     Resource::Jobs,
     Resource::Controllers,
+    Resource::FlowIntents,
+    Resource::ClusterNetworkPolicies,
 ];
 
 /// What one file held at its last read that counted.
@@ -50,11 +49,6 @@ struct FileRecord {
     stamp: Option<Stamp>,
     /// `(resource, key)` of every object it gave the store.
     keys: Vec<(Resource, String)>,
-    /// Its FlowIntents, for the judge.
-    intents: Vec<(FlowIntent, Origin)>,
-    /// Its ClusterNetworkPolicies, which the judge compiles with the
-    /// NetworkPolicies.
-    cluster_policies: Vec<(ClusterNetworkPolicy, Origin)>,
     /// Namespaces its pods are in, and namespaces it declares.
     used: BTreeSet<String>,
     declared: BTreeSet<String>,
@@ -171,13 +165,9 @@ impl Source {
                     Object::EndpointSlice(slice) => convert::endpoint_slice(&slice),
                     Object::Node(node) => convert::node(&node),
                     Object::Workload(workload) => Item::Workload(workload),
-                    Object::FlowIntent(intent) => {
-                        fresh.intents.push((*intent, loaded.origin));
-                        return;
-                    }
+                    Object::FlowIntent(intent) => convert::flow_intent(*intent, Some(loaded.origin)),
                     Object::ClusterNetworkPolicy(policy) => {
-                        fresh.cluster_policies.push((*policy, loaded.origin));
-                        return;
+                        convert::cluster_network_policy(*policy, Some(loaded.origin))
                     }
                 };
                 read_items.push(item);
@@ -243,16 +233,6 @@ impl Source {
             }
             writer.record(resource, Update::InitDone(resource));
         }
-        let mut intents = LoadedIntents::default();
-        for (intent, origin) in self.files.values().flat_map(|record| &record.intents) {
-            intents.intents.push(intent.clone());
-            intents.origins.push(origin.clone());
-        }
-        for (policy, origin) in self.files.values().flat_map(|record| &record.cluster_policies) {
-            intents.cluster_policies.push(policy.clone());
-            intents.cluster_origins.push(origin.clone());
-        }
-        writer.set_intents(intents);
         writer.publish();
     }
 

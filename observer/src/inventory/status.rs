@@ -12,7 +12,7 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
-use super::store::Resource;
+use super::resource::Resource;
 
 /// kube's watcher retries at most 30 s apart (its default backoff): errors
 /// further apart than this belong to different outages, and a resource

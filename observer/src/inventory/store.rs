@@ -19,70 +19,15 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use super::{
     config::InventoryConfig,
     endpoint::Endpoint,
-    manifests::Workload,
+    manifests::{Declared, Workload},
     model::{EndpointSlice, Namespace, Node, Pod, Service},
     revision::{PodRevision, Revisions},
+    resource::Resource,
     services::ServiceIndex,
-    snapshot::{Holding, Holdings, PodRecord, Snapshot},
+    snapshot::{ClusterPolicies, Holding, Holdings, Intents, PodRecord, Snapshot},
     workload::Workloads,
 };
-use crate::FastMap;
-
-/// The kinds of object a source lists and watches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Resource {
-    /// Pods.
-    Pods,
-    /// Namespaces.
-    Namespaces,
-    /// NetworkPolicies.
-    NetworkPolicies,
-    /// Services.
-    Services,
-    /// Nodes.
-    Nodes,
-    /// ReplicaSets (for the Deployment above a pod).
-    ReplicaSets,
-    /// Jobs (for the CronJob above a pod).
-    Jobs,
-    /// Other workload controllers, read from manifests only.
-    Controllers,
-    /// EndpointSlices (the ready backends of Services).
-    EndpointSlices,
-}
-
-impl Resource {
-    /// Resources whose first full list makes the inventory ready. ReplicaSets
-    /// and Jobs only sharpen workload names, so a node without the right to
-    /// list them still becomes ready.
-    pub const REQUIRED: [Resource; 5] =
-        [Resource::Pods, Resource::Namespaces, Resource::NetworkPolicies, Resource::Services, Resource::Nodes];
-
-    /// Lower-case plural name, as in metrics and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Pods => "pods",
-            Self::Namespaces => "namespaces",
-            Self::NetworkPolicies => "networkpolicies",
-            Self::Services => "services",
-            Self::Nodes => "nodes",
-            Self::ReplicaSets => "replicasets",
-            Self::Jobs => "jobs",
-            Self::Controllers => "controllers",
-            Self::EndpointSlices => "endpointslices",
-        }
-    }
-
-    /// Where a workload controller of `kind` is listed.
-    pub fn of_workload_kind(kind: &str) -> Self {
-        match kind {
-            "ReplicaSet" => Self::ReplicaSets,
-            "Job" => Self::Jobs,
-            _ => Self::Controllers,
-        }
-    }
-}
+use crate::{FastMap, intent::FlowIntent, policy::cnp::ClusterNetworkPolicy};
 
 /// A pod as a source hands it over.
 #[derive(Clone, Debug)]
@@ -113,6 +58,10 @@ pub enum Item {
     Workload(Workload),
     /// An EndpointSlice.
     EndpointSlice(EndpointSlice),
+    /// A FlowIntent, without managed fields and annotations.
+    FlowIntent(Box<Declared<FlowIntent>>),
+    /// A ClusterNetworkPolicy, without managed fields and annotations.
+    ClusterNetworkPolicy(Box<Declared<ClusterNetworkPolicy>>),
 }
 
 impl Item {
@@ -126,6 +75,8 @@ impl Item {
             Self::Node(_) => Resource::Nodes,
             Self::Workload(workload) => Resource::of_workload_kind(&workload.kind),
             Self::EndpointSlice(_) => Resource::EndpointSlices,
+            Self::FlowIntent(_) => Resource::FlowIntents,
+            Self::ClusterNetworkPolicy(_) => Resource::ClusterNetworkPolicies,
         }
     }
 
@@ -142,6 +93,11 @@ impl Item {
             Self::Node(node) => node.name.clone(),
             Self::Workload(workload) => workload_name_key(workload),
             Self::EndpointSlice(slice) => format!("{}/{}", slice.namespace, slice.name),
+            Self::FlowIntent(intent) => {
+                let (namespace, name) = intent_key(&intent.object);
+                format!("{namespace}/{name}")
+            }
+            Self::ClusterNetworkPolicy(policy) => cluster_policy_key(&policy.object),
         }
     }
 }
@@ -175,6 +131,17 @@ fn policy_key(policy: &NetworkPolicy) -> (String, String) {
         policy.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
         policy.metadata.name.clone().unwrap_or_default(),
     )
+}
+
+fn intent_key(intent: &FlowIntent) -> (String, String) {
+    (
+        intent.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+        intent.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+fn cluster_policy_key(policy: &ClusterNetworkPolicy) -> String {
+    policy.metadata.name.clone().unwrap_or_default()
 }
 
 /// Whether the pod holds its IPs: host-network pods share the node's, and
@@ -215,6 +182,8 @@ pub struct Store {
     service_index: Arc<ServiceIndex>,
     nodes: Arc<BTreeMap<String, Arc<Node>>>,
     nodes_by_ip: Arc<FastMap<IpAddr, Endpoint>>,
+    intents: Arc<Intents>,
+    cluster_policies: Arc<ClusterPolicies>,
     workloads: Workloads,
     /// Which revision each workload runs, and its latest rollout.
     revisions: Revisions,
@@ -256,6 +225,8 @@ impl Store {
             service_index: Arc::default(),
             nodes: Arc::default(),
             nodes_by_ip: Arc::default(),
+            intents: Arc::default(),
+            cluster_policies: Arc::default(),
             workloads: Workloads::default(),
             revisions: Revisions::default(),
             relists: HashMap::new(),
@@ -294,6 +265,8 @@ impl Store {
             Resource::Nodes => self.nodes.len(),
             Resource::ReplicaSets | Resource::Jobs | Resource::Controllers => self.workloads.count_of(resource),
             Resource::EndpointSlices => self.slices.len(),
+            Resource::FlowIntents => self.intents.len(),
+            Resource::ClusterNetworkPolicies => self.cluster_policies.len(),
         }
     }
 
@@ -378,6 +351,11 @@ impl Store {
                 self.workloads.clear_of(resource, |workload| kept.contains(&workload_name_key(workload)));
                 self.workloads_relisted = true;
             }
+            Resource::FlowIntents => Arc::make_mut(&mut self.intents)
+                .retain(|(namespace, name), _| kept.contains(&format!("{namespace}/{name}"))),
+            Resource::ClusterNetworkPolicies => {
+                Arc::make_mut(&mut self.cluster_policies).retain(|name, _| kept.contains(name));
+            }
         }
         for item in items {
             self.upsert(item, now);
@@ -415,6 +393,12 @@ impl Store {
                 Arc::make_mut(&mut self.slices).insert(key, Arc::new(slice));
                 self.services_dirty = true;
             }
+            Item::FlowIntent(intent) => {
+                Arc::make_mut(&mut self.intents).insert(intent_key(&intent.object), Arc::from(intent));
+            }
+            Item::ClusterNetworkPolicy(policy) => {
+                Arc::make_mut(&mut self.cluster_policies).insert(cluster_policy_key(&policy.object), Arc::from(policy));
+            }
         }
     }
 
@@ -443,6 +427,12 @@ impl Store {
             Item::EndpointSlice(slice) => {
                 Arc::make_mut(&mut self.slices).remove(&(slice.namespace, slice.name));
                 self.services_dirty = true;
+            }
+            Item::FlowIntent(intent) => {
+                Arc::make_mut(&mut self.intents).remove(&intent_key(&intent.object));
+            }
+            Item::ClusterNetworkPolicy(policy) => {
+                Arc::make_mut(&mut self.cluster_policies).remove(&cluster_policy_key(&policy.object));
             }
         }
     }
@@ -617,6 +607,8 @@ impl Store {
             nodes_by_ip: Arc::clone(&self.nodes_by_ip),
             revisions: self.revisions.shared(),
             rollouts: self.revisions.rollouts(),
+            intents: Arc::clone(&self.intents),
+            cluster_policies: Arc::clone(&self.cluster_policies),
             host: self.host.clone(),
             world: self.world.clone(),
             unknown: self.unknown.clone(),

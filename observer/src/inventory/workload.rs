@@ -11,7 +11,7 @@ use super::{
     endpoint::WorkloadRef,
     manifests::Workload,
     model::{OwnerRef, Pod},
-    store::Resource,
+    resource::Resource,
 };
 
 /// How far up a chain to follow before giving up: real chains are two long.

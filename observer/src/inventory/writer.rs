@@ -14,8 +14,9 @@ use std::{
 use super::{
     config::InventoryConfig,
     resolver::Shared,
+    resource::Resource,
     status::{Failures, Status},
-    store::{Resource, Store, Update},
+    store::{Store, Update},
 };
 
 /// The single owner of the inventory's state.
@@ -123,12 +124,6 @@ impl Writer {
         }
         self.manifest_errors = errors.into_iter().map(|(_, message)| message).collect();
         self.refresh_status();
-    }
-
-    /// Holds the FlowIntents of the latest manifest load, for the judge; call
-    /// before publishing the snapshot of the same load.
-    pub fn set_intents(&mut self, intents: crate::intent::LoadedIntents) {
-        self.shared.set_intents(intents);
     }
 
     /// Publishes pending changes and refreshes the status; run every publish interval.

@@ -1,7 +1,8 @@
 //! The judge stage of the daemon.
 //!
-//! In: enriched flow records, inventory snapshots and FlowIntents (policies
-//! and intents are recompiled when either changes), and capture's health
+//! In: enriched flow records, inventory snapshots (with the NetworkPolicies,
+//! ClusterNetworkPolicies and FlowIntents they hold, recompiled at each new
+//! snapshot, in both inventory modes alike), and capture's health
 //! counters (for coverage). Out: the same records, each with its verdict, on a
 //! bounded channel (a full one drops the batch and counts it); findings (flows
 //! that break policy or intent, unprotected AI-tier pods, spikes)
@@ -29,8 +30,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use kube::runtime::reflector;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -47,36 +47,16 @@ use crate::{
     config::ObserverConfig,
     findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter, Workload},
     flow::{FlowRecord, LocalEnd, RecordEvent},
-    intent::{EndKind, FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
+    intent::{EndKind, FlowEnd, IntentIndex, Tiers},
     inventory::{Endpoint, EndpointKind, Inventory, Snapshot},
     metrics::{FindingLabels, Metrics, WorkloadLabels, bounded::Series, flows::EdgeOf},
-    policy::{PolicyEngine, cnp::ClusterNetworkPolicy},
+    policy::PolicyEngine,
 };
-
-/// Where FlowIntents come from.
-#[derive(Clone)]
-pub enum IntentSource {
-    /// The standalone inventory's manifests: the FlowIntents it loaded with
-    /// everything else ([`Inventory::intents`]), current with each reload.
-    Inventory,
-    /// A watch of the cluster's FlowIntents and ClusterNetworkPolicies;
-    /// `changed` is notified on every change of either.
-    Cluster {
-        /// The reflector store.
-        store: reflector::Store<FlowIntent>,
-        /// The ClusterNetworkPolicies' reflector store.
-        cluster_policies: reflector::Store<ClusterNetworkPolicy>,
-        /// Notified when the store changes.
-        changed: Arc<Notify>,
-    },
-}
 
 /// What the stage needs.
 pub struct StageSetup {
-    /// The inventory (snapshots for policies, pods and namespaces).
+    /// The inventory (snapshots for policies, intents, pods and namespaces).
     pub inventory: Inventory,
-    /// Where intents come from.
-    pub intents: IntentSource,
     /// The configuration file's settings.
     pub config: ObserverConfig,
     /// Where findings are written, if anywhere (opened at start).
@@ -175,10 +155,6 @@ impl JudgeStage {
     /// Runs until `input` closes, then flushes the findings.
     pub async fn run(mut self, mut input: mpsc::Receiver<Vec<FlowRecord>>, output: mpsc::Sender<Vec<FlowRecord>>) {
         let mut generations: watch::Receiver<u64> = self.setup.inventory.subscribe();
-        let intents_changed = match &self.setup.intents {
-            IntentSource::Cluster { changed, .. } => Arc::clone(changed),
-            IntentSource::Inventory => Arc::new(Notify::new()),
-        };
         let mut tick =
             tokio::time::interval(Duration::from_secs(self.setup.config.findings.flush_interval_seconds.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -200,25 +176,12 @@ impl JudgeStage {
                 changed = generations.changed() => {
                     if changed.is_ok() { self.rebuild(); }
                 }
-                () = intents_changed.notified() => self.rebuild(),
                 _ = tick.tick() => self.flush_findings(),
             }
         }
         self.flush_findings();
         if let Some(writer) = self.writer.take() {
             writer.close();
-        }
-    }
-
-    fn intents(&self) -> Arc<LoadedIntents> {
-        match &self.setup.intents {
-            IntentSource::Inventory => self.setup.inventory.intents(),
-            IntentSource::Cluster { store, cluster_policies, .. } => Arc::new(LoadedIntents {
-                intents: store.state().iter().map(|intent| (**intent).clone()).collect(),
-                origins: Vec::new(),
-                cluster_policies: cluster_policies.state().iter().map(|policy| (**policy).clone()).collect(),
-                cluster_origins: Vec::new(),
-            }),
         }
     }
 
@@ -229,7 +192,7 @@ impl JudgeStage {
         let namespaces: Vec<_> = snapshot.namespaces().cloned().collect();
         let policies: Vec<_> = snapshot.network_policies().cloned().collect();
         let (engine, policy_errors) = PolicyEngine::compile(&policies, &namespaces);
-        let loaded = self.intents();
+        let loaded = snapshot.intents();
         let nodes: Vec<_> = snapshot.nodes().cloned().collect();
         let (mut engine, cluster_errors) = engine.with_cluster_policies(&loaded.cluster_policies, &nodes);
         // Records are judged with pods of this same snapshot (`self.snapshot`).
@@ -787,7 +750,6 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             let metrics = Metrics::new(MetricsConfig::default());
             let setup = StageSetup {
                 inventory,
-                intents: IntentSource::Inventory,
                 config: ObserverConfig::default(),
                 findings_log: None,
                 node: None,

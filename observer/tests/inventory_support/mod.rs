@@ -52,8 +52,13 @@ pub const CLUSTER_POLICIES: Kind = Kind {
     kind: "ClusterNetworkPolicy",
     api_version: "policy.networking.k8s.io/v1alpha2",
 };
-const KINDS: [Kind; 9] =
-    [PODS, NAMESPACES, SERVICES, NODES, POLICIES, REPLICASETS, JOBS, ENDPOINTSLICES, CLUSTER_POLICIES];
+pub const FLOW_INTENTS: Kind = Kind {
+    path: "/apis/ai.governance/v1alpha1/flowintents",
+    kind: "FlowIntent",
+    api_version: "ai.governance/v1alpha1",
+};
+const KINDS: [Kind; 10] =
+    [PODS, NAMESPACES, SERVICES, NODES, POLICIES, REPLICASETS, JOBS, ENDPOINTSLICES, CLUSTER_POLICIES, FLOW_INTENTS];
 
 /// One request the server got.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,7 +18,10 @@ use std::{fs, process::Command};
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
-use crate::command::{Profile, build_lab_binaries, output, step, workspace_root};
+use crate::{
+    binaries::{Profile, build_lab_binaries},
+    command::{output, step, workspace_root},
+};
 
 /// `cargo xtask bench [PART]`.
 #[derive(Debug, Args)]

@@ -10,7 +10,6 @@ pub mod api;
 mod compile;
 mod eval;
 pub mod explain;
-pub mod source;
 
 pub use api::ClusterNetworkPolicy;
 pub use compile::{CnpError, CnpProblem};
