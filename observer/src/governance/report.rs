@@ -28,9 +28,12 @@ use super::{
 };
 use crate::{
     config::ObserverConfig,
-    inventory::manifests::{self, Object},
+    inventory::{
+        ObjectRef,
+        manifests::{self, Object},
+    },
     judge::VerdictKind,
-    policy::{Endpoint, PolicyRef},
+    policy::Endpoint,
 };
 
 /// The annotation naming who owns a policy or workload.
@@ -328,7 +331,7 @@ fn policy_types(policy: &NetworkPolicy) -> Vec<String> {
     }
 }
 
-fn key_of(policy: &PolicyRef) -> (String, String) {
+fn key_of(policy: &ObjectRef) -> (String, String) {
     (policy.namespace.clone(), policy.name.clone())
 }
 

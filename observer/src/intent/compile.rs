@@ -16,35 +16,12 @@ use super::{
 };
 use crate::{
     dns::{FqdnPattern, PatternError},
-    inventory::model::{Labels, Pod, Protocol},
+    inventory::{
+        ObjectKind, ObjectRef,
+        model::{Labels, Pod, Protocol},
+    },
     policy::{Cidr, Problem, Selector},
 };
-
-/// An intent, with the version that was judged, as named in verdicts.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IntentRef {
-    /// `metadata.namespace` (`default` when absent).
-    pub namespace: String,
-    /// `metadata.name`.
-    pub name: String,
-    /// `metadata.uid`, if set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// `metadata.resourceVersion`, if set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
-    /// `metadata.generation`, if set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub generation: Option<i64>,
-}
-
-impl fmt::Display for IntentRef {
-    /// `namespace/name`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// A FlowIntent that was refused; the others still apply.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -271,7 +248,7 @@ impl CompiledSubject {
 /// A validated intent.
 #[derive(Clone, Debug)]
 pub(crate) struct CompiledIntent {
-    pub(crate) meta: Arc<IntentRef>,
+    pub(crate) meta: Arc<ObjectRef>,
     pub(crate) subject: CompiledSubject,
     pub(crate) forbid: Box<[Peer]>,
     pub(crate) only_through: Option<Peer>,
@@ -441,20 +418,13 @@ fn peer(peer: &IntentPeer, own: &Arc<str>, field: &str) -> Result<Peer, Failure>
 }
 
 /// The intent's name and versions.
-pub(crate) fn intent_ref(intent: &FlowIntent) -> IntentRef {
-    let meta = &intent.metadata;
-    IntentRef {
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-        name: meta.name.clone().unwrap_or_default(),
-        uid: meta.uid.clone(),
-        resource_version: meta.resource_version.clone(),
-        generation: meta.generation,
-    }
+pub(crate) fn intent_ref(intent: &FlowIntent) -> ObjectRef {
+    ObjectRef::of(ObjectKind::FlowIntent, &intent.metadata)
 }
 
 impl CompiledIntent {
     /// Validates and compiles an intent.
-    pub(crate) fn compile(intent: &FlowIntent, meta: IntentRef) -> Result<Self, (String, IntentProblem)> {
+    pub(crate) fn compile(intent: &FlowIntent, meta: ObjectRef) -> Result<Self, (String, IntentProblem)> {
         if meta.name.is_empty() {
             return Err(("metadata.name".to_owned(), IntentProblem::MissingName));
         }

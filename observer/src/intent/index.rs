@@ -10,12 +10,15 @@
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use super::{
-    compile::{CompiledIntent, IntentError, IntentRef, MatchContext, intent_ref},
+    compile::{CompiledIntent, IntentError, MatchContext, intent_ref},
     end::{EndKind, FlowEnd},
     resource::{FlowIntent, IsolationIntent},
     tier::{Tier, TierConfig, Tiers},
 };
-use crate::inventory::model::{Labels, Namespace, Pod, Protocol};
+use crate::inventory::{
+    ObjectRef,
+    model::{Labels, Namespace, Pod, Protocol},
+};
 
 /// Settings of intent evaluation.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
@@ -49,7 +52,7 @@ impl Default for IntentConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IntentViolation {
     /// The intent broken.
-    pub intent: Arc<IntentRef>,
+    pub intent: Arc<ObjectRef>,
     /// The rule broken, as a field path: `spec.egress.forbid[0]`,
     /// `spec.egress.onlyThrough`, `spec.egress.allow` or
     /// `spec.maxNewConnectionsPerMinute`.
@@ -62,7 +65,7 @@ pub struct IntentViolation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IsolationRequirement {
     /// The intent.
-    pub intent: Arc<IntentRef>,
+    pub intent: Arc<ObjectRef>,
     /// The directions it requires.
     pub isolation: IsolationIntent,
 }
@@ -73,7 +76,7 @@ pub struct RateLimit {
     /// Position of the intent in the index, a stable key while the index lives.
     pub id: usize,
     /// The intent.
-    pub intent: Arc<IntentRef>,
+    pub intent: Arc<ObjectRef>,
     /// New connections allowed per minute.
     pub per_minute: u32,
 }
@@ -162,7 +165,7 @@ impl IntentIndex {
     }
 
     /// The compiled intents, by namespace and name.
-    pub fn intents(&self) -> impl Iterator<Item = &Arc<IntentRef>> {
+    pub fn intents(&self) -> impl Iterator<Item = &Arc<ObjectRef>> {
         self.intents.iter().map(|intent| &intent.meta)
     }
 

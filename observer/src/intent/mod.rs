@@ -13,7 +13,7 @@ mod load;
 mod resource;
 mod tier;
 
-pub use compile::{IntentError, IntentProblem, IntentRef};
+pub use compile::{IntentError, IntentProblem};
 pub use end::{EndKind, FlowEnd, WorkloadName};
 pub use index::{IntentConfig, IntentIndex, IntentViolation, IsolationRequirement, RateLimit};
 pub use load::{LoadedIntents, watch};

@@ -17,6 +17,7 @@ pub mod endpoint;
 pub(crate) mod fixtures;
 pub mod manifests;
 pub mod model;
+pub mod object_ref;
 mod resolver;
 pub mod services;
 mod snapshot;
@@ -36,6 +37,7 @@ use tokio::sync::watch;
 pub use self::{
     config::{DEFAULT_LABEL_KEYS, InventoryArgs, InventoryConfig},
     endpoint::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
+    object_ref::{ObjectKind, ObjectRef},
     resolver::Resolver,
     services::ServiceBackends,
     snapshot::{CgroupEnd, Snapshot},

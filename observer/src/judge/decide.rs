@@ -22,9 +22,12 @@ use super::{
     verdict::{Delivery, FlowVerdict, IntentCite, PolicyCite, VerdictKind},
 };
 use crate::{
-    intent::{EndKind, FlowEnd, IntentIndex, IntentRef, IntentViolation, IsolationIntent, Tier},
-    inventory::model::{Pod, Protocol},
-    policy::{Endpoint, PolicyEngine, PolicyRef},
+    intent::{EndKind, FlowEnd, IntentIndex, IntentViolation, IsolationIntent, Tier},
+    inventory::{
+        ObjectRef,
+        model::{Pod, Protocol},
+    },
+    policy::{Endpoint, PolicyEngine},
     rendered::RenderedJson,
 };
 
@@ -80,7 +83,7 @@ pub struct Unprotected {
     /// Whether an Egress policy selects it.
     pub egress_isolated: bool,
     /// The intents that require the isolation it lacks (empty: the judge's own rule).
-    pub required_by: Vec<Arc<IntentRef>>,
+    pub required_by: Vec<Arc<ObjectRef>>,
     /// Why, in words.
     pub reason: String,
 }
@@ -111,7 +114,7 @@ pub struct Judge {
     node: Option<Arc<str>>,
 }
 
-fn name_policies(policies: &[Arc<PolicyRef>]) -> String {
+fn name_policies(policies: &[Arc<ObjectRef>]) -> String {
     policies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
@@ -228,7 +231,7 @@ impl Judge {
             return Some(super::cluster::outcome(&self.policy, input, &verdict));
         }
         if verdict.allowed {
-            let mut policies: Vec<Arc<PolicyRef>> = verdict.egress.policies.clone();
+            let mut policies: Vec<Arc<ObjectRef>> = verdict.egress.policies.clone();
             policies.extend(
                 verdict.ingress.policies.iter().filter(|policy| !verdict.egress.policies.contains(policy)).cloned(),
             );
@@ -407,7 +410,7 @@ impl Judge {
         if !(missing_ingress || missing_egress || (nothing_required && !ingress && !egress)) {
             return None;
         }
-        let required_by: Vec<Arc<IntentRef>> = requirements
+        let required_by: Vec<Arc<ObjectRef>> = requirements
             .into_iter()
             .filter(|requirement| {
                 (missing_ingress && requirement.isolation.ingress) || (missing_egress && requirement.isolation.egress)
@@ -440,6 +443,6 @@ impl Judge {
     }
 }
 
-fn name_intents(intents: &[Arc<IntentRef>]) -> String {
+fn name_intents(intents: &[Arc<ObjectRef>]) -> String {
     intents.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }

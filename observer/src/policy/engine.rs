@@ -26,9 +26,12 @@ use super::{
     error::PolicyError,
     fasthash::{AddressBuildHasher, FxBuildHasher, label_hash},
     selector::{Selector, same},
-    verdict::{Action, PolicyRef, SideVerdict, Tier, Verdict},
+    verdict::{Action, SideVerdict, Tier, Verdict},
 };
-use crate::inventory::model::{Labels, Namespace, Node, Pod, Protocol};
+use crate::inventory::{
+    ObjectKind, ObjectRef,
+    model::{Labels, Namespace, Node, Pod, Protocol},
+};
 
 /// One end of a flow.
 #[derive(Clone, Copy, Debug)]
@@ -57,9 +60,9 @@ impl<'a> Endpoint<'a> {
 pub struct Isolation {
     /// Policies of type Ingress selecting the pod, in compile order; empty when
     /// it is not isolated for ingress.
-    pub ingress: Vec<Arc<PolicyRef>>,
+    pub ingress: Vec<Arc<ObjectRef>>,
     /// Policies of type Egress selecting the pod, in compile order.
-    pub egress: Vec<Arc<PolicyRef>>,
+    pub egress: Vec<Arc<ObjectRef>>,
 }
 
 /// Policies that require one `key=value` of the pods they select.
@@ -272,7 +275,8 @@ impl PolicyEngine {
             namespace_labels.entry(NAMESPACE_NAME_LABEL.to_owned()).or_insert_with(|| namespace.name.clone());
             labels[id as usize] = namespace_labels;
         }
-        let metas: Vec<PolicyRef> = policies.iter().map(policy_ref).collect();
+        let metas: Vec<ObjectRef> =
+            policies.iter().map(|policy| ObjectRef::of(ObjectKind::NetworkPolicy, &policy.metadata)).collect();
         for meta in &metas {
             namespace_ids.entry(meta.namespace.clone()).or_insert_with(|| {
                 labels.push(Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), meta.namespace.clone())]));
@@ -631,18 +635,6 @@ impl PolicyEngine {
         allowing.sort_unstable();
         let policies: Vec<_> = allowing.iter().map(|id| self.policies[*id as usize].meta.clone()).collect();
         SideVerdict { isolated, allowed: !isolated || !policies.is_empty(), policies, ..SideVerdict::default() }
-    }
-}
-
-fn policy_ref(policy: &NetworkPolicy) -> PolicyRef {
-    let meta = &policy.metadata;
-    PolicyRef {
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-        name: meta.name.clone().unwrap_or_default(),
-        uid: meta.uid.clone(),
-        resource_version: meta.resource_version.clone(),
-        generation: meta.generation,
-        cluster: None,
     }
 }
 

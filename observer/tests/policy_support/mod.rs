@@ -101,6 +101,6 @@ pub fn tcp(engine: &PolicyEngine, source: &Pod, destination: &Pod, port: u16) ->
 }
 
 /// `namespace/name` of each policy that allowed a side.
-pub fn names(policies: &[std::sync::Arc<observer::policy::PolicyRef>]) -> Vec<String> {
+pub fn names(policies: &[std::sync::Arc<observer::inventory::ObjectRef>]) -> Vec<String> {
     policies.iter().map(ToString::to_string).collect()
 }
