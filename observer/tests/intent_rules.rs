@@ -64,7 +64,7 @@ fn forbidden_peers_are_violations_with_rule_and_version() {
     let api = FlowEnd::service("default", "kubernetes", ip("10.96.0.1"), Some(443));
     assert_eq!(check(&index, &src, &api).as_deref(), Some("spec.egress.forbid[1]"));
     // The CIDR rule holds only on its port and outside its exception.
-    let db = |addr: &str, port| FlowEnd::address(observer::intent::EndKind::Node, ip(addr), Some(port));
+    let db = |addr: &str, port| FlowEnd::address(observer::inventory::EndpointKind::Node, ip(addr), Some(port));
     assert_eq!(check(&index, &src, &db("10.2.0.5", 5432)).as_deref(), Some("spec.egress.forbid[2]"));
     assert_eq!(check(&index, &src, &db("10.2.0.5", 5433)), None);
     assert_eq!(check(&index, &src, &db("10.1.0.5", 5432)), None);
@@ -111,7 +111,7 @@ fn allow_lists_name_peers_by_tier_namespace_and_port() {
         Some("spec.egress.allow")
     );
     // An end the inventory could not resolve is not judged against an allow list.
-    let unknown = FlowEnd::address(observer::intent::EndKind::Unknown, ip("198.18.9.9"), Some(80));
+    let unknown = FlowEnd::address(observer::inventory::EndpointKind::Unknown, ip("198.18.9.9"), Some(80));
     assert_eq!(check(&index, &src, &unknown), None);
 }
 

@@ -10,7 +10,8 @@ use std::{net::IpAddr, sync::Arc};
 use crate::{
     anomaly::{EdgeKey, Signal, Spike},
     flow::{FlowState, Traffic},
-    intent::{EndKind, FlowEnd, Tier},
+    intent::{FlowEnd, Tier},
+    inventory::EndpointKind,
     judge::{Delivery, FlowVerdict, IntentCite, JudgeInput, PolicyCite, Unprotected, VerdictKind},
 };
 
@@ -46,7 +47,7 @@ pub struct Workload {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Party {
     /// What is there.
-    pub kind: EndKind,
+    pub kind: EndpointKind,
     /// Namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -285,7 +286,7 @@ impl Finding {
             rule,
             reason: pod.reason.clone(),
             source: Party {
-                kind: EndKind::Pod,
+                kind: EndpointKind::Pod,
                 namespace: Some(pod.namespace.clone()),
                 pod: Some(pod.pod.clone()),
                 uid: Some(pod.uid.clone()),

@@ -21,12 +21,12 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Value, json};
 
 use super::{
-    edges::{EdgeKey, EdgeStats, Edges, EndKey, EndpointKindKey},
+    edges::{EdgeKey, EdgeStats, Edges, EndKey},
     output::EdgeOut,
     reader,
     replay::Cluster,
 };
-use crate::{config::ObserverConfig, flow::Protocol, judge::VerdictKind};
+use crate::{config::ObserverConfig, flow::Protocol, inventory::EndpointKind, judge::VerdictKind};
 
 /// Label keys tried, in order, to select a workload's pods: the first that
 /// every pod of the workload carries with one value. Never pod names, never
@@ -213,7 +213,7 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
     }
     let selectors: BTreeMap<&WorkloadKey, Option<Selector>> =
         pods.iter().map(|(workload, ids)| (workload, selector(&cluster, &edges, ids))).collect();
-    let peer_of = |end: &EndKey, kind: EndpointKindKey| -> Option<Peer> {
+    let peer_of = |end: &EndKey, kind: EndpointKind| -> Option<Peer> {
         match end {
             EndKey::Pod(id) => {
                 let workload = workload_of(&edges, *id)?;
@@ -221,7 +221,7 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
                 Some(Peer::Pods { namespace: workload.0, labels: selector.labels.clone() })
             }
             // The node's own traffic is always allowed: it needs no rule.
-            EndKey::Address(_) if matches!(kind, EndpointKindKey::Host) => None,
+            EndKey::Address(_) if matches!(kind, EndpointKind::Host) => None,
             EndKey::Address(ip) => Some(Peer::Address(*ip)),
         }
     };

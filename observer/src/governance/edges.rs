@@ -58,60 +58,6 @@ pub enum EndKey {
     Address(IpAddr),
 }
 
-/// [`EndpointKind`] with an order, for keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EndpointKindKey {
-    /// A pod the records did not identify.
-    Pod,
-    /// A Service by ClusterIP.
-    Service,
-    /// A node.
-    Node,
-    /// Outside the cluster.
-    World,
-    /// The observing node itself.
-    Host,
-    /// Not resolved.
-    Unknown,
-}
-
-impl EndpointKindKey {
-    fn of(kind: Option<&str>) -> Self {
-        match kind {
-            Some("pod") => Self::Pod,
-            Some("service") => Self::Service,
-            Some("node") => Self::Node,
-            Some("world") => Self::World,
-            Some("host") => Self::Host,
-            _ => Self::Unknown,
-        }
-    }
-
-    /// As the inventory names it.
-    pub fn kind(self) -> EndpointKind {
-        match self {
-            Self::Pod => EndpointKind::Pod,
-            Self::Service => EndpointKind::Service,
-            Self::Node => EndpointKind::Node,
-            Self::World => EndpointKind::World,
-            Self::Host => EndpointKind::Host,
-            Self::Unknown => EndpointKind::Unknown,
-        }
-    }
-
-    /// The name records use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pod => "pod",
-            Self::Service => "service",
-            Self::Node => "node",
-            Self::World => "world",
-            Self::Host => "host",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
 /// What makes an edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EdgeKey {
@@ -187,7 +133,7 @@ pub struct EdgeStats {
     pub service: Option<(Arc<str>, Arc<str>)>,
     /// What the source and destination are, as the initiator's node saw
     /// them when it recorded the edge (else as the responder's did).
-    pub kinds: (EndpointKindKey, EndpointKindKey),
+    pub kinds: (EndpointKind, EndpointKind),
     kinds_from_src: bool,
     /// Verdicts the records carried, with how many records each.
     pub recorded: BTreeMap<Arc<str>, u64>,
@@ -355,12 +301,12 @@ impl Edges {
         id
     }
 
-    fn end(&mut self, peer: &super::reader::LinePeer<'_>) -> (EndKey, EndpointKindKey) {
-        let kind = EndpointKindKey::of(peer.kind.as_deref());
+    fn end(&mut self, peer: &super::reader::LinePeer<'_>) -> (EndKey, EndpointKind) {
+        let kind = EndpointKind::from_record(peer.kind.as_deref());
         let (Some(uid), Some(namespace), Some(name)) = (&peer.uid, &peer.namespace, &peer.pod) else {
             return (EndKey::Address(peer.ip), kind);
         };
-        if kind != EndpointKindKey::Pod {
+        if kind != EndpointKind::Pod {
             return (EndKey::Address(peer.ip), kind);
         }
         if let Some(id) = self.pod_ids.get(uid.as_ref()) {

@@ -9,10 +9,13 @@ use std::{fmt::Write as _, time::Duration};
 use serde::Serialize;
 
 use super::{
-    edges::{EdgeKey, EdgeStats, Edges, EndKey, EndpointKindKey},
+    edges::{EdgeKey, EdgeStats, Edges, EndKey},
     replay::{Cluster, Judged},
 };
-use crate::flow::{Protocol, rfc3339};
+use crate::{
+    flow::{Protocol, rfc3339},
+    inventory::EndpointKind,
+};
 
 /// A workload as records name it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -142,7 +145,7 @@ impl EdgeOut {
 
 impl EndOut {
     /// The end of `end`, with the DNS names of a destination.
-    pub fn of(cluster: &Cluster, edges: &Edges, end: &EndKey, kind: EndpointKindKey, dns: Vec<String>) -> Self {
+    pub fn of(cluster: &Cluster, edges: &Edges, end: &EndKey, kind: EndpointKind, dns: Vec<String>) -> Self {
         match end {
             EndKey::Pod(id) => {
                 let seen = edges.pod(*id);

@@ -12,12 +12,12 @@ use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use super::edges::{EdgeKey, EdgeStats, Edges, EndKey, EndpointKindKey, PodSeen};
+use super::edges::{EdgeKey, EdgeStats, Edges, EndKey, PodSeen};
 use crate::{
     config::ObserverConfig,
     flow::Protocol as FlowProtocol,
     intent::{FlowEnd, IntentIndex, LoadedIntents, Tiers},
-    inventory::{EndpointInfo, Inventory, InventoryConfig, Snapshot, WorkloadRef, model::Pod},
+    inventory::{EndpointInfo, EndpointKind, Inventory, InventoryConfig, Snapshot, WorkloadRef, model::Pod},
     judge::{FlowVerdict, Judge, JudgeInput, VerdictKind},
     policy::{PolicyEngine, PolicyError},
 };
@@ -187,12 +187,12 @@ impl Cluster {
         }
     }
 
-    fn info(&self, edges: &Edges, end: &EndKey, kind: EndpointKindKey) -> EndpointInfo {
+    fn info(&self, edges: &Edges, end: &EndKey, kind: EndpointKind) -> EndpointInfo {
         match end {
             EndKey::Pod(id) => {
                 let seen = edges.pod(*id);
                 EndpointInfo {
-                    kind: crate::inventory::EndpointKind::Pod,
+                    kind: EndpointKind::Pod,
                     namespace: seen.map(|seen| seen.namespace.clone()),
                     pod: seen.map(|seen| seen.name.clone()),
                     uid: seen.map(|seen| seen.uid.clone()),
@@ -205,7 +205,7 @@ impl Cluster {
                 }
             }
             EndKey::Address(_) => EndpointInfo {
-                kind: kind.kind(),
+                kind,
                 namespace: None,
                 pod: None,
                 uid: None,

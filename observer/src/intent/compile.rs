@@ -10,14 +10,14 @@ use std::{borrow::Cow, collections::HashMap, fmt, net::IpAddr, sync::Arc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::{
-    end::{EndKind, FlowEnd},
+    end::FlowEnd,
     resource::{FlowIntent, IntentPeer, IntentPort, IsolationIntent},
     tier::{InvalidTier, Tier, Tiers},
 };
 use crate::{
     dns::{FqdnPattern, PatternError},
     inventory::{
-        ObjectKind, ObjectRef,
+        EndpointKind, ObjectKind, ObjectRef,
         model::{Labels, Pod, Protocol},
     },
     policy::{Cidr, Problem, Selector},
@@ -189,14 +189,14 @@ impl Peer {
         port_ok
             && match &self.kind {
                 PeerKind::Pods { namespaces, pods, tiers } => match (end.kind, end.pod, end.namespace) {
-                    (EndKind::Pod, Some(pod), _) => {
+                    (EndpointKind::Pod, Some(pod), _) => {
                         namespaces.matches(&pod.namespace, &context.namespace_labels(&pod.namespace))
                             && pods.as_ref().is_none_or(|selector| selector.matches(&pod.labels))
                             && tiers
                                 .as_ref()
                                 .is_none_or(|tiers| context.tier_of(pod).is_some_and(|tier| tiers.contains(&tier)))
                     }
-                    (EndKind::Service, _, Some(namespace)) => {
+                    (EndpointKind::Service, _, Some(namespace)) => {
                         pods.is_none()
                             && tiers.is_none()
                             && namespaces.matches(namespace, &context.namespace_labels(namespace))
@@ -206,7 +206,7 @@ impl Peer {
                 PeerKind::Cidr { cidr, except } => {
                     cidr.contains(end.ip) && !except.iter().any(|except| except.contains(end.ip))
                 }
-                PeerKind::World => end.kind == EndKind::World,
+                PeerKind::World => end.kind == EndpointKind::World,
                 // Names the source pod resolved for this address; a
                 // direct-IP end (never resolved) or one with no DNS
                 // knowledge matches no name.
@@ -214,7 +214,7 @@ impl Peer {
                 PeerKind::MetadataService => context.metadata.contains(&end.ip),
                 PeerKind::ApiServer => {
                     context.api_server.contains(&end.ip)
-                        || (end.kind == EndKind::Service
+                        || (end.kind == EndpointKind::Service
                             && end.namespace == Some("default")
                             && end.service == Some("kubernetes"))
                 }

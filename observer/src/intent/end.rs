@@ -12,24 +12,6 @@ use crate::{
     inventory::{EndpointInfo, EndpointKind, model::Pod},
 };
 
-/// What is at one end of a flow; the same kinds as enrichment's endpoints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EndKind {
-    /// A pod.
-    Pod,
-    /// A Service, by ClusterIP.
-    Service,
-    /// A cluster node.
-    Node,
-    /// Anything outside the cluster.
-    World,
-    /// The local node itself, outside any pod.
-    Host,
-    /// Not resolved (the inventory has not synced).
-    Unknown,
-}
-
 /// The workload a pod belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WorkloadName<'a> {
@@ -43,7 +25,7 @@ pub struct WorkloadName<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct FlowEnd<'a> {
     /// What is there.
-    pub kind: EndKind,
+    pub kind: EndpointKind,
     /// The address the flow used.
     pub ip: IpAddr,
     /// The port the flow used; absent for ICMP.
@@ -70,7 +52,7 @@ pub struct FlowEnd<'a> {
 
 impl<'a> FlowEnd<'a> {
     /// An end with nothing known but its kind and address.
-    pub fn address(kind: EndKind, ip: IpAddr, port: Option<u16>) -> Self {
+    pub fn address(kind: EndpointKind, ip: IpAddr, port: Option<u16>) -> Self {
         Self {
             kind,
             ip,
@@ -87,7 +69,7 @@ impl<'a> FlowEnd<'a> {
 
     /// An address outside the cluster.
     pub fn world(ip: IpAddr, port: Option<u16>) -> Self {
-        Self::address(EndKind::World, ip, port)
+        Self::address(EndpointKind::World, ip, port)
     }
 
     /// A pod; its workload is its controller (for example a ReplicaSet) until
@@ -99,7 +81,7 @@ impl<'a> FlowEnd<'a> {
             None => WorkloadName { kind: "Pod", name: &pod.name },
         };
         Self {
-            kind: EndKind::Pod,
+            kind: EndpointKind::Pod,
             ip,
             port,
             pod: Some(pod),
@@ -114,23 +96,15 @@ impl<'a> FlowEnd<'a> {
 
     /// A Service by its ClusterIP.
     pub fn service(namespace: &'a str, name: &'a str, ip: IpAddr, port: Option<u16>) -> Self {
-        Self { namespace: Some(namespace), service: Some(name), ..Self::address(EndKind::Service, ip, port) }
+        Self { namespace: Some(namespace), service: Some(name), ..Self::address(EndpointKind::Service, ip, port) }
     }
 
     /// An end as enrichment resolved it. `pod` is the inventory's pod for a
     /// pod end (`Snapshot::pod(uid)`): its labels and named ports are what
     /// policies and intents match; without it a pod end is judged as an address.
     pub fn from_endpoint(endpoint: &'a EndpointInfo, pod: Option<&'a Pod>, ip: IpAddr, port: Option<u16>) -> Self {
-        let kind = match endpoint.kind {
-            EndpointKind::Pod => EndKind::Pod,
-            EndpointKind::Service => EndKind::Service,
-            EndpointKind::Node => EndKind::Node,
-            EndpointKind::World => EndKind::World,
-            EndpointKind::Host => EndKind::Host,
-            EndpointKind::Unknown => EndKind::Unknown,
-        };
         Self {
-            kind,
+            kind: endpoint.kind,
             ip,
             port,
             pod,

@@ -11,12 +11,12 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use super::{
     compile::{CompiledIntent, IntentError, MatchContext, intent_ref},
-    end::{EndKind, FlowEnd},
+    end::FlowEnd,
     resource::{FlowIntent, IsolationIntent},
     tier::{Tier, TierConfig, Tiers},
 };
 use crate::inventory::{
-    ObjectRef,
+    EndpointKind, ObjectRef,
     model::{Labels, Namespace, Pod, Protocol},
 };
 
@@ -96,8 +96,8 @@ pub struct IntentIndex {
 pub(crate) fn describe(end: &FlowEnd<'_>) -> String {
     let port = end.port.map(|port| format!(":{port}")).unwrap_or_default();
     match (end.kind, end.namespace, end.pod_name, end.service) {
-        (EndKind::Pod, Some(namespace), Some(pod), _) => format!("{namespace}/{pod}{port}"),
-        (EndKind::Service, Some(namespace), _, Some(service)) => format!("{namespace}/{service}{port} (service)"),
+        (EndpointKind::Pod, Some(namespace), Some(pod), _) => format!("{namespace}/{pod}{port}"),
+        (EndpointKind::Service, Some(namespace), _, Some(service)) => format!("{namespace}/{service}{port} (service)"),
         (kind, ..) => {
             let kind = serde_json::to_value(kind).ok().and_then(|value| value.as_str().map(str::to_owned));
             let kind = kind.unwrap_or_default();
@@ -222,7 +222,7 @@ impl IntentIndex {
         asked: Option<&FlowEnd<'_>>,
         protocol: Option<Protocol>,
     ) -> Option<IntentViolation> {
-        let pod = src.pod.filter(|_| src.kind == EndKind::Pod)?;
+        let pod = src.pod.filter(|_| src.kind == EndpointKind::Pod)?;
         if self.intents.is_empty() {
             return None;
         }
@@ -255,7 +255,7 @@ impl IntentIndex {
                 ));
             }
             if let Some(gateway) = &intent.only_through
-                && dst.kind == EndKind::World
+                && dst.kind == EndpointKind::World
                 && !gateway.matches(&FlowEnd { port: None, ..*src }, None, &context)
             {
                 return Some(violation(
@@ -265,7 +265,7 @@ impl IntentIndex {
                 ));
             }
             if let Some(allow) = &intent.allow
-                && dst.kind != EndKind::Unknown
+                && dst.kind != EndpointKind::Unknown
                 && !allow.iter().any(matches)
             {
                 let what = if dst.names == Some(&[])

@@ -14,7 +14,7 @@ mod resource;
 mod tier;
 
 pub use compile::{IntentError, IntentProblem};
-pub use end::{EndKind, FlowEnd, WorkloadName};
+pub use end::{FlowEnd, WorkloadName};
 pub use index::{IntentConfig, IntentIndex, IntentViolation, IsolationRequirement, RateLimit};
 pub use load::{LoadedIntents, watch};
 pub use resource::{

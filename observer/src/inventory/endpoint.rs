@@ -12,8 +12,10 @@ use serde::{Serialize, Serializer};
 use super::model;
 use crate::rendered::RenderedJson;
 
-/// What kind of thing is at one end of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// What kind of thing is at one end of a flow: the one kind that
+/// enrichment, intents, the judge, findings and the offline commands use.
+// The order of the variants is the order governance keys sort by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointKind {
     /// A pod (including host-network pods found by cgroup).
@@ -28,6 +30,32 @@ pub enum EndpointKind {
     Host,
     /// The inventory has not finished its first sync, so nothing can be said.
     Unknown,
+}
+
+impl EndpointKind {
+    /// The name records use (`pod`, `service`, `node`, `world`, `host`, `unknown`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Service => "service",
+            Self::Node => "node",
+            Self::World => "world",
+            Self::Host => "host",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The kind a record names; absent or unrecognized reads as `Unknown`.
+    pub fn from_record(name: Option<&str>) -> Self {
+        match name {
+            Some("pod") => Self::Pod,
+            Some("service") => Self::Service,
+            Some("node") => Self::Node,
+            Some("world") => Self::World,
+            Some("host") => Self::Host,
+            _ => Self::Unknown,
+        }
+    }
 }
 
 /// The workload a pod belongs to, at the top of its ownerReference chain.

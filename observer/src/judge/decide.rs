@@ -22,9 +22,9 @@ use super::{
     verdict::{Delivery, FlowVerdict, IntentCite, PolicyCite, VerdictKind},
 };
 use crate::{
-    intent::{EndKind, FlowEnd, IntentIndex, IntentViolation, IsolationIntent, Tier},
+    intent::{FlowEnd, IntentIndex, IntentViolation, IsolationIntent, Tier},
     inventory::{
-        ObjectRef,
+        EndpointKind, ObjectRef,
         model::{Pod, Protocol},
     },
     policy::{Endpoint, PolicyEngine},
@@ -123,7 +123,7 @@ fn name_policies(policies: &[Arc<ObjectRef>]) -> String {
 /// (`judge/service.rs`), so a ClusterIP is never taken for an outside address.
 fn policy_endpoint<'a>(end: &FlowEnd<'a>) -> Endpoint<'a> {
     match (end.kind, end.pod) {
-        (EndKind::Pod, Some(pod)) => Endpoint::Pod { pod, ip: Some(end.ip) },
+        (EndpointKind::Pod, Some(pod)) => Endpoint::Pod { pod, ip: Some(end.ip) },
         _ => Endpoint::External(end.ip),
     }
 }
@@ -132,7 +132,7 @@ fn policy_endpoint<'a>(end: &FlowEnd<'a>) -> Endpoint<'a> {
 /// (or an address of the node, which enrichment resolves to it), or a
 /// host-network pod, found by its cgroup and so on this node.
 fn is_this_node(end: &FlowEnd<'_>) -> bool {
-    end.kind == EndKind::Host || (end.kind == EndKind::Pod && end.pod.is_some_and(|pod| pod.host_network))
+    end.kind == EndpointKind::Host || (end.kind == EndpointKind::Pod && end.pod.is_some_and(|pod| pod.host_network))
 }
 
 impl Judge {
@@ -176,7 +176,7 @@ impl Judge {
             (true, false) => (&input.src, &input.dst),
             (false, true) => (&input.dst, &input.src),
         };
-        let pod = other.pod.filter(|pod| other.kind == EndKind::Pod && self.here(pod))?;
+        let pod = other.pod.filter(|pod| other.kind == EndpointKind::Pod && self.here(pod))?;
         let name = match (&self.node, node.pod) {
             (_, Some(host)) if host.host_network => {
                 format!("its node (host-network pod {}/{})", host.namespace, host.name)
@@ -193,7 +193,7 @@ impl Judge {
     /// do not apply to, and for a flow to a Service whose backend is not
     /// known (policies apply at backends: `judge/service.rs` judges each).
     pub(crate) fn policy(&self, input: &JudgeInput<'_>) -> Option<PolicyOutcome> {
-        if input.dst.kind == EndKind::Service {
+        if input.dst.kind == EndpointKind::Service {
             return None;
         }
         let protocol = Protocol::from_number(input.protocol.0);
@@ -285,7 +285,7 @@ impl Judge {
     }
 
     pub(super) fn rate_violation(&mut self, input: &JudgeInput<'_>) -> Option<IntentViolation> {
-        let pod = input.src.pod.filter(|_| input.new_flow && input.src.kind == EndKind::Pod)?;
+        let pod = input.src.pod.filter(|_| input.new_flow && input.src.kind == EndpointKind::Pod)?;
         for limit in self.intents.rate_limits(pod) {
             let count = self.rates.count(limit.id, &pod.uid, input.first_seen);
             if count > f64::from(limit.per_minute) {
@@ -305,7 +305,7 @@ impl Judge {
     /// Judges one flow. A flow whose destination is still a Service (its
     /// backend unknown) is judged at no backend: see [`Judge::flow_to_backends`].
     pub fn flow(&mut self, input: &JudgeInput<'_>) -> FlowVerdict {
-        if input.dst.kind == EndKind::Service {
+        if input.dst.kind == EndpointKind::Service {
             return self.flow_to_backends(input, &[]);
         }
         let policy = self.policy(input);
@@ -358,8 +358,9 @@ impl Judge {
         {
             let _ = write!(reason, "; it also breaks an intent: {}", violation.reason);
         }
-        let tier =
-            |end: &FlowEnd<'_>| end.pod.filter(|_| end.kind == EndKind::Pod).and_then(|pod| self.intents.tier_of(pod));
+        let tier = |end: &FlowEnd<'_>| {
+            end.pod.filter(|_| end.kind == EndpointKind::Pod).and_then(|pod| self.intents.tier_of(pod))
+        };
         FlowVerdict {
             verdict,
             reason,

@@ -46,7 +46,7 @@ use crate::{
     config::ObserverConfig,
     findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter, Workload},
     flow::{FlowRecord, LocalEnd, RecordEvent},
-    intent::{EndKind, FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
+    intent::{FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
     inventory::{Endpoint, EndpointKind, Inventory, Snapshot},
     metrics::{FindingLabels, Metrics, WorkloadLabels, bounded::Series, flows::EdgeOf},
     policy::{PolicyEngine, cnp::ClusterNetworkPolicy},
@@ -490,7 +490,7 @@ impl JudgeStage {
         let policy = self.judge.policy(&input);
         let verdict = Arc::new(match dst.kind {
             // Its backend unknown: judged at each ready backend.
-            EndKind::Service => {
+            EndpointKind::Service => {
                 let backends = service_backends(snapshot, record);
                 let ends = backend_ends(snapshot, &backends);
                 self.judge.flow_to_backends(&input, &ends)
@@ -521,7 +521,7 @@ impl JudgeStage {
             _ends: [&record.src, &record.dst].map(|peer| peer.endpoint.clone()),
             rate_limited: src
                 .pod
-                .filter(|_| src.kind == EndKind::Pod)
+                .filter(|_| src.kind == EndpointKind::Pod)
                 .is_some_and(|pod| !intents.rate_limits(pod).is_empty()),
             edge: EdgeKey::between(&src, &dst),
             spike: None,
