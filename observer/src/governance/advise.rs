@@ -110,7 +110,7 @@ struct Selector {
 
 fn workload_of(edges: &Edges, id: u32) -> Option<WorkloadKey> {
     let pod = edges.pod(id)?;
-    let (kind, name) = pod.workload.clone().unwrap_or_else(|| ("Pod".to_owned(), pod.name.clone()));
+    let (kind, name) = pod.workload.clone().map_or_else(|| ("Pod".to_owned(), pod.name.clone()), |w| (w.kind, w.name));
     Some((pod.namespace.clone(), kind, name))
 }
 

@@ -19,7 +19,7 @@ use super::reader::{FlowLine, LineService, LineTraffic, ReadReport, parse_time_m
 use crate::{
     FastMap,
     flow::{FlowState, LocalEnd, Traffic},
-    inventory::EndpointKind,
+    inventory::{EndpointKind, WorkloadRef},
 };
 
 /// Most DNS names kept per edge.
@@ -38,8 +38,8 @@ pub struct PodSeen {
     pub namespace: String,
     /// Its name.
     pub name: String,
-    /// Its workload (`kind`, `name`).
-    pub workload: Option<(String, String)>,
+    /// Its workload.
+    pub workload: Option<WorkloadRef>,
     /// The labels the records carried (only the keys the daemon copies).
     pub labels: BTreeMap<String, String>,
     /// The node it ran on.
@@ -317,7 +317,10 @@ impl Edges {
             uid: uid.to_string(),
             namespace: namespace.to_string(),
             name: name.to_string(),
-            workload: peer.workload.as_ref().map(|w| (w.kind.to_string(), w.name.to_string())),
+            workload: peer
+                .workload
+                .as_ref()
+                .map(|w| WorkloadRef { kind: w.kind.to_string(), name: w.name.to_string() }),
             labels: peer.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             node: peer.node.as_deref().map(str::to_owned),
             ip: peer.ip,

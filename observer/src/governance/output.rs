@@ -14,17 +14,8 @@ use super::{
 };
 use crate::{
     flow::{Protocol, rfc3339},
-    inventory::EndpointKind,
+    inventory::{EndpointKind, WorkloadRef},
 };
-
-/// A workload as records name it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct WorkloadOut {
-    /// `Deployment`, ... or `Pod`.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-}
 
 /// One end of an edge.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -36,7 +27,7 @@ pub struct EndOut {
     pub namespace: Option<String>,
     /// The pod's workload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub workload: Option<WorkloadOut>,
+    pub workload: Option<WorkloadRef>,
     /// The pod's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
@@ -152,9 +143,7 @@ impl EndOut {
                 Self {
                     kind: "pod",
                     namespace: seen.map(|seen| seen.namespace.clone()),
-                    workload: seen
-                        .and_then(|seen| seen.workload.as_ref())
-                        .map(|(kind, name)| WorkloadOut { kind: kind.clone(), name: name.clone() }),
+                    workload: seen.and_then(|seen| seen.workload.clone()),
                     pod: seen.map(|seen| seen.name.clone()),
                     gone: cluster.is_gone(*id),
                     ip: None,

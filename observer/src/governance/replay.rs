@@ -17,7 +17,7 @@ use crate::{
     config::ObserverConfig,
     flow::Protocol as FlowProtocol,
     intent::{FlowEnd, IntentIndex, LoadedIntents, Tiers},
-    inventory::{EndpointInfo, EndpointKind, Inventory, InventoryConfig, Snapshot, WorkloadRef, model::Pod},
+    inventory::{EndpointInfo, EndpointKind, Inventory, InventoryConfig, Snapshot, model::Pod},
     judge::{FlowVerdict, Judge, JudgeInput, VerdictKind},
     policy::{PolicyEngine, PolicyError},
 };
@@ -198,9 +198,7 @@ impl Cluster {
                     uid: seen.map(|seen| seen.uid.clone()),
                     service: None,
                     node: seen.and_then(|seen| seen.node.clone()),
-                    workload: seen
-                        .and_then(|seen| seen.workload.clone())
-                        .map(|(kind, name)| WorkloadRef { kind, name }),
+                    workload: seen.and_then(|seen| seen.workload.clone()),
                     labels: seen.map(|seen| seen.labels.clone()).unwrap_or_default(),
                 }
             }

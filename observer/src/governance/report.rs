@@ -22,14 +22,14 @@ use serde_json::Value;
 
 use super::{
     edges::{EdgeKey, EdgeStats, Edges, EndKey},
-    output::{EndOut, WorkloadOut, time},
+    output::{EndOut, time},
     reader::{self, ReadReport},
     replay::{Cluster, Judged, PolicySet},
 };
 use crate::{
     config::ObserverConfig,
     inventory::{
-        ObjectRef,
+        ObjectRef, WorkloadRef,
         manifests::{self, Object},
     },
     judge::VerdictKind,
@@ -130,7 +130,7 @@ pub struct SelectedPod {
     pub pod: String,
     /// Its workload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub workload: Option<WorkloadOut>,
+    pub workload: Option<WorkloadRef>,
 }
 
 /// A version of a policy that records cited, other than the current one.
@@ -162,7 +162,7 @@ pub struct PolicyReport {
     /// The pods it selects.
     pub selected: Vec<SelectedPod>,
     /// Their workloads.
-    pub workloads: Vec<WorkloadOut>,
+    pub workloads: Vec<WorkloadRef>,
     /// `Ingress`, `Egress`.
     pub policy_types: Vec<String>,
     /// Each rule and the flows it allowed.
@@ -427,7 +427,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let workload_of = |pod: &crate::inventory::model::Pod| {
         let endpoint = pod.ips.first().map(|ip| cluster.snapshot().resolve_remote(*ip, std::time::SystemTime::now()));
-        endpoint.and_then(|e| e.workload.clone()).map(|w| WorkloadOut { kind: w.kind, name: w.name })
+        endpoint.and_then(|e| e.workload.clone())
     };
     for pod in &pods {
         let isolation = set.engine().isolating(pod);

@@ -9,16 +9,30 @@ use std::{net::IpAddr, sync::Arc};
 
 use crate::{
     flow::PeerDns,
-    inventory::{EndpointInfo, EndpointKind, model::Pod},
+    inventory::{EndpointInfo, EndpointKind, WorkloadRef, model::Pod},
 };
 
-/// The workload a pod belongs to.
+/// The workload a pod belongs to, borrowed: the form of
+/// [`WorkloadRef`] a [`FlowEnd`] holds, so judging allocates nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WorkloadName<'a> {
     /// `Deployment`, `StatefulSet`, ... or `Pod` for a bare pod.
     pub kind: &'a str,
     /// Its name.
     pub name: &'a str,
+}
+
+impl WorkloadName<'_> {
+    /// The owned [`WorkloadRef`].
+    pub fn to_ref(self) -> WorkloadRef {
+        WorkloadRef { kind: self.kind.to_owned(), name: self.name.to_owned() }
+    }
+}
+
+impl<'a> From<&'a WorkloadRef> for WorkloadName<'a> {
+    fn from(workload: &'a WorkloadRef) -> Self {
+        Self { kind: &workload.kind, name: &workload.name }
+    }
 }
 
 /// One end of a flow.
@@ -112,10 +126,7 @@ impl<'a> FlowEnd<'a> {
             pod_name: endpoint.pod.as_deref(),
             uid: endpoint.uid.as_deref(),
             service: endpoint.service.as_ref().map(|service| service.name.as_str()),
-            workload: endpoint
-                .workload
-                .as_ref()
-                .map(|workload| WorkloadName { kind: &workload.kind, name: &workload.name }),
+            workload: endpoint.workload.as_ref().map(WorkloadName::from),
             names: None,
         }
     }

@@ -58,8 +58,11 @@ impl EndpointKind {
     }
 }
 
-/// The workload a pod belongs to, at the top of its ownerReference chain.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+/// The workload a pod belongs to, at the top of its ownerReference chain:
+/// the one workload type of records, findings and the offline commands
+/// ([`crate::intent::WorkloadName`] is its borrowed form, for judging
+/// without allocating).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct WorkloadRef {
     /// `Deployment`, `StatefulSet`, `DaemonSet`, `CronJob`, `Job`,
     /// `ReplicaSet`, another controller's kind, or `Pod` for a bare pod.

@@ -44,7 +44,7 @@ use crate::{
     anomaly::{EdgeHandle, EdgeKey, Spike, SpikeDetector},
     capture::CaptureHealth,
     config::ObserverConfig,
-    findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter, Workload},
+    findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter},
     flow::{FlowRecord, LocalEnd, RecordEvent},
     intent::{FlowEnd, FlowIntent, IntentIndex, LoadedIntents, Tiers},
     inventory::{Endpoint, EndpointKind, Inventory, Snapshot},
@@ -284,10 +284,7 @@ impl JudgeStage {
             let Some(unprotected) = self.judge.unprotected(pod) else { continue };
             let workload = pod.ips.first().and_then(|ip| {
                 let endpoint = resolver.resolve_remote(*ip, now);
-                endpoint
-                    .workload
-                    .as_ref()
-                    .map(|workload| Workload { kind: workload.kind.clone(), name: workload.name.clone() })
+                endpoint.workload.clone()
             });
             let (kind, name) =
                 workload.as_ref().map_or(("Pod", pod.name.as_str()), |w| (w.kind.as_str(), w.name.as_str()));
