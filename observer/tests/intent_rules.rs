@@ -45,7 +45,7 @@ spec:
 "#;
 
 fn check(index: &IntentIndex, src: &FlowEnd<'_>, dst: &FlowEnd<'_>) -> Option<String> {
-    index.check_egress(src, dst, Some(Protocol::Tcp)).map(|violation| violation.rule.to_string())
+    index.check_egress(src, dst, Some(Protocol::TCP)).map(|violation| violation.rule.to_string())
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn forbidden_peers_are_violations_with_rule_and_version() {
     let agent = pod("agent-1").tier("agent").ip("198.18.0.10").build();
     let src = FlowEnd::pod(&agent, ip("198.18.0.10"), Some(40000));
     let metadata = FlowEnd::world(ip("169.254.169.254"), Some(80));
-    let violation = index.check_egress(&src, &metadata, Some(Protocol::Tcp)).expect("metadata is forbidden");
+    let violation = index.check_egress(&src, &metadata, Some(Protocol::TCP)).expect("metadata is forbidden");
     assert_eq!(&*violation.rule, "spec.egress.forbid[0]");
     assert_eq!((violation.intent.name.as_str(), violation.intent.generation), ("agents", Some(3)));
     assert_eq!(violation.intent.resource_version.as_deref(), Some("812"));

@@ -230,8 +230,7 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
     let mut egress: BTreeMap<WorkloadKey, Rules> = BTreeMap::new();
     let mut names: BTreeMap<std::net::IpAddr, BTreeSet<String>> = BTreeMap::new();
     for (key, stats) in &allowed {
-        let (Some(port), Some(protocol)) = (key.port, crate::inventory::model::Protocol::from_number(key.protocol))
-        else {
+        let (Some(port), Some(protocol)) = (key.port, Protocol(key.protocol).with_ports()) else {
             continue;
         };
         let protocol = format!("{protocol:?}").to_uppercase();

@@ -544,7 +544,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
 
 /// The single-rule policies (`namespace`, `name#direction[i]`) that let an edge through.
 fn rule_hits(cluster: &Cluster, rules: &PolicySet, edges: &Edges, key: &EdgeKey) -> Vec<(String, String)> {
-    let (Some(port), Some(protocol)) = (key.port, crate::inventory::model::Protocol::from_number(key.protocol)) else {
+    let (Some(port), Some(protocol)) = (key.port, crate::flow::Protocol(key.protocol).with_ports()) else {
         return Vec::new();
     };
     let endpoint = |end: &EndKey| match cluster.end_pod(edges, end) {

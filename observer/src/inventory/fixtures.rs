@@ -89,7 +89,7 @@ pub fn service(namespace: &str, name: &str, ip: &str) -> Service {
         name: name.to_owned(),
         cluster_ips: vec![ip.parse().unwrap_or_else(|error| panic!("{ip}: {error}"))],
         selector: Default::default(),
-        ports: vec![ServicePort { name: None, port: 80, protocol: Protocol::Tcp, node_port: None }],
+        ports: vec![ServicePort { name: None, port: 80, protocol: Protocol::TCP, node_port: None }],
     }
 }
 
@@ -100,7 +100,7 @@ pub fn slice(namespace: &str, service: &str, port: u16, ready: &[&str]) -> Endpo
         namespace: namespace.to_owned(),
         name: format!("{service}-{}", ready.len()),
         service: Some(service.to_owned()),
-        ports: vec![ContainerPort { name: None, port, protocol: Protocol::Tcp }],
+        ports: vec![ContainerPort { name: None, port, protocol: Protocol::TCP }],
         ready: ready.iter().map(|ip| ip.parse().unwrap_or_else(|error| panic!("{ip}: {error}"))).collect(),
     }
 }

@@ -196,7 +196,7 @@ impl Judge {
         if input.dst.kind == EndpointKind::Service {
             return None;
         }
-        let protocol = Protocol::from_number(input.protocol.0);
+        let protocol = input.protocol.with_ports();
         self.policy_outcome(input, protocol)
     }
 
@@ -325,7 +325,7 @@ impl Judge {
         policy: Option<PolicyOutcome>,
         rate: Option<IntentViolation>,
     ) -> FlowVerdict {
-        let protocol = Protocol::from_number(input.protocol.0);
+        let protocol = input.protocol.with_ports();
         let (delivery, evidence) = delivery(input);
         let intent = self.intents.check_egress_asked(&input.src, &input.dst, input.asked.as_ref(), protocol).or(rate);
         let (verdict, mut reason, policies) = match policy {

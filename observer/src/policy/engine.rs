@@ -668,7 +668,7 @@ mod tests {
         assert_eq!(engine.isolating(&web), engine.isolating(&copy));
         assert_eq!(engine.isolating(&web).ingress.len(), 1);
         assert_eq!(engine.isolating(&host), Isolation::default());
-        let verdict = |source: &Pod| engine.verdict(Endpoint::pod(source), Endpoint::pod(&host), 80, Protocol::Tcp);
+        let verdict = |source: &Pod| engine.verdict(Endpoint::pod(source), Endpoint::pod(&host), 80, Protocol::TCP);
         assert_eq!(verdict(&web), verdict(&copy));
         assert!(!verdict(&web).allowed);
     }

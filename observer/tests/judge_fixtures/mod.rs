@@ -120,7 +120,7 @@ pub fn flow<'a>(src: FlowEnd<'a>, dst: FlowEnd<'a>) -> FlowBuilder<'a> {
     FlowBuilder(JudgeInput {
         src,
         dst,
-        protocol: Protocol(6),
+        protocol: Protocol::TCP,
         state: FlowState::Established,
         to_dst: Traffic { packets: 5, bytes: 900 },
         to_src: Traffic { packets: 4, bytes: 4000 },
@@ -141,7 +141,7 @@ impl<'a> FlowBuilder<'a> {
     }
 
     pub fn udp(mut self, replies: u64) -> Self {
-        self.0.protocol = Protocol(17);
+        self.0.protocol = Protocol::UDP;
         self.0.state = FlowState::Active;
         self.0.to_src = Traffic { packets: replies, bytes: replies * 100 };
         self

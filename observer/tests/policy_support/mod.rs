@@ -90,12 +90,12 @@ pub fn ip(text: &str) -> IpAddr {
 /// A TCP verdict between two pods; the same verdict, checked, as with the
 /// engine's pod index (the daemon's path).
 pub fn tcp(engine: &PolicyEngine, source: &Pod, destination: &Pod, port: u16) -> Verdict {
-    let verdict = engine.verdict(Endpoint::pod(source), Endpoint::pod(destination), port, Protocol::Tcp);
+    let verdict = engine.verdict(Endpoint::pod(source), Endpoint::pod(destination), port, Protocol::TCP);
     let (source, destination) = (std::sync::Arc::new(source.clone()), std::sync::Arc::new(destination.clone()));
     let mut indexed = engine.clone();
     indexed.index_pods([source.clone(), destination.clone()]);
     assert_eq!(indexed.indexed_pods(), 2);
-    let with_index = indexed.verdict(Endpoint::pod(&source), Endpoint::pod(&destination), port, Protocol::Tcp);
+    let with_index = indexed.verdict(Endpoint::pod(&source), Endpoint::pod(&destination), port, Protocol::TCP);
     assert_eq!(with_index, verdict, "the pod index changes no verdict");
     verdict
 }

@@ -490,9 +490,9 @@ fn compile_protocols(protocols: Option<&[ProtocolMatch]>, rule: &str) -> Result<
                 return Ok(ProtocolPorts::Named(name.as_str().into()));
             }
             let (protocol, ports, key) = match (&entry.tcp, &entry.udp, &entry.sctp) {
-                (Some(ports), ..) => (Protocol::Tcp, ports, "tcp"),
-                (_, Some(ports), _) => (Protocol::Udp, ports, "udp"),
-                (.., Some(ports)) => (Protocol::Sctp, ports, "sctp"),
+                (Some(ports), ..) => (Protocol::TCP, ports, "tcp"),
+                (_, Some(ports), _) => (Protocol::UDP, ports, "udp"),
+                (.., Some(ports)) => (Protocol::SCTP, ports, "sctp"),
                 (None, None, None) => {
                     let fields = "tcp, udp, sctp, destinationNamedPort";
                     return Err((field, CnpProblem::NotExactlyOne { fields, count: 0 }));
