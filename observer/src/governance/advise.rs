@@ -230,10 +230,10 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
     let mut egress: BTreeMap<WorkloadKey, Rules> = BTreeMap::new();
     let mut names: BTreeMap<std::net::IpAddr, BTreeSet<String>> = BTreeMap::new();
     for (key, stats) in &allowed {
-        let (Some(port), Some(protocol)) = (key.port, Protocol(key.protocol).with_ports()) else {
+        let (Some(port), Some(protocol)) = (key.port, Protocol(key.protocol).k8s_name()) else {
             continue;
         };
-        let protocol = format!("{protocol:?}").to_uppercase();
+        let protocol = protocol.to_owned();
         if let EndKey::Address(ip) = key.dst {
             names.entry(ip).or_default().extend(stats.names.iter().map(ToString::to_string));
         }
