@@ -249,20 +249,8 @@ mod tests {
 
     #[test]
     fn pod_endpoint_keeps_only_configured_labels_and_omits_absent_fields() {
-        let pod = model::Pod {
-            uid: "u1".to_owned(),
-            namespace: "shop".to_owned(),
-            name: "web-1".to_owned(),
-            labels: [("app", "web"), ("secret-ish", "x")].map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
-            resource_version: None,
-            owner: None,
-            ips: Vec::new(),
-            host_network: false,
-            node_name: None,
-            container_ports: Vec::new(),
-            container_ids: Vec::new(),
-            phase: None,
-        };
+        let pod =
+            crate::testing::pod("web-1").ns("shop").uid("u1").label("app", "web").label("secret-ish", "x").build();
         let endpoint = Endpoint::pod(
             &pod,
             WorkloadRef { kind: "Pod".to_owned(), name: "web-1".to_owned() },

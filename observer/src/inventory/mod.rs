@@ -13,8 +13,6 @@ mod cluster;
 pub mod config;
 mod convert;
 pub mod endpoint;
-#[cfg(test)]
-pub(crate) mod fixtures;
 pub mod manifests;
 pub mod model;
 pub mod object_ref;

@@ -114,9 +114,9 @@ impl ServiceIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{
-        fixtures::{service, slice},
-        model::{ContainerPort, Protocol, ServicePort},
+    use crate::{
+        inventory::model::{ContainerPort, Protocol, ServicePort},
+        testing::{service, slice},
     };
 
     fn keyed<T>(items: Vec<T>, key: impl Fn(&T) -> (String, String)) -> BTreeMap<(String, String), Arc<T>> {

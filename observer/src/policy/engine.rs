@@ -655,7 +655,7 @@ mod tests {
 
     #[test]
     fn pods_are_indexed_by_identity_and_copies_fall_back() {
-        use crate::inventory::fixtures::pod;
+        use crate::testing::pod;
         let (mut engine, errors) = PolicyEngine::compile(&[deny_all("shop")], &[]);
         assert!(errors.is_empty());
         let web = Arc::new(pod("web").ns("shop").build());
