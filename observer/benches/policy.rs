@@ -66,9 +66,9 @@ fn pods() -> Vec<Arc<Pod>> {
                     ContainerPort {
                         name: Some("http".to_owned()),
                         port: 8080 + (app % 2) as u16,
-                        protocol: Protocol::Tcp,
+                        protocol: Protocol::TCP,
                     },
-                    ContainerPort { name: Some("metrics".to_owned()), port: 9090, protocol: Protocol::Tcp },
+                    ContainerPort { name: Some("metrics".to_owned()), port: 9090, protocol: Protocol::TCP },
                 ],
                 container_ids: Vec::new(),
                 phase: Some("Running".to_owned()),
@@ -180,11 +180,11 @@ impl Lcg {
 fn flows(pods: &[Arc<Pod>]) -> Vec<(Endpoint<'_>, Endpoint<'_>, u16, Protocol)> {
     let mut random = Lcg(42);
     let ports = [
-        (8080, Protocol::Tcp),
-        (8081, Protocol::Tcp),
-        (9090, Protocol::Tcp),
-        (443, Protocol::Tcp),
-        (53, Protocol::Udp),
+        (8080, Protocol::TCP),
+        (8081, Protocol::TCP),
+        (9090, Protocol::TCP),
+        (443, Protocol::TCP),
+        (53, Protocol::UDP),
     ];
     (0..FLOWS)
         .map(|_| {

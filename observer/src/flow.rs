@@ -302,11 +302,47 @@ pub struct Progress {
     pub new_to_src: Traffic,
 }
 
-/// Transport protocol of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The IP protocol of a flow, or of a port a policy, intent, Service or
+/// container declares: the one protocol type, by IANA number. The three a
+/// Kubernetes port can name are [`Protocol::from_k8s`]'s; records name any.
+// Ordered by number, which keeps TCP < UDP < SCTP as the Kubernetes enum had it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Protocol(pub u8);
 
 impl Protocol {
+    /// TCP (the Kubernetes default).
+    pub const TCP: Self = Self(PROTO_TCP);
+    /// UDP.
+    pub const UDP: Self = Self(PROTO_UDP);
+    /// SCTP.
+    pub const SCTP: Self = Self(PROTO_SCTP);
+
+    /// Parses the Kubernetes spelling (`TCP`, `UDP`, `SCTP`); absent means TCP.
+    pub fn from_k8s(value: Option<&str>) -> Option<Self> {
+        match value {
+            None | Some("TCP") => Some(Self::TCP),
+            Some("UDP") => Some(Self::UDP),
+            Some("SCTP") => Some(Self::SCTP),
+            Some(_) => None,
+        }
+    }
+
+    /// The Kubernetes spelling (`TCP`, `UDP`, `SCTP`), for a protocol a port can name.
+    pub fn k8s_name(self) -> Option<&'static str> {
+        match self.0 {
+            PROTO_TCP => Some("TCP"),
+            PROTO_UDP => Some("UDP"),
+            PROTO_SCTP => Some("SCTP"),
+            _ => None,
+        }
+    }
+
+    /// This protocol, if a Kubernetes port can name it (policies and intents
+    /// match ports only of these); `None` for ICMP and the rest.
+    pub fn with_ports(self) -> Option<Self> {
+        self.k8s_name().map(|_| self)
+    }
+
     /// The name used in records.
     pub fn name(self) -> std::borrow::Cow<'static, str> {
         match self.0 {

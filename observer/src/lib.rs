@@ -28,6 +28,8 @@ pub mod policy;
 pub mod rendered;
 pub mod run;
 pub mod seccomp_profile;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 /// The hash map of the per-flow lookups (flow tuples, IPs, uids, cgroup ids,
 /// the meter's handles): foldhash hashes such a key in a fraction of

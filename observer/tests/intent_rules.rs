@@ -45,7 +45,7 @@ spec:
 "#;
 
 fn check(index: &IntentIndex, src: &FlowEnd<'_>, dst: &FlowEnd<'_>) -> Option<String> {
-    index.check_egress(src, dst, Some(Protocol::Tcp)).map(|violation| violation.rule.to_string())
+    index.check_egress(src, dst, Some(Protocol::TCP)).map(|violation| violation.rule.to_string())
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn forbidden_peers_are_violations_with_rule_and_version() {
     let agent = pod("agent-1").tier("agent").ip("198.18.0.10").build();
     let src = FlowEnd::pod(&agent, ip("198.18.0.10"), Some(40000));
     let metadata = FlowEnd::world(ip("169.254.169.254"), Some(80));
-    let violation = index.check_egress(&src, &metadata, Some(Protocol::Tcp)).expect("metadata is forbidden");
+    let violation = index.check_egress(&src, &metadata, Some(Protocol::TCP)).expect("metadata is forbidden");
     assert_eq!(&*violation.rule, "spec.egress.forbid[0]");
     assert_eq!((violation.intent.name.as_str(), violation.intent.generation), ("agents", Some(3)));
     assert_eq!(violation.intent.resource_version.as_deref(), Some("812"));
@@ -64,7 +64,7 @@ fn forbidden_peers_are_violations_with_rule_and_version() {
     let api = FlowEnd::service("default", "kubernetes", ip("10.96.0.1"), Some(443));
     assert_eq!(check(&index, &src, &api).as_deref(), Some("spec.egress.forbid[1]"));
     // The CIDR rule holds only on its port and outside its exception.
-    let db = |addr: &str, port| FlowEnd::address(observer::intent::EndKind::Node, ip(addr), Some(port));
+    let db = |addr: &str, port| FlowEnd::address(observer::inventory::EndpointKind::Node, ip(addr), Some(port));
     assert_eq!(check(&index, &src, &db("10.2.0.5", 5432)).as_deref(), Some("spec.egress.forbid[2]"));
     assert_eq!(check(&index, &src, &db("10.2.0.5", 5433)), None);
     assert_eq!(check(&index, &src, &db("10.1.0.5", 5432)), None);
@@ -111,7 +111,7 @@ fn allow_lists_name_peers_by_tier_namespace_and_port() {
         Some("spec.egress.allow")
     );
     // An end the inventory could not resolve is not judged against an allow list.
-    let unknown = FlowEnd::address(observer::intent::EndKind::Unknown, ip("198.18.9.9"), Some(80));
+    let unknown = FlowEnd::address(observer::inventory::EndpointKind::Unknown, ip("198.18.9.9"), Some(80));
     assert_eq!(check(&index, &src, &unknown), None);
 }
 

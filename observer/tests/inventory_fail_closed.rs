@@ -98,7 +98,7 @@ fn client_may_reach_web(inventory: &Inventory) -> bool {
     let (engine, errors) = PolicyEngine::compile(&policies, &namespaces);
     assert!(errors.is_empty(), "{errors:?}");
     let pod = |name: &str| snapshot.pods().find(|pod| pod.name == name).unwrap_or_else(|| panic!("pod {name}"));
-    engine.verdict(Endpoint::pod(pod("client")), Endpoint::pod(pod("web")), 8080, Protocol::Tcp).allowed
+    engine.verdict(Endpoint::pod(pod("client")), Endpoint::pod(pod("web")), 8080, Protocol::TCP).allowed
 }
 
 async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {

@@ -9,7 +9,8 @@ use judge_fixtures::{documents, flow, intents, ip, namespace, pod, policies};
 use observer::{
     findings::Finding,
     flow::FlowState,
-    intent::{EndKind, FlowEnd},
+    intent::FlowEnd,
+    inventory::EndpointKind,
     judge::{Judge, JudgeConfig, VerdictKind},
     policy::cnp::ClusterNetworkPolicy,
 };
@@ -64,7 +65,7 @@ fn judge() -> Judge {
 fn an_admin_deny_that_was_delivered_is_a_gap_citing_the_rule_and_tier() {
     let agent = pod("agent").label("app", "agent").ip("198.18.0.10").build();
     let mut judge = judge();
-    let metadata = FlowEnd::address(EndKind::World, ip("169.254.169.254"), Some(80));
+    let metadata = FlowEnd::address(EndpointKind::World, ip("169.254.169.254"), Some(80));
     let verdict = judge.flow(&flow(FlowEnd::pod(&agent, agent.ips[0], None), metadata).build());
     assert_eq!(verdict.verdict, VerdictKind::EnforcementGap, "{}", verdict.reason);
     assert!(
@@ -79,7 +80,7 @@ fn an_admin_deny_that_was_delivered_is_a_gap_citing_the_rule_and_tier() {
         json["policies"],
         serde_json::json!([{"kind": "ClusterNetworkPolicy", "name": "no-metadata", "tier": "Admin", "priority": 1, "resourceVersion": "5"}])
     );
-    let refused = FlowEnd::address(EndKind::World, ip("169.254.169.254"), Some(80));
+    let refused = FlowEnd::address(EndpointKind::World, ip("169.254.169.254"), Some(80));
     let attempt =
         judge.flow(&flow(FlowEnd::pod(&agent, agent.ips[0], None), refused).state(FlowState::Refused).build());
     assert_eq!(attempt.verdict, VerdictKind::DeniedAttempt, "{}", attempt.reason);
@@ -123,15 +124,15 @@ fn domain_names_are_judged_with_dns_names_and_undecidable_without() {
     let agent = pod("agent").label("app", "agent").ip("198.18.0.10").build();
     let mut judge = judge();
     let names: Vec<Arc<str>> = vec![Arc::from("api.example.com")];
-    let named = FlowEnd::address(EndKind::World, ip("203.0.113.7"), Some(443)).with_names(&names);
+    let named = FlowEnd::address(EndpointKind::World, ip("203.0.113.7"), Some(443)).with_names(&names);
     let verdict = judge.flow(&flow(FlowEnd::pod(&agent, agent.ips[0], None), named).build());
     assert_eq!(verdict.verdict, VerdictKind::Allowed, "{}", verdict.reason);
     assert!(verdict.reason.contains("cnp/no-metadata@5 rule 1 (Admin, priority 1): Accept"), "{}", verdict.reason);
     let other: Vec<Arc<str>> = vec![Arc::from("evil.example.net")];
-    let elsewhere = FlowEnd::address(EndKind::World, ip("203.0.113.7"), Some(443)).with_names(&other);
+    let elsewhere = FlowEnd::address(EndpointKind::World, ip("203.0.113.7"), Some(443)).with_names(&other);
     let verdict = judge.flow(&flow(FlowEnd::pod(&agent, agent.ips[0], None), elsewhere).build());
     assert_eq!(verdict.verdict, VerdictKind::EnforcementGap, "{}", verdict.reason);
-    let unnamed = FlowEnd::address(EndKind::World, ip("203.0.113.7"), Some(443));
+    let unnamed = FlowEnd::address(EndpointKind::World, ip("203.0.113.7"), Some(443));
     let before = judge.stats();
     let input = flow(FlowEnd::pod(&agent, agent.ips[0], None), unnamed).build();
     let verdict = judge.flow(&input);

@@ -7,9 +7,9 @@ use std::time::Duration;
 use judge_fixtures::{flow, judge, namespace, pod, time};
 use observer::{
     anomaly::{EdgeKey, SpikeConfig, SpikeDetector},
-    findings::{CoverageTracker, Finding, FindingsConfig, FindingsLog, FindingsWriter, Workload},
+    findings::{CoverageTracker, Finding, FindingsConfig, FindingsLog, FindingsWriter},
     intent::FlowEnd,
-    inventory::model::Pod,
+    inventory::{WorkloadRef, model::Pod},
 };
 use serde_json::Value;
 
@@ -151,7 +151,7 @@ fn unprotected_pods_and_spikes_become_findings() {
     let judge = judge("", "", &[namespace("ai", &[])]);
     let unprotected = judge.unprotected(&agent).expect("no policy isolates it");
     let mut log = FindingsLog::new(&FindingsConfig::default());
-    let workload = Workload { kind: "Deployment".to_owned(), name: "agent".to_owned() };
+    let workload = WorkloadRef { kind: "Deployment".to_owned(), name: "agent".to_owned() };
     log.record(Finding::unprotected(&unprotected, Some(workload.clone())), time(0));
     // Another replica of the same workload is the same finding.
     let replica = pod("agent-2").tier("agent").build();

@@ -5,8 +5,8 @@ mod judge_fixtures;
 
 use judge_fixtures::{flow, ip, judge, namespace, pod};
 use observer::{
-    intent::{EndKind, FlowEnd},
-    inventory::model::Pod,
+    intent::FlowEnd,
+    inventory::{EndpointKind, model::Pod},
     judge::{Judge, VerdictKind},
 };
 
@@ -39,7 +39,7 @@ fn end(pod: &Pod, port: Option<u16>) -> FlowEnd<'_> {
 }
 
 fn host(address: &str, port: Option<u16>) -> FlowEnd<'static> {
-    FlowEnd::address(EndKind::Host, ip(address), port)
+    FlowEnd::address(EndpointKind::Host, ip(address), port)
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn other_nodes_are_judged_by_ip_block() {
     assert_eq!(remote_pod.verdict, VerdictKind::EnforcementGap, "{}", remote_pod.reason);
     assert_eq!(remote_pod.policies.len(), 1, "{:?}", remote_pod.policies);
     // Another node's address reaching pods of this node: by ipBlock.
-    let node_2 = |address: &str| FlowEnd::address(EndKind::Node, ip(address), None);
+    let node_2 = |address: &str| FlowEnd::address(EndpointKind::Node, ip(address), None);
     let denied = judge.flow(&flow(node_2("198.18.254.11"), end(&web, Some(8080))).build());
     assert_eq!(denied.verdict, VerdictKind::EnforcementGap, "{}", denied.reason);
     let by_block = judge.flow(&flow(node_2("198.18.255.11"), end(&server, Some(8080))).build());

@@ -8,8 +8,8 @@ mod judge_fixtures;
 use judge_fixtures::{flow, ip, judge, namespace, pod};
 use observer::{
     flow::FlowState,
-    intent::{EndKind, FlowEnd},
-    inventory::model::Pod,
+    intent::FlowEnd,
+    inventory::{EndpointKind, model::Pod},
     judge::VerdictKind,
 };
 
@@ -185,7 +185,7 @@ fn intents_match_the_backend_behind_a_service_and_the_address_asked_for() {
     // The metadata address, DNATed by the node to a host-network pod (the node):
     // forbidden by what the pod connected to.
     let metadata = FlowEnd::world(ip("169.254.169.254"), Some(80));
-    let node = FlowEnd::address(EndKind::Node, ip("198.18.255.10"), Some(988));
+    let node = FlowEnd::address(EndpointKind::Node, ip("198.18.255.10"), Some(988));
     let verdict = judge.flow(&flow(client(&pods), node).asked(metadata).build());
     assert_eq!(verdict.verdict, VerdictKind::IntentViolation, "{}", verdict.reason);
     assert_eq!(verdict.intent.as_ref().map(|intent| &*intent.rule), Some("spec.egress.forbid[0]"));

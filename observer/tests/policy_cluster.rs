@@ -30,7 +30,7 @@ fn namespaces() -> Vec<Namespace> {
 }
 
 fn model() -> Pod {
-    pod("ai", "model").label("app", "model").ip("198.18.0.10").port("grpc", 9000, Protocol::Tcp).build()
+    pod("ai", "model").label("app", "model").ip("198.18.0.10").port("grpc", 9000, Protocol::TCP).build()
 }
 
 fn gateway() -> Pod {
@@ -60,7 +60,7 @@ fn engine(
 }
 
 fn tcp(engine: &PolicyEngine, source: &Pod, destination: &Pod, port: u16) -> Verdict {
-    engine.verdict(Endpoint::pod(source), Endpoint::pod(destination), port, Protocol::Tcp)
+    engine.verdict(Endpoint::pod(source), Endpoint::pod(destination), port, Protocol::TCP)
 }
 
 fn ingress_to_ai(action: &str, from: Value) -> Value {
@@ -215,7 +215,7 @@ fn egress_networks_nodes_and_domain_names() {
     );
     let model = model();
     let out = |engine: &PolicyEngine, to: &str, names: Option<&[Arc<str>]>| {
-        engine.verdict_named(Endpoint::pod(&model), Endpoint::External(ip(to)), 443, Protocol::Tcp, names)
+        engine.verdict_named(Endpoint::pod(&model), Endpoint::External(ip(to)), 443, Protocol::TCP, names)
     };
     let metadata = engine(&[], &[egress(json!({"networks": ["169.254.169.254/32"]}), "Deny")]);
     assert!(!out(&metadata, "169.254.169.254", None).allowed);

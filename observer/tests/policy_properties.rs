@@ -111,7 +111,7 @@ fn pods() -> impl Strategy<Value = Vec<Pod>> {
         pods.into_iter()
             .enumerate()
             .map(|(index, (namespace, labels, named_port, udp))| {
-                let protocol = if udp { Protocol::Udp } else { Protocol::Tcp };
+                let protocol = if udp { Protocol::UDP } else { Protocol::TCP };
                 let builder = pod(namespace, &format!("pod{index}")).ip(&format!("198.18.0.{index}"));
                 labels
                     .into_iter()
@@ -135,7 +135,7 @@ fn shared_pods() -> impl Strategy<Value = Vec<Arc<Pod>>> {
                     pod.container_ports.push(ContainerPort {
                         name: Some("q".to_owned()),
                         port: 81,
-                        protocol: Protocol::Tcp,
+                        protocol: Protocol::TCP,
                     });
                 }
                 Arc::new(pod)
@@ -191,7 +191,7 @@ fn flows(pods: &[Pod]) -> Vec<(Endpoint<'_>, Endpoint<'_>, u16, Protocol)> {
     for source in &ends {
         for destination in &ends {
             for port in [80, 81, 82] {
-                for protocol in [Protocol::Tcp, Protocol::Udp] {
+                for protocol in [Protocol::TCP, Protocol::UDP] {
                     flows.push((*source, *destination, port, protocol));
                 }
             }
@@ -326,7 +326,7 @@ proptest! {
         for source in &ends {
             for destination in &ends {
                 for port in [80, 81, 82] {
-                    for protocol in [Protocol::Tcp, Protocol::Udp] {
+                    for protocol in [Protocol::TCP, Protocol::UDP] {
                         let flow = (*source, *destination, port, protocol);
                         prop_assert_eq!(verdict_of(&engine, &flow), verdict_of(&plain, &flow));
                     }

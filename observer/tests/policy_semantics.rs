@@ -25,9 +25,9 @@ fn world() -> World {
             namespace("data", &[("team", "data"), ("env", "prod")]),
             namespace("dev", &[("env", "dev")]),
         ],
-        web: pod("shop", "web").label("app", "web").ip("198.18.0.10").port("http", 8080, Protocol::Tcp).build(),
-        api: pod("shop", "api").label("app", "api").ip("198.18.0.11").port("http", 9090, Protocol::Tcp).build(),
-        db: pod("data", "db").label("app", "db").ip("198.18.1.10").port("pg", 5432, Protocol::Tcp).build(),
+        web: pod("shop", "web").label("app", "web").ip("198.18.0.10").port("http", 8080, Protocol::TCP).build(),
+        api: pod("shop", "api").label("app", "api").ip("198.18.0.11").port("http", 9090, Protocol::TCP).build(),
+        db: pod("data", "db").label("app", "db").ip("198.18.1.10").port("pg", 5432, Protocol::TCP).build(),
         tool: pod("dev", "tool").label("app", "tool").ip("198.18.2.10").build(),
     }
 }
@@ -191,11 +191,11 @@ fn end_outside_the_cluster_has_no_side() {
     let engine =
         compiled(&w, &[policy("shop", "closed", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}))]);
     let internet = Endpoint::External(ip("203.0.113.9"));
-    let inbound = engine.verdict(internet, Endpoint::pod(&w.web), 8080, Protocol::Tcp);
+    let inbound = engine.verdict(internet, Endpoint::pod(&w.web), 8080, Protocol::TCP);
     assert_eq!(inbound.egress, open(), "the outside source has no egress side");
     assert!(!inbound.ingress.allowed);
     assert!(!inbound.allowed);
-    let outbound = engine.verdict(Endpoint::pod(&w.db), internet, 443, Protocol::Tcp);
+    let outbound = engine.verdict(Endpoint::pod(&w.db), internet, 443, Protocol::TCP);
     assert_eq!(outbound.ingress, open(), "the outside destination has no ingress side");
     assert!(outbound.allowed, "db is in an unrestricted namespace");
     let json = serde_json::to_value(&inbound).expect("serializable");
@@ -250,7 +250,7 @@ fn peer_namespace_selector_alone_means_every_pod_of_the_selected_namespaces() {
     assert!(tcp(&engine, &w.web, &w.db, 5432).allowed);
     assert!(tcp(&engine, &w.api, &w.db, 5432).allowed);
     assert!(!tcp(&engine, &w.tool, &w.db, 5432).allowed);
-    let outside = engine.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 5432, Protocol::Tcp);
+    let outside = engine.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 5432, Protocol::TCP);
     assert!(!outside.allowed, "a namespace selector never matches an outside address");
 }
 
@@ -309,7 +309,7 @@ fn empty_namespace_selector_means_every_namespace_but_no_outside_address() {
     for source in [&w.api, &w.db, &w.tool, &stranger] {
         assert!(tcp(&engine, source, &w.web, 8080).allowed, "{}/{}", source.namespace, source.name);
     }
-    let outside = engine.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.web), 8080, Protocol::Tcp);
+    let outside = engine.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.web), 8080, Protocol::TCP);
     assert!(!outside.allowed);
 }
 
@@ -369,7 +369,7 @@ fn ip_block_allows_its_cidr_except_the_exceptions() {
             ]}]}),
         )],
     );
-    let to = |address: &str| engine.verdict(Endpoint::pod(&w.web), Endpoint::External(ip(address)), 443, Protocol::Tcp);
+    let to = |address: &str| engine.verdict(Endpoint::pod(&w.web), Endpoint::External(ip(address)), 443, Protocol::TCP);
     assert!(to("203.0.113.1").allowed);
     assert!(to("203.0.113.127").allowed);
     assert!(!to("203.0.113.7").allowed);
@@ -395,14 +395,14 @@ fn ip_block_matches_pod_addresses_by_the_address_the_flow_used() {
         Endpoint::pod(&w.web),
         Endpoint::Pod { pod: &dual, ip: Some(ip("2001:db8:1::20")) },
         80,
-        Protocol::Tcp,
+        Protocol::TCP,
     );
     assert!(v6.allowed);
     let v4 = engine.verdict(
         Endpoint::pod(&w.web),
         Endpoint::Pod { pod: &dual, ip: Some(ip("198.18.1.20")) },
         80,
-        Protocol::Tcp,
+        Protocol::TCP,
     );
     assert!(!v4.allowed);
     assert!(tcp(&engine, &w.web, &dual, 80).allowed, "without the flow's address any of the pod's may match");
@@ -443,14 +443,14 @@ fn named_port_in_egress_resolves_on_the_destination() {
     assert!(tcp(&engine, &w.web, &w.api, 9090).allowed);
     assert!(!tcp(&engine, &w.web, &w.api, 8080).allowed, "8080 is http on web, not on api");
     assert!(tcp(&engine, &w.api, &w.web, 8080).allowed);
-    let outside = engine.verdict(Endpoint::pod(&w.web), Endpoint::External(ip("203.0.113.9")), 8080, Protocol::Tcp);
+    let outside = engine.verdict(Endpoint::pod(&w.web), Endpoint::External(ip("203.0.113.9")), 8080, Protocol::TCP);
     assert!(!outside.allowed, "a named port never resolves outside the cluster");
 }
 
 #[test]
 fn named_port_needs_the_protocol_it_was_declared_with() {
     let w = world();
-    let dns = pod("shop", "dns").port("dns", 53, Protocol::Udp).port("dns-tcp", 53, Protocol::Tcp).build();
+    let dns = pod("shop", "dns").port("dns", 53, Protocol::UDP).port("dns-tcp", 53, Protocol::TCP).build();
     let engine = compiled(
         &w,
         &[policy(
@@ -459,15 +459,15 @@ fn named_port_needs_the_protocol_it_was_declared_with() {
             json!({"podSelector": {}, "ingress": [{"ports": [{"port": "dns", "protocol": "UDP"}]}]}),
         )],
     );
-    assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::Udp).allowed);
-    assert!(!engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::Tcp).allowed);
+    assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::UDP).allowed);
+    assert!(!engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::TCP).allowed);
     let tcp_named =
         compiled(&w, &[policy("shop", "dns", json!({"podSelector": {}, "ingress": [{"ports": [{"port": "dns"}]}]}))]);
     assert!(
-        !tcp_named.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::Udp).allowed,
+        !tcp_named.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::UDP).allowed,
         "absent protocol means TCP, and the UDP port named dns is not TCP"
     );
-    assert!(!tcp_named.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::Tcp).allowed);
+    assert!(!tcp_named.verdict(Endpoint::pod(&w.web), Endpoint::pod(&dns), 53, Protocol::TCP).allowed);
 }
 
 #[test]
@@ -516,12 +516,12 @@ fn protocols_tcp_udp_and_sctp_are_told_apart() {
         )],
     );
     let at = |port, protocol| engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&w.db), port, protocol).allowed;
-    assert!(at(1000, Protocol::Tcp));
-    assert!(!at(1000, Protocol::Udp));
-    assert!(at(2000, Protocol::Udp));
-    assert!(!at(2000, Protocol::Tcp));
-    assert!(at(3000, Protocol::Sctp));
-    assert!(!at(3000, Protocol::Udp));
+    assert!(at(1000, Protocol::TCP));
+    assert!(!at(1000, Protocol::UDP));
+    assert!(at(2000, Protocol::UDP));
+    assert!(!at(2000, Protocol::TCP));
+    assert!(at(3000, Protocol::SCTP));
+    assert!(!at(3000, Protocol::UDP));
 }
 
 #[test]
@@ -531,8 +531,8 @@ fn port_entry_without_a_port_allows_every_port_of_its_protocol() {
         &w,
         &[policy("data", "all-udp", json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "UDP"}]}]}))],
     );
-    assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&w.db), 1, Protocol::Udp).allowed);
-    assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&w.db), 65535, Protocol::Udp).allowed);
+    assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&w.db), 1, Protocol::UDP).allowed);
+    assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&w.db), 65535, Protocol::UDP).allowed);
     assert!(!tcp(&engine, &w.web, &w.db, 5432).allowed);
 }
 
@@ -544,7 +544,7 @@ fn rule_without_from_allows_every_source_even_outside() {
         &[policy("data", "pg-from-all", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 5432}]}]}))],
     );
     assert!(tcp(&engine, &w.tool, &w.db, 5432).allowed);
-    assert!(engine.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 5432, Protocol::Tcp).allowed);
+    assert!(engine.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 5432, Protocol::TCP).allowed);
     let empty_from = compiled(
         &w,
         &[policy(
@@ -554,7 +554,7 @@ fn rule_without_from_allows_every_source_even_outside() {
         )],
     );
     assert!(
-        empty_from.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 5432, Protocol::Tcp).allowed
+        empty_from.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 5432, Protocol::TCP).allowed
     );
 }
 
@@ -569,7 +569,7 @@ fn rule_without_ports_allows_every_port_and_protocol() {
             json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "shop"}}}], "ports": []}]}),
         )],
     );
-    for (port, protocol) in [(1, Protocol::Tcp), (53, Protocol::Udp), (9999, Protocol::Sctp), (65535, Protocol::Tcp)] {
+    for (port, protocol) in [(1, Protocol::TCP), (53, Protocol::UDP), (9999, Protocol::SCTP), (65535, Protocol::TCP)] {
         assert!(engine.verdict(Endpoint::pod(&w.web), Endpoint::pod(&w.db), port, protocol).allowed);
     }
     assert!(!tcp(&engine, &w.tool, &w.db, 5432).allowed);
@@ -639,6 +639,6 @@ fn explanation_names_every_allowing_policy_with_its_version() {
         ])
     );
     assert_eq!(json["allowed"], json!(true));
-    let denied = engine.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 2, Protocol::Tcp);
+    let denied = engine.verdict(Endpoint::External(ip("203.0.113.9")), Endpoint::pod(&w.db), 2, Protocol::TCP);
     assert!(denied.ingress.isolated && !denied.ingress.allowed && denied.ingress.policies.is_empty());
 }

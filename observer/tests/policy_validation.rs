@@ -73,8 +73,8 @@ fn cidr_with_host_bits_is_accepted_as_its_network() {
     let (engine, errors) = PolicyEngine::compile(&[policy], &[]);
     assert!(errors.is_empty(), "{errors:?}");
     let web = pod("shop", "web").build();
-    assert!(engine.verdict(Endpoint::pod(&web), Endpoint::External(ip("203.0.113.1")), 80, Protocol::Tcp).allowed);
-    assert!(!engine.verdict(Endpoint::pod(&web), Endpoint::External(ip("203.0.114.1")), 80, Protocol::Tcp).allowed);
+    assert!(engine.verdict(Endpoint::pod(&web), Endpoint::External(ip("203.0.113.1")), 80, Protocol::TCP).allowed);
+    assert!(!engine.verdict(Endpoint::pod(&web), Endpoint::External(ip("203.0.114.1")), 80, Protocol::TCP).allowed);
 }
 
 #[test]
@@ -202,6 +202,6 @@ fn invalid_policies_are_left_out_and_the_rest_compile() {
         "NetworkPolicy shop/broken: spec.ingress[0].ports[0].endPort: endPort 79 must be greater than or equal to port 80"
     );
     let (web, client) = (pod("shop", "web").build(), pod("shop", "client").build());
-    assert!(engine.verdict(Endpoint::pod(&client), Endpoint::pod(&web), 80, Protocol::Tcp).allowed);
-    assert!(!engine.verdict(Endpoint::pod(&client), Endpoint::pod(&web), 79, Protocol::Tcp).allowed);
+    assert!(engine.verdict(Endpoint::pod(&client), Endpoint::pod(&web), 80, Protocol::TCP).allowed);
+    assert!(!engine.verdict(Endpoint::pod(&client), Endpoint::pod(&web), 79, Protocol::TCP).allowed);
 }

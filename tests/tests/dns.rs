@@ -244,7 +244,7 @@ fn egress_flows_carry_resolved_names_and_fqdn_intents_judge_them() {
         let ip: IpAddr = record["dst"]["ip"].as_str().expect("ip").parse().expect("ip");
         let dst = FlowEnd::world(ip, Some(443)).with_dns(dns.as_ref());
         index
-            .check_egress(&src, &dst, Some(Protocol::Tcp))
+            .check_egress(&src, &dst, Some(Protocol::TCP))
             .map(|violation| (violation.rule.to_string(), violation.reason))
     };
     assert_eq!(judge(to_api), None, "api.example.com is allowed");

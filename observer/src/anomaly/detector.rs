@@ -44,7 +44,7 @@ use super::{
     baseline::Ewma,
     lru::{Handle, Lru},
 };
-use crate::intent::{EndKind, FlowEnd};
+use crate::{intent::FlowEnd, inventory::EndpointKind};
 
 /// Settings of the spike detector.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
@@ -123,10 +123,10 @@ impl fmt::Display for EdgeKey {
 /// How an end is named in an edge.
 fn edge_name(end: &FlowEnd<'_>) -> Arc<str> {
     match (end.kind, end.namespace, end.workload, end.service) {
-        (EndKind::Pod, Some(namespace), Some(workload), _) => {
+        (EndpointKind::Pod, Some(namespace), Some(workload), _) => {
             format!("{namespace}/{}/{}", workload.kind, workload.name).into()
         }
-        (EndKind::Service, Some(namespace), _, Some(service)) => format!("{namespace}/service/{service}").into(),
+        (EndpointKind::Service, Some(namespace), _, Some(service)) => format!("{namespace}/service/{service}").into(),
         _ => end.ip.to_string().into(),
     }
 }

@@ -74,7 +74,7 @@ mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
-    use crate::inventory::fixtures::{TestStore, pod};
+    use crate::{inventory::test_store::TestStore, testing::pod};
 
     fn t(seconds: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)

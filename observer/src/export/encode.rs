@@ -275,8 +275,9 @@ mod tests {
         flow::BackendSource,
         flow::{Family, FlowState, LocalEnd, Progress, Protocol, RecordEvent},
         inventory::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
+        inventory::{ObjectKind, ObjectRef},
         judge::{Delivery, FlowVerdict, PolicyCite, VerdictKind},
-        policy::{ClusterRank, PolicyRef, Tier},
+        policy::{ClusterRank, Tier},
         rendered::RenderedJson,
     };
 
@@ -315,21 +316,21 @@ mod tests {
     }
 
     fn cites(text: &str) -> Vec<PolicyCite> {
-        let network = PolicyRef {
+        let network = ObjectRef {
+            kind: ObjectKind::NetworkPolicy,
             namespace: text.to_owned(),
             name: "allow-web".to_owned(),
             uid: None,
             resource_version: Some("12".to_owned()),
             generation: Some(2),
-            cluster: None,
         };
-        let cluster = PolicyRef {
+        let cluster = ObjectRef {
+            kind: ObjectKind::ClusterNetworkPolicy(ClusterRank { tier: Tier::Admin, priority: 1000 }),
             namespace: String::new(),
             name: text.to_owned(),
             uid: Some("u".to_owned()),
             resource_version: None,
             generation: None,
-            cluster: Some(ClusterRank { tier: Tier::Admin, priority: 1000 }),
         };
         vec![PolicyCite(Arc::new(network)), PolicyCite(Arc::new(cluster))]
     }

@@ -10,7 +10,8 @@ use std::{net::IpAddr, sync::Arc};
 use crate::{
     anomaly::{AfterRollout, Baseline, EdgeKey, Signal, Spike},
     flow::{FlowState, Traffic},
-    intent::{EndKind, FlowEnd, Tier},
+    intent::{FlowEnd, Tier, WorkloadName},
+    inventory::{EndpointKind, WorkloadRef},
     judge::{Delivery, FlowVerdict, IntentCite, JudgeInput, PolicyCite, Unprotected, VerdictKind},
 };
 
@@ -33,20 +34,11 @@ pub enum FindingKind {
     OutlivedPolicy,
 }
 
-/// A workload, owned.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub struct Workload {
-    /// Its kind.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-}
-
 /// One end named in a finding.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Party {
     /// What is there.
-    pub kind: EndKind,
+    pub kind: EndpointKind,
     /// Namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -58,7 +50,7 @@ pub struct Party {
     pub uid: Option<String>,
     /// Workload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub workload: Option<Workload>,
+    pub workload: Option<WorkloadRef>,
     /// Service name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
@@ -78,9 +70,7 @@ impl Party {
             namespace: end.namespace.map(str::to_owned),
             pod: end.pod_name.map(str::to_owned),
             uid: end.uid.map(str::to_owned),
-            workload: end
-                .workload
-                .map(|workload| Workload { kind: workload.kind.to_owned(), name: workload.name.to_owned() }),
+            workload: end.workload.map(WorkloadName::to_ref),
             service: end.service.map(str::to_owned),
             ip: Some(end.ip),
             tier,
@@ -275,7 +265,7 @@ impl Finding {
 
     /// The finding of an unprotected pod; `workload` names its workload when
     /// enrichment knows it.
-    pub fn unprotected(pod: &Unprotected, workload: Option<Workload>) -> Self {
+    pub fn unprotected(pod: &Unprotected, workload: Option<WorkloadRef>) -> Self {
         let rule = match pod.required_by.first() {
             Some(intent) => format!("{intent} spec.isolation"),
             None => "isolation".to_owned(),
@@ -294,7 +284,7 @@ impl Finding {
             rule,
             reason: pod.reason.clone(),
             source: Party {
-                kind: EndKind::Pod,
+                kind: EndpointKind::Pod,
                 namespace: Some(pod.namespace.clone()),
                 pod: Some(pod.pod.clone()),
                 uid: Some(pod.uid.clone()),

@@ -21,12 +21,12 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Value, json};
 
 use super::{
-    edges::{EdgeKey, EdgeStats, Edges, EndKey, EndpointKindKey},
+    edges::{EdgeKey, EdgeStats, Edges, EndKey},
     output::EdgeOut,
     reader,
     replay::{Cluster, Source},
 };
-use crate::{config::ObserverConfig, flow::Protocol, judge::VerdictKind};
+use crate::{config::ObserverConfig, flow::Protocol, inventory::EndpointKind, judge::VerdictKind};
 
 /// Label keys tried, in order, to select a workload's pods: the first that
 /// every pod of the workload carries with one value. Never pod names, never
@@ -121,7 +121,7 @@ struct Selector {
 
 fn workload_of(edges: &Edges, id: u32) -> Option<WorkloadKey> {
     let pod = edges.pod(id)?;
-    let (kind, name) = pod.workload.clone().unwrap_or_else(|| ("Pod".to_owned(), pod.name.clone()));
+    let (kind, name) = pod.workload.clone().map_or_else(|| ("Pod".to_owned(), pod.name.clone()), |w| (w.kind, w.name));
     Some((pod.namespace.clone(), kind, name))
 }
 
@@ -224,7 +224,7 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
     }
     let selectors: BTreeMap<&WorkloadKey, Option<Selector>> =
         pods.iter().map(|(workload, ids)| (workload, selector(&cluster, &edges, ids))).collect();
-    let peer_of = |end: &EndKey, kind: EndpointKindKey| -> Option<Peer> {
+    let peer_of = |end: &EndKey, kind: EndpointKind| -> Option<Peer> {
         match end {
             EndKey::Pod(id) => {
                 let workload = workload_of(&edges, *id)?;
@@ -232,7 +232,7 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
                 Some(Peer::Pods { namespace: workload.0, labels: selector.labels.clone() })
             }
             // The node's own traffic is always allowed: it needs no rule.
-            EndKey::Address(_) if matches!(kind, EndpointKindKey::Host) => None,
+            EndKey::Address(_) if matches!(kind, EndpointKind::Host) => None,
             EndKey::Address(ip) => Some(Peer::Address(*ip)),
         }
     };
@@ -241,11 +241,10 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
     let mut egress: BTreeMap<WorkloadKey, Rules> = BTreeMap::new();
     let mut names: BTreeMap<std::net::IpAddr, BTreeSet<String>> = BTreeMap::new();
     for (key, stats) in &allowed {
-        let (Some(port), Some(protocol)) = (key.port, crate::inventory::model::Protocol::from_number(key.protocol))
-        else {
+        let (Some(port), Some(protocol)) = (key.port, Protocol(key.protocol).k8s_name()) else {
             continue;
         };
-        let protocol = format!("{protocol:?}").to_uppercase();
+        let protocol = protocol.to_owned();
         if let EndKey::Address(ip) = key.dst {
             names.entry(ip).or_default().extend(stats.names.iter().map(ToString::to_string));
         }

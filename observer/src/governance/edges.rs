@@ -19,7 +19,7 @@ use super::reader::{FlowLine, LineService, LineTraffic, ReadReport, parse_time_m
 use crate::{
     FastMap,
     flow::{FlowState, LocalEnd, Traffic},
-    inventory::EndpointKind,
+    inventory::{EndpointKind, WorkloadRef},
 };
 
 /// Most DNS names kept per edge.
@@ -38,8 +38,8 @@ pub struct PodSeen {
     pub namespace: String,
     /// Its name.
     pub name: String,
-    /// Its workload (`kind`, `name`).
-    pub workload: Option<(String, String)>,
+    /// Its workload.
+    pub workload: Option<WorkloadRef>,
     /// The labels the records carried (only the keys the daemon copies).
     pub labels: BTreeMap<String, String>,
     /// The node it ran on.
@@ -56,60 +56,6 @@ pub enum EndKey {
     /// Anything else, by its address (what it is, in [`EdgeStats::kinds`]:
     /// the two ends' nodes may call it differently).
     Address(IpAddr),
-}
-
-/// [`EndpointKind`] with an order, for keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EndpointKindKey {
-    /// A pod the records did not identify.
-    Pod,
-    /// A Service by ClusterIP.
-    Service,
-    /// A node.
-    Node,
-    /// Outside the cluster.
-    World,
-    /// The observing node itself.
-    Host,
-    /// Not resolved.
-    Unknown,
-}
-
-impl EndpointKindKey {
-    fn of(kind: Option<&str>) -> Self {
-        match kind {
-            Some("pod") => Self::Pod,
-            Some("service") => Self::Service,
-            Some("node") => Self::Node,
-            Some("world") => Self::World,
-            Some("host") => Self::Host,
-            _ => Self::Unknown,
-        }
-    }
-
-    /// As the inventory names it.
-    pub fn kind(self) -> EndpointKind {
-        match self {
-            Self::Pod => EndpointKind::Pod,
-            Self::Service => EndpointKind::Service,
-            Self::Node => EndpointKind::Node,
-            Self::World => EndpointKind::World,
-            Self::Host => EndpointKind::Host,
-            Self::Unknown => EndpointKind::Unknown,
-        }
-    }
-
-    /// The name records use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pod => "pod",
-            Self::Service => "service",
-            Self::Node => "node",
-            Self::World => "world",
-            Self::Host => "host",
-            Self::Unknown => "unknown",
-        }
-    }
 }
 
 /// What makes an edge.
@@ -190,7 +136,7 @@ pub struct EdgeStats {
     pub asked: Option<(IpAddr, Option<u16>)>,
     /// What the source and destination are, as the initiator's node saw
     /// them when it recorded the edge (else as the responder's did).
-    pub kinds: (EndpointKindKey, EndpointKindKey),
+    pub kinds: (EndpointKind, EndpointKind),
     kinds_from_src: bool,
     /// Verdicts the records carried, with how many records each.
     pub recorded: BTreeMap<Arc<str>, u64>,
@@ -374,12 +320,12 @@ impl Edges {
         id
     }
 
-    fn end(&mut self, peer: &super::reader::LinePeer<'_>) -> (EndKey, EndpointKindKey) {
-        let kind = EndpointKindKey::of(peer.kind.as_deref());
+    fn end(&mut self, peer: &super::reader::LinePeer<'_>) -> (EndKey, EndpointKind) {
+        let kind = EndpointKind::from_record(peer.kind.as_deref());
         let (Some(uid), Some(namespace), Some(name)) = (&peer.uid, &peer.namespace, &peer.pod) else {
             return (EndKey::Address(peer.ip), kind);
         };
-        if kind != EndpointKindKey::Pod {
+        if kind != EndpointKind::Pod {
             return (EndKey::Address(peer.ip), kind);
         }
         if let Some(id) = self.pod_ids.get(uid.as_ref()) {
@@ -390,7 +336,10 @@ impl Edges {
             uid: uid.to_string(),
             namespace: namespace.to_string(),
             name: name.to_string(),
-            workload: peer.workload.as_ref().map(|w| (w.kind.to_string(), w.name.to_string())),
+            workload: peer
+                .workload
+                .as_ref()
+                .map(|w| WorkloadRef { kind: w.kind.to_string(), name: w.name.to_string() }),
             labels: peer.labels.to_map(),
             node: peer.node.as_deref().map(str::to_owned),
             // A Service's backend: the pod's own address, not the one asked for.

@@ -9,19 +9,13 @@ use std::{fmt::Write as _, time::Duration};
 use serde::Serialize;
 
 use super::{
-    edges::{EdgeKey, EdgeStats, Edges, EndKey, EndpointKindKey},
+    edges::{EdgeKey, EdgeStats, Edges, EndKey},
     replay::{Cluster, Judged},
 };
-use crate::flow::{Protocol, rfc3339};
-
-/// A workload as records name it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct WorkloadOut {
-    /// `Deployment`, ... or `Pod`.
-    pub kind: String,
-    /// Its name.
-    pub name: String,
-}
+use crate::{
+    flow::{Protocol, rfc3339},
+    inventory::{EndpointKind, WorkloadRef},
+};
 
 /// One end of an edge.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -33,7 +27,7 @@ pub struct EndOut {
     pub namespace: Option<String>,
     /// The pod's workload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub workload: Option<WorkloadOut>,
+    pub workload: Option<WorkloadRef>,
     /// The pod's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
@@ -168,16 +162,14 @@ impl EdgeOut {
 
 impl EndOut {
     /// The end of `end`, with the DNS names of a destination.
-    pub fn of(cluster: &Cluster, edges: &Edges, end: &EndKey, kind: EndpointKindKey, dns: Vec<String>) -> Self {
+    pub fn of(cluster: &Cluster, edges: &Edges, end: &EndKey, kind: EndpointKind, dns: Vec<String>) -> Self {
         match end {
             EndKey::Pod(id) => {
                 let seen = edges.pod(*id);
                 Self {
                     kind: "pod",
                     namespace: seen.map(|seen| seen.namespace.clone()),
-                    workload: seen
-                        .and_then(|seen| seen.workload.as_ref())
-                        .map(|(kind, name)| WorkloadOut { kind: kind.clone(), name: name.clone() }),
+                    workload: seen.and_then(|seen| seen.workload.clone()),
                     pod: seen.map(|seen| seen.name.clone()),
                     gone: cluster.is_gone(*id),
                     ip: None,

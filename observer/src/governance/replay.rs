@@ -20,13 +20,13 @@ use std::{
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use super::edges::{EdgeKey, EdgeStats, Edges, EndKey, EndpointKindKey, PodSeen};
+use super::edges::{EdgeKey, EdgeStats, Edges, EndKey, PodSeen};
 use crate::{
     config::ObserverConfig,
     flow::Protocol as FlowProtocol,
     intent::{FlowEnd, IntentIndex, LoadedIntents, Tiers},
     inventory::{
-        EndpointInfo, Inventory, InventoryConfig, InventoryError, Snapshot, WorkloadRef,
+        EndpointInfo, EndpointKind, Inventory, InventoryConfig, InventoryError, Snapshot,
         manifests::{self, Object},
         model::Pod,
     },
@@ -388,7 +388,7 @@ impl Cluster {
             asked,
         };
         let judge = judges.judges.get_mut(usize::from(stats.node))?;
-        if let (EndKey::Address(ip), EndpointKindKey::Service, Some(port)) = (key.dst, stats.kinds.1, key.port) {
+        if let (EndKey::Address(ip), EndpointKind::Service, Some(port)) = (key.dst, stats.kinds.1, key.port) {
             // A Service flow whose backend the daemon did not know: judged at
             // each ready backend the EndpointSlices list, as the daemon does.
             let first_seen = input.first_seen;
@@ -426,25 +426,23 @@ impl Cluster {
         }
     }
 
-    fn info(&self, edges: &Edges, end: &EndKey, kind: EndpointKindKey) -> EndpointInfo {
+    fn info(&self, edges: &Edges, end: &EndKey, kind: EndpointKind) -> EndpointInfo {
         match end {
             EndKey::Pod(id) => {
                 let seen = edges.pod(*id);
                 EndpointInfo {
-                    kind: crate::inventory::EndpointKind::Pod,
+                    kind: EndpointKind::Pod,
                     namespace: seen.map(|seen| seen.namespace.clone()),
                     pod: seen.map(|seen| seen.name.clone()),
                     uid: seen.map(|seen| seen.uid.clone()),
                     service: None,
                     node: seen.and_then(|seen| seen.node.clone()),
-                    workload: seen
-                        .and_then(|seen| seen.workload.clone())
-                        .map(|(kind, name)| WorkloadRef { kind, name }),
+                    workload: seen.and_then(|seen| seen.workload.clone()),
                     labels: seen.map(|seen| seen.labels.clone()).unwrap_or_default(),
                 }
             }
             EndKey::Address(_) => EndpointInfo {
-                kind: kind.kind(),
+                kind,
                 namespace: None,
                 pod: None,
                 uid: None,

@@ -22,14 +22,15 @@ use serde_json::Value;
 
 use super::{
     edges::{EdgeKey, EdgeStats, Edges, EndKey},
-    output::{EndOut, WorkloadOut, time},
+    output::{EndOut, time},
     reader::{self, ReadReport},
     replay::{Cluster, Judged, PolicySet, Source},
 };
 use crate::{
     config::ObserverConfig,
+    inventory::{ObjectRef, WorkloadRef},
     judge::VerdictKind,
-    policy::{Endpoint, PolicyRef, cnp::ClusterNetworkPolicy},
+    policy::{Endpoint, cnp::ClusterNetworkPolicy},
 };
 
 /// The annotation naming who owns a policy or workload.
@@ -130,7 +131,7 @@ pub struct SelectedPod {
     pub pod: String,
     /// Its workload.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub workload: Option<WorkloadOut>,
+    pub workload: Option<WorkloadRef>,
 }
 
 /// A version of a policy that records cited, other than the current one.
@@ -162,7 +163,7 @@ pub struct PolicyReport {
     /// The pods it selects.
     pub selected: Vec<SelectedPod>,
     /// Their workloads.
-    pub workloads: Vec<WorkloadOut>,
+    pub workloads: Vec<WorkloadRef>,
     /// `Ingress`, `Egress`.
     pub policy_types: Vec<String>,
     /// Each rule and the flows it allowed.
@@ -385,7 +386,7 @@ fn policy_types(policy: &NetworkPolicy) -> Vec<String> {
     }
 }
 
-fn key_of(policy: &PolicyRef) -> (String, String) {
+fn key_of(policy: &ObjectRef) -> (String, String) {
     (policy.namespace.clone(), policy.name.clone())
 }
 
@@ -468,7 +469,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let workload_of = |pod: &crate::inventory::model::Pod| {
         let endpoint = pod.ips.first().map(|ip| cluster.snapshot().resolve_remote(*ip, std::time::SystemTime::now()));
-        endpoint.and_then(|e| e.workload.clone()).map(|w| WorkloadOut { kind: w.kind, name: w.name })
+        endpoint.and_then(|e| e.workload.clone())
     };
     for pod in &pods {
         let isolation = set.engine().isolating(pod);
@@ -592,7 +593,7 @@ pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
 
 /// The single-rule policies (`namespace`, `name#direction[i]`) that let an edge through.
 fn rule_hits(cluster: &Cluster, rules: &PolicySet, edges: &Edges, key: &EdgeKey) -> Vec<(String, String)> {
-    let (Some(port), Some(protocol)) = (key.port, crate::inventory::model::Protocol::from_number(key.protocol)) else {
+    let (Some(port), Some(protocol)) = (key.port, crate::flow::Protocol(key.protocol).with_ports()) else {
         return Vec::new();
     };
     let endpoint = |end: &EndKey| match cluster.end_pod(edges, end) {
@@ -606,7 +607,7 @@ fn rule_hits(cluster: &Cluster, rules: &PolicySet, edges: &Edges, key: &EdgeKey)
 /// The ClusterNetworkPolicy rules (name, direction, index) that matched an
 /// edge on either side, `Pass` included, in the engine's evaluation.
 fn cluster_hits(cluster: &Cluster, set: &PolicySet, edges: &Edges, key: &EdgeKey) -> Vec<(String, &'static str, u32)> {
-    let (Some(port), Some(protocol)) = (key.port, crate::inventory::model::Protocol::from_number(key.protocol)) else {
+    let (Some(port), Some(protocol)) = (key.port, crate::flow::Protocol(key.protocol).with_ports()) else {
         return Vec::new();
     };
     let endpoint = |end: &EndKey| match cluster.end_pod(edges, end) {

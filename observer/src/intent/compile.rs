@@ -10,41 +10,18 @@ use std::{borrow::Cow, collections::HashMap, fmt, net::IpAddr, sync::Arc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::{
-    end::{EndKind, FlowEnd},
+    end::FlowEnd,
     resource::{FlowIntent, IntentPeer, IntentPort, IsolationIntent},
     tier::{InvalidTier, Tier, Tiers},
 };
 use crate::{
     dns::{FqdnPattern, PatternError},
-    inventory::model::{Labels, Pod, Protocol},
+    inventory::{
+        EndpointKind, ObjectKind, ObjectRef,
+        model::{Labels, Pod, Protocol},
+    },
     policy::{Cidr, Problem, Selector},
 };
-
-/// An intent, with the version that was judged, as named in verdicts.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IntentRef {
-    /// `metadata.namespace` (`default` when absent).
-    pub namespace: String,
-    /// `metadata.name`.
-    pub name: String,
-    /// `metadata.uid`, if set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// `metadata.resourceVersion`, if set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
-    /// `metadata.generation`, if set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub generation: Option<i64>,
-}
-
-impl fmt::Display for IntentRef {
-    /// `namespace/name`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// A FlowIntent that was refused; the others still apply.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -212,14 +189,14 @@ impl Peer {
         port_ok
             && match &self.kind {
                 PeerKind::Pods { namespaces, pods, tiers } => match (end.kind, end.pod, end.namespace) {
-                    (EndKind::Pod, Some(pod), _) => {
+                    (EndpointKind::Pod, Some(pod), _) => {
                         namespaces.matches(&pod.namespace, &context.namespace_labels(&pod.namespace))
                             && pods.as_ref().is_none_or(|selector| selector.matches(&pod.labels))
                             && tiers
                                 .as_ref()
                                 .is_none_or(|tiers| context.tier_of(pod).is_some_and(|tier| tiers.contains(&tier)))
                     }
-                    (EndKind::Service, _, Some(namespace)) => {
+                    (EndpointKind::Service, _, Some(namespace)) => {
                         pods.is_none()
                             && tiers.is_none()
                             && namespaces.matches(namespace, &context.namespace_labels(namespace))
@@ -229,7 +206,7 @@ impl Peer {
                 PeerKind::Cidr { cidr, except } => {
                     cidr.contains(end.ip) && !except.iter().any(|except| except.contains(end.ip))
                 }
-                PeerKind::World => end.kind == EndKind::World,
+                PeerKind::World => end.kind == EndpointKind::World,
                 // Names the source pod resolved for this address; a
                 // direct-IP end (never resolved) or one with no DNS
                 // knowledge matches no name.
@@ -237,7 +214,7 @@ impl Peer {
                 PeerKind::MetadataService => context.metadata.contains(&end.ip),
                 PeerKind::ApiServer => {
                     context.api_server.contains(&end.ip)
-                        || (end.kind == EndKind::Service
+                        || (end.kind == EndpointKind::Service
                             && end.namespace == Some("default")
                             && end.service == Some("kubernetes"))
                 }
@@ -271,7 +248,7 @@ impl CompiledSubject {
 /// A validated intent.
 #[derive(Clone, Debug)]
 pub(crate) struct CompiledIntent {
-    pub(crate) meta: Arc<IntentRef>,
+    pub(crate) meta: Arc<ObjectRef>,
     pub(crate) subject: CompiledSubject,
     pub(crate) forbid: Box<[Peer]>,
     pub(crate) only_through: Option<Peer>,
@@ -441,20 +418,13 @@ fn peer(peer: &IntentPeer, own: &Arc<str>, field: &str) -> Result<Peer, Failure>
 }
 
 /// The intent's name and versions.
-pub(crate) fn intent_ref(intent: &FlowIntent) -> IntentRef {
-    let meta = &intent.metadata;
-    IntentRef {
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-        name: meta.name.clone().unwrap_or_default(),
-        uid: meta.uid.clone(),
-        resource_version: meta.resource_version.clone(),
-        generation: meta.generation,
-    }
+pub(crate) fn intent_ref(intent: &FlowIntent) -> ObjectRef {
+    ObjectRef::of(ObjectKind::FlowIntent, &intent.metadata)
 }
 
 impl CompiledIntent {
     /// Validates and compiles an intent.
-    pub(crate) fn compile(intent: &FlowIntent, meta: IntentRef) -> Result<Self, (String, IntentProblem)> {
+    pub(crate) fn compile(intent: &FlowIntent, meta: ObjectRef) -> Result<Self, (String, IntentProblem)> {
         if meta.name.is_empty() {
             return Err(("metadata.name".to_owned(), IntentProblem::MissingName));
         }

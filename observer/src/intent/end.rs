@@ -9,28 +9,11 @@ use std::{net::IpAddr, sync::Arc};
 
 use crate::{
     flow::PeerDns,
-    inventory::{EndpointInfo, EndpointKind, model::Pod},
+    inventory::{EndpointInfo, EndpointKind, WorkloadRef, model::Pod},
 };
 
-/// What is at one end of a flow; the same kinds as enrichment's endpoints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EndKind {
-    /// A pod.
-    Pod,
-    /// A Service, by ClusterIP.
-    Service,
-    /// A cluster node.
-    Node,
-    /// Anything outside the cluster.
-    World,
-    /// The local node itself, outside any pod.
-    Host,
-    /// Not resolved (the inventory has not synced).
-    Unknown,
-}
-
-/// The workload a pod belongs to.
+/// The workload a pod belongs to, borrowed: the form of
+/// [`WorkloadRef`] a [`FlowEnd`] holds, so judging allocates nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WorkloadName<'a> {
     /// `Deployment`, `StatefulSet`, ... or `Pod` for a bare pod.
@@ -39,11 +22,24 @@ pub struct WorkloadName<'a> {
     pub name: &'a str,
 }
 
+impl WorkloadName<'_> {
+    /// The owned [`WorkloadRef`].
+    pub fn to_ref(self) -> WorkloadRef {
+        WorkloadRef { kind: self.kind.to_owned(), name: self.name.to_owned() }
+    }
+}
+
+impl<'a> From<&'a WorkloadRef> for WorkloadName<'a> {
+    fn from(workload: &'a WorkloadRef) -> Self {
+        Self { kind: &workload.kind, name: &workload.name }
+    }
+}
+
 /// One end of a flow.
 #[derive(Clone, Copy, Debug)]
 pub struct FlowEnd<'a> {
     /// What is there.
-    pub kind: EndKind,
+    pub kind: EndpointKind,
     /// The address the flow used.
     pub ip: IpAddr,
     /// The port the flow used; absent for ICMP.
@@ -70,7 +66,7 @@ pub struct FlowEnd<'a> {
 
 impl<'a> FlowEnd<'a> {
     /// An end with nothing known but its kind and address.
-    pub fn address(kind: EndKind, ip: IpAddr, port: Option<u16>) -> Self {
+    pub fn address(kind: EndpointKind, ip: IpAddr, port: Option<u16>) -> Self {
         Self {
             kind,
             ip,
@@ -87,7 +83,7 @@ impl<'a> FlowEnd<'a> {
 
     /// An address outside the cluster.
     pub fn world(ip: IpAddr, port: Option<u16>) -> Self {
-        Self::address(EndKind::World, ip, port)
+        Self::address(EndpointKind::World, ip, port)
     }
 
     /// A pod; its workload is its controller (for example a ReplicaSet) until
@@ -99,7 +95,7 @@ impl<'a> FlowEnd<'a> {
             None => WorkloadName { kind: "Pod", name: &pod.name },
         };
         Self {
-            kind: EndKind::Pod,
+            kind: EndpointKind::Pod,
             ip,
             port,
             pod: Some(pod),
@@ -114,23 +110,15 @@ impl<'a> FlowEnd<'a> {
 
     /// A Service by its ClusterIP.
     pub fn service(namespace: &'a str, name: &'a str, ip: IpAddr, port: Option<u16>) -> Self {
-        Self { namespace: Some(namespace), service: Some(name), ..Self::address(EndKind::Service, ip, port) }
+        Self { namespace: Some(namespace), service: Some(name), ..Self::address(EndpointKind::Service, ip, port) }
     }
 
     /// An end as enrichment resolved it. `pod` is the inventory's pod for a
     /// pod end (`Snapshot::pod(uid)`): its labels and named ports are what
     /// policies and intents match; without it a pod end is judged as an address.
     pub fn from_endpoint(endpoint: &'a EndpointInfo, pod: Option<&'a Pod>, ip: IpAddr, port: Option<u16>) -> Self {
-        let kind = match endpoint.kind {
-            EndpointKind::Pod => EndKind::Pod,
-            EndpointKind::Service => EndKind::Service,
-            EndpointKind::Node => EndKind::Node,
-            EndpointKind::World => EndKind::World,
-            EndpointKind::Host => EndKind::Host,
-            EndpointKind::Unknown => EndKind::Unknown,
-        };
         Self {
-            kind,
+            kind: endpoint.kind,
             ip,
             port,
             pod,
@@ -138,10 +126,7 @@ impl<'a> FlowEnd<'a> {
             pod_name: endpoint.pod.as_deref(),
             uid: endpoint.uid.as_deref(),
             service: endpoint.service.as_ref().map(|service| service.name.as_str()),
-            workload: endpoint
-                .workload
-                .as_ref()
-                .map(|workload| WorkloadName { kind: &workload.kind, name: &workload.name }),
+            workload: endpoint.workload.as_ref().map(WorkloadName::from),
             names: None,
         }
     }

@@ -10,12 +10,15 @@
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use super::{
-    compile::{CompiledIntent, IntentError, IntentRef, MatchContext, intent_ref},
-    end::{EndKind, FlowEnd},
+    compile::{CompiledIntent, IntentError, MatchContext, intent_ref},
+    end::FlowEnd,
     resource::{FlowIntent, IsolationIntent},
     tier::{Tier, TierConfig, Tiers},
 };
-use crate::inventory::model::{Labels, Namespace, Pod, Protocol};
+use crate::inventory::{
+    EndpointKind, ObjectRef,
+    model::{Labels, Namespace, Pod, Protocol},
+};
 
 /// Settings of intent evaluation.
 #[derive(Clone, Debug, PartialEq, serde::Deserialize)]
@@ -49,7 +52,7 @@ impl Default for IntentConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IntentViolation {
     /// The intent broken.
-    pub intent: Arc<IntentRef>,
+    pub intent: Arc<ObjectRef>,
     /// The rule broken, as a field path: `spec.egress.forbid[0]`,
     /// `spec.egress.onlyThrough`, `spec.egress.allow` or
     /// `spec.maxNewConnectionsPerMinute`.
@@ -62,7 +65,7 @@ pub struct IntentViolation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IsolationRequirement {
     /// The intent.
-    pub intent: Arc<IntentRef>,
+    pub intent: Arc<ObjectRef>,
     /// The directions it requires.
     pub isolation: IsolationIntent,
 }
@@ -73,7 +76,7 @@ pub struct RateLimit {
     /// Position of the intent in the index, a stable key while the index lives.
     pub id: usize,
     /// The intent.
-    pub intent: Arc<IntentRef>,
+    pub intent: Arc<ObjectRef>,
     /// New connections allowed per minute.
     pub per_minute: u32,
 }
@@ -93,8 +96,8 @@ pub struct IntentIndex {
 pub(crate) fn describe(end: &FlowEnd<'_>) -> String {
     let port = end.port.map(|port| format!(":{port}")).unwrap_or_default();
     match (end.kind, end.namespace, end.pod_name, end.service) {
-        (EndKind::Pod, Some(namespace), Some(pod), _) => format!("{namespace}/{pod}{port}"),
-        (EndKind::Service, Some(namespace), _, Some(service)) => format!("{namespace}/{service}{port} (service)"),
+        (EndpointKind::Pod, Some(namespace), Some(pod), _) => format!("{namespace}/{pod}{port}"),
+        (EndpointKind::Service, Some(namespace), _, Some(service)) => format!("{namespace}/{service}{port} (service)"),
         (kind, ..) => {
             let kind = serde_json::to_value(kind).ok().and_then(|value| value.as_str().map(str::to_owned));
             let kind = kind.unwrap_or_default();
@@ -162,7 +165,7 @@ impl IntentIndex {
     }
 
     /// The compiled intents, by namespace and name.
-    pub fn intents(&self) -> impl Iterator<Item = &Arc<IntentRef>> {
+    pub fn intents(&self) -> impl Iterator<Item = &Arc<ObjectRef>> {
         self.intents.iter().map(|intent| &intent.meta)
     }
 
@@ -219,7 +222,7 @@ impl IntentIndex {
         asked: Option<&FlowEnd<'_>>,
         protocol: Option<Protocol>,
     ) -> Option<IntentViolation> {
-        let pod = src.pod.filter(|_| src.kind == EndKind::Pod)?;
+        let pod = src.pod.filter(|_| src.kind == EndpointKind::Pod)?;
         if self.intents.is_empty() {
             return None;
         }
@@ -252,7 +255,7 @@ impl IntentIndex {
                 ));
             }
             if let Some(gateway) = &intent.only_through
-                && dst.kind == EndKind::World
+                && dst.kind == EndpointKind::World
                 && !gateway.matches(&FlowEnd { port: None, ..*src }, None, &context)
             {
                 return Some(violation(
@@ -262,7 +265,7 @@ impl IntentIndex {
                 ));
             }
             if let Some(allow) = &intent.allow
-                && dst.kind != EndKind::Unknown
+                && dst.kind != EndpointKind::Unknown
                 && !allow.iter().any(matches)
             {
                 let what = if dst.names == Some(&[])

@@ -13,8 +13,8 @@ mod load;
 mod resource;
 mod tier;
 
-pub use compile::{IntentError, IntentProblem, IntentRef};
-pub use end::{EndKind, FlowEnd, WorkloadName};
+pub use compile::{IntentError, IntentProblem};
+pub use end::{FlowEnd, WorkloadName};
 pub use index::{IntentConfig, IntentIndex, IntentViolation, IsolationRequirement, RateLimit};
 pub use load::LoadedIntents;
 pub use resource::{

@@ -12,8 +12,10 @@ use serde::{Serialize, Serializer};
 use super::model;
 use crate::rendered::RenderedJson;
 
-/// What kind of thing is at one end of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+/// What kind of thing is at one end of a flow: the one kind that
+/// enrichment, intents, the judge, findings and the offline commands use.
+// The order of the variants is the order governance keys sort by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointKind {
     /// A pod (including host-network pods found by cgroup).
@@ -30,8 +32,37 @@ pub enum EndpointKind {
     Unknown,
 }
 
-/// The workload a pod belongs to, at the top of its ownerReference chain.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+impl EndpointKind {
+    /// The name records use (`pod`, `service`, `node`, `world`, `host`, `unknown`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Service => "service",
+            Self::Node => "node",
+            Self::World => "world",
+            Self::Host => "host",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The kind a record names; absent or unrecognized reads as `Unknown`.
+    pub fn from_record(name: Option<&str>) -> Self {
+        match name {
+            Some("pod") => Self::Pod,
+            Some("service") => Self::Service,
+            Some("node") => Self::Node,
+            Some("world") => Self::World,
+            Some("host") => Self::Host,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// The workload a pod belongs to, at the top of its ownerReference chain:
+/// the one workload type of records, findings and the offline commands
+/// ([`crate::intent::WorkloadName`] is its borrowed form, for judging
+/// without allocating).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct WorkloadRef {
     /// `Deployment`, `StatefulSet`, `DaemonSet`, `CronJob`, `Job`,
     /// `ReplicaSet`, another controller's kind, or `Pod` for a bare pod.
@@ -218,20 +249,8 @@ mod tests {
 
     #[test]
     fn pod_endpoint_keeps_only_configured_labels_and_omits_absent_fields() {
-        let pod = model::Pod {
-            uid: "u1".to_owned(),
-            namespace: "shop".to_owned(),
-            name: "web-1".to_owned(),
-            labels: [("app", "web"), ("secret-ish", "x")].map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
-            resource_version: None,
-            owner: None,
-            ips: Vec::new(),
-            host_network: false,
-            node_name: None,
-            container_ports: Vec::new(),
-            container_ids: Vec::new(),
-            phase: None,
-        };
+        let pod =
+            crate::testing::pod("web-1").ns("shop").uid("u1").label("app", "web").label("secret-ish", "x").build();
         let endpoint = Endpoint::pod(
             &pod,
             WorkloadRef { kind: "Pod".to_owned(), name: "web-1".to_owned() },

@@ -14,18 +14,19 @@ mod cluster;
 pub mod config;
 mod convert;
 pub mod endpoint;
-#[cfg(test)]
-pub(crate) mod fixtures;
 pub mod manifests;
 pub mod model;
+pub mod object_ref;
 mod resolver;
-pub mod revision;
 mod resource;
+pub mod revision;
 pub mod services;
 mod snapshot;
 mod standalone;
 pub mod status;
 mod store;
+#[cfg(test)]
+pub(crate) mod test_store;
 pub mod walk;
 mod workload;
 mod writer;
@@ -39,9 +40,10 @@ use tokio::sync::watch;
 pub use self::{
     config::{DEFAULT_LABEL_KEYS, InventoryArgs, InventoryConfig},
     endpoint::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
+    object_ref::{ObjectKind, ObjectRef},
     resolver::Resolver,
-    revision::{Rollout, WorkloadRevisions},
     resource::Resource,
+    revision::{Rollout, WorkloadRevisions},
     services::ServiceBackends,
     snapshot::{CgroupEnd, Snapshot},
     status::{ResourceStatus, Status},

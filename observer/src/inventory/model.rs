@@ -9,51 +9,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 
+pub use crate::flow::Protocol;
+
 /// Labels of an object, sorted by key.
 pub type Labels = BTreeMap<String, String>;
-
-/// Transport protocols a port can be declared with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Protocol {
-    /// TCP (the Kubernetes default).
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl Protocol {
-    /// Parses the Kubernetes spelling (`TCP`, `UDP`, `SCTP`); absent means TCP.
-    pub fn from_k8s(value: Option<&str>) -> Option<Self> {
-        match value {
-            None | Some("TCP") => Some(Self::Tcp),
-            Some("UDP") => Some(Self::Udp),
-            Some("SCTP") => Some(Self::Sctp),
-            Some(_) => None,
-        }
-    }
-
-    /// The IANA protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Self::Tcp => 6,
-            Self::Udp => 17,
-            Self::Sctp => 132,
-        }
-    }
-
-    /// The protocol for an IANA number, if it is one Kubernetes can name.
-    pub fn from_number(number: u8) -> Option<Self> {
-        match number {
-            6 => Some(Self::Tcp),
-            17 => Some(Self::Udp),
-            132 => Some(Self::Sctp),
-            _ => None,
-        }
-    }
-}
 
 /// A named or numbered container port, as NetworkPolicy named ports resolve.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -348,7 +307,7 @@ mod tests {
         assert_eq!(pod.container_ids, vec!["abc".to_owned()]);
         assert_eq!(pod.owner.as_ref().map(|owner| owner.kind.as_str()), Some("ReplicaSet"));
         assert_eq!(pod.container_ports[0].name.as_deref(), Some("http"));
-        assert_eq!(pod.container_ports[0].protocol, Protocol::Tcp);
+        assert_eq!(pod.container_ports[0].protocol, Protocol::TCP);
     }
 
     #[test]
@@ -365,8 +324,8 @@ mod tests {
         assert_eq!(
             service.ports,
             vec![
-                ServicePort { name: Some("dns".to_owned()), port: 53, protocol: Protocol::Udp, node_port: Some(30053) },
-                ServicePort { name: Some("dns-tcp".to_owned()), port: 53, protocol: Protocol::Tcp, node_port: None },
+                ServicePort { name: Some("dns".to_owned()), port: 53, protocol: Protocol::UDP, node_port: Some(30053) },
+                ServicePort { name: Some("dns-tcp".to_owned()), port: 53, protocol: Protocol::TCP, node_port: None },
             ]
         );
         let slice: discovery::EndpointSlice = serde_json::from_value(serde_json::json!({
@@ -383,7 +342,7 @@ mod tests {
         assert_eq!(slice.service.as_deref(), Some("dns"));
         assert_eq!(
             slice.ports,
-            vec![ContainerPort { name: Some("dns".to_owned()), port: 5353, protocol: Protocol::Udp }]
+            vec![ContainerPort { name: Some("dns".to_owned()), port: 5353, protocol: Protocol::UDP }]
         );
         let ready: Vec<IpAddr> = ["198.18.0.53", "198.18.0.54"].iter().map(|ip| ip.parse().expect("ip")).collect();
         assert_eq!(slice.ready, ready, "the endpoint not ready is left out");

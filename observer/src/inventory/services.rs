@@ -88,7 +88,7 @@ impl ServiceIndex {
                     backends.dedup();
                     Arc::new(ServiceBackends { service: endpoint.clone(), backends: backends.into() })
                 };
-                let protocol = port.protocol.number();
+                let protocol = port.protocol.0;
                 for ip in &service.cluster_ips {
                     index.by_cluster_ip.insert((*ip, port.port, protocol), backends_of(ip.is_ipv4()));
                 }
@@ -114,9 +114,9 @@ impl ServiceIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{
-        fixtures::{service, slice},
-        model::{ContainerPort, Protocol, ServicePort},
+    use crate::{
+        inventory::model::{ContainerPort, Protocol, ServicePort},
+        testing::{service, slice},
     };
 
     fn keyed<T>(items: Vec<T>, key: impl Fn(&T) -> (String, String)) -> BTreeMap<(String, String), Arc<T>> {
@@ -132,22 +132,22 @@ mod tests {
         let mut dns = service("kube-system", "kube-dns", "198.19.0.10");
         dns.cluster_ips.push("2001:db8:198:19::a".parse().expect("ip"));
         dns.ports = vec![
-            ServicePort { name: Some("dns".to_owned()), port: 53, protocol: Protocol::Udp, node_port: None },
+            ServicePort { name: Some("dns".to_owned()), port: 53, protocol: Protocol::UDP, node_port: None },
             ServicePort {
                 name: Some("metrics".to_owned()),
                 port: 9153,
-                protocol: Protocol::Tcp,
+                protocol: Protocol::TCP,
                 node_port: Some(30153),
             },
         ];
         let mut v4 = slice("kube-system", "kube-dns", 0, &["198.18.0.54", "198.18.0.53"]);
         v4.ports = vec![
-            ContainerPort { name: Some("dns".to_owned()), port: 5353, protocol: Protocol::Udp },
-            ContainerPort { name: Some("metrics".to_owned()), port: 9153, protocol: Protocol::Tcp },
+            ContainerPort { name: Some("dns".to_owned()), port: 5353, protocol: Protocol::UDP },
+            ContainerPort { name: Some("metrics".to_owned()), port: 9153, protocol: Protocol::TCP },
         ];
         let mut v6 = slice("kube-system", "kube-dns", 0, &["2001:db8::53"]);
         v6.name = "kube-dns-v6".to_owned();
-        v6.ports = vec![ContainerPort { name: Some("dns".to_owned()), port: 53, protocol: Protocol::Udp }];
+        v6.ports = vec![ContainerPort { name: Some("dns".to_owned()), port: 53, protocol: Protocol::UDP }];
         let services = keyed(vec![dns], |s| (s.namespace.clone(), s.name.clone()));
         let slices = keyed(vec![v4, v6], |s| (s.namespace.clone(), s.name.clone()));
         let index = ServiceIndex::build(&services, &slices, &FastMap::default());

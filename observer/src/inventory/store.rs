@@ -21,8 +21,8 @@ use super::{
     endpoint::Endpoint,
     manifests::{Declared, Workload},
     model::{EndpointSlice, Namespace, Node, Pod, Service},
-    revision::{PodRevision, Revisions},
     resource::Resource,
+    revision::{PodRevision, Revisions},
     services::ServiceIndex,
     snapshot::{ClusterPolicies, Holding, Holdings, Intents, PodRecord, Snapshot},
     workload::Workloads,
@@ -642,9 +642,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::inventory::{
-        endpoint::EndpointKind,
-        fixtures::{node, pod, service},
+    use crate::{
+        inventory::endpoint::EndpointKind,
+        testing::{node, pod, service},
     };
 
     const UID_A: &str = "8f1c2a4e-5b6d-4e7f-9a0b-1c2d3e4f5a6b";

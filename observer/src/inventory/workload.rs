@@ -99,7 +99,7 @@ fn guess_unknown_owner(pod: &Pod, owner: &OwnerRef) -> WorkloadRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::fixtures::pod;
+    use crate::testing::pod;
 
     fn owner(kind: &str, name: &str, uid: &str) -> OwnerRef {
         OwnerRef { kind: kind.to_owned(), name: name.to_owned(), uid: uid.to_owned() }

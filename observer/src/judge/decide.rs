@@ -25,9 +25,12 @@ use super::{
     verdict::{Delivery, FlowVerdict, IntentCite, PolicyCite, VerdictKind},
 };
 use crate::{
-    intent::{EndKind, FlowEnd, IntentIndex, IntentRef, IntentViolation, IsolationIntent, Tier},
-    inventory::model::{Pod, Protocol},
-    policy::{Endpoint, PolicyEngine, PolicyRef},
+    intent::{FlowEnd, IntentIndex, IntentViolation, IsolationIntent, Tier},
+    inventory::{
+        EndpointKind, ObjectRef,
+        model::{Pod, Protocol},
+    },
+    policy::{Endpoint, PolicyEngine},
     rendered::RenderedJson,
 };
 
@@ -87,7 +90,7 @@ pub struct Unprotected {
     /// with a `Deny` egress rule.
     pub egress_isolated: bool,
     /// The intents that require the isolation it lacks (empty: the judge's own rule).
-    pub required_by: Vec<Arc<IntentRef>>,
+    pub required_by: Vec<Arc<ObjectRef>>,
     /// Why, in words.
     pub reason: String,
 }
@@ -130,7 +133,7 @@ pub struct Judge {
     node: Option<Arc<str>>,
 }
 
-fn name_policies(policies: &[Arc<PolicyRef>]) -> String {
+fn name_policies(policies: &[Arc<ObjectRef>]) -> String {
     policies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
@@ -139,7 +142,7 @@ fn name_policies(policies: &[Arc<PolicyRef>]) -> String {
 /// (`judge/service.rs`), so a ClusterIP is never taken for an outside address.
 fn policy_endpoint<'a>(end: &FlowEnd<'a>) -> Endpoint<'a> {
     match (end.kind, end.pod) {
-        (EndKind::Pod, Some(pod)) => Endpoint::Pod { pod, ip: Some(end.ip) },
+        (EndpointKind::Pod, Some(pod)) => Endpoint::Pod { pod, ip: Some(end.ip) },
         _ => Endpoint::External(end.ip),
     }
 }
@@ -148,7 +151,7 @@ fn policy_endpoint<'a>(end: &FlowEnd<'a>) -> Endpoint<'a> {
 /// (or an address of the node, which enrichment resolves to it), or a
 /// host-network pod, found by its cgroup and so on this node.
 fn is_this_node(end: &FlowEnd<'_>) -> bool {
-    end.kind == EndKind::Host || (end.kind == EndKind::Pod && end.pod.is_some_and(|pod| pod.host_network))
+    end.kind == EndpointKind::Host || (end.kind == EndpointKind::Pod && end.pod.is_some_and(|pod| pod.host_network))
 }
 
 impl Judge {
@@ -196,7 +199,7 @@ impl Judge {
             (true, false) => (&input.src, &input.dst),
             (false, true) => (&input.dst, &input.src),
         };
-        let pod = other.pod.filter(|pod| other.kind == EndKind::Pod && self.here(pod))?;
+        let pod = other.pod.filter(|pod| other.kind == EndpointKind::Pod && self.here(pod))?;
         let name = match (&self.node, node.pod) {
             (_, Some(host)) if host.host_network => {
                 format!("its node (host-network pod {}/{})", host.namespace, host.name)
@@ -213,10 +216,10 @@ impl Judge {
     /// do not apply to, and for a flow to a Service whose backend is not
     /// known (policies apply at backends: `judge/service.rs` judges each).
     pub(crate) fn policy(&self, input: &JudgeInput<'_>) -> Option<PolicyOutcome> {
-        if input.dst.kind == EndKind::Service {
+        if input.dst.kind == EndpointKind::Service {
             return None;
         }
-        let protocol = Protocol::from_number(input.protocol.0);
+        let protocol = input.protocol.with_ports();
         self.policy_outcome(input, protocol)
     }
 
@@ -251,7 +254,7 @@ impl Judge {
             return Some(super::cluster::outcome(&self.policy, input, &verdict));
         }
         if verdict.allowed {
-            let mut policies: Vec<Arc<PolicyRef>> = verdict.egress.policies.clone();
+            let mut policies: Vec<Arc<ObjectRef>> = verdict.egress.policies.clone();
             policies.extend(
                 verdict.ingress.policies.iter().filter(|policy| !verdict.egress.policies.contains(policy)).cloned(),
             );
@@ -305,7 +308,7 @@ impl Judge {
     }
 
     pub(super) fn rate_violation(&mut self, input: &JudgeInput<'_>) -> Option<IntentViolation> {
-        let pod = input.src.pod.filter(|_| input.new_flow && input.src.kind == EndKind::Pod)?;
+        let pod = input.src.pod.filter(|_| input.new_flow && input.src.kind == EndpointKind::Pod)?;
         for limit in self.intents.rate_limits(pod) {
             let count = self.rates.count(limit.id, &pod.uid, input.first_seen);
             if count > f64::from(limit.per_minute) {
@@ -325,7 +328,7 @@ impl Judge {
     /// Judges one flow. A flow whose destination is still a Service (its
     /// backend unknown) is judged at no backend: see [`Judge::flow_to_backends`].
     pub fn flow(&mut self, input: &JudgeInput<'_>) -> FlowVerdict {
-        if input.dst.kind == EndKind::Service {
+        if input.dst.kind == EndpointKind::Service {
             return self.flow_to_backends(input, &[]);
         }
         let policy = self.policy(input);
@@ -345,7 +348,7 @@ impl Judge {
         policy: Option<PolicyOutcome>,
         rate: Option<IntentViolation>,
     ) -> FlowVerdict {
-        let protocol = Protocol::from_number(input.protocol.0);
+        let protocol = input.protocol.with_ports();
         let (delivery, evidence) = delivery(input);
         let intent = self.intents.check_egress_asked(&input.src, &input.dst, input.asked.as_ref(), protocol).or(rate);
         let (verdict, mut reason, policies) = match policy {
@@ -388,8 +391,9 @@ impl Judge {
         {
             let _ = write!(reason, "; it also breaks an intent: {}", violation.reason);
         }
-        let tier =
-            |end: &FlowEnd<'_>| end.pod.filter(|_| end.kind == EndKind::Pod).and_then(|pod| self.intents.tier_of(pod));
+        let tier = |end: &FlowEnd<'_>| {
+            end.pod.filter(|_| end.kind == EndpointKind::Pod).and_then(|pod| self.intents.tier_of(pod))
+        };
         FlowVerdict {
             verdict,
             reason,
@@ -448,7 +452,7 @@ impl Judge {
         if !(missing_ingress || missing_egress || (nothing_required && !ingress && !egress)) {
             return None;
         }
-        let required_by: Vec<Arc<IntentRef>> = requirements
+        let required_by: Vec<Arc<ObjectRef>> = requirements
             .into_iter()
             .filter(|requirement| {
                 (missing_ingress && requirement.isolation.ingress) || (missing_egress && requirement.isolation.egress)
@@ -484,6 +488,6 @@ impl Judge {
     }
 }
 
-fn name_intents(intents: &[Arc<IntentRef>]) -> String {
+fn name_intents(intents: &[Arc<ObjectRef>]) -> String {
     intents.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }

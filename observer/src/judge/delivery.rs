@@ -11,7 +11,7 @@
 use super::{input::JudgeInput, verdict::Delivery};
 use crate::{
     flow::{FlowState, LocalEnd, Traffic},
-    intent::EndKind,
+    inventory::EndpointKind,
 };
 
 /// What capture saw that decides delivery.
@@ -59,5 +59,5 @@ impl Proof {
 
 /// Delivery and its evidence.
 pub(crate) fn delivery(input: &JudgeInput<'_>) -> (Delivery, &'static str) {
-    Proof::of(input.local, input.dst.kind == EndKind::Pod, input.state, input.to_src).delivery()
+    Proof::of(input.local, input.dst.kind == EndpointKind::Pod, input.state, input.to_src).delivery()
 }

@@ -18,7 +18,7 @@ use super::{
     delivery::delivery,
     verdict::{BackendVerdict, FlowVerdict, IntentCite, VerdictKind},
 };
-use crate::{intent::FlowEnd, inventory::model::Protocol, rendered::RenderedJson};
+use crate::{intent::FlowEnd, rendered::RenderedJson};
 
 /// Verdicts from mildest to gravest: an ambiguous flow gets the mildest of
 /// its backends'.
@@ -76,7 +76,7 @@ impl Judge {
 
     /// A Service flow with no backend known: intents only.
     fn no_backend(&self, input: &JudgeInput<'_>, rate: Option<crate::intent::IntentViolation>) -> FlowVerdict {
-        let protocol = Protocol::from_number(input.protocol.0);
+        let protocol = input.protocol.with_ports();
         let (delivery, _) = delivery(input);
         let intent = self.intents().check_egress_asked(&input.src, &input.dst, input.asked.as_ref(), protocol).or(rate);
         let why = format!(

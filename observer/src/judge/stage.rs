@@ -45,9 +45,9 @@ use crate::{
     anomaly::{self, EdgeHandle, EdgeKey, Spike, SpikeDetector},
     capture::CaptureHealth,
     config::ObserverConfig,
-    findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter, Workload},
+    findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter},
     flow::{FlowRecord, LocalEnd, RecordEvent},
-    intent::{EndKind, FlowEnd, IntentIndex, Tiers},
+    intent::{FlowEnd, IntentIndex, Tiers},
     inventory::{Endpoint, EndpointKind, Inventory, Snapshot},
     metrics::{FindingLabels, Metrics, WorkloadLabels, bounded::Series, flows::EdgeOf},
     policy::PolicyEngine,
@@ -249,10 +249,7 @@ impl JudgeStage {
             let Some(unprotected) = self.judge.unprotected(pod) else { continue };
             let workload = pod.ips.first().and_then(|ip| {
                 let endpoint = resolver.resolve_remote(*ip, now);
-                endpoint
-                    .workload
-                    .as_ref()
-                    .map(|workload| Workload { kind: workload.kind.clone(), name: workload.name.clone() })
+                endpoint.workload.clone()
             });
             let (kind, name) =
                 workload.as_ref().map_or(("Pod", pod.name.as_str()), |w| (w.kind.as_str(), w.name.as_str()));
@@ -458,7 +455,7 @@ impl JudgeStage {
         let policy = self.judge.policy(&input);
         let verdict = Arc::new(match dst.kind {
             // Its backend unknown: judged at each ready backend.
-            EndKind::Service => {
+            EndpointKind::Service => {
                 let backends = service_backends(snapshot, record);
                 let ends = backend_ends(snapshot, &backends);
                 self.judge.flow_to_backends(&input, &ends)
@@ -491,7 +488,7 @@ impl JudgeStage {
                 _ends: [&record.src, &record.dst].map(|peer| peer.endpoint.clone()),
                 rate_limited: src
                     .pod
-                    .filter(|_| src.kind == EndKind::Pod)
+                    .filter(|_| src.kind == EndpointKind::Pod)
                     .is_some_and(|pod| !intents.rate_limits(pod).is_empty()),
                 version: anomaly::edge_version(snapshot, &edge),
                 edge,

@@ -8,11 +8,7 @@ use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
-use crate::{
-    intent::{IntentRef, Tier},
-    policy::PolicyRef,
-    rendered::RenderedJson,
-};
+use crate::{intent::Tier, inventory::ObjectRef, rendered::RenderedJson};
 
 /// The five verdicts a flow can get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -63,7 +59,7 @@ pub enum Delivery {
 /// resourceVersion, generation}`, a ClusterNetworkPolicy as `{kind, name,
 /// tier, priority, resourceVersion, generation}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyCite(pub Arc<PolicyRef>);
+pub struct PolicyCite(pub Arc<ObjectRef>);
 
 impl Serialize for PolicyCite {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -85,7 +81,7 @@ impl Serialize for PolicyCite {
             generation: Option<i64>,
         }
         let policy = &self.0;
-        let cluster = policy.cluster;
+        let cluster = policy.rank();
         View {
             kind: cluster.map(|_| "ClusterNetworkPolicy"),
             // ClusterNetworkPolicies are cluster-scoped: no namespace.
@@ -104,7 +100,7 @@ impl Serialize for PolicyCite {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IntentCite {
     /// The intent.
-    pub intent: Arc<IntentRef>,
+    pub intent: Arc<ObjectRef>,
     /// The rule's field path, for example `spec.egress.forbid[0]`.
     pub rule: Arc<str>,
 }

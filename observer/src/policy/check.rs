@@ -338,7 +338,7 @@ fn parse_flow_line(line: &str) -> Result<FlowSpec, FlowError> {
             .ok_or_else(|| FlowError::BadPort { value: port.to_string() })?,
     };
     let protocol = match value.get("protocol") {
-        None | Some(Value::Null) => Protocol::Tcp,
+        None | Some(Value::Null) => Protocol::TCP,
         Some(Value::String(text)) => parse_protocol(text)?,
         Some(other) => return Err(FlowError::BadProtocol { value: other.to_string() }),
     };
@@ -412,12 +412,8 @@ fn explain_side(engine: &PolicyEngine, direction: &str, endpoint: &Endpoint<'_>,
     format!("  {direction} of {who}: {judgement}")
 }
 
-fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "TCP",
-        Protocol::Udp => "UDP",
-        Protocol::Sctp => "SCTP",
-    }
+fn protocol_name(protocol: Protocol) -> std::borrow::Cow<'static, str> {
+    protocol.k8s_name().map_or_else(|| protocol.name(), std::borrow::Cow::Borrowed)
 }
 
 fn explain(
@@ -464,7 +460,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         (None, Some(from), Some(to), Some(port)) => {
             let (port, protocol) = match port.split_once('/') {
                 Some((port, protocol)) => (parse_port(port)?, parse_protocol(protocol)?),
-                None => (parse_port(&port)?, Protocol::Tcp),
+                None => (parse_port(&port)?, Protocol::TCP),
             };
             let flow =
                 FlowSpec { source: parse_end("--from", &from)?, destination: parse_end("--to", &to)?, port, protocol };

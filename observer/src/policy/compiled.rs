@@ -12,8 +12,11 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{cidr::Cidr, error::Problem, fasthash::FxBuildHasher, selector::Selector, verdict::PolicyRef};
-use crate::inventory::model::{ContainerPort, Labels, Protocol};
+use super::{cidr::Cidr, error::Problem, fasthash::FxBuildHasher, selector::Selector};
+use crate::inventory::{
+    ObjectRef,
+    model::{ContainerPort, Labels, Protocol},
+};
 
 /// Index of a namespace in the engine's table.
 pub(crate) type NsId = u32;
@@ -253,7 +256,7 @@ impl Rule {
 #[derive(Clone, Debug)]
 pub(crate) struct CompiledPolicy {
     /// Who it is, for explanations.
-    pub(crate) meta: Arc<PolicyRef>,
+    pub(crate) meta: Arc<ObjectRef>,
     /// `spec.podSelector`.
     pub(crate) pod_selector: Selector,
     /// Ingress rules when `Ingress` is one of its policy types.
@@ -283,7 +286,7 @@ impl CompiledPolicy {
     /// Validates and compiles `policy`, whose namespace has id `namespace`.
     pub(crate) fn compile(
         policy: &NetworkPolicy,
-        meta: PolicyRef,
+        meta: ObjectRef,
         namespace: NsId,
         table: &NamespaceTable<'_>,
         interner: &mut Interner,

@@ -26,9 +26,12 @@ use super::{
     error::PolicyError,
     fasthash::{AddressBuildHasher, FxBuildHasher, label_hash},
     selector::{Selector, same},
-    verdict::{Action, PolicyRef, SideVerdict, Tier, Verdict},
+    verdict::{Action, SideVerdict, Tier, Verdict},
 };
-use crate::inventory::model::{Labels, Namespace, Node, Pod, Protocol};
+use crate::inventory::{
+    ObjectKind, ObjectRef,
+    model::{Labels, Namespace, Node, Pod, Protocol},
+};
 
 /// One end of a flow.
 #[derive(Clone, Copy, Debug)]
@@ -57,9 +60,9 @@ impl<'a> Endpoint<'a> {
 pub struct Isolation {
     /// Policies of type Ingress selecting the pod, in compile order; empty when
     /// it is not isolated for ingress.
-    pub ingress: Vec<Arc<PolicyRef>>,
+    pub ingress: Vec<Arc<ObjectRef>>,
     /// Policies of type Egress selecting the pod, in compile order.
-    pub egress: Vec<Arc<PolicyRef>>,
+    pub egress: Vec<Arc<ObjectRef>>,
 }
 
 /// The ClusterNetworkPolicies guarding a pod, per direction: those whose
@@ -68,9 +71,9 @@ pub struct Isolation {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Guardrails {
     /// With a `Deny` ingress rule.
-    pub ingress: Vec<Arc<PolicyRef>>,
+    pub ingress: Vec<Arc<ObjectRef>>,
     /// With a `Deny` egress rule.
-    pub egress: Vec<Arc<PolicyRef>>,
+    pub egress: Vec<Arc<ObjectRef>>,
 }
 
 /// Policies that require one `key=value` of the pods they select.
@@ -317,7 +320,8 @@ impl PolicyEngine {
             namespace_labels.entry(NAMESPACE_NAME_LABEL.to_owned()).or_insert_with(|| namespace.name.clone());
             labels[id as usize] = namespace_labels;
         }
-        let metas: Vec<PolicyRef> = policies.iter().map(policy_ref).collect();
+        let metas: Vec<ObjectRef> =
+            policies.iter().map(|policy| ObjectRef::of(ObjectKind::NetworkPolicy, &policy.metadata)).collect();
         for meta in &metas {
             namespace_ids.entry(meta.namespace.clone()).or_insert_with(|| {
                 labels.push(Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), meta.namespace.clone())]));
@@ -725,18 +729,6 @@ impl PolicyEngine {
     }
 }
 
-fn policy_ref(policy: &NetworkPolicy) -> PolicyRef {
-    let meta = &policy.metadata;
-    PolicyRef {
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-        name: meta.name.clone().unwrap_or_default(),
-        uid: meta.uid.clone(),
-        resource_version: meta.resource_version.clone(),
-        generation: meta.generation,
-        cluster: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -754,7 +746,7 @@ mod tests {
 
     #[test]
     fn pods_are_indexed_by_identity_and_copies_fall_back() {
-        use crate::inventory::fixtures::pod;
+        use crate::testing::pod;
         let (mut engine, errors) = PolicyEngine::compile(&[deny_all("shop")], &[]);
         assert!(errors.is_empty());
         let web = Arc::new(pod("web").ns("shop").build());
@@ -767,7 +759,7 @@ mod tests {
         assert_eq!(engine.isolating(&web), engine.isolating(&copy));
         assert_eq!(engine.isolating(&web).ingress.len(), 1);
         assert_eq!(engine.isolating(&host), Isolation::default());
-        let verdict = |source: &Pod| engine.verdict(Endpoint::pod(source), Endpoint::pod(&host), 80, Protocol::Tcp);
+        let verdict = |source: &Pod| engine.verdict(Endpoint::pod(source), Endpoint::pod(&host), 80, Protocol::TCP);
         assert_eq!(verdict(&web), verdict(&copy));
         assert!(!verdict(&web).allowed);
     }

@@ -22,4 +22,4 @@ pub(crate) use cidr::Cidr;
 pub use engine::{Endpoint, Guardrails, Isolation, PolicyEngine};
 pub use error::{PolicyError, Problem};
 pub(crate) use selector::Selector;
-pub use verdict::{Action, ClusterRank, ClusterStep, PolicyRef, SideVerdict, Tier, Verdict};
+pub use verdict::{Action, ClusterRank, ClusterStep, SideVerdict, Tier, Verdict};

@@ -6,71 +6,8 @@
 
 use std::{fmt, sync::Arc};
 
-/// A policy that took part in a verdict, with the version judged.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct PolicyRef {
-    /// `metadata.namespace` (`default` when absent).
-    pub namespace: String,
-    /// `metadata.name`.
-    pub name: String,
-    /// `metadata.uid`, if set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// `metadata.resourceVersion`, if set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
-    /// `metadata.generation`, if set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub generation: Option<i64>,
-    /// For a ClusterNetworkPolicy (cluster-scoped, `namespace` empty): its
-    /// tier and priority. `None` for a NetworkPolicy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<ClusterRank>,
-}
-
-impl fmt::Display for PolicyRef {
-    /// `namespace/name`, or `cnp/name` for a ClusterNetworkPolicy.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.cluster {
-            Some(_) => write!(f, "cnp/{}", self.name),
-            None => write!(f, "{}/{}", self.namespace, self.name),
-        }
-    }
-}
-
-/// The tier of a ClusterNetworkPolicy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub enum Tier {
-    /// Before NetworkPolicies; cannot be overridden by them.
-    Admin,
-    /// After NetworkPolicies, for pods they do not isolate.
-    Baseline,
-}
-
-impl Tier {
-    /// `Admin` or `Baseline`, as the API spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "Admin",
-            Self::Baseline => "Baseline",
-        }
-    }
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a ClusterNetworkPolicy stands in the evaluation order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ClusterRank {
-    /// `spec.tier`.
-    pub tier: Tier,
-    /// `spec.priority`, 0 to 1000; lower first.
-    pub priority: u16,
-}
+use crate::inventory::ObjectRef;
+pub use crate::inventory::object_ref::{ClusterRank, Tier};
 
 /// What a ClusterNetworkPolicy rule does with the traffic it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -98,7 +35,7 @@ impl Action {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ClusterStep {
     /// The policy.
-    pub policy: Arc<PolicyRef>,
+    pub policy: Arc<ObjectRef>,
     /// The rule's index in `spec.ingress` or `spec.egress`.
     pub rule: u32,
     /// The rule's `name`, if given.
@@ -110,7 +47,7 @@ pub struct ClusterStep {
     /// with a different action: the API leaves the choice between them to the
     /// implementation, so the verdict may differ from the network's.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tied_with: Option<Arc<PolicyRef>>,
+    pub tied_with: Option<Arc<ObjectRef>>,
 }
 
 impl fmt::Display for ClusterStep {
@@ -125,7 +62,7 @@ impl fmt::Display for ClusterStep {
         if let Some(name) = &self.rule_name {
             write!(f, " ({name:?})")?;
         }
-        if let Some(rank) = policy.cluster {
+        if let Some(rank) = policy.rank() {
             write!(f, " ({}, priority {})", rank.tier, rank.priority)?;
         }
         write!(f, ": {}", self.action.as_str())?;
@@ -148,7 +85,7 @@ pub struct SideVerdict {
     pub allowed: bool,
     /// Every policy that allowed the flow on this side, in compile order; empty
     /// when the side is not isolated or when none did.
-    pub policies: Vec<Arc<PolicyRef>>,
+    pub policies: Vec<Arc<ObjectRef>>,
     /// The ClusterNetworkPolicy rules that matched, in evaluation order: the
     /// Admin tier's (Passes, then the deciding Accept or Deny if any), then,
     /// when no NetworkPolicy isolates the side, the Baseline tier's. Empty
@@ -170,7 +107,7 @@ impl SideVerdict {
 
     /// Whether NetworkPolicies were consulted: no Admin-tier rule decided.
     pub fn reached_network_policies(&self) -> bool {
-        self.decided_by().is_none_or(|step| step.policy.cluster.is_some_and(|rank| rank.tier == Tier::Baseline))
+        self.decided_by().is_none_or(|step| step.policy.rank().is_some_and(|rank| rank.tier == Tier::Baseline))
     }
 }
 

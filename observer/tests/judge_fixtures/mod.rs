@@ -1,9 +1,8 @@
 //! Builder fixtures shared by the intent and judge tests.
 
-#![allow(dead_code, reason = "each test file uses a different part")]
+#![allow(dead_code, unused_imports, reason = "each test file uses a different part")]
 
 use std::{
-    net::IpAddr,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -12,75 +11,16 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use observer::{
     flow::{FlowState, LocalEnd, Protocol, Traffic},
     intent::{FlowEnd, FlowIntent, IntentConfig, IntentError, IntentIndex, Tiers},
-    inventory::model::{Labels, Namespace, OwnerRef, Pod},
+    inventory::model::Namespace,
     judge::{Judge, JudgeConfig, JudgeInput},
     policy::PolicyEngine,
 };
 
-/// A pod under construction.
-pub struct PodBuilder(Pod);
+pub use observer::testing::{PodBuilder, ip, namespace};
 
-/// A pod named `name` in namespace `ai`.
+/// A pod named `name` in namespace `ai`, on node `node-1`, at resourceVersion 1.
 pub fn pod(name: &str) -> PodBuilder {
-    PodBuilder(Pod {
-        uid: format!("uid-{name}"),
-        namespace: "ai".to_owned(),
-        name: name.to_owned(),
-        labels: Labels::new(),
-        resource_version: Some("1".to_owned()),
-        owner: None,
-        ips: Vec::new(),
-        host_network: false,
-        node_name: Some("node-1".to_owned()),
-        container_ports: Vec::new(),
-        container_ids: Vec::new(),
-        phase: Some("Running".to_owned()),
-    })
-}
-
-impl PodBuilder {
-    pub fn ns(mut self, namespace: &str) -> Self {
-        self.0.namespace = namespace.to_owned();
-        self
-    }
-
-    pub fn label(mut self, key: &str, value: &str) -> Self {
-        self.0.labels.insert(key.to_owned(), value.to_owned());
-        self
-    }
-
-    pub fn tier(self, tier: &str) -> Self {
-        self.label("ai.governance/tier", tier)
-    }
-
-    pub fn ip(mut self, ip: &str) -> Self {
-        self.0.ips.push(ip.parse().expect("valid IP"));
-        self
-    }
-
-    pub fn owner(mut self, kind: &str, name: &str) -> Self {
-        self.0.owner = Some(OwnerRef { kind: kind.to_owned(), name: name.to_owned(), uid: format!("uid-{name}") });
-        self
-    }
-
-    pub fn host_network(mut self) -> Self {
-        self.0.host_network = true;
-        self
-    }
-
-    pub fn build(self) -> Pod {
-        self.0
-    }
-}
-
-pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
-    let mut all: Labels = labels.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
-    all.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
-    Namespace { name: name.to_owned(), labels: all, resource_version: None }
-}
-
-pub fn ip(text: &str) -> IpAddr {
-    text.parse().expect("valid IP")
+    observer::testing::pod(name).ns("ai").resource_version("1").node("node-1")
 }
 
 /// YAML documents separated by `---`, each parsed as `T`.
@@ -120,7 +60,7 @@ pub fn flow<'a>(src: FlowEnd<'a>, dst: FlowEnd<'a>) -> FlowBuilder<'a> {
     FlowBuilder(JudgeInput {
         src,
         dst,
-        protocol: Protocol(6),
+        protocol: Protocol::TCP,
         state: FlowState::Established,
         to_dst: Traffic { packets: 5, bytes: 900 },
         to_src: Traffic { packets: 4, bytes: 4000 },
@@ -141,7 +81,7 @@ impl<'a> FlowBuilder<'a> {
     }
 
     pub fn udp(mut self, replies: u64) -> Self {
-        self.0.protocol = Protocol(17);
+        self.0.protocol = Protocol::UDP;
         self.0.state = FlowState::Active;
         self.0.to_src = Traffic { packets: replies, bytes: replies * 100 };
         self

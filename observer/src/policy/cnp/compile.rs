@@ -10,13 +10,16 @@ use std::sync::Arc;
 
 use super::api::{ClusterNetworkPolicy, EgressPeer, NamespacedPod, Port, ProtocolMatch};
 use crate::{
-    inventory::model::{Labels, Protocol},
+    inventory::{
+        ObjectKind, ObjectRef,
+        model::{Labels, Protocol},
+    },
     policy::{
         cidr::{Cidr, CidrError},
         compiled::{NAMESPACE_NAME_LABEL, NsKey},
         error::Problem,
         selector::Selector,
-        verdict::{Action, ClusterRank, PolicyRef, Tier},
+        verdict::{Action, ClusterRank, Tier},
     },
 };
 
@@ -250,7 +253,7 @@ pub(crate) struct CnpRule {
 /// A ClusterNetworkPolicy ready to judge flows.
 #[derive(Clone, Debug)]
 pub(crate) struct CompiledCnp {
-    pub(crate) meta: Arc<PolicyRef>,
+    pub(crate) meta: Arc<ObjectRef>,
     pub(crate) rank: ClusterRank,
     pub(crate) subject: PodSet,
     pub(crate) ingress: Box<[CnpRule]>,
@@ -350,13 +353,13 @@ pub(crate) fn compile(policy: &ClusterNetworkPolicy, table: &[Labels]) -> Result
             Ok(CnpRule { name, action, peers, protocols })
         })
         .collect::<Result<Box<[CnpRule]>, Failure>>()?;
-    let meta = PolicyRef {
+    let meta = ObjectRef {
+        kind: ObjectKind::ClusterNetworkPolicy(rank),
         namespace: String::new(),
         name,
         uid: meta.uid.clone(),
         resource_version: meta.resource_version.clone(),
         generation: meta.generation,
-        cluster: Some(rank),
     };
     Ok(CompiledCnp { meta: Arc::new(meta), rank, subject, ingress, egress })
 }
@@ -487,9 +490,9 @@ fn compile_protocols(protocols: Option<&[ProtocolMatch]>, rule: &str) -> Result<
                 return Ok(ProtocolPorts::Named(name.as_str().into()));
             }
             let (protocol, ports, key) = match (&entry.tcp, &entry.udp, &entry.sctp) {
-                (Some(ports), ..) => (Protocol::Tcp, ports, "tcp"),
-                (_, Some(ports), _) => (Protocol::Udp, ports, "udp"),
-                (.., Some(ports)) => (Protocol::Sctp, ports, "sctp"),
+                (Some(ports), ..) => (Protocol::TCP, ports, "tcp"),
+                (_, Some(ports), _) => (Protocol::UDP, ports, "udp"),
+                (.., Some(ports)) => (Protocol::SCTP, ports, "sctp"),
                 (None, None, None) => {
                     let fields = "tcp, udp, sctp, destinationNamedPort";
                     return Err((field, CnpProblem::NotExactlyOne { fields, count: 0 }));

@@ -12,10 +12,13 @@ use std::{net::IpAddr, sync::Arc};
 
 use super::compile::{CnpRule, CompiledCnp, Peer, ProtocolPorts};
 use crate::{
-    inventory::model::{ContainerPort, Labels, Protocol},
+    inventory::{
+        ObjectRef,
+        model::{ContainerPort, Labels, Protocol},
+    },
     policy::{
         compiled::{Addresses, NsKey},
-        verdict::{Action, ClusterStep, PolicyRef, Tier},
+        verdict::{Action, ClusterStep, Tier},
     },
 };
 
@@ -135,7 +138,7 @@ impl ClusterPolicies {
     /// The policies of both tiers, in evaluation order, whose subject
     /// selects `subject` and that have a `Deny` rule for `direction`: the
     /// guardrails that protect the pod in that direction.
-    pub(crate) fn guarding(&self, direction: Direction, subject: PodKey<'_>) -> Vec<Arc<PolicyRef>> {
+    pub(crate) fn guarding(&self, direction: Direction, subject: PodKey<'_>) -> Vec<Arc<ObjectRef>> {
         self.admin
             .iter()
             .chain(&self.baseline)

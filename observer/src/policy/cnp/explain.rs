@@ -7,16 +7,19 @@
 
 use std::sync::Arc;
 
-use crate::policy::verdict::{Action, PolicyRef, SideVerdict, Tier};
+use crate::{
+    inventory::ObjectRef,
+    policy::verdict::{Action, SideVerdict, Tier},
+};
 
-fn names(policies: &[Arc<PolicyRef>]) -> String {
+fn names(policies: &[Arc<ObjectRef>]) -> String {
     policies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// The chain that decided `side`; `isolating` are the NetworkPolicies that
 /// isolate its pod for the side's direction (named when none allows).
-pub fn chain(side: &SideVerdict, isolating: &[Arc<PolicyRef>]) -> String {
-    let tier_of = |step: &crate::policy::verdict::ClusterStep| step.policy.cluster.map(|rank| rank.tier);
+pub fn chain(side: &SideVerdict, isolating: &[Arc<ObjectRef>]) -> String {
+    let tier_of = |step: &crate::policy::verdict::ClusterStep| step.policy.rank().map(|rank| rank.tier);
     let step_text = |step: &crate::policy::verdict::ClusterStep| match step.action {
         Action::Pass => format!("passed by {step}"),
         Action::Accept | Action::Deny => step.to_string(),
@@ -48,9 +51,9 @@ pub fn chain(side: &SideVerdict, isolating: &[Arc<PolicyRef>]) -> String {
 /// The policies a side's decision cites: the ClusterNetworkPolicies of its
 /// chain (Passes included), then the NetworkPolicies that allowed it, or
 /// `isolating` when it was denied at the NetworkPolicy tier.
-pub fn cited(side: &SideVerdict, isolating: &[Arc<PolicyRef>]) -> Vec<Arc<PolicyRef>> {
-    let mut cited: Vec<Arc<PolicyRef>> = Vec::new();
-    let admin = side.cluster.iter().filter(|step| step.policy.cluster.is_some_and(|rank| rank.tier == Tier::Admin));
+pub fn cited(side: &SideVerdict, isolating: &[Arc<ObjectRef>]) -> Vec<Arc<ObjectRef>> {
+    let mut cited: Vec<Arc<ObjectRef>> = Vec::new();
+    let admin = side.cluster.iter().filter(|step| step.policy.rank().is_some_and(|rank| rank.tier == Tier::Admin));
     cited.extend(admin.map(|step| Arc::clone(&step.policy)));
     if side.reached_network_policies() && side.isolated {
         cited.extend(
@@ -58,7 +61,7 @@ pub fn cited(side: &SideVerdict, isolating: &[Arc<PolicyRef>]) -> Vec<Arc<Policy
         );
     }
     let baseline =
-        side.cluster.iter().filter(|step| step.policy.cluster.is_some_and(|rank| rank.tier == Tier::Baseline));
+        side.cluster.iter().filter(|step| step.policy.rank().is_some_and(|rank| rank.tier == Tier::Baseline));
     cited.extend(baseline.map(|step| Arc::clone(&step.policy)));
     cited.dedup();
     cited

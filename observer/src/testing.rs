@@ -1,0 +1,167 @@
+//! Test builders shared by the unit tests in `src/` and the integration
+//! tests in `observer/tests/` and `tests/` (the `test-support` feature).
+//!
+//! In: a name and chained settings. Out: lean inventory values (pods,
+//! namespaces, Services, EndpointSlices, nodes) and NetworkPolicies, with
+//! defaults each caller overrides where its tests need another.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use crate::{
+    flow::Protocol,
+    inventory::model::{ContainerPort, EndpointSlice, Labels, Namespace, Node, OwnerRef, Pod, Service, ServicePort},
+};
+
+/// An address; panics on a malformed one (a test's own typo).
+pub fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap_or_else(|error| panic!("{text}: {error}"))
+}
+
+/// Starts a pod named `name` in namespace `default` with uid `uid-<name>`,
+/// running, on no node.
+pub fn pod(name: &str) -> PodBuilder {
+    PodBuilder(Pod {
+        uid: format!("uid-{name}"),
+        namespace: "default".to_owned(),
+        name: name.to_owned(),
+        labels: Labels::new(),
+        resource_version: None,
+        owner: None,
+        ips: Vec::new(),
+        host_network: false,
+        node_name: None,
+        container_ports: Vec::new(),
+        container_ids: Vec::new(),
+        phase: Some("Running".to_owned()),
+    })
+}
+
+/// Builds a [`Pod`]: `pod("web-1").ns("shop").ip("198.18.0.5").label("app", "web")`.
+pub struct PodBuilder(Pod);
+
+impl PodBuilder {
+    /// Sets the namespace.
+    pub fn ns(mut self, namespace: &str) -> Self {
+        self.0.namespace = namespace.to_owned();
+        self
+    }
+
+    /// Sets the uid.
+    pub fn uid(mut self, uid: &str) -> Self {
+        self.0.uid = uid.to_owned();
+        self
+    }
+
+    /// Sets `metadata.resourceVersion`.
+    pub fn resource_version(mut self, version: &str) -> Self {
+        self.0.resource_version = Some(version.to_owned());
+        self
+    }
+
+    /// Sets the node it runs on.
+    pub fn node(mut self, node: &str) -> Self {
+        self.0.node_name = Some(node.to_owned());
+        self
+    }
+
+    /// Adds an IP.
+    pub fn ip(mut self, address: &str) -> Self {
+        self.0.ips.push(ip(address));
+        self
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.0.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Sets the AI tier label (`ai.governance/tier`).
+    pub fn tier(self, tier: &str) -> Self {
+        self.label("ai.governance/tier", tier)
+    }
+
+    /// Adds a named container port.
+    pub fn port(mut self, name: &str, port: u16, protocol: Protocol) -> Self {
+        self.0.container_ports.push(ContainerPort { name: Some(name.to_owned()), port, protocol });
+        self
+    }
+
+    /// Sets the controller ownerReference (uid `uid-<name>`).
+    pub fn owner(mut self, kind: &str, name: &str) -> Self {
+        self.0.owner = Some(OwnerRef { kind: kind.to_owned(), name: name.to_owned(), uid: format!("uid-{name}") });
+        self
+    }
+
+    /// Marks it host-network.
+    pub fn host_network(mut self) -> Self {
+        self.0.host_network = true;
+        self
+    }
+
+    /// Adds a container id.
+    pub fn container(mut self, id: &str) -> Self {
+        self.0.container_ids.push(id.to_owned());
+        self
+    }
+
+    /// Sets `status.phase`.
+    pub fn phase(mut self, phase: &str) -> Self {
+        self.0.phase = Some(phase.to_owned());
+        self
+    }
+
+    /// The pod.
+    pub fn build(self) -> Pod {
+        self.0
+    }
+}
+
+/// A namespace with labels, its `kubernetes.io/metadata.name` label added
+/// as the API server adds it.
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+    let mut labels: Labels = labels.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+    labels.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
+    Namespace { name: name.to_owned(), labels, resource_version: None }
+}
+
+/// A NetworkPolicy named `name` in `namespace` with `spec`.
+pub fn policy(namespace: &str, name: &str, spec: serde_json::Value) -> NetworkPolicy {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": spec,
+    }))
+    .unwrap_or_else(|error| panic!("NetworkPolicy {namespace}/{name}: {error}"))
+}
+
+/// A ClusterIP service with one unnamed TCP port 80.
+pub fn service(namespace: &str, name: &str, address: &str) -> Service {
+    Service {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        cluster_ips: vec![ip(address)],
+        selector: Labels::new(),
+        ports: vec![ServicePort { name: None, port: 80, protocol: Protocol::TCP, node_port: None }],
+    }
+}
+
+/// The EndpointSlice of Service `namespace/service` with its single port
+/// (unnamed, TCP) at `port` on the ready addresses `ready`.
+pub fn slice(namespace: &str, service: &str, port: u16, ready: &[&str]) -> EndpointSlice {
+    EndpointSlice {
+        namespace: namespace.to_owned(),
+        name: format!("{service}-{}", ready.len()),
+        service: Some(service.to_owned()),
+        ports: vec![ContainerPort { name: None, port, protocol: Protocol::TCP }],
+        ready: ready.iter().map(|address| ip(address)).collect(),
+    }
+}
+
+/// A node with one address.
+pub fn node(name: &str, address: &str) -> Node {
+    Node { name: name.to_owned(), ips: vec![ip(address)], labels: Labels::new() }
+}
