@@ -6,37 +6,19 @@
 //! in from the inventory as it was when the flow started, and for egress to
 //! the world the names the source pod had resolved for the destination (or
 //! `resolved: false`: a direct-IP connection), and for a flow to a Service
-//! the backend it reached ([`crate::backends`]), on a bounded channel; a full
-//! channel drops the batch and counts it.
+//! the backend it reached ([`crate::backends`]). The pipeline's enrich stage
+//! ([`crate::pipeline`]) runs it on each batch.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
-
-use tokio::sync::mpsc;
+use std::sync::Arc;
 
 use crate::{
     FastMap,
     backends::Backends,
     dns::{DnsView, Owner},
     flow::{FlowRecord, LocalEnd, PeerDns},
-    inventory::{CgroupEnd, EndpointKind, Resolver, Snapshot},
+    inventory::{CgroupEnd, EndpointKind, Snapshot},
     node::{AddressSet, NodeAddresses},
 };
-
-/// Counters of the enrich stage.
-#[derive(Debug, Default)]
-pub struct EnrichHealth {
-    /// Records enriched and passed on.
-    pub records: AtomicU64,
-    /// Records dropped because the next stage was full.
-    pub records_dropped: AtomicU64,
-    /// Egress records to the world named from DNS.
-    pub records_named: AtomicU64,
-    /// Egress records to the world whose address the pod never resolved.
-    pub records_direct_ip: AtomicU64,
-}
 
 /// Port of DNS itself: a pod talking to its configured resolver is no
 /// direct-IP connection.
@@ -93,6 +75,12 @@ impl Enricher {
         Self { node_addresses: node.current(), node, ..Self::default() }
     }
 
+    /// An enricher on the node holding `node`'s addresses that resolves
+    /// Service flows with `backends`.
+    pub fn on_node(node: NodeAddresses, backends: Backends) -> Self {
+        Self { backends, ..Self::new(node) }
+    }
+
     /// An enricher that resolves Service flows with `backends`.
     pub fn with_backends(backends: Backends) -> Self {
         Self { backends, ..Self::default() }
@@ -129,48 +117,6 @@ impl Enricher {
         local.endpoint = Some(snapshot.resolve_local_from(cgroup, local.ip, at));
         remote.endpoint = Some(snapshot.resolve_remote_here(remote.ip, at, &self.node_addresses));
         self.backends.resolve(record, snapshot);
-    }
-}
-
-/// Runs the stage until `input` closes, on the node holding `node`'s
-/// addresses. Without a resolver (no inventory), ends are not resolved;
-/// without a DNS view, no names are added; Service flows are resolved with
-/// `backends`.
-pub async fn run(
-    resolver: Option<Resolver>,
-    node: NodeAddresses,
-    dns: Option<DnsView>,
-    backends: Backends,
-    mut input: mpsc::Receiver<Vec<FlowRecord>>,
-    output: mpsc::Sender<Vec<FlowRecord>>,
-    health: Arc<EnrichHealth>,
-) {
-    let mut enricher = Enricher { backends, ..Enricher::new(node) };
-    while let Some(mut batch) = input.recv().await {
-        let snapshot = resolver.as_ref().map(Resolver::snapshot);
-        for record in &mut batch {
-            if let Some(snapshot) = &snapshot {
-                enricher.enrich(record, snapshot);
-            }
-            if let Some(dns) = &dns {
-                match name_remote(record, dns) {
-                    Some(true) => health.records_named.fetch_add(1, Ordering::Relaxed),
-                    Some(false) => health.records_direct_ip.fetch_add(1, Ordering::Relaxed),
-                    None => 0,
-                };
-            }
-        }
-        let count = batch.len() as u64;
-        match output.try_send(batch) {
-            Ok(()) => {
-                health.records.fetch_add(count, Ordering::Relaxed);
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                health.records_dropped.fetch_add(count, Ordering::Relaxed);
-                tracing::warn!(records = count, "export is not keeping up: records dropped after enrichment");
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-        }
     }
 }
 

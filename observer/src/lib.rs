@@ -3,8 +3,9 @@
 //!
 //! Stages, in the order a flow passes them: [`capture`] → [`enrich`]
 //! ([`inventory`]) → judge ([`judge`]: [`policy`], [`intent`], and spikes from
-//! [`anomaly`]) → [`export`] and [`findings`], with [`metrics`] and the HTTP
-//! [`api`] beside them. See `docs/architecture.md`.
+//! [`anomaly`]) → [`export`] and [`findings`], wired in [`pipeline`], with
+//! [`metrics`] reading the judged stream and the HTTP [`api`] answering from
+//! [`health`] beside them. See `docs/architecture.md`.
 
 pub mod anomaly;
 pub mod api;
@@ -14,16 +15,19 @@ pub mod cli;
 pub mod config;
 pub mod conntrack;
 pub mod dns;
+pub mod duration;
 pub mod enrich;
 pub mod export;
 pub mod findings;
 pub mod flow;
 pub mod governance;
+pub mod health;
 pub mod intent;
 pub mod inventory;
 pub mod judge;
 pub mod metrics;
 pub mod node;
+pub mod pipeline;
 pub mod policy;
 pub mod rendered;
 pub mod run;

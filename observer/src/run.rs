@@ -1,6 +1,8 @@
-//! `observer run`: the daemon. Wires the stages (capture → enrich → export,
-//! with DNS messages from capture to the name cache and the DNS log), handles
-//! SIGINT/SIGTERM, and detaches everything on the way out.
+//! `observer run`: the daemon. Opens the logs, starts the inventory, the HTTP
+//! server and capture (with DNS messages from capture to the name cache and
+//! the DNS log), hands capture's records to the [`crate::pipeline`], owns the
+//! daemon's [`Health`], handles SIGINT/SIGTERM, and detaches everything on
+//! the way out.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -14,16 +16,18 @@ use crate::{
     capture::{Capture, CaptureConfig, CaptureHealth, loader, loader::LoadOptions, table::TableConfig},
     config::ObserverConfig,
     dns::{DnsConfig, DnsTracker, DnsView},
-    enrich,
+    duration::parse_duration,
     export::{
-        dnslog, flowlog,
+        dnslog,
         logs::{Logs, RotationArgs},
         sink::Reopen,
     },
+    health::{Health, StallLimits},
     inventory::{Inventory, InventoryArgs, InventoryError},
     judge::stage::{JudgeStage, StageSetup},
     metrics::{Metrics, MetricsArgs, flows},
     node::NodeAddresses,
+    pipeline,
 };
 
 /// Options of `observer run`.
@@ -82,6 +86,11 @@ pub struct RunArgs {
     /// spikes), deduplicated, as JSON lines to this file (appended).
     #[arg(long, value_name = "FILE")]
     pub findings_log: Option<PathBuf>,
+    /// Batches each pipeline stage may queue for the next before it drops
+    /// (and counts) what does not fit: bounds the memory a stalled stage or
+    /// flow-log reader can take (1 to 65536).
+    #[arg(long, default_value_t = pipeline::STAGE_CAPACITY, value_parser = parse_queue_batches)]
+    pub stage_queue_batches: usize,
     /// Configuration file (YAML or JSON): AI tiers, judge, spike detector and
     /// findings settings; see `docs/intents.md`.
     #[arg(long, value_name = "FILE")]
@@ -94,37 +103,6 @@ pub struct RunArgs {
     pub metrics: MetricsArgs,
 }
 
-/// Longest duration a flag takes: 30 days (timers and `poll_interval * 10`
-/// stay far from overflowing).
-pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
-
-/// Parses `500ms`, `2s`, `5m`, `1h`: more than zero, at most [`MAX_DURATION`].
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let too_long = || format!("{text} is longer than the 30 days a duration may be");
-    let number: u64 = match number.parse() {
-        Ok(number) => number,
-        Err(error) if matches!(error.kind(), std::num::IntErrorKind::PosOverflow) => return Err(too_long()),
-        Err(_) => return Err(format!("{text:?} is not a duration like 500ms, 2s, 5m or 1h")),
-    };
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(format!("{text:?} has no unit: use ms, s, m or h")),
-    };
-    let duration = number.checked_mul(millis_per_unit).map(Duration::from_millis).ok_or_else(too_long)?;
-    if duration.is_zero() {
-        return Err("a duration must be more than zero".to_owned());
-    }
-    if duration > MAX_DURATION {
-        return Err(too_long());
-    }
-    Ok(duration)
-}
-
 /// Largest event ring buffer (256 MiB): beyond it the kernel's refusal
 /// would read like a missing feature.
 const MAX_RING_BYTES: u32 = 256 << 20;
@@ -135,6 +113,13 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
         return Err(format!("{bytes} must be a power of two from 4096 to {MAX_RING_BYTES}"));
     }
     Ok(bytes)
+}
+
+fn parse_queue_batches(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(batches) if (1..=65_536).contains(&batches) => Ok(batches),
+        _ => Err(format!("{text:?} is not a number of batches from 1 to 65536")),
+    }
 }
 
 fn parse_cache_size(text: &str) -> Result<usize, String> {
@@ -217,18 +202,22 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     // Every log file is opened now: one that cannot be written stops the start.
     let logs =
         Logs::open(args.flow_log.as_ref(), args.findings_log.as_ref(), args.dns_log.as_ref(), &args.rotation, &reopen)?;
-    let metrics = Metrics::new(args.metrics.config());
-    metrics.attach_sinks(logs.health.clone());
+    // Capture that has not read the flow map for 10 polls (at least 30 s) is
+    // stuck; so is a log file write blocked as long as 10 polls (at least 5 s).
+    let health = Health::new(StallLimits {
+        capture: (args.poll_interval * 10).max(Duration::from_secs(30)),
+        sink: (args.poll_interval * 10).max(Duration::from_secs(5)),
+    });
+    let metrics = Metrics::new(args.metrics.config(), &health);
+    health.attach_sinks(logs.health.clone());
     let flow_log_health = logs.flow.health();
     let Logs { flow: flow_sink, findings: findings_writer, dns: dns_sink, .. } = logs;
     if let Some(addr) = args.metrics.metrics_addr.0 {
         let listener = api::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "serving /metrics, /healthz, /readyz");
-        // Capture that has not read the flow map for 10 polls (at least 30 s) is stuck.
-        let stall_after = (args.poll_interval * 10).max(Duration::from_secs(30));
         tokio::spawn(api::serve(
             listener,
-            api::ApiState { metrics: metrics.clone(), stall_after },
+            api::ApiState { metrics: metrics.clone(), health: health.clone() },
             args.metrics.http,
             shutdown_rx.clone(),
         ));
@@ -237,13 +226,17 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let inventory_args = flows::with_metric_label_keys(&args.inventory, metrics.allowlist());
     let inventory = start_inventory(&inventory_args, shutdown_rx.clone()).await?;
     if let Some(inventory) = &inventory {
-        metrics.expect_inventory();
-        tokio::spawn(metrics.clone().follow_inventory(inventory.clone(), shutdown_rx.clone()));
+        tokio::spawn(pipeline::follow_inventory(
+            inventory.clone(),
+            metrics.clone(),
+            health.clone(),
+            shutdown_rx.clone(),
+        ));
     }
     let resolver = inventory.as_ref().map(Inventory::resolver);
     let node = Arc::clone(&config.node);
     let mut capture = Capture::start(config).context("starting capture")?;
-    metrics.attach_capture(capture.health());
+    health.attach_capture(capture.health());
     let dns_config = DnsConfig { cache_capacity: args.dns_cache_size, grace: args.dns_grace, ..DnsConfig::default() };
     let dns = DnsView::new(&dns_config);
     let dns_writer = match dns_sink {
@@ -257,12 +250,6 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let (captured_tx, captured_rx) = mpsc::channel(STAGE_CAPACITY);
-    let (enriched_tx, enriched_rx) = mpsc::channel(STAGE_CAPACITY);
-    let (judged_tx, judged_rx) = mpsc::channel(STAGE_CAPACITY);
-    let (metered_tx, metered_rx) = mpsc::channel(STAGE_CAPACITY);
-    let enrich_health = Arc::new(enrich::EnrichHealth::default());
-    let name_labels = Arc::clone(dns.labels());
     let node_addresses = match NodeAddresses::watch(shutdown_rx.clone()) {
         Ok((addresses, task)) => {
             tokio::spawn(task);
@@ -276,15 +263,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     // Opened here, in the observer's own network namespace: conntrack is per
     // namespace, and a node agent runs in the node's.
     let backends = Backends::open(observer_config.intents.metadata_addresses.clone(), metrics.service_counters());
-    let enricher = tokio::spawn(enrich::run(
-        resolver,
-        node_addresses,
-        Some(dns),
-        backends,
-        captured_rx,
-        enriched_tx,
-        Arc::clone(&enrich_health),
-    ));
+    // One edge-label builder for the meter and the judge's spikes: a named
+    // destination by its domain in both.
+    let edges = flows::EdgeOf::new(metrics.allowlist().clone()).with_names(Arc::clone(dns.labels()));
     let judge = match inventory {
         Some(inventory) => {
             let setup = StageSetup {
@@ -298,22 +279,31 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                     (None, true) => Some(node_name(&args)),
                     (None, false) => None,
                 },
-                capture_health: capture.health(),
+                health: health.clone(),
                 metrics: Some(metrics.clone()),
+                edges: edges.clone(),
             };
-            let stage = JudgeStage::new(setup).context("starting the judge")?;
-            tokio::spawn(stage.run(enriched_rx, judged_tx))
+            Some(JudgeStage::new(setup).context("starting the judge")?)
         }
         None => {
             if findings_writer.is_some() {
                 tracing::warn!("no inventory, so nothing is judged: the findings log stays empty");
             }
-            tokio::spawn(pass_through(enriched_rx, judged_tx))
+            None
         }
     };
-    let edges = flows::EdgeOf::new(metrics.allowlist().clone()).with_names(name_labels);
-    let meter = tokio::spawn(flows::meter(metrics, edges, judged_rx, metered_tx));
-    let writer = tokio::spawn(flowlog::write(flow_sink, metered_rx));
+    let (captured, stages) = pipeline::start(pipeline::Stages {
+        health: health.clone(),
+        metrics,
+        edges,
+        resolver,
+        node: node_addresses,
+        dns: Some(dns),
+        backends,
+        judge,
+        flow_log: flow_sink,
+        queue_batches: args.stage_queue_batches,
+    });
     tokio::spawn(async move {
         match shutdown_signal().await {
             Ok(signal) => tracing::info!(signal, "stopping"),
@@ -321,39 +311,23 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         }
         let _ = shutdown_tx.send(true);
     });
-    let health: Arc<CaptureHealth> = capture.health();
-    capture.run(captured_tx, shutdown_rx).await;
-    enricher.await.context("enrich task panicked")?;
-    judge.await.context("judge task panicked")?;
-    meter.await.context("metering task panicked")?;
-    let written = writer.await.context("flow log task panicked")?.context("flow log writer panicked")?;
+    let capture_health: Arc<CaptureHealth> = capture.health();
+    capture.run(captured, shutdown_rx).await;
+    let written = stages.join().await?;
     if let Some(dns_writer) = dns_writer {
         let entries = dns_writer.await.context("DNS log task panicked")?.context("DNS log writer panicked")?;
         tracing::info!(entries, "DNS log closed");
     }
     tracing::info!(
         records = written,
-        records_dropped = flow_log_health.dropped(),
-        events_lost = health.events_lost.load(std::sync::atomic::Ordering::Relaxed),
+        records_dropped = %health.drops().snapshot(),
+        lines_dropped = flow_log_health.dropped(),
+        events_lost = capture_health.events_lost.load(std::sync::atomic::Ordering::Relaxed),
         "flow log closed; kernel programs detached"
     );
     Ok(())
 }
 
-/// Without an inventory there is nothing to judge: records go straight on.
-async fn pass_through(
-    mut input: mpsc::Receiver<Vec<crate::flow::FlowRecord>>,
-    output: mpsc::Sender<Vec<crate::flow::FlowRecord>>,
-) {
-    while let Some(batch) = input.recv().await {
-        if output.send(batch).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Batches a stage may queue for the next one before dropping.
-const STAGE_CAPACITY: usize = 1024;
 /// DNS log entries queued for the writer before dropping.
 const DNS_LOG_CAPACITY: usize = 8192;
 
@@ -421,15 +395,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_with_units_only() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("5").is_err());
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("s").is_err());
-    }
-
-    #[test]
     fn ring_size_must_be_a_power_of_two() {
         assert_eq!(parse_ring_size("8388608"), Ok(8 << 20));
         assert!(parse_ring_size("5000").is_err());
@@ -437,14 +402,12 @@ mod tests {
 
     #[test]
     fn huge_values_are_refused_not_wrapped() {
-        for text in ["99999999999999999999s", "307445734561825861m", "5124095576030432h", "31d", "721h", "2592001s"] {
-            assert!(parse_duration(text).is_err(), "{text}");
-        }
-        assert_eq!(parse_duration("720h"), Ok(MAX_DURATION));
-        assert!(parse_duration("99999999999999999999s").is_err_and(|error| error.contains("30 days")));
         assert!(parse_ring_size("2147483648").is_err(), "2 GiB ring");
         assert_eq!(parse_ring_size("268435456"), Ok(MAX_RING_BYTES));
         assert!(parse_cache_size("0").is_err());
+        assert!(parse_queue_batches("0").is_err());
+        assert!(parse_queue_batches("65537").is_err());
+        assert_eq!(parse_queue_batches("4"), Ok(4));
         assert!(parse_cache_size("18446744073709551615").is_err());
         let parse = |args: &[&str]| {
             #[derive(clap::Parser)]

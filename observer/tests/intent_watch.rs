@@ -6,20 +6,16 @@
 
 mod inventory_support;
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use inventory_support::{FLOW_INTENTS, FakeApi, NAMESPACES, eventually, namespace};
 use observer::{
-    capture::CaptureHealth,
     config::ObserverConfig,
+    health::Health,
     inventory::{Inventory, InventoryConfig, Resource},
-    judge::stage::{JudgeHealth, JudgeStage, StageSetup},
+    judge::stage::{JudgeStage, StageSetup},
+    metrics::{Metrics, MetricsConfig, flows::EdgeOf},
+    pipeline::{driver::drive, judge::Judging},
 };
 use serde_json::{Value, json};
 
@@ -32,13 +28,17 @@ fn limit(name: &str, rate: u32) -> Value {
     })
 }
 
-fn load(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
-}
-
-/// What the judge compiled at its latest rebuild: (intents, invalid objects).
-fn compiled(health: &JudgeHealth) -> (u64, u64) {
-    (load(&health.intents), load(&health.invalid))
+/// What the judge compiled at its latest rebuild, as its metrics say:
+/// (intents loaded, objects left out as invalid).
+fn compiled(metrics: &Metrics) -> (u64, u64) {
+    let exposition = metrics.encode();
+    let gauge = |name: &str| {
+        exposition
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {exposition}"))
+    };
+    (gauge("flow_observer_intents_loaded"), gauge("flow_observer_objects_invalid"))
 }
 
 /// The rate of intent `name` in the inventory's latest snapshot.
@@ -67,32 +67,34 @@ async fn intents_added_changed_deleted_and_relisted_reach_the_judge_through_the_
     assert_eq!(loaded.intents[0].metadata.managed_fields, None, "trimmed on arrival");
     assert_eq!(inventory.status().resources[&Resource::FlowIntents].objects, 1);
 
+    let health = Health::default();
+    let metrics = Metrics::new(MetricsConfig::default(), &health);
     let stage = JudgeStage::new(StageSetup {
         inventory: inventory.clone(),
         config: ObserverConfig::default(),
         findings_log: None,
         node: None,
-        capture_health: Arc::new(CaptureHealth::default()),
-        metrics: None,
+        health: health.clone(),
+        metrics: Some(metrics.clone()),
+        edges: EdgeOf::new(Default::default()),
     })
     .expect("judge stage");
-    let health = stage.health();
-    assert_eq!(compiled(&health), (1, 0), "compiled from the first snapshot");
+    assert_eq!(compiled(&metrics), (1, 0), "compiled from the first snapshot");
     let (records, input) = tokio::sync::mpsc::channel(1);
     let (output, _judged) = tokio::sync::mpsc::channel(1);
-    let judge = tokio::spawn(stage.run(input, output));
+    let judge = tokio::spawn(drive(Judging::new(stage), input, Vec::new(), output, health));
 
     // Added by watch.
     eventually(Duration::from_secs(2), "the intents watch open", || !api.watches(FLOW_INTENTS).is_empty()).await;
     api.apply(FLOW_INTENTS, limit("tools", 30));
-    eventually(Duration::from_secs(5), "the added intent compiled", || compiled(&health) == (2, 0)).await;
+    eventually(Duration::from_secs(5), "the added intent compiled", || compiled(&metrics) == (2, 0)).await;
     // Changed by watch: to a rate the judge refuses.
     api.apply(FLOW_INTENTS, limit("tools", 0));
-    eventually(Duration::from_secs(5), "the changed intent refused", || compiled(&health) == (1, 1)).await;
+    eventually(Duration::from_secs(5), "the changed intent refused", || compiled(&metrics) == (1, 1)).await;
     assert_eq!(rate(&inventory, "tools"), Some(0));
     // Deleted by watch.
     api.delete(FLOW_INTENTS, limit("tools", 0));
-    eventually(Duration::from_secs(5), "the deleted intent gone", || compiled(&health) == (1, 0)).await;
+    eventually(Duration::from_secs(5), "the deleted intent gone", || compiled(&metrics) == (1, 0)).await;
     assert_eq!(rate(&inventory, "tools"), None);
 
     // Changed while the watch missed it: the `410 Gone` relist finds it.
@@ -100,7 +102,7 @@ async fn intents_added_changed_deleted_and_relisted_reach_the_judge_through_the_
     api.apply_unseen(FLOW_INTENTS, limit("agents", 0));
     api.apply_unseen(FLOW_INTENTS, limit("models", 60));
     api.expire(FLOW_INTENTS);
-    eventually(Duration::from_secs(10), "the relisted intents compiled", || compiled(&health) == (1, 1)).await;
+    eventually(Duration::from_secs(10), "the relisted intents compiled", || compiled(&metrics) == (1, 1)).await;
     assert_eq!((rate(&inventory, "agents"), rate(&inventory, "models")), (Some(0), Some(60)));
     assert_eq!(api.lists(FLOW_INTENTS), lists + 1, "one relist");
     assert_eq!(inventory.status().resources[&Resource::FlowIntents].errors, 1, "the 410 is counted");

@@ -12,7 +12,7 @@ use std::{
 
 use observer::{
     backends::Backends,
-    capture::{CaptureHealth, build_record, clock::Clock, table::Emission},
+    capture::{build_record, clock::Clock, table::Emission},
     config::ObserverConfig,
     enrich::Enricher,
     findings::FindingsWriter,
@@ -92,19 +92,27 @@ async fn a_spike_after_a_rollout_names_it_and_is_measured_against_the_old_revisi
     observer_config.spikes.cooldown_windows = 600;
     observer_config.spikes.after_rollout_seconds = 120;
     let findings = dir.path().join("findings.jsonl");
-    let metrics = Metrics::new(MetricsConfig::default());
+    let health = observer::health::Health::default();
+    let metrics = Metrics::new(MetricsConfig::default(), &health);
     let stage = JudgeStage::new(StageSetup {
         inventory: inventory.clone(),
         config: observer_config,
         findings_log: Some(FindingsWriter::open(&findings).expect("findings log")),
         node: None,
-        capture_health: Arc::new(CaptureHealth::default()),
+        health: health.clone(),
         metrics: Some(metrics.clone()),
+        edges: observer::metrics::flows::EdgeOf::new(Default::default()),
     })
     .expect("judge stage");
     let (input, input_rx) = mpsc::channel(16);
     let (output_tx, mut output) = mpsc::channel(16);
-    let running = tokio::spawn(stage.run(input_rx, output_tx));
+    let running = tokio::spawn(observer::pipeline::driver::drive(
+        observer::pipeline::judge::Judging::new(stage),
+        input_rx,
+        Vec::new(),
+        output_tx,
+        health,
+    ));
     let mut enricher = Enricher::with_backends(Backends::new(None, Vec::new(), ServiceCounters::default()));
     let mut flow = 0;
     let mut send = async |records: Vec<FlowRecord>| {

@@ -12,7 +12,7 @@ use std::{
 
 use observer::{
     backends::{Backends, Lookup},
-    capture::{CaptureHealth, build_record, clock::Clock, table::Emission},
+    capture::{build_record, clock::Clock, table::Emission},
     config::ObserverConfig,
     conntrack::{ConntrackError, Tuple},
     enrich::Enricher,
@@ -148,8 +148,9 @@ fn service_flows_are_judged_at_their_backends_through_the_stages() {
         config: ObserverConfig::default(),
         findings_log: None,
         node: None,
-        capture_health: Arc::new(CaptureHealth::default()),
+        health: observer::health::Health::default(),
         metrics: None,
+        edges: observer::metrics::flows::EdgeOf::new(Default::default()),
     })
     .expect("judge stage");
     let mut records = vec![

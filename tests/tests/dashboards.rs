@@ -549,6 +549,18 @@ fn every_dashboard_panel_shows_what_the_traffic_did() {
             ("Observers up", "A") => expect.exactly(&[(&[], 2.0)]),
             ("Observers up", "B") => expect.exactly(&[(&[], 0.0)]),
             ("Nodes counting TCP per packet", _) => expect.exactly(&[(&[], 0.0)]),
+            // Dropped records by node and stage: every stage's series is
+            // exposed (at zero) from the start.
+            ("Ring-buffer events lost and records dropped", "B") => expect.exactly(&[
+                (&[("node", "node-a"), ("stage", "capture")], 0.0),
+                (&[("node", "node-a"), ("stage", "enrich")], 0.0),
+                (&[("node", "node-a"), ("stage", "judge")], 0.0),
+                (&[("node", "node-a"), ("stage", "export")], 0.0),
+                (&[("node", "node-b"), ("stage", "capture")], 0.0),
+                (&[("node", "node-b"), ("stage", "enrich")], 0.0),
+                (&[("node", "node-b"), ("stage", "judge")], 0.0),
+                (&[("node", "node-b"), ("stage", "export")], 0.0),
+            ]),
             ("Ring-buffer events lost and records dropped", _) | ("Flow map fill", "B") => {
                 expect.exactly(&[(&[("node", "node-a")], 0.0), (&[("node", "node-b")], 0.0)])
             }

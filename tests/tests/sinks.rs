@@ -68,6 +68,16 @@ fn sample(addr: SocketAddr, series: &str) -> Option<f64> {
     body.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }
 
+/// The sum of every sample in `/metrics` whose series starts with `prefix`
+/// (a family's series over one label's values).
+fn sample_sum(addr: SocketAddr, prefix: &str) -> f64 {
+    let Ok((_, body)) = http_get(addr, "/metrics") else { return 0.0 };
+    body.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn start_fails(args: &[&str]) -> String {
     match ObserverProcess::start(args) {
         Ok(process) => {
@@ -156,7 +166,7 @@ fn a_full_disk_is_counted_reported_and_recovered_from_without_a_cut_line() {
     assert_eq!(http_get(addr, "/healthz").expect("healthz").0, 200);
     let filler = tmpfs.fill("filler").expect("fill");
 
-    let dropped = || sample(addr, "flow_observer_records_dropped_total{stage=\"export\"}").unwrap_or(0.0);
+    let dropped = || sample_sum(addr, "flow_observer_records_dropped_total{stage=\"export\",");
     assert!(connect_until(&lab, || dropped() > 0.0), "no export drop counted on a full disk");
     let (status, body) = http_get(addr, "/healthz").expect("healthz");
     assert_eq!(status, 503, "{body}");

@@ -601,7 +601,9 @@ fn health_dashboard() -> Value {
             panel(
                 "timeseries",
                 "Ring-buffer events lost and records dropped",
-                "Events the kernel could not queue, records the pipeline dropped: flows reported late or missing.",
+                "Events the kernel could not queue, records each pipeline stage dropped (capture, enrich, judge: \
+                 the next stage was not keeping up; export: the flow log could not be written), and new flows the \
+                 judge could not track: flows reported late, missing, or judged without their starting verdict.",
                 [6, 0, 9, 8],
                 "ops",
                 vec![
@@ -612,8 +614,13 @@ fn health_dashboard() -> Value {
                     ),
                     series(
                         "B",
-                        format!("sum by (node) (rate(flow_observer_records_dropped_total{{{job}}}[{RATE}]))"),
-                        "dropped {{node}}",
+                        format!("sum by (node, stage) (rate(flow_observer_records_dropped_total{{{job}}}[{RATE}]))"),
+                        "dropped {{node}} {{stage}}",
+                    ),
+                    series(
+                        "C",
+                        format!("sum by (node) (rate(flow_observer_judge_flows_untracked_total{{{job}}}[{RATE}]))"),
+                        "untracked {{node}}",
                     ),
                 ],
             ),

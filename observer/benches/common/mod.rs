@@ -14,7 +14,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc};
 use observer::{
     backends::Backends,
     capture::{
-        CaptureHealth, build_record,
+        build_record,
         clock::{Clock, monotonic_ns},
         table::{Emission, FlowTable, TableConfig},
     },
@@ -153,7 +153,7 @@ impl Pipeline {
         std::fs::write(&file, cluster(size).to_string()).expect("write manifests");
         std::fs::write(dir.join("services.json"), service_manifests(size, servers).to_string())
             .expect("write services");
-        let metrics = Metrics::new(MetricsConfig::default());
+        let metrics = Metrics::new(MetricsConfig::default(), &observer::health::Health::default());
         let mut config = InventoryConfig::default();
         config.label_keys.push(TIER_LABEL.to_owned());
         let (inventory, reload) = Inventory::standalone(vec![dir.clone()], config);
@@ -165,8 +165,9 @@ impl Pipeline {
             config: ObserverConfig::default(),
             findings_log: None,
             node: None,
-            capture_health: Arc::new(CaptureHealth::default()),
+            health: observer::health::Health::default(),
             metrics: Some(metrics.clone()),
+            edges: EdgeOf::new(metrics.allowlist().clone()),
         })
         .expect("judge stage");
         let cgroup_paths =

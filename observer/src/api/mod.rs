@@ -1,11 +1,12 @@
 //! The HTTP API: `/metrics`, `/healthz`, `/readyz`.
 //!
-//! In: the shared [`Metrics`] (series, capture health, inventory sync).
-//! Out: HTTP/1.1 answers on the configured address: the OpenMetrics
-//! exposition, liveness (the process answers and capture has read the flow
-//! map recently) and readiness (programs attached, flow map read at least
-//! once, inventory synced when one is configured, and every log file
-//! writable).
+//! In: the shared [`Metrics`] (series) and the daemon's [`Health`]
+//! (capture, log files, inventory sync). Out: HTTP/1.1 answers on the
+//! configured address: the OpenMetrics exposition, liveness (capture has
+//! read the flow map recently, every log file is written and no write to
+//! one is stalled) and readiness (programs attached, flow map read at least
+//! once, inventory synced and fresh when one is configured), both as
+//! [`Health`] says.
 //!
 //! The server is bounded so that idle or slow clients cannot take the
 //! process's descriptors: at most `--metrics-max-connections` connections at
@@ -38,7 +39,10 @@ use tokio::{
     sync::{Semaphore, watch},
 };
 
-use crate::metrics::{CONTENT_TYPE as OPENMETRICS, Metrics, capture::last_poll_age};
+use crate::{
+    health::Health,
+    metrics::{CONTENT_TYPE as OPENMETRICS, Metrics},
+};
 
 /// Errors of the HTTP server.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +61,10 @@ pub enum ApiError {
 /// What the endpoints answer from.
 #[derive(Clone, Debug)]
 pub struct ApiState {
-    /// The metrics, capture health and inventory state.
+    /// The series.
     pub metrics: Metrics,
-    /// `/healthz` fails when capture has not read the flow map for this long.
-    pub stall_after: Duration,
+    /// Liveness and readiness.
+    pub health: Health,
 }
 
 /// How many clients the server takes and for how long (`observer run` options).
@@ -90,7 +94,7 @@ pub struct HttpLimits {
 /// A duration of at most an hour: longer would let idle clients hold
 /// descriptors for good.
 fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
-    let duration = crate::run::parse_duration(text)?;
+    let duration = crate::duration::parse_duration(text)?;
     if duration > Duration::from_secs(3600) {
         return Err(format!("{text:?} is longer than the most, 1h"));
     }
@@ -234,69 +238,15 @@ pub fn respond(state: &ApiState, method: &Method, path: &str) -> Response<Full<B
             response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
             response
         }
-        "/healthz" => match liveness(state) {
+        "/healthz" => match state.health.liveness() {
             Ok(message) => text(StatusCode::OK, message),
             Err(message) => text(StatusCode::SERVICE_UNAVAILABLE, message),
         },
-        "/readyz" => match readiness(&state.metrics) {
+        "/readyz" => match state.health.readiness() {
             Ok(message) => text(StatusCode::OK, message),
             Err(message) => text(StatusCode::SERVICE_UNAVAILABLE, message),
         },
         _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
-    }
-}
-
-/// Alive unless capture, once attached, has stopped reading the flow map,
-/// and every log file can be written.
-fn liveness(state: &ApiState) -> Result<String, String> {
-    let failing: String = state
-        .metrics
-        .sinks()
-        .iter()
-        .filter_map(|sink| {
-            let (reason, since) = sink.failure()?;
-            Some(format!("{} failing for {}s: {reason}\n", sink.describe(), since.as_secs()))
-        })
-        .collect();
-    match capture_liveness(state) {
-        Ok(_) if !failing.is_empty() => Err(failing),
-        Ok(message) => Ok(message),
-        Err(message) => Err(message + &failing),
-    }
-}
-
-/// Alive unless capture, once attached, has stopped reading the flow map.
-fn capture_liveness(state: &ApiState) -> Result<String, String> {
-    let Some(health) = state.metrics.capture_health() else {
-        return Ok("ok: starting\n".to_owned());
-    };
-    match last_poll_age(health) {
-        // Attached but not polled yet: starting.
-        None => Ok("ok: capture attached\n".to_owned()),
-        Some(age) if age <= state.stall_after.as_secs_f64() => Ok(format!("ok: flow map read {age:.1}s ago\n")),
-        Some(age) => {
-            Err(format!("capture stalled: flow map last read {age:.1}s ago (limit {}s)\n", state.stall_after.as_secs()))
-        }
-    }
-}
-
-/// Ready once the programs are attached, the flow map has been read, and the
-/// inventory (if one is configured) has synced.
-fn readiness(metrics: &Metrics) -> Result<String, String> {
-    let Some(health) = metrics.capture_health() else {
-        return Err("not ready: kernel programs not attached yet\n".to_owned());
-    };
-    if last_poll_age(health).is_none() {
-        return Err("not ready: flow map not read yet\n".to_owned());
-    }
-    match metrics.inventory_synced() {
-        Some(false) => Err("not ready: inventory has not finished its first sync\n".to_owned()),
-        Some(true) if metrics.inventory_stale() => Err(
-            "not ready: inventory stale (its source has been failing past the threshold; the last good state stays in force)\n"
-                .to_owned(),
-        ),
-        Some(true) => Ok("ready: capture attached, inventory synced\n".to_owned()),
-        None => Ok("ready: capture attached\n".to_owned()),
     }
 }
 
@@ -310,11 +260,17 @@ mod tests {
     use crate::{
         capture::{CaptureHealth, clock::monotonic_ns},
         export::sink::{LineSink, Reopen, Rotation, SinkName, Target},
-        metrics::{InventoryState, MetricsConfig},
+        health::StallLimits,
+        metrics::MetricsConfig,
     };
 
     fn state() -> ApiState {
-        ApiState { metrics: Metrics::new(MetricsConfig::default()), stall_after: Duration::from_secs(30) }
+        state_with(StallLimits::default())
+    }
+
+    fn state_with(limits: StallLimits) -> ApiState {
+        let health = Health::new(limits);
+        ApiState { metrics: Metrics::new(MetricsConfig::default(), &health), health }
     }
 
     async fn get(state: &ApiState, path: &str) -> (StatusCode, String) {
@@ -327,24 +283,23 @@ mod tests {
     #[tokio::test]
     async fn readiness_follows_capture_and_inventory() {
         let state = state();
-        state.metrics.expect_inventory();
+        state.health.expect_inventory();
         assert_eq!(get(&state, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
         let health = Arc::new(CaptureHealth::default());
-        state.metrics.attach_capture(Arc::clone(&health));
+        state.health.attach_capture(Arc::clone(&health));
         assert!(get(&state, "/readyz").await.1.contains("flow map not read"));
         health.last_poll_ns.store(monotonic_ns(), Ordering::Relaxed);
         let (status, body) = get(&state, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("inventory"), "{body}");
-        state.metrics.set_inventory(&InventoryState { source: "cluster".into(), synced: true, ..Default::default() });
+        state.health.set_inventory(true, false);
         assert_eq!(get(&state, "/readyz").await.0, StatusCode::OK);
         // A stale source makes the node not ready, and it is ready again on recovery.
-        let stale = InventoryState { source: "standalone".into(), synced: true, stale: true, ..Default::default() };
-        state.metrics.set_inventory(&stale);
+        state.health.set_inventory(true, true);
         let (status, body) = get(&state, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("stale"), "{body}");
-        state.metrics.set_inventory(&InventoryState { stale: false, ..stale });
+        state.health.set_inventory(true, false);
         assert_eq!(get(&state, "/readyz").await.0, StatusCode::OK);
     }
 
@@ -353,7 +308,7 @@ mod tests {
         let state = state();
         assert_eq!(get(&state, "/healthz").await.0, StatusCode::OK);
         let health = Arc::new(CaptureHealth::default());
-        state.metrics.attach_capture(Arc::clone(&health));
+        state.health.attach_capture(Arc::clone(&health));
         health.last_poll_ns.store(monotonic_ns(), Ordering::Relaxed);
         assert_eq!(get(&state, "/healthz").await.0, StatusCode::OK);
         health.last_poll_ns.store(monotonic_ns().saturating_sub(31_000_000_000), Ordering::Relaxed);
@@ -394,13 +349,68 @@ mod tests {
         let path = dir.path().join("dns.jsonl");
         let sink = LineSink::open(SinkName::DnsLog, Target::File(path.clone()), Rotation::OFF, Reopen::default())
             .expect("opens");
-        state.metrics.attach_sinks(vec![sink.health()]);
+        state.health.attach_sinks(vec![sink.health()]);
         assert_eq!(get(&state, "/healthz").await.0, StatusCode::OK);
         sink.health().fail("writing failed: No space left on device (os error 28)".to_owned());
         let (status, body) = get(&state, "/healthz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains(&format!("dns_log {} failing", path.display())), "{body}");
         assert!(body.contains("No space left on device"), "{body}");
+    }
+
+    /// A flow log on a pipe whose reader stopped reading: the write blocks,
+    /// `/healthz` says the sink is stalled (and the metric how long), and
+    /// both recover once the reader drains the pipe.
+    #[tokio::test]
+    async fn liveness_names_a_stalled_log_file_and_recovers() {
+        use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+        let state = state_with(StallLimits { sink: Duration::from_millis(200), ..StallLimits::default() });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("flows.fifo");
+        let path = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+        let mut reader =
+            std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).expect("reader");
+        let mut sink = LineSink::open(SinkName::FlowLog, Target::File(fifo.clone()), Rotation::OFF, Reopen::default())
+            .expect("opens");
+        state.health.attach_sinks(vec![sink.health()]);
+        assert_eq!(get(&state, "/healthz").await.0, StatusCode::OK);
+        // More than the pipe holds: the write blocks until the reader reads.
+        let mut line = vec![b'x'; 1 << 20];
+        line.push(b'\n');
+        let writer = std::thread::spawn(move || sink.write(&line, 1));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let body = loop {
+            let (status, body) = get(&state, "/healthz").await;
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                break body;
+            }
+            assert!(Instant::now() < deadline, "no stall reported: {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(body.contains(&format!("flow_log {} stalled", fifo.display())), "{body}");
+        let exposition = state.metrics.encode();
+        let blocked = exposition
+            .lines()
+            .find_map(|line| line.strip_prefix("flow_observer_sink_write_blocked_seconds{sink=\"flow_log\"} "))
+            .and_then(|value| value.parse::<f64>().ok())
+            .expect("the blocked gauge");
+        assert!(blocked >= 0.2, "{exposition}");
+        let mut drained = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while !writer.is_finished() || drained < (1 << 20) + 1 {
+            match reader.read(&mut buf) {
+                Ok(read) => drained += read,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(error) => panic!("reading the pipe: {error}"),
+            }
+            assert!(Instant::now() < deadline + Duration::from_secs(10), "the write never finished");
+        }
+        assert_eq!(writer.join().expect("writer"), 0, "nothing dropped: the write only waited");
+        assert_eq!(drained, (1 << 20) + 1);
+        assert_eq!(get(&state, "/healthz").await.0, StatusCode::OK);
+        assert!(state.metrics.encode().contains("flow_observer_sink_write_blocked_seconds{sink=\"flow_log\"} 0.0\n"));
     }
 
     /// Two slots, 500 ms: two idle clients hold both, so a third is served

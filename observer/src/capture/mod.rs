@@ -32,10 +32,7 @@ use aya::{
 use observer_common::{
     COUNTED_SOCKET, Counter, DnsEvent, EVENT_DNS, Event, FlowKey, FlowStats, INITIATOR_LOCAL, names, tcp_flags,
 };
-use tokio::{
-    io::unix::AsyncFd,
-    sync::{mpsc, watch},
-};
+use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::dns::DnsTracker;
 use crate::error_chain;
@@ -279,8 +276,15 @@ impl Capture {
     }
 
     /// Reads events and polls the flow map until `shutdown` turns true, then
-    /// ends every flow and returns. Dropping `self` afterwards detaches.
-    pub async fn run(mut self, sink: mpsc::Sender<Vec<FlowRecord>>, mut shutdown: watch::Receiver<bool>) {
+    /// ends every flow and returns; each poll's records go to `sink`, which
+    /// says whether the next stage took them (the pipeline's hand-off, which
+    /// drops and counts by event when it cannot). Dropping `self` afterwards
+    /// detaches.
+    pub async fn run(
+        mut self,
+        mut sink: impl FnMut(Vec<FlowRecord>) -> bool + Send,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(self.config.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The kernel wakes us only when the ring is a quarter full; below
@@ -321,7 +325,7 @@ impl Capture {
                     self.read_events(&mut out);
                     self.poll();
                     self.table.flush(monotonic_ns(), &mut out, &mut delete);
-                    self.finish_batch(&sink, &mut out, &mut delete);
+                    self.finish_batch(&mut sink, &mut out, &mut delete);
                     if let Some(dns) = &mut self.dns {
                         dns.tick(std::time::SystemTime::now());
                     }
@@ -332,7 +336,7 @@ impl Capture {
         self.poll();
         self.table.flush(monotonic_ns(), &mut out, &mut delete);
         self.table.drain(&mut out);
-        self.finish_batch(&sink, &mut out, &mut delete);
+        self.finish_batch(&mut sink, &mut out, &mut delete);
         let dns = self.dns.take().map(|mut dns| {
             dns.finish();
             dns.view().health().snapshot()
@@ -470,7 +474,7 @@ impl Capture {
 
     fn finish_batch(
         &mut self,
-        sink: &mpsc::Sender<Vec<FlowRecord>>,
+        sink: &mut impl FnMut(Vec<FlowRecord>) -> bool,
         out: &mut Vec<Emission>,
         delete: &mut Vec<FlowKey>,
     ) {
@@ -501,14 +505,10 @@ impl Capture {
         let time = SystemTime::now();
         let batch: Vec<FlowRecord> = out.drain(..).map(|emission| self.record(&emission, time)).collect();
         let count = batch.len() as u64;
-        match sink.try_send(batch) {
-            Ok(()) => {
-                health.records_sent.fetch_add(count, Ordering::Relaxed);
-            }
-            Err(error) => {
-                health.records_dropped.fetch_add(count, Ordering::Relaxed);
-                tracing::warn!(records = count, reason = %error, "next stage is not keeping up: records dropped");
-            }
+        if sink(batch) {
+            health.records_sent.fetch_add(count, Ordering::Relaxed);
+        } else {
+            health.records_dropped.fetch_add(count, Ordering::Relaxed);
         }
     }
 

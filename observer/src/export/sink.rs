@@ -135,6 +135,9 @@ pub struct SinkHealth {
     written: AtomicU64,
     dropped: AtomicU64,
     rotations: AtomicU64,
+    /// CLOCK_MONOTONIC nanoseconds at which the write in progress started;
+    /// 0 between writes.
+    write_started_ns: AtomicU64,
     /// The latest failure and since when the sink has been failing.
     failure: Mutex<Option<(String, Instant)>>,
 }
@@ -148,6 +151,7 @@ impl SinkHealth {
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             rotations: AtomicU64::new(0),
+            write_started_ns: AtomicU64::new(0),
             failure: Mutex::new(None),
         }
     }
@@ -175,6 +179,14 @@ impl SinkHealth {
     /// Times the file was rotated for its size.
     pub fn rotations(&self) -> u64 {
         self.rotations.load(Ordering::Relaxed)
+    }
+
+    /// How long the write in progress has been blocked; `None` between
+    /// writes.
+    pub fn blocked_for(&self) -> Option<std::time::Duration> {
+        let started = self.write_started_ns.load(Ordering::Relaxed);
+        (started != 0)
+            .then(|| std::time::Duration::from_nanos(crate::capture::clock::monotonic_ns().saturating_sub(started)))
     }
 
     /// Why it is failing and for how long; `None` while up.
@@ -322,10 +334,22 @@ impl LineSink {
 
     /// Appends `lines` (`count` whole lines, each ending in `\n`); what
     /// cannot be written is counted as dropped and the sink marked failing.
-    pub fn write(&mut self, lines: &[u8], count: u64) {
+    /// Returns how many lines this call dropped (the last ones of `lines`,
+    /// or a line an earlier write cut and this one could not finish). While
+    /// it runs the sink counts as blocked ([`SinkHealth::blocked_for`]), so
+    /// a write that never returns shows as a stalled sink.
+    pub fn write(&mut self, lines: &[u8], count: u64) -> u64 {
         if lines.is_empty() {
-            return;
+            return 0;
         }
+        let before = self.health.dropped();
+        self.health.write_started_ns.store(crate::capture::clock::monotonic_ns().max(1), Ordering::Relaxed);
+        self.write_lines(lines, count);
+        self.health.write_started_ns.store(0, Ordering::Relaxed);
+        self.health.dropped().saturating_sub(before)
+    }
+
+    fn write_lines(&mut self, lines: &[u8], count: u64) {
         self.reopen_if_asked();
         if let Err(error) = self.finish_partial() {
             self.dropped(count, &error, "writing");

@@ -97,6 +97,7 @@ impl OpenFlows {
     }
 
     /// How many flows are tracked.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.flows.len()
     }

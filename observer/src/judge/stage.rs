@@ -2,10 +2,11 @@
 //!
 //! In: enriched flow records, inventory snapshots (with the NetworkPolicies,
 //! ClusterNetworkPolicies and FlowIntents they hold, recompiled at each new
-//! snapshot, in both inventory modes alike), and capture's health
-//! counters (for coverage). Out: the same records, each with its verdict, on a
-//! bounded channel (a full one drops the batch and counts it); findings (flows
-//! that break policy or intent, unprotected AI-tier pods, spikes)
+//! snapshot, in both inventory modes alike), and capture's health counters
+//! and every stage's drops (for coverage, from the daemon's [`Health`]). Out:
+//! the same records, each with its verdict (the pipeline's judge stage,
+//! [`crate::pipeline`], drives it and hands them on); findings (flows that
+//! break policy or intent, unprotected AI-tier pods, spikes)
 //! deduplicated and written to the findings log with the coverage they were
 //! observed under.
 //!
@@ -23,14 +24,11 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -43,10 +41,10 @@ use super::{
 use crate::{
     FastMap,
     anomaly::{self, EdgeHandle, EdgeKey, Spike, SpikeDetector},
-    capture::CaptureHealth,
     config::ObserverConfig,
     findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter},
     flow::{FlowRecord, LocalEnd, RecordEvent},
+    health::Health,
     intent::{FlowEnd, IntentIndex, Tiers},
     inventory::{Endpoint, EndpointKind, Inventory, Snapshot},
     metrics::{FindingLabels, Metrics, WorkloadLabels, bounded::Series, flows::EdgeOf},
@@ -64,32 +62,14 @@ pub struct StageSetup {
     /// Only pods on this node are checked for protection (`None`: every pod,
     /// as in standalone mode).
     pub node: Option<String>,
-    /// Capture's counters, for coverage.
-    pub capture_health: Arc<CaptureHealth>,
+    /// The daemon's health: every loss so far, for coverage; where the
+    /// flows the judge cannot track are counted.
+    pub health: Health,
     /// Where findings, spikes, unprotected pods and loaded counts are counted.
     pub metrics: Option<Metrics>,
-}
-
-/// Counters of the stage.
-#[derive(Debug, Default)]
-pub struct JudgeHealth {
-    /// Records judged.
-    pub records: AtomicU64,
-    /// Records dropped because export was full.
-    pub records_dropped: AtomicU64,
-    /// Policies compiled at the last rebuild.
-    pub policies: AtomicU64,
-    /// Intents compiled at the last rebuild.
-    pub intents: AtomicU64,
-    /// Policies and intents refused at the last rebuild.
-    pub invalid: AtomicU64,
-    /// Findings written.
-    pub findings_written: AtomicU64,
-    /// Open flows whose starting verdict is kept.
-    pub open_flows: AtomicU64,
-    /// New flows judged record by record with the current policies because
-    /// too many flows were open.
-    pub flows_untracked: AtomicU64,
+    /// The edge labels spikes are counted under: the meter's, so that both
+    /// name an edge alike (a named destination by its domain).
+    pub edges: EdgeOf,
 }
 
 /// The running stage.
@@ -109,7 +89,18 @@ pub struct JudgeStage {
     generation: u64,
     /// Open flows, with the policy outcome each started under.
     open: OpenFlows,
-    health: Arc<JudgeHealth>,
+    /// The AI-tier pods no policy isolates, by uid, with what was counted of
+    /// each: a pod is counted once per change of its state, not at every
+    /// rebuild.
+    unprotected: FastMap<String, UnprotectedState>,
+}
+
+/// What makes an unprotected pod's finding another one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct UnprotectedState {
+    tier: String,
+    ingress_isolated: bool,
+    egress_isolated: bool,
 }
 
 /// Why the stage could not start.
@@ -140,45 +131,23 @@ impl JudgeStage {
             pairs: FastMap::default(),
             generation: 0,
             open: OpenFlows::default(),
-            health: Arc::new(JudgeHealth::default()),
+            unprotected: FastMap::default(),
             setup,
         };
         stage.rebuild();
         Ok(stage)
     }
 
-    /// The stage's counters.
-    pub fn health(&self) -> Arc<JudgeHealth> {
-        Arc::clone(&self.health)
+    /// What wakes the stage between batches: inventory generations (FlowIntents
+    /// and ClusterNetworkPolicies come with the snapshots), and the findings'
+    /// flush interval.
+    pub(crate) fn wakeups(&self) -> (watch::Receiver<u64>, Duration) {
+        let flush = Duration::from_secs(self.setup.config.findings.flush_interval_seconds.max(1));
+        (self.setup.inventory.subscribe(), flush)
     }
 
-    /// Runs until `input` closes, then flushes the findings.
-    pub async fn run(mut self, mut input: mpsc::Receiver<Vec<FlowRecord>>, output: mpsc::Sender<Vec<FlowRecord>>) {
-        let mut generations: watch::Receiver<u64> = self.setup.inventory.subscribe();
-        let mut tick =
-            tokio::time::interval(Duration::from_secs(self.setup.config.findings.flush_interval_seconds.max(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                batch = input.recv() => {
-                    let Some(mut batch) = batch else { break };
-                    self.judge_batch(&mut batch);
-                    let count = batch.len() as u64;
-                    match output.try_send(batch) {
-                        Ok(()) => { self.health.records.fetch_add(count, Ordering::Relaxed); }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            self.health.records_dropped.fetch_add(count, Ordering::Relaxed);
-                            tracing::warn!(records = count, "export is not keeping up: judged records dropped");
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => break,
-                    }
-                }
-                changed = generations.changed() => {
-                    if changed.is_ok() { self.rebuild(); }
-                }
-                _ = tick.tick() => self.flush_findings(),
-            }
-        }
+    /// Flushes the findings one last time and closes their log.
+    pub(crate) fn finish(&mut self) {
         self.flush_findings();
         if let Some(writer) = self.writer.take() {
             writer.close();
@@ -187,7 +156,7 @@ impl JudgeStage {
 
     /// Recompiles policies and intents from the latest snapshot, and checks
     /// which AI-tier pods policies leave unprotected.
-    fn rebuild(&mut self) {
+    pub(crate) fn rebuild(&mut self) {
         let snapshot = self.setup.inventory.snapshot();
         let namespaces: Vec<_> = snapshot.namespaces().cloned().collect();
         let policies: Vec<_> = snapshot.network_policies().cloned().collect();
@@ -220,10 +189,10 @@ impl JudgeStage {
             metrics.set_policies_loaded("ClusterNetworkPolicy", engine.cluster_len());
             metrics.set_intents_loaded(index.len());
         }
-        self.health.policies.store(engine.len() as u64, Ordering::Relaxed);
-        self.health.intents.store(index.len() as u64, Ordering::Relaxed);
         let invalid = policy_errors.len() + cluster_errors.len() + intent_errors.len();
-        self.health.invalid.store(invalid as u64, Ordering::Relaxed);
+        if let Some(metrics) = &self.setup.metrics {
+            metrics.set_objects_invalid(invalid);
+        }
         tracing::info!(
             generation = snapshot.generation(),
             policies = engine.len(),
@@ -245,6 +214,7 @@ impl JudgeStage {
         let node = self.setup.node.clone();
         let snapshot = Arc::clone(&self.snapshot);
         let mut unprotected_workloads: HashMap<WorkloadLabels, u64> = HashMap::new();
+        let mut unprotected_now = FastMap::default();
         for pod in snapshot.pods().filter(|pod| node.is_none() || pod.node_name == node) {
             let Some(unprotected) = self.judge.unprotected(pod) else { continue };
             let workload = pod.ips.first().and_then(|ip| {
@@ -256,8 +226,22 @@ impl JudgeStage {
             *unprotected_workloads
                 .entry(WorkloadLabels::new(kind, &pod.namespace, name, unprotected.tier.as_str()))
                 .or_default() += 1;
-            self.record_finding(Finding::unprotected(&unprotected, workload), now);
+            let state = UnprotectedState {
+                tier: unprotected.tier.as_str().to_owned(),
+                ingress_isolated: unprotected.ingress_isolated,
+                egress_isolated: unprotected.egress_isolated,
+            };
+            // Counted once per pod and change of its state; the findings log
+            // still has it in each flush after a rebuild.
+            let changed = self.unprotected.get(&unprotected.uid) != Some(&state);
+            let finding = Finding::unprotected(&unprotected, workload);
+            if changed && let Some(metrics) = &self.setup.metrics {
+                metrics.record_finding(&finding_labels(&finding));
+            }
+            self.findings.record(finding, now);
+            unprotected_now.insert(unprotected.uid.clone(), state);
         }
+        self.unprotected = unprotected_now;
         if let Some(metrics) = &self.setup.metrics {
             let workloads: Vec<_> = unprotected_workloads.into_iter().collect();
             metrics.set_unprotected(&workloads);
@@ -315,7 +299,6 @@ impl JudgeStage {
             };
             if record.event == RecordEvent::End && id != 0 {
                 self.open.remove(id);
-                self.health.open_flows.store(self.open.len() as u64, Ordering::Relaxed);
             }
             if counted {
                 let delta = record.progress.new_to_dst.bytes + record.progress.new_to_src.bytes;
@@ -346,9 +329,8 @@ impl JudgeStage {
             }
         };
         if !self.open.insert(record.progress.flow, self.generation, policy, record.time) {
-            self.health.flows_untracked.store(self.open.untracked(), Ordering::Relaxed);
+            self.setup.health.set_flows_untracked(self.open.untracked());
         }
-        self.health.open_flows.store(self.open.len() as u64, Ordering::Relaxed);
     }
 
     /// Judges a record of an open flow that was last checked under other
@@ -512,26 +494,21 @@ impl JudgeStage {
         let within = Duration::from_secs(self.setup.config.spikes.after_rollout_seconds);
         finding.evidence.after_rollout = anomaly::after_rollout(snapshot, &spike.edge, record.time, within);
         if let Some(metrics) = &self.setup.metrics {
-            metrics.record_spike(&EdgeOf::new(metrics.allowlist().clone()).edge(record));
+            metrics.record_spike(&self.setup.edges.edge(record));
         }
         self.record_finding(finding, record.time);
     }
 
-    fn flush_findings(&mut self) {
+    /// Writes the findings due, with the coverage of their span: whatever
+    /// any stage lost since the last flush makes it incomplete.
+    pub(crate) fn flush_findings(&mut self) {
         let now = SystemTime::now();
-        let health = &self.setup.capture_health;
-        let lost = [&health.events_lost, &health.flow_inserts_failed, &health.flows_evicted, &health.records_dropped]
-            .iter()
-            .map(|counter| counter.load(Ordering::Relaxed))
-            .sum::<u64>();
+        let lost = self.setup.health.lost();
         self.coverage.record(now, lost.saturating_sub(self.lost_seen));
         self.lost_seen = lost;
         let Some(writer) = &mut self.writer else { return };
-        match writer.flush(&mut self.findings, now, &self.coverage) {
-            Ok(lines) => {
-                self.health.findings_written.fetch_add(lines as u64, Ordering::Relaxed);
-            }
-            Err(error) => tracing::error!(%error, "findings not written"),
+        if let Err(error) = writer.flush(&mut self.findings, now, &self.coverage) {
+            tracing::error!(%error, "findings not written");
         }
     }
 }
@@ -744,13 +721,14 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             let config = InventoryConfig { reload_interval: Duration::from_millis(20), ..InventoryConfig::default() };
             let (inventory, reload) = Inventory::standalone(vec![dir.clone()], config);
             let generations = inventory.subscribe();
-            let metrics = Metrics::new(MetricsConfig::default());
+            let metrics = Metrics::new(MetricsConfig::default(), &Health::default());
             let setup = StageSetup {
                 inventory,
                 config: ObserverConfig::default(),
                 findings_log: None,
                 node: None,
-                capture_health: Arc::new(CaptureHealth::default()),
+                health: Health::default(),
+                edges: EdgeOf::new(metrics.allowlist().clone()),
                 metrics: Some(metrics.clone()),
             };
             let stage = JudgeStage::new(setup).expect("stage");
@@ -926,6 +904,121 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
         let edited = lab.findings("outlived-policy");
         assert_eq!(edited.len(), 1, "{edited:?}");
         assert_eq!(edited[0]["policies"][0]["resourceVersion"], "8");
+    }
+
+    /// `findings_total{kind="unprotected"}` of the lab's metrics.
+    fn unprotected_counted(lab: &Lab) -> Vec<String> {
+        lab.metrics
+            .encode()
+            .lines()
+            .filter(|line| line.starts_with(r#"flow_observer_findings_total{kind="unprotected""#))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_unprotected_pod_is_counted_once_per_change_of_its_state_not_per_rebuild() {
+        let mut lab = Lab::new("unprotected");
+        // An AI-tier pod that no policy isolates, with a policy about another pod.
+        let agent = "apiVersion: v1
+kind: Pod
+metadata: {name: agent, namespace: shop, uid: 00000000-0000-4000-8000-00000000000d, labels: {app: agent, ai.governance/tier: agent}}
+spec: {containers: [{name: c, image: i}]}
+status: {podIP: 198.18.0.13}
+---
+";
+        let other = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: other, namespace: shop, resourceVersion: \"1\"}
+spec: {podSelector: {matchLabels: {app: other}}, policyTypes: [Ingress]}
+";
+        lab.apply("agent.yaml", &format!("{agent}{other}"), &["other@1"]).await;
+        let counted = unprotected_counted(&lab);
+        assert_eq!(counted.len(), 1, "{counted:?}");
+        assert!(counted[0].ends_with(" 1"), "{counted:?}");
+        // Rebuilds that leave the pod as unprotected as it was count nothing more.
+        let edited = other.replace("\"1\"", "\"2\"");
+        lab.apply("agent.yaml", &format!("{agent}{edited}"), &["other@2"]).await;
+        lab.stage.rebuild();
+        assert!(unprotected_counted(&lab)[0].ends_with(" 1"), "{:?}", unprotected_counted(&lab));
+        // Isolated, then left unprotected again: a new state, counted once more.
+        let isolating = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: isolate-agent, namespace: shop, resourceVersion: \"3\"}
+spec: {podSelector: {matchLabels: {app: agent}}, policyTypes: [Ingress]}
+";
+        lab.apply("isolate.yaml", isolating, &["other@2", "isolate-agent@3"]).await;
+        assert!(unprotected_counted(&lab)[0].ends_with(" 1"), "{:?}", unprotected_counted(&lab));
+        lab.apply("isolate.yaml", "", &["other@2"]).await;
+        lab.stage.rebuild();
+        assert!(unprotected_counted(&lab)[0].ends_with(" 2"), "{:?}", unprotected_counted(&lab));
+    }
+
+    #[tokio::test]
+    async fn spikes_are_counted_under_the_meters_edge_labels() {
+        use crate::{dns::NameLabels, flow::PeerDns, metrics::LabelAllowlist};
+
+        let lab = Lab::new("spike-labels");
+        let edges = EdgeOf::new(LabelAllowlist::default()).with_names(Arc::new(NameLabels::new(16)));
+        let mut record = FlowRecord {
+            time: SystemTime::now(),
+            event: RecordEvent::End,
+            node: Arc::from("node-1"),
+            protocol: Protocol(observer_common::PROTO_TCP),
+            family: Family::Ipv4,
+            src: Peer {
+                ip: CLIENT.parse().expect("ip"),
+                port: Some(40_000),
+                endpoint: Some(lab.stage.snapshot.resolve_remote(CLIENT.parse().expect("ip"), SystemTime::now())),
+                dns: None,
+                backend: None,
+            },
+            dst: Peer {
+                ip: "203.0.113.9".parse().expect("ip"),
+                port: Some(443),
+                endpoint: Some(Endpoint::world()),
+                dns: Some(PeerDns { names: vec![Arc::from("api.example.com")], resolved: true }),
+                backend: None,
+            },
+            local: LocalEnd::Src,
+            icmp: None,
+            cgroup: Cgroup { id: 7, path: None },
+            state: FlowState::Closed,
+            to_dst: Traffic::default(),
+            to_src: Traffic::default(),
+            tcp_flags: None,
+            first_seen: SystemTime::now(),
+            last_seen: SystemTime::now(),
+            duration_ms: 0,
+            verdict: None,
+            verdict_now: None,
+            progress: Progress::default(),
+        };
+        let meter_edge = edges.edge(&record);
+        assert_eq!(&*meter_edge.dst.workload, "example.com", "the meter names the destination by its domain");
+        let mut lab = lab;
+        lab.stage.setup.edges = edges;
+        lab.stage.judge_batch(std::slice::from_mut(&mut record));
+        let verdict = record.verdict.clone().expect("judged");
+        let snapshot = Arc::clone(&lab.stage.snapshot);
+        let (src, dst) = flow_ends(&snapshot, &record).expect("both ends");
+        let spike = crate::anomaly::Spike {
+            edge: EdgeKey::between(&src, &dst),
+            signal: crate::anomaly::Signal::NewConnections,
+            window_start: SystemTime::now(),
+            window_seconds: 60,
+            observed: 100,
+            expected: 1.0,
+            seasonal_expected: None,
+            score: 9.0,
+            baseline: crate::anomaly::Baseline::Own,
+        };
+        lab.stage.report_spike(&snapshot, &record, &spike, &verdict);
+        let exposition = lab.metrics.encode();
+        let spikes: Vec<&str> =
+            exposition.lines().filter(|line| line.starts_with("flow_observer_edge_spikes_total{")).collect();
+        assert_eq!(spikes.len(), 1, "{spikes:?}");
+        assert!(spikes[0].contains(r#"dst_workload="example.com""#), "the spike names it alike: {spikes:?}");
     }
 
     #[tokio::test]

@@ -1,12 +1,13 @@
-//! Capture's health counters as metrics, read at scrape time.
+//! Capture's health counters and the pipeline's drops as metrics, read at
+//! scrape time.
 //!
-//! In: the [`CaptureHealth`] atomics, once capture is attached, and the flow
-//! log's drops, once it is opened. Out: the `flow_observer_flows_*`,
-//! `ringbuf_*`, `flow_map_*`, `records_*` (`records_dropped` by `stage`:
-//! `capture`, `export`) and `capture_*` series; nothing before capture is
-//! attached.
+//! In: the daemon's [`Health`]: capture's atomics once capture is attached,
+//! every stage's drops, the judge's untracked flows. Out: the
+//! `flow_observer_flows_*`, `ringbuf_*`, `flow_map_*`, `records_*`
+//! (`records_dropped` by `stage` and `event`), `judge_flows_untracked` and
+//! `capture_*` series; nothing before capture is attached.
 
-use std::sync::{Arc, OnceLock, atomic::Ordering};
+use std::sync::atomic::Ordering;
 
 use prometheus_client::{
     collector::Collector,
@@ -14,21 +15,18 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
-use super::sinks::{Sinks, flow_log_dropped};
-use crate::capture::{CaptureHealth, clock::monotonic_ns};
+use crate::health::{Health, StageName, drops};
 
-/// Encodes capture's counters on every scrape.
+/// Encodes capture's counters and the drops on every scrape.
 #[derive(Debug)]
 pub struct CaptureCollector {
-    health: Arc<OnceLock<Arc<CaptureHealth>>>,
-    sinks: Sinks,
+    health: Health,
 }
 
 impl CaptureCollector {
-    /// A collector of whatever capture is attached to `health` later, and
-    /// of the flow log's drops once `sinks` are attached.
-    pub fn new(health: Arc<OnceLock<Arc<CaptureHealth>>>, sinks: Sinks) -> Self {
-        Self { health, sinks }
+    /// A collector of whatever capture is attached to `health` later.
+    pub fn new(health: Health) -> Self {
+        Self { health }
     }
 }
 
@@ -45,15 +43,9 @@ where
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-/// Seconds since capture last read the flow map; `None` before the first poll.
-pub fn last_poll_age(health: &CaptureHealth) -> Option<f64> {
-    let last = health.last_poll_ns.load(Ordering::Relaxed);
-    (last != 0).then(|| monotonic_ns().saturating_sub(last) as f64 / 1e9)
-}
-
 impl Collector for CaptureCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(health) = self.health.get() else {
+        let Some(health) = self.health.capture() else {
             return Ok(());
         };
         let get = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed);
@@ -102,19 +94,30 @@ impl Collector for CaptureCollector {
             get(&health.packets_unparsed),
         )?;
         counter(e, "records_sent", "Flow records capture handed to the next stage", get(&health.records_sent))?;
-        // One family for every stage that drops records: capture (the next
-        // stage was full), export (the flow log could not be written).
+        // One family for every stage that drops records, by the event they
+        // were: every flow that ended has its `end` record written or
+        // counted here.
         let mut dropped = e.encode_descriptor(
             "records_dropped",
-            "Flow records dropped, by stage: capture (the next stage was not keeping up), export (the flow log \
-             could not be written)",
+            "Flow records dropped, by the stage that dropped them (capture, enrich, judge: the next stage was not \
+             keeping up; export: the flow log could not be written) and their event (start, update, end)",
             None,
             MetricType::Counter,
         )?;
-        ConstCounter::new(get(&health.records_dropped)).encode(dropped.encode_family(&[("stage", "capture")])?)?;
-        if let Some(export) = flow_log_dropped(&self.sinks) {
-            ConstCounter::new(export).encode(dropped.encode_family(&[("stage", "export")])?)?;
+        let drops = self.health.drops();
+        for stage in StageName::ALL {
+            for event in drops::EVENTS {
+                let labels = [("stage", stage.as_str()), ("event", drops::event_label(event))];
+                ConstCounter::new(drops.get(stage, event)).encode(dropped.encode_family(&labels)?)?;
+            }
         }
+        counter(
+            e,
+            "judge_flows_untracked",
+            "New flows the judge could not keep the starting verdict of (too many open flows): judged with the \
+             current policies at each record, so a policy change they outlive is not reported",
+            self.health.flows_untracked(),
+        )?;
         gauge(
             e,
             "tcp_socket_counters",
@@ -129,7 +132,7 @@ impl Collector for CaptureCollector {
             get(&health.flow_map_batched),
         )?;
         counter(e, "capture_polls", "Completed reads of the kernel flow map", get(&health.polls))?;
-        if let Some(age) = last_poll_age(health) {
+        if let Some(age) = crate::health::last_poll_age(health) {
             gauge(e, "capture_last_poll_age_seconds", "Seconds since the flow map was last read", age)?;
         }
         Ok(())

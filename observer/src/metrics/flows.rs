@@ -18,8 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc;
-
 use super::{
     EdgeLabels, EndLabels, LabelAllowlist, Metrics, Outcome, Reporter,
     edge_cells::{EdgeCells, Stamp},
@@ -425,28 +423,6 @@ pub fn unresolved_edge(record: &FlowRecord) -> EdgeLabels {
     EdgeLabels { src, dst, protocol: record.protocol.name().as_ref().into(), reporter }
 }
 
-/// Counts every record of every batch on the edge `edge_of` gives it, then
-/// passes the batch on unchanged. Waits when the next stage is full, so
-/// back-pressure reaches capture, which drops and counts.
-pub async fn meter(
-    metrics: Metrics,
-    edge_of: EdgeOf,
-    mut input: mpsc::Receiver<Vec<FlowRecord>>,
-    output: mpsc::Sender<Vec<FlowRecord>>,
-) {
-    let mut meter = FlowMeter::new(metrics, edge_of);
-    while let Some(batch) = input.recv().await {
-        meter.record_batch(&batch);
-        if output.send(batch).await.is_err() {
-            tracing::warn!("flow log stopped; metering continues without it");
-            break;
-        }
-    }
-    while let Some(batch) = input.recv().await {
-        meter.record_batch(&batch);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{sync::Arc, time::SystemTime};
@@ -518,7 +494,7 @@ mod tests {
 
     #[test]
     fn records_add_only_what_is_new_and_count_the_flow_at_its_end() {
-        let metrics = Metrics::new(MetricsConfig::default());
+        let metrics = Metrics::new(MetricsConfig::default(), &crate::health::Health::default());
         let mut meter = FlowMeter::new(metrics.clone(), EdgeOf::new(LabelAllowlist::default()));
         meter.record_batch(&[of_flow(record(RecordEvent::Start, FlowState::Established, 300, 1000), 1, None)]);
         let update = record(RecordEvent::Update, FlowState::Established, 500, 1000);
@@ -538,7 +514,7 @@ mod tests {
 
     #[test]
     fn collected_series_of_a_held_edge_count_again_from_zero() {
-        let metrics = Metrics::new(MetricsConfig::default());
+        let metrics = Metrics::new(MetricsConfig::default(), &crate::health::Health::default());
         let grace = metrics.config().series_grace;
         let mut meter = FlowMeter::new(metrics.clone(), EdgeOf::new(LabelAllowlist::default()));
         meter.record_batch(&[of_flow(record(RecordEvent::End, FlowState::Closed, 300, 100), 1, None)]);

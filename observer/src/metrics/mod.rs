@@ -1,9 +1,10 @@
 //! Metrics: every Prometheus series the observer exposes, in one registry.
 //!
 //! In: flow deltas on workload-level edges, verdicts, findings, spikes,
-//! inventory and policy state from the pipeline, and capture's health
-//! counters (read at scrape time). Out: the OpenMetrics text of
-//! `flow_observer_*` for `/metrics`, readiness facts for `/readyz`.
+//! inventory and policy state from the pipeline, and the daemon's
+//! [`Health`] (capture's counters, the log files, every stage's drops; read
+//! at scrape time). Out: the OpenMetrics text of `flow_observer_*` for
+//! `/metrics`. Readiness is not kept here: it is [`Health`]'s.
 //!
 //! Cardinality is bounded three ways: labels are workload-level (never an IP,
 //! port or pod name) plus an operator-chosen allowlist of pod labels; each
@@ -24,10 +25,7 @@ pub mod services;
 pub mod sinks;
 
 use std::{
-    sync::{
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::AtomicU64},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -37,7 +35,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::capture::CaptureHealth;
+use crate::health::Health;
 use bounded::{BoundedFamily, Series, SeriesAccounting};
 use edge_cells::EdgeCells;
 pub use flows::{FlowDelta, FlowMeter};
@@ -76,7 +74,8 @@ impl Default for MetricsConfig {
     }
 }
 
-/// What the inventory reports, for the inventory gauges and `/readyz`.
+/// What the inventory reports, for the inventory gauges (and, through the
+/// pipeline, [`Health`]'s readiness).
 #[derive(Clone, Debug, Default)]
 pub struct InventoryState {
     /// `cluster` or `standalone`.
@@ -110,10 +109,6 @@ impl From<&crate::inventory::status::Status> for InventoryState {
     }
 }
 
-const INVENTORY_NONE: u8 = 0;
-const INVENTORY_SYNCING: u8 = 1;
-const INVENTORY_SYNCED: u8 = 2;
-
 /// The observer's metrics: cheap to clone, shared by every stage and the
 /// HTTP server.
 #[derive(Clone, Debug)]
@@ -135,20 +130,17 @@ struct Inner {
     inventory_updated: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     inventory_objects: Family<ResourceLabels, Gauge>,
     inventory_source_errors: Family<SourceErrorLabels, Counter>,
-    inventory_state: AtomicU8,
-    /// The inventory is stale: `/readyz` fails.
-    inventory_stale_now: AtomicBool,
     policies_loaded: Family<KindLabels, Gauge>,
     intents_loaded: Gauge,
+    objects_invalid: Gauge,
     rollouts: Counter,
-    capture: Arc<OnceLock<Arc<CaptureHealth>>>,
-    sinks: sinks::Sinks,
     services: services::ServiceCounters,
 }
 
 impl Metrics {
-    /// Builds the registry; every group registers itself.
-    pub fn new(config: MetricsConfig) -> Self {
+    /// Builds the registry; every group registers itself. The health
+    /// families read `health` at each scrape.
+    pub fn new(config: MetricsConfig, health: &Health) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         let accounting = SeriesAccounting::default();
         let cap = config.max_series_per_family;
@@ -165,13 +157,10 @@ impl Metrics {
             inventory_updated: Family::default(),
             inventory_objects: Family::default(),
             inventory_source_errors: Family::default(),
-            inventory_state: AtomicU8::new(INVENTORY_NONE),
-            inventory_stale_now: AtomicBool::new(false),
             policies_loaded: Family::default(),
             intents_loaded: Gauge::default(),
+            objects_invalid: Gauge::default(),
             rollouts: Counter::default(),
-            capture: Arc::new(OnceLock::new()),
-            sinks: Arc::new(OnceLock::new()),
             services: services::ServiceCounters::register(&mut registry),
             registry: Registry::default(),
             config,
@@ -181,11 +170,8 @@ impl Metrics {
         register_inventory(&mut registry, &inner);
         register_series(&mut registry, &accounting);
         registry.register_collector(Box::new(edge_exposition::EdgeCollector::new(Arc::clone(&inner.edges))));
-        registry.register_collector(Box::new(capture::CaptureCollector::new(
-            Arc::clone(&inner.capture),
-            Arc::clone(&inner.sinks),
-        )));
-        registry.register_collector(Box::new(sinks::SinkCollector::new(Arc::clone(&inner.sinks))));
+        registry.register_collector(Box::new(capture::CaptureCollector::new(health.clone())));
+        registry.register_collector(Box::new(sinks::SinkCollector::new(health.clone())));
         Self { inner: Arc::new(Inner { registry, ..inner }) }
     }
 
@@ -208,31 +194,9 @@ impl Metrics {
         text
     }
 
-    /// Capture is attached: its counters are exported from now on and
-    /// `/healthz` watches its polling.
-    pub fn attach_capture(&self, health: Arc<CaptureHealth>) {
-        let _ = self.inner.capture.set(health);
-    }
-
     /// The counters of Service flows resolved to their backends.
     pub fn service_counters(&self) -> services::ServiceCounters {
         self.inner.services.clone()
-    }
-
-    /// Capture's counters, once attached.
-    pub fn capture_health(&self) -> Option<&Arc<CaptureHealth>> {
-        self.inner.capture.get()
-    }
-
-    /// The log files are open: their state is exported from now on and
-    /// `/healthz` fails while one cannot be written.
-    pub fn attach_sinks(&self, sinks: Vec<Arc<crate::export::sink::SinkHealth>>) {
-        let _ = self.inner.sinks.set(sinks);
-    }
-
-    /// The log files' state, once attached.
-    pub fn sinks(&self) -> &[Arc<crate::export::sink::SinkHealth>] {
-        self.inner.sinks.get().map_or(&[], Vec::as_slice)
     }
 
     /// The edge and verdict counters, locked: the meter counts a batch on
@@ -292,17 +256,7 @@ impl Metrics {
         self.inner.unprotected.replace(&values, Instant::now());
     }
 
-    /// `/readyz` waits for the inventory's first sync from now on.
-    pub fn expect_inventory(&self) {
-        let _ = self.inner.inventory_state.compare_exchange(
-            INVENTORY_NONE,
-            INVENTORY_SYNCING,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// Publishes the inventory's state (call on every change and
+    /// Publishes the inventory's gauges (call on every change and
     /// periodically: staleness changes without events).
     pub fn set_inventory(&self, state: &InventoryState) {
         let inner = &self.inner;
@@ -325,39 +279,6 @@ impl Metrics {
             // The status holds totals since start; the counter catches up.
             counter.inc_by(count.saturating_sub(counter.get()));
         }
-        let value = if state.synced { INVENTORY_SYNCED } else { INVENTORY_SYNCING };
-        inner.inventory_state.store(value, Ordering::Relaxed);
-        inner.inventory_stale_now.store(state.stale, Ordering::Relaxed);
-    }
-
-    /// Whether the inventory said last that it is stale.
-    pub fn inventory_stale(&self) -> bool {
-        self.inner.inventory_stale_now.load(Ordering::Relaxed)
-    }
-
-    /// Publishes the inventory's status every 5 seconds (staleness changes
-    /// without events) until `shutdown` turns true.
-    pub async fn follow_inventory(
-        self,
-        inventory: crate::inventory::Inventory,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            self.set_inventory(&InventoryState::from(&inventory.status()));
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-        }
-    }
-
-    /// `None` when no inventory is expected, else whether it has synced.
-    pub fn inventory_synced(&self) -> Option<bool> {
-        match self.inner.inventory_state.load(Ordering::Relaxed) {
-            INVENTORY_NONE => None,
-            state => Some(state == INVENTORY_SYNCED),
-        }
     }
 
     /// Policies of `kind` (`NetworkPolicy`, `ClusterNetworkPolicy`) compiled into the engine.
@@ -376,6 +297,12 @@ impl Metrics {
     /// FlowIntents loaded.
     pub fn set_intents_loaded(&self, count: usize) {
         self.inner.intents_loaded.set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// NetworkPolicies, ClusterNetworkPolicies and FlowIntents the last
+    /// compile left out as invalid.
+    pub fn set_objects_invalid(&self, count: usize) {
+        self.inner.objects_invalid.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Removes every series untouched for the grace period; returns how many.
@@ -438,6 +365,11 @@ fn register_judgement(registry: &mut Registry, inner: &Inner) {
     );
     registry.register("intents_loaded", "FlowIntents loaded", inner.intents_loaded.clone());
     registry.register(
+        "objects_invalid",
+        "NetworkPolicies, ClusterNetworkPolicies and FlowIntents left out of the last compile as invalid (the log names each with its reason)",
+        inner.objects_invalid.clone(),
+    );
+    registry.register(
         "workload_rollouts",
         "Workload revision changes the inventory has seen (a new pod-template-hash or controller-revision-hash)",
         inner.rollouts.clone(),
@@ -493,7 +425,7 @@ pub struct MetricsArgs {
     #[arg(long, default_value_t = 10_000)]
     pub metrics_max_series: usize,
     /// A series untouched this long is removed (deleted pods and workloads).
-    #[arg(long, default_value = "10m", value_parser = crate::run::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration)]
     pub metrics_series_grace: Duration,
     /// Pod label exposed on edge series as `src_<key>`/`dst_<key>` (repeat;
     /// keep to labels with few values, such as `team` or `app.kubernetes.io/part-of`).
@@ -534,7 +466,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::flow::Traffic;
+    use crate::{
+        capture::CaptureHealth,
+        flow::{RecordEvent, Traffic},
+        health::StageName,
+    };
+    use std::sync::atomic::Ordering;
 
     fn edge(src: &str, dst: &str) -> EdgeLabels {
         EdgeLabels {
@@ -556,7 +493,7 @@ mod tests {
 
     #[test]
     fn edges_are_exposed_at_workload_level_with_the_documented_names() {
-        let metrics = Metrics::new(MetricsConfig::default());
+        let metrics = Metrics::new(MetricsConfig::default(), &Health::default());
         metrics.observe_flow(&edge("agent", "db"), &delta(100, None));
         metrics.observe_flow(&edge("agent", "db"), &delta(50, Some(Outcome::Completed)));
         let text = metrics.encode();
@@ -587,9 +524,10 @@ mod tests {
 
     #[test]
     fn capture_health_is_read_at_scrape_time() {
-        let metrics = Metrics::new(MetricsConfig::default());
+        let daemon = Health::default();
+        let metrics = Metrics::new(MetricsConfig::default(), &daemon);
         let health = Arc::new(CaptureHealth::default());
-        metrics.attach_capture(Arc::clone(&health));
+        daemon.attach_capture(Arc::clone(&health));
         health.events_lost.store(7, Ordering::Relaxed);
         health.flow_map_entries.store(900, Ordering::Relaxed);
         health.flow_map_capacity.store(1000, Ordering::Relaxed);
@@ -615,22 +553,30 @@ mod tests {
     #[test]
     fn log_files_and_export_drops_have_their_series() {
         use crate::export::sink::{LineSink, Reopen, Rotation, SinkName, Target};
-        let metrics = Metrics::new(MetricsConfig::default());
-        let health = Arc::new(CaptureHealth::default());
-        health.records_dropped.store(4, Ordering::Relaxed);
-        metrics.attach_capture(health);
+        let daemon = Health::default();
+        let metrics = Metrics::new(MetricsConfig::default(), &daemon);
+        daemon.attach_capture(Arc::new(CaptureHealth::default()));
+        daemon.drops().count_event(StageName::Capture, RecordEvent::End, 4);
+        daemon.drops().count_event(StageName::Enrich, RecordEvent::Start, 2);
+        daemon.drops().count_event(StageName::Judge, RecordEvent::Update, 3);
+        daemon.set_flows_untracked(5);
         let dir = tempfile::tempdir().expect("tempdir");
         let open = |name, file: &str| {
             LineSink::open(name, Target::File(dir.path().join(file)), Rotation::OFF, Reopen::default()).expect("opens")
         };
         let (mut flow, findings) = (open(SinkName::FlowLog, "flows.jsonl"), open(SinkName::FindingsLog, "f.jsonl"));
         flow.write(b"{}\n{}\n", 2);
-        metrics.attach_sinks(vec![flow.health(), findings.health()]);
+        daemon.attach_sinks(vec![flow.health(), findings.health()]);
         findings.health().fail("writing failed: Input/output error".to_owned());
         let text = metrics.encode();
         for expected in [
-            "flow_observer_records_dropped_total{stage=\"capture\"} 4\n",
-            "flow_observer_records_dropped_total{stage=\"export\"} 0\n",
+            "flow_observer_records_dropped_total{stage=\"capture\",event=\"end\"} 4\n",
+            "flow_observer_records_dropped_total{stage=\"capture\",event=\"start\"} 0\n",
+            "flow_observer_records_dropped_total{stage=\"enrich\",event=\"start\"} 2\n",
+            "flow_observer_records_dropped_total{stage=\"judge\",event=\"update\"} 3\n",
+            "flow_observer_records_dropped_total{stage=\"export\",event=\"end\"} 0\n",
+            "flow_observer_judge_flows_untracked_total 5\n",
+            "flow_observer_sink_write_blocked_seconds{sink=\"flow_log\"} 0.0\n",
             "flow_observer_sink_up{sink=\"flow_log\"} 1\n",
             "flow_observer_sink_up{sink=\"findings_log\"} 0\n",
             "flow_observer_sink_lines_written_total{sink=\"flow_log\"} 2\n",
@@ -644,7 +590,7 @@ mod tests {
     #[test]
     fn allowlisted_pod_labels_become_src_and_dst_labels() {
         let config = MetricsConfig { label_allowlist: LabelAllowlist::new(["team"]), ..Default::default() };
-        let metrics = Metrics::new(config);
+        let metrics = Metrics::new(config, &Health::default());
         let pod = BTreeMap::from([("team".to_owned(), "search".to_owned()), ("pod-hash".to_owned(), "x".to_owned())]);
         let mut edge = edge("agent", "db");
         edge.src.extra = metrics.allowlist().pick(&pod);
@@ -661,7 +607,7 @@ mod tests {
     fn overflow_is_counted_per_family_and_series_are_collected() {
         let config = MetricsConfig { max_series_per_family: 4, ..Default::default() };
         let grace = config.series_grace;
-        let metrics = Metrics::new(config);
+        let metrics = Metrics::new(config, &Health::default());
         for i in 0..5 {
             metrics.observe_flow(&edge("agent", &format!("db-{i}")), &delta(1, None));
         }
@@ -680,7 +626,7 @@ mod tests {
 
     #[test]
     fn verdicts_findings_spikes_and_state_have_their_series() {
-        let metrics = Metrics::new(MetricsConfig::default());
+        let metrics = Metrics::new(MetricsConfig::default(), &Health::default());
         metrics.record_verdict(&edge("agent", "db"), crate::judge::VerdictKind::EnforcementGap);
         metrics.record_finding(&FindingLabels::new("intent-violation", "agent", "shop", "agent"));
         metrics.record_spike(&edge("agent", "db"));
@@ -720,7 +666,6 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} missing in {text}");
         }
-        assert_eq!(metrics.inventory_synced(), Some(true));
     }
 
     /// The number documented in docs/operations.md ("Series at 1,000
@@ -734,10 +679,11 @@ mod tests {
         const NODES: usize = 20;
         let nodes: Vec<Metrics> = (0..NODES)
             .map(|_| {
-                let metrics = Metrics::new(MetricsConfig::default());
+                let daemon = Health::default();
+                let metrics = Metrics::new(MetricsConfig::default(), &daemon);
                 let health = Arc::new(CaptureHealth::default());
                 health.last_poll_ns.store(crate::capture::clock::monotonic_ns(), Ordering::Relaxed);
-                metrics.attach_capture(health);
+                daemon.attach_capture(health);
                 metrics.set_policies_loaded("NetworkPolicy", 0);
                 metrics
             })
@@ -788,13 +734,14 @@ mod tests {
             busiest = busiest.max(all);
         }
         assert_eq!(edge_series, 8200 * 6);
-        // Per node: build info, 18 capture series, 7 bounded families × 3
-        // accounting series (series, overflow, removed), 2 loaded gauges,
-        // the rollouts counter, 3 conntrack lookup results and 3 Service
-        // backend sources.
-        assert_eq!(other_series, NODES * 49);
+        // Per node: build info, 17 capture series, 12 dropped-record series
+        // (capture, enrich, judge, export × start, update, end), the judge's
+        // untracked flows, 7 bounded families × 3 accounting series (series,
+        // overflow, removed), 2 loaded gauges, the invalid objects gauge, the rollouts counter, 3
+        // conntrack lookup results and 3 Service backend sources.
+        assert_eq!(other_series, NODES * 62);
         // Node 0 also runs coredns: its 50 workloads' 150 calls out, 150 in,
         // 50 DNS and 50 internet edges, plus 1,000 DNS edges in.
-        assert_eq!(busiest, 49 + (150 + 150 + 50 + 50 + 1000) * 6);
+        assert_eq!(busiest, 62 + (150 + 150 + 50 + 50 + 1000) * 6);
     }
 }

@@ -1,12 +1,13 @@
 //! The log files' health as metrics, read at scrape time.
 //!
-//! In: each sink's [`SinkHealth`], once the sinks are opened. Out:
-//! `flow_observer_sink_up{sink}`, `sink_lines_written_total{sink}`,
+//! In: each sink's [`SinkHealth`] from the daemon's [`Health`], once the
+//! sinks are opened. Out: `flow_observer_sink_up{sink}`,
+//! `sink_write_blocked_seconds{sink}`, `sink_lines_written_total{sink}`,
 //! `sink_lines_dropped_total{sink}` and `sink_rotations_total{sink}`; the
-//! flow log's drops also as `records_dropped_total{stage="export"}` (see
+//! flow log's drops are also `records_dropped_total{stage="export"}` (see
 //! [`super::capture`]).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use prometheus_client::{
     collector::Collector,
@@ -14,27 +15,19 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
-use crate::export::sink::{SinkHealth, SinkName};
-
-/// The opened sinks, shared with `/healthz`.
-pub type Sinks = Arc<OnceLock<Vec<Arc<SinkHealth>>>>;
+use crate::{export::sink::SinkHealth, health::Health};
 
 /// Encodes the sinks' state on every scrape.
 #[derive(Debug)]
 pub struct SinkCollector {
-    sinks: Sinks,
+    health: Health,
 }
 
 impl SinkCollector {
-    /// A collector of whatever sinks are attached to `sinks` later.
-    pub fn new(sinks: Sinks) -> Self {
-        Self { sinks }
+    /// A collector of whatever sinks are attached to `health` later.
+    pub fn new(health: Health) -> Self {
+        Self { health }
     }
-}
-
-/// Flow records the flow log could not write; `None` before it is opened.
-pub fn flow_log_dropped(sinks: &Sinks) -> Option<u64> {
-    sinks.get()?.iter().find(|sink| sink.name() == SinkName::FlowLog).map(|sink| sink.dropped())
 }
 
 fn family<M: EncodeMetric>(
@@ -52,13 +45,27 @@ fn family<M: EncodeMetric>(
 
 impl Collector for SinkCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(sinks) = self.sinks.get() else { return Ok(()) };
+        let sinks = self.health.sinks();
+        if sinks.is_empty() {
+            return Ok(());
+        }
         let e = &mut encoder;
         family(
             e,
             ("sink_up", "1 while the log file is written, 0 from a failed write until one succeeds", MetricType::Gauge),
             sinks,
             |sink| ConstGauge::new(i64::from(sink.is_up())),
+        )?;
+        family(
+            e,
+            (
+                "sink_write_blocked_seconds",
+                "How long the write in progress to the log file has been blocked (a reader that stopped reading a \
+                 pipe, a hung file system); 0 between writes",
+                MetricType::Gauge,
+            ),
+            sinks,
+            |sink| ConstGauge::new(sink.blocked_for().map_or(0.0, |blocked| blocked.as_secs_f64())),
         )?;
         family(e, ("sink_lines_written", "Lines written to the log file", MetricType::Counter), sinks, |sink| {
             ConstCounter::new(sink.written())
