@@ -5,9 +5,10 @@
 //! workload and configured labels (or service, node, `world`, `host`) filled
 //! in from the inventory as it was when the flow started, and for egress to
 //! the world the names the source pod had resolved for the destination (or
-//! `resolved: false`: a direct-IP connection), and for a flow to a Service
-//! the backend it reached ([`crate::backends`]), on a bounded channel; a full
-//! channel drops the batch and counts it.
+//! `resolved: false`: a direct-IP connection) and the AI provider of the
+//! catalog it is (`dst.ai_provider`, [`crate::ai::tag`]), and for a flow to
+//! a Service the backend it reached ([`crate::backends`]), on a bounded
+//! channel; a full channel drops the batch and counts it.
 
 use std::sync::{
     Arc,
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     FastMap,
+    ai::tag::tag_remote,
     backends::Backends,
     dns::{DnsView, Owner},
     flow::{FlowRecord, LocalEnd, PeerDns},
@@ -36,6 +38,8 @@ pub struct EnrichHealth {
     pub records_named: AtomicU64,
     /// Egress records to the world whose address the pod never resolved.
     pub records_direct_ip: AtomicU64,
+    /// Egress records to an AI endpoint of the catalog (`dst.ai_provider`).
+    pub records_ai: AtomicU64,
 }
 
 /// Port of DNS itself: a pod talking to its configured resolver is no
@@ -158,6 +162,11 @@ pub async fn run(
                     Some(false) => health.records_direct_ip.fetch_add(1, Ordering::Relaxed),
                     None => 0,
                 };
+                if let Some(ai) = dns.ai()
+                    && tag_remote(record, ai).is_some()
+                {
+                    health.records_ai.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         let count = batch.len() as u64;

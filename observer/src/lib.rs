@@ -6,6 +6,7 @@
 //! [`anomaly`]) → [`export`] and [`findings`], with [`metrics`] and the HTTP
 //! [`api`] beside them. See `ARCHITECTURE.md` in the shared docs.
 
+pub mod ai;
 pub mod anomaly;
 pub mod api;
 pub mod backends;

@@ -41,6 +41,7 @@ use super::{
 };
 use crate::{
     FastMap,
+    ai::shadow::ShadowAi,
     anomaly::{EdgeHandle, EdgeKey, Spike, SpikeDetector},
     capture::CaptureHealth,
     config::ObserverConfig,
@@ -128,6 +129,8 @@ pub struct JudgeStage {
     generation: u64,
     /// Open flows, with the policy outcome each started under.
     open: OpenFlows,
+    /// Provider egress and `shadow-ai` findings.
+    shadow: ShadowAi,
     health: Arc<JudgeHealth>,
 }
 
@@ -137,6 +140,9 @@ pub enum StageError {
     /// The tier configuration is invalid.
     #[error("invalid tier configuration")]
     Tiers(#[source] crate::intent::TierConfigError),
+    /// The AI watch's configuration is invalid.
+    #[error("invalid AI configuration")]
+    Ai(#[source] crate::ai::shadow::ShadowError),
 }
 
 impl JudgeStage {
@@ -159,6 +165,7 @@ impl JudgeStage {
             pairs: FastMap::default(),
             generation: 0,
             open: OpenFlows::default(),
+            shadow: ShadowAi::new(&setup.config.ai).map_err(StageError::Ai)?,
             health: Arc::new(JudgeHealth::default()),
             setup,
         };
@@ -366,6 +373,9 @@ impl JudgeStage {
                 if let Some(spike) = spike {
                     self.report_spike(&snapshot, record, &spike, &verdict);
                 }
+                if record.dst.ai.is_some() {
+                    self.watch_ai(&snapshot, record, &verdict);
+                }
             }
             record.verdict = Some(verdict);
         }
@@ -544,6 +554,20 @@ impl JudgeStage {
             metrics.record_spike(&EdgeOf::new(metrics.allowlist().clone()).edge(record));
         }
         self.record_finding(finding, record.time);
+    }
+
+    /// Hands a record of a flow to an AI provider, on its source's node, to
+    /// the AI watch ([`crate::ai::shadow`]): provider egress metrics and the
+    /// `shadow-ai` finding, counted once per connection.
+    fn watch_ai(&mut self, snapshot: &Snapshot, record: &FlowRecord, verdict: &FlowVerdict) {
+        let Some((src, dst)) = flow_ends(snapshot, record) else { return };
+        let metrics = self.setup.metrics.as_ref();
+        let Some(report) = self.shadow.observe(record, &src, &dst, verdict.src_tier.as_ref(), metrics) else { return };
+        if report.new_connection {
+            self.record_finding(report.finding, record.time);
+        } else {
+            self.findings.refresh(report.finding, record.time);
+        }
     }
 
     fn flush_findings(&mut self) {
@@ -822,7 +846,14 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             let at = SystemTime::now();
             let peer = |ip: &str, port: u16| {
                 let ip: IpAddr = ip.parse().expect("ip");
-                Peer { ip, port: Some(port), endpoint: Some(snapshot.resolve_remote(ip, at)), dns: None, backend: None }
+                Peer {
+                    ip,
+                    port: Some(port),
+                    endpoint: Some(snapshot.resolve_remote(ip, at)),
+                    dns: None,
+                    backend: None,
+                    ai: None,
+                }
             };
             let mut record = FlowRecord {
                 time: at,

@@ -470,6 +470,7 @@ mod tests {
                 endpoint: None,
                 backend: None,
                 dns: None,
+                ai: None,
             },
             dst: Peer {
                 ip: "198.18.0.11".parse().expect("ip"),
@@ -477,6 +478,7 @@ mod tests {
                 endpoint: None,
                 backend: None,
                 dns: None,
+                ai: None,
             },
             local: LocalEnd::Src,
             icmp: None,
