@@ -86,8 +86,8 @@ pub struct EgressIntent {
 }
 
 /// One kind of peer: selectors (`podSelector`, `namespaceSelector`, `tiers`,
-/// together), or exactly one of `cidr`, `fqdn`, `world`, `metadataService`
-/// and `apiServer`; optionally narrowed to `ports`.
+/// together), or exactly one of `cidr`, `fqdn`, `provider`, `world`,
+/// `metadataService` and `apiServer`; optionally narrowed to `ports`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IntentPeer {
@@ -112,6 +112,12 @@ pub struct IntentPeer {
     /// matching name; see [`crate::dns::FqdnPattern`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fqdn: Option<String>,
+    /// An AI provider of the observer's catalog by name (`openai`,
+    /// `anthropic`, see `docs/ai.md`): matches flows whose destination is
+    /// one of its endpoints (`dst.ai_provider`), named by DNS or reached
+    /// directly at an address resolved for one of its names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     /// Anything outside the cluster (no pod, Service or node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub world: Option<bool>,

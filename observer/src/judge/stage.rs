@@ -41,7 +41,7 @@ use super::{
 };
 use crate::{
     FastMap,
-    ai::shadow::ShadowAi,
+    ai::{Catalog, shadow::ShadowAi},
     anomaly::{EdgeHandle, EdgeKey, Spike, SpikeDetector},
     capture::CaptureHealth,
     config::ObserverConfig,
@@ -131,6 +131,8 @@ pub struct JudgeStage {
     open: OpenFlows,
     /// Provider egress and `shadow-ai` findings.
     shadow: ShadowAi,
+    /// The AI endpoint catalog `provider` peers of intents name.
+    catalog: Catalog,
     health: Arc<JudgeHealth>,
 }
 
@@ -140,6 +142,9 @@ pub enum StageError {
     /// The tier configuration is invalid.
     #[error("invalid tier configuration")]
     Tiers(#[source] crate::intent::TierConfigError),
+    /// The AI endpoint catalog is invalid.
+    #[error("invalid AI endpoint catalog")]
+    Catalog(#[source] crate::ai::CatalogError),
     /// The AI watch's configuration is invalid.
     #[error("invalid AI configuration")]
     Ai(#[source] crate::ai::shadow::ShadowError),
@@ -166,6 +171,7 @@ impl JudgeStage {
             generation: 0,
             open: OpenFlows::default(),
             shadow: ShadowAi::new(&setup.config.ai).map_err(StageError::Ai)?,
+            catalog: Catalog::build(&setup.config.ai.catalog).map_err(StageError::Catalog)?,
             health: Arc::new(JudgeHealth::default()),
             setup,
         };
@@ -249,8 +255,13 @@ impl JudgeStage {
                 None => tracing::warn!(%error, "ClusterNetworkPolicy left out"),
             }
         }
-        let (index, intent_errors) =
-            IntentIndex::compile(&loaded.intents, &namespaces, self.tiers.clone(), &self.setup.config.intents);
+        let (index, intent_errors) = IntentIndex::compile_with_catalog(
+            &loaded.intents,
+            &namespaces,
+            self.tiers.clone(),
+            &self.setup.config.intents,
+            &self.catalog,
+        );
         for error in &intent_errors {
             match loaded.origin(error) {
                 Some(origin) => tracing::warn!(%origin, %error, "FlowIntent left out"),
@@ -615,7 +626,9 @@ fn flow_ends<'a>(snapshot: &'a Snapshot, record: &'a FlowRecord) -> Option<(Flow
         None => (record.dst.ip, record.dst.port),
     };
     // The names the source pod resolved for the destination, for `fqdn` peers.
-    let dst = FlowEnd::from_endpoint(dst_end, dst_pod, dst_ip, dst_port).with_dns(record.dst.dns.as_ref());
+    let dst = FlowEnd::from_endpoint(dst_end, dst_pod, dst_ip, dst_port)
+        .with_dns(record.dst.dns.as_ref())
+        .with_ai(record.dst.ai.as_ref());
     Some((src, dst))
 }
 
