@@ -99,8 +99,20 @@ impl AiEndpoints {
                 }
             }
         }
-        // A later answer (a longer TTL, another catalog name) replaces the earlier.
-        addresses.entries.insert(ip, learned);
+        match addresses.entries.get_mut(&ip) {
+            // Another answer for the same provider while the first is fresh
+            // (other pods resolving the same name): the address has been
+            // the provider's since the first, until the latest expires, so a
+            // connection that started between the two is still named.
+            Some(held) if held.provider == learned.provider && held.expires >= at => {
+                held.expires = held.expires.max(learned.expires);
+                held.name = learned.name;
+            }
+            // A first answer, or one for another provider (a shared CDN address).
+            _ => {
+                addresses.entries.insert(ip, learned);
+            }
+        }
         true
     }
 
@@ -162,6 +174,25 @@ mod tests {
         assert!(ai.lookup(IpAddr::from([203, 0, 113, 11]), at).is_none());
         ai.expire(at + Duration::from_secs(181));
         assert_eq!(ai.stats(), AddressStats { entries: 0, evicted: 0, expired: 1 });
+    }
+
+    #[test]
+    fn a_later_answer_for_the_same_provider_keeps_the_first_resolution() {
+        let ai = endpoints(16);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ip = IpAddr::from([203, 0, 113, 10]);
+        let openai = names(&["api.openai.com"]);
+        ai.learn(ip, &openai, Duration::from_secs(60), at);
+        // Another pod resolves the same name after a direct-IP connection started.
+        ai.learn(ip, &openai, Duration::from_secs(60), at + Duration::from_secs(30));
+        let started = at + Duration::from_secs(10);
+        assert_eq!(ai.lookup(ip, started).map(|learned| learned.resolved_at), Some(at));
+        assert!(ai.lookup(ip, at + Duration::from_secs(30 + 60 + 119)).is_some(), "until the latest expires");
+        // Another provider's answer for the address replaces it.
+        ai.learn(ip, &names(&["api.anthropic.com"]), Duration::from_secs(60), at + Duration::from_secs(40));
+        let anthropic = ai.lookup(ip, at + Duration::from_secs(41)).expect("fresh");
+        assert_eq!(&*anthropic.provider, "anthropic");
+        assert!(ai.lookup(ip, started).is_none(), "not anthropic's before its answer");
     }
 
     #[test]
