@@ -9,11 +9,20 @@
 //! judge: {max_rate_trackers: 65536}
 //! spikes: {window_seconds: 60, warmup_windows: 15, sensitivity: 4}
 //! findings: {max_findings: 10000, flush_interval_seconds: 10}
+//! ai:
+//!   catalog: {replace: false, providers: [{name: acme-llm, kind: llm-api, patterns: [llm.acme.example]}]}
+//!   exempt: {namespaces: [ml-platform]}
 //! ```
 
 use std::path::{Path, PathBuf};
 
-use crate::{anomaly::SpikeConfig, findings::FindingsConfig, intent::IntentConfig, judge::JudgeConfig};
+use crate::{
+    ai::{AiConfig, Catalog, CatalogError},
+    anomaly::SpikeConfig,
+    findings::FindingsConfig,
+    intent::IntentConfig,
+    judge::JudgeConfig,
+};
 
 /// Everything the configuration file can set.
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
@@ -27,6 +36,8 @@ pub struct ObserverConfig {
     pub spikes: SpikeConfig,
     /// The findings log.
     pub findings: FindingsConfig,
+    /// The AI endpoint catalog and `shadow-ai` exemptions (`docs/ai.md`).
+    pub ai: AiConfig,
 }
 
 /// Why the configuration file could not be used.
@@ -49,6 +60,15 @@ pub enum ConfigError {
         /// Why, with line and column.
         #[source]
         source: serde_yaml::Error,
+    },
+    /// The AI endpoint catalog (`ai.catalog`) is not valid.
+    #[error("invalid configuration {path}: ai.catalog")]
+    Catalog {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: CatalogError,
     },
     /// A value is outside the range the observer accepts.
     #[error("invalid configuration {path}: {field} is {value}, expected {expected}")]
@@ -90,6 +110,7 @@ impl ObserverConfig {
             value,
             expected,
         })?;
+        Catalog::build(&config.ai.catalog).map_err(|source| ConfigError::Catalog { path: path.to_owned(), source })?;
         Ok(config)
     }
 
@@ -118,6 +139,8 @@ impl ObserverConfig {
         within("findings.max_findings", self.findings.max_findings, 1..=1 << 20, "1 to 1048576")?;
         within("findings.flush_interval_seconds", self.findings.flush_interval_seconds, 1..=3_600, "1 to 3600")?;
         within("judge.max_rate_trackers", self.judge.max_rate_trackers, 1..=1 << 22, "1 to 4194304")?;
+        within("ai.max_addresses", self.ai.max_addresses, 1..=1 << 22, "1 to 4194304")?;
+        within("ai.max_tracked", self.ai.max_tracked, 1..=1 << 20, "1 to 1048576")?;
         Ok(())
     }
 }
@@ -170,6 +193,8 @@ mod tests {
             ("findings: {max_findings: 1000000000000}", "findings.max_findings"),
             ("findings: {flush_interval_seconds: 0}", "findings.flush_interval_seconds"),
             ("judge: {max_rate_trackers: 1000000000000}", "judge.max_rate_trackers"),
+            ("ai: {max_addresses: 0}", "ai.max_addresses"),
+            ("ai: {max_tracked: 0}", "ai.max_tracked"),
         ];
         for (text, field) in cases {
             match read_text(text) {
@@ -180,6 +205,11 @@ mod tests {
         let error = read_text("spikes: {alpha: .nan}").expect_err("nan").to_string();
         assert!(error.contains("spikes.alpha is NaN, expected a number from 0.000001 to 1"), "{error}");
         assert_eq!(read_text("{}").expect("defaults"), ObserverConfig::default());
+        let catalog = read_text("ai: {catalog: {providers: [{name: acme, patterns: [llm.acme.example]}]}}")
+            .expect_err("a new provider needs its kind");
+        assert!(matches!(catalog, ConfigError::Catalog { .. }), "{catalog:?}");
+        let chain = crate::error_chain(&catalog);
+        assert!(chain.contains("ai.catalog: AI provider \"acme\" is not in the shipped catalog"), "{chain}");
         let edges = read_text("spikes: {seasonal_buckets: 168, max_edges: 1048576}").expect("at the limits");
         assert_eq!(edges.spikes.seasonal_buckets, 168);
         let rollouts = read_text("spikes: {after_rollout_seconds: 0}").expect("turned off");

@@ -5,9 +5,10 @@
 //! workload and configured labels (or service, node, `world`, `host`) filled
 //! in from the inventory as it was when the flow started, and for egress to
 //! the world the names the source pod had resolved for the destination (or
-//! `resolved: false`: a direct-IP connection), and for a flow to a Service
-//! the backend it reached ([`crate::backends`]). The pipeline's enrich stage
-//! ([`crate::pipeline`]) runs it on each batch.
+//! `resolved: false`: a direct-IP connection) and the AI provider of the
+//! catalog it is (`dst.ai_provider`, [`crate::ai::tag`]), and for a flow to
+//! a Service the backend it reached ([`crate::backends`]). The pipeline's
+//! enrich stage ([`crate::pipeline`]) runs it on each batch.
 
 use std::sync::Arc;
 

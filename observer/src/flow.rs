@@ -14,7 +14,7 @@ use std::{
 use observer_common::{FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, tcp_flags};
 use serde::{Serialize, Serializer};
 
-use crate::{inventory::Endpoint, judge::FlowVerdict};
+use crate::{ai::AiDestination, inventory::Endpoint, judge::FlowVerdict};
 
 /// Why a record was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +99,11 @@ pub struct Peer {
     /// address the pod resolved).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<PeerDns>,
+    /// The AI provider API or model hub of the catalog this end is
+    /// (`ai_provider`, `ai_kind`, `ai_via`, `ai_name` beside `ip`): set on
+    /// the destination of egress to the world ([`crate::ai::tag::tag_remote`]).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiDestination>,
 }
 
 /// The backend a flow to a Service was sent to.

@@ -7,6 +7,7 @@
 //! [`metrics`] reading the judged stream and the HTTP [`api`] answering from
 //! [`health`] beside them. See `docs/architecture.md`.
 
+pub mod ai;
 pub mod anomaly;
 pub mod api;
 pub mod backends;

@@ -11,6 +11,7 @@ use clap::Args;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
+    ai::{AiEndpoints, Catalog},
     api,
     backends::Backends,
     capture::{Capture, CaptureConfig, CaptureHealth, loader, loader::LoadOptions, table::TableConfig},
@@ -238,7 +239,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let mut capture = Capture::start(config).context("starting capture")?;
     health.attach_capture(capture.health());
     let dns_config = DnsConfig { cache_capacity: args.dns_cache_size, grace: args.dns_grace, ..DnsConfig::default() };
-    let dns = DnsView::new(&dns_config);
+    let catalog = Catalog::build(&observer_config.ai.catalog).context("building the AI endpoint catalog")?;
+    let ai = AiEndpoints::new(Arc::new(catalog), observer_config.ai.max_addresses, args.dns_grace);
+    let dns = DnsView::new(&dns_config).with_ai(Arc::new(ai));
     let dns_writer = match dns_sink {
         Some(sink) => {
             let (dns_tx, dns_rx) = mpsc::channel(DNS_LOG_CAPACITY);

@@ -245,6 +245,7 @@ fn crd_matches_the_resource_and_examples_are_valid() {
         "cidr",
         "except",
         "fqdn",
+        "provider",
         "world",
         "metadataService",
         "apiServer",
@@ -345,4 +346,60 @@ fn fqdn_rules_judge_egress_by_the_names_the_pod_resolved() {
     // The flow record's `dns` field maps onto the end.
     let record_dns = observer::flow::PeerDns { names: api.clone(), resolved: true };
     assert_eq!(check(&index, &src, &world(443).with_dns(Some(&record_dns))), None);
+}
+
+const PROVIDER_AGENTS: &str = r#"
+apiVersion: ai.governance/v1alpha1
+kind: FlowIntent
+metadata: {name: agent-providers, namespace: ai}
+spec:
+  subject: {tiers: [agent]}
+  egress:
+    forbid:
+      - provider: deepseek
+    allow:
+      - provider: openai
+        ports: [{port: 443}]
+      - provider: acme-llm
+"#;
+
+#[test]
+fn provider_rules_judge_egress_by_the_catalog_provider() {
+    use observer::ai::{AiDestination, AiKind, AiVia, Catalog, CatalogConfig};
+
+    let intents: Vec<observer::intent::FlowIntent> = judge_fixtures::documents(PROVIDER_AGENTS);
+    // The shipped catalog has no `acme-llm`: refused, naming the field and the providers known.
+    let (index, errors) = IntentIndex::compile(&intents, &[], Tiers::default(), &IntentConfig::default());
+    assert_eq!((index.len(), errors.len()), (0, 1), "{errors:?}");
+    assert_eq!(errors[0].field, "spec.egress.allow[1].provider");
+    let message = errors[0].to_string();
+    assert!(message.contains("unknown AI provider \"acme-llm\": the catalog knows openai, azure-openai"), "{message}");
+    // A catalog extended by configuration knows it.
+    let config: CatalogConfig =
+        serde_yaml::from_str("providers: [{name: acme-llm, kind: llm-api, patterns: [llm.acme.example]}]")
+            .expect("yaml");
+    let catalog = Catalog::build(&config).expect("catalog");
+    let (index, errors) =
+        IntentIndex::compile_with_catalog(&intents, &[], Tiers::default(), &IntentConfig::default(), &catalog);
+    assert!(errors.is_empty(), "{errors:?}");
+    let agent = pod("agent-1").tier("agent").ip("198.18.0.10").build();
+    let src = FlowEnd::pod(&agent, ip("198.18.0.10"), Some(40000));
+    let names: Vec<std::sync::Arc<str>> = vec!["api.openai.com".into()];
+    let to = |provider: &str, via| AiDestination { provider: provider.into(), kind: AiKind::LlmApi, via, name: None };
+    let (openai, deepseek, direct) =
+        (to("openai", AiVia::Dns), to("deepseek", AiVia::Dns), to("openai", AiVia::Address));
+    let world = |port| FlowEnd::world(ip("203.0.113.20"), Some(port));
+    assert_eq!(check(&index, &src, &world(443).with_names(&names).with_ai(Some(&openai))), None);
+    // Reached directly at an address resolved for an openai name: still openai.
+    assert_eq!(check(&index, &src, &world(443).with_names(&[]).with_ai(Some(&direct))), None);
+    // The allow rule holds on its port only.
+    assert_eq!(
+        check(&index, &src, &world(80).with_names(&names).with_ai(Some(&openai))).as_deref(),
+        Some("spec.egress.allow")
+    );
+    let forbidden = index.check_egress(&src, &world(443).with_ai(Some(&deepseek)), None).expect("forbidden");
+    assert_eq!(&*forbidden.rule, "spec.egress.forbid[0]");
+    assert!(forbidden.reason.contains("AI provider deepseek"), "{}", forbidden.reason);
+    // A world end that is no catalog endpoint is no provider.
+    assert_eq!(check(&index, &src, &world(443).with_names(&names)).as_deref(), Some("spec.egress.allow"));
 }

@@ -546,6 +546,13 @@ fn every_dashboard_panel_shows_what_the_traffic_did() {
                 &[("namespace", "agents"), ("workload", "planner"), ("kind", "Deployment"), ("tier", "agent")],
                 2.0,
             )]),
+            // This lab's traffic calls no AI provider of the catalog (the
+            // agent's internet egress is direct-IP to an address no pod
+            // resolved): the provider panels stay empty.
+            // `tests/tests/shadow_ai.rs` checks the series they read.
+            ("AI provider egress per workload", _)
+            | ("Connections to AI providers, by provider and workload", _)
+            | ("AI provider egress, by provider", _) => expect.exactly(&[]),
             ("Observers up", "A") => expect.exactly(&[(&[], 2.0)]),
             ("Observers up", "B") => expect.exactly(&[(&[], 0.0)]),
             ("Nodes counting TCP per packet", _) => expect.exactly(&[(&[], 0.0)]),

@@ -5,8 +5,10 @@
 //! and an internet namespace, writes their manifests with NetworkPolicies and
 //! FlowIntents, runs `observer run` in standalone mode on them, and drives a
 //! scripted story: normal traffic, an agent calling out directly, an
-//! enforcement gap, a blocked attempt and a spike, showing a live summary of
-//! flows by verdict and findings. Cleans up on exit or Ctrl-C.
+//! enforcement gap, a blocked attempt, a spike and a shadow AI workload (the
+//! untiered API gateway resolving and calling `api.openai.com`, which the
+//! internet's DNS server answers), showing a live summary of flows by
+//! verdict and findings. Cleans up on exit or Ctrl-C.
 
 use std::{
     collections::BTreeMap,
@@ -17,6 +19,7 @@ use std::{
 use anyhow::Context as _;
 use observer_tests::{
     Endpoint, INTERNET_HOST_V4, Lab, ObserverProcess, Pod, TcpClientOpts, TcpServerOpts,
+    dns::{DnsQueryOpts, Zone},
     manifests::{self, PodSpec},
 };
 use serde_json::{Value, json};
@@ -85,6 +88,11 @@ fn story(lab: &Lab, dir: &Path) -> anyhow::Result<()> {
         pod("egress-gateway")
             .tcp_server(pod("egress-gateway").addr_v4(3128), &TcpServerOpts { reply: 1024, ..Default::default() })?,
         internet.tcp_server((INTERNET_HOST_V4, 443).into(), &TcpServerOpts { reply: 1024, ..Default::default() })?,
+        // The internet's resolver: api.openai.com is the lab's internet host.
+        internet.dns_server(
+            (INTERNET_HOST_V4, 53).into(),
+            &Zone::default().with("api.openai.com", &[INTERNET_HOST_V4.into()], 300),
+        )?,
     ];
     step("starting the observer (standalone mode on those manifests)");
     let args = [dir.display().to_string(), config.display().to_string(), findings.display().to_string()];
@@ -134,6 +142,11 @@ fn story(lab: &Lab, dir: &Path) -> anyhow::Result<()> {
     chapter("5. the agent floods the model server: sixty connections at once (spike)");
     pod("agent").tcp_client(pod("model-server").addr_v4(8080), &TcpClientOpts { count: 60, ..ask(300, 4096) })?;
     pause(&observer, &findings)?;
+    pause(&observer, &findings)?;
+    chapter("6. the API gateway, no AI tier, resolves api.openai.com and calls it (shadow AI, provider openai)");
+    let answer = pod("api-gateway").dns_query((INTERNET_HOST_V4, 53).into(), &DnsQueryOpts::a("api.openai.com"))?;
+    println!("    api.openai.com → {:?} ({})", answer.addrs, answer.rcode);
+    pod("api-gateway").tcp_client((INTERNET_HOST_V4, 443).into(), &TcpClientOpts { count: 3, ..ask(400, 1024) })?;
     pause(&observer, &findings)?;
     step("stopping the observer");
     let run = observer.stop()?;

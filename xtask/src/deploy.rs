@@ -450,6 +450,7 @@ fn flows_dashboard() -> Value {
 fn governance_dashboard() -> Value {
     let ns = r#"src_namespace=~"$namespace""#;
     let ai_src = r#"src_tier!="", src_namespace=~"$namespace""#;
+    let ai_ns = r#"namespace=~"$namespace""#;
     dashboard(
         "flow-observer-ai",
         "Flow observer: AI governance",
@@ -561,6 +562,60 @@ fn governance_dashboard() -> Value {
                     "A",
                     r#"sum by (namespace, workload, kind, tier) (flow_observer_unprotected_pods{tier!="", namespace=~"$namespace"})"#
                         .to_owned(),
+                )],
+            ),
+            panel(
+                "table",
+                "AI provider egress per workload",
+                "Bytes (sent and received) between each workload and the AI providers of the catalog over the \
+                 selected time range, tiered and untiered (tier empty: no AI tier, a shadow AI workload unless \
+                 exempted); counted by the caller's node.",
+                [0, 27, 12, 9],
+                "decbytes",
+                vec![table(
+                    "A",
+                    format!(
+                        "sum by (namespace, workload, tier, provider) ({})",
+                        growth(&format!("flow_observer_ai_provider_bytes_total{{{ai_ns}}}"), RANGE)
+                    ),
+                )],
+            ),
+            panel(
+                "table",
+                "Connections to AI providers, by provider and workload",
+                "Connections each workload opened to each AI provider of the catalog over the selected time \
+                 range, and the shadow-ai findings about it (workloads with no AI tier).",
+                [12, 27, 12, 9],
+                "short",
+                vec![
+                    table(
+                        "A",
+                        format!(
+                            "sum by (provider, namespace, workload, tier) ({})",
+                            growth(&format!("flow_observer_ai_provider_connections_total{{{ai_ns}}}"), RANGE)
+                        ),
+                    ),
+                    table(
+                        "B",
+                        format!(
+                            "sum by (namespace, workload) ({}) > 0",
+                            growth(&format!("flow_observer_findings_total{{{ai_ns}, kind=\"shadow-ai\"}}"), RANGE)
+                        ),
+                    ),
+                ],
+            ),
+            panel(
+                "timeseries",
+                "AI provider egress, by provider",
+                "Bytes per second between workloads and each AI provider of the catalog, both directions.",
+                [0, 36, 24, 9],
+                "Bps",
+                vec![series(
+                    "A",
+                    format!(
+                        "sum by (provider, direction) (rate(flow_observer_ai_provider_bytes_total{{{ai_ns}}}[{RATE}]))"
+                    ),
+                    "{{provider}} {{direction}}",
                 )],
             ),
         ],

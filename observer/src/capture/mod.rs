@@ -557,8 +557,8 @@ pub fn build_record(
     } else {
         (None, None, None)
     };
-    let local = Peer { ip: local_ip, port: local_port, endpoint: None, backend: None, dns: None };
-    let remote = Peer { ip: remote_ip, port: remote_port, endpoint: None, backend: None, dns: None };
+    let local = Peer { ip: local_ip, port: local_port, endpoint: None, backend: None, dns: None, ai: None };
+    let remote = Peer { ip: remote_ip, port: remote_port, endpoint: None, backend: None, dns: None, ai: None };
     let local_initiated = stats.initiator == INITIATOR_LOCAL;
     // The handshake as the socket counted it: an active opener's
     // `bytes_acked` counts its SYN as a byte; a passive opener's SYN-ACK went

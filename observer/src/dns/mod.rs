@@ -42,6 +42,7 @@ pub use record::{DnsLogEntry, DnsLogEvent, LoggedAnswer};
 
 use crate::{
     FastMap,
+    ai::AiEndpoints,
     flow::{Cgroup, Protocol, key_addrs},
 };
 
@@ -214,6 +215,8 @@ pub struct DnsView {
     cache: Arc<Mutex<NameCache>>,
     health: Arc<DnsHealth>,
     labels: Arc<NameLabels>,
+    /// The AI endpoint catalog and the addresses answers gave its names.
+    ai: Option<Arc<AiEndpoints>>,
 }
 
 impl DnsView {
@@ -223,7 +226,20 @@ impl DnsView {
             cache: Arc::new(Mutex::new(NameCache::new(config.cache_capacity, config.grace))),
             health: Arc::new(DnsHealth::default()),
             labels: Arc::new(NameLabels::new(config.label_capacity)),
+            ai: None,
         }
+    }
+
+    /// The same view also learning, node-wide, the addresses answers give
+    /// to names of `ai`'s catalog (for direct-IP connections to them).
+    pub fn with_ai(mut self, ai: Arc<AiEndpoints>) -> Self {
+        self.ai = Some(ai);
+        self
+    }
+
+    /// The AI endpoints, when the view learns them.
+    pub fn ai(&self) -> Option<&Arc<AiEndpoints>> {
+        self.ai.as_ref()
     }
 
     /// The names `owner` had resolved for `ip` when a flow started at
@@ -409,14 +425,20 @@ impl DnsTracker {
     fn learn(&self, owner: &Owner, message: &DnsMessage, at: SystemTime) {
         let Some(question) = &message.question else { return };
         let max_ttl = self.config.max_ttl;
+        let ai = self.view.ai.as_deref();
         self.view.with_cache(|cache| {
             for (ip, ttl) in message.addresses() {
                 let ttl = Duration::from_secs(u64::from(ttl)).min(max_ttl);
                 cache.insert(owner.clone(), ip, Arc::clone(&question.name), ttl, at);
+                let mut names = vec![Arc::clone(&question.name)];
                 for answer in &message.answers {
                     if answer.data == message::AnswerData::Addr(ip) && answer.name != question.name {
                         cache.insert(owner.clone(), ip, Arc::clone(&answer.name), ttl, at);
+                        names.push(Arc::clone(&answer.name));
                     }
+                }
+                if let Some(ai) = ai {
+                    ai.learn(ip, &names, ttl, at);
                 }
             }
         });
@@ -443,6 +465,9 @@ impl DnsTracker {
             self.order.retain(|(_, seq, key)| pending.get(key).is_some_and(|p| p.seq == *seq));
         }
         self.view.with_cache(|cache| cache.expire(now));
+        if let Some(ai) = &self.view.ai {
+            ai.expire(now);
+        }
     }
 
     /// Logs every query still waiting as unanswered (at shutdown).

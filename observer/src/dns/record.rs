@@ -84,7 +84,7 @@ fn serialize_time<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::
 }
 
 fn peer(endpoint: (IpAddr, u16)) -> Peer {
-    Peer { ip: endpoint.0, port: Some(endpoint.1), endpoint: None, backend: None, dns: None }
+    Peer { ip: endpoint.0, port: Some(endpoint.1), endpoint: None, backend: None, dns: None, ai: None }
 }
 
 impl DnsLogEntry {

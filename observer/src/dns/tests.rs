@@ -184,3 +184,36 @@ fn hostile_ttls_are_capped() {
     lab.tracker.tick(t(60_000 + 120_000 + 10));
     assert_eq!(lab.tracker.view().health().cache().entries, 0);
 }
+
+#[test]
+fn answers_to_catalog_names_teach_the_node_their_addresses() {
+    let config = DnsConfig::default();
+    let catalog = Arc::new(crate::ai::Catalog::build(&crate::ai::CatalogConfig::default()).expect("catalog"));
+    let ai = Arc::new(crate::ai::AiEndpoints::new(catalog, 16, config.grace));
+    let view = DnsView::new(&config).with_ai(Arc::clone(&ai));
+    let mut tracker = DnsTracker::new(view, config, Arc::from("node-1"), None);
+    let mut packet = |direction, payload: &[u8], at| {
+        tracker.on_packet(&header(direction, PROTO_UDP, 40000, payload), payload, Some(Arc::from(POD)), at);
+    };
+    // A private alias whose chain ends at a catalog name.
+    packet(DIRECTION_EGRESS, &wire::query(9, "llm.corp.example", A), t(0));
+    let answer = wire::response(
+        9,
+        "llm.corp.example",
+        A,
+        0,
+        &[wire::Rr::Alias("llm.corp.example", 60, "api.openai.com"), wire::Rr::Addr("api.openai.com", 60, ip(40))],
+    );
+    packet(DIRECTION_INGRESS, &answer, t(2));
+    // And one for a name no provider has.
+    packet(DIRECTION_EGRESS, &wire::query(10, "api.example.com", A), t(3));
+    packet(
+        DIRECTION_INGRESS,
+        &wire::response(10, "api.example.com", A, 0, &[wire::Rr::Addr("api.example.com", 60, ip(41))]),
+        t(4),
+    );
+    let learned = ai.lookup(ip(40), t(10)).expect("learned from the alias chain");
+    assert_eq!((&*learned.provider, &*learned.name, learned.resolved_at), ("openai", "api.openai.com", t(2)));
+    assert!(ai.lookup(ip(41), t(10)).is_none());
+    assert_eq!(ai.stats().entries, 1);
+}

@@ -15,7 +15,10 @@
 
 use std::{io::Write as _, net::IpAddr, time::SystemTime};
 
-use crate::flow::{Backend, Cgroup, FLAG_NAMES, FlagSet, FlowRecord, Icmp, Peer, PeerDns, Rfc3339, TcpFlags, Traffic};
+use crate::{
+    ai::AiDestination,
+    flow::{Backend, Cgroup, FLAG_NAMES, FlagSet, FlowRecord, Icmp, Peer, PeerDns, Rfc3339, TcpFlags, Traffic},
+};
 
 /// Appends one line per record to `out`; returns how many. A record that
 /// fails to encode (which plain data cannot) is left out whole.
@@ -127,7 +130,7 @@ fn encode(record: &FlowRecord, time: &Rfc3339, out: &mut Vec<u8>) -> Result<(), 
 }
 
 fn peer(peer: &Peer, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    let Peer { ip, port, endpoint, backend, dns } = peer;
+    let Peer { ip, port, endpoint, backend, dns, ai } = peer;
     out.extend_from_slice(b"{\"ip\":");
     address(out, ip);
     if let Some(port) = port {
@@ -166,6 +169,18 @@ fn peer(peer: &Peer, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
             out.extend_from_slice(b"],");
         }
         out.extend_from_slice(if *resolved { b"\"resolved\":true}" } else { b"\"resolved\":false}" });
+    }
+    if let Some(AiDestination { provider, kind, via, name }) = ai {
+        out.extend_from_slice(b",\"ai_provider\":");
+        string(out, provider);
+        out.extend_from_slice(b",\"ai_kind\":");
+        string(out, kind.as_str());
+        out.extend_from_slice(b",\"ai_via\":");
+        string(out, via.as_str());
+        if let Some(name) = name {
+            out.extend_from_slice(b",\"ai_name\":");
+            string(out, name);
+        }
     }
     out.push(b'}');
     Ok(())
@@ -272,6 +287,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        ai::{AiKind, AiVia},
         flow::BackendSource,
         flow::{Family, FlowState, LocalEnd, Progress, Protocol, RecordEvent},
         inventory::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
@@ -349,6 +365,7 @@ mod tests {
                 endpoint: None,
                 backend: None,
                 dns: None,
+                ai: None,
             },
             dst: Peer {
                 ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
@@ -356,6 +373,7 @@ mod tests {
                 endpoint: None,
                 backend: None,
                 dns: None,
+                ai: None,
             },
             local: LocalEnd::Src,
             icmp: None,
@@ -409,8 +427,14 @@ mod tests {
                 tcp_flags: None,
                 ..base.clone()
             };
-            icmp.src =
-                Peer { ip: IpAddr::V6(Ipv6Addr::LOCALHOST), port: None, endpoint: None, backend: None, dns: None };
+            icmp.src = Peer {
+                ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                port: None,
+                endpoint: None,
+                backend: None,
+                dns: None,
+                ai: None,
+            };
             icmp.dst.ip = IpAddr::V6("2001:db8:203:113::10".parse().expect("address"));
             icmp.dst.port = None;
             records.push(icmp);
@@ -422,6 +446,19 @@ mod tests {
                 Some(PeerDns { names: vec![Arc::from("api.example.com"), Arc::from(text)], resolved: true });
             records.push(enriched.clone());
             records.push(enriched.clone());
+            // To an AI provider, by name and by an address resolved elsewhere.
+            let mut to_ai = enriched.clone();
+            to_ai.dst.ai =
+                Some(AiDestination { provider: Arc::from(text), kind: AiKind::LlmApi, via: AiVia::Dns, name: None });
+            records.push(to_ai.clone());
+            to_ai.dst.dns = Some(PeerDns { names: Vec::new(), resolved: false });
+            to_ai.dst.ai = Some(AiDestination {
+                provider: Arc::from("openai"),
+                kind: AiKind::ModelHub,
+                via: AiVia::Address,
+                name: Some(Arc::from(text)),
+            });
+            records.push(to_ai);
             // A connection that outlived a policy change: both verdicts.
             let now = FlowVerdict {
                 verdict: VerdictKind::Allowed,

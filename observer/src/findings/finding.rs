@@ -32,6 +32,9 @@ pub enum FindingKind {
     /// A connection allowed when it opened, still open after a policy change
     /// that denies it: most network plugins keep established connections.
     OutlivedPolicy,
+    /// A workload with no AI tier (and not exempted) that calls an AI
+    /// provider API or model hub of the catalog.
+    ShadowAi,
 }
 
 /// One end named in a finding.
@@ -127,6 +130,43 @@ pub struct Evidence {
     /// within `spikes.after_rollout_seconds`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after_rollout: Option<AfterRollout>,
+    /// The AI provider a `shadow-ai` workload called, and what it sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiEvidence>,
+}
+
+/// What a workload did with an AI provider, accumulated over its
+/// connections while the finding is remembered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AiEvidence {
+    /// The catalog provider.
+    pub provider: Arc<str>,
+    /// `llm-api` or `model-hub`.
+    pub kind: &'static str,
+    /// The catalog names its pods resolved and connected to (at most 8).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<Arc<str>>,
+    /// Addresses it connected to directly, never resolving them, that
+    /// another pod had resolved for a catalog name (at most 8), with that name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub direct_ip: Vec<DirectIp>,
+    /// Its pods that did (at most 8).
+    pub pods: Vec<String>,
+    /// Connections opened.
+    pub connections: u64,
+    /// Payload bytes sent to the provider.
+    pub bytes_sent: u64,
+    /// Payload bytes received from it.
+    pub bytes_received: u64,
+}
+
+/// A direct-IP connection to an address resolved elsewhere for a catalog name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct DirectIp {
+    /// The address.
+    pub ip: IpAddr,
+    /// The catalog name another pod resolved to it.
+    pub name: Arc<str>,
 }
 
 /// Which directions a pod is isolated for.
@@ -302,6 +342,34 @@ impl Finding {
                 isolated: Some(Isolated { ingress: pod.ingress_isolated, egress: pod.egress_isolated }),
                 ..Evidence::default()
             },
+        }
+    }
+
+    /// The finding of a workload with no AI tier that called an AI provider:
+    /// `src` is the latest flow's source, `dst` its destination, `reason`
+    /// says what was seen; one per workload and provider.
+    pub fn shadow_ai(src: &FlowEnd<'_>, dst: &FlowEnd<'_>, evidence: AiEvidence, reason: String) -> Self {
+        let rule = format!("shadow-ai:{}", evidence.provider);
+        let source: Arc<str> = match (src.namespace, src.workload) {
+            (Some(namespace), Some(workload)) => format!("{namespace}/{}/{}", workload.kind, workload.name).into(),
+            _ => src.ip.to_string().into(),
+        };
+        Self {
+            key: FindingKey {
+                kind: FindingKind::ShadowAi,
+                rule: rule.as_str().into(),
+                edge: EdgeKey { source, destination: Arc::clone(&evidence.provider), port: 0 },
+            },
+            kind: FindingKind::ShadowAi,
+            rule,
+            reason,
+            source: Party::of(src, None),
+            destination: Some(Party::of(dst, None)),
+            port: dst.port,
+            protocol: None,
+            policies: Vec::new(),
+            intent: None,
+            evidence: Evidence { ai: Some(evidence), ..Evidence::default() },
         }
     }
 

@@ -212,6 +212,24 @@ impl FindingsLog {
         new
     }
 
+    /// Records a further observation of an occurrence already counted (a
+    /// later record of the same connection): its evidence and last seen, not
+    /// its count. A finding not held (forgotten, or first seen here) is
+    /// recorded as new. Returns whether it was.
+    pub fn refresh(&mut self, finding: Finding, at: SystemTime) -> bool {
+        let finding = Arc::new(finding);
+        let Some(entry) = self.entries.get_mut(&finding.key) else {
+            let evidence = finding.evidence.clone();
+            return self.record_shared(&finding, evidence, at);
+        };
+        entry.evidence = finding.evidence.clone();
+        entry.finding = finding;
+        entry.first_seen = entry.first_seen.min(at);
+        entry.last_seen = entry.last_seen.max(at);
+        entry.dirty = true;
+        false
+    }
+
     /// Writes every finding new or repeated since the last flush, then a
     /// coverage line if events were lost since then; returns the lines written.
     pub fn flush(&mut self, out: &mut impl Write, now: SystemTime, coverage: &CoverageTracker) -> io::Result<usize> {

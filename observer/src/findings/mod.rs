@@ -12,6 +12,6 @@ mod finding;
 mod log;
 
 pub use coverage::{Coverage, CoverageStatus, CoverageTracker};
-pub use finding::{Evidence, Finding, FindingKind, Isolated, Party, SpikeEvidence};
+pub use finding::{AiEvidence, DirectIp, Evidence, Finding, FindingKind, Isolated, Party, SpikeEvidence};
 pub(crate) use log::EntryHandle;
 pub use log::{FindingsConfig, FindingsError, FindingsLog, FindingsStats, FindingsWriter};

@@ -15,6 +15,7 @@ use super::{
     tier::{InvalidTier, Tier, Tiers},
 };
 use crate::{
+    ai::Catalog,
     dns::{FqdnPattern, PatternError},
     inventory::{
         EndpointKind, ObjectKind, ObjectRef,
@@ -63,8 +64,16 @@ pub enum IntentProblem {
         source: InvalidTier,
     },
     /// A peer of no kind.
-    #[error("must specify a peer: selectors, cidr, fqdn, world, metadataService or apiServer")]
+    #[error("must specify a peer: selectors, cidr, fqdn, provider, world, metadataService or apiServer")]
     EmptyPeer,
+    /// A provider the AI catalog does not know.
+    #[error("unknown AI provider {name:?}: the catalog knows {known} (extend it with ai.catalog in the configuration)")]
+    UnknownProvider {
+        /// The name as written.
+        name: String,
+        /// The catalog's provider names, comma separated.
+        known: String,
+    },
     /// A peer of more than one kind.
     #[error("may specify only one kind of peer, got {kinds}")]
     MixedPeer {
@@ -128,6 +137,8 @@ pub(crate) enum PeerKind {
     ApiServer,
     /// Addresses the source pod resolved from a name matching the pattern.
     Fqdn(FqdnPattern),
+    /// Endpoints of this AI provider of the catalog.
+    Provider(Arc<str>),
 }
 
 /// A port range of one protocol.
@@ -211,6 +222,7 @@ impl Peer {
                 // direct-IP end (never resolved) or one with no DNS
                 // knowledge matches no name.
                 PeerKind::Fqdn(pattern) => end.names.is_some_and(|names| pattern.matches_any(names)),
+                PeerKind::Provider(name) => end.provider == Some(&**name),
                 PeerKind::MetadataService => context.metadata.contains(&end.ip),
                 PeerKind::ApiServer => {
                     context.api_server.contains(&end.ip)
@@ -330,8 +342,9 @@ fn flag(value: Option<bool>, field: &str) -> Result<bool, Failure> {
     }
 }
 
-/// Compiles a peer at `field` of an intent in namespace `own`.
-fn peer(peer: &IntentPeer, own: &Arc<str>, field: &str) -> Result<Peer, Failure> {
+/// Compiles a peer at `field` of an intent in namespace `own`; `catalog`
+/// names the AI providers a `provider` peer may name.
+fn peer(peer: &IntentPeer, own: &Arc<str>, field: &str, catalog: &Catalog) -> Result<Peer, Failure> {
     let selectors = peer.pod_selector.is_some() || peer.namespace_selector.is_some() || peer.tiers.is_some();
     let world = flag(peer.world, &format!("{field}.world"))?;
     let metadata = flag(peer.metadata_service, &format!("{field}.metadataService"))?;
@@ -340,6 +353,7 @@ fn peer(peer: &IntentPeer, own: &Arc<str>, field: &str) -> Result<Peer, Failure>
         (selectors, "selectors"),
         (peer.cidr.is_some(), "cidr"),
         (peer.fqdn.is_some(), "fqdn"),
+        (peer.provider.is_some(), "provider"),
         (world, "world"),
         (metadata, "metadataService"),
         (api_server, "apiServer"),
@@ -396,6 +410,15 @@ fn peer(peer: &IntentPeer, own: &Arc<str>, field: &str) -> Result<Peer, Failure>
             .map_err(|source| at(format!("{field}.fqdn"))(IntentProblem::Fqdn { value: text.clone(), source }))?;
         let label = format!("fqdn {pattern}");
         (PeerKind::Fqdn(pattern), label)
+    } else if let Some(name) = &peer.provider {
+        let Some(provider) = catalog.provider(name) else {
+            let known: Vec<&str> = catalog.providers().iter().map(|provider| &*provider.name).collect();
+            return Err(at(format!("{field}.provider"))(IntentProblem::UnknownProvider {
+                name: name.clone(),
+                known: known.join(", "),
+            }));
+        };
+        (PeerKind::Provider(Arc::clone(&provider.name)), format!("AI provider {name}"))
     } else if world {
         (PeerKind::World, "world".to_owned())
     } else if metadata {
@@ -424,7 +447,11 @@ pub(crate) fn intent_ref(intent: &FlowIntent) -> ObjectRef {
 
 impl CompiledIntent {
     /// Validates and compiles an intent.
-    pub(crate) fn compile(intent: &FlowIntent, meta: ObjectRef) -> Result<Self, (String, IntentProblem)> {
+    pub(crate) fn compile(
+        intent: &FlowIntent,
+        meta: ObjectRef,
+        catalog: &Catalog,
+    ) -> Result<Self, (String, IntentProblem)> {
         if meta.name.is_empty() {
             return Err(("metadata.name".to_owned(), IntentProblem::MissingName));
         }
@@ -445,7 +472,7 @@ impl CompiledIntent {
             peers
                 .iter()
                 .enumerate()
-                .map(|(index, item)| peer(item, &own, &format!("{field}[{index}]")))
+                .map(|(index, item)| peer(item, &own, &format!("{field}[{index}]"), catalog))
                 .collect::<Result<Box<[Peer]>, _>>()
         };
         let egress = spec.egress.as_ref();
@@ -458,7 +485,7 @@ impl CompiledIntent {
         let only_through = egress
             .and_then(|egress| egress.only_through.as_ref())
             .map(|gateway| {
-                let compiled = peer(gateway, &own, "spec.egress.onlyThrough")?;
+                let compiled = peer(gateway, &own, "spec.egress.onlyThrough", catalog)?;
                 match compiled.kind {
                     PeerKind::Pods { .. } => Ok(compiled),
                     _ => Err(("spec.egress.onlyThrough".to_owned(), IntentProblem::GatewayNotPods)),

@@ -8,6 +8,7 @@
 use std::{net::IpAddr, sync::Arc};
 
 use crate::{
+    ai::AiDestination,
     flow::PeerDns,
     inventory::{EndpointInfo, EndpointKind, WorkloadRef, model::Pod},
 };
@@ -62,6 +63,9 @@ pub struct FlowEnd<'a> {
     /// connection); `None` when DNS says nothing (not egress, or no DNS data).
     /// `fqdn` peers match these names.
     pub names: Option<&'a [Arc<str>]>,
+    /// For the destination of egress: the AI provider of the catalog it is
+    /// (`dst.ai_provider`); `provider` peers match it.
+    pub provider: Option<&'a str>,
 }
 
 impl<'a> FlowEnd<'a> {
@@ -78,6 +82,7 @@ impl<'a> FlowEnd<'a> {
             service: None,
             workload: None,
             names: None,
+            provider: None,
         }
     }
 
@@ -105,6 +110,7 @@ impl<'a> FlowEnd<'a> {
             service: None,
             workload: Some(workload),
             names: None,
+            provider: None,
         }
     }
 
@@ -128,6 +134,7 @@ impl<'a> FlowEnd<'a> {
             service: endpoint.service.as_ref().map(|service| service.name.as_str()),
             workload: endpoint.workload.as_ref().map(WorkloadName::from),
             names: None,
+            provider: None,
         }
     }
 
@@ -135,6 +142,11 @@ impl<'a> FlowEnd<'a> {
     /// `dns` field of this end (see [`FlowEnd::names`]).
     pub fn with_dns(self, dns: Option<&'a PeerDns>) -> Self {
         Self { names: dns.map(|dns| dns.names.as_slice()), ..self }
+    }
+
+    /// The same end with the AI provider the record's `dst.ai_provider` names.
+    pub fn with_ai(self, ai: Option<&'a AiDestination>) -> Self {
+        Self { provider: ai.map(|ai| &*ai.provider), ..self }
     }
 
     /// The same end with the names the source pod resolved for it.

@@ -15,9 +15,12 @@ use super::{
     resource::{FlowIntent, IsolationIntent},
     tier::{Tier, TierConfig, Tiers},
 };
-use crate::inventory::{
-    EndpointKind, ObjectRef,
-    model::{Labels, Namespace, Pod, Protocol},
+use crate::{
+    ai::Catalog,
+    inventory::{
+        EndpointKind, ObjectRef,
+        model::{Labels, Namespace, Pod, Protocol},
+    },
 };
 
 /// Settings of intent evaluation.
@@ -105,7 +108,8 @@ pub(crate) fn describe(end: &FlowEnd<'_>) -> String {
                 Some([]) => format!("{}{port} ({kind}, never resolved: direct-IP)", end.ip),
                 Some(names) => {
                     let names: Vec<&str> = names.iter().map(|name| &**name).collect();
-                    format!("{}{port} ({kind}, {})", end.ip, names.join("|"))
+                    let provider = end.provider.map(|provider| format!(", AI provider {provider}")).unwrap_or_default();
+                    format!("{}{port} ({kind}, {}{provider})", end.ip, names.join("|"))
                 }
                 None => format!("{}{port} ({kind})", end.ip),
             }
@@ -116,17 +120,29 @@ pub(crate) fn describe(end: &FlowEnd<'_>) -> String {
 impl IntentIndex {
     /// Compiles `intents`; those that fail validation are left out and
     /// reported, each naming its position in `intents`, field and reason.
+    /// `provider` peers name providers of the shipped AI catalog.
     pub fn compile(
         intents: &[FlowIntent],
         namespaces: &[Namespace],
         tiers: Tiers,
         config: &IntentConfig,
     ) -> (Self, Vec<IntentError>) {
+        Self::compile_with_catalog(intents, namespaces, tiers, config, &Catalog::shipped())
+    }
+
+    /// [`IntentIndex::compile`] with `provider` peers naming providers of `catalog`.
+    pub fn compile_with_catalog(
+        intents: &[FlowIntent],
+        namespaces: &[Namespace],
+        tiers: Tiers,
+        config: &IntentConfig,
+        catalog: &Catalog,
+    ) -> (Self, Vec<IntentError>) {
         let mut compiled = Vec::new();
         let mut errors = Vec::new();
         for (index, intent) in intents.iter().enumerate() {
             let meta = intent_ref(intent);
-            match CompiledIntent::compile(intent, meta.clone()) {
+            match CompiledIntent::compile(intent, meta.clone(), catalog) {
                 Ok(intent) => compiled.push(intent),
                 Err((field, problem)) => {
                     errors.push(IntentError { index, namespace: meta.namespace, name: meta.name, field, problem });

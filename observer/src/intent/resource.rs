@@ -27,6 +27,10 @@ const TIER_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
 /// A DNS name or `*.` and a domain; the observer checks the rest.
 const FQDN_PATTERN: &str = r"^(\*\.)?[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?$";
 
+/// A catalog provider's name, as the CRD admits it (the catalog decides
+/// which names exist when the intent compiles).
+const PROVIDER_PATTERN: &str = r"^[a-z0-9][a-z0-9-]{0,62}$";
+
 /// What an AI tier's traffic is meant to look like. The observer reports
 /// flows that break it (intent-violation), pods it requires isolated that
 /// are not (unprotected), and new-connection rates above its limit; it
@@ -111,8 +115,8 @@ pub struct EgressIntent {
 }
 
 /// One kind of peer: selectors (`podSelector`, `namespaceSelector`, `tiers`,
-/// together), or exactly one of `cidr`, `fqdn`, `world`, `metadataService`
-/// and `apiServer`; optionally narrowed to `ports`.
+/// together), or exactly one of `cidr`, `fqdn`, `provider`, `world`,
+/// `metadataService` and `apiServer`; optionally narrowed to `ports`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IntentPeer {
@@ -143,6 +147,13 @@ pub struct IntentPeer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253), regex(pattern = FQDN_PATTERN))]
     pub fqdn: Option<String>,
+    /// An AI provider of the observer's catalog by name (`openai`,
+    /// `anthropic`, see `docs/ai.md`): matches flows whose destination is
+    /// one of its endpoints (`dst.ai_provider`), named by DNS or reached
+    /// directly at an address resolved for one of its names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63), regex(pattern = PROVIDER_PATTERN))]
+    pub provider: Option<String>,
     /// Anything outside the cluster (no pod, Service or node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [true]))]

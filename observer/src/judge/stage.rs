@@ -40,6 +40,7 @@ use super::{
 };
 use crate::{
     FastMap,
+    ai::{Catalog, shadow::ShadowAi},
     anomaly::{self, EdgeHandle, EdgeKey, Spike, SpikeDetector},
     config::ObserverConfig,
     findings::{CoverageTracker, EntryHandle, Evidence, Finding, FindingsLog, FindingsWriter},
@@ -89,6 +90,10 @@ pub struct JudgeStage {
     generation: u64,
     /// Open flows, with the policy outcome each started under.
     open: OpenFlows,
+    /// Provider egress and `shadow-ai` findings.
+    shadow: ShadowAi,
+    /// The AI endpoint catalog `provider` peers of intents name.
+    catalog: Catalog,
     /// The AI-tier pods no policy isolates, by uid, with what was counted of
     /// each: a pod is counted once per change of its state, not at every
     /// rebuild.
@@ -109,6 +114,12 @@ pub enum StageError {
     /// The tier configuration is invalid.
     #[error("invalid tier configuration")]
     Tiers(#[source] crate::intent::TierConfigError),
+    /// The AI endpoint catalog is invalid.
+    #[error("invalid AI endpoint catalog")]
+    Catalog(#[source] crate::ai::CatalogError),
+    /// The AI watch's configuration is invalid.
+    #[error("invalid AI configuration")]
+    Ai(#[source] crate::ai::shadow::ShadowError),
 }
 
 impl JudgeStage {
@@ -132,6 +143,8 @@ impl JudgeStage {
             generation: 0,
             open: OpenFlows::default(),
             unprotected: FastMap::default(),
+            shadow: ShadowAi::new(&setup.config.ai).map_err(StageError::Ai)?,
+            catalog: Catalog::build(&setup.config.ai.catalog).map_err(StageError::Catalog)?,
             setup,
         };
         stage.rebuild();
@@ -175,8 +188,13 @@ impl JudgeStage {
                 None => tracing::warn!(%error, "ClusterNetworkPolicy left out"),
             }
         }
-        let (index, intent_errors) =
-            IntentIndex::compile(&loaded.intents, &namespaces, self.tiers.clone(), &self.setup.config.intents);
+        let (index, intent_errors) = IntentIndex::compile_with_catalog(
+            &loaded.intents,
+            &namespaces,
+            self.tiers.clone(),
+            &self.setup.config.intents,
+            &self.catalog,
+        );
         for error in &intent_errors {
             match loaded.origin(error) {
                 Some(origin) => tracing::warn!(%origin, %error, "FlowIntent left out"),
@@ -313,6 +331,9 @@ impl JudgeStage {
                 };
                 if let Some(spike) = spike {
                     self.report_spike(&snapshot, record, &spike, &verdict);
+                }
+                if record.dst.ai.is_some() {
+                    self.watch_ai(&snapshot, record, &verdict);
                 }
             }
             record.verdict = Some(verdict);
@@ -499,6 +520,20 @@ impl JudgeStage {
         self.record_finding(finding, record.time);
     }
 
+    /// Hands a record of a flow to an AI provider, on its source's node, to
+    /// the AI watch ([`crate::ai::shadow`]): provider egress metrics and the
+    /// `shadow-ai` finding, counted once per connection.
+    fn watch_ai(&mut self, snapshot: &Snapshot, record: &FlowRecord, verdict: &FlowVerdict) {
+        let Some((src, dst)) = flow_ends(snapshot, record) else { return };
+        let metrics = self.setup.metrics.as_ref();
+        let Some(report) = self.shadow.observe(record, &src, &dst, verdict.src_tier.as_ref(), metrics) else { return };
+        if report.new_connection {
+            self.record_finding(report.finding, record.time);
+        } else {
+            self.findings.refresh(report.finding, record.time);
+        }
+    }
+
     /// Writes the findings due, with the coverage of their span: whatever
     /// any stage lost since the last flush makes it incomplete.
     pub(crate) fn flush_findings(&mut self) {
@@ -539,7 +574,9 @@ fn flow_ends<'a>(snapshot: &'a Snapshot, record: &'a FlowRecord) -> Option<(Flow
         None => (record.dst.ip, record.dst.port),
     };
     // The names the source pod resolved for the destination, for `fqdn` peers.
-    let dst = FlowEnd::from_endpoint(dst_end, dst_pod, dst_ip, dst_port).with_dns(record.dst.dns.as_ref());
+    let dst = FlowEnd::from_endpoint(dst_end, dst_pod, dst_ip, dst_port)
+        .with_dns(record.dst.dns.as_ref())
+        .with_ai(record.dst.ai.as_ref());
     Some((src, dst))
 }
 
@@ -773,7 +810,14 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             let at = SystemTime::now();
             let peer = |ip: &str, port: u16| {
                 let ip: IpAddr = ip.parse().expect("ip");
-                Peer { ip, port: Some(port), endpoint: Some(snapshot.resolve_remote(ip, at)), dns: None, backend: None }
+                Peer {
+                    ip,
+                    port: Some(port),
+                    endpoint: Some(snapshot.resolve_remote(ip, at)),
+                    dns: None,
+                    backend: None,
+                    ai: None,
+                }
             };
             let mut record = FlowRecord {
                 time: at,
@@ -972,6 +1016,7 @@ spec: {podSelector: {matchLabels: {app: agent}}, policyTypes: [Ingress]}
                 endpoint: Some(lab.stage.snapshot.resolve_remote(CLIENT.parse().expect("ip"), SystemTime::now())),
                 dns: None,
                 backend: None,
+                ai: None,
             },
             dst: Peer {
                 ip: "203.0.113.9".parse().expect("ip"),
@@ -979,6 +1024,7 @@ spec: {podSelector: {matchLabels: {app: agent}}, policyTypes: [Ingress]}
                 endpoint: Some(Endpoint::world()),
                 dns: Some(PeerDns { names: vec![Arc::from("api.example.com")], resolved: true }),
                 backend: None,
+                ai: None,
             },
             local: LocalEnd::Src,
             icmp: None,

@@ -446,6 +446,7 @@ mod tests {
                 endpoint: None,
                 backend: None,
                 dns: None,
+                ai: None,
             },
             dst: Peer {
                 ip: "198.18.0.11".parse().expect("ip"),
@@ -453,6 +454,7 @@ mod tests {
                 endpoint: None,
                 backend: None,
                 dns: None,
+                ai: None,
             },
             local: LocalEnd::Src,
             icmp: None,

@@ -21,6 +21,7 @@ pub mod edge_cells;
 pub mod edge_exposition;
 pub mod flows;
 pub mod labels;
+pub mod providers;
 pub mod services;
 pub mod sinks;
 
@@ -135,6 +136,7 @@ struct Inner {
     objects_invalid: Gauge,
     rollouts: Counter,
     services: services::ServiceCounters,
+    providers: providers::ProviderFamilies,
 }
 
 impl Metrics {
@@ -162,6 +164,7 @@ impl Metrics {
             objects_invalid: Gauge::default(),
             rollouts: Counter::default(),
             services: services::ServiceCounters::register(&mut registry),
+            providers: providers::ProviderFamilies::register(&mut registry, cap, &accounting),
             registry: Registry::default(),
             config,
         };
@@ -240,6 +243,13 @@ impl Metrics {
         });
     }
 
+    /// Counts egress of a workload to an AI provider: bytes `sent` and
+    /// `received` since the flow's previous record, and a new connection
+    /// when `new`.
+    pub fn record_provider_egress(&self, labels: &providers::ProviderLabels, sent: u64, received: u64, new: bool) {
+        self.inner.providers.count(labels, sent, received, new);
+    }
+
     /// Counts an edge whose rate left its learned baseline.
     pub fn record_spike(&self, edge: &EdgeLabels) {
         self.inner.spikes.with(edge, Instant::now(), |counter| {
@@ -311,7 +321,10 @@ impl Metrics {
         let grace = inner.config.series_grace;
         // Its own statement, so the meter waits only for the edges' part.
         let edges = self.edge_cells().collect_garbage(now, grace);
-        edges + inner.spikes.collect_garbage(now, grace) + inner.findings.collect_garbage(now, grace)
+        edges
+            + inner.spikes.collect_garbage(now, grace)
+            + inner.findings.collect_garbage(now, grace)
+            + inner.providers.collect_garbage(now, grace)
     }
 
     /// Collects garbage every quarter of the grace period (at most every
@@ -630,6 +643,14 @@ mod tests {
         metrics.record_verdict(&edge("agent", "db"), crate::judge::VerdictKind::EnforcementGap);
         metrics.record_finding(&FindingLabels::new("intent-violation", "agent", "shop", "agent"));
         metrics.record_spike(&edge("agent", "db"));
+        let provider = providers::ProviderLabels {
+            namespace: "shop".into(),
+            workload: "billing".into(),
+            tier: "".into(),
+            provider: "openai".into(),
+        };
+        metrics.record_provider_egress(&provider, 300, 5000, true);
+        metrics.record_provider_egress(&provider, 0, 700, false);
         metrics.set_unprotected(&[(WorkloadLabels::new("Deployment", "ml", "vllm", "model-server"), 2)]);
         metrics.set_policies_loaded("NetworkPolicy", 12);
         metrics.set_policies_loaded("ClusterNetworkPolicy", 2);
@@ -659,6 +680,9 @@ mod tests {
             "flow_observer_policies_loaded{kind=\"NetworkPolicy\"} 12\n",
             "flow_observer_policies_loaded{kind=\"ClusterNetworkPolicy\"} 2\n",
             "flow_observer_intents_loaded 3\n",
+            r#"flow_observer_ai_provider_connections_total{namespace="shop",workload="billing",tier="",provider="openai"} 1"#,
+            r#"flow_observer_ai_provider_bytes_total{namespace="shop",workload="billing",tier="",provider="openai",direction="sent"} 300"#,
+            r#"flow_observer_ai_provider_bytes_total{namespace="shop",workload="billing",tier="",provider="openai",direction="received"} 5700"#,
             r#"flow_observer_inventory_synced{source="cluster"} 1"#,
             r#"flow_observer_inventory_stale{source="cluster"} 0"#,
             r#"flow_observer_inventory_last_update_timestamp_seconds{source="cluster"} 1700000000"#,
@@ -736,12 +760,13 @@ mod tests {
         assert_eq!(edge_series, 8200 * 6);
         // Per node: build info, 17 capture series, 12 dropped-record series
         // (capture, enrich, judge, export × start, update, end), the judge's
-        // untracked flows, 7 bounded families × 3 accounting series (series,
-        // overflow, removed), 2 loaded gauges, the invalid objects gauge, the rollouts counter, 3
-        // conntrack lookup results and 3 Service backend sources.
-        assert_eq!(other_series, NODES * 62);
+        // untracked flows, 9 bounded families × 3 accounting series (series,
+        // overflow, removed), 2 loaded gauges, the invalid objects gauge, the
+        // rollouts counter, 3 conntrack lookup results and 3 Service backend
+        // sources.
+        assert_eq!(other_series, NODES * 68);
         // Node 0 also runs coredns: its 50 workloads' 150 calls out, 150 in,
         // 50 DNS and 50 internet edges, plus 1,000 DNS edges in.
-        assert_eq!(busiest, 62 + (150 + 150 + 50 + 50 + 1000) * 6);
+        assert_eq!(busiest, 68 + (150 + 150 + 50 + 50 + 1000) * 6);
     }
 }

@@ -147,8 +147,14 @@ mod tests {
     use crate::flow::{Cgroup, Family, FlowState, LocalEnd, Peer, Progress, Protocol, RecordEvent, Traffic};
 
     fn record(event: RecordEvent) -> FlowRecord {
-        let peer =
-            |ip: &str| Peer { ip: ip.parse().expect("ip"), port: Some(80), endpoint: None, dns: None, backend: None };
+        let peer = |ip: &str| Peer {
+            ip: ip.parse().expect("ip"),
+            port: Some(80),
+            endpoint: None,
+            dns: None,
+            backend: None,
+            ai: None,
+        };
         FlowRecord {
             time: SystemTime::now(),
             event,

@@ -3,10 +3,11 @@
 //! In: batches of records from capture, the inventory's resolver (none
 //! without an inventory) and the DNS name cache. Out: the same records with
 //! both ends resolved as [`crate::enrich::Enricher`] does and the
-//! destination's DNS names ([`crate::enrich::name_remote`]), handed to the
-//! judge.
+//! destination's DNS names ([`crate::enrich::name_remote`]) and AI provider
+//! ([`crate::ai::tag`]), handed to the judge.
 
 use crate::{
+    ai::tag::tag_remote,
     backends::Backends,
     dns::DnsView,
     enrich::{Enricher, name_remote},
@@ -46,6 +47,9 @@ impl Stage for EnrichStage {
             }
             if let Some(dns) = &self.dns {
                 name_remote(record, dns);
+                if let Some(ai) = dns.ai() {
+                    tag_remote(record, ai);
+                }
             }
         }
     }
