@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     ai::{AiEndpoints, Catalog},
-    api,
+    api::{self, HttpLimits},
     backends::Backends,
     capture::{Capture, CaptureConfig, CaptureHealth, loader, loader::LoadOptions, table::TableConfig},
     config::ObserverConfig,
@@ -80,6 +80,8 @@ pub struct RunConfig {
     pub inventory: InventoryOptions,
     /// Metrics and HTTP endpoints.
     pub metrics: MetricsOptions,
+    /// How many HTTP clients are served at a time and for how long.
+    pub http: HttpLimits,
 }
 
 fn node_name(args: &RunConfig) -> String {
@@ -171,7 +173,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         tokio::spawn(api::serve(
             listener,
             api::ApiState { metrics: metrics.clone(), health: health.clone() },
-            args.metrics.http,
+            args.http,
             shutdown_rx.clone(),
         ));
     }

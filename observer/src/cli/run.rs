@@ -210,6 +210,7 @@ impl From<RunArgs> for RunConfig {
             stage_queue_batches: args.stage_queue_batches,
             config: args.config,
             inventory: args.inventory.into(),
+            http: args.metrics.http.into(),
             metrics: args.metrics.into(),
         }
     }
@@ -257,7 +258,6 @@ impl From<MetricsArgs> for MetricsOptions {
             metrics_max_series: args.metrics_max_series,
             metrics_series_grace: args.metrics_series_grace,
             metrics_pod_labels: args.metrics_pod_labels,
-            http: args.http.into(),
         }
     }
 }

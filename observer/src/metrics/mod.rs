@@ -440,8 +440,6 @@ pub struct MetricsOptions {
     /// Pod label exposed on edge series as `src_<key>`/`dst_<key>` (repeat;
     /// keep to labels with few values, such as `team` or `app.kubernetes.io/part-of`).
     pub metrics_pod_labels: Vec<String>,
-    /// How many HTTP clients are served at a time and for how long.
-    pub http: crate::api::HttpLimits,
 }
 
 impl MetricsOptions {
