@@ -27,8 +27,8 @@ use std::{
 };
 
 use observer::governance::{
-    report::{ReportArgs, ReportFormat, report},
-    simulate::{Format, SimulateArgs, simulate},
+    report::{ReportConfig, ReportFormat, report},
+    simulate::{Format, SimulateConfig, simulate},
 };
 use observer_tests::manifests::{ClusterSize, cluster, cluster_pod_ip, cluster_uid};
 use serde_json::json;
@@ -212,7 +212,7 @@ fn main() {
         let base = LIVE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
         let (cpu, wall) = (cpu_seconds(), Instant::now());
-        let simulation = simulate(&SimulateArgs {
+        let simulation = simulate(&SimulateConfig {
             manifests: vec![manifests.clone()],
             kubeconfig: None,
             proposed: vec![proposed.clone()],
@@ -234,7 +234,7 @@ fn main() {
         let base = LIVE.load(Ordering::Relaxed);
         PEAK.store(base, Ordering::Relaxed);
         let (cpu, wall) = (cpu_seconds(), Instant::now());
-        let made = report(&ReportArgs {
+        let made = report(&ReportConfig {
             manifests: vec![manifests.clone()],
             kubeconfig: None,
             flows: vec![fifo.path.clone()],

@@ -7,130 +7,84 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use clap::Args;
 use tokio::sync::{mpsc, watch};
 
 use crate::{
     ai::{AiEndpoints, Catalog},
-    api,
+    api::{self, HttpLimits},
     backends::Backends,
     capture::{Capture, CaptureConfig, CaptureHealth, loader, loader::LoadOptions, table::TableConfig},
     config::ObserverConfig,
     dns::{DnsConfig, DnsTracker, DnsView},
-    duration::parse_duration,
     export::{
         dnslog,
-        logs::{Logs, RotationArgs},
+        logs::{Logs, RotationConfig},
         sink::Reopen,
     },
     health::{Health, StallLimits},
-    inventory::{Inventory, InventoryArgs, InventoryError},
+    inventory::{Inventory, InventoryError, InventoryOptions},
     judge::stage::{JudgeStage, StageSetup},
-    metrics::{Metrics, MetricsArgs, flows},
+    metrics::{Metrics, MetricsOptions, flows},
     node::NodeAddresses,
     pipeline,
 };
 
-/// Options of `observer run`.
-#[derive(Debug, Args)]
-pub struct RunArgs {
+/// What `observer run` is told to do (from [`crate::cli::run::RunConfig`]).
+#[derive(Debug)]
+pub struct RunConfig {
     /// Write the JSON flow log to this file (appended) instead of stdout.
-    #[arg(long, value_name = "FILE")]
     pub flow_log: Option<PathBuf>,
     /// Size-based rotation of the flow, findings and DNS log files.
-    #[command(flatten)]
-    pub rotation: RotationArgs,
+    pub rotation: RotationConfig,
     /// cgroup v2 root to attach at, or a host's cgroup folder whose `unified` child is the v2 root (hybrid hosts)
     /// [default: /sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts].
-    #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
     /// How often the kernel flow map is read and records are written.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// Minimum time between two update records of one flow.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub update_interval: Duration,
     /// A UDP, SCTP or ICMP flow idle this long has ended.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// A TCP flow counted per packet (`--tcp-per-packet`, no kernel BTF, or before Linux 5.9) idle this long with no
     /// close seen is expired; connections counted from their socket end with their close.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub tcp_idle_timeout: Duration,
     /// Capacity of the kernel flow map (entries; about 200 bytes each; 16 to 4194304).
-    #[arg(long, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub flow_map_size: u32,
     /// Size of the kernel event ring buffer in bytes (a power of two, 4096 to 256 MiB).
-    #[arg(long, default_value_t = 8 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_bytes: u32,
     /// Also observe loopback traffic (127.0.0.0/8, ::1).
-    #[arg(long)]
     pub include_loopback: bool,
     /// Count TCP packet by packet instead of from each socket's own counters,
     /// and take TCP state changes from the tracepoint instead of the BTF
     /// tracepoint (what happens anyway without kernel BTF or before Linux 5.9).
-    #[arg(long)]
     pub tcp_per_packet: bool,
     /// Forward the kernel programs' diagnostics (aya-log) to the log at debug level.
-    #[arg(long)]
     pub ebpf_log: bool,
     /// Also write a JSON lines log of every DNS query pods send and what came of it (appended).
-    #[arg(long, value_name = "FILE")]
     pub dns_log: Option<PathBuf>,
     /// Most (pod, address) entries in the DNS name cache (least recently used evicted; 1 to 4194304).
-    #[arg(long, default_value_t = 65_536, value_parser = parse_cache_size)]
     pub dns_cache_size: usize,
     /// How long past its TTL a resolved name still names new connections.
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub dns_grace: Duration,
     /// Write findings (policy and intent breaches, unprotected AI-tier pods,
     /// spikes), deduplicated, as JSON lines to this file (appended).
-    #[arg(long, value_name = "FILE")]
     pub findings_log: Option<PathBuf>,
     /// Batches each pipeline stage may queue for the next before it drops
     /// (and counts) what does not fit: bounds the memory a stalled stage or
     /// flow-log reader can take (1 to 65536).
-    #[arg(long, default_value_t = pipeline::STAGE_CAPACITY, value_parser = parse_queue_batches)]
     pub stage_queue_batches: usize,
     /// Configuration file (YAML or JSON): AI tiers, judge, spike detector and
     /// findings settings; see `docs/intents.md`.
-    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where pods, namespaces and policies come from.
-    #[command(flatten)]
-    pub inventory: InventoryArgs,
+    pub inventory: InventoryOptions,
     /// Metrics and HTTP endpoints.
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
+    pub metrics: MetricsOptions,
+    /// How many HTTP clients are served at a time and for how long.
+    pub http: HttpLimits,
 }
 
-/// Largest event ring buffer (256 MiB): beyond it the kernel's refusal
-/// would read like a missing feature.
-const MAX_RING_BYTES: u32 = 256 << 20;
-
-fn parse_ring_size(text: &str) -> Result<u32, String> {
-    let bytes: u32 = text.parse().map_err(|_| format!("{text:?} is not a number of bytes up to {MAX_RING_BYTES}"))?;
-    if !bytes.is_power_of_two() || !(4096..=MAX_RING_BYTES).contains(&bytes) {
-        return Err(format!("{bytes} must be a power of two from 4096 to {MAX_RING_BYTES}"));
-    }
-    Ok(bytes)
-}
-
-fn parse_queue_batches(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(batches) if (1..=65_536).contains(&batches) => Ok(batches),
-        _ => Err(format!("{text:?} is not a number of batches from 1 to 65536")),
-    }
-}
-
-fn parse_cache_size(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(size) if (1..=1 << 22).contains(&size) => Ok(size),
-        _ => Err(format!("{text:?} is not a number of entries from 1 to 4194304")),
-    }
-}
-
-fn node_name(args: &RunArgs) -> String {
+fn node_name(args: &RunConfig) -> String {
     if let Some(name) = &args.inventory.node_name {
         return name.clone();
     }
@@ -143,7 +97,7 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl RunArgs {
+impl RunConfig {
     fn capture_config(&self) -> anyhow::Result<CaptureConfig> {
         let cgroup_root = match &self.cgroup_root {
             // A container mounts the host's /sys/fs/cgroup whole: on a
@@ -179,7 +133,7 @@ impl RunArgs {
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub fn run(args: RunConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -188,7 +142,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(run_async(args))
 }
 
-async fn run_async(args: RunArgs) -> anyhow::Result<()> {
+async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     let config = args.capture_config()?;
     let observer_config = match &args.config {
         Some(path) => ObserverConfig::read(path)?,
@@ -219,7 +173,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(api::serve(
             listener,
             api::ApiState { metrics: metrics.clone(), health: health.clone() },
-            args.metrics.http,
+            args.http,
             shutdown_rx.clone(),
         ));
     }
@@ -338,10 +292,10 @@ const DNS_LOG_CAPACITY: usize = 8192;
 /// `--manifests` and no Kubernetes configuration at all, the observer still
 /// captures, and says that flows will carry addresses only.
 async fn start_inventory(
-    args: &InventoryArgs,
+    args: &InventoryOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Inventory>> {
-    let (inventory, task) = match Inventory::from_args(args).await {
+    let (inventory, task) = match Inventory::from_options(args).await {
         Ok(started) => started,
         Err(InventoryError::InferConfig { source }) => {
             tracing::warn!(
@@ -391,39 +345,4 @@ async fn shutdown_signal() -> std::io::Result<&'static str> {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ring_size_must_be_a_power_of_two() {
-        assert_eq!(parse_ring_size("8388608"), Ok(8 << 20));
-        assert!(parse_ring_size("5000").is_err());
-    }
-
-    #[test]
-    fn huge_values_are_refused_not_wrapped() {
-        assert!(parse_ring_size("2147483648").is_err(), "2 GiB ring");
-        assert_eq!(parse_ring_size("268435456"), Ok(MAX_RING_BYTES));
-        assert!(parse_cache_size("0").is_err());
-        assert!(parse_queue_batches("0").is_err());
-        assert!(parse_queue_batches("65537").is_err());
-        assert_eq!(parse_queue_batches("4"), Ok(4));
-        assert!(parse_cache_size("18446744073709551615").is_err());
-        let parse = |args: &[&str]| {
-            #[derive(clap::Parser)]
-            struct Cli {
-                #[command(flatten)]
-                run: RunArgs,
-            }
-            <Cli as clap::Parser>::try_parse_from(std::iter::once("observer").chain(args.iter().copied()))
-                .map(|cli| cli.run)
-        };
-        assert!(parse(&["--flow-map-size", "4294967295"]).is_err());
-        assert!(parse(&["--flow-map-size", "0"]).is_err());
-        assert!(parse(&["--poll-interval", "18446744073709551615ms"]).is_err());
-        assert_eq!(parse(&["--flow-map-size", "4194304"]).expect("at the limit").flow_map_size, 4_194_304);
-    }
 }

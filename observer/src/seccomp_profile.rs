@@ -11,21 +11,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use clap::Args;
-
 /// The profile, `deploy/seccomp/flow-observer.json` (see its README).
 pub const PROFILE: &str = include_str!("../../deploy/seccomp/flow-observer.json");
 /// The file name the DaemonSet's `localhostProfile` names.
 pub const FILE_NAME: &str = "observer.json";
-
-/// Options of `observer seccomp-profile`.
-#[derive(Debug, Args)]
-pub struct SeccompArgs {
-    /// Write the profile as `observer.json` into this folder (created if
-    /// missing) instead of printing it.
-    #[arg(long, value_name = "DIR")]
-    pub install: Option<PathBuf>,
-}
 
 /// Why the profile could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +32,9 @@ pub enum InstallError {
     },
 }
 
-/// Prints or installs the profile.
-pub fn run(args: &SeccompArgs) -> Result<(), InstallError> {
-    match &args.install {
+/// Installs the profile into `folder` if given, else prints it.
+pub fn run(folder: Option<&Path>) -> Result<(), InstallError> {
+    match folder {
         Some(dir) => {
             let path = install(dir)?;
             tracing::info!(path = %path.display(), "seccomp profile installed");

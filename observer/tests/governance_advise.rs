@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, io::Write as _, path::PathBuf};
 
-use observer::governance::advise::{AdviseArgs, advise};
+use observer::governance::advise::{AdviseConfig, advise};
 use proptest::prelude::*;
 
 fn fixture(name: &str) -> PathBuf {
@@ -14,7 +14,7 @@ fn fixture(name: &str) -> PathBuf {
 
 #[test]
 fn advice_on_the_fixture_keeps_allowed_flows_and_refuses_the_gap() {
-    let args = AdviseArgs {
+    let args = AdviseConfig {
         manifests: vec![fixture("cluster.yaml")],
         kubeconfig: None,
         flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],
@@ -89,7 +89,7 @@ proptest! {
         for (index, (src, dst, port)) in seen.iter().enumerate() {
             writeln!(log, "{}", record(*src, *dst, *port, 30_000 + index as u16)).expect("write");
         }
-        let args = AdviseArgs {
+        let args = AdviseConfig {
             manifests: vec![dir.path().join("cluster.yaml")],
             kubeconfig: None,
             flows: vec![dir.path().join("flows.jsonl")],
@@ -117,7 +117,7 @@ proptest! {
         }
         std::fs::write(advice_dir.path().join("cluster.yaml"), text).expect("advised cluster");
         std::fs::write(advice_dir.path().join("probe.jsonl"), record(src, dst, port, 40_000) + "\n").expect("probe");
-        let probe_args = AdviseArgs {
+        let probe_args = AdviseConfig {
             manifests: vec![advice_dir.path().join("cluster.yaml")],
             kubeconfig: None,
             flows: vec![advice_dir.path().join("probe.jsonl")],

@@ -12,8 +12,8 @@ use inventory_support::{
     node, pod, service_port,
 };
 use observer::governance::{
-    report::{ReportArgs, ReportFormat, report},
-    simulate::{Format, SimulateArgs, simulate},
+    report::{ReportConfig, ReportFormat, report},
+    simulate::{Format, SimulateConfig, simulate},
 };
 use serde_json::json;
 
@@ -84,7 +84,7 @@ async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
     std::fs::write(&flows, [record(WEB, API.2, Some(API), 8080), record(WEB, "203.0.113.5", None, 443)].join("\n"))
         .expect("flows");
 
-    let args = SimulateArgs {
+    let args = SimulateConfig {
         manifests: Vec::new(),
         kubeconfig: Some(config.clone()),
         proposed: Vec::new(),
@@ -105,7 +105,7 @@ async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
     assert_eq!(change.before.policies, vec!["cnp/no-world".to_owned()]);
     assert!(simulation.gone_pods.is_empty(), "the pods came from the cluster: {:?}", simulation.gone_pods);
 
-    let args = ReportArgs {
+    let args = ReportConfig {
         manifests: Vec::new(),
         kubeconfig: Some(config),
         flows: vec![flows],
@@ -194,7 +194,7 @@ async fn service_flows_are_judged_at_their_backend_and_shown_with_the_address_as
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-ingress, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: api}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 9090}]\n",
     )
     .expect("proposed");
-    let args = SimulateArgs {
+    let args = SimulateConfig {
         manifests: Vec::new(),
         kubeconfig: Some(config),
         proposed: vec![proposed],

@@ -5,14 +5,14 @@
 
 use std::path::PathBuf;
 
-use observer::governance::report::{ReportArgs, ReportFormat, html, markdown, report};
+use observer::governance::report::{ReportConfig, ReportFormat, html, markdown, report};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/governance_fixtures").join(name)
 }
 
-fn args() -> ReportArgs {
-    ReportArgs {
+fn args() -> ReportConfig {
+    ReportConfig {
         manifests: vec![fixture("cluster.yaml")],
         kubeconfig: None,
         flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],

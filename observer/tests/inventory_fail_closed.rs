@@ -16,7 +16,7 @@ use std::{
 };
 
 use observer::{
-    inventory::{Inventory, InventoryArgs, InventoryConfig, model::Protocol},
+    inventory::{Inventory, InventoryConfig, InventoryOptions, model::Protocol},
     policy::{Endpoint, PolicyEngine},
 };
 
@@ -173,8 +173,8 @@ async fn a_vanished_path_keeps_what_it_held() {
 async fn a_missing_path_is_an_error_at_start() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = TempDir::new("missing");
-    let args = InventoryArgs { manifests: vec![dir.0.clone(), dir.0.join("typo")], ..InventoryArgs::default() };
-    let error = match Inventory::from_args(&args).await {
+    let args = InventoryOptions { manifests: vec![dir.0.clone(), dir.0.join("typo")], ..InventoryOptions::default() };
+    let error = match Inventory::from_options(&args).await {
         Ok(_) => panic!("started without {}", dir.0.join("typo").display()),
         Err(error) => error.to_string(),
     };

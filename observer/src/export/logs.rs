@@ -1,4 +1,4 @@
-//! The log files' command-line options and their opening at start.
+//! The log files' options and their opening at start.
 //!
 //! In: `--flow-log`, `--findings-log`, `--dns-log` and their rotation
 //! options. Out: the opened [`LineSink`]s (a path that cannot be written
@@ -7,44 +7,26 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
-
 use super::sink::{LineSink, Reopen, Rotation, SinkError, SinkHealth, SinkName, Target};
 use crate::findings::FindingsWriter;
 
 /// Size-based rotation of the log files (not of a flow log on stdout).
-#[derive(Clone, Debug, Args)]
-pub struct RotationArgs {
+#[derive(Clone, Debug)]
+pub struct RotationConfig {
     /// Rotate the flow log file before it grows past this size (`100MiB`,
     /// `512KiB`, `1GiB`, bytes; `0`: never). Not applied to stdout.
-    #[arg(long, default_value = "100MiB", value_parser = parse_max_size, value_name = "SIZE")]
     pub flow_log_max_size: u64,
     /// Files the flow log keeps, the one being written included
     /// (`<file>`, `<file>.1`…; the oldest is removed).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
     pub flow_log_max_files: u32,
     /// Rotate the findings log before it grows past this size (`0`: never).
-    #[arg(long, default_value = "100MiB", value_parser = parse_max_size, value_name = "SIZE")]
     pub findings_log_max_size: u64,
     /// Files the findings log keeps, the one being written included.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
     pub findings_log_max_files: u32,
     /// Rotate the DNS log before it grows past this size (`0`: never).
-    #[arg(long, default_value = "100MiB", value_parser = parse_max_size, value_name = "SIZE")]
     pub dns_log_max_size: u64,
     /// Files the DNS log keeps, the one being written included.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
     pub dns_log_max_files: u32,
-}
-
-/// A file size limit: `0` (never rotate) or at least 4 KiB, so that a file
-/// holds more than a line or two.
-fn parse_max_size(text: &str) -> Result<u64, String> {
-    let bytes = parse_size(text)?;
-    if bytes != 0 && bytes < 4096 {
-        return Err(format!("{text:?} is too small: rotate at 4KiB or more, or 0 for never"));
-    }
-    Ok(bytes)
 }
 
 /// Parses `4096`, `64KiB`, `100MiB`, `1GiB` into bytes.
@@ -81,7 +63,7 @@ impl Logs {
         flow_log: Option<&PathBuf>,
         findings_log: Option<&PathBuf>,
         dns_log: Option<&PathBuf>,
-        rotation: &RotationArgs,
+        rotation: &RotationConfig,
         reopen: &Reopen,
     ) -> Result<Self, SinkError> {
         let file = |name, path: &PathBuf, max_bytes, max_files| {
@@ -121,8 +103,5 @@ mod tests {
         assert!(parse_size("10MB").is_err());
         assert!(parse_size("MiB").is_err());
         assert!(parse_size("99999999999999GiB").is_err());
-        assert_eq!(parse_max_size("0"), Ok(0));
-        assert_eq!(parse_max_size("4KiB"), Ok(4096));
-        assert!(parse_max_size("100").is_err());
     }
 }

@@ -34,32 +34,25 @@ use crate::{config::ObserverConfig, flow::Protocol, inventory::EndpointKind, jud
 pub const STABLE_KEYS: [&str; 5] =
     ["app.kubernetes.io/name", "app", "app.kubernetes.io/instance", "app.kubernetes.io/component", "k8s-app"];
 
-/// `observer policy advise`.
-#[derive(Debug, clap::Args)]
-pub struct AdviseArgs {
+/// What `observer policy advise` reads and writes (from its flags in [`crate::cli::policy`]).
+#[derive(Debug)]
+pub struct AdviseConfig {
     /// The cluster: manifest files or folders.
-    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
     /// Read the cluster from the API server of this kubeconfig instead
     /// (listed once, as `observer run` reads it).
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
     /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
     pub flows: Vec<PathBuf>,
     /// Write one file per workload here (`<namespace>.<workload>.yaml`) instead of stdout.
-    #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
     /// Also write, per FlowIntent with `egress.forbid`, an Admin-tier
     /// ClusterNetworkPolicy denying its forbidden peers (a guardrail
     /// namespace owners cannot override).
-    #[arg(long)]
     pub guardrails: bool,
     /// Only workloads of these namespaces.
-    #[arg(long, num_args = 1.., value_name = "NS")]
     pub namespace: Vec<String>,
     /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
@@ -182,7 +175,7 @@ fn peer_json(peer: &Peer, own_namespace: &str) -> Value {
 }
 
 /// Makes the advice and verifies it.
-pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
+pub fn advise(args: &AdviseConfig) -> Result<Advised, AdviseError> {
     let config = match &args.config {
         Some(path) => ObserverConfig::read(path)?,
         None => ObserverConfig::default(),
@@ -354,7 +347,7 @@ pub fn advise(args: &AdviseArgs) -> Result<Advised, AdviseError> {
 }
 
 /// The command.
-pub fn run(args: &AdviseArgs) -> anyhow::Result<()> {
+pub fn run(args: &AdviseConfig) -> anyhow::Result<()> {
     let advised = advise(args)?;
     if !advised.unverified.is_empty() {
         return Err(AdviseError::Unverified(advised.unverified).into());

@@ -36,35 +36,28 @@ use crate::{
 /// The annotation naming who owns a policy or workload.
 pub const OWNER_ANNOTATION: &str = "ai.governance/owner";
 
-/// `observer report`.
-#[derive(Debug, clap::Args)]
-pub struct ReportArgs {
+/// What `observer report` reads and writes (from its flags in [`crate::cli::report`]).
+#[derive(Debug)]
+pub struct ReportConfig {
     /// The cluster: manifest files or folders.
-    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
     /// Read the cluster from the API server of this kubeconfig instead
     /// (listed once, as `observer run` reads it).
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
     /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
     pub flows: Vec<PathBuf>,
     /// Findings logs written by `observer run --findings-log`.
-    #[arg(long, num_args = 1.., value_name = "FILE")]
     pub findings: Vec<PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
     pub format: ReportFormat,
     /// Where to write it (stdout when absent).
-    #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
 /// Report formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReportFormat {
     /// For people, in a repository or a ticket.
     Markdown,
@@ -391,7 +384,7 @@ fn key_of(policy: &ObjectRef) -> (String, String) {
 }
 
 /// Makes the report.
-pub fn report(args: &ReportArgs) -> Result<Report, ReportError> {
+pub fn report(args: &ReportConfig) -> Result<Report, ReportError> {
     let config = match &args.config {
         Some(path) => ObserverConfig::read(path)?,
         None => ObserverConfig::default(),
@@ -999,7 +992,7 @@ pub fn html(report: &Report) -> String {
 }
 
 /// The command.
-pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
+pub fn run(args: &ReportConfig) -> anyhow::Result<()> {
     let report = report(args)?;
     report.coverage.input.describe(&mut io::stderr().lock())?;
     let text = match args.format {

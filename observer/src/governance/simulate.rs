@@ -32,43 +32,34 @@ use crate::{
     inventory::manifests::{self, Object},
 };
 
-/// `observer policy simulate`.
-#[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["proposed", "remove"])))]
-pub struct SimulateArgs {
+/// What `observer policy simulate` replays (from its flags in [`crate::cli::policy`]).
+#[derive(Debug)]
+pub struct SimulateConfig {
     /// The cluster as it is: manifest files or folders (Pods, Namespaces,
     /// workloads, NetworkPolicies, ClusterNetworkPolicies, Services, FlowIntents).
-    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
     /// Read the cluster as it is from the API server of this kubeconfig
     /// instead (listed once, as `observer run` reads it).
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
     pub kubeconfig: Option<PathBuf>,
     /// Proposed NetworkPolicies and ClusterNetworkPolicies (files or
     /// folders): added, or replacing the current one of the same
     /// namespace/name (NetworkPolicy) or name (ClusterNetworkPolicy).
-    #[arg(long, num_args = 1.., value_name = "PATH")]
     pub proposed: Vec<PathBuf>,
     /// Current policies to remove: `NAMESPACE/NAME` for a NetworkPolicy,
     /// `NAME` for a ClusterNetworkPolicy (cluster-scoped).
-    #[arg(long, num_args = 1.., value_name = "NAMESPACE/NAME|NAME")]
     pub remove: Vec<String>,
     /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
     pub flows: Vec<PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
     pub output: Format,
     /// Exit with status 1 when any recorded edge would break.
-    #[arg(long)]
     pub fail_on_break: bool,
     /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
 /// Output formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     /// A readable summary.
     Text,
@@ -255,7 +246,7 @@ fn apply(current: &Policies, proposed: &Policies, remove: &[String]) -> Result<P
 }
 
 /// Runs the simulation.
-pub fn simulate(args: &SimulateArgs) -> Result<Simulation, SimulateError> {
+pub fn simulate(args: &SimulateConfig) -> Result<Simulation, SimulateError> {
     let config = match &args.config {
         Some(path) => ObserverConfig::read(path)?,
         None => ObserverConfig::default(),
@@ -360,7 +351,7 @@ fn names(policies: &[String]) -> String {
 
 /// The command: prints the simulation; `Ok(false)` when `--fail-on-break`
 /// is given and something would break.
-pub fn run(args: &SimulateArgs) -> anyhow::Result<bool> {
+pub fn run(args: &SimulateConfig) -> anyhow::Result<bool> {
     let simulation = simulate(args)?;
     simulation.input.describe(&mut io::stderr().lock())?;
     let mut out = io::stdout().lock();

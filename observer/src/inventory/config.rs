@@ -1,6 +1,6 @@
 //! Settings of the inventory.
 //!
-//! In: defaults, or values from the command line ([`InventoryArgs`]). Out: an
+//! In: defaults, or values from the command line ([`InventoryOptions`]). Out: an
 //! [`InventoryConfig`] for either source.
 
 use std::{path::PathBuf, time::Duration};
@@ -50,57 +50,36 @@ impl Default for InventoryConfig {
     }
 }
 
-/// Command-line flags of the inventory, to `#[command(flatten)]` into a subcommand.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct InventoryArgs {
+/// Where the inventory comes from and how it is kept (from `observer run`'s flags).
+#[derive(Clone, Debug, Default)]
+pub struct InventoryOptions {
     /// Read the inventory from these manifest files or folders (YAML or JSON,
     /// multi-document, `List` kinds) instead of the API server; reloaded when they change.
-    #[arg(long, num_args = 1.., value_name = "PATH")]
     pub manifests: Vec<PathBuf>,
     /// Kubeconfig to reach the API server with; without it `~/.kube/config`
     /// if present, else the in-cluster service account.
-    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// This node's name (the Downward API's `spec.nodeName`).
-    #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
     /// Pod label keys copied into flow records (comma separated).
-    #[arg(long, value_delimiter = ',', value_name = "KEY,...")]
     pub flow_label_keys: Option<Vec<String>>,
     /// Seconds between checks of the manifest files for changes (0.01 to
     /// 86400); a changed file is read once it has not changed for one interval.
-    #[arg(long, default_value_t = 2.0, value_name = "SECONDS", value_parser = parse_seconds)]
     pub manifest_reload_interval: f64,
     /// Seconds a failing watch, or manifests that do not read cleanly, may
     /// last before the inventory is reported stale and /readyz fails (0.01 to 86400).
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = parse_seconds)]
     pub inventory_stale_after: f64,
 }
 
 /// Shortest and longest time a seconds flag takes.
-const SECONDS_RANGE: std::ops::RangeInclusive<f64> = 0.01..=86_400.0;
+pub const SECONDS_RANGE: std::ops::RangeInclusive<f64> = 0.01..=86_400.0;
 
-/// Parses a number of seconds within [`SECONDS_RANGE`]: zero would make
-/// the reload loop spin (tokio refuses a zero period), and a huge value is
-/// not a duration at all.
-fn parse_seconds(text: &str) -> Result<f64, String> {
-    let seconds: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !SECONDS_RANGE.contains(&seconds) {
-        return Err(format!(
-            "{text} is out of range: give {} to {} seconds",
-            SECONDS_RANGE.start(),
-            SECONDS_RANGE.end()
-        ));
-    }
-    Ok(seconds)
-}
-
-impl InventoryArgs {
+impl InventoryOptions {
     /// The configuration these flags describe.
     pub fn config(&self) -> InventoryConfig {
         let defaults = InventoryConfig::default();
         // Flags are range-checked when parsed; a value built in code without
-        // them (`InventoryArgs::default()` holds zeros) takes the default.
+        // them (`InventoryOptions::default()` holds zeros) takes the default.
         let seconds = |value: f64, default: Duration| {
             Some(value).filter(|value| SECONDS_RANGE.contains(value)).map_or(default, Duration::from_secs_f64)
         };
@@ -111,54 +90,5 @@ impl InventoryArgs {
             stale_after: seconds(self.inventory_stale_after, defaults.stale_after),
             ..defaults
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        inventory: InventoryArgs,
-    }
-
-    #[test]
-    fn flags_reach_the_config() {
-        let cli = Cli::parse_from([
-            "observer",
-            "--manifests",
-            "a.yaml",
-            "lab/",
-            "--flow-label-keys",
-            "app,tier",
-            "--manifest-reload-interval",
-            "0.5",
-        ]);
-        assert_eq!(cli.inventory.manifests, [PathBuf::from("a.yaml"), PathBuf::from("lab/")]);
-        let config = cli.inventory.config();
-        assert_eq!(config.label_keys, ["app", "tier"]);
-        assert_eq!(config.reload_interval, Duration::from_millis(500));
-        assert_eq!(Cli::parse_from(["observer"]).inventory.config().label_keys, DEFAULT_LABEL_KEYS);
-    }
-
-    #[test]
-    fn zero_nan_and_huge_intervals_are_refused() {
-        for value in ["0", "-1", "NaN", "inf", "1e300", "86401", "2s"] {
-            for flag in ["--manifest-reload-interval", "--inventory-stale-after"] {
-                let error = match Cli::try_parse_from(["observer".to_owned(), format!("{flag}={value}")]) {
-                    Ok(_) => panic!("{flag} {value} accepted"),
-                    Err(error) => error.to_string(),
-                };
-                assert!(error.contains("out of range") || error.contains("not a number"), "{flag} {value}: {error}");
-            }
-        }
-        let cli =
-            Cli::parse_from(["observer", "--inventory-stale-after", "86400", "--manifest-reload-interval", "0.01"]);
-        assert_eq!(cli.inventory.config().stale_after, Duration::from_secs(86_400));
-        assert_eq!(cli.inventory.config().reload_interval, Duration::from_millis(10));
     }
 }

@@ -38,7 +38,7 @@ use futures::{FutureExt, future::BoxFuture};
 use tokio::sync::watch;
 
 pub use self::{
-    config::{DEFAULT_LABEL_KEYS, InventoryArgs, InventoryConfig},
+    config::{DEFAULT_LABEL_KEYS, InventoryConfig, InventoryOptions},
     endpoint::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef},
     object_ref::{ObjectKind, ObjectRef},
     resolver::Resolver,
@@ -117,7 +117,7 @@ impl Inventory {
 
     /// Starts the source the flags choose: manifests when given, else the
     /// cluster (kubeconfig, else in-cluster config).
-    pub async fn from_args(args: &InventoryArgs) -> Result<(Self, BoxFuture<'static, ()>), InventoryError> {
+    pub async fn from_options(args: &InventoryOptions) -> Result<(Self, BoxFuture<'static, ()>), InventoryError> {
         let config = args.config();
         if !args.manifests.is_empty() {
             // A path that is not there at start is a typo, not an outage: an

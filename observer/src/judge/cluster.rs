@@ -8,8 +8,8 @@
 //! its decision is [`Decision::Undecidable`] and its reason says why.
 
 use super::{
-    decide::{Decision, PolicyOutcome},
     input::JudgeInput,
+    outcome::{Decision, PolicyOutcome},
     verdict::PolicyCite,
 };
 use crate::{

@@ -21,6 +21,7 @@ use std::{fmt::Write as _, sync::Arc};
 use super::{
     delivery::delivery,
     input::JudgeInput,
+    outcome::{Decision, PolicyOutcome},
     rate::RateTracker,
     verdict::{Delivery, FlowVerdict, IntentCite, PolicyCite, VerdictKind},
 };
@@ -93,31 +94,6 @@ pub struct Unprotected {
     pub required_by: Vec<Arc<ObjectRef>>,
     /// Why, in words.
     pub reason: String,
-}
-
-/// What the policies say of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Decision {
-    /// They allow it.
-    Allowed,
-    /// They deny it.
-    Denied,
-    /// They cannot be applied to what the observer saw (a `domainNames`
-    /// rule and no DNS name): neither allowed nor denied.
-    Undecidable,
-}
-
-/// The policy side of a verdict: what the policies in effect say of a
-/// flow's ends, port and protocol, whatever its evidence. The judge stage
-/// keeps the one a flow started under.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PolicyOutcome {
-    /// Whether the policies allow the flow, deny it, or cannot tell.
-    pub(crate) decision: Decision,
-    /// The policies that allowed it, or those isolating the side that denied it.
-    pub(crate) policies: Vec<PolicyCite>,
-    /// Why, in words.
-    pub(crate) reason: String,
 }
 
 /// Judges flows and pods against the current policies and intents.

@@ -15,6 +15,7 @@ mod decide;
 mod delivery;
 mod input;
 mod open;
+mod outcome;
 mod rate;
 mod service;
 pub mod stage;

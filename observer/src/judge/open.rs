@@ -15,7 +15,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{FlowVerdict, decide::PolicyOutcome, delivery::Proof};
+use super::{FlowVerdict, delivery::Proof, outcome::PolicyOutcome};
 use crate::FastMap;
 
 /// Open flows tracked at most (about 50 bytes each).
@@ -115,7 +115,7 @@ pub(crate) fn same_decision(a: &Policy, b: &Policy) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{super::decide::Decision, *};
+    use super::{super::outcome::Decision, *};
 
     #[test]
     fn a_full_map_sweeps_stale_flows_then_refuses_new_ones() {

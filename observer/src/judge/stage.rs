@@ -34,9 +34,9 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{
     Delivery, FlowVerdict, Judge, JudgeInput, VerdictKind,
-    decide::Decision,
     delivery::Proof,
     open::{OpenFlows, Outlived, Policy, same_decision},
+    outcome::Decision,
 };
 use crate::{
     FastMap,

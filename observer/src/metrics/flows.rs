@@ -27,7 +27,7 @@ use crate::{
     dns::NameLabels,
     flow::{FlowRecord, FlowState, LocalEnd, Peer, Progress, RecordEvent, Traffic},
     inventory::{
-        InventoryArgs,
+        InventoryOptions,
         config::DEFAULT_LABEL_KEYS,
         endpoint::{Endpoint, EndpointKind},
     },
@@ -299,7 +299,7 @@ impl Drop for FlowMeter {
 /// The inventory flags with the pod label keys metrics need added: the tier
 /// label and the `--metrics-pod-label` keys, so that enrichment copies them
 /// into each end.
-pub fn with_metric_label_keys(args: &InventoryArgs, allowlist: &LabelAllowlist) -> InventoryArgs {
+pub fn with_metric_label_keys(args: &InventoryOptions, allowlist: &LabelAllowlist) -> InventoryOptions {
     let mut args = args.clone();
     let keys = args.flow_label_keys.get_or_insert_with(|| DEFAULT_LABEL_KEYS.map(str::to_owned).to_vec());
     for key in std::iter::once(TIER_LABEL).chain(allowlist.keys()) {
@@ -591,7 +591,7 @@ mod tests {
 
     #[test]
     fn metric_label_keys_reach_the_inventory() {
-        let args = with_metric_label_keys(&InventoryArgs::default(), &LabelAllowlist::new(["team", "app"]));
+        let args = with_metric_label_keys(&InventoryOptions::default(), &LabelAllowlist::new(["team", "app"]));
         let keys = args.flow_label_keys.expect("keys");
         assert!(keys.iter().any(|key| key == TIER_LABEL), "{keys:?}");
         assert_eq!(keys.iter().filter(|key| *key == "app").count(), 1, "{keys:?}");

@@ -427,29 +427,22 @@ fn register_series(registry: &mut Registry, accounting: &SeriesAccounting) {
     );
 }
 
-/// Command-line options of the metrics and the HTTP endpoints.
-#[derive(Clone, Debug, clap::Args)]
-pub struct MetricsArgs {
+/// Options of the metrics and the HTTP endpoints.
+#[derive(Clone, Debug)]
+pub struct MetricsOptions {
     /// Serve /metrics, /healthz and /readyz on this address (`off` to disable); `[::]` is IPv6 and IPv4.
-    #[arg(long, default_value = "[::]:9811", value_parser = parse_addr, env = "OBSERVER_METRICS_ADDR")]
     pub metrics_addr: MetricsAddr,
     /// Most series one edge, verdict, finding or workload family holds; new
     /// label sets past it are counted in a `__overflow__` series.
-    #[arg(long, default_value_t = 10_000)]
     pub metrics_max_series: usize,
     /// A series untouched this long is removed (deleted pods and workloads).
-    #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration)]
     pub metrics_series_grace: Duration,
     /// Pod label exposed on edge series as `src_<key>`/`dst_<key>` (repeat;
     /// keep to labels with few values, such as `team` or `app.kubernetes.io/part-of`).
-    #[arg(long = "metrics-pod-label", value_name = "KEY")]
     pub metrics_pod_labels: Vec<String>,
-    /// How many HTTP clients are served at a time and for how long.
-    #[command(flatten)]
-    pub http: crate::api::HttpLimits,
 }
 
-impl MetricsArgs {
+impl MetricsOptions {
     /// The metrics settings these options say.
     pub fn config(&self) -> MetricsConfig {
         MetricsConfig {
@@ -458,16 +451,6 @@ impl MetricsArgs {
             label_allowlist: LabelAllowlist::new(self.metrics_pod_labels.iter().cloned()),
         }
     }
-}
-
-/// `off` disables the endpoints.
-fn parse_addr(text: &str) -> Result<MetricsAddr, String> {
-    if text == "off" {
-        return Ok(MetricsAddr(None));
-    }
-    text.parse()
-        .map(|addr| MetricsAddr(Some(addr)))
-        .map_err(|_| format!("{text:?} is not an address like [::]:9811, 0.0.0.0:9811 or 127.0.0.1:0, or off"))
 }
 
 /// The address of the HTTP endpoints, or none.

@@ -25,28 +25,8 @@ use crate::inventory::{
     model::{Namespace, Node, Pod, Protocol},
 };
 
-/// `observer policy`.
-#[derive(Debug, clap::Args)]
-pub struct PolicyArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: PolicyCommand,
-}
-
-/// Subcommands of `observer policy`.
-#[derive(Debug, clap::Subcommand)]
-pub enum PolicyCommand {
-    /// Judge flows against the NetworkPolicies and ClusterNetworkPolicies in manifest files.
-    Check(CheckArgs),
-    /// Replay recorded flow logs against a proposed policy change: what
-    /// would break, what would be newly allowed.
-    Simulate(crate::governance::simulate::SimulateArgs),
-    /// Least-privilege NetworkPolicies from recorded flow logs, verified by replay.
-    Advise(crate::governance::advise::AdviseArgs),
-}
-
 /// How to print a single verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
     /// A readable explanation.
     Text,
@@ -54,28 +34,21 @@ pub enum OutputFormat {
     Json,
 }
 
-/// `observer policy check`.
-#[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["from", "flows"])))]
-pub struct CheckArgs {
+/// What `observer policy check` judges (from its flags in [`crate::cli::policy`]).
+#[derive(Debug)]
+pub struct CheckConfig {
     /// Manifest files or folders (YAML or JSON, multi-document) holding
     /// NetworkPolicies, ClusterNetworkPolicies, Namespaces, Nodes and Pods.
-    #[arg(long, required = true, num_args = 1..)]
     pub manifests: Vec<PathBuf>,
     /// Source: `namespace/pod` or an IP address.
-    #[arg(long, requires_all = ["to", "port"])]
     pub from: Option<String>,
     /// Destination: `namespace/pod` or an IP address.
-    #[arg(long, requires = "from")]
     pub to: Option<String>,
     /// Destination port and protocol: `N` or `N/PROTO` (TCP, UDP, SCTP; TCP when absent).
-    #[arg(long, requires = "from")]
     pub port: Option<String>,
     /// JSON lines of flows to judge, `-` for stdin; prints one JSON line per flow.
-    #[arg(long, conflicts_with_all = ["from", "to", "port"])]
     pub flows: Option<PathBuf>,
     /// Output of a single verdict (`--flows` always prints JSON lines).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
@@ -439,21 +412,8 @@ fn explain(
     )
 }
 
-/// Runs `observer policy ...`.
-pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
-    match args.command {
-        PolicyCommand::Check(args) => check(args),
-        PolicyCommand::Advise(args) => crate::governance::advise::run(&args),
-        PolicyCommand::Simulate(args) => {
-            if !crate::governance::simulate::run(&args)? {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-    }
-}
-
-fn check(args: CheckArgs) -> anyhow::Result<()> {
+/// Runs `observer policy check`.
+pub fn check(args: CheckConfig) -> anyhow::Result<()> {
     let cluster = Cluster::load(&args.manifests)?;
     match (args.flows, args.from, args.to, args.port) {
         (Some(path), ..) => check_lines(&cluster, &path),

@@ -1,9 +1,14 @@
-//! Command line of the `observer` binary.
+//! Command line of the `observer` binary: every subcommand's flags live in
+//! this folder, one file per command; domain modules take the plain
+//! configuration these convert into, and never see clap.
+
+pub mod policy;
+pub mod report;
+pub mod run;
+pub mod seccomp;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-
-use crate::run::{self, RunArgs};
 
 /// Node-local eBPF flow observer for Kubernetes AI workloads.
 #[derive(Debug, Parser)]
@@ -33,14 +38,14 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Capture flows on this node and write the JSON flow log.
-    Run(Box<RunArgs>),
+    Run(Box<run::RunArgs>),
     /// Judge flows against declared NetworkPolicies.
-    Policy(crate::policy::check::PolicyArgs),
+    Policy(policy::PolicyArgs),
     /// Print the seccomp profile the observer's container needs, or install it for the kubelet.
-    SeccompProfile(crate::seccomp_profile::SeccompArgs),
+    SeccompProfile(seccomp::SeccompArgs),
     /// Write the evidence record of each NetworkPolicy and AI-tier workload
     /// from recorded flow logs.
-    Report(crate::governance::report::ReportArgs),
+    Report(report::ReportArgs),
 }
 
 fn init_logging(cli: &Cli) -> anyhow::Result<()> {
@@ -59,10 +64,10 @@ pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli)?;
     match cli.command {
-        Command::Run(args) => run::run(*args),
-        Command::Policy(args) => crate::policy::check::run(args),
-        Command::SeccompProfile(args) => Ok(crate::seccomp_profile::run(&args)?),
-        Command::Report(args) => crate::governance::report::run(&args),
+        Command::Run(args) => crate::run::run((*args).into()),
+        Command::Policy(args) => policy::run(args),
+        Command::SeccompProfile(args) => Ok(crate::seccomp_profile::run(args.install.as_deref())?),
+        Command::Report(args) => crate::governance::report::run(&args.into()),
     }
 }
 
