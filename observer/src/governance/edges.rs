@@ -15,7 +15,10 @@ use std::{
     sync::Arc,
 };
 
-use super::reader::{FlowLine, LineService, LineTraffic, ReadReport, parse_time_ms};
+use super::{
+    line::{FlowLine, LinePeer, LineService, LineTraffic, parse_time_ms},
+    reader::ReadReport,
+};
 use crate::{
     FastMap,
     flow::{FlowState, LocalEnd, Traffic},
@@ -320,7 +323,7 @@ impl Edges {
         id
     }
 
-    fn end(&mut self, peer: &super::reader::LinePeer<'_>) -> (EndKey, EndpointKind) {
+    fn end(&mut self, peer: &LinePeer<'_>) -> (EndKey, EndpointKind) {
         let kind = EndpointKind::from_record(peer.kind.as_deref());
         let (Some(uid), Some(namespace), Some(name)) = (&peer.uid, &peer.namespace, &peer.pod) else {
             return (EndKey::Address(peer.ip), kind);

@@ -9,6 +9,7 @@
 pub mod advise;
 pub mod edges;
 pub mod guardrail;
+pub mod line;
 pub mod output;
 pub mod reader;
 pub mod replay;

@@ -13,7 +13,7 @@
 
 use std::{borrow::Cow, net::IpAddr};
 
-use super::reader::{
+use super::line::{
     FlowLine, LineBackend, LineDns, LinePeer, LinePolicy, LineService, LineTraffic, LineVerdict, LineWorkload,
     RawLabels,
 };
