@@ -13,7 +13,9 @@ use std::{
 
 use observer_tests::{
     BurstOpts, Endpoint, INTERNET_HOST_V4, Lab, ObserverProcess, PrometheusServer, ScrapeTarget, TcpClientOpts,
-    TcpServerOpts, http_get,
+    TcpServerOpts,
+    dns::{DnsQueryOpts, Zone},
+    http_get,
     manifests::{self, PodSpec},
     root_or_skip,
 };
@@ -100,13 +102,14 @@ fn prometheus_scrapes_the_observer_and_dashboards_and_alerts_work() {
         return;
     }
     let lab = Lab::builder()
-        .pods(2)
+        .pods(3)
         .ipv6(false)
         .internet(true)
         .traffic_bin(env!("CARGO_BIN_EXE_lab-traffic"))
         .build()
         .expect("lab");
-    let (client, server) = (lab.pod(0), lab.pod(1));
+    // pod 2, a notebook with no AI tier, calls an AI provider: shadow AI.
+    let (client, server, notebook) = (lab.pod(0), lab.pod(1), lab.pod(2));
     let dir = std::env::temp_dir().join(format!("prometheus-e2e-{}", std::process::id()));
     fs::create_dir_all(&dir).expect("manifest dir");
     manifests::write_list(
@@ -114,6 +117,17 @@ fn prometheus_scrapes_the_observer_and_dashboards_and_alerts_work() {
         vec![
             manifests::namespace("agents", &[]),
             manifests::namespace("ml", &[]),
+            manifests::namespace("research", &[]),
+            manifests::workload("Deployment", "research", "notebook", None),
+            manifests::workload("ReplicaSet", "research", "notebook-7d9f", Some(("Deployment", "notebook"))),
+            manifests::pod(&PodSpec {
+                pod: notebook,
+                namespace: "research",
+                name: "notebook-7d9f-k2p4z",
+                labels: vec![("app", "notebook")],
+                owner: Some(("ReplicaSet", "notebook-7d9f")),
+                ports: vec![],
+            }),
             manifests::workload("Deployment", "agents", "planner", None),
             manifests::workload("ReplicaSet", "agents", "planner-5c8d", Some(("Deployment", "planner"))),
             manifests::pod(&PodSpec {
@@ -154,6 +168,11 @@ fn prometheus_scrapes_the_observer_and_dashboards_and_alerts_work() {
     let internet = lab.internet().expect("internet");
     let outside = (INTERNET_HOST_V4, 443).into();
     let _outside = internet.tcp_server(outside, &TcpServerOpts { reply: 100, ..Default::default() }).expect("internet");
+    // The internet host is an AI provider's API to whoever resolves its name:
+    // a DNS server on the model server's pod answers api.openai.com with it.
+    let zone = Zone::default().with("api.openai.com", &[INTERNET_HOST_V4.into()], 3600);
+    let resolver = server.addr_v4(53);
+    let _dns = server.dns_server(resolver, &zone).expect("DNS server");
     // A 4 KiB ring buffer (about 50 events) loses events in a burst, which
     // the events-lost alert must catch.
     let manifests_arg = dir.to_string_lossy().into_owned();
@@ -192,6 +211,12 @@ fn prometheus_scrapes_the_observer_and_dashboards_and_alerts_work() {
     });
     assert!(scraped_once.is_some(), "prometheus never scraped the observer: {}", prometheus.log());
 
+    // The agent and the notebook resolve the provider's name (the observer
+    // learns the answers from the DNS messages it captures).
+    for pod in [client, notebook] {
+        let answer = pod.dns_query(resolver, &DnsQueryOpts::a("api.openai.com")).expect("query");
+        assert_eq!(answer.addrs, [std::net::IpAddr::from(INTERNET_HOST_V4)], "{answer:?}");
+    }
     // Traffic for a while, so that every rate window has several scrapes.
     const ROUNDS: u64 = 5;
     const PER_ROUND: u64 = 4;
@@ -206,6 +231,10 @@ fn prometheus_scrapes_the_observer_and_dashboards_and_alerts_work() {
             .tcp_client(outside, &TcpClientOpts { send: 2000, expect: 100, ..Default::default() })
             .expect("to the internet");
         assert_eq!(egress.complete, 1, "{egress:?}");
+        let shadow = notebook
+            .tcp_client(outside, &TcpClientOpts { send: 500, expect: 100, ..Default::default() })
+            .expect("notebook to the provider");
+        assert_eq!(shadow.complete, 1, "{shadow:?}");
         std::thread::sleep(Duration::from_millis(700));
     }
     let lost_before = scraped(metrics, "flow_observer_ringbuf_events_lost_total");
@@ -249,6 +278,7 @@ fn prometheus_scrapes_the_observer_and_dashboards_and_alerts_work() {
         ("FlowObserverIntentViolation", "src_workload", "planner"),
         ("FlowObserverUnprotectedAITierPod", "workload", "planner"),
         ("FlowObserverEdgeSpike", "dst_workload", "vllm"),
+        ("FlowObserverShadowAI", "workload", "notebook"),
     ] {
         let fired = prometheus.wait_for(Duration::from_secs(15), |p| firing(p, alert));
         let fired = fired.unwrap_or_else(|| panic!("{alert} not firing: {:?}", prometheus.alerts()));
