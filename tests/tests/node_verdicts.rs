@@ -288,15 +288,19 @@ fn metric_sum(metrics: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-/// Waits until the observer has logged `n` manifest reloads, then a little more for the judge to
-/// take the new policies.
-fn wait_reloads(observer: &ObserverProcess, n: usize) {
+/// Waits until the judge has compiled a policy set of `count` NetworkPolicies (it sets the gauge
+/// when it swaps the set in), so connections from then on are judged under it.
+fn wait_policies(observer: &ObserverProcess, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while observer.log().matches("manifests changed, reloading").count() < n {
-        assert!(Instant::now() < deadline, "no manifest reload; log:\n{}", observer.log());
+    let expected = format!("flow_observer_policies_loaded{{kind=\"NetworkPolicy\"}} {count}");
+    loop {
+        let metrics = observer.get("/metrics").expect("metrics from inside the node namespace").1;
+        if metrics.lines().any(|line| line == expected) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the judge never took {count} policies; log:\n{}", observer.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(1000));
 }
 
 #[test]
@@ -581,7 +585,7 @@ fn a_policy_applied_mid_connection_is_outlived_policy_and_the_next_connection_a_
         json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
                "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "prometheus"}}}]}]}),
     )]);
-    wait_reloads(&observer, 1);
+    wait_policies(&observer, 1);
     let line =
         long.wait_for_line(Duration::from_secs(20), |l| l.contains("\"complete\"")).expect("long connection ends");
     let report: TcpClientReport = serde_json::from_str(&line).expect("report");
@@ -773,7 +777,21 @@ fn a_normal_cluster_day_has_no_enforcement_gaps_and_no_intent_violations() {
     observer.wait_for_records(Duration::from_secs(20), |records| {
         at(records, cluster.web(0).cgroup_id(), cluster.web(0).addr_v4(8080), false).len() >= 6
     });
-    std::thread::sleep(Duration::from_millis(2500)); // UDP flows end after 2 s idle; a findings flush
+    // UDP flows end after 2 s idle: wait until every DNS flow seen has ended (its findings, if any,
+    // were counted when the judge passed it on to the log).
+    let dns_ended = |records: &[Value]| {
+        [client, prometheus].iter().all(|pod| {
+            let seen = at(records, pod.cgroup_id(), dns, true);
+            let ports = |end_only: bool| -> std::collections::BTreeSet<u64> {
+                seen.iter()
+                    .filter(|r| !end_only || r["event"] == "end")
+                    .filter_map(|r| r["src"]["port"].as_u64())
+                    .collect()
+            };
+            !seen.is_empty() && ports(false) == ports(true)
+        })
+    };
+    assert!(observer.wait_for_records(Duration::from_secs(10), dns_ended), "DNS flows never ended");
     let metrics = observer.get("/metrics").expect("metrics").1;
     let run = observer.stop().expect("observer stops");
 

@@ -169,14 +169,27 @@ fn from_cluster(kubeconfig: &Path) -> Result<Loaded, ReplayError> {
     runtime.block_on(async {
         let client = crate::inventory::client(Some(kubeconfig.to_owned())).await?;
         let (inventory, task) = Inventory::cluster(client.clone(), InventoryConfig::default());
-        let synced = tokio::time::timeout(SYNC_TIMEOUT, async {
+        // Every list, not only the ones that make the daemon ready: a replay
+        // judges Service flows at their backends, so it needs the
+        // EndpointSlices too. What is optional and still unlisted at the
+        // deadline (ReplicaSets or Jobs the account may not list) is named
+        // and left out; what is required fails the command.
+        let waited = tokio::time::timeout(SYNC_TIMEOUT, async {
             tokio::select! {
                 () = task => {}
-                () = inventory.ready() => {}
+                () = inventory.complete() => {}
             }
         })
         .await;
-        if synced.is_err() || !inventory.snapshot().synced() {
+        if waited.is_err() && inventory.snapshot().synced() {
+            let unlisted: Vec<&str> = inventory.unlisted().into_iter().map(|resource| resource.name()).collect();
+            tracing::warn!(
+                ?unlisted,
+                "not every resource listed within {}s: judging without them",
+                SYNC_TIMEOUT.as_secs()
+            );
+        }
+        if !inventory.snapshot().synced() {
             let failing: Vec<String> = inventory
                 .status()
                 .resources

@@ -88,6 +88,8 @@ pub enum InventoryError {
 #[derive(Clone, Debug)]
 pub struct Inventory {
     shared: Arc<Shared>,
+    /// Every resource its source lists and watches.
+    watched: &'static [Resource],
 }
 
 impl Inventory {
@@ -102,7 +104,7 @@ impl Inventory {
         let mut writer = Writer::new("standalone", standalone::RESOURCES.to_vec(), config);
         let mut source = standalone::Source::new(paths);
         source.load_now(&mut writer);
-        let inventory = Self { shared: writer.shared() };
+        let inventory = Self { shared: writer.shared(), watched: &standalone::RESOURCES };
         (inventory, standalone::run(source, writer, reload_interval))
     }
 
@@ -111,7 +113,7 @@ impl Inventory {
     /// that runs the watches: run it.
     pub fn cluster(client: kube::Client, config: InventoryConfig) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let writer = Writer::new("cluster", cluster::RESOURCES.to_vec(), config);
-        let inventory = Self { shared: writer.shared() };
+        let inventory = Self { shared: writer.shared(), watched: &cluster::RESOURCES };
         (inventory, cluster::run(client, writer))
     }
 
@@ -163,6 +165,30 @@ impl Inventory {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// Waits until a published snapshot holds every resource the source
+    /// watches, optional ones included (EndpointSlices, ReplicaSets, Jobs and
+    /// the custom resources), for readers that take one moment of the
+    /// cluster rather than follow it.
+    pub async fn complete(&self) {
+        let mut changes = self.shared.subscribe();
+        loop {
+            let snapshot = self.shared.snapshot();
+            if snapshot.synced() && self.watched.iter().all(|&resource| snapshot.listed(resource)) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The resources its source watches that the latest snapshot has not
+    /// listed yet.
+    pub fn unlisted(&self) -> Vec<Resource> {
+        let snapshot = self.shared.snapshot();
+        self.watched.iter().copied().filter(|&resource| !snapshot.listed(resource)).collect()
     }
 
     /// Ticks with the generation of every newly published snapshot, for

@@ -6,7 +6,7 @@
 //! flow end, by lookups only (no scans), and the lists the policy engine reads.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     iter::Chain,
     net::IpAddr,
     option, slice,
@@ -21,6 +21,7 @@ use super::{
     endpoint::Endpoint,
     manifests::Declared,
     model::{Namespace, Node, Pod, Service},
+    resource::Resource,
     revision::WorkloadRevisions,
     services::{ServiceBackends, ServiceIndex},
 };
@@ -121,6 +122,8 @@ pub(crate) struct PodRecord {
 pub struct Snapshot {
     pub(crate) generation: u64,
     pub(crate) synced: bool,
+    /// The resources listed in full at least once when this was built.
+    pub(crate) listed: BTreeSet<Resource>,
     pub(crate) built_at: SystemTime,
     /// How far before a pod was seen with an IP a flow may still be given to it.
     pub(crate) ip_skew: Duration,
@@ -156,6 +159,12 @@ impl Snapshot {
     /// built; before that every end resolves to `unknown`.
     pub fn synced(&self) -> bool {
         self.synced
+    }
+
+    /// Whether `resource` had been listed in full when this was built (a
+    /// custom resource whose CRD is absent counts as listed, and empty).
+    pub fn listed(&self, resource: Resource) -> bool {
+        self.listed.contains(&resource)
     }
 
     /// When this snapshot was built.

@@ -592,6 +592,7 @@ impl Store {
         Snapshot {
             generation: self.generation,
             synced: self.synced(),
+            listed: self.listed.iter().copied().collect(),
             built_at: now,
             ip_skew: self.ip_skew,
             pods: Arc::clone(&self.pods),
