@@ -179,6 +179,9 @@ fn unresolved_service_flow() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_flows_are_judged_at_their_backend_and_shown_with_the_address_asked() {
     let api = cluster().await;
+    // EndpointSlices are not among the lists that make the daemon ready: a replay that judged
+    // with the first ready snapshot would find no backends while their list is slow to come.
+    api.set_list_delay(ENDPOINTSLICES, std::time::Duration::from_millis(400));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = kubeconfig(dir.path(), &api.url());
     let flows = dir.path().join("flows.jsonl");

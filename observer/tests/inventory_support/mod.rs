@@ -87,6 +87,8 @@ struct State {
     collections: HashMap<Kind, Collection>,
     /// Kinds served as `404 Not Found`, as for a CRD that is not installed.
     absent: Vec<Kind>,
+    /// Lists of these kinds are answered only after the delay given.
+    slow_lists: HashMap<Kind, Duration>,
     down: bool,
     seen: Vec<Seen>,
 }
@@ -142,7 +144,12 @@ impl FakeApi {
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let state = Arc::clone(&state);
-                        async move { Ok::<_, Infallible>(handle(&state, &request)) }
+                        async move {
+                            if let Some(delay) = list_delay(&state, &request) {
+                                tokio::time::sleep(delay).await;
+                            }
+                            Ok::<_, Infallible>(handle(&state, &request))
+                        }
                     });
                     // A client that goes away mid-stream is not the test's concern.
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
@@ -273,6 +280,12 @@ impl FakeApi {
         }
     }
 
+    /// Answers every later list of `kind` only after `delay` (its watches
+    /// are not delayed), as a large collection or a busy API server would.
+    pub fn set_list_delay(&self, kind: Kind, delay: Duration) {
+        self.lock().slow_lists.insert(kind, delay);
+    }
+
     /// The requests served so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.lock().seen.clone()
@@ -295,6 +308,16 @@ impl FakeApi {
             })
             .collect()
     }
+}
+
+/// The delay set for a list (not a watch) of the collection `request` asks for.
+fn list_delay(state: &Mutex<State>, request: &Request<hyper::body::Incoming>) -> Option<Duration> {
+    if request.uri().query().unwrap_or_default().contains("watch=true") {
+        return None;
+    }
+    let state = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let kind = KINDS.into_iter().find(|kind| kind.path == request.uri().path())?;
+    state.slow_lists.get(&kind).copied()
 }
 
 fn handle(state: &Mutex<State>, request: &Request<hyper::body::Incoming>) -> Response<Body> {
