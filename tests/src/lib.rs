@@ -22,6 +22,7 @@ pub mod kube_proxy;
 mod lab;
 pub mod manifests;
 mod node;
+mod node_run;
 mod observer;
 pub mod podman;
 mod prometheus;
@@ -41,6 +42,7 @@ pub use lab::{
     down_persistent, persistent_state,
 };
 pub use node::{ConntrackEntry, NODE_IP_V4, NODE_IP_V6, NODE_LINK, NODE_NAME, Node, NodeInfo, PROBE_REQUEST_BYTES};
+pub use node_run::NodeRunDir;
 pub use observer::{OBSERVER_BIN_ENV, ObserverError, ObserverProcess, ObserverRun, observer_binary};
 pub use prometheus::{PrometheusError, PrometheusServer, ScrapeTarget, free_port, http_get, http_get_in};
 pub use state::{LabState, NETNS_DIR, STATE_DIR, all_states, cleanup_stale};

@@ -10,12 +10,11 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use observer_tests::{
-    ConntrackEntry, Endpoint, KUBE_DNS_IP_V4, KUBE_DNS_IP_V6, KubeProxy, Lab, NODE_IP_V4, NODE_IP_V6, NODE_NAME,
+    ConntrackEntry, Endpoint, KUBE_DNS_IP_V4, KUBE_DNS_IP_V6, KubeProxy, Lab, NODE_IP_V4, NODE_IP_V6, NodeRunDir,
     ObserverProcess, POD_GATEWAY_V4, POD_GATEWAY_V6, Pod, Proc, Protocol, Service, TcpClientOpts, TcpClientReport,
     TcpServerOpts, cluster_ip_v4, cluster_ip_v6,
     dns::{DnsQueryOpts, Zone},
@@ -47,7 +46,7 @@ const METRICS_REPLY: u64 = 300;
 /// headless `shop/web-headless`.
 struct Cluster {
     lab: Lab,
-    dir: PathBuf,
+    run: NodeRunDir,
     web: Service,
     db: Service,
     _proxy: KubeProxy,
@@ -112,13 +111,11 @@ impl Cluster {
             coredns.dns_server(coredns.addr_v4(53), &zone).expect("DNS server"),
             coredns.dns_server(coredns.addr_v6(53).expect("v6"), &zone).expect("DNS server v6"),
         ];
-        let dir = std::env::temp_dir().join(format!("node-verdicts-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("manifests")).expect("manifest dir");
-        let cluster = Self { lab, dir, web, db, _proxy: proxy, _dns: dns_servers };
+        let run = NodeRunDir::create(&format!("node-verdicts-{test}"));
+        let cluster = Self { lab, run, web, db, _proxy: proxy, _dns: dns_servers };
         cluster.write_manifests(&[], &[headless]);
         std::fs::write(
-            cluster.dir.join("config.yaml"),
+            cluster.run.config(),
             "findings: {flush_interval_seconds: 1}\nspikes: {min_connections: 100000}\n",
         )
         .expect("config");
@@ -152,69 +149,32 @@ impl Cluster {
 
     /// Writes the cluster's objects (`cluster.json`) and `policies` (`policies.json`).
     fn write_manifests(&self, policies: &[Value], extra_services: &[Service]) {
-        let dir = self.dir.join("manifests");
-        manifests::write_list(&dir.join("cluster.json"), self.objects(extra_services)).expect("cluster manifests");
+        manifests::write_list(&self.run.manifests().join("cluster.json"), self.objects(extra_services))
+            .expect("cluster manifests");
         self.write_policies(policies);
     }
 
     /// Replaces the policies and intents (the observer reloads them within half a second). Written
     /// aside and renamed, so the observer never reads half a file.
     fn write_policies(&self, policies: &[Value]) {
-        let tmp = self.dir.join("policies.json.tmp");
+        let tmp = self.run.path().join("policies.json.tmp");
         manifests::write_list(&tmp, policies.to_vec()).expect("policies");
-        std::fs::rename(&tmp, self.dir.join("manifests").join("policies.json")).expect("policies in place");
-    }
-
-    fn findings_path(&self) -> PathBuf {
-        self.dir.join("findings.jsonl")
+        std::fs::rename(&tmp, self.run.manifests().join("policies.json")).expect("policies in place");
     }
 
     /// Starts the observer in the node's network namespace, as a hostNetwork DaemonSet pod.
     fn observer(&self) -> ObserverProcess {
-        let arg = |p: PathBuf| p.display().to_string();
-        let (manifests, config, findings) =
-            (arg(self.dir.join("manifests")), arg(self.dir.join("config.yaml")), arg(self.findings_path()));
-        ObserverProcess::start_in_netns(
-            &self.lab.node_netns_path(),
-            &[
-                "--poll-interval",
-                "200ms",
-                "--idle-timeout",
-                "2s",
-                "--manifests",
-                &manifests,
-                "--manifest-reload-interval",
-                "0.5",
-                "--node-name",
-                NODE_NAME,
-                "--config",
-                &config,
-                "--findings-log",
-                &findings,
-            ],
-        )
-        .expect("observer starts in the node namespace")
+        self.run.start_observer(&self.lab, &["--manifest-reload-interval", "0.5"])
     }
 
     /// The last version of each finding in the findings log.
     fn findings(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.findings_path()).unwrap_or_default();
-        let mut last: HashMap<String, Value> = HashMap::new();
-        for line in text.lines() {
-            let finding: Value = serde_json::from_str(line).expect("finding is JSON");
-            let key = format!(
+        self.run.findings_by(|finding| {
+            format!(
                 "{}|{}|{}|{}|{}",
                 finding["kind"], finding["rule"], finding["source"], finding["destination"], finding["policies"]
-            );
-            last.insert(key, finding);
-        }
-        last.into_values().collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+            )
+        })
     }
 }
 

@@ -16,14 +16,12 @@
 //! `cargo test -p observer-tests --test shadow_ai -- --test-threads=1`
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use observer_tests::{
-    Endpoint, KUBE_DNS_IP_V4, KubeProxy, Lab, NODE_NAME, ObserverProcess, Pod, Proc, Service, TcpClientOpts,
+    Endpoint, KUBE_DNS_IP_V4, KubeProxy, Lab, NodeRunDir, ObserverProcess, Pod, Proc, Service, TcpClientOpts,
     TcpServerOpts,
     dns::{DnsQueryOpts, Zone},
     manifests::{self, PodSpec},
@@ -39,7 +37,7 @@ const CALL: (u64, u64) = (40, 200);
 /// The lab: kube-dns with the catalog names, the observer's files.
 struct Cluster {
     lab: Lab,
-    dir: PathBuf,
+    run: NodeRunDir,
     openai: Ipv4Addr,
     acme: Ipv4Addr,
     _proxy: KubeProxy,
@@ -82,9 +80,7 @@ impl Cluster {
             Zone::default().with("api.openai.com", &[openai.into()], 300).with("llm.acme.example", &[acme.into()], 300);
         let coredns = lab.pod(3);
         let dns_server = coredns.dns_server(coredns.addr_v4(53), &zone).expect("DNS server");
-        let dir = std::env::temp_dir().join(format!("shadow-ai-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("manifests")).expect("manifest dir");
+        let run = NodeRunDir::create("shadow-ai");
         let ns = |name: &str| manifests::namespace(name, &[("kubernetes.io/metadata.name", name)]);
         let mut items = vec![ns("shop"), ns("ai"), ns("kube-system"), ns("research")];
         for (index, (namespace, name, labels)) in PODS.iter().enumerate() {
@@ -104,15 +100,15 @@ impl Cluster {
                  "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}},
             ]}},
         }));
-        manifests::write_list(&dir.join("manifests").join("cluster.json"), items).expect("manifests");
+        manifests::write_list(&run.manifests().join("cluster.json"), items).expect("manifests");
         std::fs::write(
-            dir.join("config.yaml"),
+            run.config(),
             "findings: {flush_interval_seconds: 1}\nspikes: {min_connections: 100000}\n\
              ai:\n  catalog:\n    providers: [{name: acme-llm, kind: llm-api, patterns: [llm.acme.example]}]\n  \
              exempt: {namespaces: [research]}\n",
         )
         .expect("config");
-        Self { lab, dir, openai, acme, _proxy: proxy, _servers: vec![https, dns_server] }
+        Self { lab, run, openai, acme, _proxy: proxy, _servers: vec![https, dns_server] }
     }
 
     fn pod(&self, name: &str) -> &Pod {
@@ -120,50 +116,14 @@ impl Cluster {
         self.lab.pod(index)
     }
 
-    fn findings_path(&self) -> PathBuf {
-        self.dir.join("findings.jsonl")
-    }
-
+    /// Starts the observer in the node's network namespace, as a hostNetwork DaemonSet pod.
     fn observer(&self) -> ObserverProcess {
-        let arg = |p: PathBuf| p.display().to_string();
-        let (manifests, config, findings) =
-            (arg(self.dir.join("manifests")), arg(self.dir.join("config.yaml")), arg(self.findings_path()));
-        ObserverProcess::start_in_netns(
-            &self.lab.node_netns_path(),
-            &[
-                "--poll-interval",
-                "200ms",
-                "--idle-timeout",
-                "2s",
-                "--manifests",
-                &manifests,
-                "--node-name",
-                NODE_NAME,
-                "--config",
-                &config,
-                "--findings-log",
-                &findings,
-            ],
-        )
-        .expect("observer starts in the node namespace")
+        self.run.start_observer(&self.lab, &[])
     }
 
     /// The last version of each finding in the findings log.
     fn findings(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.findings_path()).unwrap_or_default();
-        let mut last: HashMap<String, Value> = HashMap::new();
-        for line in text.lines() {
-            let finding: Value = serde_json::from_str(line).expect("finding is JSON");
-            let key = format!("{}|{}|{}", finding["kind"], finding["rule"], finding["source"]["pod"]);
-            last.insert(key, finding);
-        }
-        last.into_values().collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.run.findings_by(|finding| format!("{}|{}|{}", finding["kind"], finding["rule"], finding["source"]["pod"]))
     }
 }
 
