@@ -31,6 +31,53 @@ pub struct PodSpec<'a> {
     pub ports: Vec<(&'a str, u16)>,
 }
 
+/// The AI tier the dashboard and alert tests run: namespaces `agents` and
+/// `ml`, the planner Deployment (agent tier) and its ReplicaSet, a
+/// NetworkPolicy that lets only the `frontend` namespace reach the vLLM model
+/// server (declared, not enforced by the lab: the planner's calls are
+/// enforcement gaps), and a FlowIntent that keeps agents inside (their
+/// internet egress is an intent violation). The pods come from
+/// [`planner_pod`] and [`vllm_pod`].
+pub fn ai_tier() -> Vec<Value> {
+    vec![
+        namespace("agents", &[]),
+        namespace("ml", &[]),
+        workload("Deployment", "agents", "planner", None),
+        workload("ReplicaSet", "agents", "planner-5c8d", Some(("Deployment", "planner"))),
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": "vllm-from-frontend", "namespace": "ml"},
+               "spec": {"podSelector": {"matchLabels": {"app": "vllm"}},
+                        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "frontend"}}}]}]}}),
+        json!({"apiVersion": "ai.governance/v1alpha1", "kind": "FlowIntent",
+               "metadata": {"name": "agents-stay-inside", "namespace": "agents"},
+               "spec": {"subject": {"tiers": ["agent"]}, "egress": {"forbid": [{"world": true}]}}}),
+    ]
+}
+
+/// A pod of [`ai_tier`]'s planner (agent tier), named `name`.
+pub fn planner_pod<'a>(pod: &'a Pod, name: &'a str) -> PodSpec<'a> {
+    PodSpec {
+        pod,
+        namespace: "agents",
+        name,
+        labels: vec![("app", "planner"), ("ai.governance/tier", "agent")],
+        owner: Some(("ReplicaSet", "planner-5c8d")),
+        ports: vec![],
+    }
+}
+
+/// [`ai_tier`]'s model server, `ml/vllm-0` (model-serving tier), serving `http` on 8080.
+pub fn vllm_pod(pod: &Pod) -> PodSpec<'_> {
+    PodSpec {
+        pod,
+        namespace: "ml",
+        name: "vllm-0",
+        labels: vec![("app", "vllm"), ("ai.governance/tier", "model-serving")],
+        owner: Some(("StatefulSet", "vllm")),
+        ports: vec![("http", 8080)],
+    }
+}
+
 fn labels(pairs: &[(&str, &str)]) -> Value {
     Value::Object(pairs.iter().map(|(key, value)| ((*key).to_owned(), Value::from(*value))).collect())
 }

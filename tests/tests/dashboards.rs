@@ -23,9 +23,7 @@ use std::{
 
 use observer_tests::{
     Endpoint, INTERNET_HOST_V4, Lab, ObserverProcess, PrometheusServer, ScrapeTarget, TcpClientOpts, TcpServerOpts,
-    http_get,
-    manifests::{self, PodSpec},
-    root_or_skip,
+    http_get, manifests, root_or_skip,
 };
 use serde_json::{Value, json};
 
@@ -253,47 +251,14 @@ fn every_dashboard_panel_shows_what_the_traffic_did() {
         pod["spec"]["nodeName"] = json!(node);
         pod
     };
-    let planner = |pod, name| PodSpec {
-        pod,
-        namespace: "agents",
-        name,
-        labels: vec![("app", "planner"), ("ai.governance/tier", "agent")],
-        owner: Some(("ReplicaSet", "planner-5c8d")),
-        ports: vec![],
-    };
-    manifests::write_list(
-        &dir.join("ai.json"),
-        vec![
-            manifests::namespace("agents", &[]),
-            manifests::namespace("ml", &[]),
-            manifests::workload("Deployment", "agents", "planner", None),
-            manifests::workload("ReplicaSet", "agents", "planner-5c8d", Some(("Deployment", "planner"))),
-            // The planner has a pod on each node, neither isolated: 2 unprotected pods, 1 per node.
-            on_node(manifests::pod(&planner(agent, "planner-5c8d-q7w2x")), "node-a"),
-            on_node(manifests::pod(&planner(agent_b, "planner-5c8d-x9z4k")), "node-b"),
-            on_node(
-                manifests::pod(&PodSpec {
-                    pod: model,
-                    namespace: "ml",
-                    name: "vllm-0",
-                    labels: vec![("app", "vllm"), ("ai.governance/tier", "model-serving")],
-                    owner: Some(("StatefulSet", "vllm")),
-                    ports: vec![("http", 8080)],
-                }),
-                "node-b",
-            ),
-            // Declared, not enforced by the lab: the agent's calls are enforcement gaps.
-            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                   "metadata": {"name": "vllm-from-frontend", "namespace": "ml"},
-                   "spec": {"podSelector": {"matchLabels": {"app": "vllm"}},
-                            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "frontend"}}}]}]}}),
-            // Agents may not reach the internet: their egress is an intent violation.
-            json!({"apiVersion": "ai.governance/v1alpha1", "kind": "FlowIntent",
-                   "metadata": {"name": "agents-stay-inside", "namespace": "agents"},
-                   "spec": {"subject": {"tiers": ["agent"]}, "egress": {"forbid": [{"world": true}]}}}),
-        ],
-    )
-    .expect("manifests");
+    let mut declared = manifests::ai_tier();
+    declared.extend([
+        // The planner has a pod on each node, neither isolated: 2 unprotected pods, 1 per node.
+        on_node(manifests::pod(&manifests::planner_pod(agent, "planner-5c8d-q7w2x")), "node-a"),
+        on_node(manifests::pod(&manifests::planner_pod(agent_b, "planner-5c8d-x9z4k")), "node-b"),
+        on_node(manifests::pod(&manifests::vllm_pod(model)), "node-b"),
+    ]);
+    manifests::write_list(&dir.join("ai.json"), declared).expect("manifests");
     let target = model.addr_v4(8080);
     let reply = TcpServerOpts { reply: CALL_BYTES.1, ..Default::default() };
     let _listener = model.tcp_server(target, &reply).expect("server");

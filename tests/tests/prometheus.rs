@@ -19,7 +19,7 @@ use observer_tests::{
     manifests::{self, PodSpec},
     root_or_skip,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const SCRAPE: Duration = Duration::from_secs(1);
 
@@ -112,52 +112,23 @@ fn prometheus_scrapes_the_observer_and_dashboards_and_alerts_work() {
     let (client, server, notebook) = (lab.pod(0), lab.pod(1), lab.pod(2));
     let dir = std::env::temp_dir().join(format!("prometheus-e2e-{}", std::process::id()));
     fs::create_dir_all(&dir).expect("manifest dir");
-    manifests::write_list(
-        &dir.join("ai.json"),
-        vec![
-            manifests::namespace("agents", &[]),
-            manifests::namespace("ml", &[]),
-            manifests::namespace("research", &[]),
-            manifests::workload("Deployment", "research", "notebook", None),
-            manifests::workload("ReplicaSet", "research", "notebook-7d9f", Some(("Deployment", "notebook"))),
-            manifests::pod(&PodSpec {
-                pod: notebook,
-                namespace: "research",
-                name: "notebook-7d9f-k2p4z",
-                labels: vec![("app", "notebook")],
-                owner: Some(("ReplicaSet", "notebook-7d9f")),
-                ports: vec![],
-            }),
-            manifests::workload("Deployment", "agents", "planner", None),
-            manifests::workload("ReplicaSet", "agents", "planner-5c8d", Some(("Deployment", "planner"))),
-            manifests::pod(&PodSpec {
-                pod: client,
-                namespace: "agents",
-                name: "planner-5c8d-q7w2x",
-                labels: vec![("app", "planner"), ("ai.governance/tier", "agent")],
-                owner: Some(("ReplicaSet", "planner-5c8d")),
-                ports: vec![],
-            }),
-            manifests::pod(&PodSpec {
-                pod: server,
-                namespace: "ml",
-                name: "vllm-0",
-                labels: vec![("app", "vllm"), ("ai.governance/tier", "model-serving")],
-                owner: Some(("StatefulSet", "vllm")),
-                ports: vec![("http", 8080)],
-            }),
-            // Declared, not enforced by the lab: the agent's calls are an enforcement gap.
-            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                   "metadata": {"name": "vllm-from-frontend", "namespace": "ml"},
-                   "spec": {"podSelector": {"matchLabels": {"app": "vllm"}},
-                            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "frontend"}}}]}]}}),
-            // Agents may not reach the internet: the agent's egress is an intent violation.
-            json!({"apiVersion": "ai.governance/v1alpha1", "kind": "FlowIntent",
-                   "metadata": {"name": "agents-stay-inside", "namespace": "agents"},
-                   "spec": {"subject": {"tiers": ["agent"]}, "egress": {"forbid": [{"world": true}]}}}),
-        ],
-    )
-    .expect("manifests");
+    let mut declared = manifests::ai_tier();
+    declared.extend([
+        manifests::namespace("research", &[]),
+        manifests::workload("Deployment", "research", "notebook", None),
+        manifests::workload("ReplicaSet", "research", "notebook-7d9f", Some(("Deployment", "notebook"))),
+        manifests::pod(&PodSpec {
+            pod: notebook,
+            namespace: "research",
+            name: "notebook-7d9f-k2p4z",
+            labels: vec![("app", "notebook")],
+            owner: Some(("ReplicaSet", "notebook-7d9f")),
+            ports: vec![],
+        }),
+        manifests::pod(&manifests::planner_pod(client, "planner-5c8d-q7w2x")),
+        manifests::pod(&manifests::vllm_pod(server)),
+    ]);
+    manifests::write_list(&dir.join("ai.json"), declared).expect("manifests");
     // Short spike windows, so that the burst below is a spike on the
     // agent → model server edge after a few rounds of baseline.
     let config = dir.join("config.yaml");
