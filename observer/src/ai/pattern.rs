@@ -68,11 +68,14 @@ pub(crate) enum LabelMatch {
 }
 
 impl LabelMatch {
-    fn matches(&self, label: &str) -> bool {
+    fn matches(&self, label: &[u8]) -> bool {
         match self {
-            Self::Literal(literal) => **literal == *label,
+            Self::Literal(literal) => literal.as_bytes() == label,
+            // Empty ends (a whole-label `*`) are not compared at all.
             Self::Glob { prefix, suffix } => {
-                label.len() >= prefix.len() + suffix.len() && label.starts_with(&**prefix) && label.ends_with(&**suffix)
+                label.len() >= prefix.len() + suffix.len()
+                    && (prefix.is_empty() || label.starts_with(prefix.as_bytes()))
+                    && (suffix.is_empty() || label.ends_with(suffix.as_bytes()))
             }
         }
     }
@@ -158,7 +161,8 @@ impl CatalogPattern {
         if prefix.is_empty() {
             return !self.subtree && self.labels.is_empty();
         }
-        let mut labels = prefix.rsplit('.');
+        // Split on the byte: a `char` pattern compares each match with memcmp.
+        let mut labels = prefix.as_bytes().rsplit(|byte| *byte == b'.');
         for expected in self.labels.iter().rev() {
             match labels.next() {
                 Some(label) if expected.matches(label) => {}
