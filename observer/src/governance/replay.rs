@@ -37,8 +37,13 @@ use crate::{
     },
 };
 
-/// How long the cluster's inventory may take to list.
+/// How long the cluster's inventory may take to list what the daemon needs.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How much longer the optional lists (EndpointSlices, ReplicaSets, Jobs,
+/// the custom resources) may take once the required ones are done: an
+/// account that may not list one of them gets a warning, not a minute's wait.
+const OPTIONAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the inventory or a policy set cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -171,23 +176,33 @@ fn from_cluster(kubeconfig: &Path) -> Result<Loaded, ReplayError> {
         let (inventory, task) = Inventory::cluster(client.clone(), InventoryConfig::default());
         // Every list, not only the ones that make the daemon ready: a replay
         // judges Service flows at their backends, so it needs the
-        // EndpointSlices too. What is optional and still unlisted at the
-        // deadline (ReplicaSets or Jobs the account may not list) is named
-        // and left out; what is required fails the command.
-        let waited = tokio::time::timeout(SYNC_TIMEOUT, async {
+        // EndpointSlices too. What is optional and still unlisted a little
+        // after the required ones (ReplicaSets or Jobs the account may not
+        // list) is named and left out; what is required fails the command.
+        let mut task = std::pin::pin!(task);
+        let required = tokio::time::timeout(SYNC_TIMEOUT, async {
             tokio::select! {
-                () = task => {}
-                () = inventory.complete() => {}
+                () = &mut task => {}
+                () = inventory.ready() => {}
             }
         })
         .await;
-        if waited.is_err() && inventory.snapshot().synced() {
+        if required.is_ok() {
+            let optional = tokio::time::timeout(OPTIONAL_TIMEOUT, async {
+                tokio::select! {
+                    () = &mut task => {}
+                    () = inventory.complete() => {}
+                }
+            })
+            .await;
             let unlisted: Vec<&str> = inventory.unlisted().into_iter().map(|resource| resource.name()).collect();
-            tracing::warn!(
-                ?unlisted,
-                "not every resource listed within {}s: judging without them",
-                SYNC_TIMEOUT.as_secs()
-            );
+            if optional.is_err() && !unlisted.is_empty() {
+                tracing::warn!(
+                    ?unlisted,
+                    "not listed within {}s of the required resources: judging without them",
+                    OPTIONAL_TIMEOUT.as_secs()
+                );
+            }
         }
         if !inventory.snapshot().synced() {
             let failing: Vec<String> = inventory
