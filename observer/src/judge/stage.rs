@@ -196,7 +196,7 @@ impl JudgeStage {
             &self.catalog,
         );
         for error in &intent_errors {
-            match loaded.origin(error) {
+            match loaded.origin(error.index) {
                 Some(origin) => tracing::warn!(%origin, %error, "FlowIntent left out"),
                 None => tracing::warn!(%error, "FlowIntent left out"),
             }
