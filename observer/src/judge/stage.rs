@@ -349,7 +349,7 @@ impl JudgeStage {
                 self.judge.policy(&JudgeInput::from_record(record, src, dst, false)).map(Arc::new)
             }
         };
-        if !self.open.insert(record.progress.flow, self.generation, policy, record.time) {
+        if !self.open.insert(record.progress.flow, self.generation, policy, record.time, record.progress.first) {
             self.setup.health.set_flows_untracked(self.open.untracked());
         }
     }
@@ -758,13 +758,17 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
             let config = InventoryConfig { reload_interval: Duration::from_millis(20), ..InventoryConfig::default() };
             let (inventory, reload) = Inventory::standalone(vec![dir.clone()], config);
             let generations = inventory.subscribe();
-            let metrics = Metrics::new(MetricsConfig::default(), &Health::default());
+            // One health, as the daemon has: the metrics read what the stage
+            // counts (exported beside capture's, which the daemon attaches).
+            let health = Health::default();
+            health.attach_capture(Arc::new(crate::capture::CaptureHealth::default()));
+            let metrics = Metrics::new(MetricsConfig::default(), &health);
             let setup = StageSetup {
                 inventory,
                 config: ObserverConfig::default(),
                 findings_log: None,
                 node: None,
-                health: Health::default(),
+                health,
                 edges: EdgeOf::new(metrics.allowlist().clone()),
                 metrics: Some(metrics.clone()),
             };
@@ -806,6 +810,14 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
 
         /// Judges one record of flow `flow` from `src` to `dst` port 8080.
         fn judge(&mut self, flow: u64, event: RecordEvent, src: &str, dst: &str) -> FlowRecord {
+            let mut record = self.record(flow, event, src, dst);
+            self.stage.judge_batch(std::slice::from_mut(&mut record));
+            record
+        }
+
+        /// One enriched, unjudged record of flow `flow` from `src` to `dst`
+        /// port 8080, now.
+        fn record(&self, flow: u64, event: RecordEvent, src: &str, dst: &str) -> FlowRecord {
             let snapshot = Arc::clone(&self.stage.snapshot);
             let at = SystemTime::now();
             let peer = |ip: &str, port: u16| {
@@ -819,7 +831,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
                     ai: None,
                 }
             };
-            let mut record = FlowRecord {
+            FlowRecord {
                 time: at,
                 event,
                 node: Arc::from("node-1"),
@@ -845,9 +857,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
                     new_to_dst: Traffic::default(),
                     new_to_src: Traffic::default(),
                 },
-            };
-            self.stage.judge_batch(std::slice::from_mut(&mut record));
-            record
+            }
         }
 
         /// The findings of `kind` written now, with their counts.
@@ -1083,5 +1093,74 @@ spec: {podSelector: {matchLabels: {app: agent}}, policyTypes: [Ingress]}
         let unseen_start = lab.judge(9, RecordEvent::Update, CLIENT, SERVER);
         assert_eq!(kind(unseen_start.verdict.as_ref()), Some(VerdictKind::Allowed));
         assert!(unseen_start.verdict_now.is_none());
+    }
+
+    /// `flow_observer_judge_flows_untracked_total` of the lab's metrics.
+    fn untracked_counted(lab: &Lab) -> Option<String> {
+        lab.metrics
+            .encode()
+            .lines()
+            .find(|line| line.starts_with("flow_observer_judge_flows_untracked_total"))
+            .map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn flows_past_the_open_flow_cap_are_judged_counted_once_each_and_judged_by_the_current_policies() {
+        const EXTRA: u64 = 3;
+        let mut lab = Lab::new("untracked");
+        let total = super::super::open::MAX_OPEN_FLOWS as u64 + EXTRA;
+        // Every connection of the same edge opens, one record each, in batches
+        // as the pipeline hands them on.
+        let start = lab.record(0, RecordEvent::Start, CLIENT, SERVER);
+        let mut batch = Vec::with_capacity(4096);
+        let mut judged = 0;
+        for first in (1..=total).step_by(4096) {
+            batch.clear();
+            batch.extend((first..=total.min(first + 4095)).map(|flow| {
+                let mut record = start.clone();
+                record.progress.flow = flow;
+                record
+            }));
+            lab.stage.judge_batch(&mut batch);
+            for record in &batch {
+                assert_eq!(kind(record.verdict.as_ref()), Some(VerdictKind::Allowed), "flow {}", record.progress.flow);
+                assert!(record.verdict_now.is_none(), "flow {}", record.progress.flow);
+            }
+            judged += batch.len() as u64;
+        }
+        assert_eq!(judged, total, "every record judged, tracked or not");
+        assert_eq!(lab.stage.open.len(), super::super::open::MAX_OPEN_FLOWS, "the cache holds its cap");
+        assert_eq!(lab.stage.setup.health.flows_untracked(), EXTRA);
+        assert_eq!(untracked_counted(&lab).as_deref(), Some("flow_observer_judge_flows_untracked_total 3"));
+        // Later records of the untracked flows find the cache as full: the
+        // same flows, not counted again.
+        for flow in total - EXTRA + 1..=total {
+            let update = lab.judge(flow, RecordEvent::Update, CLIENT, SERVER);
+            assert_eq!(kind(update.verdict.as_ref()), Some(VerdictKind::Allowed));
+        }
+        assert_eq!(lab.stage.setup.health.flows_untracked(), EXTRA);
+        // A new flow still counts.
+        let late = lab.judge(total + 1, RecordEvent::Start, CLIENT, SERVER);
+        assert_eq!(kind(late.verdict.as_ref()), Some(VerdictKind::Allowed));
+        assert_eq!(untracked_counted(&lab).as_deref(), Some("flow_observer_judge_flows_untracked_total 4"));
+
+        // The policies change: a tracked flow keeps the verdict it started
+        // with; an untracked one is judged by the current policies, as if it
+        // had started now, and no outlived-policy is seen for it.
+        lab.apply("policy.yaml", DENY_SERVER, &["deny-server@7"]).await;
+        let untracked = lab.judge(total, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(kind(untracked.verdict.as_ref()), Some(VerdictKind::EnforcementGap));
+        assert!(untracked.verdict_now.is_none());
+        let tracked = lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(kind(tracked.verdict.as_ref()), Some(VerdictKind::Allowed));
+        assert_eq!(kind(tracked.verdict_now.as_ref()), Some(VerdictKind::EnforcementGap));
+        assert_eq!(lab.findings("outlived-policy")[0]["count"], 1, "the tracked flow alone");
+        // An end record makes room: the untracked flow's next record is tracked
+        // from then on (under the policies it was judged by), and nothing more
+        // is counted.
+        lab.judge(1, RecordEvent::End, CLIENT, SERVER);
+        lab.judge(total, RecordEvent::Update, CLIENT, SERVER);
+        assert!(lab.stage.open.get_mut(total).is_some());
+        assert_eq!(lab.stage.setup.health.flows_untracked(), EXTRA + 1);
     }
 }
