@@ -3,9 +3,14 @@
 //!
 //! In: a name and chained settings. Out: lean inventory values (pods,
 //! namespaces, Services, EndpointSlices, nodes) and NetworkPolicies, with
-//! defaults each caller overrides where its tests need another.
+//! defaults each caller overrides where its tests need another, and a
+//! manifest folder for the standalone inventory ([`ManifestDir`]).
 
-use std::net::IpAddr;
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
@@ -164,4 +169,42 @@ pub fn slice(namespace: &str, service: &str, port: u16, ready: &[&str]) -> Endpo
 /// A node with one address.
 pub fn node(name: &str, address: &str) -> Node {
     Node { name: name.to_owned(), ips: vec![ip(address)], labels: Labels::new() }
+}
+
+/// A folder of manifests for a standalone inventory, under the system's
+/// temporary folder, removed on drop (a failing test's too).
+#[derive(Debug)]
+pub struct ManifestDir(PathBuf);
+
+impl ManifestDir {
+    /// An empty folder `observer-<name>-<pid>`: `name` tells the tests of
+    /// one binary apart, the process id the binaries.
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("observer-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        Self(path)
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `text` to `name` in the folder (creating the folders it
+    /// names); returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).unwrap_or_else(|error| panic!("{}: {error}", parent.display()));
+        }
+        fs::write(&path, text).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        path
+    }
+}
+
+impl Drop for ManifestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }

@@ -3,6 +3,8 @@
 //! plain values, and the records the stages hand on (`dst` named at the
 //! backend, verdict at the backend, or ambiguous over the ready backends).
 
+mod judge_fixtures;
+
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -10,6 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use judge_fixtures::SERVICE_POLICIES;
 use observer::{
     backends::{Backends, Lookup},
     capture::{build_record, clock::Clock, table::Emission},
@@ -27,6 +30,7 @@ use observer::{
 };
 use observer_common::{FAMILY_IPV4, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP, PROTO_UDP};
 
+/// The pods, Services and EndpointSlices beside [`SERVICE_POLICIES`].
 const CLUSTER: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -81,25 +85,6 @@ metadata: {name: web-x, namespace: ai, labels: {kubernetes.io/service-name: web}
 addressType: IPv4
 ports: [{port: 8080}]
 endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61]}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: client-egress, namespace: ai}
-spec:
-  podSelector: {matchLabels: {app: client}}
-  policyTypes: [Egress]
-  egress:
-    - to: [{namespaceSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
-      ports: [{port: 53, protocol: UDP}]
-    - to: [{podSelector: {matchLabels: {app: web}}}]
-      ports: [{port: 8080}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web-locked, namespace: ai}
-spec:
-  podSelector: {matchLabels: {locked: "true"}}
-  policyTypes: [Ingress]
 "#;
 
 /// Conntrack as plain values: the DNAT of one DNS query.
@@ -135,6 +120,7 @@ fn record(src: &str, dst: &str, protocol: u8, flow: u64) -> FlowRecord {
 fn service_flows_are_judged_at_their_backends_through_the_stages() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).expect("write");
+    std::fs::write(dir.path().join("policies.yaml"), SERVICE_POLICIES).expect("write");
     let (inventory, _reload) = Inventory::standalone(vec![dir.path().to_owned()], InventoryConfig::default());
     assert!(inventory.snapshot().synced(), "{:?}", inventory.status());
     let table = Table(HashMap::from([(

@@ -691,13 +691,14 @@ struct SharedFinding {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::IpAddr, path::PathBuf};
+    use std::net::IpAddr;
 
     use super::*;
     use crate::{
         flow::{Cgroup, Family, FlowState, Peer, Progress, Protocol, Traffic},
         inventory::InventoryConfig,
         metrics::MetricsConfig,
+        testing::ManifestDir,
     };
 
     const PODS: &str = "apiVersion: v1
@@ -735,7 +736,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
     const OTHER: &str = "198.18.0.12";
 
     struct Lab {
-        dir: PathBuf,
+        dir: ManifestDir,
         stage: JudgeStage,
         metrics: Metrics,
         generations: watch::Receiver<u64>,
@@ -745,18 +746,15 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
     impl Drop for Lab {
         fn drop(&mut self) {
             self.reload.abort();
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 
     impl Lab {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("observer-stage-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("temp dir");
-            std::fs::write(dir.join("pods.yaml"), PODS).expect("write");
+            let dir = ManifestDir::new(&format!("stage-{name}"));
+            dir.write("pods.yaml", PODS);
             let config = InventoryConfig { reload_interval: Duration::from_millis(20), ..InventoryConfig::default() };
-            let (inventory, reload) = Inventory::standalone(vec![dir.clone()], config);
+            let (inventory, reload) = Inventory::standalone(vec![dir.path().to_owned()], config);
             let generations = inventory.subscribe();
             // One health, as the daemon has: the metrics read what the stage
             // counts (exported beside capture's, which the daemon attaches).
@@ -780,7 +778,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
         /// exactly the policies `expect` (`name@resourceVersion`), then
         /// recompiles the stage.
         async fn apply(&mut self, file: &str, policy: &str, expect: &[&str]) {
-            std::fs::write(self.dir.join(file), policy).expect("write");
+            self.dir.write(file, policy);
             let held = |inventory: &Inventory| {
                 let mut held: Vec<String> = inventory
                     .snapshot()
