@@ -3,25 +3,91 @@
 //!
 //! In: a name and chained settings. Out: lean inventory values (pods,
 //! namespaces, Services, EndpointSlices, nodes) and NetworkPolicies, with
-//! defaults each caller overrides where its tests need another, and a
-//! manifest folder for the standalone inventory ([`ManifestDir`]).
+//! defaults each caller overrides where its tests need another; a manifest
+//! folder for the standalone inventory ([`ManifestDir`]); capture's record
+//! of a connection ([`socket_record`]) and a conntrack table of plain values
+//! ([`ConntrackTable`]) for the enrich and judge stages.
 
 use std::{
+    collections::HashMap,
     fs,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
 };
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use observer_common::{FAMILY_IPV4, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP};
 
 use crate::{
-    flow::Protocol,
+    backends::Lookup,
+    capture::{build_record, clock::Clock, table::Emission},
+    conntrack::{ConntrackError, Tuple},
+    flow::{FlowRecord, FlowState, Protocol, RecordEvent},
     inventory::model::{ContainerPort, EndpointSlice, Labels, Namespace, Node, OwnerRef, Pod, Service, ServicePort},
 };
 
 /// An address; panics on a malformed one (a test's own typo).
 pub fn ip(text: &str) -> IpAddr {
     text.parse().unwrap_or_else(|error| panic!("{text}: {error}"))
+}
+
+/// A socket address (`ip:port`, `[ipv6]:port`); panics on a malformed one.
+pub fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap_or_else(|error| panic!("{text}: {error}"))
+}
+
+/// Capture's record of flow `flow` from `src` to `dst` (socket addresses)
+/// over `protocol`, seen at the source now, started 5 ms ago, `active`: the
+/// flow's first record unless `event` is an update.
+pub fn socket_record(src: &str, dst: &str, protocol: u8, flow: u64, event: RecordEvent) -> FlowRecord {
+    let key = FlowKey { protocol: PROTO_TCP, family: FAMILY_IPV4, ..FlowKey::default() };
+    let stats = FlowStats { initiator: INITIATOR_LOCAL, ..FlowStats::default() };
+    let emission = Emission { key, stats, event, state: FlowState::Active, flow, reported: None };
+    let mut record = build_record(&emission, SystemTime::now(), &Clock::new(), None, &Arc::from("node-1"));
+    let (src, dst) = (addr(src), addr(dst));
+    (record.src.ip, record.src.port, record.dst.ip, record.dst.port) =
+        (src.ip(), Some(src.port()), dst.ip(), Some(dst.port()));
+    record.protocol = Protocol(protocol);
+    record.first_seen = SystemTime::now() - Duration::from_millis(5);
+    record.progress.first = event != RecordEvent::Update;
+    record
+}
+
+/// A conntrack table of plain values, for the enricher's backends: the
+/// backend each connection was sent to, or the kernel's error for it. Counts
+/// the lookups it answers; its clones share the table and the count.
+#[derive(Clone, Debug, Default)]
+pub struct ConntrackTable {
+    entries: Arc<Mutex<HashMap<Tuple, Result<SocketAddr, i32>>>>,
+    lookups: Arc<Mutex<u32>>,
+}
+
+impl ConntrackTable {
+    /// With the connection from `src` to `dst` over `protocol` sent to the
+    /// backend `answer` (or failing with that errno).
+    pub fn with(self, src: &str, dst: &str, protocol: u8, answer: Result<&str, i32>) -> Self {
+        let tuple = Tuple::new(protocol, addr(src), addr(dst)).expect("same family");
+        self.entries.lock().expect("lock").insert(tuple, answer.map(addr));
+        self
+    }
+
+    /// The lookups answered so far.
+    pub fn lookups(&self) -> u32 {
+        *self.lookups.lock().expect("lock")
+    }
+}
+
+impl Lookup for ConntrackTable {
+    fn lookup(&mut self, tuple: &Tuple) -> Result<Option<SocketAddr>, ConntrackError> {
+        *self.lookups.lock().expect("lock") += 1;
+        match self.entries.lock().expect("lock").get(tuple) {
+            None => Ok(None),
+            Some(Ok(at)) => Ok(Some(*at)),
+            Some(Err(errno)) => Err(ConntrackError::Kernel { errno: *errno }),
+        }
+    }
 }
 
 /// Starts a pod named `name` in namespace `default` with uid `uid-<name>`,
