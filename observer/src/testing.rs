@@ -5,7 +5,8 @@
 //! namespaces, Services, EndpointSlices, nodes) and NetworkPolicies, with
 //! defaults each caller overrides where its tests need another; a manifest
 //! folder for the standalone inventory ([`ManifestDir`]); capture's record
-//! of a connection ([`socket_record`]) and a conntrack table of plain values
+//! of a connection ([`socket_record`], or as a plain value: [`tcp_record`])
+//! and a conntrack table of plain values
 //! ([`ConntrackTable`]) for the enrich and judge stages.
 
 use std::{
@@ -24,7 +25,7 @@ use crate::{
     backends::Lookup,
     capture::{build_record, clock::Clock, table::Emission},
     conntrack::{ConntrackError, Tuple},
-    flow::{FlowRecord, FlowState, Protocol, RecordEvent},
+    flow::{Cgroup, Family, FlowRecord, FlowState, LocalEnd, Peer, Progress, Protocol, RecordEvent, Traffic},
     inventory::model::{ContainerPort, EndpointSlice, Labels, Namespace, Node, OwnerRef, Pod, Service, ServicePort},
 };
 
@@ -53,6 +54,42 @@ pub fn socket_record(src: &str, dst: &str, protocol: u8, flow: u64, event: Recor
     record.first_seen = SystemTime::now() - Duration::from_millis(5);
     record.progress.first = event != RecordEvent::Update;
     record
+}
+
+/// One end of a flow at `address` (`ip:port`), not enriched.
+pub fn peer(address: &str) -> Peer {
+    let address = addr(address);
+    Peer { ip: address.ip(), port: Some(address.port()), endpoint: None, backend: None, dns: None, ai: None }
+}
+
+/// A TCP record from `src` to `dst` (`ip:port`, not enriched) at `at`, as
+/// the node of the source (`node-1`, cgroup 7) writes it: `closed` for an
+/// end record, else `established`; no traffic, no verdict, flow id 0. Set
+/// what a test needs with `FlowRecord { .., ..tcp_record(..) }`.
+pub fn tcp_record(src: &str, dst: &str, event: RecordEvent, at: SystemTime) -> FlowRecord {
+    let (src, dst) = (peer(src), peer(dst));
+    FlowRecord {
+        time: at,
+        event,
+        node: Arc::from("node-1"),
+        protocol: Protocol(PROTO_TCP),
+        family: if src.ip.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 },
+        src,
+        dst,
+        local: LocalEnd::Src,
+        icmp: None,
+        cgroup: Cgroup { id: 7, path: None },
+        state: if event == RecordEvent::End { FlowState::Closed } else { FlowState::Established },
+        to_dst: Traffic::default(),
+        to_src: Traffic::default(),
+        tcp_flags: None,
+        first_seen: at,
+        last_seen: at,
+        duration_ms: 0,
+        verdict: None,
+        verdict_now: None,
+        progress: Progress::default(),
+    }
 }
 
 /// A conntrack table of plain values, for the enricher's backends: the

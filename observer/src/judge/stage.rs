@@ -691,14 +691,12 @@ struct SharedFinding {
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
-
     use super::*;
     use crate::{
-        flow::{Cgroup, Family, FlowState, Peer, Progress, Protocol, Traffic},
+        flow::{Progress, Traffic},
         inventory::InventoryConfig,
         metrics::MetricsConfig,
-        testing::ManifestDir,
+        testing::{ManifestDir, tcp_record},
     };
 
     const PODS: &str = "apiVersion: v1
@@ -816,46 +814,17 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
         /// One enriched, unjudged record of flow `flow` from `src` to `dst`
         /// port 8080, now.
         fn record(&self, flow: u64, event: RecordEvent, src: &str, dst: &str) -> FlowRecord {
-            let snapshot = Arc::clone(&self.stage.snapshot);
             let at = SystemTime::now();
-            let peer = |ip: &str, port: u16| {
-                let ip: IpAddr = ip.parse().expect("ip");
-                Peer {
-                    ip,
-                    port: Some(port),
-                    endpoint: Some(snapshot.resolve_remote(ip, at)),
-                    dns: None,
-                    backend: None,
-                    ai: None,
-                }
-            };
-            FlowRecord {
-                time: at,
-                event,
-                node: Arc::from("node-1"),
-                protocol: Protocol(observer_common::PROTO_TCP),
-                family: Family::Ipv4,
-                src: peer(src, 40_000),
-                dst: peer(dst, 8080),
-                local: LocalEnd::Src,
-                icmp: None,
-                cgroup: Cgroup { id: 7, path: None },
-                state: if event == RecordEvent::End { FlowState::Closed } else { FlowState::Established },
+            let mut record = FlowRecord {
                 to_dst: Traffic { packets: 5, bytes: 500 },
                 to_src: Traffic { packets: 5, bytes: 500 },
-                tcp_flags: None,
-                first_seen: at,
-                last_seen: at,
-                duration_ms: 0,
-                verdict: None,
-                verdict_now: None,
-                progress: Progress {
-                    flow,
-                    first: event == RecordEvent::Start,
-                    new_to_dst: Traffic::default(),
-                    new_to_src: Traffic::default(),
-                },
+                progress: Progress { flow, first: event == RecordEvent::Start, ..Progress::default() },
+                ..tcp_record(&format!("{src}:40000"), &format!("{dst}:8080"), event, at)
+            };
+            for end in [&mut record.src, &mut record.dst] {
+                end.endpoint = Some(self.stage.snapshot.resolve_remote(end.ip, at));
             }
+            record
         }
 
         /// The findings of `kind` written now, with their counts.
@@ -1012,42 +981,10 @@ spec: {podSelector: {matchLabels: {app: agent}}, policyTypes: [Ingress]}
 
         let lab = Lab::new("spike-labels");
         let edges = EdgeOf::new(LabelAllowlist::default()).with_names(Arc::new(NameLabels::new(16)));
-        let mut record = FlowRecord {
-            time: SystemTime::now(),
-            event: RecordEvent::End,
-            node: Arc::from("node-1"),
-            protocol: Protocol(observer_common::PROTO_TCP),
-            family: Family::Ipv4,
-            src: Peer {
-                ip: CLIENT.parse().expect("ip"),
-                port: Some(40_000),
-                endpoint: Some(lab.stage.snapshot.resolve_remote(CLIENT.parse().expect("ip"), SystemTime::now())),
-                dns: None,
-                backend: None,
-                ai: None,
-            },
-            dst: Peer {
-                ip: "203.0.113.9".parse().expect("ip"),
-                port: Some(443),
-                endpoint: Some(Endpoint::world()),
-                dns: Some(PeerDns { names: vec![Arc::from("api.example.com")], resolved: true }),
-                backend: None,
-                ai: None,
-            },
-            local: LocalEnd::Src,
-            icmp: None,
-            cgroup: Cgroup { id: 7, path: None },
-            state: FlowState::Closed,
-            to_dst: Traffic::default(),
-            to_src: Traffic::default(),
-            tcp_flags: None,
-            first_seen: SystemTime::now(),
-            last_seen: SystemTime::now(),
-            duration_ms: 0,
-            verdict: None,
-            verdict_now: None,
-            progress: Progress::default(),
-        };
+        let mut record = tcp_record(&format!("{CLIENT}:40000"), "203.0.113.9:443", RecordEvent::End, SystemTime::now());
+        record.src.endpoint = Some(lab.stage.snapshot.resolve_remote(record.src.ip, SystemTime::now()));
+        record.dst.endpoint = Some(Endpoint::world());
+        record.dst.dns = Some(PeerDns { names: vec![Arc::from("api.example.com")], resolved: true });
         let meter_edge = edges.edge(&record);
         assert_eq!(&*meter_edge.dst.workload, "example.com", "the meter names the destination by its domain");
         let mut lab = lab;
