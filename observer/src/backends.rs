@@ -243,20 +243,13 @@ fn apply(record: &mut FlowRecord, resolved: Option<Resolved>) {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        collections::HashMap,
-        sync::{Arc, Mutex},
-        time::{Duration, SystemTime},
-    };
-
-    use observer_common::{FAMILY_IPV4, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP, PROTO_UDP};
+    use observer_common::{PROTO_TCP, PROTO_UDP};
 
     use super::*;
     use crate::{
-        capture::{build_record, clock::Clock, table::Emission},
         enrich::Enricher,
-        flow::{FlowState, Protocol},
         inventory::{Inventory, InventoryConfig},
+        testing::{ConntrackTable, socket_record},
     };
 
     const MANIFESTS: &str = r#"
@@ -326,40 +319,6 @@ ports: [{port: 8080}]
 endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {ready: false}}]
 "#;
 
-    /// A conntrack table of plain values that counts the lookups it answers.
-    #[derive(Clone, Default)]
-    struct Table {
-        entries: Arc<Mutex<HashMap<Tuple, Result<SocketAddr, i32>>>>,
-        lookups: Arc<Mutex<u32>>,
-    }
-
-    impl Table {
-        fn with(self, src: &str, dst: &str, protocol: u8, answer: Result<&str, i32>) -> Self {
-            let tuple = Tuple::new(protocol, addr(src), addr(dst)).expect("same family");
-            self.entries.lock().expect("lock").insert(tuple, answer.map(addr));
-            self
-        }
-
-        fn lookups(&self) -> u32 {
-            *self.lookups.lock().expect("lock")
-        }
-    }
-
-    impl Lookup for Table {
-        fn lookup(&mut self, tuple: &Tuple) -> Result<Option<SocketAddr>, ConntrackError> {
-            *self.lookups.lock().expect("lock") += 1;
-            match self.entries.lock().expect("lock").get(tuple) {
-                None => Ok(None),
-                Some(Ok(at)) => Ok(Some(*at)),
-                Some(Err(errno)) => Err(ConntrackError::Kernel { errno: *errno }),
-            }
-        }
-    }
-
-    fn addr(text: &str) -> SocketAddr {
-        text.parse().unwrap_or_else(|error| panic!("{text}: {error}"))
-    }
-
     fn inventory() -> (Inventory, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("cluster.yaml"), MANIFESTS).expect("write");
@@ -368,22 +327,7 @@ endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {
         (inventory, dir)
     }
 
-    /// A record of flow `flow` from `src` to `dst`, seen at the source.
-    fn record(src: &str, dst: &str, protocol: u8, flow: u64, event: RecordEvent) -> FlowRecord {
-        let key = FlowKey { protocol: PROTO_TCP, family: FAMILY_IPV4, ..FlowKey::default() };
-        let stats = FlowStats { initiator: INITIATOR_LOCAL, ..FlowStats::default() };
-        let emission = Emission { key, stats, event, state: FlowState::Active, flow, reported: None };
-        let mut record = build_record(&emission, SystemTime::now(), &Clock::new(), None, &Arc::from("node-1"));
-        let (src, dst) = (addr(src), addr(dst));
-        (record.src.ip, record.src.port, record.dst.ip, record.dst.port) =
-            (src.ip(), Some(src.port()), dst.ip(), Some(dst.port()));
-        record.protocol = Protocol(protocol);
-        record.first_seen = SystemTime::now() - Duration::from_millis(5);
-        record.progress.first = event != RecordEvent::Update;
-        record
-    }
-
-    fn enricher(table: &Table, counters: &ServiceCounters) -> Enricher {
+    fn enricher(table: &ConntrackTable, counters: &ServiceCounters) -> Enricher {
         let redirected = vec!["169.254.169.254".parse().expect("ip")];
         Enricher::with_backends(Backends::new(Some(Box::new(table.clone())), redirected, counters.clone()))
     }
@@ -396,15 +340,12 @@ endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {
     fn conntrack_names_the_backend_once_per_flow() {
         let (inventory, _dir) = inventory();
         let snapshot = inventory.snapshot();
-        let table = Table::default().with("198.18.0.10:40000", "198.19.0.10:53", PROTO_UDP, Ok("198.18.0.54:53")).with(
-            "[2001:db8::10]:40001",
-            "[2001:db8:198:19::a]:53",
-            PROTO_UDP,
-            Ok("[2001:db8::53]:53"),
-        );
+        let table = ConntrackTable::default()
+            .with("198.18.0.10:40000", "198.19.0.10:53", PROTO_UDP, Ok("198.18.0.54:53"))
+            .with("[2001:db8::10]:40001", "[2001:db8:198:19::a]:53", PROTO_UDP, Ok("[2001:db8::53]:53"));
         let counters = ServiceCounters::default();
         let mut enricher = enricher(&table, &counters);
-        let mut start = record("198.18.0.10:40000", "198.19.0.10:53", PROTO_UDP, 7, RecordEvent::Start);
+        let mut start = socket_record("198.18.0.10:40000", "198.19.0.10:53", PROTO_UDP, 7, RecordEvent::Start);
         enricher.enrich(&mut start, &snapshot);
         let json = dst(&start);
         assert_eq!(json["ip"], "198.19.0.10", "what the socket saw stays");
@@ -419,25 +360,25 @@ endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {
         assert_eq!(asked, Some(EndpointKind::Service), "what the pod asked for is kept for intents");
         // Its later records reuse the answer; the last one forgets it.
         for event in [RecordEvent::Update, RecordEvent::End] {
-            let mut later = record("198.18.0.10:40000", "198.19.0.10:53", PROTO_UDP, 7, event);
+            let mut later = socket_record("198.18.0.10:40000", "198.19.0.10:53", PROTO_UDP, 7, event);
             enricher.enrich(&mut later, &snapshot);
             assert_eq!(dst(&later), json);
         }
         assert_eq!(table.lookups(), 1, "one lookup for three records");
-        let mut reused = record("198.18.0.10:40000", "198.19.0.10:53", PROTO_UDP, 7, RecordEvent::Start);
+        let mut reused = socket_record("198.18.0.10:40000", "198.19.0.10:53", PROTO_UDP, 7, RecordEvent::Start);
         enricher.enrich(&mut reused, &snapshot);
         assert_eq!(table.lookups(), 2, "a flow handle seen after its end is looked up anew");
         // IPv6 alike.
-        let mut v6 = record("[2001:db8::10]:40001", "[2001:db8:198:19::a]:53", PROTO_UDP, 8, RecordEvent::Start);
+        let mut v6 = socket_record("[2001:db8::10]:40001", "[2001:db8:198:19::a]:53", PROTO_UDP, 8, RecordEvent::Start);
         enricher.enrich(&mut v6, &snapshot);
         assert_eq!(dst(&v6)["pod"], "coredns-1");
         assert_eq!(dst(&v6)["backend"], serde_json::json!({"ip": "2001:db8::53", "port": 53, "via": "conntrack"}));
         assert_eq!((counters.conntrack_hits.get(), counters.conntrack_misses.get()), (3, 0));
         assert_eq!(counters.by_conntrack.get(), 3);
         // Flows to pods and records seen at the receiver are not looked up.
-        let mut direct = record("198.18.0.10:40002", "198.18.0.53:53", PROTO_UDP, 9, RecordEvent::Start);
+        let mut direct = socket_record("198.18.0.10:40002", "198.18.0.53:53", PROTO_UDP, 9, RecordEvent::Start);
         enricher.enrich(&mut direct, &snapshot);
-        let mut inbound = record("198.18.0.10:40003", "198.19.0.10:53", PROTO_UDP, 10, RecordEvent::Start);
+        let mut inbound = socket_record("198.18.0.10:40003", "198.19.0.10:53", PROTO_UDP, 10, RecordEvent::Start);
         inbound.local = LocalEnd::Dst;
         enricher.enrich(&mut inbound, &snapshot);
         assert_eq!(table.lookups(), 3);
@@ -448,11 +389,11 @@ endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {
     fn without_conntrack_a_single_ready_backend_is_taken_from_endpointslices() {
         let (inventory, _dir) = inventory();
         let snapshot = inventory.snapshot();
-        let table = Table::default().with("198.18.0.10:40005", "198.19.0.20:80", PROTO_TCP, Err(libc::EINVAL));
+        let table = ConntrackTable::default().with("198.18.0.10:40005", "198.19.0.20:80", PROTO_TCP, Err(libc::EINVAL));
         let counters = ServiceCounters::default();
         let mut enricher = enricher(&table, &counters);
         // A lookup error: counted, and the Service's one ready backend (the other is not ready).
-        let mut web = record("198.18.0.10:40005", "198.19.0.20:80", PROTO_TCP, 1, RecordEvent::Start);
+        let mut web = socket_record("198.18.0.10:40005", "198.19.0.20:80", PROTO_TCP, 1, RecordEvent::Start);
         enricher.enrich(&mut web, &snapshot);
         assert_eq!(dst(&web)["pod"], "web-1");
         assert_eq!(
@@ -460,12 +401,12 @@ endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {
             serde_json::json!({"ip": "198.18.0.60", "port": 8080, "via": "endpointslices"})
         );
         // A NodePort on the node's address: conntrack misses, the slice names it.
-        let mut node_port = record("198.18.0.10:40006", "198.18.255.10:30080", PROTO_TCP, 2, RecordEvent::Start);
+        let mut node_port = socket_record("198.18.0.10:40006", "198.18.255.10:30080", PROTO_TCP, 2, RecordEvent::Start);
         enricher.enrich(&mut node_port, &snapshot);
         assert_eq!(dst(&node_port)["service"], serde_json::json!({"namespace": "shop", "name": "web"}));
         assert_eq!(dst(&node_port)["backend"]["via"], "endpointslices");
         // Two ready backends and no conntrack entry: left to the judge.
-        let mut dns = record("198.18.0.10:40007", "198.19.0.10:53", PROTO_UDP, 3, RecordEvent::Start);
+        let mut dns = socket_record("198.18.0.10:40007", "198.19.0.10:53", PROTO_UDP, 3, RecordEvent::Start);
         enricher.enrich(&mut dns, &snapshot);
         assert_eq!(dst(&dns)["kind"], "service");
         assert_eq!(dst(&dns)["service"], serde_json::json!({"namespace": "kube-system", "name": "kube-dns"}));
@@ -482,11 +423,12 @@ endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {
     fn a_lookup_not_permitted_stops_the_lookups() {
         let (inventory, _dir) = inventory();
         let snapshot = inventory.snapshot();
-        let table = Table::default().with("198.18.0.10:40010", "198.19.0.20:80", PROTO_TCP, Err(libc::EPERM));
+        let table = ConntrackTable::default().with("198.18.0.10:40010", "198.19.0.20:80", PROTO_TCP, Err(libc::EPERM));
         let counters = ServiceCounters::default();
         let mut enricher = enricher(&table, &counters);
         for (port, flow) in [(40010, 1), (40011, 2), (40012, 3)] {
-            let mut web = record(&format!("198.18.0.10:{port}"), "198.19.0.20:80", PROTO_TCP, flow, RecordEvent::Start);
+            let mut web =
+                socket_record(&format!("198.18.0.10:{port}"), "198.19.0.20:80", PROTO_TCP, flow, RecordEvent::Start);
             enricher.enrich(&mut web, &snapshot);
             assert_eq!(dst(&web)["backend"]["via"], "endpointslices", "flow {flow}");
         }
@@ -498,10 +440,14 @@ endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {
     fn a_redirected_address_keeps_what_the_pod_asked_for() {
         let (inventory, _dir) = inventory();
         let snapshot = inventory.snapshot();
-        let table =
-            Table::default().with("198.18.0.10:40008", "169.254.169.254:80", PROTO_TCP, Ok("198.18.255.10:988"));
+        let table = ConntrackTable::default().with(
+            "198.18.0.10:40008",
+            "169.254.169.254:80",
+            PROTO_TCP,
+            Ok("198.18.255.10:988"),
+        );
         let mut enricher = enricher(&table, &ServiceCounters::default());
-        let mut metadata = record("198.18.0.10:40008", "169.254.169.254:80", PROTO_TCP, 1, RecordEvent::Start);
+        let mut metadata = socket_record("198.18.0.10:40008", "169.254.169.254:80", PROTO_TCP, 1, RecordEvent::Start);
         enricher.enrich(&mut metadata, &snapshot);
         assert_eq!(dst(&metadata)["ip"], "169.254.169.254");
         assert_eq!(dst(&metadata)["kind"], "node");
@@ -512,7 +458,7 @@ endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61], conditions: {
         let asked = metadata.dst.backend.as_ref().map(|backend| backend.asked.kind);
         assert_eq!(asked, Some(EndpointKind::World));
         // Other world addresses are not looked up.
-        let mut world = record("198.18.0.10:40009", "203.0.113.7:443", PROTO_TCP, 2, RecordEvent::Start);
+        let mut world = socket_record("198.18.0.10:40009", "203.0.113.7:443", PROTO_TCP, 2, RecordEvent::Start);
         enricher.enrich(&mut world, &snapshot);
         assert_eq!(table.lookups(), 1);
     }

@@ -200,16 +200,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_cgroup_resolves_once_per_snapshot_and_anew_after_a_change() {
-        let dir = std::env::temp_dir().join(format!("observer-enricher-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let file = dir.join("pod.yaml");
-        std::fs::write(&file, pod_manifest("agent-1")).expect("write");
+        let dir = crate::testing::ManifestDir::new("enricher");
+        dir.write("pod.yaml", &pod_manifest("agent-1"));
         let config = crate::inventory::InventoryConfig {
             reload_interval: Duration::from_millis(20),
             ..crate::inventory::InventoryConfig::default()
         };
-        let (inventory, reload) = crate::inventory::Inventory::standalone(vec![dir.clone()], config);
+        let (inventory, reload) = crate::inventory::Inventory::standalone(vec![dir.path().to_owned()], config);
         let clock = Clock::new();
         let mut enricher = Enricher::default();
         let local_pod = |record: &FlowRecord| record.src.endpoint.as_ref().and_then(|end| end.pod.clone());
@@ -228,7 +225,7 @@ mod tests {
 
         let mut generations = inventory.subscribe();
         let task = tokio::spawn(reload);
-        std::fs::write(&file, pod_manifest("agent-renamed-2")).expect("rewrite");
+        dir.write("pod.yaml", &pod_manifest("agent-renamed-2"));
         tokio::time::timeout(Duration::from_secs(10), generations.changed())
             .await
             .expect("a reload within 10 s")
@@ -238,6 +235,5 @@ mod tests {
         enricher.enrich(&mut second, &inventory.snapshot());
         assert_eq!(local_pod(&second).as_deref(), Some("agent-renamed-2"), "a new snapshot, resolved anew");
         task.abort();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -14,7 +14,9 @@ use std::{
 use observer_common::{FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, tcp_flags};
 use serde::{Serialize, Serializer};
 
-use crate::{ai::AiDestination, inventory::Endpoint, judge::FlowVerdict};
+// The record's parts that other folders define, each from its own leaf file
+// (not the folder's `mod.rs`), which imports nothing that imports this one.
+use crate::{ai::destination::AiDestination, inventory::endpoint::Endpoint, judge::verdict::FlowVerdict};
 
 /// Why a record was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,20 +3,128 @@
 //!
 //! In: a name and chained settings. Out: lean inventory values (pods,
 //! namespaces, Services, EndpointSlices, nodes) and NetworkPolicies, with
-//! defaults each caller overrides where its tests need another.
+//! defaults each caller overrides where its tests need another; a manifest
+//! folder for the standalone inventory ([`ManifestDir`]); capture's record
+//! of a connection ([`socket_record`], or as a plain value: [`tcp_record`])
+//! and a conntrack table of plain values
+//! ([`ConntrackTable`]) for the enrich and judge stages.
 
-use std::net::IpAddr;
+use std::{
+    collections::HashMap,
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use observer_common::{FAMILY_IPV4, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP};
 
 use crate::{
-    flow::Protocol,
+    backends::Lookup,
+    capture::{build_record, clock::Clock, table::Emission},
+    conntrack::{ConntrackError, Tuple},
+    flow::{Cgroup, Family, FlowRecord, FlowState, LocalEnd, Peer, Progress, Protocol, RecordEvent, Traffic},
     inventory::model::{ContainerPort, EndpointSlice, Labels, Namespace, Node, OwnerRef, Pod, Service, ServicePort},
 };
 
 /// An address; panics on a malformed one (a test's own typo).
 pub fn ip(text: &str) -> IpAddr {
     text.parse().unwrap_or_else(|error| panic!("{text}: {error}"))
+}
+
+/// A socket address (`ip:port`, `[ipv6]:port`); panics on a malformed one.
+pub fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap_or_else(|error| panic!("{text}: {error}"))
+}
+
+/// Capture's record of flow `flow` from `src` to `dst` (socket addresses)
+/// over `protocol`, seen at the source now, started 5 ms ago, `active`: the
+/// flow's first record unless `event` is an update.
+pub fn socket_record(src: &str, dst: &str, protocol: u8, flow: u64, event: RecordEvent) -> FlowRecord {
+    let key = FlowKey { protocol: PROTO_TCP, family: FAMILY_IPV4, ..FlowKey::default() };
+    let stats = FlowStats { initiator: INITIATOR_LOCAL, ..FlowStats::default() };
+    let emission = Emission { key, stats, event, state: FlowState::Active, flow, reported: None };
+    let mut record = build_record(&emission, SystemTime::now(), &Clock::new(), None, &Arc::from("node-1"));
+    let (src, dst) = (addr(src), addr(dst));
+    (record.src.ip, record.src.port, record.dst.ip, record.dst.port) =
+        (src.ip(), Some(src.port()), dst.ip(), Some(dst.port()));
+    record.protocol = Protocol(protocol);
+    record.first_seen = SystemTime::now() - Duration::from_millis(5);
+    record.progress.first = event != RecordEvent::Update;
+    record
+}
+
+/// One end of a flow at `address` (`ip:port`), not enriched.
+pub fn peer(address: &str) -> Peer {
+    let address = addr(address);
+    Peer { ip: address.ip(), port: Some(address.port()), endpoint: None, backend: None, dns: None, ai: None }
+}
+
+/// A TCP record from `src` to `dst` (`ip:port`, not enriched) at `at`, as
+/// the node of the source (`node-1`, cgroup 7) writes it: `closed` for an
+/// end record, else `established`; no traffic, no verdict, flow id 0. Set
+/// what a test needs with `FlowRecord { .., ..tcp_record(..) }`.
+pub fn tcp_record(src: &str, dst: &str, event: RecordEvent, at: SystemTime) -> FlowRecord {
+    let (src, dst) = (peer(src), peer(dst));
+    FlowRecord {
+        time: at,
+        event,
+        node: Arc::from("node-1"),
+        protocol: Protocol(PROTO_TCP),
+        family: if src.ip.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 },
+        src,
+        dst,
+        local: LocalEnd::Src,
+        icmp: None,
+        cgroup: Cgroup { id: 7, path: None },
+        state: if event == RecordEvent::End { FlowState::Closed } else { FlowState::Established },
+        to_dst: Traffic::default(),
+        to_src: Traffic::default(),
+        tcp_flags: None,
+        first_seen: at,
+        last_seen: at,
+        duration_ms: 0,
+        verdict: None,
+        verdict_now: None,
+        progress: Progress::default(),
+    }
+}
+
+/// A conntrack table of plain values, for the enricher's backends: the
+/// backend each connection was sent to, or the kernel's error for it. Counts
+/// the lookups it answers; its clones share the table and the count.
+#[derive(Clone, Debug, Default)]
+pub struct ConntrackTable {
+    entries: Arc<Mutex<HashMap<Tuple, Result<SocketAddr, i32>>>>,
+    lookups: Arc<Mutex<u32>>,
+}
+
+impl ConntrackTable {
+    /// With the connection from `src` to `dst` over `protocol` sent to the
+    /// backend `answer` (or failing with that errno).
+    pub fn with(self, src: &str, dst: &str, protocol: u8, answer: Result<&str, i32>) -> Self {
+        let tuple = Tuple::new(protocol, addr(src), addr(dst)).expect("same family");
+        self.entries.lock().expect("lock").insert(tuple, answer.map(addr));
+        self
+    }
+
+    /// The lookups answered so far.
+    pub fn lookups(&self) -> u32 {
+        *self.lookups.lock().expect("lock")
+    }
+}
+
+impl Lookup for ConntrackTable {
+    fn lookup(&mut self, tuple: &Tuple) -> Result<Option<SocketAddr>, ConntrackError> {
+        *self.lookups.lock().expect("lock") += 1;
+        match self.entries.lock().expect("lock").get(tuple) {
+            None => Ok(None),
+            Some(Ok(at)) => Ok(Some(*at)),
+            Some(Err(errno)) => Err(ConntrackError::Kernel { errno: *errno }),
+        }
+    }
 }
 
 /// Starts a pod named `name` in namespace `default` with uid `uid-<name>`,
@@ -164,4 +272,42 @@ pub fn slice(namespace: &str, service: &str, port: u16, ready: &[&str]) -> Endpo
 /// A node with one address.
 pub fn node(name: &str, address: &str) -> Node {
     Node { name: name.to_owned(), ips: vec![ip(address)], labels: Labels::new() }
+}
+
+/// A folder of manifests for a standalone inventory, under the system's
+/// temporary folder, removed on drop (a failing test's too).
+#[derive(Debug)]
+pub struct ManifestDir(PathBuf);
+
+impl ManifestDir {
+    /// An empty folder `observer-<name>-<pid>`: `name` tells the tests of
+    /// one binary apart, the process id the binaries.
+    pub fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("observer-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        Self(path)
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Writes `text` to `name` in the folder (creating the folders it
+    /// names); returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).unwrap_or_else(|error| panic!("{}: {error}", parent.display()));
+        }
+        fs::write(&path, text).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        path
+    }
+}
+
+impl Drop for ManifestDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }

@@ -210,7 +210,7 @@ fn intents_load_from_manifests_with_file_and_line() {
     let intents = LoadedIntents::from_manifests(&loaded);
     let (index, errors) = IntentIndex::compile(&intents.intents, &[], Tiers::default(), &IntentConfig::default());
     assert_eq!(index.len(), 1);
-    let origin = intents.origin(&errors[0]).expect("origin");
+    let origin = intents.origin(errors[0].index).expect("origin");
     assert_eq!((origin.line, errors[0].field.as_str()), (start("name: zero"), "spec.maxNewConnectionsPerMinute"));
 }
 
@@ -293,11 +293,8 @@ fn crd_matches_the_resource_and_examples_are_valid() {
 fn enriched_endpoints_map_to_flow_ends() {
     let (index, _) = intents(AGENTS, &[]);
     let agent = pod("agent-1").tier("agent").owner("ReplicaSet", "agent-7d9").build();
-    let endpoint = observer::inventory::Endpoint::pod(
-        &agent,
-        observer::inventory::WorkloadRef { kind: "Deployment".to_owned(), name: "agent".to_owned() },
-        &[],
-    );
+    let endpoint = agent
+        .endpoint(observer::inventory::WorkloadRef { kind: "Deployment".to_owned(), name: "agent".to_owned() }, &[]);
     let src = FlowEnd::from_endpoint(&endpoint, Some(&agent), ip("198.18.0.10"), Some(40000));
     assert_eq!(src.workload.map(|workload| workload.kind), Some("Deployment"));
     let world = observer::inventory::Endpoint::world();

@@ -10,7 +10,7 @@
 use std::{
     fs,
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -18,36 +18,10 @@ use std::{
 use observer::{
     inventory::{Inventory, InventoryConfig, InventoryOptions, model::Protocol},
     policy::{Endpoint, PolicyEngine},
+    testing::ManifestDir,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// A temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("observer-fail-closed-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).expect("create folder");
-        }
-        fs::write(&path, text).expect("write manifest");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 const PODS: &str = "apiVersion: v1
 kind: Pod
@@ -117,10 +91,10 @@ async fn ticks(ticks: u32) {
 #[tokio::test]
 async fn a_half_written_policy_keeps_the_old_one_and_the_source_turns_stale() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("half");
+    let dir = ManifestDir::new("fail-closed-half");
     dir.write("pods.yaml", PODS);
     let policy = dir.write("policy.yaml", POLICY);
-    let (inventory, reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let (inventory, reload) = Inventory::standalone(vec![dir.path().to_owned()], config());
     let task = tokio::spawn(reload);
     assert!(!client_may_reach_web(&inventory), "the policy denies client → web");
     let generation = inventory.snapshot().generation();
@@ -148,14 +122,14 @@ async fn a_half_written_policy_keeps_the_old_one_and_the_source_turns_stale() {
 #[tokio::test]
 async fn a_vanished_path_keeps_what_it_held() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("vanish");
+    let dir = ManifestDir::new("fail-closed-vanish");
     let pods = dir.write("pods.yaml", PODS);
-    let policies = dir.0.join("policies");
+    let policies = dir.path().join("policies");
     dir.write("policies/policy.yaml", POLICY);
     let (inventory, reload) = Inventory::standalone(vec![pods, policies.clone()], config());
     let task = tokio::spawn(reload);
     assert!(!client_may_reach_web(&inventory));
-    let moved = dir.0.join("elsewhere");
+    let moved = dir.path().join("elsewhere");
     fs::rename(&policies, &moved).expect("move away");
     eventually("missing reported", || inventory.status().source_errors.get("missing") == Some(&1)).await;
     assert!(inventory.status().manifest_errors[0].contains("no such file or folder"));
@@ -172,10 +146,13 @@ async fn a_vanished_path_keeps_what_it_held() {
 #[tokio::test]
 async fn a_missing_path_is_an_error_at_start() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("missing");
-    let args = InventoryOptions { manifests: vec![dir.0.clone(), dir.0.join("typo")], ..InventoryOptions::default() };
+    let dir = ManifestDir::new("fail-closed-missing");
+    let args = InventoryOptions {
+        manifests: vec![dir.path().to_owned(), dir.path().join("typo")],
+        ..InventoryOptions::default()
+    };
     let error = match Inventory::from_options(&args).await {
-        Ok(_) => panic!("started without {}", dir.0.join("typo").display()),
+        Ok(_) => panic!("started without {}", dir.path().join("typo").display()),
         Err(error) => error.to_string(),
     };
     assert!(error.contains("typo") && error.contains("no such file or folder"), "{error}");
@@ -186,10 +163,10 @@ async fn a_missing_path_is_an_error_at_start() {
 #[tokio::test]
 async fn an_unlistable_folder_keeps_what_it_held() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("emfile");
+    let dir = ManifestDir::new("fail-closed-emfile");
     dir.write("pods.yaml", PODS);
     dir.write("policies/policy.yaml", POLICY);
-    let (inventory, reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let (inventory, reload) = Inventory::standalone(vec![dir.path().to_owned()], config());
     let task = tokio::spawn(reload);
     assert!(!client_may_reach_web(&inventory));
     // A change that cannot be seen while the folder cannot be listed.
@@ -249,13 +226,13 @@ impl Drop for Descriptors {
 #[test]
 fn pods_without_uid_stay_apart() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let dir = TempDir::new("uid");
+    let dir = ManifestDir::new("fail-closed-uid");
     let without_uids = PODS
         .replace(", uid: 7a000000-0000-4000-8000-000000000001", "")
         .replace(", uid: 7a000000-0000-4000-8000-000000000002", "");
     assert!(!without_uids.contains("uid"));
     dir.write("pods.yaml", &without_uids);
-    let (inventory, _reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let (inventory, _reload) = Inventory::standalone(vec![dir.path().to_owned()], config());
     let snapshot = inventory.snapshot();
     assert_eq!(snapshot.pod_count(), 2);
     let at = std::time::SystemTime::now();
@@ -269,26 +246,26 @@ fn pods_without_uid_stay_apart() {
 fn a_folder_of_loops_fifos_and_devices_loads_each_file_once() {
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     use std::os::unix::fs::symlink;
-    let dir = TempDir::new("hostile");
+    let dir = ManifestDir::new("fail-closed-hostile");
     dir.write("a/pods.yaml", PODS);
     dir.write("a/b/policy.yaml", POLICY);
     // A loop back to the root from deep inside, a self-link, links to a
     // FIFO's name and to /dev/zero.
-    symlink(&dir.0, dir.0.join("a/b/root")).expect("loop");
-    symlink(".", dir.0.join("a/self")).expect("self");
-    symlink("/dev/zero", dir.0.join("a/zero.yaml")).expect("zero");
-    let fifo = dir.0.join("a/pipe.yaml");
+    symlink(dir.path(), dir.path().join("a/b/root")).expect("loop");
+    symlink(".", dir.path().join("a/self")).expect("self");
+    symlink("/dev/zero", dir.path().join("a/zero.yaml")).expect("zero");
+    let fifo = dir.path().join("a/pipe.yaml");
     let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
-    let (inventory, _reload) = Inventory::standalone(vec![dir.0.clone(), dir.0.join("a/self")], config());
+    let (inventory, _reload) = Inventory::standalone(vec![dir.path().to_owned(), dir.path().join("a/self")], config());
     let snapshot = inventory.snapshot();
     assert_eq!(snapshot.pod_count(), 2);
     assert_eq!(snapshot.network_policies().count(), 1);
     assert!(inventory.status().manifest_errors.is_empty(), "{:?}", inventory.status().manifest_errors);
-    let loaded = observer::inventory::manifests::load(&[dir.0.clone(), dir.0.join("a/self")]);
+    let loaded = observer::inventory::manifests::load(&[dir.path().to_owned(), dir.path().join("a/self")]);
     assert_eq!(loaded.objects.len(), 3, "each file once");
     let mut skipped: Vec<&Path> = loaded.skipped.iter().map(|skipped| skipped.origin.file.as_path()).collect();
     skipped.sort();
-    assert_eq!(skipped, [fifo.as_path(), dir.0.join("a/zero.yaml").as_path()]);
+    assert_eq!(skipped, [fifo.as_path(), dir.path().join("a/zero.yaml").as_path()]);
 }

@@ -2,46 +2,17 @@
 
 use std::{
     fs,
-    net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant, SystemTime},
 };
 
-use observer::inventory::{EndpointKind, Inventory, InventoryConfig};
+use observer::{
+    inventory::{EndpointKind, Inventory, InventoryConfig},
+    testing::{ManifestDir, ip},
+};
 
 const WEB_UID: &str = "5e0c9a1e-0000-4000-8000-000000000001";
 const AGENT_UID: &str = "5e0c9a1e-0000-4000-8000-000000000002";
-
-/// A temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("observer-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).expect("create folder");
-        }
-        fs::write(&path, text).expect("write manifest");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().expect("ip")
-}
 
 fn web(label: &str) -> String {
     format!(
@@ -96,12 +67,12 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn a_folder_loads_whole_except_the_bad_document_which_is_named() {
-    let dir = TempDir::new("standalone-load");
+    let dir = ManifestDir::new("standalone-load");
     dir.write("apps/web.yaml", &web("web"));
     let broken = dir.write("system/agent.yml", AGENT_AND_BROKEN);
     dir.write("cluster.json", LIST_JSON);
     dir.write("README.md", "not a manifest");
-    let (inventory, _reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let (inventory, _reload) = Inventory::standalone(vec![dir.path().to_owned()], config());
     let snapshot = inventory.snapshot();
     assert!(snapshot.synced(), "ready as soon as it is built");
     let resolver = inventory.resolver();
@@ -139,9 +110,9 @@ async fn a_folder_loads_whole_except_the_bad_document_which_is_named() {
 
 #[tokio::test]
 async fn changed_added_and_removed_files_are_reloaded() {
-    let dir = TempDir::new("standalone-reload");
+    let dir = ManifestDir::new("standalone-reload");
     let web_file = dir.write("web.yaml", &web("web"));
-    let (inventory, reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let (inventory, reload) = Inventory::standalone(vec![dir.path().to_owned()], config());
     let task = tokio::spawn(reload);
     let resolver = inventory.resolver();
     let remote = |address: &str| resolver.resolve_remote(ip(address), SystemTime::now());
@@ -181,9 +152,9 @@ spec:
 
 #[tokio::test]
 async fn flow_intents_come_with_each_load_and_reload() {
-    let dir = TempDir::new("standalone-intents");
+    let dir = ManifestDir::new("standalone-intents");
     let file = dir.write("ai.yaml", &format!("{}---\n{INTENT}", web("web")));
-    let (inventory, reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let (inventory, reload) = Inventory::standalone(vec![dir.path().to_owned()], config());
     let loaded = inventory.intents();
     assert_eq!(loaded.intents.len(), 1, "the intent is loaded with the pods");
     assert_eq!(loaded.intents[0].metadata.name.as_deref(), Some("agents"));
@@ -214,9 +185,9 @@ fn web_at(hash: &str, image: &str) -> String {
 
 #[tokio::test]
 async fn a_pod_relabelled_to_a_new_template_hash_is_a_rollout_of_its_workload() {
-    let dir = TempDir::new("standalone-rollout");
+    let dir = ManifestDir::new("standalone-rollout");
     dir.write("web.yaml", &web_at("7d9", "registry.example/web:1"));
-    let (inventory, reload) = Inventory::standalone(vec![dir.0.clone()], config());
+    let (inventory, reload) = Inventory::standalone(vec![dir.path().to_owned()], config());
     let task = tokio::spawn(reload);
     let snapshot = inventory.snapshot();
     let first = snapshot.workload_revisions("shop/Deployment/web").expect("revisions");

@@ -3,30 +3,26 @@
 //! plain values, and the records the stages hand on (`dst` named at the
 //! backend, verdict at the backend, or ambiguous over the ready backends).
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+mod judge_fixtures;
 
+use judge_fixtures::SERVICE_POLICIES;
 use observer::{
-    backends::{Backends, Lookup},
-    capture::{build_record, clock::Clock, table::Emission},
+    backends::Backends,
     config::ObserverConfig,
-    conntrack::{ConntrackError, Tuple},
     enrich::Enricher,
     export::encode,
-    flow::{FlowRecord, FlowState, Protocol, RecordEvent},
+    flow::{FlowRecord, FlowState, RecordEvent},
     inventory::{Inventory, InventoryConfig},
     judge::{
         VerdictKind,
         stage::{JudgeStage, StageSetup},
     },
     metrics::services::ServiceCounters,
+    testing::{ConntrackTable, socket_record},
 };
-use observer_common::{FAMILY_IPV4, FlowKey, FlowStats, INITIATOR_LOCAL, PROTO_TCP, PROTO_UDP};
+use observer_common::{PROTO_TCP, PROTO_UDP};
 
+/// The pods, Services and EndpointSlices beside [`SERVICE_POLICIES`].
 const CLUSTER: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -81,53 +77,13 @@ metadata: {name: web-x, namespace: ai, labels: {kubernetes.io/service-name: web}
 addressType: IPv4
 ports: [{port: 8080}]
 endpoints: [{addresses: [198.18.0.60]}, {addresses: [198.18.0.61]}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: client-egress, namespace: ai}
-spec:
-  podSelector: {matchLabels: {app: client}}
-  policyTypes: [Egress]
-  egress:
-    - to: [{namespaceSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
-      ports: [{port: 53, protocol: UDP}]
-    - to: [{podSelector: {matchLabels: {app: web}}}]
-      ports: [{port: 8080}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web-locked, namespace: ai}
-spec:
-  podSelector: {matchLabels: {locked: "true"}}
-  policyTypes: [Ingress]
 "#;
-
-/// Conntrack as plain values: the DNAT of one DNS query.
-struct Table(HashMap<Tuple, SocketAddr>);
-
-impl Lookup for Table {
-    fn lookup(&mut self, tuple: &Tuple) -> Result<Option<SocketAddr>, ConntrackError> {
-        Ok(self.0.get(tuple).copied())
-    }
-}
-
-fn addr(text: &str) -> SocketAddr {
-    text.parse().unwrap_or_else(|error| panic!("{text}: {error}"))
-}
 
 /// The client's first record of a connection to `dst`, with a reply seen.
 fn record(src: &str, dst: &str, protocol: u8, flow: u64) -> FlowRecord {
-    let key = FlowKey { protocol: PROTO_TCP, family: FAMILY_IPV4, ..FlowKey::default() };
-    let stats = FlowStats { initiator: INITIATOR_LOCAL, ..FlowStats::default() };
-    let emission = Emission { key, stats, event: RecordEvent::End, state: FlowState::Closed, flow, reported: None };
-    let mut record = build_record(&emission, SystemTime::now(), &Clock::new(), None, &Arc::from("node-1"));
-    let (src, dst) = (addr(src), addr(dst));
-    (record.src.ip, record.src.port, record.dst.ip, record.dst.port) =
-        (src.ip(), Some(src.port()), dst.ip(), Some(dst.port()));
-    record.protocol = Protocol(protocol);
-    record.first_seen = SystemTime::now() - Duration::from_millis(5);
+    let mut record = socket_record(src, dst, protocol, flow, RecordEvent::End);
+    record.state = FlowState::Closed;
     record.to_src.packets = 1;
-    record.progress.first = true;
     record
 }
 
@@ -135,12 +91,11 @@ fn record(src: &str, dst: &str, protocol: u8, flow: u64) -> FlowRecord {
 fn service_flows_are_judged_at_their_backends_through_the_stages() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("cluster.yaml"), CLUSTER).expect("write");
+    std::fs::write(dir.path().join("policies.yaml"), SERVICE_POLICIES).expect("write");
     let (inventory, _reload) = Inventory::standalone(vec![dir.path().to_owned()], InventoryConfig::default());
     assert!(inventory.snapshot().synced(), "{:?}", inventory.status());
-    let table = Table(HashMap::from([(
-        Tuple::new(PROTO_UDP, addr("198.18.0.10:40000"), addr("198.19.0.10:53")).expect("tuple"),
-        addr("198.18.0.54:53"),
-    )]));
+    // Conntrack as plain values: the DNAT of one DNS query.
+    let table = ConntrackTable::default().with("198.18.0.10:40000", "198.19.0.10:53", PROTO_UDP, Ok("198.18.0.54:53"));
     let mut enricher =
         Enricher::with_backends(Backends::new(Some(Box::new(table)), Vec::new(), ServiceCounters::default()));
     let mut stage = JudgeStage::new(StageSetup {

@@ -5,36 +5,13 @@
 
 mod judge_fixtures;
 
-use judge_fixtures::{flow, ip, judge, namespace, pod};
+use judge_fixtures::{SERVICE_POLICIES as POLICIES, flow, ip, judge, namespace, pod};
 use observer::{
     flow::FlowState,
     intent::FlowEnd,
     inventory::{EndpointKind, model::Pod},
     judge::VerdictKind,
 };
-
-/// The client may reach only kube-dns pods on UDP 53 and the `web` pods on
-/// TCP 8080; `web-locked` lets nobody in.
-const POLICIES: &str = r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: client-egress, namespace: ai}
-spec:
-  podSelector: {matchLabels: {app: client}}
-  policyTypes: [Egress]
-  egress:
-    - to: [{namespaceSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
-      ports: [{port: 53, protocol: UDP}]
-    - to: [{podSelector: {matchLabels: {app: web}}}]
-      ports: [{port: 8080}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: web-locked, namespace: ai}
-spec:
-  podSelector: {matchLabels: {locked: "true"}}
-  policyTypes: [Ingress]
-"#;
 
 struct Pods {
     client: Pod,

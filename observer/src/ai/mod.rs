@@ -10,57 +10,18 @@
 
 pub mod addresses;
 pub mod catalog;
+pub mod destination;
 pub mod pattern;
 pub mod shadow;
 mod suffix;
 pub mod tag;
 
-use std::sync::Arc;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 pub use addresses::{AddressStats, AiEndpoints, Learned};
 pub use catalog::{AiKind, Catalog, CatalogConfig, CatalogError, DEFAULT_CATALOG, Provider, ProviderSpec};
+pub use destination::{AiDestination, AiVia};
 pub use pattern::{CatalogPattern, PatternError, normalize};
-
-/// How a flow's destination was found to be a catalog endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AiVia {
-    /// A name the source pod resolved for the address.
-    Dns,
-    /// A direct-IP connection to an address some pod on the node resolved
-    /// for a catalog name.
-    Address,
-}
-
-impl AiVia {
-    /// The name used in records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Dns => "dns",
-            Self::Address => "address",
-        }
-    }
-}
-
-/// The AI endpoint at the far end of a flow, in the record's `dst` as
-/// `ai_provider`, `ai_kind`, `ai_via` and (for `address`) `ai_name`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct AiDestination {
-    /// The provider's catalog name.
-    #[serde(rename = "ai_provider")]
-    pub provider: Arc<str>,
-    /// What it is.
-    #[serde(rename = "ai_kind")]
-    pub kind: AiKind,
-    /// How it was named.
-    #[serde(rename = "ai_via")]
-    pub via: AiVia,
-    /// For `address`: the catalog name another pod resolved to the address.
-    #[serde(rename = "ai_name", skip_serializing_if = "Option::is_none")]
-    pub name: Option<Arc<str>>,
-}
 
 /// A workload exempt from `shadow-ai` findings.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]

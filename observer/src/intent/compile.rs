@@ -12,7 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use super::{
     end::FlowEnd,
     resource::{FlowIntent, IntentPeer, IntentPort, IsolationIntent},
-    tier::{InvalidTier, Tier, Tiers},
+    tier::{InvalidTier, Tier},
+    tiers::Tiers,
 };
 use crate::{
     ai::Catalog,

@@ -13,7 +13,8 @@ use super::{
     compile::{CompiledIntent, IntentError, MatchContext, intent_ref},
     end::FlowEnd,
     resource::{FlowIntent, IsolationIntent},
-    tier::{Tier, TierConfig, Tiers},
+    tier::Tier,
+    tiers::{TierConfig, Tiers},
 };
 use crate::{
     ai::Catalog,

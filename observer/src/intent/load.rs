@@ -6,10 +6,10 @@
 //! objects, with the file and line each came from when a manifest declared
 //! it, so an invalid one is reported where it was written.
 
-use super::{compile::IntentError, resource::FlowIntent};
+use super::resource::FlowIntent;
 use crate::{
     inventory::manifests::{Manifests, Object, Origin},
-    policy::cnp::ClusterNetworkPolicy,
+    policy::cnp::api::ClusterNetworkPolicy,
 };
 
 /// The FlowIntents of a set of manifests, in file and document order.
@@ -48,8 +48,9 @@ impl LoadedIntents {
         loaded
     }
 
-    /// The file and line of the intent an error is about.
-    pub fn origin(&self, error: &IntentError) -> Option<&Origin> {
-        (self.origins.len() == self.intents.len()).then(|| self.origins.get(error.index)).flatten()
+    /// The file and line of the intent at `index` (an
+    /// [`super::IntentError`]'s `index`), when a manifest declared it.
+    pub fn origin(&self, index: usize) -> Option<&Origin> {
+        (self.origins.len() == self.intents.len()).then(|| self.origins.get(index)).flatten()
     }
 }

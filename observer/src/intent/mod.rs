@@ -9,9 +9,10 @@
 mod compile;
 mod end;
 mod index;
-mod load;
-mod resource;
-mod tier;
+pub mod load;
+pub mod resource;
+pub mod tier;
+mod tiers;
 
 pub use compile::{IntentError, IntentProblem};
 pub use end::{FlowEnd, WorkloadName};
@@ -21,4 +22,5 @@ pub use resource::{
     EgressIntent, FlowIntent, FlowIntentSpec, GROUP, IntentPeer, IntentPort, IsolationIntent, KIND, PLURAL, Subject,
     VERSION, crd_yaml,
 };
-pub use tier::{DEFAULT_TIER_LABEL, InvalidTier, KNOWN_TIERS, Tier, TierConfig, TierConfigError, TierSelector, Tiers};
+pub use tier::{DEFAULT_TIER_LABEL, InvalidTier, KNOWN_TIERS, Tier};
+pub use tiers::{TierConfig, TierConfigError, TierSelector, Tiers};

@@ -34,7 +34,7 @@ use super::{
     store::{Item, Update},
     writer::Writer,
 };
-use crate::{error_chain, intent::FlowIntent, policy::cnp::ClusterNetworkPolicy};
+use crate::{error_chain, intent::resource::FlowIntent, policy::cnp::api::ClusterNetworkPolicy};
 
 /// Every resource the cluster source watches.
 pub(crate) const RESOURCES: [Resource; 10] = [

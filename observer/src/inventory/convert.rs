@@ -14,7 +14,7 @@ use super::{
     model::{EndpointSlice, Namespace, Node, OwnerRef, Pod, Service},
     store::{Item, PodItem},
 };
-use crate::{intent::FlowIntent, policy::cnp::ClusterNetworkPolicy};
+use crate::{intent::resource::FlowIntent, policy::cnp::api::ClusterNetworkPolicy};
 
 /// Annotation on a static pod's mirror naming the static pod's own uid.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";

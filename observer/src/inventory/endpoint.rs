@@ -1,15 +1,17 @@
 //! What one end of a flow resolves to.
 //!
-//! In: a pod, service or node from the inventory and the configured label
-//! keys. Out: an [`Endpoint`], built once per object and shared by every flow
-//! that resolves to it, serialized as the `src`/`dst` enrichment of a flow
-//! record.
+//! In: what is known of one end (the inventory builds pods', Services' and
+//! nodes' ends from its objects in [`super::model`]). Out: an [`Endpoint`],
+//! built once per object and shared by every flow that resolves to it,
+//! serialized as the `src`/`dst` enrichment of a flow record. Part of the
+//! flow record's vocabulary ([`crate::flow`] carries it): it imports nothing
+//! of the inventory's logic, so the record stays below the stages that fill
+//! it in.
 
 use std::{collections::BTreeMap, ops::Deref, sync::Arc};
 
 use serde::{Serialize, Serializer};
 
-use super::model;
 use crate::rendered::RenderedJson;
 
 /// What kind of thing is at one end of a flow: the one kind that
@@ -115,7 +117,8 @@ pub struct EndpointInfo {
 }
 
 impl EndpointInfo {
-    fn bare(kind: EndpointKind) -> Self {
+    /// Only `kind` set: the base the constructors fill in.
+    pub(super) fn bare(kind: EndpointKind) -> Self {
         Self {
             kind,
             namespace: None,
@@ -194,40 +197,6 @@ impl Endpoint {
         EndpointInfo { node: node.map(str::to_owned), ..EndpointInfo::bare(EndpointKind::Host) }.into()
     }
 
-    /// A cluster node.
-    pub fn node(node: &model::Node) -> Self {
-        EndpointInfo { node: Some(node.name.clone()), ..EndpointInfo::bare(EndpointKind::Node) }.into()
-    }
-
-    /// A Service.
-    pub fn service(service: &model::Service) -> Self {
-        EndpointInfo {
-            namespace: Some(service.namespace.clone()),
-            service: Some(ServiceRef { namespace: service.namespace.clone(), name: service.name.clone() }),
-            ..EndpointInfo::bare(EndpointKind::Service)
-        }
-        .into()
-    }
-
-    /// A pod with its workload, keeping only the labels in `label_keys`.
-    pub fn pod(pod: &model::Pod, workload: WorkloadRef, label_keys: &[String]) -> Self {
-        let labels = label_keys
-            .iter()
-            .filter_map(|key| pod.labels.get_key_value(key))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect();
-        EndpointInfo {
-            namespace: Some(pod.namespace.clone()),
-            pod: Some(pod.name.clone()),
-            uid: Some(pod.uid.clone()),
-            node: pod.node_name.clone(),
-            workload: Some(workload),
-            labels,
-            ..EndpointInfo::bare(EndpointKind::Pod)
-        }
-        .into()
-    }
-
     /// This end (a backend: a pod, a node, an address) as reached through
     /// the Service `service` names; `self` when `service` names none.
     pub fn behind(&self, service: &Endpoint) -> Self {
@@ -240,27 +209,5 @@ impl Endpoint {
     /// A pod that a cgroup path names but the inventory does not hold (yet).
     pub fn unlisted_pod(uid: String) -> Self {
         EndpointInfo { uid: Some(uid), ..EndpointInfo::bare(EndpointKind::Pod) }.into()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pod_endpoint_keeps_only_configured_labels_and_omits_absent_fields() {
-        let pod =
-            crate::testing::pod("web-1").ns("shop").uid("u1").label("app", "web").label("secret-ish", "x").build();
-        let endpoint = Endpoint::pod(
-            &pod,
-            WorkloadRef { kind: "Pod".to_owned(), name: "web-1".to_owned() },
-            &["app".to_owned(), "tier".to_owned()],
-        );
-        assert_eq!(
-            serde_json::to_value(&endpoint).expect("serializes"),
-            serde_json::json!({"kind": "pod", "namespace": "shop", "pod": "web-1", "uid": "u1",
-                "workload": {"kind": "Pod", "name": "web-1"}, "labels": {"app": "web"}})
-        );
-        assert_eq!(serde_json::to_value(Endpoint::world()).expect("serializes"), serde_json::json!({"kind": "world"}));
     }
 }

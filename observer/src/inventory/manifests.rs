@@ -75,9 +75,9 @@ pub enum Object {
     /// A workload controller.
     Workload(Workload),
     /// An AI-tier FlowIntent.
-    FlowIntent(Box<crate::intent::FlowIntent>),
+    FlowIntent(Box<crate::intent::resource::FlowIntent>),
     /// A ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`).
-    ClusterNetworkPolicy(Box<crate::policy::cnp::ClusterNetworkPolicy>),
+    ClusterNetworkPolicy(Box<crate::policy::cnp::api::ClusterNetworkPolicy>),
 }
 
 /// Kinds read as [`Object::Workload`].
@@ -359,7 +359,9 @@ fn add_value(mut value: Value, origin: &Origin, out: &mut Out<'_>) {
         "Node" => serde_json::from_value(value).map(|node| Object::Node(Box::new(node))),
         "EndpointSlice" => serde_json::from_value(value).map(|slice| Object::EndpointSlice(Box::new(slice))),
         kind if WORKLOAD_KINDS.contains(&kind) => Ok(Object::Workload(workload(kind, &value))),
-        crate::intent::KIND => serde_json::from_value(value).map(|intent| Object::FlowIntent(Box::new(intent))),
+        crate::intent::resource::KIND => {
+            serde_json::from_value(value).map(|intent| Object::FlowIntent(Box::new(intent)))
+        }
         crate::policy::cnp::api::KIND => {
             serde_json::from_value(value).map(|policy| Object::ClusterNetworkPolicy(Box::new(policy)))
         }

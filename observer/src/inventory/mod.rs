@@ -142,7 +142,7 @@ impl Inventory {
 
     /// The FlowIntents and ClusterNetworkPolicies of the latest snapshot
     /// (see [`Snapshot::intents`]), in both modes.
-    pub fn intents(&self) -> Arc<crate::intent::LoadedIntents> {
+    pub fn intents(&self) -> Arc<crate::intent::load::LoadedIntents> {
         Arc::new(self.shared.snapshot().intents())
     }
 

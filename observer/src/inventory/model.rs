@@ -2,13 +2,15 @@
 //!
 //! In: full Kubernetes objects (k8s-openapi types) from the API server or from
 //! manifest files. Out: small owned structs holding only what enrichment and
-//! policy need, so the inventory can hold every pod of a large cluster.
+//! policy need, so the inventory can hold every pod of a large cluster, and
+//! the flow end ([`Endpoint`]) each pod, Service and node resolves to.
 //! NetworkPolicies stay as k8s-openapi objects: the policy engine compiles them.
 
 use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 
+use super::endpoint::{Endpoint, EndpointInfo, EndpointKind, ServiceRef, WorkloadRef};
 pub use crate::flow::Protocol;
 
 /// Labels of an object, sorted by key.
@@ -289,9 +291,66 @@ impl From<&core::Node> for Node {
     }
 }
 
+impl Pod {
+    /// This pod as a flow end, with its workload, keeping only the labels in
+    /// `label_keys`.
+    pub fn endpoint(&self, workload: WorkloadRef, label_keys: &[String]) -> Endpoint {
+        let labels = label_keys
+            .iter()
+            .filter_map(|key| self.labels.get_key_value(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        EndpointInfo {
+            namespace: Some(self.namespace.clone()),
+            pod: Some(self.name.clone()),
+            uid: Some(self.uid.clone()),
+            node: self.node_name.clone(),
+            workload: Some(workload),
+            labels,
+            ..EndpointInfo::bare(EndpointKind::Pod)
+        }
+        .into()
+    }
+}
+
+impl Service {
+    /// This Service as a flow end.
+    pub fn endpoint(&self) -> Endpoint {
+        EndpointInfo {
+            namespace: Some(self.namespace.clone()),
+            service: Some(ServiceRef { namespace: self.namespace.clone(), name: self.name.clone() }),
+            ..EndpointInfo::bare(EndpointKind::Service)
+        }
+        .into()
+    }
+}
+
+impl Node {
+    /// This node as a flow end.
+    pub fn endpoint(&self) -> Endpoint {
+        EndpointInfo { node: Some(self.name.clone()), ..EndpointInfo::bare(EndpointKind::Node) }.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_endpoint_keeps_only_configured_labels_and_omits_absent_fields() {
+        let pod =
+            crate::testing::pod("web-1").ns("shop").uid("u1").label("app", "web").label("secret-ish", "x").build();
+        let endpoint = pod.endpoint(
+            WorkloadRef { kind: "Pod".to_owned(), name: "web-1".to_owned() },
+            &["app".to_owned(), "tier".to_owned()],
+        );
+        assert_eq!(
+            serde_json::to_value(&endpoint).expect("serializes"),
+            serde_json::json!({"kind": "pod", "namespace": "shop", "pod": "web-1", "uid": "u1",
+                "workload": {"kind": "Pod", "name": "web-1"}, "labels": {"app": "web"}})
+        );
+        assert_eq!(serde_json::to_value(Endpoint::world()).expect("serializes"), serde_json::json!({"kind": "world"}));
+    }
 
     #[test]
     fn pod_keeps_only_what_is_needed() {

@@ -61,7 +61,7 @@ impl ServiceIndex {
                 .first()
                 .and_then(|ip| services_by_ip.get(ip))
                 .cloned()
-                .unwrap_or_else(|| Endpoint::service(service));
+                .unwrap_or_else(|| service.endpoint());
             let slices = of_service.get(&(service.namespace.as_str(), service.name.as_str()));
             for port in &service.ports {
                 let backends_of = |ipv4: bool| -> Arc<ServiceBackends> {

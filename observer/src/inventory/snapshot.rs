@@ -27,9 +27,9 @@ use super::{
 };
 use crate::{
     FastMap,
-    intent::{FlowIntent, LoadedIntents},
+    intent::{load::LoadedIntents, resource::FlowIntent},
     node::AddressSet,
-    policy::cnp::ClusterNetworkPolicy,
+    policy::cnp::api::ClusterNetworkPolicy,
 };
 
 /// One pod's hold on one IP, from when it was seen with it until it was seen

@@ -27,7 +27,7 @@ use super::{
     snapshot::{ClusterPolicies, Holding, Holdings, Intents, PodRecord, Snapshot},
     workload::Workloads,
 };
-use crate::{FastMap, intent::FlowIntent, policy::cnp::ClusterNetworkPolicy};
+use crate::{FastMap, intent::resource::FlowIntent, policy::cnp::api::ClusterNetworkPolicy};
 
 /// A pod as a source hands it over.
 #[derive(Clone, Debug)]
@@ -441,7 +441,7 @@ impl Store {
     /// itself came from the source (`None` when only its workload is looked
     /// up again).
     fn upsert_pod(&mut self, pod: Arc<Pod>, mirror_uid: Option<String>, images: Option<&[String]>, now: SystemTime) {
-        let endpoint = Endpoint::pod(&pod, self.workloads.top_of(&pod), &self.label_keys);
+        let endpoint = pod.endpoint(self.workloads.top_of(&pod), &self.label_keys);
         let old = self.pods.get(&pod.uid).cloned();
         self.revisions.change(
             old.as_ref().and_then(revision_of).as_ref(),
@@ -565,7 +565,7 @@ impl Store {
                 self.services
                     .values()
                     .flat_map(|service| {
-                        let endpoint = Endpoint::service(service);
+                        let endpoint = service.endpoint();
                         service.cluster_ips.iter().map(move |ip| (*ip, endpoint.clone()))
                     })
                     .collect(),
@@ -578,7 +578,7 @@ impl Store {
                 self.nodes
                     .values()
                     .flat_map(|node| {
-                        let endpoint = Endpoint::node(node);
+                        let endpoint = node.endpoint();
                         node.ips.iter().map(move |ip| (*ip, endpoint.clone()))
                     })
                     .collect(),

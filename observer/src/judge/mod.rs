@@ -19,7 +19,7 @@ mod outcome;
 mod rate;
 mod service;
 pub mod stage;
-mod verdict;
+pub mod verdict;
 
 pub use decide::{Judge, JudgeConfig, JudgeStats, Unprotected};
 pub use input::JudgeInput;

@@ -7,8 +7,9 @@
 //! end record; the map is bounded ([`MAX_OPEN_FLOWS`]): when full, entries
 //! not seen for [`STALE_AFTER`] (flows whose end record was lost) go (at
 //! most once a minute), and if it is still full a new flow is not tracked
-//! (counted, logged): it is judged with the current policies at every
-//! record, as if it had started then.
+//! (counted once, at its first record, and logged): it is judged with the
+//! current policies at every record, as if it had started then, and is
+//! tracked from a later record if room is made by then.
 
 use std::{
     sync::Arc,
@@ -56,7 +57,8 @@ pub(crate) struct Outlived {
 #[derive(Default)]
 pub(crate) struct OpenFlows {
     flows: FastMap<u64, OpenFlow>,
-    /// New flows not tracked because the map was full.
+    /// New flows not tracked because the map was full (each counted at
+    /// its first record).
     untracked: u64,
     /// No sweep for stale entries before this (a sweep reads every entry).
     next_sweep: Option<SystemTime>,
@@ -69,14 +71,19 @@ impl OpenFlows {
     }
 
     /// Starts tracking flow `id`, judged at `generation` with `start`;
-    /// returns whether it is tracked.
-    pub(crate) fn insert(&mut self, id: u64, generation: u64, start: Policy, seen: SystemTime) -> bool {
+    /// returns whether it is tracked. `first`: this is the flow's first
+    /// record; a flow refused then is counted untracked, and its later
+    /// records, refused again while the map stays full, are not counted again.
+    pub(crate) fn insert(&mut self, id: u64, generation: u64, start: Policy, seen: SystemTime, first: bool) -> bool {
         if self.flows.len() >= MAX_OPEN_FLOWS {
             if self.next_sweep.is_none_or(|next| seen >= next) {
                 self.flows.retain(|_, flow| seen.duration_since(flow.seen).unwrap_or_default() < STALE_AFTER);
                 self.next_sweep = Some(seen + SWEEP_INTERVAL);
             }
             if self.flows.len() >= MAX_OPEN_FLOWS {
+                if !first {
+                    return false;
+                }
                 self.untracked += 1;
                 if self.untracked.is_power_of_two() {
                     tracing::warn!(
@@ -122,18 +129,21 @@ mod tests {
         let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut open = OpenFlows::default();
         for id in 0..MAX_OPEN_FLOWS as u64 {
-            assert!(open.insert(id, 1, None, start));
+            assert!(open.insert(id, 1, None, start, true));
         }
         // Full of flows seen just now: the new one is not tracked.
-        assert!(!open.insert(u64::MAX, 1, None, start + Duration::from_secs(1)));
+        assert!(!open.insert(u64::MAX, 1, None, start + Duration::from_secs(1), true));
+        assert_eq!((open.len(), open.untracked()), (MAX_OPEN_FLOWS, 1));
+        // Its next record finds the map full again: the same flow, not counted again.
+        assert!(!open.insert(u64::MAX, 1, None, start + Duration::from_secs(2), false));
         assert_eq!((open.len(), open.untracked()), (MAX_OPEN_FLOWS, 1));
         // One is seen again later; the rest have had no record for an hour:
         // the next sweep (a minute after the last) drops them.
         if let Some(flow) = open.get_mut(7) {
             flow.seen = start + STALE_AFTER;
         }
-        assert!(!open.insert(u64::MAX, 1, None, start + Duration::from_secs(30)), "no sweep before a minute");
-        assert!(open.insert(u64::MAX, 1, None, start + STALE_AFTER + Duration::from_secs(1)));
+        assert!(!open.insert(u64::MAX, 1, None, start + Duration::from_secs(30), true), "no sweep before a minute");
+        assert!(open.insert(u64::MAX, 1, None, start + STALE_AFTER + Duration::from_secs(1), true));
         assert_eq!(open.len(), 2);
         assert!(open.get_mut(7).is_some() && open.get_mut(u64::MAX).is_some());
         open.remove(7);

@@ -196,7 +196,7 @@ impl JudgeStage {
             &self.catalog,
         );
         for error in &intent_errors {
-            match loaded.origin(error) {
+            match loaded.origin(error.index) {
                 Some(origin) => tracing::warn!(%origin, %error, "FlowIntent left out"),
                 None => tracing::warn!(%error, "FlowIntent left out"),
             }
@@ -349,7 +349,7 @@ impl JudgeStage {
                 self.judge.policy(&JudgeInput::from_record(record, src, dst, false)).map(Arc::new)
             }
         };
-        if !self.open.insert(record.progress.flow, self.generation, policy, record.time) {
+        if !self.open.insert(record.progress.flow, self.generation, policy, record.time, record.progress.first) {
             self.setup.health.set_flows_untracked(self.open.untracked());
         }
     }
@@ -691,13 +691,12 @@ struct SharedFinding {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::IpAddr, path::PathBuf};
-
     use super::*;
     use crate::{
-        flow::{Cgroup, Family, FlowState, Peer, Progress, Protocol, Traffic},
+        flow::{Progress, Traffic},
         inventory::InventoryConfig,
         metrics::MetricsConfig,
+        testing::{ManifestDir, tcp_record},
     };
 
     const PODS: &str = "apiVersion: v1
@@ -735,7 +734,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
     const OTHER: &str = "198.18.0.12";
 
     struct Lab {
-        dir: PathBuf,
+        dir: ManifestDir,
         stage: JudgeStage,
         metrics: Metrics,
         generations: watch::Receiver<u64>,
@@ -745,26 +744,27 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
     impl Drop for Lab {
         fn drop(&mut self) {
             self.reload.abort();
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 
     impl Lab {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("observer-stage-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("temp dir");
-            std::fs::write(dir.join("pods.yaml"), PODS).expect("write");
+            let dir = ManifestDir::new(&format!("stage-{name}"));
+            dir.write("pods.yaml", PODS);
             let config = InventoryConfig { reload_interval: Duration::from_millis(20), ..InventoryConfig::default() };
-            let (inventory, reload) = Inventory::standalone(vec![dir.clone()], config);
+            let (inventory, reload) = Inventory::standalone(vec![dir.path().to_owned()], config);
             let generations = inventory.subscribe();
-            let metrics = Metrics::new(MetricsConfig::default(), &Health::default());
+            // One health, as the daemon has: the metrics read what the stage
+            // counts (exported beside capture's, which the daemon attaches).
+            let health = Health::default();
+            health.attach_capture(Arc::new(crate::capture::CaptureHealth::default()));
+            let metrics = Metrics::new(MetricsConfig::default(), &health);
             let setup = StageSetup {
                 inventory,
                 config: ObserverConfig::default(),
                 findings_log: None,
                 node: None,
-                health: Health::default(),
+                health,
                 edges: EdgeOf::new(metrics.allowlist().clone()),
                 metrics: Some(metrics.clone()),
             };
@@ -776,7 +776,7 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
         /// exactly the policies `expect` (`name@resourceVersion`), then
         /// recompiles the stage.
         async fn apply(&mut self, file: &str, policy: &str, expect: &[&str]) {
-            std::fs::write(self.dir.join(file), policy).expect("write");
+            self.dir.write(file, policy);
             let held = |inventory: &Inventory| {
                 let mut held: Vec<String> = inventory
                     .snapshot()
@@ -806,47 +806,24 @@ spec: {podSelector: {matchLabels: {app: server}}, policyTypes: [Ingress]}
 
         /// Judges one record of flow `flow` from `src` to `dst` port 8080.
         fn judge(&mut self, flow: u64, event: RecordEvent, src: &str, dst: &str) -> FlowRecord {
-            let snapshot = Arc::clone(&self.stage.snapshot);
+            let mut record = self.record(flow, event, src, dst);
+            self.stage.judge_batch(std::slice::from_mut(&mut record));
+            record
+        }
+
+        /// One enriched, unjudged record of flow `flow` from `src` to `dst`
+        /// port 8080, now.
+        fn record(&self, flow: u64, event: RecordEvent, src: &str, dst: &str) -> FlowRecord {
             let at = SystemTime::now();
-            let peer = |ip: &str, port: u16| {
-                let ip: IpAddr = ip.parse().expect("ip");
-                Peer {
-                    ip,
-                    port: Some(port),
-                    endpoint: Some(snapshot.resolve_remote(ip, at)),
-                    dns: None,
-                    backend: None,
-                    ai: None,
-                }
-            };
             let mut record = FlowRecord {
-                time: at,
-                event,
-                node: Arc::from("node-1"),
-                protocol: Protocol(observer_common::PROTO_TCP),
-                family: Family::Ipv4,
-                src: peer(src, 40_000),
-                dst: peer(dst, 8080),
-                local: LocalEnd::Src,
-                icmp: None,
-                cgroup: Cgroup { id: 7, path: None },
-                state: if event == RecordEvent::End { FlowState::Closed } else { FlowState::Established },
                 to_dst: Traffic { packets: 5, bytes: 500 },
                 to_src: Traffic { packets: 5, bytes: 500 },
-                tcp_flags: None,
-                first_seen: at,
-                last_seen: at,
-                duration_ms: 0,
-                verdict: None,
-                verdict_now: None,
-                progress: Progress {
-                    flow,
-                    first: event == RecordEvent::Start,
-                    new_to_dst: Traffic::default(),
-                    new_to_src: Traffic::default(),
-                },
+                progress: Progress { flow, first: event == RecordEvent::Start, ..Progress::default() },
+                ..tcp_record(&format!("{src}:40000"), &format!("{dst}:8080"), event, at)
             };
-            self.stage.judge_batch(std::slice::from_mut(&mut record));
+            for end in [&mut record.src, &mut record.dst] {
+                end.endpoint = Some(self.stage.snapshot.resolve_remote(end.ip, at));
+            }
             record
         }
 
@@ -1004,42 +981,10 @@ spec: {podSelector: {matchLabels: {app: agent}}, policyTypes: [Ingress]}
 
         let lab = Lab::new("spike-labels");
         let edges = EdgeOf::new(LabelAllowlist::default()).with_names(Arc::new(NameLabels::new(16)));
-        let mut record = FlowRecord {
-            time: SystemTime::now(),
-            event: RecordEvent::End,
-            node: Arc::from("node-1"),
-            protocol: Protocol(observer_common::PROTO_TCP),
-            family: Family::Ipv4,
-            src: Peer {
-                ip: CLIENT.parse().expect("ip"),
-                port: Some(40_000),
-                endpoint: Some(lab.stage.snapshot.resolve_remote(CLIENT.parse().expect("ip"), SystemTime::now())),
-                dns: None,
-                backend: None,
-                ai: None,
-            },
-            dst: Peer {
-                ip: "203.0.113.9".parse().expect("ip"),
-                port: Some(443),
-                endpoint: Some(Endpoint::world()),
-                dns: Some(PeerDns { names: vec![Arc::from("api.example.com")], resolved: true }),
-                backend: None,
-                ai: None,
-            },
-            local: LocalEnd::Src,
-            icmp: None,
-            cgroup: Cgroup { id: 7, path: None },
-            state: FlowState::Closed,
-            to_dst: Traffic::default(),
-            to_src: Traffic::default(),
-            tcp_flags: None,
-            first_seen: SystemTime::now(),
-            last_seen: SystemTime::now(),
-            duration_ms: 0,
-            verdict: None,
-            verdict_now: None,
-            progress: Progress::default(),
-        };
+        let mut record = tcp_record(&format!("{CLIENT}:40000"), "203.0.113.9:443", RecordEvent::End, SystemTime::now());
+        record.src.endpoint = Some(lab.stage.snapshot.resolve_remote(record.src.ip, SystemTime::now()));
+        record.dst.endpoint = Some(Endpoint::world());
+        record.dst.dns = Some(PeerDns { names: vec![Arc::from("api.example.com")], resolved: true });
         let meter_edge = edges.edge(&record);
         assert_eq!(&*meter_edge.dst.workload, "example.com", "the meter names the destination by its domain");
         let mut lab = lab;
@@ -1083,5 +1028,74 @@ spec: {podSelector: {matchLabels: {app: agent}}, policyTypes: [Ingress]}
         let unseen_start = lab.judge(9, RecordEvent::Update, CLIENT, SERVER);
         assert_eq!(kind(unseen_start.verdict.as_ref()), Some(VerdictKind::Allowed));
         assert!(unseen_start.verdict_now.is_none());
+    }
+
+    /// `flow_observer_judge_flows_untracked_total` of the lab's metrics.
+    fn untracked_counted(lab: &Lab) -> Option<String> {
+        lab.metrics
+            .encode()
+            .lines()
+            .find(|line| line.starts_with("flow_observer_judge_flows_untracked_total"))
+            .map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn flows_past_the_open_flow_cap_are_judged_counted_once_each_and_judged_by_the_current_policies() {
+        const EXTRA: u64 = 3;
+        let mut lab = Lab::new("untracked");
+        let total = super::super::open::MAX_OPEN_FLOWS as u64 + EXTRA;
+        // Every connection of the same edge opens, one record each, in batches
+        // as the pipeline hands them on.
+        let start = lab.record(0, RecordEvent::Start, CLIENT, SERVER);
+        let mut batch = Vec::with_capacity(4096);
+        let mut judged = 0;
+        for first in (1..=total).step_by(4096) {
+            batch.clear();
+            batch.extend((first..=total.min(first + 4095)).map(|flow| {
+                let mut record = start.clone();
+                record.progress.flow = flow;
+                record
+            }));
+            lab.stage.judge_batch(&mut batch);
+            for record in &batch {
+                assert_eq!(kind(record.verdict.as_ref()), Some(VerdictKind::Allowed), "flow {}", record.progress.flow);
+                assert!(record.verdict_now.is_none(), "flow {}", record.progress.flow);
+            }
+            judged += batch.len() as u64;
+        }
+        assert_eq!(judged, total, "every record judged, tracked or not");
+        assert_eq!(lab.stage.open.len(), super::super::open::MAX_OPEN_FLOWS, "the cache holds its cap");
+        assert_eq!(lab.stage.setup.health.flows_untracked(), EXTRA);
+        assert_eq!(untracked_counted(&lab).as_deref(), Some("flow_observer_judge_flows_untracked_total 3"));
+        // Later records of the untracked flows find the cache as full: the
+        // same flows, not counted again.
+        for flow in total - EXTRA + 1..=total {
+            let update = lab.judge(flow, RecordEvent::Update, CLIENT, SERVER);
+            assert_eq!(kind(update.verdict.as_ref()), Some(VerdictKind::Allowed));
+        }
+        assert_eq!(lab.stage.setup.health.flows_untracked(), EXTRA);
+        // A new flow still counts.
+        let late = lab.judge(total + 1, RecordEvent::Start, CLIENT, SERVER);
+        assert_eq!(kind(late.verdict.as_ref()), Some(VerdictKind::Allowed));
+        assert_eq!(untracked_counted(&lab).as_deref(), Some("flow_observer_judge_flows_untracked_total 4"));
+
+        // The policies change: a tracked flow keeps the verdict it started
+        // with; an untracked one is judged by the current policies, as if it
+        // had started now, and no outlived-policy is seen for it.
+        lab.apply("policy.yaml", DENY_SERVER, &["deny-server@7"]).await;
+        let untracked = lab.judge(total, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(kind(untracked.verdict.as_ref()), Some(VerdictKind::EnforcementGap));
+        assert!(untracked.verdict_now.is_none());
+        let tracked = lab.judge(1, RecordEvent::Update, CLIENT, SERVER);
+        assert_eq!(kind(tracked.verdict.as_ref()), Some(VerdictKind::Allowed));
+        assert_eq!(kind(tracked.verdict_now.as_ref()), Some(VerdictKind::EnforcementGap));
+        assert_eq!(lab.findings("outlived-policy")[0]["count"], 1, "the tracked flow alone");
+        // An end record makes room: the untracked flow's next record is tracked
+        // from then on (under the policies it was judged by), and nothing more
+        // is counted.
+        lab.judge(1, RecordEvent::End, CLIENT, SERVER);
+        lab.judge(total, RecordEvent::Update, CLIENT, SERVER);
+        assert!(lab.stage.open.get_mut(total).is_some());
+        assert_eq!(lab.stage.setup.health.flows_untracked(), EXTRA + 1);
     }
 }

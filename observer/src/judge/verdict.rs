@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
-use crate::{intent::Tier, inventory::ObjectRef, rendered::RenderedJson};
+use crate::{intent::tier::Tier, inventory::object_ref::ObjectRef, rendered::RenderedJson};
 
 /// The five verdicts a flow can get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -428,47 +428,15 @@ mod tests {
     use std::{sync::Arc, time::SystemTime};
 
     use super::*;
-    use crate::{
-        flow::{Cgroup, Family, Protocol},
-        metrics::MetricsConfig,
-    };
+    use crate::{flow::Cgroup, metrics::MetricsConfig, testing::tcp_record};
 
     fn record(event: RecordEvent, state: FlowState, sent: u64, received: u64) -> FlowRecord {
         FlowRecord {
-            time: SystemTime::now(),
-            event,
-            node: Arc::from("node-1"),
-            protocol: Protocol(observer_common::PROTO_TCP),
-            family: Family::Ipv4,
-            src: Peer {
-                ip: "198.18.0.10".parse().expect("ip"),
-                port: Some(40000),
-                endpoint: None,
-                backend: None,
-                dns: None,
-                ai: None,
-            },
-            dst: Peer {
-                ip: "198.18.0.11".parse().expect("ip"),
-                port: Some(8080),
-                endpoint: None,
-                backend: None,
-                dns: None,
-                ai: None,
-            },
-            local: LocalEnd::Src,
-            icmp: None,
-            cgroup: Cgroup { id: 7, path: Some(Arc::from("/kubepods/besteffort/podabc/123")) },
             state,
+            cgroup: Cgroup { id: 7, path: Some(Arc::from("/kubepods/besteffort/podabc/123")) },
             to_dst: Traffic { packets: sent / 100, bytes: sent },
             to_src: Traffic { packets: received / 100, bytes: received },
-            tcp_flags: None,
-            first_seen: SystemTime::now(),
-            last_seen: SystemTime::now(),
-            duration_ms: 0,
-            verdict: None,
-            verdict_now: None,
-            progress: Progress::default(),
+            ..tcp_record("198.18.0.10:40000", "198.18.0.11:8080", event, SystemTime::now())
         }
     }
 

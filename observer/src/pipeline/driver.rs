@@ -144,38 +144,16 @@ mod tests {
     use std::{sync::Arc, time::SystemTime};
 
     use super::*;
-    use crate::flow::{Cgroup, Family, FlowState, LocalEnd, Peer, Progress, Protocol, RecordEvent, Traffic};
+    use crate::{
+        flow::{Cgroup, FlowState, RecordEvent},
+        testing::tcp_record,
+    };
 
     fn record(event: RecordEvent) -> FlowRecord {
-        let peer = |ip: &str| Peer {
-            ip: ip.parse().expect("ip"),
-            port: Some(80),
-            endpoint: None,
-            dns: None,
-            backend: None,
-            ai: None,
-        };
         FlowRecord {
-            time: SystemTime::now(),
-            event,
-            node: Arc::from("node-1"),
-            protocol: Protocol(observer_common::PROTO_TCP),
-            family: Family::Ipv4,
-            src: peer("198.18.0.10"),
-            dst: peer("198.18.0.11"),
-            local: LocalEnd::Src,
-            icmp: None,
-            cgroup: Cgroup { id: 1, path: None },
             state: FlowState::Closed,
-            to_dst: Traffic::default(),
-            to_src: Traffic::default(),
-            tcp_flags: None,
-            first_seen: SystemTime::now(),
-            last_seen: SystemTime::now(),
-            duration_ms: 0,
-            verdict: None,
-            verdict_now: None,
-            progress: Progress::default(),
+            cgroup: Cgroup { id: 1, path: None },
+            ..tcp_record("198.18.0.10:80", "198.18.0.11:80", event, SystemTime::now())
         }
     }
 

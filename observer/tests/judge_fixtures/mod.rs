@@ -18,6 +18,30 @@ use observer::{
 
 pub use observer::testing::{PodBuilder, ip, namespace};
 
+/// The NetworkPolicies of the Service tests (namespace `ai`): the client
+/// (`app: client`) may reach only kube-dns pods on UDP 53 and the `web` pods
+/// on TCP 8080; `web-locked` lets nobody into pods labelled `locked: "true"`.
+pub const SERVICE_POLICIES: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress, namespace: ai}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+    - to: [{namespaceSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+      ports: [{port: 53, protocol: UDP}]
+    - to: [{podSelector: {matchLabels: {app: web}}}]
+      ports: [{port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-locked, namespace: ai}
+spec:
+  podSelector: {matchLabels: {locked: "true"}}
+  policyTypes: [Ingress]
+"#;
+
 /// A pod named `name` in namespace `ai`, on node `node-1`, at resourceVersion 1.
 pub fn pod(name: &str) -> PodBuilder {
     observer::testing::pod(name).ns("ai").resource_version("1").node("node-1")
