@@ -15,7 +15,7 @@ use std::{borrow::Cow, net::IpAddr};
 
 use super::line::{
     FlowLine, LineBackend, LineDns, LinePeer, LinePolicy, LineService, LineTraffic, LineVerdict, LineWorkload,
-    RawLabels,
+    RawLabels, RawPolicies,
 };
 
 /// Deeper input goes to serde_json (whose limit is 128).
@@ -39,11 +39,16 @@ struct Scan<'a> {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any of eight bytes is `"`, `\` or a control character.
-fn special(word: u64) -> bool {
+/// Where the first of eight bytes (little-endian) that is `"`, `\` or a
+/// control character is, or `None`.
+///
+/// Each test sets the high bit of a matching byte; a borrow can also set it
+/// in bytes above a match, never below one, so the lowest bit set is exact.
+fn special(word: u64) -> Option<usize> {
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
-    (zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | below_space) != 0
+    let found = zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | below_space;
+    (found != 0).then(|| found.trailing_zeros() as usize / 8)
 }
 
 /// Sets bit `bit` of `seen`; `None` when it was set (a duplicate field,
@@ -107,7 +112,9 @@ impl<'a> Scan<'a> {
         loop {
             while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
                 let word = u64::from_le_bytes(chunk.try_into().ok()?);
-                if special(word) {
+                if let Some(offset) = special(word) {
+                    // Straight to the byte that matters, not through the ones before it.
+                    self.at += offset;
                     break;
                 }
                 self.at += 8;
@@ -512,7 +519,7 @@ impl<'a> Scan<'a> {
     }
 
     fn verdict(&mut self) -> Option<LineVerdict<'a>> {
-        let (mut seen, mut verdict, mut policies) = (0, None, Vec::new());
+        let (mut seen, mut verdict, mut policies) = (0, None, RawPolicies::default());
         self.object(|scan, key| {
             match key {
                 "verdict" => {
@@ -521,7 +528,10 @@ impl<'a> Scan<'a> {
                 }
                 "policies" => {
                     once(&mut seen, 1)?;
-                    scan.array(|scan| scan.policy().map(|policy| policies.push(policy)))?;
+                    scan.ws();
+                    let start = scan.at;
+                    scan.array(|scan| scan.policy().map(drop))?;
+                    policies = RawPolicies::new(scan.text.get(start..scan.at)?);
                 }
                 _ => scan.skip(2)?,
             }
@@ -568,12 +578,33 @@ mod tests {
     }
 
     #[test]
+    fn special_finds_the_first_quote_backslash_or_control_byte() {
+        let naive = |bytes: &[u8; 8]| bytes.iter().position(|b| matches!(b, b'"' | b'\\' | 0..=0x1f));
+        let fillers = [b'a', b' ', 0x7f, 0x80, 0xc3, 0xff, b'!', b'#', b'[', b']'];
+        let specials = [b'"', b'\\', 0, 0x1f, b'\n'];
+        for filler in fillers {
+            assert_eq!(special(u64::from_le_bytes([filler; 8])), None, "{filler:#x}");
+            for first in 0..8 {
+                for special_byte in specials {
+                    for later in specials {
+                        let mut bytes = [filler; 8];
+                        bytes[first] = special_byte;
+                        // Borrows from a match may mark the bytes above it; the first stays exact.
+                        bytes[7] = if first < 7 { later } else { special_byte };
+                        assert_eq!(special(u64::from_le_bytes(bytes)), naive(&bytes), "{bytes:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_daemon_line_is_read_as_serde_reads_it() {
         let fast = line(DAEMON.as_bytes()).expect("the scanner reads daemon lines");
         assert_eq!(Some(&fast), serde(DAEMON).as_ref());
         assert_eq!(fast.src.labels.to_map().get("app.kubernetes.io/name").map(String::as_str), Some("web"));
         assert!(matches!(fast.event, Cow::Borrowed("end")), "unescaped strings are borrowed");
-        assert_eq!(fast.verdict.as_ref().map(|v| v.policies.len()), Some(1));
+        assert_eq!(fast.verdict.as_ref().map(|v| v.policies.to_vec().len()), Some(1));
     }
 
     #[test]
