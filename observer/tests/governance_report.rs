@@ -50,3 +50,94 @@ fn markdown_and_html_render_the_same_facts() {
     assert!(page.contains("<h3>ai/model-ingress</h3>"));
     assert!(page.contains("<td>unused</td>") || page.contains("<td>**unused**</td>"), "{page}");
 }
+
+/// An Admin ClusterNetworkPolicy whose egress accepts `api.example.com` by
+/// name, denies the rest of 203.0.113.0/24, and accepts a name no flow went
+/// to.
+const DOMAIN_GUARDRAIL: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: ai}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent-0, namespace: ai, uid: uid-agent-0, labels: {app: agent}}
+spec: {nodeName: node-a, containers: [{name: main, image: agent}]}
+status: {phase: Running, podIP: 198.18.0.10, podIPs: [{ip: 198.18.0.10}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: agent-egress, resourceVersion: "3"}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {}}
+  egress:
+    - {name: api, action: Accept, to: [{domainNames: [api.example.com]}]}
+    - {name: never, action: Accept, to: [{domainNames: [never.example.com]}]}
+    - {name: world, action: Deny, to: [{networks: [203.0.113.0/24]}]}
+"#;
+
+/// One `end` record of agent-0 to `ip`:443, with the names its DNS gave
+/// (`None`: the address was never resolved).
+fn world_flow(sport: u16, ip: &str, names: Option<&[&str]>) -> String {
+    let mut dst = serde_json::json!({"ip": ip, "port": 443, "kind": "world"});
+    if let Some(names) = names {
+        dst["dns"] = serde_json::json!({"names": names, "source": "answer"});
+    }
+    serde_json::json!({"event": "end", "node": "node-a", "protocol": "tcp",
+        "src": {"ip": "198.18.0.10", "port": sport, "kind": "pod", "namespace": "ai", "pod": "agent-0",
+            "uid": "uid-agent-0", "labels": {"app": "agent"}},
+        "dst": dst, "local": "src", "state": "closed",
+        "to_dst": {"packets": 3, "bytes": 100}, "to_src": {"packets": 3, "bytes": 200},
+        "first_seen": format!("2026-03-01T10:00:{:02}.000Z", sport - 40_000), "last_seen": "2026-03-01T10:01:00.000Z"})
+    .to_string()
+}
+
+#[test]
+fn domain_name_rules_count_the_flows_their_names_decided() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("cluster.yaml");
+    std::fs::write(&manifests, DOMAIN_GUARDRAIL).expect("write");
+    let flows = dir.path().join("node-a.jsonl");
+    let lines = [
+        // Two flows to the named API: the domainNames rule decides them.
+        world_flow(40_001, "203.0.113.10", Some(&["api.example.com"])),
+        world_flow(40_002, "203.0.113.10", Some(&["api.example.com"])),
+        // Another name: the Deny decides it.
+        world_flow(40_003, "203.0.113.11", Some(&["other.example.org"])),
+        // Never resolved: the name rule cannot say, and counts nothing.
+        world_flow(40_004, "203.0.113.12", None),
+    ];
+    std::fs::write(&flows, lines.join("\n") + "\n").expect("write");
+    let made = report(&ReportConfig {
+        manifests: vec![manifests],
+        kubeconfig: None,
+        flows: vec![flows],
+        findings: Vec::new(),
+        format: ReportFormat::Json,
+        output: None,
+        config: None,
+    })
+    .expect("report");
+    assert_eq!(made.coverage.input.records, 4, "{:?}", made.coverage.input.problems);
+    assert_eq!(made.cluster_policies.len(), 1);
+    let rules: Vec<_> = made.cluster_policies[0]
+        .rules
+        .iter()
+        .map(|rule| (rule.index, rule.name.as_deref(), rule.action.as_str(), rule.flows, rule.unused))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (0, Some("api"), "Accept", 2, false),
+            (1, Some("never"), "Accept", 0, true),
+            (2, Some("world"), "Deny", 1, false),
+        ]
+    );
+    let api = &made.cluster_policies[0].rules[0].usage;
+    assert_eq!(
+        (api.first_seen.as_deref(), api.last_seen.as_deref()),
+        (Some("2026-03-01T10:00:01.000Z"), Some("2026-03-01T10:01:00.000Z"))
+    );
+}

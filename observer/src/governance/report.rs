@@ -501,7 +501,7 @@ pub fn report(args: &ReportConfig) -> Result<Report, ReportError> {
                 rule_usage.entry(name).or_default().add(stats);
             }
         }
-        for step in cluster_hits(&cluster, &set, &edges, key) {
+        for step in cluster_hits(&cluster, &set, &edges, key, stats) {
             cluster_usage.entry(step).or_default().add(stats);
         }
         for cited in &stats.cited {
@@ -598,8 +598,18 @@ fn rule_hits(cluster: &Cluster, rules: &PolicySet, edges: &Edges, key: &EdgeKey)
 }
 
 /// The ClusterNetworkPolicy rules (name, direction, index) that matched an
-/// edge on either side, `Pass` included, in the engine's evaluation.
-fn cluster_hits(cluster: &Cluster, set: &PolicySet, edges: &Edges, key: &EdgeKey) -> Vec<(String, &'static str, u32)> {
+/// edge on either side, `Pass` included, in the engine's evaluation. A
+/// `domainNames` peer is matched with the names the source resolved for the
+/// destination, as the judge matches it; without names it matches nothing
+/// (the judge calls such a flow undecidable), and a side left undecidable
+/// counts for none of its rules: a later `Deny` that matched did not decide it.
+fn cluster_hits(
+    cluster: &Cluster,
+    set: &PolicySet,
+    edges: &Edges,
+    key: &EdgeKey,
+    stats: &EdgeStats,
+) -> Vec<(String, &'static str, u32)> {
     let (Some(port), Some(protocol)) = (key.port, crate::flow::Protocol(key.protocol).with_ports()) else {
         return Vec::new();
     };
@@ -607,9 +617,13 @@ fn cluster_hits(cluster: &Cluster, set: &PolicySet, edges: &Edges, key: &EdgeKey
         (Some(pod), ip) => Endpoint::Pod { pod, ip: Some(ip) },
         (None, ip) => Endpoint::External(ip),
     };
-    let verdict = set.engine().verdict(endpoint(&key.src), endpoint(&key.dst), port, protocol);
-    let egress = verdict.egress.cluster.iter().map(|step| (step.policy.name.clone(), "egress", step.rule));
-    let ingress = verdict.ingress.cluster.iter().map(|step| (step.policy.name.clone(), "ingress", step.rule));
+    let names = (stats.resolved || !stats.names.is_empty()).then_some(stats.names.as_slice());
+    let verdict = set.engine().verdict_named(endpoint(&key.src), endpoint(&key.dst), port, protocol, names);
+    fn decided(side: &crate::policy::SideVerdict) -> &[crate::policy::ClusterStep] {
+        if side.undecidable.is_some() { &[] } else { &side.cluster }
+    }
+    let egress = decided(&verdict.egress).iter().map(|step| (step.policy.name.clone(), "egress", step.rule));
+    let ingress = decided(&verdict.ingress).iter().map(|step| (step.policy.name.clone(), "ingress", step.rule));
     egress.chain(ingress).collect()
 }
 
