@@ -81,9 +81,19 @@ spec:
 /// One `end` record of agent-0 to `ip`:443, with the names its DNS gave
 /// (`None`: the address was never resolved).
 fn world_flow(sport: u16, ip: &str, names: Option<&[&str]>) -> String {
+    tagged_world_flow(sport, ip, names, None)
+}
+
+/// [`world_flow`], its destination tagged with an AI provider as the daemon tags it.
+fn tagged_world_flow(sport: u16, ip: &str, names: Option<&[&str]>, provider: Option<&str>) -> String {
     let mut dst = serde_json::json!({"ip": ip, "port": 443, "kind": "world"});
     if let Some(names) = names {
         dst["dns"] = serde_json::json!({"names": names, "source": "answer"});
+    }
+    if let Some(provider) = provider {
+        dst["ai_provider"] = provider.into();
+        dst["ai_kind"] = "api".into();
+        dst["ai_via"] = "dns".into();
     }
     serde_json::json!({"event": "end", "node": "node-a", "protocol": "tcp",
         "src": {"ip": "198.18.0.10", "port": sport, "kind": "pod", "namespace": "ai", "pod": "agent-0",
@@ -140,4 +150,63 @@ fn domain_name_rules_count_the_flows_their_names_decided() {
         (api.first_seen.as_deref(), api.last_seen.as_deref()),
         (Some("2026-03-01T10:00:01.000Z"), Some("2026-03-01T10:01:00.000Z"))
     );
+}
+
+/// An agent whose FlowIntent allows egress only to the AI provider `openai`.
+const PROVIDER_INTENT: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: ai}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: agent-0, namespace: ai, uid: uid-agent-0, labels: {app: agent, ai.governance/tier: agent}}
+spec: {nodeName: node-a, containers: [{name: main, image: agent}]}
+status: {phase: Running, podIP: 198.18.0.10, podIPs: [{ip: 198.18.0.10}]}
+---
+apiVersion: ai.governance/v1alpha1
+kind: FlowIntent
+metadata: {name: agents, namespace: ai, generation: 1}
+spec:
+  subject: {tiers: [agent]}
+  egress:
+    allow:
+      - provider: openai
+        ports: [{port: 443}]
+"#;
+
+#[test]
+fn a_provider_the_daemon_tagged_is_what_intents_are_judged_with() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("cluster.yaml");
+    std::fs::write(&manifests, PROVIDER_INTENT).expect("write");
+    let flows = dir.path().join("node-a.jsonl");
+    let lines = [
+        // Tagged by the daemon: the intent's `provider: openai` allows it.
+        tagged_world_flow(40_001, "203.0.113.20", Some(&["api.openai.com"]), Some("openai")),
+        // The same name, untagged (the daemon's catalog did not know it): not the provider.
+        world_flow(40_002, "203.0.113.21", Some(&["api.openai.com"])),
+    ];
+    std::fs::write(&flows, lines.join("\n") + "\n").expect("write");
+    let made = report(&ReportConfig {
+        manifests: vec![manifests],
+        kubeconfig: None,
+        flows: vec![flows],
+        findings: Vec::new(),
+        format: ReportFormat::Json,
+        output: None,
+        config: None,
+    })
+    .expect("report");
+    assert_eq!(made.coverage.input.records, 2, "{:?}", made.coverage.input.problems);
+    let agent = made.workloads.iter().find(|workload| workload.name == "agent-0" || workload.name == "agent");
+    let agent = agent.unwrap_or_else(|| panic!("{:?}", made.workloads));
+    let peers: Vec<(String, &str)> = agent
+        .peers
+        .iter()
+        .map(|peer| (serde_json::to_value(&peer.peer).expect("json").to_string(), peer.verdict))
+        .collect();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(peers[0].0.contains("203.0.113.20") && peers[0].1 == "allowed", "{peers:?}");
+    assert!(peers[1].0.contains("203.0.113.21") && peers[1].1 == "intent-violation", "{peers:?}");
 }

@@ -132,6 +132,8 @@ pub struct EdgeStats {
     pub names: Vec<Arc<str>>,
     /// Whether the source resolved the destination's address at all.
     pub resolved: bool,
+    /// The AI provider the daemon tagged the destination with.
+    pub ai_provider: Option<Arc<str>>,
     /// The Service the destination was reached through.
     pub service: Option<(Arc<str>, Arc<str>)>,
     /// The address and port the source asked for, when the destination is
@@ -217,6 +219,7 @@ impl Edges {
             node,
             names: Vec::new(),
             resolved: false,
+            ai_provider: None,
             service: None,
             asked: None,
             kinds: (src_kind, dst_kind),
@@ -251,6 +254,11 @@ impl Edges {
                     stats.names.sort();
                 }
             }
+        }
+        if stats.ai_provider.is_none()
+            && let Some(provider) = &line.dst.ai_provider
+        {
+            stats.ai_provider = Some(intern(&mut self.names, provider));
         }
         if stats.asked.is_none() && line.dst.backend.is_some() {
             stats.asked = Some((line.dst.ip, line.dst.port));

@@ -92,6 +92,10 @@ pub struct LinePeer<'a> {
     /// then the backend's, `ip` and `port` what the socket asked for).
     #[serde(default)]
     pub backend: Option<LineBackend>,
+    /// The AI provider of the catalog the daemon tagged this end with
+    /// (`dst.ai_provider`), which FlowIntent `provider` peers match.
+    #[serde(default, borrow)]
+    pub ai_provider: Option<Cow<'a, str>>,
 }
 
 /// The backend of a Service flow in a [`FlowLine`].

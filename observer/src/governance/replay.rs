@@ -368,6 +368,8 @@ impl Cluster {
         let src = FlowEnd::from_endpoint(&src_info, src_pod, src_ip, None);
         let dst = FlowEnd::from_endpoint(&dst_info, dst_pod, dst_ip, key.port);
         let dst = if stats.names.is_empty() && !stats.resolved { dst } else { dst.with_names(&stats.names) };
+        // The provider the daemon tagged the destination with, as its judge reads `dst.ai_provider`.
+        let dst = FlowEnd { provider: stats.ai_provider.as_deref(), ..dst };
         let evidence = stats.evidence;
         // What the source asked for when `dst` is a Service's backend: intents match either.
         let asked_info = stats.asked.map(|_| EndpointInfo {

@@ -376,6 +376,7 @@ impl<'a> Scan<'a> {
             service: None,
             dns: None,
             backend: None,
+            ai_provider: None,
         };
         self.object(|scan, key| {
             let text = |scan: &mut Self| scan.optional(Self::string);
@@ -427,6 +428,10 @@ impl<'a> Scan<'a> {
                 "backend" => {
                     once(&mut seen, 11)?;
                     peer.backend = scan.optional(Self::backend)?;
+                }
+                "ai_provider" => {
+                    once(&mut seen, 12)?;
+                    peer.ai_provider = text(scan)?;
                 }
                 _ => scan.skip(2)?,
             }
@@ -571,7 +576,7 @@ mod tests {
     use super::*;
 
     /// A line as the daemon writes it (fields the reader does not keep included).
-    const DAEMON: &str = r#"{"time":"2026-01-01T00:00:09.000Z","event":"end","node":"node-a","protocol":"tcp","family":"ipv4","src":{"ip":"198.18.0.10","port":40000,"kind":"pod","namespace":"shop","pod":"web-1","uid":"u-web","node":"node-a","workload":{"kind":"Deployment","name":"web"},"labels":{"app":"web","app.kubernetes.io/name":"web"}},"dst":{"ip":"198.18.0.11","port":8080,"kind":"pod","namespace":"shop","pod":"api-1","uid":"u-api","labels":{"app":"api"},"service":{"namespace":"shop","name":"api"},"backend":{"ip":"198.18.0.12","port":9090,"via":"conntrack"},"dns":{"names":["api.shop.svc.cluster.local"],"source":"answer"}},"local":"src","cgroup":{"id":1,"path":null},"state":"closed","to_dst":{"packets":3,"bytes":10},"to_src":{"packets":3,"bytes":20},"tcp_flags":{"to_dst":["SYN","ACK"],"to_src":["SYN","ACK"]},"first_seen":"2026-01-01T00:00:01.000Z","last_seen":"2026-01-01T00:00:08.000Z","duration_ms":1.5e3,"verdict":{"verdict":"allowed","reason":"allowed by shop/api","delivery":"delivered","policies":[{"namespace":"shop","name":"api","resourceVersion":"7","tier":null}]}}"#;
+    const DAEMON: &str = r#"{"time":"2026-01-01T00:00:09.000Z","event":"end","node":"node-a","protocol":"tcp","family":"ipv4","src":{"ip":"198.18.0.10","port":40000,"kind":"pod","namespace":"shop","pod":"web-1","uid":"u-web","node":"node-a","workload":{"kind":"Deployment","name":"web"},"labels":{"app":"web","app.kubernetes.io/name":"web"}},"dst":{"ip":"198.18.0.11","port":8080,"kind":"pod","namespace":"shop","pod":"api-1","uid":"u-api","labels":{"app":"api"},"service":{"namespace":"shop","name":"api"},"backend":{"ip":"198.18.0.12","port":9090,"via":"conntrack"},"dns":{"names":["api.shop.svc.cluster.local"],"source":"answer"},"ai_provider":"openai","ai_kind":"api","ai_via":"dns"},"local":"src","cgroup":{"id":1,"path":null},"state":"closed","to_dst":{"packets":3,"bytes":10},"to_src":{"packets":3,"bytes":20},"tcp_flags":{"to_dst":["SYN","ACK"],"to_src":["SYN","ACK"]},"first_seen":"2026-01-01T00:00:01.000Z","last_seen":"2026-01-01T00:00:08.000Z","duration_ms":1.5e3,"verdict":{"verdict":"allowed","reason":"allowed by shop/api","delivery":"delivered","policies":[{"namespace":"shop","name":"api","resourceVersion":"7","tier":null}]}}"#;
 
     fn serde(text: &str) -> Option<FlowLine<'_>> {
         serde_json::from_str::<FlowLine<'_>>(text).ok()
@@ -604,6 +609,7 @@ mod tests {
         assert_eq!(Some(&fast), serde(DAEMON).as_ref());
         assert_eq!(fast.src.labels.to_map().get("app.kubernetes.io/name").map(String::as_str), Some("web"));
         assert!(matches!(fast.event, Cow::Borrowed("end")), "unescaped strings are borrowed");
+        assert_eq!(fast.dst.ai_provider.as_deref(), Some("openai"));
         assert_eq!(fast.verdict.as_ref().map(|v| v.policies.to_vec().len()), Some(1));
     }
 
