@@ -5,7 +5,10 @@
 
 use std::{collections::BTreeSet, io::Write as _, path::PathBuf};
 
-use observer::governance::advise::{AdviseConfig, advise};
+use observer::governance::{
+    advise::{AdviseConfig, advise},
+    replay::Recorded,
+};
 use proptest::prelude::*;
 
 fn fixture(name: &str) -> PathBuf {
@@ -15,13 +18,15 @@ fn fixture(name: &str) -> PathBuf {
 #[test]
 fn advice_on_the_fixture_keeps_allowed_flows_and_refuses_the_gap() {
     let args = AdviseConfig {
-        manifests: vec![fixture("cluster.yaml")],
-        kubeconfig: None,
-        flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],
+        recorded: Recorded {
+            manifests: vec![fixture("cluster.yaml")],
+            kubeconfig: None,
+            flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],
+            config: None,
+        },
         output_dir: None,
         guardrails: false,
         namespace: Vec::new(),
-        config: None,
     };
     let advised = advise(&args).expect("advise");
     assert_eq!(advised.unverified, Vec::<String>::new());
@@ -90,13 +95,10 @@ proptest! {
             writeln!(log, "{}", record(*src, *dst, *port, 30_000 + index as u16)).expect("write");
         }
         let args = AdviseConfig {
-            manifests: vec![dir.path().join("cluster.yaml")],
-            kubeconfig: None,
-            flows: vec![dir.path().join("flows.jsonl")],
+            recorded: Recorded { manifests: vec![dir.path().join("cluster.yaml")], kubeconfig: None, flows: vec![dir.path().join("flows.jsonl")], config: None },
             output_dir: None,
             guardrails: false,
             namespace: Vec::new(),
-            config: None,
         };
         let advised = advise(&args).expect("advise");
         // Every recorded allowed flow (no policy exists: all are) stays allowed.
@@ -118,13 +120,10 @@ proptest! {
         std::fs::write(advice_dir.path().join("cluster.yaml"), text).expect("advised cluster");
         std::fs::write(advice_dir.path().join("probe.jsonl"), record(src, dst, port, 40_000) + "\n").expect("probe");
         let probe_args = AdviseConfig {
-            manifests: vec![advice_dir.path().join("cluster.yaml")],
-            kubeconfig: None,
-            flows: vec![advice_dir.path().join("probe.jsonl")],
+            recorded: Recorded { manifests: vec![advice_dir.path().join("cluster.yaml")], kubeconfig: None, flows: vec![advice_dir.path().join("probe.jsonl")], config: None },
             output_dir: None,
             guardrails: false,
             namespace: Vec::new(),
-            config: None,
         };
         let probed = advise(&probe_args).expect("advise probe");
         prop_assert_eq!(probed.refused.len(), 1, "unseen {}->{}:{} should be denied by the advice", src, dst, port);

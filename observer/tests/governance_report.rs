@@ -5,7 +5,10 @@
 
 use std::path::PathBuf;
 
-use observer::governance::report::{ReportConfig, ReportFormat, html, markdown, report};
+use observer::governance::{
+    replay::Recorded,
+    report::{ReportConfig, ReportFormat, html, markdown, report},
+};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/governance_fixtures").join(name)
@@ -13,13 +16,15 @@ fn fixture(name: &str) -> PathBuf {
 
 fn args() -> ReportConfig {
     ReportConfig {
-        manifests: vec![fixture("cluster.yaml")],
-        kubeconfig: None,
-        flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],
+        recorded: Recorded {
+            manifests: vec![fixture("cluster.yaml")],
+            kubeconfig: None,
+            flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],
+            config: None,
+        },
         findings: vec![fixture("findings.jsonl")],
         format: ReportFormat::Json,
         output: None,
-        config: None,
     }
 }
 
@@ -121,13 +126,10 @@ fn domain_name_rules_count_the_flows_their_names_decided() {
     ];
     std::fs::write(&flows, lines.join("\n") + "\n").expect("write");
     let made = report(&ReportConfig {
-        manifests: vec![manifests],
-        kubeconfig: None,
-        flows: vec![flows],
+        recorded: Recorded { manifests: vec![manifests], kubeconfig: None, flows: vec![flows], config: None },
         findings: Vec::new(),
         format: ReportFormat::Json,
         output: None,
-        config: None,
     })
     .expect("report");
     assert_eq!(made.coverage.input.records, 4, "{:?}", made.coverage.input.problems);
@@ -189,13 +191,10 @@ fn a_provider_the_daemon_tagged_is_what_intents_are_judged_with() {
     ];
     std::fs::write(&flows, lines.join("\n") + "\n").expect("write");
     let made = report(&ReportConfig {
-        manifests: vec![manifests],
-        kubeconfig: None,
-        flows: vec![flows],
+        recorded: Recorded { manifests: vec![manifests], kubeconfig: None, flows: vec![flows], config: None },
         findings: Vec::new(),
         format: ReportFormat::Json,
         output: None,
-        config: None,
     })
     .expect("report");
     assert_eq!(made.coverage.input.records, 2, "{:?}", made.coverage.input.problems);

@@ -23,10 +23,9 @@ use serde_json::{Value, json};
 use super::{
     edges::{EdgeKey, EdgeStats, Edges, EndKey},
     output::EdgeOut,
-    reader,
-    replay::{Cluster, Source},
+    replay::{Cluster, Recorded},
 };
-use crate::{config::ObserverConfig, flow::Protocol, inventory::EndpointKind, judge::VerdictKind};
+use crate::{flow::Protocol, inventory::EndpointKind, judge::VerdictKind};
 
 /// Label keys tried, in order, to select a workload's pods: the first that
 /// every pod of the workload carries with one value. Never pod names, never
@@ -37,13 +36,8 @@ pub const STABLE_KEYS: [&str; 5] =
 /// What `observer policy advise` reads and writes (from its flags in [`crate::cli::policy`]).
 #[derive(Debug)]
 pub struct AdviseConfig {
-    /// The cluster: manifest files or folders.
-    pub manifests: Vec<PathBuf>,
-    /// Read the cluster from the API server of this kubeconfig instead
-    /// (listed once, as `observer run` reads it).
-    pub kubeconfig: Option<PathBuf>,
-    /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    pub flows: Vec<PathBuf>,
+    /// The cluster and the flow logs.
+    pub recorded: Recorded,
     /// Write one file per workload here (`<namespace>.<workload>.yaml`) instead of stdout.
     pub output_dir: Option<PathBuf>,
     /// Also write, per FlowIntent with `egress.forbid`, an Admin-tier
@@ -52,8 +46,6 @@ pub struct AdviseConfig {
     pub guardrails: bool,
     /// Only workloads of these namespaces.
     pub namespace: Vec<String>,
-    /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    pub config: Option<PathBuf>,
 }
 
 /// A workload: namespace, kind, name.
@@ -87,9 +79,6 @@ pub struct Advised {
 /// Why advise cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum AdviseError {
-    /// The configuration file cannot be used.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
     /// The inventory cannot be used.
     #[error(transparent)]
     Replay(#[from] super::replay::ReplayError),
@@ -176,13 +165,8 @@ fn peer_json(peer: &Peer, own_namespace: &str) -> Value {
 
 /// Makes the advice and verifies it.
 pub fn advise(args: &AdviseConfig) -> Result<Advised, AdviseError> {
-    let config = match &args.config {
-        Some(path) => ObserverConfig::read(path)?,
-        None => ObserverConfig::default(),
-    };
-    let mut cluster = Cluster::load(Source::of(&args.manifests, args.kubeconfig.as_deref()), config)?;
-    let mut edges = Edges::default();
-    let input = reader::read(&args.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
+    let mut cluster = args.recorded.cluster()?;
+    let (edges, input) = args.recorded.edges();
     input.describe(&mut io::stderr().lock()).ok();
     cluster.adopt_gone(&edges);
     let (current, _, _) = cluster.compile(&cluster.policies(), cluster.cluster_policies());

@@ -20,7 +20,10 @@ use std::{
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use super::edges::{EdgeKey, EdgeStats, Edges, EndKey, PodSeen};
+use super::{
+    edges::{EdgeKey, EdgeStats, Edges, EndKey, PodSeen},
+    reader::{self, ReadReport},
+};
 use crate::{
     config::ObserverConfig,
     flow::Protocol as FlowProtocol,
@@ -37,12 +40,50 @@ use crate::{
     },
 };
 
+/// What every offline command reads: the cluster, the daemon's
+/// configuration and the recorded flow logs (from each command's flags).
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
+    /// The cluster: manifest files or folders (Pods, Namespaces, workloads,
+    /// NetworkPolicies, ClusterNetworkPolicies, Services, FlowIntents).
+    pub manifests: Vec<PathBuf>,
+    /// Read the cluster from the API server of this kubeconfig instead
+    /// (listed once, as `observer run` reads it).
+    pub kubeconfig: Option<PathBuf>,
+    /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
+    pub flows: Vec<PathBuf>,
+    /// The daemon's configuration file (tiers, intents), as `observer run --config`.
+    pub config: Option<PathBuf>,
+}
+
+impl Recorded {
+    /// The cluster, judged with the daemon's configuration (its defaults
+    /// without a file).
+    pub fn cluster(&self) -> Result<Cluster, ReplayError> {
+        let config = match &self.config {
+            Some(path) => ObserverConfig::read(path)?,
+            None => ObserverConfig::default(),
+        };
+        Cluster::load(Source::of(&self.manifests, self.kubeconfig.as_deref()), config)
+    }
+
+    /// The flow logs folded into edges, and what reading them gave.
+    pub fn edges(&self) -> (Edges, ReadReport) {
+        let mut edges = Edges::default();
+        let input = reader::read(&self.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
+        (edges, input)
+    }
+}
+
 /// How long the cluster's inventory may take to list.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the inventory or a policy set cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// The configuration file cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The tier configuration is invalid.
     #[error("invalid tier configuration")]
     Tiers(#[source] crate::intent::TierConfigError),

@@ -23,11 +23,10 @@ use serde_json::Value;
 use super::{
     edges::{EdgeKey, EdgeStats, Edges, EndKey},
     output::{EndOut, time},
-    reader::{self, ReadReport},
-    replay::{Cluster, Judged, PolicySet, Source},
+    reader::ReadReport,
+    replay::{Cluster, Judged, PolicySet, Recorded},
 };
 use crate::{
-    config::ObserverConfig,
     inventory::{ObjectRef, WorkloadRef},
     judge::VerdictKind,
     policy::{Endpoint, cnp::ClusterNetworkPolicy},
@@ -39,21 +38,14 @@ pub const OWNER_ANNOTATION: &str = "ai.governance/owner";
 /// What `observer report` reads and writes (from its flags in [`crate::cli::report`]).
 #[derive(Debug)]
 pub struct ReportConfig {
-    /// The cluster: manifest files or folders.
-    pub manifests: Vec<PathBuf>,
-    /// Read the cluster from the API server of this kubeconfig instead
-    /// (listed once, as `observer run` reads it).
-    pub kubeconfig: Option<PathBuf>,
-    /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    pub flows: Vec<PathBuf>,
+    /// The cluster and the flow logs.
+    pub recorded: Recorded,
     /// Findings logs written by `observer run --findings-log`.
     pub findings: Vec<PathBuf>,
     /// Output format.
     pub format: ReportFormat,
     /// Where to write it (stdout when absent).
     pub output: Option<PathBuf>,
-    /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    pub config: Option<PathBuf>,
 }
 
 /// Report formats.
@@ -304,9 +296,6 @@ pub struct Report {
 /// Why the report cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    /// The configuration file cannot be used.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
     /// The inventory cannot be used.
     #[error(transparent)]
     Replay(#[from] super::replay::ReplayError),
@@ -385,13 +374,8 @@ fn key_of(policy: &ObjectRef) -> (String, String) {
 
 /// Makes the report.
 pub fn report(args: &ReportConfig) -> Result<Report, ReportError> {
-    let config = match &args.config {
-        Some(path) => ObserverConfig::read(path)?,
-        None => ObserverConfig::default(),
-    };
-    let mut cluster = Cluster::load(Source::of(&args.manifests, args.kubeconfig.as_deref()), config)?;
-    let mut edges = Edges::default();
-    let input = reader::read(&args.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
+    let mut cluster = args.recorded.cluster()?;
+    let (edges, input) = args.recorded.edges();
     cluster.adopt_gone(&edges);
     let mut policies = cluster.policies();
     policies.sort_by_key(|policy| (policy.metadata.namespace.clone(), policy.metadata.name.clone()));
