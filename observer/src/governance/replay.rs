@@ -380,6 +380,19 @@ impl Cluster {
         self.gone.contains_key(&id)
     }
 
+    /// The recorded pods the manifests no longer hold, as `namespace/name`, sorted.
+    pub fn gone_pods(&self, edges: &Edges) -> Vec<String> {
+        let mut gone: Vec<String> = edges
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| self.is_gone(*id as u32))
+            .map(|(_, pod)| format!("{}/{}", pod.namespace, pod.name))
+            .collect();
+        gone.sort();
+        gone
+    }
+
     /// The pod behind a recorded pod: the manifests', else the record's.
     pub fn pod<'a>(&'a self, edges: &Edges, id: u32) -> Option<&'a Pod> {
         let seen = edges.pod(id)?;

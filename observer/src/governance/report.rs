@@ -520,17 +520,7 @@ pub fn report(args: &ReportConfig) -> Result<Report, ReportError> {
     let cluster_policies = cluster_reports(cluster.cluster_policies(), &cluster_usage);
     let findings = read_findings(&args.findings)?;
     let workloads = workloads(&cluster, &edges, &set, &judged, &pods, &findings.by_uid);
-    let gone_pods: Vec<String> = {
-        let mut gone: Vec<String> = edges
-            .pods
-            .iter()
-            .enumerate()
-            .filter(|(id, _)| cluster.is_gone(*id as u32))
-            .map(|(_, pod)| format!("{}/{}", pod.namespace, pod.name))
-            .collect();
-        gone.sort();
-        gone
-    };
+    let gone_pods = cluster.gone_pods(&edges);
     let mut notes = Vec::new();
     if input.problem_count() > 0 {
         notes.push(format!("{} input lines or files could not be used", input.problem_count()));
@@ -811,6 +801,13 @@ fn workloads(
     out.into_values().collect()
 }
 
+/// A rule's Flows, First seen and Last seen cells of a Markdown table.
+fn usage_cells(unused: bool, flows: u64, usage: &Usage) -> String {
+    let flows = if unused { "**unused**".to_owned() } else { flows.to_string() };
+    let seen = |time: &Option<String>| time.as_deref().unwrap_or("-").to_owned();
+    format!("{flows} | {} | {}", seen(&usage.first_seen), seen(&usage.last_seen))
+}
+
 /// Renders the report as Markdown.
 pub fn markdown(report: &Report) -> String {
     let mut md = String::from("# Network policy evidence report\n\n");
@@ -858,17 +855,9 @@ pub fn markdown(report: &Report) -> String {
         }
         let _ = writeln!(md, "\n| Rule | Peers | Ports | Flows | First seen | Last seen |\n|---|---|---|---|---|---|");
         for rule in &policy.rules {
-            let flows = if rule.unused { "**unused**".to_owned() } else { rule.flows.to_string() };
-            let _ = writeln!(
-                md,
-                "| {}[{}] | `{}` | `{}` | {flows} | {} | {} |",
-                rule.direction,
-                rule.index,
-                rule.peers,
-                rule.ports,
-                rule.usage.first_seen.as_deref().unwrap_or("-"),
-                rule.usage.last_seen.as_deref().unwrap_or("-")
-            );
+            let used = usage_cells(rule.unused, rule.flows, &rule.usage);
+            let _ =
+                writeln!(md, "| {}[{}] | `{}` | `{}` | {used} |", rule.direction, rule.index, rule.peers, rule.ports);
         }
         md.push('\n');
     }
@@ -893,18 +882,16 @@ pub fn markdown(report: &Report) -> String {
             "\n| Rule | Action | Peers | Protocols | Flows | First seen | Last seen |\n|---|---|---|---|---|---|---|"
         );
         for rule in &policy.rules {
-            let flows = if rule.unused { "**unused**".to_owned() } else { rule.flows.to_string() };
+            let used = usage_cells(rule.unused, rule.flows, &rule.usage);
             let _ = writeln!(
                 md,
-                "| {}[{}]{} | {} | `{}` | `{}` | {flows} | {} | {} |",
+                "| {}[{}]{} | {} | `{}` | `{}` | {used} |",
                 rule.direction,
                 rule.index,
                 rule.name.as_deref().map_or_else(String::new, |name| format!(" {name}")),
                 rule.action,
                 rule.peers,
                 rule.protocols,
-                rule.usage.first_seen.as_deref().unwrap_or("-"),
-                rule.usage.last_seen.as_deref().unwrap_or("-")
             );
         }
         md.push('\n');

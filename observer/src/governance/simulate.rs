@@ -268,14 +268,7 @@ pub fn simulate(args: &SimulateConfig) -> Result<Simulation, SimulateError> {
             _ => simulation.unchanged += 1,
         }
     }
-    simulation.gone_pods = edges
-        .pods
-        .iter()
-        .enumerate()
-        .filter(|(id, _)| cluster.is_gone(*id as u32))
-        .map(|(_, pod)| format!("{}/{}", pod.namespace, pod.name))
-        .collect();
-    simulation.gone_pods.sort();
+    simulation.gone_pods = cluster.gone_pods(&edges);
     Ok(simulation)
 }
 
