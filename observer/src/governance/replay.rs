@@ -8,7 +8,9 @@
 //! a [`Judged`] verdict per edge, exactly as [`crate::judge::Judge`] gives
 //! it on the node that recorded it. Pods the manifests no longer hold are
 //! judged as their records describe them (identity and the labels the
-//! daemon copied), and say so.
+//! daemon copied), and say so. [`Recorded`] is what every offline command
+//! reads (the cluster, the daemon's configuration, the flow logs) and loads
+//! it.
 
 use std::{
     collections::{BTreeMap, HashMap},
