@@ -27,6 +27,7 @@ use std::{
 };
 
 use observer::governance::{
+    replay::Recorded,
     report::{ReportConfig, ReportFormat, report},
     simulate::{Format, SimulateConfig, simulate},
 };
@@ -213,14 +214,16 @@ fn main() {
         PEAK.store(base, Ordering::Relaxed);
         let (cpu, wall) = (cpu_seconds(), Instant::now());
         let simulation = simulate(&SimulateConfig {
-            manifests: vec![manifests.clone()],
-            kubeconfig: None,
+            recorded: Recorded {
+                manifests: vec![manifests.clone()],
+                kubeconfig: None,
+                flows: vec![fifo.path.clone()],
+                config: None,
+            },
             proposed: vec![proposed.clone()],
             remove: Vec::new(),
-            flows: vec![fifo.path.clone()],
             output: Format::Json,
             fail_on_break: false,
-            config: None,
         })
         .expect("simulate");
         let (simulate_cpu, simulate_wall) = (cpu_seconds() - cpu, wall.elapsed().as_secs_f64());
@@ -235,13 +238,15 @@ fn main() {
         PEAK.store(base, Ordering::Relaxed);
         let (cpu, wall) = (cpu_seconds(), Instant::now());
         let made = report(&ReportConfig {
-            manifests: vec![manifests.clone()],
-            kubeconfig: None,
-            flows: vec![fifo.path.clone()],
+            recorded: Recorded {
+                manifests: vec![manifests.clone()],
+                kubeconfig: None,
+                flows: vec![fifo.path.clone()],
+                config: None,
+            },
             findings: Vec::new(),
             format: ReportFormat::Json,
             output: None,
-            config: None,
         })
         .expect("report");
         let (report_cpu, report_wall) = (cpu_seconds() - cpu, wall.elapsed().as_secs_f64());

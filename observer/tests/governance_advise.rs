@@ -5,8 +5,12 @@
 
 use std::{collections::BTreeSet, io::Write as _, path::PathBuf};
 
-use observer::governance::advise::{AdviseConfig, advise};
+use observer::governance::{
+    advise::{AdviseConfig, advise},
+    replay::Recorded,
+};
 use proptest::prelude::*;
+use serde::Deserialize;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/governance_fixtures").join(name)
@@ -15,13 +19,15 @@ fn fixture(name: &str) -> PathBuf {
 #[test]
 fn advice_on_the_fixture_keeps_allowed_flows_and_refuses_the_gap() {
     let args = AdviseConfig {
-        manifests: vec![fixture("cluster.yaml")],
-        kubeconfig: None,
-        flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],
+        recorded: Recorded {
+            manifests: vec![fixture("cluster.yaml")],
+            kubeconfig: None,
+            flows: vec![fixture("node-a.jsonl"), fixture("node-b.jsonl")],
+            config: None,
+        },
         output_dir: None,
         guardrails: false,
         namespace: Vec::new(),
-        config: None,
     };
     let advised = advise(&args).expect("advise");
     assert_eq!(advised.unverified, Vec::<String>::new());
@@ -41,6 +47,42 @@ fn advice_on_the_fixture_keeps_allowed_flows_and_refuses_the_gap() {
     assert!(agent.yaml.contains("# 203.0.113.10: api.example.com (NetworkPolicy has no FQDN peers"), "{}", agent.yaml);
     assert!(agent.yaml.contains("cidr: 203.0.113.10/32"), "{}", agent.yaml);
     assert!(!agent.yaml.contains("5432"), "the gap is not allowed: {}", agent.yaml);
+    // The file is one NetworkPolicy to apply; the FlowIntent is a commented-out suggestion.
+    let documents: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&agent.yaml)
+        .map(|document| serde_yaml::Value::deserialize(document).expect("yaml"))
+        .collect();
+    assert_eq!(documents.len(), 1);
+    assert_eq!(documents[0]["kind"].as_str(), Some("NetworkPolicy"));
+    let (_, suggested) = agent.yaml.split_once("# ---\n").expect("a suggested FlowIntent");
+    let intent: String =
+        suggested.lines().map(|line| line.strip_prefix("# ").expect("commented out").to_owned() + "\n").collect();
+    let parsed: observer::intent::FlowIntent = serde_yaml::from_str(&intent).expect("a FlowIntent");
+    assert_eq!(parsed.spec.subject.tiers, Some(vec!["agent".to_owned()]));
+    let allow = serde_json::to_value(parsed.spec.egress.and_then(|egress| egress.allow)).expect("json");
+    assert!(
+        allow
+            .as_array()
+            .expect("allow")
+            .contains(&serde_json::json!({"fqdn": "api.example.com", "ports": [{"port": 443, "protocol": "TCP"}]})),
+        "{allow}"
+    );
+    // Applied, it allows every recorded egress the advice allows: none is an intent violation.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = std::fs::read_to_string(fixture("cluster.yaml")).expect("fixture") + "---\n" + &intent;
+    std::fs::write(dir.path().join("cluster.yaml"), cluster).expect("write");
+    let with_intent = AdviseConfig {
+        recorded: Recorded { manifests: vec![dir.path().join("cluster.yaml")], ..args.recorded.clone() },
+        output_dir: None,
+        guardrails: false,
+        namespace: Vec::new(),
+    };
+    let replayed = advise(&with_intent).expect("advise with the intent");
+    // Only the edge the advice refused is refused again, now also against the intent.
+    assert_eq!(replayed.refused.len(), 1, "{:?}", replayed.refused);
+    assert!(replayed.refused[0].starts_with(&advised.refused[0]), "{}", replayed.refused[0]);
+    assert!(replayed.refused[0].ends_with("(FlowIntent ai/agent-egress spec.egress.allow)"), "{}", replayed.refused[0]);
+    let model = advised.policies.iter().find(|advice| advice.workload.2 == "model").expect("model");
+    assert!(!model.yaml.contains("FlowIntent"), "no world egress, no suggestion: {}", model.yaml);
 }
 
 /// Pods `p0..pN` in namespace `ns`, each its own Deployment `w<i>` with label `app: w<i>`.
@@ -90,13 +132,10 @@ proptest! {
             writeln!(log, "{}", record(*src, *dst, *port, 30_000 + index as u16)).expect("write");
         }
         let args = AdviseConfig {
-            manifests: vec![dir.path().join("cluster.yaml")],
-            kubeconfig: None,
-            flows: vec![dir.path().join("flows.jsonl")],
+            recorded: Recorded { manifests: vec![dir.path().join("cluster.yaml")], kubeconfig: None, flows: vec![dir.path().join("flows.jsonl")], config: None },
             output_dir: None,
             guardrails: false,
             namespace: Vec::new(),
-            config: None,
         };
         let advised = advise(&args).expect("advise");
         // Every recorded allowed flow (no policy exists: all are) stays allowed.
@@ -118,13 +157,10 @@ proptest! {
         std::fs::write(advice_dir.path().join("cluster.yaml"), text).expect("advised cluster");
         std::fs::write(advice_dir.path().join("probe.jsonl"), record(src, dst, port, 40_000) + "\n").expect("probe");
         let probe_args = AdviseConfig {
-            manifests: vec![advice_dir.path().join("cluster.yaml")],
-            kubeconfig: None,
-            flows: vec![advice_dir.path().join("probe.jsonl")],
+            recorded: Recorded { manifests: vec![advice_dir.path().join("cluster.yaml")], kubeconfig: None, flows: vec![advice_dir.path().join("probe.jsonl")], config: None },
             output_dir: None,
             guardrails: false,
             namespace: Vec::new(),
-            config: None,
         };
         let probed = advise(&probe_args).expect("advise probe");
         prop_assert_eq!(probed.refused.len(), 1, "unseen {}->{}:{} should be denied by the advice", src, dst, port);

@@ -12,6 +12,7 @@ use inventory_support::{
     node, pod, service_port,
 };
 use observer::governance::{
+    replay::Recorded,
     report::{ReportConfig, ReportFormat, report},
     simulate::{Format, SimulateConfig, simulate},
 };
@@ -85,14 +86,16 @@ async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
         .expect("flows");
 
     let args = SimulateConfig {
-        manifests: Vec::new(),
-        kubeconfig: Some(config.clone()),
+        recorded: Recorded {
+            manifests: Vec::new(),
+            kubeconfig: Some(config.clone()),
+            flows: vec![flows.clone()],
+            config: None,
+        },
         proposed: Vec::new(),
         remove: vec!["no-world".to_owned()],
-        flows: vec![flows.clone()],
         output: Format::Json,
         fail_on_break: false,
-        config: None,
     };
     let simulation = tokio::task::spawn_blocking(move || simulate(&args)).await.expect("join").expect("simulate");
     assert_eq!((simulation.flows, simulation.edges, simulation.unchanged), (2, 2, 1));
@@ -106,13 +109,10 @@ async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
     assert!(simulation.gone_pods.is_empty(), "the pods came from the cluster: {:?}", simulation.gone_pods);
 
     let args = ReportConfig {
-        manifests: Vec::new(),
-        kubeconfig: Some(config),
-        flows: vec![flows],
+        recorded: Recorded { manifests: Vec::new(), kubeconfig: Some(config), flows: vec![flows], config: None },
         findings: Vec::new(),
         format: ReportFormat::Json,
         output: None,
-        config: None,
     };
     let made = tokio::task::spawn_blocking(move || report(&args)).await.expect("join").expect("report");
     assert_eq!(made.policies.len(), 1);
@@ -198,14 +198,11 @@ async fn service_flows_are_judged_at_their_backend_and_shown_with_the_address_as
     )
     .expect("proposed");
     let args = SimulateConfig {
-        manifests: Vec::new(),
-        kubeconfig: Some(config),
+        recorded: Recorded { manifests: Vec::new(), kubeconfig: Some(config), flows: vec![flows], config: None },
         proposed: vec![proposed],
         remove: Vec::new(),
-        flows: vec![flows],
         output: Format::Json,
         fail_on_break: false,
-        config: None,
     };
     let simulation = tokio::task::spawn_blocking(move || simulate(&args)).await.expect("join").expect("simulate");
     // The Service flow seen from both ends is one flow of one edge, at the backend's port.

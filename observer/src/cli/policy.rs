@@ -9,6 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use crate::{
     governance::{
         advise::AdviseConfig,
+        replay::Recorded,
         simulate::{Format, SimulateConfig},
     },
     policy::check::{self, CheckConfig, OutputFormat},
@@ -146,14 +147,16 @@ impl From<SimulateFormat> for Format {
 impl From<SimulateArgs> for SimulateConfig {
     fn from(args: SimulateArgs) -> Self {
         Self {
-            manifests: args.manifests,
-            kubeconfig: args.kubeconfig,
+            recorded: Recorded {
+                manifests: args.manifests,
+                kubeconfig: args.kubeconfig,
+                flows: args.flows,
+                config: args.config,
+            },
             proposed: args.proposed,
             remove: args.remove,
-            flows: args.flows,
             output: args.output.into(),
             fail_on_break: args.fail_on_break,
-            config: args.config,
         }
     }
 }
@@ -190,13 +193,15 @@ pub struct AdviseArgs {
 impl From<AdviseArgs> for AdviseConfig {
     fn from(args: AdviseArgs) -> Self {
         Self {
-            manifests: args.manifests,
-            kubeconfig: args.kubeconfig,
-            flows: args.flows,
+            recorded: Recorded {
+                manifests: args.manifests,
+                kubeconfig: args.kubeconfig,
+                flows: args.flows,
+                config: args.config,
+            },
             output_dir: args.output_dir,
             guardrails: args.guardrails,
             namespace: args.namespace,
-            config: args.config,
         }
     }
 }

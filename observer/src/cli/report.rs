@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::governance::report::{ReportConfig, ReportFormat};
+use crate::governance::{
+    replay::Recorded,
+    report::{ReportConfig, ReportFormat},
+};
 
 /// `observer report`.
 #[derive(Debug, Args)]
@@ -58,13 +61,15 @@ impl From<ReportFormatArg> for ReportFormat {
 impl From<ReportArgs> for ReportConfig {
     fn from(args: ReportArgs) -> Self {
         Self {
-            manifests: args.manifests,
-            kubeconfig: args.kubeconfig,
-            flows: args.flows,
+            recorded: Recorded {
+                manifests: args.manifests,
+                kubeconfig: args.kubeconfig,
+                flows: args.flows,
+                config: args.config,
+            },
             findings: args.findings,
             format: args.format.into(),
             output: args.output,
-            config: args.config,
         }
     }
 }

@@ -23,10 +23,9 @@ use serde_json::{Value, json};
 use super::{
     edges::{EdgeKey, EdgeStats, Edges, EndKey},
     output::EdgeOut,
-    reader,
-    replay::{Cluster, Source},
+    replay::{Cluster, Recorded},
 };
-use crate::{config::ObserverConfig, flow::Protocol, inventory::EndpointKind, judge::VerdictKind};
+use crate::{flow::Protocol, inventory::EndpointKind, judge::VerdictKind};
 
 /// Label keys tried, in order, to select a workload's pods: the first that
 /// every pod of the workload carries with one value. Never pod names, never
@@ -37,13 +36,8 @@ pub const STABLE_KEYS: [&str; 5] =
 /// What `observer policy advise` reads and writes (from its flags in [`crate::cli::policy`]).
 #[derive(Debug)]
 pub struct AdviseConfig {
-    /// The cluster: manifest files or folders.
-    pub manifests: Vec<PathBuf>,
-    /// Read the cluster from the API server of this kubeconfig instead
-    /// (listed once, as `observer run` reads it).
-    pub kubeconfig: Option<PathBuf>,
-    /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    pub flows: Vec<PathBuf>,
+    /// The cluster and the flow logs.
+    pub recorded: Recorded,
     /// Write one file per workload here (`<namespace>.<workload>.yaml`) instead of stdout.
     pub output_dir: Option<PathBuf>,
     /// Also write, per FlowIntent with `egress.forbid`, an Admin-tier
@@ -52,8 +46,6 @@ pub struct AdviseConfig {
     pub guardrails: bool,
     /// Only workloads of these namespaces.
     pub namespace: Vec<String>,
-    /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    pub config: Option<PathBuf>,
 }
 
 /// A workload: namespace, kind, name.
@@ -87,9 +79,6 @@ pub struct Advised {
 /// Why advise cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum AdviseError {
-    /// The configuration file cannot be used.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
     /// The inventory cannot be used.
     #[error(transparent)]
     Replay(#[from] super::replay::ReplayError),
@@ -176,13 +165,8 @@ fn peer_json(peer: &Peer, own_namespace: &str) -> Value {
 
 /// Makes the advice and verifies it.
 pub fn advise(args: &AdviseConfig) -> Result<Advised, AdviseError> {
-    let config = match &args.config {
-        Some(path) => ObserverConfig::read(path)?,
-        None => ObserverConfig::default(),
-    };
-    let mut cluster = Cluster::load(Source::of(&args.manifests, args.kubeconfig.as_deref()), config)?;
-    let mut edges = Edges::default();
-    let input = reader::read(&args.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
+    let mut cluster = args.recorded.cluster()?;
+    let (edges, input) = args.recorded.edges();
     input.describe(&mut io::stderr().lock()).ok();
     cluster.adopt_gone(&edges);
     let (current, _, _) = cluster.compile(&cluster.policies(), cluster.cluster_policies());
@@ -308,6 +292,13 @@ pub fn advise(args: &AdviseConfig) -> Result<Advised, AdviseError> {
             }
         }
         yaml.push_str(&serde_yaml::to_string(&value).unwrap_or_default());
+        let tier =
+            pods.get(*workload).into_iter().flatten().find_map(|id| {
+                cluster.pod(&edges, *id)?.labels.get(&cluster.config().intents.tiers.label_key).cloned()
+            });
+        if let Some(tier) = tier {
+            yaml.push_str(&suggested_intent(workload, &tier, selector, egress.get(*workload), &names));
+        }
         advised.policies.push(Advice { workload: (*workload).clone(), policy, yaml });
     }
     // Verify: every recorded allowed flow stays allowed under the advice alone.
@@ -344,6 +335,69 @@ pub fn advise(args: &AdviseConfig) -> Result<Advised, AdviseError> {
         }
     }
     Ok(advised)
+}
+
+/// For an AI-tier workload that reached world addresses with DNS names: a
+/// FlowIntent allowing its recorded egress, the world by `fqdn` (what
+/// NetworkPolicy cannot say), as a commented-out YAML document, so the
+/// advised file stays one `kubectl apply`-able NetworkPolicy; empty
+/// otherwise.
+fn suggested_intent(
+    workload: &WorkloadKey,
+    tier: &str,
+    selector: &Selector,
+    egress: Option<&BTreeMap<Peer, BTreeSet<(String, u16)>>>,
+    names: &BTreeMap<std::net::IpAddr, BTreeSet<String>>,
+) -> String {
+    let egress: Vec<_> = egress.into_iter().flatten().collect();
+    let named = |peer: &Peer| match peer {
+        Peer::Address(ip) => names.get(ip).filter(|names| !names.is_empty()),
+        Peer::Pods { .. } => None,
+    };
+    if !egress.iter().any(|(peer, _)| named(peer).is_some()) {
+        return String::new();
+    }
+    // An allow list admits only what it names: every recorded egress is in it.
+    let mut allow = Vec::new();
+    for (peer, ports) in egress {
+        let ports: Vec<Value> =
+            ports.iter().map(|(protocol, port)| json!({"protocol": protocol, "port": port})).collect();
+        match (peer, named(peer)) {
+            (_, Some(fqdns)) => {
+                allow.extend(fqdns.iter().map(|fqdn| json!({"fqdn": fqdn, "ports": ports})));
+            }
+            (Peer::Address(ip), None) => {
+                let bits = if ip.is_ipv4() { 32 } else { 128 };
+                allow.push(json!({"cidr": format!("{ip}/{bits}"), "ports": ports}));
+            }
+            (Peer::Pods { namespace, labels }, None) => {
+                let mut rule = json!({"podSelector": {"matchLabels": labels}, "ports": ports});
+                if *namespace != workload.0 {
+                    rule["namespaceSelector"] = json!({"matchLabels": {"kubernetes.io/metadata.name": namespace}});
+                }
+                allow.push(rule);
+            }
+        }
+    }
+    let intent = json!({
+        "apiVersion": "ai.governance/v1alpha1",
+        "kind": "FlowIntent",
+        "metadata": {"name": format!("{}-egress", workload.2.to_lowercase()), "namespace": workload.0},
+        "spec": {
+            "description": format!("Recorded egress of {} {}/{} (observer policy advise).", workload.1, workload.0, workload.2),
+            "subject": {"tiers": [tier], "podSelector": {"matchLabels": selector.labels}},
+            "egress": {"allow": allow},
+        }
+    });
+    let mut text = format!(
+        "# Suggested FlowIntent for this {tier}-tier workload: NetworkPolicy has no FQDN peers, a\n\
+         # FlowIntent can name the world by DNS name (docs/intents.md). Its allow list is\n\
+         # the recorded egress above. Review, then uncomment to apply.\n# ---\n"
+    );
+    for line in serde_yaml::to_string(&intent).unwrap_or_default().lines() {
+        let _ = writeln!(text, "# {line}");
+    }
+    text
 }
 
 /// The command.

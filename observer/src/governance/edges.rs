@@ -132,6 +132,8 @@ pub struct EdgeStats {
     pub names: Vec<Arc<str>>,
     /// Whether the source resolved the destination's address at all.
     pub resolved: bool,
+    /// The AI provider the daemon tagged the destination with.
+    pub ai_provider: Option<Arc<str>>,
     /// The Service the destination was reached through.
     pub service: Option<(Arc<str>, Arc<str>)>,
     /// The address and port the source asked for, when the destination is
@@ -145,6 +147,8 @@ pub struct EdgeStats {
     pub recorded: BTreeMap<Arc<str>, u64>,
     /// Policies the records' verdicts cited.
     pub cited: BTreeSet<CitedPolicy>,
+    /// The text of the policies the edge's latest record cited.
+    cited_raw: Box<str>,
 }
 
 impl EdgeStats {
@@ -215,12 +219,14 @@ impl Edges {
             node,
             names: Vec::new(),
             resolved: false,
+            ai_provider: None,
             service: None,
             asked: None,
             kinds: (src_kind, dst_kind),
             kinds_from_src: local == LocalEnd::Src,
             recorded: BTreeMap::new(),
             cited: BTreeSet::new(),
+            cited_raw: Box::default(),
         });
         stats.records += 1;
         if local == LocalEnd::Src && !stats.kinds_from_src {
@@ -249,6 +255,11 @@ impl Edges {
                 }
             }
         }
+        if stats.ai_provider.is_none()
+            && let Some(provider) = &line.dst.ai_provider
+        {
+            stats.ai_provider = Some(intern(&mut self.names, provider));
+        }
         if stats.asked.is_none() && line.dst.backend.is_some() {
             stats.asked = Some((line.dst.ip, line.dst.port));
         }
@@ -264,8 +275,15 @@ impl Edges {
         if let Some(verdict) = &line.verdict {
             let kind = intern(&mut self.names, &verdict.verdict);
             *stats.recorded.entry(kind).or_default() += 1;
-            for policy in &verdict.policies {
-                // Compared in place: most records cite what the edge's earlier ones did.
+            // Most records cite what the edge's previous one did: read only new text.
+            let raw = verdict.policies.text();
+            let policies = if *stats.cited_raw == *raw {
+                Vec::new()
+            } else {
+                stats.cited_raw = raw.into();
+                verdict.policies.to_vec()
+            };
+            for policy in &policies {
                 let known = stats.cited.iter().any(|cited| {
                     cited.resource_version.as_deref() == policy.resource_version.as_deref()
                         && cited.policy.split_once('/') == Some((&*policy.namespace, &*policy.name))
@@ -447,6 +465,30 @@ mod tests {
         assert_eq!(edges.nodes, vec!["a".to_owned(), "b".to_owned()]);
         assert_eq!(edges.pods.len(), 2);
         assert_eq!(edges.pods[0].labels.get("app").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn every_version_an_edge_cites_is_kept_though_records_repeat_it() {
+        let t1 = "2026-01-01T00:00:01.000Z";
+        let cite = |sport: u16, versions: &[&str]| {
+            let policies: Vec<String> = versions
+                .iter()
+                .map(|version| format!(r#"{{"namespace":"shop","name":"api","resourceVersion":"{version}"}}"#))
+                .collect();
+            line("a", "end", "src", sport, t1).replacen(
+                r#""duration_ms":1"#,
+                &format!(r#""verdict":{{"verdict":"allowed","policies":[{}]}}"#, policies.join(",")),
+                1,
+            )
+        };
+        let (edges, report, _dir) =
+            fold(&[vec![cite(1, &["7"]), cite(2, &["7"]), cite(3, &["8", "7"]), cite(4, &[]), cite(5, &["7"])]]);
+        assert_eq!(report.records, 5);
+        let stats = edges.edges.values().next().expect("edge");
+        let cited: Vec<(&str, Option<&str>)> =
+            stats.cited.iter().map(|c| (c.policy.as_str(), c.resource_version.as_deref())).collect();
+        assert_eq!(cited, vec![("shop/api", Some("7")), ("shop/api", Some("8"))]);
+        assert_eq!(stats.recorded.get("allowed"), Some(&5));
     }
 
     #[test]

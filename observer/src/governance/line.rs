@@ -92,6 +92,10 @@ pub struct LinePeer<'a> {
     /// then the backend's, `ip` and `port` what the socket asked for).
     #[serde(default)]
     pub backend: Option<LineBackend>,
+    /// The AI provider of the catalog the daemon tagged this end with
+    /// (`dst.ai_provider`), which FlowIntent `provider` peers match.
+    #[serde(default, borrow)]
+    pub ai_provider: Option<Cow<'a, str>>,
 }
 
 /// The backend of a Service flow in a [`FlowLine`].
@@ -183,9 +187,45 @@ pub struct LineVerdict<'a> {
     /// `allowed`, `denied-attempt`, `enforcement-gap`, `intent-violation`.
     #[serde(borrow)]
     pub verdict: Cow<'a, str>,
-    /// The policies it cites.
+    /// The policies it cites, as their JSON text (most records of an edge
+    /// cite what its earlier ones did, so they are read only when the text
+    /// differs).
     #[serde(default, borrow)]
-    pub policies: Vec<LinePolicy<'a>>,
+    pub policies: RawPolicies<'a>,
+}
+
+/// A JSON array of [`LinePolicy`] objects, kept as its text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawPolicies<'a>(&'a str);
+
+impl<'a> RawPolicies<'a> {
+    /// Policies from their JSON text (already checked to be an array of policies).
+    pub(super) fn new(text: &'a str) -> Self {
+        Self(text)
+    }
+
+    /// The array's text (empty when the record had none).
+    pub fn text(&self) -> &'a str {
+        self.0
+    }
+
+    /// The policies.
+    pub fn to_vec(&self) -> Vec<LinePolicy<'a>> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        serde_json::from_str(self.0).unwrap_or_default()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawPolicies<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = <&'a serde_json::value::RawValue>::deserialize(deserializer)?;
+        // Checked here so that a record whose policies are of another shape
+        // is of another schema, as when they were read into a Vec.
+        serde_json::from_str::<Vec<LinePolicy<'_>>>(raw.get()).map_err(serde::de::Error::custom)?;
+        Ok(Self(raw.get()))
+    }
 }
 
 /// A policy cited by a record's verdict.

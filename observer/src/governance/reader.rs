@@ -22,6 +22,10 @@ use super::line::FlowLine;
 /// Longest line read; a longer one is counted as malformed and skipped.
 pub const MAX_LINE: usize = 1 << 20;
 
+/// Read buffer: lines are read where they lie in it, so the larger it is
+/// the fewer straddle two fills and are copied.
+const BUFFER: usize = 1 << 18;
+
 /// Problems kept with their file:line; past it they are only counted.
 const MAX_PROBLEMS: usize = 50;
 
@@ -167,7 +171,7 @@ pub fn read(inputs: &[PathBuf], each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &
             }
         };
         report.files += 1;
-        let mut buffered = BufReader::with_capacity(1 << 16, raw);
+        let mut buffered = BufReader::with_capacity(BUFFER, raw);
         let gzip = match buffered.fill_buf() {
             Ok(head) => head.starts_with(&[0x1f, 0x8b]),
             Err(error) => {
@@ -176,7 +180,7 @@ pub fn read(inputs: &[PathBuf], each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &
             }
         };
         if gzip {
-            let decoded = BufReader::with_capacity(1 << 16, MultiGzDecoder::new(buffered));
+            let decoded = BufReader::with_capacity(BUFFER, MultiGzDecoder::new(buffered));
             read_lines(decoded, &name, true, &mut report, each);
         } else {
             read_lines(buffered, &name, false, &mut report, each);
@@ -185,6 +189,9 @@ pub fn read(inputs: &[PathBuf], each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &
     report
 }
 
+/// Reads `reader` line by line. A line that lies whole in the reader's
+/// buffer (nearly all of them: the buffer holds hundreds) is read where it
+/// lies; only a line that straddles two fills is copied, into `carry`.
 fn read_lines(
     mut reader: impl BufRead,
     name: &str,
@@ -192,14 +199,14 @@ fn read_lines(
     report: &mut ReadReport,
     each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &mut ReadReport),
 ) {
-    let mut line = Vec::with_capacity(4096);
+    let mut carry = Vec::new();
+    // In an overlong line: everything up to its end is dropped.
+    let mut overlong = false;
     let mut number = 0_u64;
     loop {
-        line.clear();
-        let read = (&mut reader).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line);
-        match read {
-            Ok(0) => return,
-            Ok(_) => {}
+        let buffer = match reader.fill_buf() {
+            Ok(buffer) => buffer,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => {
                 let kind = if gzip && error.kind() == io::ErrorKind::UnexpectedEof {
                     ProblemKind::Truncated
@@ -210,55 +217,135 @@ fn read_lines(
                 report.problem(kind, name, number + 1, format!("{what}: {error}; the rest of the file is lost"));
                 return;
             }
-        }
-        number += 1;
-        report.lines += 1;
-        if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
-            report.problem(ProblemKind::Malformed, name, number, format!("line longer than {MAX_LINE} bytes"));
-            if skip_line(&mut reader).is_err() {
-                return;
-            }
-            continue;
-        }
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        let text = text.strip_suffix(b"\r").unwrap_or(text);
-        if text.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        // The scanner reads daemon-written lines; serde_json has the last word on the rest.
-        let parsed = match super::scan::line(text) {
-            Some(record) => Ok(record),
-            None => serde_json::from_slice::<FlowLine<'_>>(text),
         };
-        match parsed {
-            Ok(record) => {
-                report.records += 1;
-                each(&record, name, number, report);
+        if buffer.is_empty() {
+            // The last line, when it has no newline.
+            if !carry.is_empty() || overlong {
+                number += 1;
+                report.lines += 1;
+                if !overlong {
+                    read_line(&carry, name, number, report, each);
+                }
             }
-            Err(error) => {
-                // JSON of another shape is another schema; anything else is not JSON.
-                let kind = match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
-                    Ok(_) => ProblemKind::OtherSchema,
-                    Err(_) => ProblemKind::Malformed,
-                };
-                report.problem(kind, name, number, error.to_string());
+            return;
+        }
+        let mut used = 0;
+        for end in memchr::memchr_iter(b'\n', buffer) {
+            let piece = &buffer[used..end];
+            used = end + 1;
+            number += 1;
+            report.lines += 1;
+            if overlong {
+                overlong = false;
+            } else if carry.is_empty() {
+                read_line(piece, name, number, report, each);
+            } else if carry.len() + piece.len() > MAX_LINE {
+                carry.clear();
+                report.problem(ProblemKind::Malformed, name, number, format!("line longer than {MAX_LINE} bytes"));
+            } else {
+                carry.extend_from_slice(piece);
+                read_line(&carry, name, number, report, each);
+                carry.clear();
             }
+        }
+        let rest = &buffer[used..];
+        if !overlong {
+            if carry.len() + rest.len() > MAX_LINE {
+                carry.clear();
+                overlong = true;
+                report.problem(ProblemKind::Malformed, name, number + 1, format!("line longer than {MAX_LINE} bytes"));
+            } else {
+                carry.extend_from_slice(rest);
+            }
+        }
+        let len = buffer.len();
+        reader.consume(len);
+    }
+}
+
+/// Reads one line (without its newline), blank lines skipped.
+fn read_line(
+    line: &[u8],
+    name: &str,
+    number: u64,
+    report: &mut ReadReport,
+    each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &mut ReadReport),
+) {
+    if line.len() > MAX_LINE {
+        report.problem(ProblemKind::Malformed, name, number, format!("line longer than {MAX_LINE} bytes"));
+        return;
+    }
+    let text = line.strip_suffix(b"\r").unwrap_or(line);
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return;
+    }
+    // The scanner reads daemon-written lines; serde_json has the last word on the rest.
+    let parsed = match super::scan::line(text) {
+        Some(record) => Ok(record),
+        None => serde_json::from_slice::<FlowLine<'_>>(text),
+    };
+    match parsed {
+        Ok(record) => {
+            report.records += 1;
+            each(&record, name, number, report);
+        }
+        Err(error) => {
+            // JSON of another shape is another schema; anything else is not JSON.
+            let kind = match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+                Ok(_) => ProblemKind::OtherSchema,
+                Err(_) => ProblemKind::Malformed,
+            };
+            report.problem(kind, name, number, error.to_string());
         }
     }
 }
 
-/// Reads up to the end of an overlong line.
-fn skip_line(reader: &mut impl BufRead) -> io::Result<()> {
-    loop {
-        let buffer = reader.fill_buf()?;
-        if buffer.is_empty() {
-            return Ok(());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECORD: &str = r#"{"event":"end","node":"a","protocol":"tcp","src":{"ip":"198.18.0.10","port":1000},"dst":{"ip":"198.18.0.11","port":80},"local":"src","state":"closed","to_dst":{"packets":1,"bytes":2},"to_src":{"packets":3,"bytes":4},"first_seen":"2026-01-01T00:00:01.000Z","last_seen":"2026-01-01T00:00:02.000Z"}"#;
+
+    /// Reads `text` through a buffer of `capacity` bytes; the nodes of the records read.
+    fn lines(text: &[u8], capacity: usize) -> (ReadReport, Vec<(u64, String)>) {
+        let mut report = ReadReport::default();
+        let mut seen = Vec::new();
+        let reader = BufReader::with_capacity(capacity, text);
+        read_lines(reader, "f", false, &mut report, &mut |line, _, number, _| {
+            seen.push((number, line.node.to_string()));
+        });
+        (report, seen)
+    }
+
+    #[test]
+    fn lines_across_buffer_fills_and_overlong_lines_are_read_as_lines() {
+        let record = |node: &str| RECORD.replace(r#""node":"a""#, &format!(r#""node":"{node}""#));
+        let overlong = "x".repeat(MAX_LINE + 1);
+        let text = [record("1"), overlong.clone(), record("3"), "{garbage".to_owned(), String::new(), record("6")]
+            .join("\n")
+            + "\r\n"
+            + &overlong
+            + "\n"
+            + &record("8");
+        // Buffers smaller than a line, about a line, and larger than the whole text.
+        for capacity in [7, RECORD.len(), RECORD.len() + 1, 1 << 21] {
+            let (report, seen) = lines(text.as_bytes(), capacity);
+            assert_eq!(
+                seen,
+                vec![(1, "1".to_owned()), (3, "3".to_owned()), (6, "6".to_owned()), (8, "8".to_owned())],
+                "{capacity}"
+            );
+            assert_eq!((report.lines, report.records), (8, 4), "{capacity}");
+            let problems: Vec<(&str, u64)> = report.problems.iter().map(|p| (p.kind.as_str(), p.line)).collect();
+            assert_eq!(problems, vec![("malformed", 2), ("malformed", 4), ("malformed", 7)], "{capacity}");
         }
-        if let Some(at) = buffer.iter().position(|b| *b == b'\n') {
-            reader.consume(at + 1);
-            return Ok(());
-        }
-        let len = buffer.len();
-        reader.consume(len);
+    }
+
+    #[test]
+    fn a_line_of_max_line_bytes_is_not_overlong() {
+        let padded = RECORD.replacen('{', &format!("{{{}", " ".repeat(MAX_LINE - RECORD.len())), 1);
+        assert_eq!(padded.len(), MAX_LINE);
+        let (report, seen) = lines(format!("{padded}\n{padded}").as_bytes(), 1 << 16);
+        assert_eq!((report.lines, seen.len(), report.problem_count()), (2, 2, 0));
     }
 }

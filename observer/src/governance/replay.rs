@@ -8,7 +8,9 @@
 //! a [`Judged`] verdict per edge, exactly as [`crate::judge::Judge`] gives
 //! it on the node that recorded it. Pods the manifests no longer hold are
 //! judged as their records describe them (identity and the labels the
-//! daemon copied), and say so.
+//! daemon copied), and say so. [`Recorded`] is what every offline command
+//! reads (the cluster, the daemon's configuration, the flow logs) and loads
+//! it.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,7 +22,10 @@ use std::{
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use super::edges::{EdgeKey, EdgeStats, Edges, EndKey, PodSeen};
+use super::{
+    edges::{EdgeKey, EdgeStats, Edges, EndKey, PodSeen},
+    reader::{self, ReadReport},
+};
 use crate::{
     config::ObserverConfig,
     flow::Protocol as FlowProtocol,
@@ -37,6 +42,41 @@ use crate::{
     },
 };
 
+/// What every offline command reads: the cluster, the daemon's
+/// configuration and the recorded flow logs (from each command's flags).
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
+    /// The cluster: manifest files or folders (Pods, Namespaces, workloads,
+    /// NetworkPolicies, ClusterNetworkPolicies, Services, FlowIntents).
+    pub manifests: Vec<PathBuf>,
+    /// Read the cluster from the API server of this kubeconfig instead
+    /// (listed once, as `observer run` reads it).
+    pub kubeconfig: Option<PathBuf>,
+    /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
+    pub flows: Vec<PathBuf>,
+    /// The daemon's configuration file (tiers, intents), as `observer run --config`.
+    pub config: Option<PathBuf>,
+}
+
+impl Recorded {
+    /// The cluster, judged with the daemon's configuration (its defaults
+    /// without a file).
+    pub fn cluster(&self) -> Result<Cluster, ReplayError> {
+        let config = match &self.config {
+            Some(path) => ObserverConfig::read(path)?,
+            None => ObserverConfig::default(),
+        };
+        Cluster::load(Source::of(&self.manifests, self.kubeconfig.as_deref()), config)
+    }
+
+    /// The flow logs folded into edges, and what reading them gave.
+    pub fn edges(&self) -> (Edges, ReadReport) {
+        let mut edges = Edges::default();
+        let input = reader::read(&self.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
+        (edges, input)
+    }
+}
+
 /// How long the cluster's inventory may take to list what the daemon needs.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -48,6 +88,9 @@ const OPTIONAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the inventory or a policy set cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    /// The configuration file cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The tier configuration is invalid.
     #[error("invalid tier configuration")]
     Tiers(#[source] crate::intent::TierConfigError),
@@ -354,6 +397,19 @@ impl Cluster {
         self.gone.contains_key(&id)
     }
 
+    /// The recorded pods the manifests no longer hold, as `namespace/name`, sorted.
+    pub fn gone_pods(&self, edges: &Edges) -> Vec<String> {
+        let mut gone: Vec<String> = edges
+            .pods
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| self.is_gone(*id as u32))
+            .map(|(_, pod)| format!("{}/{}", pod.namespace, pod.name))
+            .collect();
+        gone.sort();
+        gone
+    }
+
     /// The pod behind a recorded pod: the manifests', else the record's.
     pub fn pod<'a>(&'a self, edges: &Edges, id: u32) -> Option<&'a Pod> {
         let seen = edges.pod(id)?;
@@ -383,6 +439,8 @@ impl Cluster {
         let src = FlowEnd::from_endpoint(&src_info, src_pod, src_ip, None);
         let dst = FlowEnd::from_endpoint(&dst_info, dst_pod, dst_ip, key.port);
         let dst = if stats.names.is_empty() && !stats.resolved { dst } else { dst.with_names(&stats.names) };
+        // The provider the daemon tagged the destination with, as its judge reads `dst.ai_provider`.
+        let dst = FlowEnd { provider: stats.ai_provider.as_deref(), ..dst };
         let evidence = stats.evidence;
         // What the source asked for when `dst` is a Service's backend: intents match either.
         let asked_info = stats.asked.map(|_| EndpointInfo {

@@ -23,11 +23,10 @@ use serde_json::Value;
 use super::{
     edges::{EdgeKey, EdgeStats, Edges, EndKey},
     output::{EndOut, time},
-    reader::{self, ReadReport},
-    replay::{Cluster, Judged, PolicySet, Source},
+    reader::ReadReport,
+    replay::{Cluster, Judged, PolicySet, Recorded},
 };
 use crate::{
-    config::ObserverConfig,
     inventory::{ObjectRef, WorkloadRef},
     judge::VerdictKind,
     policy::{Endpoint, cnp::ClusterNetworkPolicy},
@@ -39,21 +38,14 @@ pub const OWNER_ANNOTATION: &str = "ai.governance/owner";
 /// What `observer report` reads and writes (from its flags in [`crate::cli::report`]).
 #[derive(Debug)]
 pub struct ReportConfig {
-    /// The cluster: manifest files or folders.
-    pub manifests: Vec<PathBuf>,
-    /// Read the cluster from the API server of this kubeconfig instead
-    /// (listed once, as `observer run` reads it).
-    pub kubeconfig: Option<PathBuf>,
-    /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    pub flows: Vec<PathBuf>,
+    /// The cluster and the flow logs.
+    pub recorded: Recorded,
     /// Findings logs written by `observer run --findings-log`.
     pub findings: Vec<PathBuf>,
     /// Output format.
     pub format: ReportFormat,
     /// Where to write it (stdout when absent).
     pub output: Option<PathBuf>,
-    /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    pub config: Option<PathBuf>,
 }
 
 /// Report formats.
@@ -304,9 +296,6 @@ pub struct Report {
 /// Why the report cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    /// The configuration file cannot be used.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
     /// The inventory cannot be used.
     #[error(transparent)]
     Replay(#[from] super::replay::ReplayError),
@@ -385,13 +374,8 @@ fn key_of(policy: &ObjectRef) -> (String, String) {
 
 /// Makes the report.
 pub fn report(args: &ReportConfig) -> Result<Report, ReportError> {
-    let config = match &args.config {
-        Some(path) => ObserverConfig::read(path)?,
-        None => ObserverConfig::default(),
-    };
-    let mut cluster = Cluster::load(Source::of(&args.manifests, args.kubeconfig.as_deref()), config)?;
-    let mut edges = Edges::default();
-    let input = reader::read(&args.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
+    let mut cluster = args.recorded.cluster()?;
+    let (edges, input) = args.recorded.edges();
     cluster.adopt_gone(&edges);
     let mut policies = cluster.policies();
     policies.sort_by_key(|policy| (policy.metadata.namespace.clone(), policy.metadata.name.clone()));
@@ -501,7 +485,7 @@ pub fn report(args: &ReportConfig) -> Result<Report, ReportError> {
                 rule_usage.entry(name).or_default().add(stats);
             }
         }
-        for step in cluster_hits(&cluster, &set, &edges, key) {
+        for step in cluster_hits(&cluster, &set, &edges, key, stats) {
             cluster_usage.entry(step).or_default().add(stats);
         }
         for cited in &stats.cited {
@@ -536,17 +520,7 @@ pub fn report(args: &ReportConfig) -> Result<Report, ReportError> {
     let cluster_policies = cluster_reports(cluster.cluster_policies(), &cluster_usage);
     let findings = read_findings(&args.findings)?;
     let workloads = workloads(&cluster, &edges, &set, &judged, &pods, &findings.by_uid);
-    let gone_pods: Vec<String> = {
-        let mut gone: Vec<String> = edges
-            .pods
-            .iter()
-            .enumerate()
-            .filter(|(id, _)| cluster.is_gone(*id as u32))
-            .map(|(_, pod)| format!("{}/{}", pod.namespace, pod.name))
-            .collect();
-        gone.sort();
-        gone
-    };
+    let gone_pods = cluster.gone_pods(&edges);
     let mut notes = Vec::new();
     if input.problem_count() > 0 {
         notes.push(format!("{} input lines or files could not be used", input.problem_count()));
@@ -598,8 +572,18 @@ fn rule_hits(cluster: &Cluster, rules: &PolicySet, edges: &Edges, key: &EdgeKey)
 }
 
 /// The ClusterNetworkPolicy rules (name, direction, index) that matched an
-/// edge on either side, `Pass` included, in the engine's evaluation.
-fn cluster_hits(cluster: &Cluster, set: &PolicySet, edges: &Edges, key: &EdgeKey) -> Vec<(String, &'static str, u32)> {
+/// edge on either side, `Pass` included, in the engine's evaluation. A
+/// `domainNames` peer is matched with the names the source resolved for the
+/// destination, as the judge matches it; without names it matches nothing
+/// (the judge calls such a flow undecidable), and a side left undecidable
+/// counts for none of its rules: a later `Deny` that matched did not decide it.
+fn cluster_hits(
+    cluster: &Cluster,
+    set: &PolicySet,
+    edges: &Edges,
+    key: &EdgeKey,
+    stats: &EdgeStats,
+) -> Vec<(String, &'static str, u32)> {
     let (Some(port), Some(protocol)) = (key.port, crate::flow::Protocol(key.protocol).with_ports()) else {
         return Vec::new();
     };
@@ -607,9 +591,13 @@ fn cluster_hits(cluster: &Cluster, set: &PolicySet, edges: &Edges, key: &EdgeKey
         (Some(pod), ip) => Endpoint::Pod { pod, ip: Some(ip) },
         (None, ip) => Endpoint::External(ip),
     };
-    let verdict = set.engine().verdict(endpoint(&key.src), endpoint(&key.dst), port, protocol);
-    let egress = verdict.egress.cluster.iter().map(|step| (step.policy.name.clone(), "egress", step.rule));
-    let ingress = verdict.ingress.cluster.iter().map(|step| (step.policy.name.clone(), "ingress", step.rule));
+    let names = (stats.resolved || !stats.names.is_empty()).then_some(stats.names.as_slice());
+    let verdict = set.engine().verdict_named(endpoint(&key.src), endpoint(&key.dst), port, protocol, names);
+    fn decided(side: &crate::policy::SideVerdict) -> &[crate::policy::ClusterStep] {
+        if side.undecidable.is_some() { &[] } else { &side.cluster }
+    }
+    let egress = decided(&verdict.egress).iter().map(|step| (step.policy.name.clone(), "egress", step.rule));
+    let ingress = decided(&verdict.ingress).iter().map(|step| (step.policy.name.clone(), "ingress", step.rule));
     egress.chain(ingress).collect()
 }
 
@@ -813,6 +801,13 @@ fn workloads(
     out.into_values().collect()
 }
 
+/// A rule's Flows, First seen and Last seen cells of a Markdown table.
+fn usage_cells(unused: bool, flows: u64, usage: &Usage) -> String {
+    let flows = if unused { "**unused**".to_owned() } else { flows.to_string() };
+    let seen = |time: &Option<String>| time.as_deref().unwrap_or("-").to_owned();
+    format!("{flows} | {} | {}", seen(&usage.first_seen), seen(&usage.last_seen))
+}
+
 /// Renders the report as Markdown.
 pub fn markdown(report: &Report) -> String {
     let mut md = String::from("# Network policy evidence report\n\n");
@@ -860,17 +855,9 @@ pub fn markdown(report: &Report) -> String {
         }
         let _ = writeln!(md, "\n| Rule | Peers | Ports | Flows | First seen | Last seen |\n|---|---|---|---|---|---|");
         for rule in &policy.rules {
-            let flows = if rule.unused { "**unused**".to_owned() } else { rule.flows.to_string() };
-            let _ = writeln!(
-                md,
-                "| {}[{}] | `{}` | `{}` | {flows} | {} | {} |",
-                rule.direction,
-                rule.index,
-                rule.peers,
-                rule.ports,
-                rule.usage.first_seen.as_deref().unwrap_or("-"),
-                rule.usage.last_seen.as_deref().unwrap_or("-")
-            );
+            let used = usage_cells(rule.unused, rule.flows, &rule.usage);
+            let _ =
+                writeln!(md, "| {}[{}] | `{}` | `{}` | {used} |", rule.direction, rule.index, rule.peers, rule.ports);
         }
         md.push('\n');
     }
@@ -895,18 +882,16 @@ pub fn markdown(report: &Report) -> String {
             "\n| Rule | Action | Peers | Protocols | Flows | First seen | Last seen |\n|---|---|---|---|---|---|---|"
         );
         for rule in &policy.rules {
-            let flows = if rule.unused { "**unused**".to_owned() } else { rule.flows.to_string() };
+            let used = usage_cells(rule.unused, rule.flows, &rule.usage);
             let _ = writeln!(
                 md,
-                "| {}[{}]{} | {} | `{}` | `{}` | {flows} | {} | {} |",
+                "| {}[{}]{} | {} | `{}` | `{}` | {used} |",
                 rule.direction,
                 rule.index,
                 rule.name.as_deref().map_or_else(String::new, |name| format!(" {name}")),
                 rule.action,
                 rule.peers,
                 rule.protocols,
-                rule.usage.first_seen.as_deref().unwrap_or("-"),
-                rule.usage.last_seen.as_deref().unwrap_or("-")
             );
         }
         md.push('\n');

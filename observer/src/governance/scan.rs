@@ -15,7 +15,7 @@ use std::{borrow::Cow, net::IpAddr};
 
 use super::line::{
     FlowLine, LineBackend, LineDns, LinePeer, LinePolicy, LineService, LineTraffic, LineVerdict, LineWorkload,
-    RawLabels,
+    RawLabels, RawPolicies,
 };
 
 /// Deeper input goes to serde_json (whose limit is 128).
@@ -39,11 +39,16 @@ struct Scan<'a> {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any of eight bytes is `"`, `\` or a control character.
-fn special(word: u64) -> bool {
+/// Where the first of eight bytes (little-endian) that is `"`, `\` or a
+/// control character is, or `None`.
+///
+/// Each test sets the high bit of a matching byte; a borrow can also set it
+/// in bytes above a match, never below one, so the lowest bit set is exact.
+fn special(word: u64) -> Option<usize> {
     let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
     let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
-    (zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | below_space) != 0
+    let found = zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | below_space;
+    (found != 0).then(|| found.trailing_zeros() as usize / 8)
 }
 
 /// Sets bit `bit` of `seen`; `None` when it was set (a duplicate field,
@@ -107,7 +112,9 @@ impl<'a> Scan<'a> {
         loop {
             while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
                 let word = u64::from_le_bytes(chunk.try_into().ok()?);
-                if special(word) {
+                if let Some(offset) = special(word) {
+                    // Straight to the byte that matters, not through the ones before it.
+                    self.at += offset;
                     break;
                 }
                 self.at += 8;
@@ -369,6 +376,7 @@ impl<'a> Scan<'a> {
             service: None,
             dns: None,
             backend: None,
+            ai_provider: None,
         };
         self.object(|scan, key| {
             let text = |scan: &mut Self| scan.optional(Self::string);
@@ -420,6 +428,10 @@ impl<'a> Scan<'a> {
                 "backend" => {
                     once(&mut seen, 11)?;
                     peer.backend = scan.optional(Self::backend)?;
+                }
+                "ai_provider" => {
+                    once(&mut seen, 12)?;
+                    peer.ai_provider = text(scan)?;
                 }
                 _ => scan.skip(2)?,
             }
@@ -512,7 +524,7 @@ impl<'a> Scan<'a> {
     }
 
     fn verdict(&mut self) -> Option<LineVerdict<'a>> {
-        let (mut seen, mut verdict, mut policies) = (0, None, Vec::new());
+        let (mut seen, mut verdict, mut policies) = (0, None, RawPolicies::default());
         self.object(|scan, key| {
             match key {
                 "verdict" => {
@@ -521,7 +533,10 @@ impl<'a> Scan<'a> {
                 }
                 "policies" => {
                     once(&mut seen, 1)?;
-                    scan.array(|scan| scan.policy().map(|policy| policies.push(policy)))?;
+                    scan.ws();
+                    let start = scan.at;
+                    scan.array(|scan| scan.policy().map(drop))?;
+                    policies = RawPolicies::new(scan.text.get(start..scan.at)?);
                 }
                 _ => scan.skip(2)?,
             }
@@ -561,10 +576,31 @@ mod tests {
     use super::*;
 
     /// A line as the daemon writes it (fields the reader does not keep included).
-    const DAEMON: &str = r#"{"time":"2026-01-01T00:00:09.000Z","event":"end","node":"node-a","protocol":"tcp","family":"ipv4","src":{"ip":"198.18.0.10","port":40000,"kind":"pod","namespace":"shop","pod":"web-1","uid":"u-web","node":"node-a","workload":{"kind":"Deployment","name":"web"},"labels":{"app":"web","app.kubernetes.io/name":"web"}},"dst":{"ip":"198.18.0.11","port":8080,"kind":"pod","namespace":"shop","pod":"api-1","uid":"u-api","labels":{"app":"api"},"service":{"namespace":"shop","name":"api"},"backend":{"ip":"198.18.0.12","port":9090,"via":"conntrack"},"dns":{"names":["api.shop.svc.cluster.local"],"source":"answer"}},"local":"src","cgroup":{"id":1,"path":null},"state":"closed","to_dst":{"packets":3,"bytes":10},"to_src":{"packets":3,"bytes":20},"tcp_flags":{"to_dst":["SYN","ACK"],"to_src":["SYN","ACK"]},"first_seen":"2026-01-01T00:00:01.000Z","last_seen":"2026-01-01T00:00:08.000Z","duration_ms":1.5e3,"verdict":{"verdict":"allowed","reason":"allowed by shop/api","delivery":"delivered","policies":[{"namespace":"shop","name":"api","resourceVersion":"7","tier":null}]}}"#;
+    const DAEMON: &str = r#"{"time":"2026-01-01T00:00:09.000Z","event":"end","node":"node-a","protocol":"tcp","family":"ipv4","src":{"ip":"198.18.0.10","port":40000,"kind":"pod","namespace":"shop","pod":"web-1","uid":"u-web","node":"node-a","workload":{"kind":"Deployment","name":"web"},"labels":{"app":"web","app.kubernetes.io/name":"web"}},"dst":{"ip":"198.18.0.11","port":8080,"kind":"pod","namespace":"shop","pod":"api-1","uid":"u-api","labels":{"app":"api"},"service":{"namespace":"shop","name":"api"},"backend":{"ip":"198.18.0.12","port":9090,"via":"conntrack"},"dns":{"names":["api.shop.svc.cluster.local"],"source":"answer"},"ai_provider":"openai","ai_kind":"api","ai_via":"dns"},"local":"src","cgroup":{"id":1,"path":null},"state":"closed","to_dst":{"packets":3,"bytes":10},"to_src":{"packets":3,"bytes":20},"tcp_flags":{"to_dst":["SYN","ACK"],"to_src":["SYN","ACK"]},"first_seen":"2026-01-01T00:00:01.000Z","last_seen":"2026-01-01T00:00:08.000Z","duration_ms":1.5e3,"verdict":{"verdict":"allowed","reason":"allowed by shop/api","delivery":"delivered","policies":[{"namespace":"shop","name":"api","resourceVersion":"7","tier":null}]}}"#;
 
     fn serde(text: &str) -> Option<FlowLine<'_>> {
         serde_json::from_str::<FlowLine<'_>>(text).ok()
+    }
+
+    #[test]
+    fn special_finds_the_first_quote_backslash_or_control_byte() {
+        let naive = |bytes: &[u8; 8]| bytes.iter().position(|b| matches!(b, b'"' | b'\\' | 0..=0x1f));
+        let fillers = [b'a', b' ', 0x7f, 0x80, 0xc3, 0xff, b'!', b'#', b'[', b']'];
+        let specials = [b'"', b'\\', 0, 0x1f, b'\n'];
+        for filler in fillers {
+            assert_eq!(special(u64::from_le_bytes([filler; 8])), None, "{filler:#x}");
+            for first in 0..8 {
+                for special_byte in specials {
+                    for later in specials {
+                        let mut bytes = [filler; 8];
+                        bytes[first] = special_byte;
+                        // Borrows from a match may mark the bytes above it; the first stays exact.
+                        bytes[7] = if first < 7 { later } else { special_byte };
+                        assert_eq!(special(u64::from_le_bytes(bytes)), naive(&bytes), "{bytes:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -573,7 +609,8 @@ mod tests {
         assert_eq!(Some(&fast), serde(DAEMON).as_ref());
         assert_eq!(fast.src.labels.to_map().get("app.kubernetes.io/name").map(String::as_str), Some("web"));
         assert!(matches!(fast.event, Cow::Borrowed("end")), "unescaped strings are borrowed");
-        assert_eq!(fast.verdict.as_ref().map(|v| v.policies.len()), Some(1));
+        assert_eq!(fast.dst.ai_provider.as_deref(), Some("openai"));
+        assert_eq!(fast.verdict.as_ref().map(|v| v.policies.to_vec().len()), Some(1));
     }
 
     #[test]

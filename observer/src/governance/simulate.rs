@@ -22,25 +22,17 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Serialize;
 
 use super::{
-    edges::Edges,
     output::{EdgeOut, SideOut},
-    reader::{self, ReadReport},
-    replay::{Cluster, Source},
+    reader::ReadReport,
+    replay::{Cluster, Recorded},
 };
-use crate::{
-    config::ObserverConfig,
-    inventory::manifests::{self, Object},
-};
+use crate::inventory::manifests::{self, Object};
 
 /// What `observer policy simulate` replays (from its flags in [`crate::cli::policy`]).
 #[derive(Debug)]
 pub struct SimulateConfig {
-    /// The cluster as it is: manifest files or folders (Pods, Namespaces,
-    /// workloads, NetworkPolicies, ClusterNetworkPolicies, Services, FlowIntents).
-    pub manifests: Vec<PathBuf>,
-    /// Read the cluster as it is from the API server of this kubeconfig
-    /// instead (listed once, as `observer run` reads it).
-    pub kubeconfig: Option<PathBuf>,
+    /// The cluster as it is and the flow logs.
+    pub recorded: Recorded,
     /// Proposed NetworkPolicies and ClusterNetworkPolicies (files or
     /// folders): added, or replacing the current one of the same
     /// namespace/name (NetworkPolicy) or name (ClusterNetworkPolicy).
@@ -48,14 +40,10 @@ pub struct SimulateConfig {
     /// Current policies to remove: `NAMESPACE/NAME` for a NetworkPolicy,
     /// `NAME` for a ClusterNetworkPolicy (cluster-scoped).
     pub remove: Vec<String>,
-    /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    pub flows: Vec<PathBuf>,
     /// Output format.
     pub output: Format,
     /// Exit with status 1 when any recorded edge would break.
     pub fail_on_break: bool,
-    /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    pub config: Option<PathBuf>,
 }
 
 /// Output formats.
@@ -84,9 +72,6 @@ pub enum SimulateError {
         /// Why it cannot be removed.
         why: &'static str,
     },
-    /// The configuration file cannot be used.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
     /// The inventory cannot be used.
     #[error(transparent)]
     Replay(#[from] super::replay::ReplayError),
@@ -247,16 +232,11 @@ fn apply(current: &Policies, proposed: &Policies, remove: &[String]) -> Result<P
 
 /// Runs the simulation.
 pub fn simulate(args: &SimulateConfig) -> Result<Simulation, SimulateError> {
-    let config = match &args.config {
-        Some(path) => ObserverConfig::read(path)?,
-        None => ObserverConfig::default(),
-    };
-    let mut cluster = Cluster::load(Source::of(&args.manifests, args.kubeconfig.as_deref()), config)?;
+    let mut cluster = args.recorded.cluster()?;
     let proposed = proposal(&cluster, &args.proposed)?;
     let current = Policies { network: cluster.policies(), cluster: cluster.cluster_policies().to_vec() };
     let after = apply(&current, &proposed, &args.remove)?;
-    let mut edges = Edges::default();
-    let input = reader::read(&args.flows, &mut |line, file, number, report| edges.add(line, file, number, report));
+    let (edges, input) = args.recorded.edges();
     cluster.adopt_gone(&edges);
     let (before_set, _, _) = cluster.compile(&current.network, &current.cluster);
     let (after_set, _, _) = cluster.compile(&after.network, &after.cluster);
@@ -288,14 +268,7 @@ pub fn simulate(args: &SimulateConfig) -> Result<Simulation, SimulateError> {
             _ => simulation.unchanged += 1,
         }
     }
-    simulation.gone_pods = edges
-        .pods
-        .iter()
-        .enumerate()
-        .filter(|(id, _)| cluster.is_gone(*id as u32))
-        .map(|(_, pod)| format!("{}/{}", pod.namespace, pod.name))
-        .collect();
-    simulation.gone_pods.sort();
+    simulation.gone_pods = cluster.gone_pods(&edges);
     Ok(simulation)
 }
 
