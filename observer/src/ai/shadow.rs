@@ -176,7 +176,7 @@ mod tests {
     use super::*;
     use crate::{
         ai::{AiDestination, AiKind},
-        flow::{Cgroup, Family, FlowState, LocalEnd, Peer, PeerDns, Progress, Protocol, RecordEvent, Traffic},
+        flow::{PeerDns, Progress, RecordEvent, Traffic},
         inventory::model::Pod,
         metrics::MetricsConfig,
         testing as fixtures,
@@ -191,43 +191,21 @@ mod tests {
     }
 
     fn record(first: bool, via: AiVia, sent: u64, received: u64) -> FlowRecord {
-        let ip = IpAddr::from([203, 0, 113, 10]);
         let (dns, name) = match via {
             AiVia::Dns => (PeerDns { names: vec![Arc::from("api.openai.com")], resolved: true }, None),
             AiVia::Address => (PeerDns { names: Vec::new(), resolved: false }, Some(Arc::from("api.openai.com"))),
         };
-        let at = SystemTime::now();
-        let peer = |ip: IpAddr, port| Peer { ip, port: Some(port), endpoint: None, backend: None, dns: None, ai: None };
-        let mut dst = peer(ip, 443);
-        dst.dns = Some(dns);
-        dst.ai = Some(AiDestination { provider: Arc::from("openai"), kind: AiKind::LlmApi, via, name });
-        FlowRecord {
-            time: at,
-            event: if first { RecordEvent::Start } else { RecordEvent::Update },
-            node: Arc::from("node-1"),
-            protocol: Protocol(observer_common::PROTO_TCP),
-            family: Family::Ipv4,
-            src: peer(IpAddr::from([198, 18, 0, 10]), 40_000),
-            dst,
-            local: LocalEnd::Src,
-            icmp: None,
-            cgroup: Cgroup { id: 1, path: None },
-            state: FlowState::Established,
-            to_dst: Traffic::default(),
-            to_src: Traffic::default(),
-            tcp_flags: None,
-            first_seen: at,
-            last_seen: at,
-            duration_ms: 0,
-            verdict: None,
-            verdict_now: None,
-            progress: Progress {
-                flow: 1,
-                first,
-                new_to_dst: Traffic { packets: 1, bytes: sent },
-                new_to_src: Traffic { packets: 1, bytes: received },
-            },
-        }
+        let event = if first { RecordEvent::Start } else { RecordEvent::Update };
+        let mut record = fixtures::tcp_record("198.18.0.10:40000", "203.0.113.10:443", event, SystemTime::now());
+        record.dst.dns = Some(dns);
+        record.dst.ai = Some(AiDestination { provider: Arc::from("openai"), kind: AiKind::LlmApi, via, name });
+        record.progress = Progress {
+            flow: 1,
+            first,
+            new_to_dst: Traffic { packets: 1, bytes: sent },
+            new_to_src: Traffic { packets: 1, bytes: received },
+        };
+        record
     }
 
     #[test]

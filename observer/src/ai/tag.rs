@@ -49,36 +49,17 @@ mod tests {
     use super::*;
     use crate::{
         ai::{Catalog, CatalogConfig},
-        flow::{Cgroup, Family, FlowState, Peer, PeerDns, Progress, Protocol, RecordEvent, Traffic},
+        flow::{PeerDns, RecordEvent},
         inventory::Endpoint,
     };
 
     fn record(dst: [u8; 4], dns: Option<PeerDns>, local: LocalEnd, at: SystemTime) -> FlowRecord {
-        let peer = |ip: IpAddr, endpoint| Peer { ip, port: Some(443), endpoint, backend: None, dns: None, ai: None };
-        let mut dst = peer(IpAddr::from(dst), Some(Endpoint::world()));
-        dst.dns = dns;
-        FlowRecord {
-            time: at,
-            event: RecordEvent::End,
-            node: Arc::from("node-1"),
-            protocol: Protocol(observer_common::PROTO_TCP),
-            family: Family::Ipv4,
-            src: peer(IpAddr::from([198, 18, 0, 10]), None),
-            dst,
-            local,
-            icmp: None,
-            cgroup: Cgroup { id: 1, path: None },
-            state: FlowState::Closed,
-            to_dst: Traffic::default(),
-            to_src: Traffic::default(),
-            tcp_flags: None,
-            first_seen: at,
-            last_seen: at,
-            duration_ms: 0,
-            verdict: None,
-            verdict_now: None,
-            progress: Progress::default(),
-        }
+        let dst = format!("{}:443", IpAddr::from(dst));
+        let mut record = crate::testing::tcp_record("198.18.0.10:443", &dst, RecordEvent::End, at);
+        record.dst.endpoint = Some(Endpoint::world());
+        record.dst.dns = dns;
+        record.local = local;
+        record
     }
 
     #[test]
