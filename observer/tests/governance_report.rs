@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use observer::governance::{
     replay::Recorded,
-    report::{ReportConfig, ReportFormat, html, markdown, report},
+    report::{Report, ReportConfig, ReportFormat, html, markdown, report},
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -85,6 +85,17 @@ spec:
 
 /// One `end` record of agent-0 to `ip`:443, with the names its DNS gave
 /// (`None`: the address was never resolved).
+/// The JSON report of one manifest file and one flow log, without findings.
+fn report_of(manifests: PathBuf, flows: PathBuf) -> Report {
+    report(&ReportConfig {
+        recorded: Recorded { manifests: vec![manifests], kubeconfig: None, flows: vec![flows], config: None },
+        findings: Vec::new(),
+        format: ReportFormat::Json,
+        output: None,
+    })
+    .expect("report")
+}
+
 fn world_flow(sport: u16, ip: &str, names: Option<&[&str]>) -> String {
     tagged_world_flow(sport, ip, names, None)
 }
@@ -125,13 +136,7 @@ fn domain_name_rules_count_the_flows_their_names_decided() {
         world_flow(40_004, "203.0.113.12", None),
     ];
     std::fs::write(&flows, lines.join("\n") + "\n").expect("write");
-    let made = report(&ReportConfig {
-        recorded: Recorded { manifests: vec![manifests], kubeconfig: None, flows: vec![flows], config: None },
-        findings: Vec::new(),
-        format: ReportFormat::Json,
-        output: None,
-    })
-    .expect("report");
+    let made = report_of(manifests, flows);
     assert_eq!(made.coverage.input.records, 4, "{:?}", made.coverage.input.problems);
     assert_eq!(made.cluster_policies.len(), 1);
     let rules: Vec<_> = made.cluster_policies[0]
@@ -190,13 +195,7 @@ fn a_provider_the_daemon_tagged_is_what_intents_are_judged_with() {
         world_flow(40_002, "203.0.113.21", Some(&["api.openai.com"])),
     ];
     std::fs::write(&flows, lines.join("\n") + "\n").expect("write");
-    let made = report(&ReportConfig {
-        recorded: Recorded { manifests: vec![manifests], kubeconfig: None, flows: vec![flows], config: None },
-        findings: Vec::new(),
-        format: ReportFormat::Json,
-        output: None,
-    })
-    .expect("report");
+    let made = report_of(manifests, flows);
     assert_eq!(made.coverage.input.records, 2, "{:?}", made.coverage.input.problems);
     let agent = made.workloads.iter().find(|workload| workload.name == "agent-0" || workload.name == "agent");
     let agent = agent.unwrap_or_else(|| panic!("{:?}", made.workloads));
