@@ -181,6 +181,8 @@ pub struct Proc {
     stdin: Option<ChildStdin>,
     command: String,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Disconnected once every stdout line has been collected (the pipe closed).
+    stdout_done: mpsc::Receiver<()>,
     stderr: mpsc::Receiver<Vec<u8>>,
 }
 
@@ -192,6 +194,7 @@ impl Proc {
         let mut child = cmd.spawn().map_err(|source| Error::Spawn { command: command.clone(), source })?;
         let stdin = child.stdin.take();
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let (collecting, stdout_done) = mpsc::channel::<()>();
         if let Some(out) = child.stdout.take() {
             let lines = Arc::clone(&lines);
             thread::spawn(move || {
@@ -200,10 +203,11 @@ impl Proc {
                         lines.push(line);
                     }
                 }
+                drop(collecting);
             });
         }
         let stderr = drain(child.stderr.take());
-        Ok(Self { child, stdin, command, lines, stderr })
+        Ok(Self { child, stdin, command, lines, stdout_done, stderr })
     }
 
     /// The process id.
@@ -233,6 +237,13 @@ impl Proc {
                 return Ok(line);
             }
             let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+            if exited {
+                // Its last lines may still be in the pipe: look again once they are all collected.
+                let _ = self.stdout_done.recv_timeout(POLL * 200);
+                if let Some(line) = self.lines().into_iter().find(|l| pred(l)) {
+                    return Ok(line);
+                }
+            }
             if exited || Instant::now() >= deadline {
                 let stderr = if exited {
                     String::from_utf8_lossy(&self.stderr.recv_timeout(POLL * 100).unwrap_or_default()).into_owned()
