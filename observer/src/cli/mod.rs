@@ -3,6 +3,7 @@
 //! configuration these convert into, and never see clap.
 
 pub mod policy;
+pub mod recorded;
 pub mod report;
 pub mod run;
 pub mod seccomp;

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::recorded::RecordedArgs;
+
 use crate::{
     governance::{
         advise::AdviseConfig,
-        replay::Recorded,
         simulate::{Format, SimulateConfig},
     },
     policy::check::{self, CheckConfig, OutputFormat},
@@ -95,14 +96,9 @@ impl From<CheckArgs> for CheckConfig {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["proposed", "remove"])))]
 pub struct SimulateArgs {
-    /// The cluster as it is: manifest files or folders (Pods, Namespaces,
-    /// workloads, NetworkPolicies, ClusterNetworkPolicies, Services, FlowIntents).
-    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
-    pub manifests: Vec<PathBuf>,
-    /// Read the cluster as it is from the API server of this kubeconfig
-    /// instead (listed once, as `observer run` reads it).
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
-    pub kubeconfig: Option<PathBuf>,
+    /// The cluster and the recorded flows.
+    #[command(flatten)]
+    pub recorded: RecordedArgs,
     /// Proposed NetworkPolicies and ClusterNetworkPolicies (files or
     /// folders): added, or replacing the current one of the same
     /// namespace/name (NetworkPolicy) or name (ClusterNetworkPolicy).
@@ -112,18 +108,12 @@ pub struct SimulateArgs {
     /// `NAME` for a ClusterNetworkPolicy (cluster-scoped).
     #[arg(long, num_args = 1.., value_name = "NAMESPACE/NAME|NAME")]
     pub remove: Vec<String>,
-    /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
-    pub flows: Vec<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = SimulateFormat::Text)]
     pub output: SimulateFormat,
     /// Exit with status 1 when any recorded edge would break.
     #[arg(long)]
     pub fail_on_break: bool,
-    /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
 }
 
 /// Output formats.
@@ -147,12 +137,7 @@ impl From<SimulateFormat> for Format {
 impl From<SimulateArgs> for SimulateConfig {
     fn from(args: SimulateArgs) -> Self {
         Self {
-            recorded: Recorded {
-                manifests: args.manifests,
-                kubeconfig: args.kubeconfig,
-                flows: args.flows,
-                config: args.config,
-            },
+            recorded: args.recorded.into(),
             proposed: args.proposed,
             remove: args.remove,
             output: args.output.into(),
@@ -164,16 +149,9 @@ impl From<SimulateArgs> for SimulateConfig {
 /// `observer policy advise`.
 #[derive(Debug, Args)]
 pub struct AdviseArgs {
-    /// The cluster: manifest files or folders.
-    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
-    pub manifests: Vec<PathBuf>,
-    /// Read the cluster from the API server of this kubeconfig instead
-    /// (listed once, as `observer run` reads it).
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
-    pub flows: Vec<PathBuf>,
+    /// The cluster and the recorded flows.
+    #[command(flatten)]
+    pub recorded: RecordedArgs,
     /// Write one file per workload here (`<namespace>.<workload>.yaml`) instead of stdout.
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
@@ -185,20 +163,12 @@ pub struct AdviseArgs {
     /// Only workloads of these namespaces.
     #[arg(long, num_args = 1.., value_name = "NS")]
     pub namespace: Vec<String>,
-    /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
 }
 
 impl From<AdviseArgs> for AdviseConfig {
     fn from(args: AdviseArgs) -> Self {
         Self {
-            recorded: Recorded {
-                manifests: args.manifests,
-                kubeconfig: args.kubeconfig,
-                flows: args.flows,
-                config: args.config,
-            },
+            recorded: args.recorded.into(),
             output_dir: args.output_dir,
             guardrails: args.guardrails,
             namespace: args.namespace,

@@ -5,24 +5,16 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::governance::{
-    replay::Recorded,
-    report::{ReportConfig, ReportFormat},
-};
+use super::recorded::RecordedArgs;
+
+use crate::governance::report::{ReportConfig, ReportFormat};
 
 /// `observer report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The cluster: manifest files or folders.
-    #[arg(long, required_unless_present = "kubeconfig", num_args = 1.., value_name = "PATH")]
-    pub manifests: Vec<PathBuf>,
-    /// Read the cluster from the API server of this kubeconfig instead
-    /// (listed once, as `observer run` reads it).
-    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
-    pub kubeconfig: Option<PathBuf>,
-    /// Flow logs written by `observer run` (plain or gzip; `-` for stdin).
-    #[arg(long, required = true, num_args = 1.., value_name = "FILE")]
-    pub flows: Vec<PathBuf>,
+    /// The cluster and the recorded flows.
+    #[command(flatten)]
+    pub recorded: RecordedArgs,
     /// Findings logs written by `observer run --findings-log`.
     #[arg(long, num_args = 1.., value_name = "FILE")]
     pub findings: Vec<PathBuf>,
@@ -32,9 +24,6 @@ pub struct ReportArgs {
     /// Where to write it (stdout when absent).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// The daemon's configuration file (tiers, intents), as `observer run --config`.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
 }
 
 /// Report formats.
@@ -61,12 +50,7 @@ impl From<ReportFormatArg> for ReportFormat {
 impl From<ReportArgs> for ReportConfig {
     fn from(args: ReportArgs) -> Self {
         Self {
-            recorded: Recorded {
-                manifests: args.manifests,
-                kubeconfig: args.kubeconfig,
-                flows: args.flows,
-                config: args.config,
-            },
+            recorded: args.recorded.into(),
             findings: args.findings,
             format: args.format.into(),
             output: args.output,
