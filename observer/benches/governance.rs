@@ -20,6 +20,7 @@
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
+    collections::BTreeMap,
     io::{BufWriter, Write},
     path::{Path, PathBuf},
     sync::atomic::{AtomicUsize, Ordering},
@@ -31,7 +32,8 @@ use observer::governance::{
     report::{ReportConfig, ReportFormat, report},
     simulate::{Format, SimulateConfig, simulate},
 };
-use observer_tests::manifests::{ClusterSize, cluster, cluster_pod_ip, cluster_uid};
+use observer::inventory::{EndpointInfo, EndpointKind, WorkloadRef};
+use observer_tests::manifests::{ClusterSize, cluster, cluster_container_id, cluster_pod_ip, cluster_uid};
 use serde_json::json;
 
 /// Counts live and peak heap bytes.
@@ -72,31 +74,56 @@ fn cpu_seconds() -> f64 {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// One end of a record as the daemon writes it, split around its port.
+/// One end of a record as the daemon writes it (`ip`, `port`, then the
+/// endpoint's fields as `observer run` serialises them), split around its
+/// port.
 fn end(size: &ClusterSize, index: usize) -> (String, String) {
     let app = format!("app-{}", index % size.replicasets);
-    let text = json!({"ip": cluster_pod_ip(index).to_string(), "port": 0, "kind": "pod",
-        "namespace": format!("ns-{}", index % size.namespaces), "pod": format!("{app}-7d9f8c6b5-{index:05}"),
-        "uid": cluster_uid(1, index), "node": format!("node-{}", index % size.nodes),
-        "workload": {"kind": "Deployment", "name": app},
-        "labels": {"app": app, "app.kubernetes.io/component": "server", "app.kubernetes.io/name": app}})
-    .to_string();
-    let (before, after) = text.split_once("\"port\":0").expect("port");
-    (format!("{before}\"port\":"), after.to_owned())
+    let info = EndpointInfo {
+        kind: EndpointKind::Pod,
+        namespace: Some(format!("ns-{}", index % size.namespaces)),
+        pod: Some(format!("{app}-7d9f8c6b5-{index:05}")),
+        uid: Some(cluster_uid(1, index)),
+        service: None,
+        node: Some(format!("node-{}", index % size.nodes)),
+        workload: Some(WorkloadRef { kind: "Deployment".to_owned(), name: app.clone() }),
+        labels: BTreeMap::from([
+            ("app".to_owned(), app.clone()),
+            ("app.kubernetes.io/component".to_owned(), "server".to_owned()),
+            ("app.kubernetes.io/name".to_owned(), app),
+        ]),
+    };
+    let fields = serde_json::to_string(&info).expect("endpoint");
+    (format!("{{\"ip\":\"{}\",\"port\":", cluster_pod_ip(index)), format!(",{}", &fields[1..]))
+}
+
+/// A pod's container cgroup as the daemon resolves it on a systemd node.
+fn cgroup(index: usize) -> String {
+    let pod = cluster_uid(1, index).replace('-', "_");
+    json!({"id": 100_000 + index, "path": format!(
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{pod}.slice/cri-containerd-{}.scope",
+        cluster_container_id(index, 0))})
+    .to_string()
 }
 
 /// Writes `records` flow-log lines to `out`: each flow between two pods is
-/// one `end` record from each end's node, over `pods * PEERS` edges. The
-/// lines are assembled from per-pod pieces made before, so the generator
-/// allocates nothing while it writes.
+/// one `end` record from each end's node (with that end's container
+/// cgroup), over `pods * PEERS` edges, each edge's verdict citing the two
+/// ends' policies. The lines are assembled from per-pod pieces made before,
+/// so the generator allocates nothing while it writes.
 struct Generator {
     ends: Vec<(String, String)>,
-    nodes: usize,
+    cgroups: Vec<String>,
+    size: ClusterSize,
 }
 
 impl Generator {
     fn new(size: &ClusterSize) -> Self {
-        Self { ends: (0..size.pods).map(|index| end(size, index)).collect(), nodes: size.nodes }
+        Self {
+            ends: (0..size.pods).map(|index| end(size, index)).collect(),
+            cgroups: (0..size.pods).map(cgroup).collect(),
+            size: *size,
+        }
     }
 
     fn write(&self, out: &mut impl Write, records: usize) -> std::io::Result<()> {
@@ -115,7 +142,7 @@ impl Generator {
                 line.extend_from_slice(b"{\"time\":\"");
                 line.extend_from_slice(at.as_bytes());
                 line.extend_from_slice(b"\",\"event\":\"end\",\"node\":\"node-");
-                line.extend_from_slice(number.format(node % self.nodes).as_bytes());
+                line.extend_from_slice(number.format(node % self.size.nodes).as_bytes());
                 line.extend_from_slice(b"\",\"protocol\":\"tcp\",\"family\":\"ipv4\",\"src\":");
                 line.extend_from_slice(self.ends[src].0.as_bytes());
                 line.extend_from_slice(number.format(sport).as_bytes());
@@ -126,15 +153,20 @@ impl Generator {
                 line.extend_from_slice(self.ends[dst].1.as_bytes());
                 line.extend_from_slice(b",\"local\":\"");
                 line.extend_from_slice(local.as_bytes());
+                line.extend_from_slice(b"\",\"cgroup\":");
+                line.extend_from_slice(self.cgroups[node].as_bytes());
                 line.extend_from_slice(
-                    b"\",\"cgroup\":{\"id\":4242,\"path\":\"/kubepods/x\"},\"state\":\"closed\",\"to_dst\":{\"packets\":6,\"bytes\":420},\"to_src\":{\"packets\":5,\"bytes\":1337},\"tcp_flags\":{\"to_dst\":[\"SYN\",\"ACK\",\"FIN\"],\"to_src\":[\"SYN\",\"ACK\",\"FIN\"]},\"first_seen\":\"",
+                    b",\"state\":\"closed\",\"to_dst\":{\"packets\":6,\"bytes\":420},\"to_src\":{\"packets\":5,\"bytes\":1337},\"tcp_flags\":{\"to_dst\":[\"SYN\",\"ACK\",\"FIN\"],\"to_src\":[\"SYN\",\"ACK\",\"FIN\"]},\"first_seen\":\"",
                 );
                 line.extend_from_slice(at.as_bytes());
                 line.extend_from_slice(b"\",\"last_seen\":\"");
                 line.extend_from_slice(at.as_bytes());
-                line.extend_from_slice(
-                    b"\",\"duration_ms\":3,\"verdict\":{\"verdict\":\"allowed\",\"reason\":\"allowed: egress allowed by ns-1/allow-1\",\"delivery\":\"delivered\",\"policies\":[{\"namespace\":\"ns-1\",\"name\":\"allow-1\",\"resourceVersion\":\"7\"}]}}\n",
-                );
+                let (from, to) = (src % self.size.policies, dst % self.size.policies);
+                write!(
+                    line,
+                    "\",\"duration_ms\":3,\"verdict\":{{\"verdict\":\"allowed\",\"reason\":\"allowed: egress allowed by ns-{from}/allow-{from}, ingress allowed by ns-{to}/allow-{to}\",\"delivery\":\"delivered\",\"policies\":[{{\"namespace\":\"ns-{from}\",\"name\":\"allow-{from}\",\"resourceVersion\":\"7\"}},{{\"namespace\":\"ns-{to}\",\"name\":\"allow-{to}\",\"resourceVersion\":\"7\"}}]}}}}"
+                )?;
+                line.push(b'\n');
                 out.write_all(&line)?;
             }
         }

@@ -17,6 +17,7 @@ use std::{
 
 use super::{
     line::{FlowLine, LinePeer, LineService, LineTraffic, parse_time_ms},
+    memo::same,
     reader::ReadReport,
 };
 use crate::{
@@ -164,12 +165,13 @@ impl EdgeStats {
 pub struct Edges {
     /// Pods, by [`EndKey::Pod`] index.
     pub pods: Vec<PodSeen>,
-    pod_ids: FastMap<String, u32>,
+    pod_ids: FastMap<UidKey, u32>,
     /// Edges.
     pub edges: FastMap<EdgeKey, EdgeStats>,
     /// Nodes that wrote records, by index.
     pub nodes: Vec<String>,
     node_ids: FastMap<String, u16>,
+    last_node: u16,
     names: FastMap<Arc<str>, ()>,
     open: FastMap<u64, ()>,
     /// Flows whose later records may have been counted again because too
@@ -273,11 +275,14 @@ impl Edges {
             stats.service = Some((intern(&mut self.names, namespace), intern(&mut self.names, name)));
         }
         if let Some(verdict) = &line.verdict {
-            let kind = intern(&mut self.names, &verdict.verdict);
-            *stats.recorded.entry(kind).or_default() += 1;
+            if let Some(count) = stats.recorded.get_mut(&*verdict.verdict) {
+                *count += 1;
+            } else {
+                stats.recorded.insert(intern(&mut self.names, &verdict.verdict), 1);
+            }
             // Most records cite what the edge's previous one did: read only new text.
             let raw = verdict.policies.text();
-            let policies = if *stats.cited_raw == *raw {
+            let policies = if same(stats.cited_raw.as_bytes(), raw.as_bytes()) {
                 Vec::new()
             } else {
                 stats.cited_raw = raw.into();
@@ -331,13 +336,21 @@ impl Edges {
     }
 
     fn node(&mut self, name: &str) -> u16 {
+        // A node's log is all its own records: most are the last one's node.
+        if let Some(last) = self.nodes.get(usize::from(self.last_node))
+            && same(last.as_bytes(), name.as_bytes())
+        {
+            return self.last_node;
+        }
         if let Some(id) = self.node_ids.get(name) {
+            self.last_node = *id;
             return *id;
         }
         let id = u16::try_from(self.nodes.len()).unwrap_or(u16::MAX);
         self.nodes.push(name.to_owned());
         self.node_records.push(0);
         self.node_ids.insert(name.to_owned(), id);
+        self.last_node = id;
         id
     }
 
@@ -349,7 +362,8 @@ impl Edges {
         if kind != EndpointKind::Pod {
             return (EndKey::Address(peer.ip), kind);
         }
-        if let Some(id) = self.pod_ids.get(uid.as_ref()) {
+        let key = UidKey::of(uid);
+        if let Some(id) = self.pod_ids.get(&key) {
             return (EndKey::Pod(*id), kind);
         }
         let id = u32::try_from(self.pods.len()).unwrap_or(u32::MAX);
@@ -366,7 +380,7 @@ impl Edges {
             // A Service's backend: the pod's own address, not the one asked for.
             ip: peer.backend.map_or(peer.ip, |backend| backend.ip),
         });
-        self.pod_ids.insert(uid.to_string(), id);
+        self.pod_ids.insert(key, id);
         (EndKey::Pod(id), kind)
     }
 
@@ -402,6 +416,41 @@ impl Edges {
     }
 }
 
+/// A pod's uid as a map key: a UUID (as Kubernetes makes them) as its 128
+/// bits, so that finding a pod compares two numbers rather than two
+/// strings in memory far from the map's own.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum UidKey {
+    Uuid(u128),
+    Other(Box<str>),
+}
+
+impl UidKey {
+    fn of(uid: &str) -> Self {
+        Self::uuid(uid).map_or_else(|| Self::Other(uid.into()), Self::Uuid)
+    }
+
+    /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lowercase hex (another
+    /// spelling of the same number is another uid).
+    fn uuid(uid: &str) -> Option<u128> {
+        let bytes = uid.as_bytes();
+        if bytes.len() != 36 {
+            return None;
+        }
+        let mut value = 0_u128;
+        for (at, &byte) in bytes.iter().enumerate() {
+            let digit = match byte {
+                b'-' if matches!(at, 8 | 13 | 18 | 23) => continue,
+                b'0'..=b'9' if !matches!(at, 8 | 13 | 18 | 23) => byte - b'0',
+                b'a'..=b'f' if !matches!(at, 8 | 13 | 18 | 23) => byte - b'a' + 10,
+                _ => return None,
+            };
+            value = value << 4 | u128::from(digit);
+        }
+        Some(value)
+    }
+}
+
 fn intern(names: &mut FastMap<Arc<str>, ()>, name: &str) -> Arc<str> {
     if let Some((known, ())) = names.get_key_value(name) {
         return Arc::clone(known);
@@ -417,6 +466,22 @@ mod tests {
 
     use super::*;
     use crate::governance::reader;
+
+    #[test]
+    fn uuids_are_keyed_by_their_bits_and_other_uids_by_their_text() {
+        let uid = "0123abcd-4567-89ef-0123-456789abcdef";
+        assert_eq!(UidKey::of(uid), UidKey::Uuid(0x0123abcd_4567_89ef_0123_456789abcdef));
+        // Another spelling of the number, or no UUID at all, is its text.
+        for other in [
+            "0123ABCD-4567-89ef-0123-456789abcdef",
+            "0123abcd-4567-89ef-0123-456789abcde-",
+            "0123abcd44567-89ef-0123-456789abcdef",
+            "u-web",
+            "",
+        ] {
+            assert_eq!(UidKey::of(other), UidKey::Other(other.into()), "{other}");
+        }
+    }
 
     fn line(node: &str, event: &str, local: &str, sport: u16, first: &str) -> String {
         format!(

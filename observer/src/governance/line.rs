@@ -9,6 +9,7 @@ use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
 
 use serde::Deserialize;
 
+use super::memo::Strings;
 use crate::flow::{FlowState, LocalEnd};
 
 /// One flow-log line, borrowed from the read buffer: the fields the offline
@@ -277,6 +278,76 @@ impl FlowLine<'_> {
     }
 }
 
+impl LinePeer<'_> {
+    /// An end with its address and port alone.
+    pub(super) fn at(ip: IpAddr, port: Option<u16>) -> Self {
+        Self {
+            ip,
+            port,
+            kind: None,
+            namespace: None,
+            pod: None,
+            uid: None,
+            node: None,
+            workload: None,
+            labels: RawLabels::default(),
+            service: None,
+            dns: None,
+            backend: None,
+            ai_provider: None,
+        }
+    }
+}
+
+impl Strings for LinePeer<'_> {
+    type In<'b> = LinePeer<'b>;
+
+    fn map_strings<'b>(&self, each: &mut dyn FnMut(&str) -> &'b str) -> LinePeer<'b> {
+        let mut text = |string: &Option<Cow<'_, str>>| string.as_deref().map(|string| Cow::Borrowed(each(string)));
+        let (kind, namespace, pod, uid, node) =
+            (text(&self.kind), text(&self.namespace), text(&self.pod), text(&self.uid), text(&self.node));
+        let workload = self.workload.as_ref().map(|workload| LineWorkload {
+            kind: Cow::Borrowed(each(&workload.kind)),
+            name: Cow::Borrowed(each(&workload.name)),
+        });
+        let labels = RawLabels(each(self.labels.0));
+        let service = self.service.as_ref().map(|service| match service {
+            LineService::Object { namespace, name } => {
+                LineService::Object { namespace: Cow::Borrowed(each(namespace)), name: Cow::Borrowed(each(name)) }
+            }
+            LineService::Name(name) => LineService::Name(Cow::Borrowed(each(name))),
+        });
+        let dns = self
+            .dns
+            .as_ref()
+            .map(|dns| LineDns { names: dns.names.iter().map(|name| Cow::Borrowed(each(name))).collect() });
+        let ai_provider = self.ai_provider.as_deref().map(|provider| Cow::Borrowed(each(provider)));
+        LinePeer {
+            ip: self.ip,
+            port: self.port,
+            kind,
+            namespace,
+            pod,
+            uid,
+            node,
+            workload,
+            labels,
+            service,
+            dns,
+            backend: self.backend,
+            ai_provider,
+        }
+    }
+}
+
+impl Strings for LineVerdict<'_> {
+    type In<'b> = LineVerdict<'b>;
+
+    fn map_strings<'b>(&self, each: &mut dyn FnMut(&str) -> &'b str) -> LineVerdict<'b> {
+        LineVerdict { verdict: Cow::Borrowed(each(&self.verdict)), policies: RawPolicies(each(self.policies.0)) }
+    }
+}
+
 /// Milliseconds since the Unix epoch of an RFC 3339 UTC time as the flow
 /// log writes it (`2026-11-23T04:17:29.793Z`; fractions of any length, `Z`
 /// or `+00:00`); `None` for anything else.
@@ -302,8 +373,11 @@ pub fn parse_time_ms(text: &str) -> Option<u64> {
         while bytes.get(at).is_some_and(u8::is_ascii_digit) {
             at += 1;
         }
-        let fraction = &text[start..at];
-        millis = fraction.get(..3).map_or_else(|| format!("{fraction:0<3}"), str::to_owned).parse().ok()?;
+        // The first three digits, as milliseconds (`.7` is 700).
+        millis = (0..3).fold(0, |millis, place| {
+            let digit = if start + place < at { u64::from(bytes[start + place] - b'0') } else { 0 };
+            millis * 10 + digit
+        });
     }
     if !matches!(&text[at..], "Z" | "+00:00") {
         return None;
@@ -333,6 +407,7 @@ mod tests {
         assert_eq!(parse_time_ms("2024-02-29T12:34:56.789Z"), Some(1_709_210_096_789));
         assert_eq!(parse_time_ms("2024-02-29T12:34:56Z"), Some(1_709_210_096_000));
         assert_eq!(parse_time_ms("2024-02-29T12:34:56.7+00:00"), Some(1_709_210_096_700));
+        assert_eq!(parse_time_ms("2024-02-29T12:34:56.789999Z"), Some(1_709_210_096_789));
         assert_eq!(parse_time_ms("2024-02-29 12:34:56Z"), None);
         assert_eq!(parse_time_ms("2024-13-29T12:34:56Z"), None);
         assert_eq!(parse_time_ms("2024-02-29T12:34:56.789+02:00"), None);

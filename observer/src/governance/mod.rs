@@ -10,6 +10,7 @@ pub mod advise;
 pub mod edges;
 pub mod guardrail;
 pub mod line;
+mod memo;
 pub mod output;
 pub mod reader;
 pub mod replay;

@@ -17,7 +17,7 @@ use std::{
 
 use flate2::read::MultiGzDecoder;
 
-use super::line::FlowLine;
+use super::{line::FlowLine, scan::Scanner};
 
 /// Longest line read; a longer one is counted as malformed and skipped.
 pub const MAX_LINE: usize = 1 << 20;
@@ -156,6 +156,8 @@ impl Input {
 /// counted in the report and the rest is used.
 pub fn read(inputs: &[PathBuf], each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &mut ReadReport)) -> ReadReport {
     let mut report = ReadReport::default();
+    // One scanner for every input: the nodes' logs name the same pods.
+    let mut scanner = Scanner::default();
     for path in inputs {
         let input = Input::of(path);
         let name = input.name();
@@ -181,9 +183,9 @@ pub fn read(inputs: &[PathBuf], each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &
         };
         if gzip {
             let decoded = BufReader::with_capacity(BUFFER, MultiGzDecoder::new(buffered));
-            read_lines(decoded, &name, true, &mut report, each);
+            read_lines(decoded, &name, true, &mut scanner, &mut report, each);
         } else {
-            read_lines(buffered, &name, false, &mut report, each);
+            read_lines(buffered, &name, false, &mut scanner, &mut report, each);
         }
     }
     report
@@ -196,6 +198,7 @@ fn read_lines(
     mut reader: impl BufRead,
     name: &str,
     gzip: bool,
+    scanner: &mut Scanner,
     report: &mut ReadReport,
     each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &mut ReadReport),
 ) {
@@ -224,7 +227,7 @@ fn read_lines(
                 number += 1;
                 report.lines += 1;
                 if !overlong {
-                    read_line(&carry, name, number, report, each);
+                    read_line(&carry, name, number, scanner, report, each);
                 }
             }
             return;
@@ -238,13 +241,13 @@ fn read_lines(
             if overlong {
                 overlong = false;
             } else if carry.is_empty() {
-                read_line(piece, name, number, report, each);
+                read_line(piece, name, number, scanner, report, each);
             } else if carry.len() + piece.len() > MAX_LINE {
                 carry.clear();
                 report.problem(ProblemKind::Malformed, name, number, format!("line longer than {MAX_LINE} bytes"));
             } else {
                 carry.extend_from_slice(piece);
-                read_line(&carry, name, number, report, each);
+                read_line(&carry, name, number, scanner, report, each);
                 carry.clear();
             }
         }
@@ -268,6 +271,7 @@ fn read_line(
     line: &[u8],
     name: &str,
     number: u64,
+    scanner: &mut Scanner,
     report: &mut ReadReport,
     each: &mut dyn FnMut(&FlowLine<'_>, &str, u64, &mut ReadReport),
 ) {
@@ -280,7 +284,7 @@ fn read_line(
         return;
     }
     // The scanner reads daemon-written lines; serde_json has the last word on the rest.
-    let parsed = match super::scan::line(text) {
+    let parsed = match scanner.line(text) {
         Some(record) => Ok(record),
         None => serde_json::from_slice::<FlowLine<'_>>(text),
     };
@@ -311,7 +315,7 @@ mod tests {
         let mut report = ReadReport::default();
         let mut seen = Vec::new();
         let reader = BufReader::with_capacity(capacity, text);
-        read_lines(reader, "f", false, &mut report, &mut |line, _, number, _| {
+        read_lines(reader, "f", false, &mut Scanner::default(), &mut report, &mut |line, _, number, _| {
             seen.push((number, line.node.to_string()));
         });
         (report, seen)

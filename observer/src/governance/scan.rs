@@ -4,36 +4,52 @@
 //! serde_json's derive reads about 200,000 daemon-written lines a second
 //! per core; the offline commands need a million. This scanner reads the
 //! fields [`FlowLine`] keeps and validates everything else as JSON without
-//! building it (strings skipped eight bytes at a time), borrowing every
-//! string that has no escape. It is exact or silent: whatever it accepts,
+//! building it (strings skipped sixteen bytes at a time), borrowing every
+//! string that has no escape. Text it read before (an end after its
+//! address, an edge's verdict, an object it skipped) is taken from its
+//! memo (`memo.rs`) when the line repeats it byte for byte, which in a
+//! flow log is most of a line. It is exact or silent: whatever it accepts,
 //! serde_json's derive of [`FlowLine`] accepts with the same value (a
-//! property test checks it), and whatever it does not read (an error, a
+//! property test checks it, after a line that filled the memo too), and whatever it does not read (an error, a
 //! duplicate field, a shape it does not know) goes to that derive, which
 //! has the last word and the error message.
 
 use std::{borrow::Cow, net::IpAddr};
 
-use super::line::{
-    FlowLine, LineBackend, LineDns, LinePeer, LinePolicy, LineService, LineTraffic, LineVerdict, LineWorkload,
-    RawLabels, RawPolicies,
+use super::{
+    line::{
+        FlowLine, LineBackend, LineDns, LinePeer, LinePolicy, LineService, LineTraffic, LineVerdict, LineWorkload,
+        RawLabels, RawPolicies,
+    },
+    memo::{self, Memo},
 };
 
 /// Deeper input goes to serde_json (whose limit is 128).
 const MAX_DEPTH: u32 = 100;
 
-/// Reads one line, or `None` (the caller asks serde_json).
-pub fn line(bytes: &[u8]) -> Option<FlowLine<'_>> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut scan = Scan { text, bytes, at: 0 };
-    let line = scan.flow_line()?;
-    scan.ws();
-    (scan.at == bytes.len()).then_some(line)
+/// Reads flow-log lines, remembering what it read (`memo.rs`) so that the
+/// same text met again is not read again.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    memo: Memo,
 }
 
-struct Scan<'a> {
+impl Scanner {
+    /// Reads one line, or `None` (the caller asks serde_json).
+    pub fn line<'a>(&mut self, bytes: &'a [u8]) -> Option<FlowLine<'a>> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut scan = Scan { text, bytes, at: 0, memo: &mut self.memo };
+        let line = scan.flow_line()?;
+        scan.ws();
+        (scan.at == bytes.len()).then_some(line)
+    }
+}
+
+struct Scan<'a, 'm> {
     text: &'a str,
     bytes: &'a [u8],
     at: usize,
+    memo: &'m mut Memo,
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -51,6 +67,46 @@ fn special(word: u64) -> Option<usize> {
     (found != 0).then(|| found.trailing_zeros() as usize / 8)
 }
 
+/// How many bytes of `bytes` come before the first `"`, `\\` or control
+/// character (all of them when there is none): sixteen at a time where
+/// SSE2 is (always, on x86-64), eight at a time elsewhere.
+fn special_from(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    #[cfg(target_arch = "x86_64")]
+    while let Some(chunk) = bytes.get(at..at + 16) {
+        if let Some(offset) = special16(chunk.try_into().unwrap_or(&[0; 16])) {
+            return at + offset;
+        }
+        at += 16;
+    }
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        if let Some(offset) = special(u64::from_le_bytes(chunk.try_into().unwrap_or_default())) {
+            return at + offset;
+        }
+        at += 8;
+    }
+    at + bytes[at..].iter().position(|byte| matches!(byte, b'"' | b'\\' | 0..=0x1f)).unwrap_or(bytes.len() - at)
+}
+
+/// [`special`] for sixteen bytes, with SSE2.
+#[cfg(target_arch = "x86_64")]
+fn special16(bytes: &[u8; 16]) -> Option<usize> {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: SSE2 is part of x86-64; the load reads the sixteen bytes of
+    // `bytes` unaligned, and the rest works on registers.
+    let mask = unsafe {
+        let chunk = _mm_loadu_si128(bytes.as_ptr().cast());
+        let quote = _mm_cmpeq_epi8(chunk, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(chunk, _mm_set1_epi8(b'\\' as i8));
+        // Below 0x20 (unsigned): the minimum of the byte and 0x1f is the byte.
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(chunk, _mm_set1_epi8(0x1f)), chunk);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+    };
+    (mask != 0).then(|| mask.trailing_zeros() as usize)
+}
+
 /// Sets bit `bit` of `seen`; `None` when it was set (a duplicate field,
 /// which serde's derive refuses).
 fn once(seen: &mut u32, bit: u32) -> Option<()> {
@@ -62,7 +118,7 @@ fn once(seen: &mut u32, bit: u32) -> Option<()> {
     Some(())
 }
 
-impl<'a> Scan<'a> {
+impl<'a> Scan<'a, '_> {
     fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.bytes.get(self.at) {
             self.at += 1;
@@ -110,15 +166,8 @@ impl<'a> Scan<'a> {
         let start = self.at - 1;
         let mut escaped = false;
         loop {
-            while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
-                let word = u64::from_le_bytes(chunk.try_into().ok()?);
-                if let Some(offset) = special(word) {
-                    // Straight to the byte that matters, not through the ones before it.
-                    self.at += offset;
-                    break;
-                }
-                self.at += 8;
-            }
+            // Straight to the byte that matters, not through the ones before it.
+            self.at += special_from(&self.bytes[self.at..]);
             match *self.bytes.get(self.at)? {
                 b'"' => break,
                 b'\\' => {
@@ -223,12 +272,17 @@ impl<'a> Scan<'a> {
     }
 
     /// An object, each member's value handed to `member` with its key.
-    fn object(&mut self, mut member: impl FnMut(&mut Self, &str) -> Option<()>) -> Option<()> {
+    fn object(&mut self, member: impl FnMut(&mut Self, &str) -> Option<()>) -> Option<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(());
         }
+        self.members(member)
+    }
+
+    /// An object's members from its first or a later one to its `}`.
+    fn members(&mut self, mut member: impl FnMut(&mut Self, &str) -> Option<()>) -> Option<()> {
         loop {
             let key = self.string()?;
             self.eat(b':')?;
@@ -320,9 +374,13 @@ impl<'a> Scan<'a> {
                 }
                 "verdict" => {
                     once(&mut seen, 11)?;
-                    verdict = scan.optional(Self::verdict)?;
+                    let edge = src
+                        .as_ref()
+                        .zip(dst.as_ref())
+                        .map(|(src, dst): (&LinePeer<'_>, &LinePeer<'_>)| (src.ip, dst.ip, dst.port));
+                    verdict = scan.optional(|scan| scan.verdict(edge))?;
                 }
-                _ => scan.skip(1)?,
+                _ => scan.skip_member(key)?,
             }
             Some(())
         })?;
@@ -361,83 +419,121 @@ impl<'a> Scan<'a> {
         Some(LineTraffic { packets: packets?, bytes: bytes? })
     }
 
+    /// An end. As the daemon writes one (`ip` and `port` first), the rest
+    /// is taken from the memo when its text was read before for the same
+    /// address; any other order is read as it comes.
     fn peer(&mut self) -> Option<LinePeer<'a>> {
+        let start = self.at;
+        if let Some(peer) = self.peer_after_address() {
+            return Some(peer);
+        }
+        self.at = start;
         let mut seen = 0_u32;
-        let mut peer = LinePeer {
-            ip: IpAddr::from([0, 0, 0, 0]),
-            port: None,
-            kind: None,
-            namespace: None,
-            pod: None,
-            uid: None,
-            node: None,
-            workload: None,
-            labels: RawLabels::default(),
-            service: None,
-            dns: None,
-            backend: None,
-            ai_provider: None,
-        };
-        self.object(|scan, key| {
-            let text = |scan: &mut Self| scan.optional(Self::string);
-            match key {
-                "ip" => {
-                    once(&mut seen, 0)?;
-                    peer.ip = scan.string()?.parse().ok()?;
-                }
-                "port" => {
-                    once(&mut seen, 1)?;
-                    peer.port = scan.optional(|scan| u16::try_from(scan.unsigned()?).ok())?;
-                }
-                "kind" => {
-                    once(&mut seen, 2)?;
-                    peer.kind = text(scan)?;
-                }
-                "namespace" => {
-                    once(&mut seen, 3)?;
-                    peer.namespace = text(scan)?;
-                }
-                "pod" => {
-                    once(&mut seen, 4)?;
-                    peer.pod = text(scan)?;
-                }
-                "uid" => {
-                    once(&mut seen, 5)?;
-                    peer.uid = text(scan)?;
-                }
-                "node" => {
-                    once(&mut seen, 6)?;
-                    peer.node = text(scan)?;
-                }
-                "workload" => {
-                    once(&mut seen, 7)?;
-                    peer.workload = scan.optional(Self::workload)?;
-                }
-                "labels" => {
-                    once(&mut seen, 8)?;
-                    peer.labels = scan.labels()?;
-                }
-                "service" => {
-                    once(&mut seen, 9)?;
-                    peer.service = scan.optional(Self::service)?;
-                }
-                "dns" => {
-                    once(&mut seen, 10)?;
-                    peer.dns = scan.optional(Self::dns)?;
-                }
-                "backend" => {
-                    once(&mut seen, 11)?;
-                    peer.backend = scan.optional(Self::backend)?;
-                }
-                "ai_provider" => {
-                    once(&mut seen, 12)?;
-                    peer.ai_provider = text(scan)?;
-                }
-                _ => scan.skip(2)?,
-            }
-            Some(())
-        })?;
+        let mut peer = LinePeer::at(IpAddr::from([0, 0, 0, 0]), None);
+        self.object(|scan, key| scan.peer_member(&mut peer, &mut seen, key))?;
         (seen & 1 == 1).then_some(peer)
+    }
+
+    /// An end that starts with its `ip` and `port`.
+    fn peer_after_address(&mut self) -> Option<LinePeer<'a>> {
+        self.eat(b'{')?;
+        self.key("ip")?;
+        let ip: IpAddr = self.string()?.parse().ok()?;
+        self.eat(b',')?;
+        let before_port = self.at;
+        let (port, seen) = match self.key("port") {
+            Some(()) => (self.optional(|scan| u16::try_from(scan.unsigned()?).ok())?, 0b11),
+            None => {
+                self.at = before_port;
+                (None, 0b01)
+            }
+        };
+        if seen == 0b11 {
+            self.eat(b',')?;
+        }
+        self.ws();
+        let from = self.at;
+        let key = (ip, seen == 0b11);
+        if let Some(known) = self.memo.ends.get(&key).filter(|known| known.matches(&self.bytes[from..])) {
+            let mut peer = known.recall(self.text, from);
+            self.at += known.len();
+            self.memo.recalled += 1;
+            (peer.ip, peer.port) = (ip, port);
+            return Some(peer);
+        }
+        let mut seen = seen;
+        let mut peer = LinePeer::at(ip, port);
+        self.members(|scan, key| scan.peer_member(&mut peer, &mut seen, key))?;
+        if let Some(known) = memo::remember(&peer, self.text, from, self.at) {
+            memo::bounded_insert(&mut self.memo.ends, key, known);
+        }
+        Some(peer)
+    }
+
+    /// `"key":`, the key given.
+    fn key(&mut self, key: &str) -> Option<()> {
+        (self.string()? == key).then_some(())?;
+        self.eat(b':')
+    }
+
+    /// One member of an end.
+    fn peer_member(&mut self, peer: &mut LinePeer<'a>, seen: &mut u32, key: &str) -> Option<()> {
+        match key {
+            "ip" => {
+                once(seen, 0)?;
+                peer.ip = self.string()?.parse().ok()?;
+            }
+            "port" => {
+                once(seen, 1)?;
+                peer.port = self.optional(|scan| u16::try_from(scan.unsigned()?).ok())?;
+            }
+            "kind" => {
+                once(seen, 2)?;
+                peer.kind = self.optional(Self::string)?;
+            }
+            "namespace" => {
+                once(seen, 3)?;
+                peer.namespace = self.optional(Self::string)?;
+            }
+            "pod" => {
+                once(seen, 4)?;
+                peer.pod = self.optional(Self::string)?;
+            }
+            "uid" => {
+                once(seen, 5)?;
+                peer.uid = self.optional(Self::string)?;
+            }
+            "node" => {
+                once(seen, 6)?;
+                peer.node = self.optional(Self::string)?;
+            }
+            "workload" => {
+                once(seen, 7)?;
+                peer.workload = self.optional(Self::workload)?;
+            }
+            "labels" => {
+                once(seen, 8)?;
+                peer.labels = self.labels()?;
+            }
+            "service" => {
+                once(seen, 9)?;
+                peer.service = self.optional(Self::service)?;
+            }
+            "dns" => {
+                once(seen, 10)?;
+                peer.dns = self.optional(Self::dns)?;
+            }
+            "backend" => {
+                once(seen, 11)?;
+                peer.backend = self.optional(Self::backend)?;
+            }
+            "ai_provider" => {
+                once(seen, 12)?;
+                peer.ai_provider = self.optional(Self::string)?;
+            }
+            _ => self.skip(2)?,
+        }
+        Some(())
     }
 
     fn backend(&mut self) -> Option<LineBackend> {
@@ -523,7 +619,42 @@ impl<'a> Scan<'a> {
         Some(LineDns { names })
     }
 
-    fn verdict(&mut self) -> Option<LineVerdict<'a>> {
+    /// A member of a record it does not keep. An object or array with
+    /// the text the same key had last is not validated again.
+    fn skip_member(&mut self, key: &str) -> Option<()> {
+        self.ws();
+        let from = self.at;
+        if !matches!(self.bytes.get(from), Some(b'{' | b'[')) {
+            return self.skip(1);
+        }
+        if let Some(len) = self.memo.skipped_matches(key, &self.bytes[from..]) {
+            self.at += len;
+            self.memo.recalled += 1;
+            return Some(());
+        }
+        self.skip(1)?;
+        self.memo.remember_skipped(key, &self.bytes[from..self.at]);
+        Some(())
+    }
+
+    /// A verdict; the text the edge's last one had is taken from the memo.
+    fn verdict(&mut self, edge: Option<(IpAddr, IpAddr, Option<u16>)>) -> Option<LineVerdict<'a>> {
+        self.ws();
+        let from = self.at;
+        let known = edge.and_then(|edge| self.memo.verdicts.get(&edge));
+        if let Some(known) = known.filter(|known| known.matches(&self.bytes[from..])) {
+            self.at += known.len();
+            self.memo.recalled += 1;
+            return Some(known.recall(self.text, from));
+        }
+        let verdict = self.verdict_object()?;
+        if let Some((edge, known)) = edge.zip(memo::remember(&verdict, self.text, from, self.at)) {
+            memo::bounded_insert(&mut self.memo.verdicts, edge, known);
+        }
+        Some(verdict)
+    }
+
+    fn verdict_object(&mut self) -> Option<LineVerdict<'a>> {
         let (mut seen, mut verdict, mut policies) = (0, None, RawPolicies::default());
         self.object(|scan, key| {
             match key {
@@ -574,12 +705,70 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::governance::memo::Strings;
 
     /// A line as the daemon writes it (fields the reader does not keep included).
     const DAEMON: &str = r#"{"time":"2026-01-01T00:00:09.000Z","event":"end","node":"node-a","protocol":"tcp","family":"ipv4","src":{"ip":"198.18.0.10","port":40000,"kind":"pod","namespace":"shop","pod":"web-1","uid":"u-web","node":"node-a","workload":{"kind":"Deployment","name":"web"},"labels":{"app":"web","app.kubernetes.io/name":"web"}},"dst":{"ip":"198.18.0.11","port":8080,"kind":"pod","namespace":"shop","pod":"api-1","uid":"u-api","labels":{"app":"api"},"service":{"namespace":"shop","name":"api"},"backend":{"ip":"198.18.0.12","port":9090,"via":"conntrack"},"dns":{"names":["api.shop.svc.cluster.local"],"source":"answer"},"ai_provider":"openai","ai_kind":"api","ai_via":"dns"},"local":"src","cgroup":{"id":1,"path":null},"state":"closed","to_dst":{"packets":3,"bytes":10},"to_src":{"packets":3,"bytes":20},"tcp_flags":{"to_dst":["SYN","ACK"],"to_src":["SYN","ACK"]},"first_seen":"2026-01-01T00:00:01.000Z","last_seen":"2026-01-01T00:00:08.000Z","duration_ms":1.5e3,"verdict":{"verdict":"allowed","reason":"allowed by shop/api","delivery":"delivered","policies":[{"namespace":"shop","name":"api","resourceVersion":"7","tier":null}]}}"#;
 
     fn serde(text: &str) -> Option<FlowLine<'_>> {
         serde_json::from_str::<FlowLine<'_>>(text).ok()
+    }
+
+    /// A line read by a scanner that has read nothing before.
+    fn line(bytes: &[u8]) -> Option<FlowLine<'_>> {
+        Scanner::default().line(bytes)
+    }
+
+    /// Whether every string of `peer` lies in `text`.
+    fn borrowed_from(peer: &LinePeer<'_>, text: &str) -> bool {
+        let range = text.as_bytes().as_ptr_range();
+        let mut inside = true;
+        peer.map_strings(&mut |string| {
+            inside &= string.is_empty() || range.contains(&string.as_ptr());
+            ""
+        });
+        inside
+    }
+
+    #[test]
+    fn text_read_before_is_recalled_from_the_new_line_and_changed_text_is_read_again() {
+        let mut scanner = Scanner::default();
+        let first = scanner.line(DAEMON.as_bytes()).expect("first");
+        assert_eq!(Some(&first), serde(DAEMON).as_ref());
+        // Another record of the same ends: other ports, times and traffic.
+        let again =
+            DAEMON.replace("40000", "40001").replace(":08.000Z", ":09.000Z").replace(r#""bytes":20"#, r#""bytes":21"#);
+        let second = scanner.line(again.as_bytes()).expect("second");
+        assert_eq!(Some(&second), serde(&again).as_ref());
+        // Both ends, the verdict, and the `cgroup` and `tcp_flags` objects skipped.
+        assert_eq!((scanner.memo.recalled, scanner.memo.ends.len(), second.src.port), (5, 2, Some(40001)));
+        assert!(borrowed_from(&second.src, &again) && borrowed_from(&second.dst, &again), "recalled from the new line");
+        assert_eq!(
+            second.verdict.as_ref().map(|v| v.policies.text().as_ptr()),
+            again.find(r#"[{"namespace":"shop""#).map(|at| again[at..].as_ptr())
+        );
+        // The same addresses with other text after them, and another verdict.
+        for (from, to) in [
+            (r#""labels":{"app":"web","#, r#""labels":{"app":"web2","#),
+            (r#""workload":{"kind":"Deployment","name":"web"}"#, r#""workload":null"#),
+            (r#""names":["api.shop.svc.cluster.local"]"#, r#""names":["a.example.com","b.example.com"]"#),
+            (r#""verdict":"allowed""#, r#""verdict":"denied-attempt""#),
+            (r#""tcp_flags":{"to_dst":["SYN","ACK"]"#, r#""tcp_flags":{"to_dst":["SYN"]"#),
+            (r#""pod":"api-1""#, r#""pod":"api-\u0031""#),
+            (r#""port":40001,"#, ""),
+        ] {
+            let text = again.replacen(from, to, 1);
+            assert_ne!(text, again, "{from}");
+            assert_eq!(scanner.line(text.as_bytes()), serde(&text), "{to}");
+            assert_eq!(scanner.line(again.as_bytes()), serde(&again), "{to}, then the old text again");
+        }
+        // An end without a port is remembered apart from one with a port
+        // (the loop's last line remembered both).
+        let portless = again.replacen(r#""port":40001,"#, "", 1);
+        let recalled = scanner.memo.recalled;
+        assert_eq!(scanner.line(portless.as_bytes()), serde(&portless));
+        assert_eq!(scanner.line(again.as_bytes()), serde(&again));
+        assert_eq!((scanner.memo.recalled, scanner.memo.ends.len()), (recalled + 10, 3));
     }
 
     #[test]
@@ -597,6 +786,26 @@ mod tests {
                         // Borrows from a match may mark the bytes above it; the first stays exact.
                         bytes[7] = if first < 7 { later } else { special_byte };
                         assert_eq!(special(u64::from_le_bytes(bytes)), naive(&bytes), "{bytes:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn special_from_finds_the_first_special_byte_at_any_length_and_place() {
+        let naive =
+            |bytes: &[u8]| bytes.iter().position(|b| matches!(b, b'"' | b'\\' | 0..=0x1f)).unwrap_or(bytes.len());
+        for len in 0..48 {
+            for filler in [b'a', 0x7f, 0x80, 0xff, b' '] {
+                let mut bytes = vec![filler; len];
+                assert_eq!(special_from(&bytes), len);
+                for first in 0..len {
+                    for special_byte in [b'"', b'\\', 0, 0x1f] {
+                        bytes.fill(filler);
+                        bytes[first] = special_byte;
+                        bytes[len - 1] = if first < len - 1 { b'"' } else { special_byte };
+                        assert_eq!(special_from(&bytes), naive(&bytes), "{bytes:?}");
                     }
                 }
             }
@@ -677,6 +886,14 @@ mod tests {
             if let Some(fast) = line(&bytes) {
                 let slow = serde_json::from_slice::<FlowLine<'_>>(&bytes);
                 prop_assert_eq!(Some(fast), slow.ok());
+            }
+            // The same after the undamaged line: what the memo recalls is what reading gives.
+            let mut scanner = Scanner::default();
+            prop_assert!(scanner.line(DAEMON.as_bytes()).is_some());
+            let slow = serde_json::from_slice::<FlowLine<'_>>(&bytes).ok();
+            match scanner.line(&bytes) {
+                Some(fast) => prop_assert_eq!(Some(fast), slow),
+                None => prop_assert_eq!(line(&bytes), None, "the memo refused what reading takes"),
             }
         }
     }
