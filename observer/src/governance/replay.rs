@@ -31,9 +31,7 @@ use crate::{
     flow::Protocol as FlowProtocol,
     intent::{FlowEnd, IntentIndex, LoadedIntents, Tiers},
     inventory::{
-        EndpointInfo, EndpointKind, Inventory, InventoryConfig, InventoryError, Snapshot,
-        manifests::{self, Object},
-        model::Pod,
+        EndpointInfo, EndpointKind, Inventory, InventoryConfig, InventoryError, Snapshot, manifests::Object, model::Pod,
     },
     judge::{FlowVerdict, Judge, JudgeInput, VerdictKind},
     policy::{
@@ -172,15 +170,14 @@ fn from_manifests(paths: &[PathBuf]) -> Result<Loaded, ReplayError> {
     if let Some(path) = paths.iter().find(|path| !path.exists()) {
         return Err(ReplayError::ManifestsMissing { path: path.clone() });
     }
-    let (inventory, _reload) = Inventory::standalone(paths.to_vec(), InventoryConfig::default());
-    let annotations = manifests::load(paths)
-        .objects
-        .into_iter()
-        .filter_map(|loaded| match loaded.object {
-            Object::NetworkPolicy(policy) => annotations_of(&policy),
-            _ => None,
-        })
-        .collect();
+    let mut annotations = Annotations::new();
+    let inventory = Inventory::standalone_once(paths.to_vec(), InventoryConfig::default(), &mut |object| {
+        if let Object::NetworkPolicy(policy) = object
+            && let Some((key, value)) = annotations_of(policy)
+        {
+            annotations.insert(key, value);
+        }
+    });
     Ok(Loaded { snapshot: inventory.snapshot(), intents: inventory.intents(), annotations })
 }
 
@@ -372,12 +369,33 @@ impl Cluster {
         policies: &[NetworkPolicy],
         cluster_policies: &[ClusterNetworkPolicy],
     ) -> (PolicySet, Vec<PolicyError>, Vec<CnpError>) {
+        let (mut engine, errors, cluster_errors) = self.compile_unindexed(policies, cluster_policies);
+        engine.index_pods(self.snapshot.pods_shared().cloned().chain(self.gone.values().cloned()));
+        (PolicySet { engine: Arc::new(engine) }, errors, cluster_errors)
+    }
+
+    /// The policies of `policies` and `cluster_policies` that
+    /// [`Cluster::compile`] would refuse, without indexing the pods (which
+    /// only verdicts need, and which costs more than compiling).
+    pub fn validate(
+        &self,
+        policies: &[NetworkPolicy],
+        cluster_policies: &[ClusterNetworkPolicy],
+    ) -> (Vec<PolicyError>, Vec<CnpError>) {
+        let (_, errors, cluster_errors) = self.compile_unindexed(policies, cluster_policies);
+        (errors, cluster_errors)
+    }
+
+    fn compile_unindexed(
+        &self,
+        policies: &[NetworkPolicy],
+        cluster_policies: &[ClusterNetworkPolicy],
+    ) -> (PolicyEngine, Vec<PolicyError>, Vec<CnpError>) {
         let namespaces: Vec<_> = self.snapshot.namespaces().cloned().collect();
         let nodes: Vec<_> = self.snapshot.nodes().cloned().collect();
         let (engine, errors) = PolicyEngine::compile(policies, &namespaces);
-        let (mut engine, cluster_errors) = engine.with_cluster_policies(cluster_policies, &nodes);
-        engine.index_pods(self.snapshot.pods_shared().cloned().chain(self.gone.values().cloned()));
-        (PolicySet { engine: Arc::new(engine) }, errors, cluster_errors)
+        let (engine, cluster_errors) = engine.with_cluster_policies(cluster_policies, &nodes);
+        (engine, errors, cluster_errors)
     }
 
     /// Takes note of the recorded pods the manifests do not hold (by uid):
