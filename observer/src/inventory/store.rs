@@ -552,6 +552,11 @@ impl Store {
                 .pods
                 .values()
                 .filter(|record| self.workloads_relisted || owned_by_changed(&record.pod))
+                // A pod whose workload comes out as before (its owner was
+                // guessed right from its name) would get the same endpoint:
+                // upserting it again changes nothing, and costs as much as
+                // the first time, for every pod of a large cluster's first list.
+                .filter(|record| record.endpoint.workload.as_ref() != Some(&self.workloads.top_of(&record.pod)))
                 .cloned()
                 .collect();
             for record in records {
