@@ -29,7 +29,7 @@ use super::{
 use crate::{
     config::ObserverConfig,
     flow::Protocol as FlowProtocol,
-    intent::{FlowEnd, IntentIndex, LoadedIntents, Tiers},
+    intent::{FlowEnd, IntentIndex, LoadedIntents, Tiers, WorkloadName},
     inventory::{
         EndpointInfo, EndpointKind, Inventory, InventoryConfig, InventoryError, Snapshot, manifests::Object, model::Pod,
     },
@@ -450,12 +450,8 @@ impl Cluster {
     /// Judges one edge with `judges`: its ends as recorded (the pods as the
     /// manifests hold them now), its strongest evidence.
     pub fn judge(&self, judges: &mut Judges, edges: &Edges, key: &EdgeKey, stats: &EdgeStats) -> Option<Judged> {
-        let src_info = self.info(edges, &key.src, stats.kinds.0);
-        let dst_info = self.info(edges, &key.dst, stats.kinds.1);
-        let (src_pod, src_ip) = self.end_pod(edges, &key.src);
-        let (dst_pod, dst_ip) = self.end_pod(edges, &key.dst);
-        let src = FlowEnd::from_endpoint(&src_info, src_pod, src_ip, None);
-        let dst = FlowEnd::from_endpoint(&dst_info, dst_pod, dst_ip, key.port);
+        let src = self.flow_end(edges, &key.src, stats.kinds.0, None);
+        let dst = self.flow_end(edges, &key.dst, stats.kinds.1, key.port);
         let dst = if stats.names.is_empty() && !stats.resolved { dst } else { dst.with_names(&stats.names) };
         // The provider the daemon tagged the destination with, as its judge reads `dst.ai_provider`.
         let dst = FlowEnd { provider: stats.ai_provider.as_deref(), ..dst };
@@ -530,31 +526,24 @@ impl Cluster {
         }
     }
 
-    fn info(&self, edges: &Edges, end: &EndKey, kind: EndpointKind) -> EndpointInfo {
+    /// An edge's end as the judge sees it: a pod end as its records name it
+    /// (borrowed, not copied: every edge is judged, some twice), the pod as
+    /// the manifests hold it now; any other end by its address and kind.
+    fn flow_end<'a>(&'a self, edges: &'a Edges, end: &EndKey, kind: EndpointKind, port: Option<u16>) -> FlowEnd<'a> {
+        let (pod, ip) = self.end_pod(edges, end);
         match end {
             EndKey::Pod(id) => {
                 let seen = edges.pod(*id);
-                EndpointInfo {
-                    kind: EndpointKind::Pod,
-                    namespace: seen.map(|seen| seen.namespace.clone()),
-                    pod: seen.map(|seen| seen.name.clone()),
-                    uid: seen.map(|seen| seen.uid.clone()),
-                    service: None,
-                    node: seen.and_then(|seen| seen.node.clone()),
-                    workload: seen.and_then(|seen| seen.workload.clone()),
-                    labels: seen.map(|seen| seen.labels.clone()).unwrap_or_default(),
+                FlowEnd {
+                    pod,
+                    namespace: seen.map(|seen| seen.namespace.as_str()),
+                    pod_name: seen.map(|seen| seen.name.as_str()),
+                    uid: seen.map(|seen| seen.uid.as_str()),
+                    workload: seen.and_then(|seen| seen.workload.as_ref()).map(WorkloadName::from),
+                    ..FlowEnd::address(EndpointKind::Pod, ip, port)
                 }
             }
-            EndKey::Address(_) => EndpointInfo {
-                kind,
-                namespace: None,
-                pod: None,
-                uid: None,
-                service: None,
-                node: None,
-                workload: None,
-                labels: Default::default(),
-            },
+            EndKey::Address(_) => FlowEnd { pod, ..FlowEnd::address(kind, ip, port) },
         }
     }
 }
