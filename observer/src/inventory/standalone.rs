@@ -166,8 +166,11 @@ impl Source {
                 seen(&loaded.object);
                 let item = match loaded.object {
                     Object::Pod(pod) => {
-                        fresh.used.insert(pod.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()));
-                        convert::pod(&with_uid(*pod))
+                        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+                        if !fresh.used.contains(namespace) {
+                            fresh.used.insert(namespace.to_owned());
+                        }
+                        convert::pod(with_uid(*pod))
                     }
                     Object::Namespace(namespace) => {
                         fresh.declared.insert(namespace.metadata.name.clone().unwrap_or_default());

@@ -357,6 +357,14 @@ impl Store {
                 Arc::make_mut(&mut self.cluster_policies).retain(|name, _| kept.contains(name));
             }
         }
+        let more = items.len().saturating_sub(self.pods.len());
+        if resource == Resource::Pods && more > 0 {
+            // A first list (of a large cluster): the pod maps grow once, not
+            // at every doubling, each time moving every entry.
+            Arc::make_mut(&mut self.pods).reserve(more);
+            Arc::make_mut(&mut self.by_uid).reserve(more);
+            Arc::make_mut(&mut self.by_ip).reserve(more);
+        }
         for item in items {
             self.upsert(item, now);
         }
