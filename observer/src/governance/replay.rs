@@ -156,6 +156,10 @@ pub struct Cluster {
     config: ObserverConfig,
     /// Pods of the records the manifests do not hold, built from the records.
     gone: HashMap<u32, Arc<Pod>>,
+    /// The pod behind each recorded pod (by index), the manifests' or the
+    /// record's, as [`Cluster::adopt_gone`] found it: every edge's ends look
+    /// it up, before and after.
+    recorded: Vec<Arc<Pod>>,
 }
 
 /// What a source gave.
@@ -323,6 +327,7 @@ impl Cluster {
             annotations,
             config,
             gone: HashMap::new(),
+            recorded: Vec::new(),
         })
     }
 
@@ -402,10 +407,17 @@ impl Cluster {
     /// they are judged as their records describe them. Returns how many.
     pub fn adopt_gone(&mut self, edges: &Edges) -> usize {
         self.gone.clear();
+        self.recorded.clear();
         for (id, seen) in edges.pods.iter().enumerate() {
-            if self.snapshot.pod(&seen.uid).is_none() {
-                self.gone.insert(id as u32, Arc::new(pod_from_record(seen)));
-            }
+            let pod = match self.snapshot.pod_shared(&seen.uid) {
+                Some(pod) => Arc::clone(pod),
+                None => {
+                    let pod = Arc::new(pod_from_record(seen));
+                    self.gone.insert(id as u32, Arc::clone(&pod));
+                    pod
+                }
+            };
+            self.recorded.push(pod);
         }
         self.gone.len()
     }
@@ -428,8 +440,12 @@ impl Cluster {
         gone
     }
 
-    /// The pod behind a recorded pod: the manifests', else the record's.
+    /// The pod behind a recorded pod: the manifests', else the record's
+    /// (those of the edges [`Cluster::adopt_gone`] was last given).
     pub fn pod<'a>(&'a self, edges: &Edges, id: u32) -> Option<&'a Pod> {
+        if let Some(pod) = self.recorded.get(id as usize) {
+            return Some(pod);
+        }
         let seen = edges.pod(id)?;
         self.snapshot.pod(&seen.uid).or_else(|| self.gone.get(&id).map(Arc::as_ref))
     }
