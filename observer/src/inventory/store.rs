@@ -564,7 +564,9 @@ impl Store {
                 // guessed right from its name) would get the same endpoint:
                 // upserting it again changes nothing, and costs as much as
                 // the first time, for every pod of a large cluster's first list.
-                .filter(|record| record.endpoint.workload.as_ref() != Some(&self.workloads.top_of(&record.pod)))
+                .filter(|record| {
+                    !record.endpoint.workload.as_ref().is_some_and(|top| self.workloads.is_top_of(&record.pod, top))
+                })
                 .cloned()
                 .collect();
             for record in records {
