@@ -347,21 +347,12 @@ fn parse_json(file: &Path, text: &str, out: &mut Out<'_>) {
 /// cluster's items are mostly pods, and reading each into a [`Value`] tree
 /// first costs as much again. `None` for any other kind, and for an object
 /// that does not read cleanly: [`add_value`] then reads it as before, with the
-/// same result and the same error (its `kind` is read the same way, and a
-/// `Value` keeps the last of duplicate keys, where a struct refuses them).
+/// same result and the same error (a `Value` keeps the last of duplicate keys,
+/// where a struct refuses them).
 fn typed(text: &str) -> Option<Object> {
-    /// Just the `kind` of an object.
-    #[derive(serde::Deserialize)]
-    struct Kind<'a> {
-        #[serde(borrow, default)]
-        kind: Option<std::borrow::Cow<'a, str>>,
-    }
-    // Only objects: a struct would also read from an array.
-    if !text.trim_start().starts_with('{') {
-        return None;
-    }
-    let kind = serde_json::from_str::<Kind<'_>>(text).ok()?.kind?;
-    match &*kind {
+    let kind = kind_of(text)?;
+    // k8s-openapi refuses an object whose `kind` (the last one) is not its own.
+    match kind {
         "Pod" => serde_json::from_str(text).ok().map(|pod| Object::Pod(Box::new(pod))),
         "Namespace" => serde_json::from_str(text).ok().map(|namespace| Object::Namespace(Box::new(namespace))),
         "NetworkPolicy" => serde_json::from_str(text).ok().map(|policy| Object::NetworkPolicy(Box::new(policy))),
@@ -370,6 +361,37 @@ fn typed(text: &str) -> Option<Object> {
         "EndpointSlice" => serde_json::from_str(text).ok().map(|slice| Object::EndpointSlice(Box::new(slice))),
         _ => None,
     }
+}
+
+/// The first `kind` of a JSON object, read up to that key only (kubectl and
+/// the API server write it second, after `apiVersion`); `None` when it is not
+/// a plain string before anything malformed.
+fn kind_of(text: &str) -> Option<&str> {
+    /// Reads map entries until `kind`, into `.0`.
+    struct Kind<'a, 'b>(&'b mut Option<&'a str>);
+    impl<'de> serde::de::Visitor<'de> for Kind<'de, '_> {
+        type Value = ();
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("an object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<&'de str>()? {
+                if key == "kind" {
+                    *self.0 = Some(map.next_value()?);
+                    return Ok(());
+                }
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let mut kind = None;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    // Stopping at `kind` leaves the object unfinished, which is all the error then says.
+    let _unfinished = serde::Deserializer::deserialize_map(&mut deserializer, Kind(&mut kind));
+    kind
 }
 
 fn add_value(mut value: Value, origin: &Origin, out: &mut Out<'_>) {
@@ -532,6 +554,17 @@ mod tests {
             panic!("{:?}", duplicated.objects)
         };
         assert_eq!(namespace.metadata.name.as_deref(), Some("b"));
+
+        // Two kinds: the last one counts, as in a `Value`.
+        let twice = parse_named(
+            "m.json",
+            r#"{"kind": "List", "items": [{"kind": "Pod", "metadata": {"name": "a"}, "kind": "Namespace"}]}"#,
+        );
+        assert!(twice.errors.is_empty(), "{:?}", twice.errors);
+        let [Loaded { object: Object::Namespace(namespace), .. }] = twice.objects.as_slice() else {
+            panic!("{:?}", twice.objects)
+        };
+        assert_eq!(namespace.metadata.name.as_deref(), Some("a"));
     }
 
     #[test]
