@@ -329,7 +329,7 @@ pub fn advise(args: &AdviseConfig) -> Result<Advised, AdviseError> {
         advised.guardrails = super::guardrail::guardrails(cluster.declared_intents(), label_key);
         // Validated as the API server would (the CRD's schema and CEL rules).
         let cnps: Vec<_> = advised.guardrails.iter().map(|guardrail| guardrail.policy.clone()).collect();
-        let (_, _, errors) = cluster.compile(&[], &cnps);
+        let (_, errors) = cluster.validate(&[], &cnps);
         for error in errors {
             advised.unverified.push(format!("guardrail refused: {error}"));
         }

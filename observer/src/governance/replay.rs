@@ -29,11 +29,9 @@ use super::{
 use crate::{
     config::ObserverConfig,
     flow::Protocol as FlowProtocol,
-    intent::{FlowEnd, IntentIndex, LoadedIntents, Tiers},
+    intent::{FlowEnd, IntentIndex, LoadedIntents, Tiers, WorkloadName},
     inventory::{
-        EndpointInfo, EndpointKind, Inventory, InventoryConfig, InventoryError, Snapshot,
-        manifests::{self, Object},
-        model::Pod,
+        EndpointInfo, EndpointKind, Inventory, InventoryConfig, InventoryError, Snapshot, manifests::Object, model::Pod,
     },
     judge::{FlowVerdict, Judge, JudgeInput, VerdictKind},
     policy::{
@@ -158,6 +156,10 @@ pub struct Cluster {
     config: ObserverConfig,
     /// Pods of the records the manifests do not hold, built from the records.
     gone: HashMap<u32, Arc<Pod>>,
+    /// The pod behind each recorded pod (by index), the manifests' or the
+    /// record's, as [`Cluster::adopt_gone`] found it: every edge's ends look
+    /// it up, before and after.
+    recorded: Vec<Arc<Pod>>,
 }
 
 /// What a source gave.
@@ -172,15 +174,14 @@ fn from_manifests(paths: &[PathBuf]) -> Result<Loaded, ReplayError> {
     if let Some(path) = paths.iter().find(|path| !path.exists()) {
         return Err(ReplayError::ManifestsMissing { path: path.clone() });
     }
-    let (inventory, _reload) = Inventory::standalone(paths.to_vec(), InventoryConfig::default());
-    let annotations = manifests::load(paths)
-        .objects
-        .into_iter()
-        .filter_map(|loaded| match loaded.object {
-            Object::NetworkPolicy(policy) => annotations_of(&policy),
-            _ => None,
-        })
-        .collect();
+    let mut annotations = Annotations::new();
+    let inventory = Inventory::standalone_once(paths.to_vec(), InventoryConfig::default(), &mut |object| {
+        if let Object::NetworkPolicy(policy) = object
+            && let Some((key, value)) = annotations_of(policy)
+        {
+            annotations.insert(key, value);
+        }
+    });
     Ok(Loaded { snapshot: inventory.snapshot(), intents: inventory.intents(), annotations })
 }
 
@@ -326,6 +327,7 @@ impl Cluster {
             annotations,
             config,
             gone: HashMap::new(),
+            recorded: Vec::new(),
         })
     }
 
@@ -372,22 +374,50 @@ impl Cluster {
         policies: &[NetworkPolicy],
         cluster_policies: &[ClusterNetworkPolicy],
     ) -> (PolicySet, Vec<PolicyError>, Vec<CnpError>) {
+        let (mut engine, errors, cluster_errors) = self.compile_unindexed(policies, cluster_policies);
+        engine.index_pods(self.snapshot.pods_shared().cloned().chain(self.gone.values().cloned()));
+        (PolicySet { engine: Arc::new(engine) }, errors, cluster_errors)
+    }
+
+    /// The policies of `policies` and `cluster_policies` that
+    /// [`Cluster::compile`] would refuse, without indexing the pods (which
+    /// only verdicts need, and which costs more than compiling).
+    pub fn validate(
+        &self,
+        policies: &[NetworkPolicy],
+        cluster_policies: &[ClusterNetworkPolicy],
+    ) -> (Vec<PolicyError>, Vec<CnpError>) {
+        let (_, errors, cluster_errors) = self.compile_unindexed(policies, cluster_policies);
+        (errors, cluster_errors)
+    }
+
+    fn compile_unindexed(
+        &self,
+        policies: &[NetworkPolicy],
+        cluster_policies: &[ClusterNetworkPolicy],
+    ) -> (PolicyEngine, Vec<PolicyError>, Vec<CnpError>) {
         let namespaces: Vec<_> = self.snapshot.namespaces().cloned().collect();
         let nodes: Vec<_> = self.snapshot.nodes().cloned().collect();
         let (engine, errors) = PolicyEngine::compile(policies, &namespaces);
-        let (mut engine, cluster_errors) = engine.with_cluster_policies(cluster_policies, &nodes);
-        engine.index_pods(self.snapshot.pods_shared().cloned().chain(self.gone.values().cloned()));
-        (PolicySet { engine: Arc::new(engine) }, errors, cluster_errors)
+        let (engine, cluster_errors) = engine.with_cluster_policies(cluster_policies, &nodes);
+        (engine, errors, cluster_errors)
     }
 
     /// Takes note of the recorded pods the manifests do not hold (by uid):
     /// they are judged as their records describe them. Returns how many.
     pub fn adopt_gone(&mut self, edges: &Edges) -> usize {
         self.gone.clear();
+        self.recorded.clear();
         for (id, seen) in edges.pods.iter().enumerate() {
-            if self.snapshot.pod(&seen.uid).is_none() {
-                self.gone.insert(id as u32, Arc::new(pod_from_record(seen)));
-            }
+            let pod = match self.snapshot.pod_shared(&seen.uid) {
+                Some(pod) => Arc::clone(pod),
+                None => {
+                    let pod = Arc::new(pod_from_record(seen));
+                    self.gone.insert(id as u32, Arc::clone(&pod));
+                    pod
+                }
+            };
+            self.recorded.push(pod);
         }
         self.gone.len()
     }
@@ -410,8 +440,12 @@ impl Cluster {
         gone
     }
 
-    /// The pod behind a recorded pod: the manifests', else the record's.
+    /// The pod behind a recorded pod: the manifests', else the record's
+    /// (those of the edges [`Cluster::adopt_gone`] was last given).
     pub fn pod<'a>(&'a self, edges: &Edges, id: u32) -> Option<&'a Pod> {
+        if let Some(pod) = self.recorded.get(id as usize) {
+            return Some(pod);
+        }
         let seen = edges.pod(id)?;
         self.snapshot.pod(&seen.uid).or_else(|| self.gone.get(&id).map(Arc::as_ref))
     }
@@ -432,12 +466,8 @@ impl Cluster {
     /// Judges one edge with `judges`: its ends as recorded (the pods as the
     /// manifests hold them now), its strongest evidence.
     pub fn judge(&self, judges: &mut Judges, edges: &Edges, key: &EdgeKey, stats: &EdgeStats) -> Option<Judged> {
-        let src_info = self.info(edges, &key.src, stats.kinds.0);
-        let dst_info = self.info(edges, &key.dst, stats.kinds.1);
-        let (src_pod, src_ip) = self.end_pod(edges, &key.src);
-        let (dst_pod, dst_ip) = self.end_pod(edges, &key.dst);
-        let src = FlowEnd::from_endpoint(&src_info, src_pod, src_ip, None);
-        let dst = FlowEnd::from_endpoint(&dst_info, dst_pod, dst_ip, key.port);
+        let src = self.flow_end(edges, &key.src, stats.kinds.0, None);
+        let dst = self.flow_end(edges, &key.dst, stats.kinds.1, key.port);
         let dst = if stats.names.is_empty() && !stats.resolved { dst } else { dst.with_names(&stats.names) };
         // The provider the daemon tagged the destination with, as its judge reads `dst.ai_provider`.
         let dst = FlowEnd { provider: stats.ai_provider.as_deref(), ..dst };
@@ -512,31 +542,24 @@ impl Cluster {
         }
     }
 
-    fn info(&self, edges: &Edges, end: &EndKey, kind: EndpointKind) -> EndpointInfo {
+    /// An edge's end as the judge sees it: a pod end as its records name it
+    /// (borrowed, not copied: every edge is judged, some twice), the pod as
+    /// the manifests hold it now; any other end by its address and kind.
+    fn flow_end<'a>(&'a self, edges: &'a Edges, end: &EndKey, kind: EndpointKind, port: Option<u16>) -> FlowEnd<'a> {
+        let (pod, ip) = self.end_pod(edges, end);
         match end {
             EndKey::Pod(id) => {
                 let seen = edges.pod(*id);
-                EndpointInfo {
-                    kind: EndpointKind::Pod,
-                    namespace: seen.map(|seen| seen.namespace.clone()),
-                    pod: seen.map(|seen| seen.name.clone()),
-                    uid: seen.map(|seen| seen.uid.clone()),
-                    service: None,
-                    node: seen.and_then(|seen| seen.node.clone()),
-                    workload: seen.and_then(|seen| seen.workload.clone()),
-                    labels: seen.map(|seen| seen.labels.clone()).unwrap_or_default(),
+                FlowEnd {
+                    pod,
+                    namespace: seen.map(|seen| seen.namespace.as_str()),
+                    pod_name: seen.map(|seen| seen.name.as_str()),
+                    uid: seen.map(|seen| seen.uid.as_str()),
+                    workload: seen.and_then(|seen| seen.workload.as_ref()).map(WorkloadName::from),
+                    ..FlowEnd::address(EndpointKind::Pod, ip, port)
                 }
             }
-            EndKey::Address(_) => EndpointInfo {
-                kind,
-                namespace: None,
-                pod: None,
-                uid: None,
-                service: None,
-                node: None,
-                workload: None,
-                labels: Default::default(),
-            },
+            EndKey::Address(_) => FlowEnd { pod, ..FlowEnd::address(kind, ip, port) },
         }
     }
 }

@@ -384,7 +384,7 @@ pub fn report(args: &ReportConfig) -> Result<Report, ReportError> {
     let mut judges = cluster.judges(&set, &edges);
 
     // The inventory keeps no annotations (it strips what judging does not
-    // need): the source read them apart.
+    // need): the source kept them aside as it read the policies.
     let annotations = cluster.annotations();
     let mut reports: BTreeMap<(String, String), PolicyReport> = BTreeMap::new();
     let mut rule_usage: BTreeMap<(String, String), Usage> = BTreeMap::new();

@@ -142,7 +142,7 @@ fn proposal(cluster: &Cluster, paths: &[PathBuf]) -> Result<Policies, SimulateEr
             _ => problems.push(format!("{}: not a NetworkPolicy or ClusterNetworkPolicy", object.origin)),
         }
     }
-    let (_, errors, cluster_errors) = cluster.compile(&proposed.network, &proposed.cluster);
+    let (errors, cluster_errors) = cluster.validate(&proposed.network, &proposed.cluster);
     for error in errors {
         match origins.get(error.index) {
             Some(origin) => problems.push(format!("{origin}: {error}")),

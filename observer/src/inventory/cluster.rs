@@ -108,7 +108,7 @@ where
 /// Applies every watch event to the writer, forever.
 pub(crate) async fn run(client: Client, mut writer: Writer) {
     let mut events = stream::select_all([
-        watch::<core::Pod>(&client, Resource::Pods, |pod| convert::pod(&pod)),
+        watch::<core::Pod>(&client, Resource::Pods, convert::pod),
         watch::<core::Namespace>(&client, Resource::Namespaces, |namespace| convert::namespace(&namespace)),
         watch::<NetworkPolicy>(&client, Resource::NetworkPolicies, convert::network_policy),
         watch::<core::Service>(&client, Resource::Services, |service| convert::service(&service)),

@@ -19,12 +19,15 @@ use crate::{intent::resource::FlowIntent, policy::cnp::api::ClusterNetworkPolicy
 /// Annotation on a static pod's mirror naming the static pod's own uid.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-/// A pod.
-pub fn pod(pod: &core::Pod) -> Item {
-    let mirror_uid =
-        pod.metadata.annotations.as_ref().and_then(|annotations| annotations.get(MIRROR_ANNOTATION)).cloned();
-    let images =
-        pod.spec.iter().flat_map(|spec| &spec.containers).filter_map(|container| container.image.clone()).collect();
+/// A pod, its strings moved, not copied.
+pub fn pod(mut pod: core::Pod) -> Item {
+    let mirror_uid = pod.metadata.annotations.as_mut().and_then(|annotations| annotations.remove(MIRROR_ANNOTATION));
+    let images = pod
+        .spec
+        .iter_mut()
+        .flat_map(|spec| &mut spec.containers)
+        .filter_map(|container| container.image.take())
+        .collect();
     Item::Pod(Box::new(PodItem { pod: Pod::from(pod), mirror_uid, images }))
 }
 

@@ -332,11 +332,66 @@ fn parse_json(file: &Path, text: &str, out: &mut Out<'_>) {
             out.manifests.errors.push(too_large(1, item.get().len()));
             continue;
         }
+        if let Some(object) = typed(item.get()) {
+            (out.each)(Loaded { object, origin: origin.clone() });
+            continue;
+        }
         match serde_json::from_str::<Value>(item.get()) {
             Ok(value) => add_value(value, &origin, out),
             Err(error) => out.manifests.errors.push(invalid(error)),
         }
     }
+}
+
+/// A JSON object of a core kind read straight into its type: a large
+/// cluster's items are mostly pods, and reading each into a [`Value`] tree
+/// first costs as much again. `None` for any other kind, and for an object
+/// that does not read cleanly: [`add_value`] then reads it as before, with the
+/// same result and the same error (a `Value` keeps the last of duplicate keys,
+/// where a struct refuses them).
+fn typed(text: &str) -> Option<Object> {
+    let kind = kind_of(text)?;
+    // k8s-openapi refuses an object whose `kind` (the last one) is not its own.
+    match kind {
+        "Pod" => serde_json::from_str(text).ok().map(|pod| Object::Pod(Box::new(pod))),
+        "Namespace" => serde_json::from_str(text).ok().map(|namespace| Object::Namespace(Box::new(namespace))),
+        "NetworkPolicy" => serde_json::from_str(text).ok().map(|policy| Object::NetworkPolicy(Box::new(policy))),
+        "Service" => serde_json::from_str(text).ok().map(|service| Object::Service(Box::new(service))),
+        "Node" => serde_json::from_str(text).ok().map(|node| Object::Node(Box::new(node))),
+        "EndpointSlice" => serde_json::from_str(text).ok().map(|slice| Object::EndpointSlice(Box::new(slice))),
+        _ => None,
+    }
+}
+
+/// The first `kind` of a JSON object, read up to that key only (kubectl and
+/// the API server write it second, after `apiVersion`); `None` when it is not
+/// a plain string before anything malformed.
+fn kind_of(text: &str) -> Option<&str> {
+    /// Reads map entries until `kind`, into `.0`.
+    struct Kind<'a, 'b>(&'b mut Option<&'a str>);
+    impl<'de> serde::de::Visitor<'de> for Kind<'de, '_> {
+        type Value = ();
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("an object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<&'de str>()? {
+                if key == "kind" {
+                    *self.0 = Some(map.next_value()?);
+                    return Ok(());
+                }
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let mut kind = None;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    // Stopping at `kind` leaves the object unfinished, which is all the error then says.
+    let _unfinished = serde::Deserializer::deserialize_map(&mut deserializer, Kind(&mut kind));
+    kind
 }
 
 fn add_value(mut value: Value, origin: &Origin, out: &mut Out<'_>) {
@@ -450,6 +505,66 @@ mod tests {
         assert_eq!(broken.errors.len(), 1);
         assert_eq!(broken.errors[0].origin.line, 3, "{}", broken.errors[0]);
         assert!(broken.errors[0].message.starts_with("invalid JSON"), "{}", broken.errors[0]);
+    }
+
+    /// The items of a JSON `List` read straight into their types come out as
+    /// they do through a `Value` tree, and what a struct refuses (a duplicate
+    /// key) still reads as a `Value` reads it: the last one.
+    #[test]
+    fn json_items_read_into_their_types_as_through_a_value() {
+        let items = [
+            r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "shop", "uid": "u1",
+                "labels": {"app": "web"}, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "name": "web-1", "uid": "r1", "controller": true}]},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i",
+                "ports": [{"name": "http", "containerPort": 8080}]}]},
+                "status": {"phase": "Running", "podIP": "198.18.0.5", "podIPs": [{"ip": "198.18.0.5"}]}}"#,
+            r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "a"}}}"#,
+            r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "n",
+                "namespace": "shop", "annotations": {"ai.governance/owner": "me"}}, "spec": {"podSelector":
+                {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": "http"}, {"port": 53,
+                "protocol": "UDP"}]}], "policyTypes": ["Ingress"]}}"#,
+            r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "shop"},
+                "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80, "targetPort": "http"}]}}"#,
+            r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+                "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}}"#,
+            r#"{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "s-1",
+                "namespace": "shop", "labels": {"kubernetes.io/service-name": "s"}}, "addressType": "IPv4",
+                "endpoints": [{"addresses": ["198.18.0.5"], "conditions": {"ready": true}}],
+                "ports": [{"port": 8080}]}"#,
+            r#"{"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "web-1", "namespace": "shop"}}"#,
+        ];
+        let typed = parse_named("m.json", &format!(r#"{{"kind": "List", "items": [{}]}}"#, items.join(",")));
+        assert!(typed.errors.is_empty(), "{:?}", typed.errors);
+        let origin = Origin { file: PathBuf::from("m.json"), line: 1 };
+        let (mut objects, mut manifests) = (Vec::new(), Manifests::default());
+        for item in items {
+            let value = serde_json::from_str(item).expect("json");
+            add_value(value, &origin, &mut Out { each: &mut |loaded| objects.push(loaded), manifests: &mut manifests });
+        }
+        assert_eq!(objects.len(), items.len());
+        assert_eq!(format!("{:?}", typed.objects), format!("{objects:?}"));
+
+        let duplicated = parse_named(
+            "m.json",
+            r#"{"kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "a"}, "metadata": {"name": "b"}}]}"#,
+        );
+        assert!(duplicated.errors.is_empty(), "{:?}", duplicated.errors);
+        let [Loaded { object: Object::Namespace(namespace), .. }] = duplicated.objects.as_slice() else {
+            panic!("{:?}", duplicated.objects)
+        };
+        assert_eq!(namespace.metadata.name.as_deref(), Some("b"));
+
+        // Two kinds: the last one counts, as in a `Value`.
+        let twice = parse_named(
+            "m.json",
+            r#"{"kind": "List", "items": [{"kind": "Pod", "metadata": {"name": "a"}, "kind": "Namespace"}]}"#,
+        );
+        assert!(twice.errors.is_empty(), "{:?}", twice.errors);
+        let [Loaded { object: Object::Namespace(namespace), .. }] = twice.objects.as_slice() else {
+            panic!("{:?}", twice.objects)
+        };
+        assert_eq!(namespace.metadata.name.as_deref(), Some("a"));
     }
 
     #[test]

@@ -108,6 +108,19 @@ impl Inventory {
         (inventory, standalone::run(source, writer, reload_interval))
     }
 
+    /// Reads the manifests once, as [`Inventory::standalone`] first does,
+    /// showing `seen` every object before the store trims it (the offline
+    /// commands read annotations from the same parse); nothing reloads.
+    pub fn standalone_once(
+        paths: Vec<PathBuf>,
+        config: InventoryConfig,
+        seen: &mut dyn FnMut(&manifests::Object),
+    ) -> Self {
+        let mut writer = Writer::new("standalone", standalone::RESOURCES.to_vec(), config);
+        standalone::Source::new(paths).load_now_seeing(&mut writer, seen);
+        Self { shared: writer.shared(), watched: &standalone::RESOURCES }
+    }
+
     /// Watches the API server through `client`; returns at once, not ready
     /// until the first full sync (see [`Inventory::ready`]), with the task
     /// that runs the watches: run it.

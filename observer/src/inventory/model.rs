@@ -148,54 +148,66 @@ fn parse_ips<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<IpAddr> {
 
 impl From<&core::Pod> for Pod {
     fn from(pod: &core::Pod) -> Self {
-        let meta = &pod.metadata;
-        let spec = pod.spec.as_ref();
-        let status = pod.status.as_ref();
+        Self::from(pod.clone())
+    }
+}
+
+/// Moves what it keeps out of the pod: a large cluster's first list or
+/// manifests hand over tens of thousands of pods, and copying their strings
+/// (to drop the originals right after) costs as much as reading them.
+impl From<core::Pod> for Pod {
+    fn from(pod: core::Pod) -> Self {
+        let core::Pod { metadata: meta, spec, status, .. } = pod;
+        let status = status.unwrap_or_default();
         let owner = meta
             .owner_references
-            .iter()
+            .into_iter()
             .flatten()
             .find(|owner| owner.controller == Some(true))
-            .map(|owner| OwnerRef { kind: owner.kind.clone(), name: owner.name.clone(), uid: owner.uid.clone() });
-        let mut ip_strings: Vec<&str> =
-            status.and_then(|status| status.pod_ips.as_ref()).into_iter().flatten().map(|ip| ip.ip.as_str()).collect();
+            .map(|owner| OwnerRef { kind: owner.kind, name: owner.name, uid: owner.uid });
+        let mut ip_strings: Vec<&str> = status.pod_ips.iter().flatten().map(|ip| ip.ip.as_str()).collect();
         if ip_strings.is_empty()
-            && let Some(ip) = status.and_then(|status| status.pod_ip.as_deref())
+            && let Some(ip) = status.pod_ip.as_deref()
         {
             ip_strings.push(ip);
         }
-        let containers =
-            spec.into_iter().flat_map(|spec| spec.containers.iter().chain(spec.init_containers.iter().flatten()));
-        let container_ports = containers
-            .flat_map(|container| container.ports.iter().flatten())
-            .filter_map(|port| {
-                Some(ContainerPort {
-                    name: port.name.clone(),
-                    port: u16::try_from(port.container_port).ok()?,
-                    protocol: Protocol::from_k8s(port.protocol.as_deref())?,
-                })
-            })
-            .collect();
-        let statuses = status.into_iter().flat_map(|status| {
-            status.container_statuses.iter().flatten().chain(status.init_container_statuses.iter().flatten())
-        });
+        let ips = parse_ips(ip_strings);
+        let (host_network, node_name, container_ports) = match spec {
+            Some(spec) => {
+                let containers = spec.containers.into_iter().chain(spec.init_containers.into_iter().flatten());
+                let container_ports = containers
+                    .flat_map(|container| container.ports.into_iter().flatten())
+                    .filter_map(|port| {
+                        Some(ContainerPort {
+                            port: u16::try_from(port.container_port).ok()?,
+                            protocol: Protocol::from_k8s(port.protocol.as_deref())?,
+                            name: port.name,
+                        })
+                    })
+                    .collect();
+                (spec.host_network.unwrap_or(false), spec.node_name, container_ports)
+            }
+            None => (false, None, Vec::new()),
+        };
+        let statuses =
+            status.container_statuses.iter().flatten().chain(status.init_container_statuses.iter().flatten());
         let container_ids = statuses
             .filter_map(|status| status.container_id.as_deref())
             .map(|id| id.split_once("://").map_or(id, |(_, id)| id).to_owned())
             .collect();
         Self {
-            uid: meta.uid.clone().unwrap_or_default(),
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
-            name: meta.name.clone().unwrap_or_default(),
-            labels: labels_of(meta),
-            resource_version: meta.resource_version.clone(),
+            uid: meta.uid.unwrap_or_default(),
+            namespace: meta.namespace.unwrap_or_else(|| "default".to_owned()),
+            name: meta.name.unwrap_or_default(),
+            labels: meta.labels.unwrap_or_default(),
+            resource_version: meta.resource_version,
             owner,
-            ips: parse_ips(ip_strings),
-            host_network: spec.and_then(|spec| spec.host_network).unwrap_or(false),
-            node_name: spec.and_then(|spec| spec.node_name.clone()),
+            ips,
+            host_network,
+            node_name,
             container_ports,
             container_ids,
-            phase: status.and_then(|status| status.phase.clone()),
+            phase: status.phase,
         }
     }
 }

@@ -278,6 +278,11 @@ impl Snapshot {
         self.pods.get(uid).map(|record| record.pod.as_ref())
     }
 
+    /// A pod by uid, shared: the very value [`Snapshot::pods_shared`] gives.
+    pub fn pod_shared(&self, uid: &str) -> Option<&Arc<Pod>> {
+        self.pods.get(uid).map(|record| &record.pod)
+    }
+
     /// Number of pods.
     pub fn pod_count(&self) -> usize {
         self.pods.len()

@@ -94,10 +94,22 @@ impl Source {
         self.check(writer, false);
     }
 
+    /// [`Source::load_now`], showing `seen` every object read before it is
+    /// trimmed for the store (what the store drops, such as annotations, is
+    /// read from the same parse rather than a second one).
+    pub fn load_now_seeing(&mut self, writer: &mut Writer, seen: &mut dyn FnMut(&Object)) {
+        self.check_seeing(writer, false, seen);
+    }
+
     /// Looks for changes; when there are, reloads what changed and settled
     /// and hands the writer a full list. With `settle`, a changed file is
     /// only read once it looked the same at the previous check.
     fn check(&mut self, writer: &mut Writer, settle: bool) {
+        self.check_seeing(writer, settle, &mut |_| {});
+    }
+
+    /// [`Source::check`], showing `seen` every object read.
+    fn check_seeing(&mut self, writer: &mut Writer, settle: bool, seen: &mut dyn FnMut(&Object)) {
         let found = walk::walk(&self.paths);
         let mut problems = Manifests::default();
         manifests::problems(&found, &mut problems);
@@ -135,7 +147,7 @@ impl Source {
         tracing::info!(read = to_read.len(), removed = removed.len(), "manifests changed, reloading");
         let mut items: BTreeMap<Resource, Vec<Item>> = BTreeMap::new();
         for file in to_read {
-            self.read(file, &mut items);
+            self.read(file, &mut items, seen);
         }
         self.publish(writer, items);
         self.report(writer, &problems);
@@ -144,17 +156,21 @@ impl Source {
     /// Reads one file: a clean read replaces its record; a failed one keeps
     /// what its record held (or, for a file never read cleanly, takes what
     /// did load) and records the errors.
-    fn read(&mut self, file: &Found, items: &mut BTreeMap<Resource, Vec<Item>>) {
+    fn read(&mut self, file: &Found, items: &mut BTreeMap<Resource, Vec<Item>>, seen: &mut dyn FnMut(&Object)) {
         let mut fresh = FileRecord::default();
         let mut read_items = Vec::new();
         let mut manifests = Manifests::default();
         let stamp = manifests::read_file(
             file,
             &mut |loaded| {
+                seen(&loaded.object);
                 let item = match loaded.object {
                     Object::Pod(pod) => {
-                        fresh.used.insert(pod.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()));
-                        convert::pod(&with_uid(*pod))
+                        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+                        if !fresh.used.contains(namespace) {
+                            fresh.used.insert(namespace.to_owned());
+                        }
+                        convert::pod(with_uid(*pod))
                     }
                     Object::Namespace(namespace) => {
                         fresh.declared.insert(namespace.metadata.name.clone().unwrap_or_default());

@@ -357,6 +357,14 @@ impl Store {
                 Arc::make_mut(&mut self.cluster_policies).retain(|name, _| kept.contains(name));
             }
         }
+        let more = items.len().saturating_sub(self.pods.len());
+        if resource == Resource::Pods && more > 0 {
+            // A first list (of a large cluster): the pod maps grow once, not
+            // at every doubling, each time moving every entry.
+            Arc::make_mut(&mut self.pods).reserve(more);
+            Arc::make_mut(&mut self.by_uid).reserve(more);
+            Arc::make_mut(&mut self.by_ip).reserve(more);
+        }
         for item in items {
             self.upsert(item, now);
         }
@@ -552,6 +560,13 @@ impl Store {
                 .pods
                 .values()
                 .filter(|record| self.workloads_relisted || owned_by_changed(&record.pod))
+                // A pod whose workload comes out as before (its owner was
+                // guessed right from its name) would get the same endpoint:
+                // upserting it again changes nothing, and costs as much as
+                // the first time, for every pod of a large cluster's first list.
+                .filter(|record| {
+                    !record.endpoint.workload.as_ref().is_some_and(|top| self.workloads.is_top_of(&record.pod, top))
+                })
                 .cloned()
                 .collect();
             for record in records {

@@ -68,8 +68,20 @@ impl Workloads {
 
     /// The top of `pod`'s ownerReference chain.
     pub fn top_of(&self, pod: &Pod) -> WorkloadRef {
+        let (kind, name) = self.top(pod);
+        WorkloadRef { kind: kind.to_owned(), name: name.to_owned() }
+    }
+
+    /// Whether `workload` is the top of `pod`'s chain: [`Self::top_of`]
+    /// without building it.
+    pub fn is_top_of(&self, pod: &Pod, workload: &WorkloadRef) -> bool {
+        self.top(pod) == (workload.kind.as_str(), workload.name.as_str())
+    }
+
+    /// The kind and name of the top of `pod`'s chain.
+    fn top<'a>(&'a self, pod: &'a Pod) -> (&'a str, &'a str) {
         let Some(mut owner) = pod.owner.as_ref() else {
-            return WorkloadRef { kind: "Pod".to_owned(), name: pod.name.clone() };
+            return ("Pod", &pod.name);
         };
         for _ in 0..MAX_DEPTH {
             match self.find(&pod.namespace, owner) {
@@ -78,22 +90,22 @@ impl Workloads {
                 None => return guess_unknown_owner(pod, owner),
             }
         }
-        WorkloadRef { kind: owner.kind.clone(), name: owner.name.clone() }
+        (&owner.kind, &owner.name)
     }
 }
 
 /// When the owner itself is not known (not synced yet, or not readable), a
 /// ReplicaSet whose name is `<deployment>-<pod-template-hash>` is taken to
 /// belong to that Deployment, as the Deployment controller names them so.
-fn guess_unknown_owner(pod: &Pod, owner: &OwnerRef) -> WorkloadRef {
+fn guess_unknown_owner<'a>(pod: &'a Pod, owner: &'a OwnerRef) -> (&'a str, &'a str) {
     if owner.kind == "ReplicaSet"
         && let Some(hash) = pod.labels.get(POD_TEMPLATE_HASH)
         && let Some(deployment) = owner.name.strip_suffix(hash.as_str()).and_then(|name| name.strip_suffix('-'))
         && !deployment.is_empty()
     {
-        return WorkloadRef { kind: "Deployment".to_owned(), name: deployment.to_owned() };
+        return ("Deployment", deployment);
     }
-    WorkloadRef { kind: owner.kind.clone(), name: owner.name.clone() }
+    (&owner.kind, &owner.name)
 }
 
 #[cfg(test)]

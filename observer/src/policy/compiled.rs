@@ -271,7 +271,34 @@ type RawRule<'a> = (Option<&'a [NetworkPolicyPeer]>, Option<&'a [NetworkPolicyPo
 /// What compiling needs to know of the namespaces.
 pub(crate) struct NamespaceTable<'a> {
     /// Labels of each namespace, by id.
-    pub(crate) labels: &'a [Labels],
+    labels: &'a [Labels],
+    /// Each `namespaceSelector` met so far, resolved over `labels`: policies
+    /// repeat a few selectors (`team: frontend`), and resolving one looks at
+    /// every namespace.
+    resolved: HashMap<Selector, NamespaceSet, FxBuildHasher>,
+}
+
+impl<'a> NamespaceTable<'a> {
+    /// The table of namespaces with `labels`, by id.
+    pub(crate) fn new(labels: &'a [Labels]) -> Self {
+        Self { labels, resolved: HashMap::default() }
+    }
+
+    /// The namespaces `selector` selects.
+    fn selected(&mut self, selector: &Selector) -> NamespaceSet {
+        if let Some(known) = self.resolved.get(selector) {
+            return known.clone();
+        }
+        let mut words = vec![0_u64; self.labels.len().div_ceil(64)];
+        for (id, labels) in self.labels.iter().enumerate() {
+            if selector.matches(labels) {
+                words[id / 64] |= 1 << (id % 64);
+            }
+        }
+        let known = NamespaceSet(words.into());
+        self.resolved.insert(selector.clone(), known.clone());
+        known
+    }
 }
 
 /// A validation failure and the field it is in.
@@ -288,7 +315,7 @@ impl CompiledPolicy {
         policy: &NetworkPolicy,
         meta: ObjectRef,
         namespace: NsId,
-        table: &NamespaceTable<'_>,
+        table: &mut NamespaceTable<'_>,
         interner: &mut Interner,
     ) -> Result<Self, Failure> {
         if meta.name.is_empty() {
@@ -371,7 +398,7 @@ fn policy_types(listed: Option<&[String]>, has_egress_rules: bool) -> Result<(bo
 fn compile_peers(
     peers: &[NetworkPolicyPeer],
     own: NsId,
-    table: &NamespaceTable<'_>,
+    table: &mut NamespaceTable<'_>,
     interner: &mut Interner,
     field: &str,
 ) -> Result<Box<[Peer]>, Failure> {
@@ -391,13 +418,7 @@ fn compile_peers(
                         Some(selector) => {
                             let selector =
                                 Selector::compile(Some(selector)).map_err(at(format!("{field}.namespaceSelector")))?;
-                            let mut words = vec![0_u64; table.labels.len().div_ceil(64)];
-                            for (id, labels) in table.labels.iter().enumerate() {
-                                if selector.matches(labels) {
-                                    words[id / 64] |= 1 << (id % 64);
-                                }
-                            }
-                            PeerNamespaces::Selected { known: NamespaceSet(words.into()), selector }
+                            PeerNamespaces::Selected { known: table.selected(&selector), selector }
                         }
                     };
                     Ok(Peer::Pods { namespaces, id: interner.selector(&pods), pods })

@@ -328,12 +328,12 @@ impl PolicyEngine {
                 labels.len() as NsId - 1
             });
         }
-        let table = NamespaceTable { labels: &labels };
+        let mut table = NamespaceTable::new(&labels);
         let mut engine = Self { buckets: vec![Bucket::default(); labels.len()], namespace_ids, ..Self::default() };
         let mut errors = Vec::new();
         for (index, (policy, meta)) in policies.iter().zip(metas).enumerate() {
             let namespace = engine.namespace_ids.get(&meta.namespace).copied().unwrap_or_default();
-            match CompiledPolicy::compile(policy, meta.clone(), namespace, &table, &mut engine.interner) {
+            match CompiledPolicy::compile(policy, meta.clone(), namespace, &mut table, &mut engine.interner) {
                 Ok(compiled) => {
                     let id = engine.policies.len() as u32;
                     let bucket = &mut engine.buckets[namespace as usize];
