@@ -11,7 +11,9 @@
 //! `governance-result {json}` line per run size: records, edges, CPU
 //! seconds (this process, one thread), records/s per core for each command,
 //! and the peak live heap, for a log and for one four times longer with the
-//! same edges.
+//! same edges; then, from a 400,000-record file, the reader alone and the
+//! reader folding records into edges (`governance-reading {json}`, ns per
+//! record).
 //!
 //! Run: `AYA_BUILD_SKIP=1 cargo bench -p observer --bench governance`
 //! (`GOVERNANCE_BENCH_RECORDS`, default 10,000,000, sets the larger log; the
@@ -28,6 +30,8 @@ use std::{
 };
 
 use observer::governance::{
+    edges::Edges,
+    reader,
     replay::Recorded,
     report::{ReportConfig, ReportFormat, report},
     simulate::{Format, SimulateConfig, simulate},
@@ -295,5 +299,32 @@ fn main() {
         });
         println!("governance-result {result}");
     }
+    reading(&dir, &generator);
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Records read from a file (in the page cache, as an operator's logs
+/// are), without the cluster and the pipe: the reader alone, then the
+/// reader folding records into edges, three rounds each, in ns per record.
+fn reading(dir: &Path, generator: &Generator) {
+    const RECORDS: usize = 400_000;
+    let path = dir.join("reading.jsonl");
+    let mut file = BufWriter::new(std::fs::File::create(&path).expect("create"));
+    generator.write(&mut file, RECORDS).expect("generate");
+    drop(file);
+    let paths = [path];
+    let per_record = |cpu: f64| (cpu * 1e9 / RECORDS as f64).round();
+    let (mut read, mut fold) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let mut ports = 0_u64;
+        let cpu = cpu_seconds();
+        let input = reader::read(&paths, &mut |line, _, _, _| ports += u64::from(line.src.port.unwrap_or(0)));
+        read.push(per_record(cpu_seconds() - cpu));
+        assert_eq!((input.records, ports > 0), (RECORDS as u64, true));
+        let mut edges = Edges::default();
+        let cpu = cpu_seconds();
+        reader::read(&paths, &mut |line, file, number, report| edges.add(line, file, number, report));
+        fold.push(per_record(cpu_seconds() - cpu));
+    }
+    println!("governance-reading {}", json!({"records": RECORDS, "read_ns_per_record": read, "read_and_fold_ns_per_record": fold}));
 }
