@@ -326,5 +326,8 @@ fn reading(dir: &Path, generator: &Generator) {
         reader::read(&paths, &mut |line, file, number, report| edges.add(line, file, number, report));
         fold.push(per_record(cpu_seconds() - cpu));
     }
-    println!("governance-reading {}", json!({"records": RECORDS, "read_ns_per_record": read, "read_and_fold_ns_per_record": fold}));
+    println!(
+        "governance-reading {}",
+        json!({"records": RECORDS, "read_ns_per_record": read, "read_and_fold_ns_per_record": fold})
+    );
 }
