@@ -8,8 +8,8 @@ mod inventory_support;
 use std::path::{Path, PathBuf};
 
 use inventory_support::{
-    CLUSTER_POLICIES, ENDPOINTSLICES, FakeApi, NAMESPACES, NODES, PODS, POLICIES, SERVICES, endpoint_slice, namespace,
-    node, pod, service_port,
+    CLUSTER_POLICIES, ENDPOINTSLICES, FakeApi, JOBS, NAMESPACES, NODES, PODS, POLICIES, SERVICES, endpoint_slice,
+    namespace, node, pod, service_port,
 };
 use observer::governance::{
     replay::Recorded,
@@ -143,6 +143,37 @@ async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
     // Listed once: one list per resource, and no more once the command is done.
     let lists = api.lists(POLICIES);
     assert_eq!(lists, 4, "two syncs of the inventory's watch and two lists for annotations");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_list_that_does_not_come_is_left_out_after_its_grace_and_the_replay_goes_on() {
+    let api = cluster().await;
+    // Jobs only name the workload of a Job's pods (none here); their list does not come while
+    // the test runs, as for an account that may not list them behind a slow proxy.
+    api.set_list_delay(JOBS, std::time::Duration::from_secs(600));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = kubeconfig(dir.path(), &api.url());
+    let flows = dir.path().join("flows.jsonl");
+    std::fs::write(&flows, [record(WEB, API.2, Some(API), 8080), record(WEB, "203.0.113.5", None, 443)].join("\n"))
+        .expect("flows");
+    let args = SimulateConfig {
+        recorded: Recorded { manifests: Vec::new(), kubeconfig: Some(config), flows: vec![flows], config: None },
+        proposed: Vec::new(),
+        remove: vec!["no-world".to_owned()],
+        output: Format::Json,
+        fail_on_break: false,
+    };
+    let started = std::time::Instant::now();
+    let simulation = tokio::task::spawn_blocking(move || simulate(&args)).await.expect("join").expect("simulate");
+    let waited = started.elapsed();
+    assert_eq!(
+        (simulation.flows, simulation.edges, simulation.unchanged, simulation.newly_allowed.len()),
+        (2, 2, 1, 1)
+    );
+    // The optional list's grace (10 s past the required lists) was waited, but not the 60 s a
+    // required list gets, nor the list itself.
+    assert!(waited >= std::time::Duration::from_secs(10) && waited < std::time::Duration::from_secs(60), "{waited:?}");
+    assert_eq!(api.lists(JOBS), 0, "its list never answered while the replay ran");
 }
 
 /// A flow of web-2 to the Service `shop/api` at 10.96.0.10:80, sent to
