@@ -135,8 +135,8 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && starts_with(a, b)
 }
 
-/// `bytes.starts_with(prefix)`, compared here eight bytes at a time: a
-/// call to libc's `memcmp` per value cost more than the compare itself.
+/// `bytes.starts_with(prefix)`, compared inline eight bytes at a time
+/// rather than through a call to libc's `memcmp` for every value.
 fn starts_with(bytes: &[u8], prefix: &[u8]) -> bool {
     let Some(bytes) = bytes.get(..prefix.len()) else {
         return false;
