@@ -458,7 +458,11 @@ impl<'a> Scan<'a, '_> {
             let mut peer = known.recall(self.text, from);
             self.at += known.len();
             self.memo.recalled += 1;
-            (peer.ip, peer.port) = (ip, port);
+            peer.ip = ip;
+            if key.1 {
+                // Else the port, if any, came later, in the text recalled.
+                peer.port = port;
+            }
             return Some(peer);
         }
         let mut seen = seen;
@@ -769,6 +773,15 @@ mod tests {
         assert_eq!(scanner.line(portless.as_bytes()), serde(&portless));
         assert_eq!(scanner.line(again.as_bytes()), serde(&again));
         assert_eq!((scanner.memo.recalled, scanner.memo.ends.len()), (recalled + 10, 3));
+        // A port after the other fields (keys in another order) is part of
+        // the remembered text: another port is other text, the same port
+        // the same value.
+        let late_port = again.replacen(r#""port":40001,"kind":"pod","#, r#""kind":"pod","port":40001,"#, 1);
+        assert_ne!(late_port, again);
+        for port in ["40001", "40002", "40002"] {
+            let text = late_port.replacen("40001", port, 1);
+            assert_eq!(scanner.line(text.as_bytes()), serde(&text), "{port}");
+        }
     }
 
     #[test]
