@@ -76,15 +76,14 @@ async fn cluster() -> FakeApi {
     api
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
-    let api = cluster().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = kubeconfig(dir.path(), &api.url());
-    let flows = dir.path().join("flows.jsonl");
+/// In `dir`: a kubeconfig for the cluster at `url`, a log of two flows of
+/// web-1 (to api-1, and to the world), and the simulation of removing the
+/// `no-world` guardrail from that cluster.
+fn without_no_world(dir: &Path, url: &str) -> (PathBuf, PathBuf, SimulateConfig) {
+    let config = kubeconfig(dir, url);
+    let flows = dir.join("flows.jsonl");
     std::fs::write(&flows, [record(WEB, API.2, Some(API), 8080), record(WEB, "203.0.113.5", None, 443)].join("\n"))
         .expect("flows");
-
     let args = SimulateConfig {
         recorded: Recorded {
             manifests: Vec::new(),
@@ -97,6 +96,14 @@ async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
         output: Format::Json,
         fail_on_break: false,
     };
+    (config, flows, args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_and_report_read_the_cluster_once_with_its_cluster_policies() {
+    let api = cluster().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, flows, args) = without_no_world(dir.path(), &api.url());
     let simulation = tokio::task::spawn_blocking(move || simulate(&args)).await.expect("join").expect("simulate");
     assert_eq!((simulation.flows, simulation.edges, simulation.unchanged), (2, 2, 1));
     assert!(simulation.would_break.is_empty(), "{:?}", simulation.would_break);
@@ -152,17 +159,7 @@ async fn an_optional_list_that_does_not_come_is_left_out_after_its_grace_and_the
     // the test runs, as for an account that may not list them behind a slow proxy.
     api.set_list_delay(JOBS, std::time::Duration::from_secs(600));
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = kubeconfig(dir.path(), &api.url());
-    let flows = dir.path().join("flows.jsonl");
-    std::fs::write(&flows, [record(WEB, API.2, Some(API), 8080), record(WEB, "203.0.113.5", None, 443)].join("\n"))
-        .expect("flows");
-    let args = SimulateConfig {
-        recorded: Recorded { manifests: Vec::new(), kubeconfig: Some(config), flows: vec![flows], config: None },
-        proposed: Vec::new(),
-        remove: vec!["no-world".to_owned()],
-        output: Format::Json,
-        fail_on_break: false,
-    };
+    let (_, _, args) = without_no_world(dir.path(), &api.url());
     let started = std::time::Instant::now();
     let simulation = tokio::task::spawn_blocking(move || simulate(&args)).await.expect("join").expect("simulate");
     let waited = started.elapsed();

@@ -10,9 +10,10 @@
 //! memo (`memo.rs`) when the line repeats it byte for byte, which in a
 //! flow log is most of a line. It is exact or silent: whatever it accepts,
 //! serde_json's derive of [`FlowLine`] accepts with the same value (a
-//! property test checks it, after a line that filled the memo too), and whatever it does not read (an error, a
-//! duplicate field, a shape it does not know) goes to that derive, which
-//! has the last word and the error message.
+//! property test checks it, also after a line that filled the memo), and
+//! whatever it does not read (an error, a duplicate field, a shape it does
+//! not know) goes to that derive, which has the last word and the error
+//! message.
 
 use std::{borrow::Cow, net::IpAddr};
 
@@ -441,31 +442,30 @@ impl<'a> Scan<'a, '_> {
         let ip: IpAddr = self.string()?.parse().ok()?;
         self.eat(b',')?;
         let before_port = self.at;
-        let (port, seen) = match self.key("port") {
-            Some(()) => (self.optional(|scan| u16::try_from(scan.unsigned()?).ok())?, 0b11),
-            None => {
-                self.at = before_port;
-                (None, 0b01)
-            }
-        };
-        if seen == 0b11 {
+        let has_port = self.key("port").is_some();
+        let port = if has_port {
+            let port = self.optional(|scan| u16::try_from(scan.unsigned()?).ok())?;
             self.eat(b',')?;
-        }
+            port
+        } else {
+            self.at = before_port;
+            None
+        };
         self.ws();
         let from = self.at;
-        let key = (ip, seen == 0b11);
+        let key = (ip, has_port);
         if let Some(known) = self.memo.ends.get(&key).filter(|known| known.matches(&self.bytes[from..])) {
             let mut peer = known.recall(self.text, from);
             self.at += known.len();
             self.memo.recalled += 1;
             peer.ip = ip;
-            if key.1 {
+            if has_port {
                 // Else the port, if any, came later, in the text recalled.
                 peer.port = port;
             }
             return Some(peer);
         }
-        let mut seen = seen;
+        let mut seen = if has_port { 0b11 } else { 0b01 };
         let mut peer = LinePeer::at(ip, port);
         self.members(|scan, key| scan.peer_member(&mut peer, &mut seen, key))?;
         if let Some(known) = memo::remember(&peer, self.text, from, self.at) {
